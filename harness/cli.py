@@ -30,7 +30,7 @@ def _store(store: str | None) -> Any:
 
 
 def _fail(exc: UserError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    err_console.print("error: " + str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
     sys.exit(2)
 
 

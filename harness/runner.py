@@ -82,7 +82,7 @@ class Runner:
                  runs_dir: str | Path = "runs") -> None:
         self.store, self.console = store, console or Console()
         self.device = device or default_device()
-        self.runs_dir = Path(runs_dir)
+        self.runs_dir = Path(runs_dir).resolve()  # stored paths must not depend on the cwd
 
     def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None) -> RunOutcome:
         plan, _ = load_plan(plan_path)
