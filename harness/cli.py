@@ -39,12 +39,15 @@ def advise(answers: Annotated[Optional[Path], typer.Option("--answers", "-a", he
            train: Annotated[Optional[Path], typer.Option(help="Training JSONL to audit.")] = None,
            test: Annotated[Optional[Path], typer.Option(help="Test JSONL, checked for overlap with train.")] = None,
            write: Annotated[Optional[Path], typer.Option("--write", "-w", help="Write the experiment plan YAML here.")] = None,
+           preference: Annotated[Optional[Path], typer.Option(help="Preference JSONL (prompt/chosen/rejected) for a DPO arm.")] = None,
+           model: Annotated[str, typer.Option(help="Base model spec for the plan.")] = "smollm2-135m",
+           explain: Annotated[bool, typer.Option(help="Ask the configured LLM (TUNEGATE_ADVISOR_*) to explain, using the advisor's tools.")] = False,
            as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False) -> None:
     """Ask about data, volatility, latency, privacy and hardware; recommend prompting, RAG or fine-tuning."""
     from advisor.cli import advise_command
 
     code = advise_command(answers_file=answers, interactive=answers is None, train=train, test=test, write=write,
-                          json_out=as_json, console=console)
+                          json_out=as_json, console=console, explain=explain, preference=preference, model=model)
     raise typer.Exit(code)
 
 
@@ -53,20 +56,20 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
         resume: Annotated[bool, typer.Option(help="Continue the latest run of this plan; skip finished trials.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="List the trials and exit.")] = False,
         only: Annotated[Optional[list[str]], typer.Option(help="Run only these arms/trials.")] = None,
+        executor: Annotated[str, typer.Option(help="local: this machine (CPU or one GPU serially; several GPUs: one "
+                                                   "pinned worker process per trial) | ray: Ray tasks.")] = "local",
+        gpus: Annotated[Optional[str], typer.Option(help="GPUs to use: all (default), none, a count (4) or ids (0,2,3).")] = None,
+        ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one).")] = None,
         store: StoreOpt = None) -> None:
     """Run a plan: every arm trained (if needed) and scored on every suite; results go to the store."""
-    from harness.plan import load_plan, trials
-    from harness.runner import Runner
+    from harness.executors import parse_gpus
+    from harness.runner import Runner, dry_run as plan_table
 
     if dry_run:
-        p, _ = load_plan(plan)
-        table = Table("trial", "type", "config", title=f"{p.name}: {len(trials(p))} trials")
-        for arm in trials(p):
-            cfg = {k: v for k, v in arm.model_dump().items() if k not in ("name", "type")}
-            table.add_row(arm.name, arm.type, json.dumps(cfg)[:100])
-        console.print(table)
+        console.print(plan_table(plan, console, executor=executor, gpus=parse_gpus(gpus)))
         return
-    outcome = Runner(_store(store), console).run(plan, resume=resume, only=only)
+    outcome = Runner(_store(store), console).run(plan, resume=resume, only=only, executor=executor,
+                                                 gpus=parse_gpus(gpus), ray_address=ray_address)
     print_run_comparison(_store(store), outcome.run_id)
     raise typer.Exit(1 if outcome.failed else 0)
 
@@ -181,6 +184,45 @@ def show(run_ref: Annotated[str, typer.Argument(help="Run id or name.")], store:
                       _f(t.peak_memory_gib, 2), _f(t.final_loss, 3), (t.error or "")[:60])
     console.print(table)
     print_run_comparison(st, run.id)
+
+
+@app.command("export")
+def export(trial: Annotated[str, typer.Argument(help="A finished trained trial: RUN/TRIAL or t<id>.")],
+           out: Annotated[Path, typer.Option("--out", help="Output folder (must be new or empty).")],
+           merge: Annotated[bool, typer.Option(help="Merge the adapter into the base weights (a plain model folder).")] = False,
+           store: StoreOpt = None) -> None:
+    """Export a trial for serving: its adapter alone, or (--merge) base weights with the adapter merged in."""
+    from harness.export import export_trial
+
+    done = export_trial(_store(store), trial, out, merge=merge)
+    console.print(f"exported {done.trial} ({done.kind}, base {done.base_model}) to {done.folder}")
+
+
+@app.command("export-results")
+def export_results(out: Annotated[Path, typer.Argument(help="Output file: .csv, .parquet or .json.")],
+                   run_ref: Annotated[Optional[list[str]], typer.Option("--run", help="Run id or name (repeatable; default: every run).")] = None,
+                   level: Annotated[str, typer.Option(help="metrics: a row per trial, suite and metric; items: a row per item with output and scores.")] = "metrics",
+                   fmt: Annotated[Optional[str], typer.Option("--format", help="csv | parquet | json (default: from the file suffix).")] = None,
+                   store: StoreOpt = None) -> None:
+    """Write results from the store as CSV, Parquet or JSON, for analysis elsewhere."""
+    from harness.store import export_results as write
+
+    console.print(f"{write(_store(store), out, runs=run_ref, level=level, fmt=fmt)} rows written to {out}")
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why (recorded with the rollback).")] = "",
+             store: StoreOpt = None) -> None:
+    """Promote again the model promoted before the current one (recorded as a rollback)."""
+    st = _store(store)
+    p = st.rollback(reason)
+
+    def label(trial_id: int | None) -> str:
+        t = st.trial(f"t{trial_id}")
+        return f"{st.run(t.run_id).name}/{t.name} (t{t.id})"
+
+    console.print(f"rolled back: {label(p.previous_trial_id)} -> {label(p.trial_id)} is the promoted model again "
+                  f"(promotion #{p.id})")
 
 
 def _f(x: float | None, digits: int) -> str:

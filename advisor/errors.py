@@ -1,0 +1,97 @@
+"""Input errors that name the file, line and field, found from PyYAML's node marks."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class AdvisorInputError(Exception):
+    """A problem with the user's answers, rules or data; the CLI prints it and exits 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.message, self.file, self.line, self.field = message, file, line, field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: " if self.file and self.line else (f"{self.file}: " if self.file else "")
+        field = f"field '{self.field}': " if self.field else ""
+        return f"{where}{field}{self.message}"
+
+
+def dotted(loc: Sequence[Any]) -> str:
+    """('rules', 2, 'when', 'op') -> 'rules[2].when.op'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out
+
+
+class YamlFile:
+    """A YAML file parsed twice: into Python data and into nodes that know their line numbers."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise AdvisorInputError("file not found", file=self.path) from None
+        try:
+            self.node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data: Any = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise AdvisorInputError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=self.path,
+                                    line=mark.line + 1 if mark else None) from None
+
+    def resolve(self, loc: Sequence[Any]) -> tuple[list[Any], int | None]:
+        """Follow a pydantic error location through the nodes. Parts that are neither keys nor
+        indexes (union tags such as 'clause') are dropped; a missing key is reported at the line of
+        the mapping that lacks it. Returns the field path and its line."""
+        node, path = self.node, cast(list[Any], [])
+        line = node.start_mark.line + 1 if node is not None else None
+        for i, part in enumerate(loc):
+            if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+                match = next(((k, v) for k, v in node.value if k.value == part), None)
+                if match is None:
+                    if part in _TAGS:
+                        continue
+                    return path + [p for p in loc[i:] if p not in _TAGS], line
+                node, line = match[1], match[0].start_mark.line + 1
+                path.append(part)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+                path.append(part)
+            elif part not in _TAGS:
+                path.append(part)
+        return path, line
+
+    def validate(self, model: type[M], what: str = "file") -> M:
+        if not isinstance(self.data, dict):
+            raise AdvisorInputError(f"the {what} must be a YAML mapping of key: value", file=self.path, line=1)
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            raise self.error_from(exc) from None
+
+    def error_from(self, exc: ValidationError) -> AdvisorInputError:
+        err = exc.errors()[0]
+        path, line = self.resolve([p for p in err["loc"] if not str(p).startswith("function-")])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = msg.removeprefix("Value error, ")
+        more = len(exc.errors()) - 1
+        if more:
+            msg += f" (and {more} more error{'s' if more > 1 else ''})"
+        return AdvisorInputError(msg, file=self.path, line=line, field=dotted(path) or None)
+
+
+_TAGS = {"clause", "all", "any", "not", "[key]"}  # union tags and pydantic's dict-key marker
