@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness import generate as gen
-from harness import scorers
+from harness import judge, scorers, tracing
 from harness.stats import mean_stderr
 from harness.suites import Suite
 
@@ -20,7 +20,8 @@ class ItemResult:
     item_id: str
     prompt: str
     output: str
-    scores: dict[str, float]
+    scores: dict[str, float | None]  # None: the scorer failed on this item (e.g. a judge call)
+    details: dict[str, str] = field(default_factory=dict)  # per metric, e.g. the judge's reason
 
 
 @dataclass
@@ -32,24 +33,51 @@ class SuiteResult:
 
     def __post_init__(self) -> None:
         for name in self.suite.scorer_names:
-            mean, se = mean_stderr([r.scores[name] for r in self.items])
-            self.metrics[name] = (mean, se, len(self.items))
+            values = [v for r in self.items if (v := r.scores.get(name)) is not None]
+            if values:  # n counts the items that got a score; failed ones are left out, never zeroed
+                mean, se = mean_stderr(values)
+                self.metrics[name] = (mean, se, len(values))
 
 
 def evaluate(model: Any, tok: Any, suite: Suite, *, shaper: Shaper | None = None,
              progress: Callable[[int], None] | None = None) -> SuiteResult:
+    if suite.spec.kind == "lm_eval":
+        from harness import lmeval
+
+        return lmeval.evaluate_suite(model, tok, suite, progress=progress)
     started = time.perf_counter()
-    built = [scorers.build(s) for s in suite.spec.scorers]
+    built = [scorers.build(s, base_dir=suite.path.parent) for s in suite.spec.scorers]
     if suite.spec.kind == "multiple_choice":
-        prompts, outputs = _rank_choices(model, tok, suite, progress)
+        with tracing.span("loglikelihood", suite=suite.name, suite_version=suite.version, n=len(suite.items)):
+            prompts, outputs = _rank_choices(model, tok, suite, progress)
     else:
         shape = shaper or (lambda msgs: msgs)
         prompts = [gen.chat_prompt(tok, shape(item.chat(suite.spec.system))) for item in suite.items]
-        outputs = gen.generate(model, tok, prompts, max_new_tokens=suite.spec.generation.max_new_tokens,
-                               batch_size=suite.spec.generation.batch_size, progress=progress)
-    items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built})
+        with tracing.span("generate", suite=suite.name, suite_version=suite.version, n=len(prompts),
+                          batch_size=suite.spec.generation.batch_size,
+                          max_new_tokens=suite.spec.generation.max_new_tokens) as span:
+            outputs = gen.generate(model, tok, prompts, max_new_tokens=suite.spec.generation.max_new_tokens,
+                                   batch_size=suite.spec.generation.batch_size,
+                                   progress=_traced(span, progress))
+    items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if not judge.is_judge(s)})
              for item, prompt, out in zip(suite.items, prompts, outputs)]
+    judge.score_items(built, items, suite.items)  # judge scorers: one batched, cached pass per suite
     return SuiteResult(suite, items, time.perf_counter() - started)
+
+
+def _traced(span: tracing.Span, progress: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """A progress callback that also marks every finished generation batch on the trace."""
+    if not span.recording:
+        return progress
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        span.event("batch", size=n, done=done)
+        if progress:
+            progress(n)
+    return advance
 
 
 def _rank_choices(model: Any, tok: Any, suite: Suite,

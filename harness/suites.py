@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.data import Message, read_jsonl
-from harness.errors import UserError, YamlDoc, from_validation
+from harness.errors import UserError, YamlDoc, dotted, from_validation
+from harness.lmeval import LmEvalConfig
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 
@@ -35,16 +36,23 @@ class SuiteSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z0-9_\-]+$")
     description: str = ""
-    kind: Literal["generate", "multiple_choice"] = "generate"
+    kind: Literal["generate", "multiple_choice", "lm_eval"] = "generate"
     category: Literal["task", "regression", "safety", "benchmark"] = "task"
     items: str = "items.jsonl"
     system: str | None = None
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     scorers: list[ScorerSpec | str] = Field(default_factory=list)
     primary: str | None = None
+    lm_eval: LmEvalConfig | None = None  # kind lm_eval: the lm-eval tasks to run (harness/lmeval.py)
 
     @model_validator(mode="after")
     def check(self) -> "SuiteSpec":
+        if (self.kind == "lm_eval") != (self.lm_eval is not None):
+            raise ValueError("a suite has an 'lm_eval' block exactly when its kind is lm_eval")
+        if self.kind == "lm_eval":
+            if self.scorers:
+                raise ValueError("an lm_eval suite is scored by its lm-eval tasks; remove 'scorers'")
+            return self  # metrics (and the default primary) come from lm-eval when it runs
         self.scorers = [ScorerSpec(name=s) if isinstance(s, str) else s for s in self.scorers]
         if self.kind == "multiple_choice":
             self.scorers = [ScorerSpec(name="choice_accuracy")]
@@ -134,16 +142,25 @@ def load(name_or_path: str) -> Suite:
 
 @cache
 def _load(path: Path) -> Suite:
+    from harness import judge as _judge  # noqa: F401  (registers the judge_rubric scorer)
     from harness import scorers
 
     doc = YamlDoc(path)
     spec: SuiteSpec = doc.validate(SuiteSpec)
+    if spec.lm_eval is not None:
+        from harness import lmeval
+
+        lmeval.validate(doc, spec.lm_eval)
+        return Suite(spec=spec, items=[], path=path, version=lmeval.suite_version(path, spec.lm_eval))
+    built = []
     for i, s in enumerate(spec.scorers):
         try:
-            scorers.build(s)  # type: ignore[arg-type]
+            built.append(scorers.build(s, base_dir=path.parent))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(str(exc).strip("'\""), file=path, line=doc.line_of(("scorers", i)),
-                            field=f"scorers[{i}]") from None
+            param = getattr(exc, "param", None)
+            loc = ("scorers", i, "params", param) if param else ("scorers", i)
+            msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes str()
+            raise UserError(msg, file=path, line=doc.line_of(loc), field=dotted(loc)) from None
     items_path = path.parent / spec.items
     items: list[SuiteItem] = []
     seen: set[str] = set()
@@ -158,6 +175,9 @@ def _load(path: Path) -> Suite:
                                                or not 0 <= item.answer < len(item.choices)):
             raise UserError("a multiple-choice item needs 'choices' and an 'answer' index into them",
                             file=items_path, line=lineno, field="answer")
+        for sc in built:
+            if problem := sc.check_item(item):
+                raise UserError(f"{problem[1]} (scorer '{sc.name}')", file=items_path, line=lineno, field=problem[0])
         seen.add(item.id)
         items.append(item)
     if not items:
