@@ -1,0 +1,1 @@
+"""Real local servers the tests start on 127.0.0.1."""
