@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness.errors import UserError
@@ -79,6 +80,7 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
           suite: Annotated[list[str], typer.Option("--suite", "-s", help="Suite name or path (repeatable).")],
           store: StoreOpt = None) -> None:
     """Score a model or a finished trial on suites; results land in the store."""
+    from harness import judge, tracing
     from harness.evaluation import evaluate
     from harness.models import resolve
     from harness.runner import load_trial_model
@@ -100,7 +102,8 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
         run_id = st.create_run(f"eval-{Path(target).name}", {"eval": target, "suites": suite}, "", target, "")
         trial_id = st.ensure_trial(run_id, "model", "model", "baseline", {"model": target}).id
     for s in suites:
-        result = evaluate(model, tok, s)
+        with tracing.attributes(trial_id=trial_id), judge.using_store(st):
+            result = evaluate(model, tok, s)
         st.save_evaluation(trial_id, result)
         console.print(f"{s.name}: " + ", ".join(f"{m}={v[0]:.3f}±{v[1]:.3f} (n={v[2]})" for m, v in result.metrics.items()))
     st.update_trial(trial_id, status="finished")
@@ -255,13 +258,13 @@ def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline") -> No
 
 def print_decision(decision: Any) -> None:
     color = {"promote": "green", "reject": "red", "error": "yellow"}[decision.verdict]
-    table = Table("rule", "result", "detail", title=f"gate: {decision.candidate} vs {decision.baseline}")
+    table = Table("rule", "result", "detail", title=escape(f"gate: {decision.candidate} vs {decision.baseline}"))
     for r in decision.rules:
-        table.add_row(r.name, "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
-                      r.message)
+        table.add_row(escape(r.name), "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
+                      escape(r.message))
     console.print(table)
     word = {"promote": "PASS — promote", "reject": "FAIL — reject", "error": "ERROR — cannot decide"}[decision.verdict]
-    console.print(f"[bold {color}]Gate: {word}[/] (exit {decision.exit_code}): {decision.reason}")
+    console.print(f"[bold {color}]Gate: {word}[/] (exit {decision.exit_code}): {escape(decision.reason)}")
 
 
 @app.command()
@@ -271,6 +274,15 @@ def demo(steps: Annotated[int, typer.Option(help="LoRA optimizer steps.")] = 0,
     from harness.demo import run_demo
 
     raise typer.Exit(run_demo(console, store, steps or None))
+
+
+def _add_subcommands() -> None:
+    from harness.safety import app as safety_app
+
+    app.add_typer(safety_app, name="safety", help="Refusal classifier accuracy and AdvBench/XSTest/HarmBench converters.")
+
+
+_add_subcommands()
 
 
 def main() -> None:
