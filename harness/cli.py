@@ -55,7 +55,7 @@ def advise(answers: Annotated[Optional[Path], typer.Option("--answers", "-a", he
 @app.command()
 def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
         resume: Annotated[bool, typer.Option(help="Continue the latest run of this plan; skip finished trials.")] = False,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="List the trials and exit.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="List the trials with a GPU memory estimate for each; train nothing.")] = False,
         only: Annotated[Optional[list[str]], typer.Option(help="Run only these arms/trials.")] = None,
         executor: Annotated[str, typer.Option(help="local: this machine (CPU or one GPU serially; several GPUs: one "
                                                    "pinned worker process per trial) | ray: Ray tasks.")] = "local",

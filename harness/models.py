@@ -171,7 +171,7 @@ def load_model(spec: str, device: str | None = None, quantization: str | None = 
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}
     if quantization == "nf4":
         kwargs["quantization_config"] = nf4_config()
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under data parallel
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     except OSError as exc:
