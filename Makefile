@@ -5,7 +5,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export TUNEGATE_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup system-deps demo test test-fast clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,7 +22,15 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/tunegate demo
 
-test: setup
+# PostgreSQL (store tests) and headless Chromium (app tests) come from Debian's packages, where we may install them;
+# elsewhere those tests skip with the reason.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	   { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium chromium-driver >/dev/null; \
+	fi
+
+test: setup system-deps
 	$(PY) -m pytest -q
 
 test-fast: setup

@@ -151,13 +151,15 @@ def report(run_ref: Annotated[str, typer.Argument(help="Run id or name.")],
 
 
 @app.command("app")
-def app_(store: StoreOpt = None, port: int = 8501) -> None:
+def app_(store: StoreOpt = None, port: int = 8501,
+         address: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 to share on the network).")] = "127.0.0.1") -> None:
     """Open the Streamlit comparison app on the store."""
     from harness.store import store_url
 
     env = os.environ | {"TUNEGATE_STORE": store_url(store)}
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
