@@ -3,6 +3,12 @@
 Config in, artifacts out: `train_sft(arm, base_spec, examples, out_dir)` returns the adapter (or
 model) folder and a per-step log. The model's own chat template is used for training exactly as
 for inference, and the loss covers the completion only.
+
+On a CUDA GPU training takes the fast path (`harness.fastpath`) by default: padding-free forward
+with per-sequence FlashAttention, Liger's fused kernels, bf16 LoRA inputs, and activation
+checkpointing only where the measured memory plan needs it. The batches, the loss and TRL's loss
+code are those of the plain path; only how the forward runs changes. On CPU the plain TRL path runs
+(float32, no kernels to gain from); `fast=FastPath(...)` forces the fast path anywhere.
 """
 from __future__ import annotations
 
@@ -11,15 +17,19 @@ import math
 import random
 import resource
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from harness.data import Example, Preference
+from harness.fastpath import FastPath, FastSession, MemoryPlan
 from harness.models import default_device, load_model
 
 # bitsandbytes logs a notice about optional CPU kernels when TRL imports it; it is noise here
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+Fast = FastPath | None | Literal["auto"]
 
 
 class TrainingFailed(Exception):
@@ -31,9 +41,10 @@ class TrainResult:
     folder: Path
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-    tokens_per_second: float = 0.0
+    tokens_per_second: float = 0.0        # real (non-padding) input tokens per second of training
     peak_memory_gib: float = 0.0
     final_loss: float | None = None
+    fastpath: dict[str, Any] = field(default_factory=dict)   # what the fast path applied; empty on the plain path
 
 
 def peak_memory_gib() -> float:
@@ -44,20 +55,23 @@ def peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def _step_logger() -> Any:
+def step_logger(progress: bool = True) -> Any:
     from transformers import TrainerCallback
 
     class StepLog(TrainerCallback):
-        """Collects loss, lr, grad norm, tokens/s and peak memory per logged step; stops on divergence."""
+        """Collects loss, lr, grad norm, real tokens, step time and peak memory per logged step; stops on divergence."""
 
         def __init__(self) -> None:
             self.rows: list[dict[str, Any]] = []
-            self.t0 = time.perf_counter()
             self.last_tokens = 0
-            self.last_t = self.t0
+            self.last_t = time.perf_counter()
             self.bar: Any = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.last_t = time.perf_counter()
+            self.last_tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+            if not progress:
+                return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("  training"), BarColumn(), MofNCompleteColumn(),
@@ -66,8 +80,9 @@ def _step_logger() -> Any:
             self.bar.start()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            loss = f"{self.rows[-1]['loss']:.4f}" if self.rows else "…"
-            self.bar.update(self.task, completed=state.global_step, loss=loss)
+            if self.bar is not None:
+                loss = f"{self.rows[-1]['loss']:.4f}" if self.rows else "…"
+                self.bar.update(self.task, completed=state.global_step, loss=loss)
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.bar is not None:
@@ -77,13 +92,13 @@ def _step_logger() -> Any:
             if not logs or "loss" not in logs:
                 return
             loss = float(logs["loss"])
-            t = time.perf_counter()
+            t = time.perf_counter()   # logging reads the loss from the device, so the step has finished here
             tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-            tps = (tokens - self.last_tokens) / max(t - self.last_t, 1e-9)
+            step_tokens, seconds = tokens - self.last_tokens, max(t - self.last_t, 1e-9)
             self.last_tokens, self.last_t = tokens, t
             self.rows.append({"step": state.global_step, "loss": loss, "lr": logs.get("learning_rate"),
-                              "grad_norm": logs.get("grad_norm"), "tokens_per_second": tps,
-                              "peak_memory_gib": peak_memory_gib()})
+                              "grad_norm": logs.get("grad_norm"), "tokens": step_tokens, "seconds": seconds,
+                              "tokens_per_second": step_tokens / seconds, "peak_memory_gib": peak_memory_gib()})
             if not math.isfinite(loss) or loss > 1e4:
                 raise TrainingFailed(f"loss diverged at step {state.global_step} (loss={loss})")
 
@@ -120,86 +135,169 @@ def lora_config(arm: Any) -> Any:
                       use_dora=arm.type == "dora", task_type="CAUSAL_LM", bias="none")
 
 
-def _common_args(arm: Any, out_dir: Path, device: str, n_rows: int) -> dict[str, Any]:
+def resolve_fast(fast: Fast, device: str) -> FastPath | None:
+    return FastPath.for_device(device) if fast == "auto" else fast
+
+
+def _common_args(arm: Any, out_dir: Path, device: str, n_rows: int, *, fold: int = 1,
+                 fast: bool = False) -> dict[str, Any]:
     steps_per_epoch = math.ceil(n_rows / (arm.batch_size * arm.grad_accum))
-    return dict(
-        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=arm.batch_size,
-        gradient_accumulation_steps=arm.grad_accum, learning_rate=arm.lr, num_train_epochs=arm.epochs,
-        max_steps=arm.max_steps or -1, lr_scheduler_type=arm.scheduler, warmup_steps=arm.warmup_steps,
-        logging_steps=1, save_strategy="no", report_to="none", seed=arm.seed, data_seed=arm.seed,
-        bf16=device == "cuda", use_cpu=device == "cpu", include_num_input_tokens_seen=True,
-        disable_tqdm=True,  # our own progress bar (StepLog) shows step, loss and time left
-        optim="paged_adamw_8bit" if arm.type == "qlora" else ("adamw_torch_fused" if device == "cuda" else "adamw_torch"),
-        dataloader_num_workers=0,
-        max_length=arm.max_length, logging_first_step=True,
-    ) | ({"warmup_steps": 0} if steps_per_epoch < 2 else {}) | (
-        {"activation_checkpointing": True} if arm.gradient_checkpointing else {})
+    args = {
+        "output_dir": str(out_dir / "checkpoints"), "per_device_train_batch_size": arm.batch_size * fold,
+        "gradient_accumulation_steps": arm.grad_accum // fold, "learning_rate": arm.lr, "num_train_epochs": arm.epochs,
+        "max_steps": arm.max_steps or -1, "lr_scheduler_type": arm.scheduler, "warmup_steps": arm.warmup_steps,
+        "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": arm.seed, "data_seed": arm.seed,
+        "bf16": device == "cuda", "use_cpu": device == "cpu", "include_num_input_tokens_seen": "non_padding",
+        "disable_tqdm": True,  # our own progress bar (StepLog) shows step, loss and time left
+        "optim": "paged_adamw_8bit" if arm.type == "qlora"
+        else ("adamw_torch_fused" if device == "cuda" else "adamw_torch"),
+        "dataloader_num_workers": 0,
+        "max_length": arm.max_length, "logging_first_step": True,
+    } | ({"warmup_steps": 0} if steps_per_epoch < 2 else {})
+    if fast:
+        # the fast path checkpoints layers itself, per its memory plan (harness.fastpath.checkpointing)
+        args["gradient_checkpointing"] = False
+    return args
 
 
-def _model_for(arm: Any, base_spec: str, device: str) -> tuple[Any, Any, Any]:
-    """(model, tokenizer, peft config or None) for an arm type."""
+def _load(arm: Any, base_spec: str, device: str, fast: FastPath | None) -> tuple[Any, Any]:
+    """(model, tokenizer) for an arm type; QLoRA loads in NF4."""
     if arm.type == "qlora":
         if device != "cuda":
             raise TrainingFailed("qlora needs a CUDA GPU (bitsandbytes 4-bit); use a lora arm on CPU")
-        from peft import prepare_model_for_kbit_training
-
         model, tok = load_model(base_spec, device, quantization="nf4")
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=arm.gradient_checkpointing)
+        if fast is None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=arm.gradient_checkpointing)
+        # the fast path keeps norms and embeddings in bf16 (prepare_model_for_kbit_training casts them to fp32,
+        # which costs memory and speed) and needs no input gradients: its checkpointing is non-reentrant
     else:
         model, tok = load_model(base_spec, device)
     model.train()
-    return model, tok, None if arm.type == "full" else lora_config(arm)
+    return model, tok
 
 
-def train_sft(arm: Any, base_spec: str, examples: list[Example], out_dir: Path, device: str | None = None) -> TrainResult:
-    """Supervised fine-tuning of one arm; returns where the adapter (or full model) was saved."""
-    import torch
+def _sft_dataset(rows: list[Example]) -> Any:
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
 
+    return Dataset.from_list([{"prompt": [m.model_dump() for m in ex.prompt],
+                               "completion": [{"role": "assistant", "content": ex.answer}]} for ex in rows])
+
+
+def _token_lengths(tok: Any, conversations: list[list[dict[str, str]]], max_length: int) -> list[int]:
+    """Tokens per rendered conversation (an upper bound for TRL's tokenisation: +8 for template edge tokens)."""
+    texts = [tok.apply_chat_template(c, tokenize=False) for c in conversations]
+    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [min(len(x) + 8, max_length) for x in ids]
+
+
+def train_sft(arm: Any, base_spec: str, examples: list[Example], out_dir: Path, device: str | None = None, *,
+              fast: Fast = "auto", progress: bool = True) -> TrainResult:
+    """Supervised fine-tuning of one arm; returns where the adapter (or full model) was saved."""
     quiet_libraries()
     device = device or default_device()
+    fast_path = resolve_fast(fast, device)
     _seed(arm.seed)
     rows = subset(examples, arm.data_fraction, arm.seed)
-    model, tok, peft_config = _model_for(arm, base_spec, device)
-    dataset = Dataset.from_list([{"prompt": [m.model_dump() for m in ex.prompt],
-                                  "completion": [{"role": "assistant", "content": ex.answer}]} for ex in rows])
-    args = SFTConfig(**_common_args(arm, out_dir, device, len(rows)), completion_only_loss=True,
-                     eos_token=_eos_for_template(tok))
-    log = _step_logger()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config, callbacks=[log])
-    return _run(trainer, log, tok, out_dir, torch)
+    model, tok = _load(arm, base_spec, device, fast_path)
+    return sft_with_model(arm, model, tok, rows, out_dir, device, fast=fast_path, progress=progress)
+
+
+def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir: Path, device: str, *,
+                   fast: FastPath | None, progress: bool = True, callbacks: tuple[Any, ...] = ()) -> TrainResult:
+    """SFT of an already loaded (or built) model: the part of `train_sft` after loading."""
+    from trl import SFTConfig, SFTTrainer
+
+    peft_config = None if arm.type == "full" else lora_config(arm)
+    dataset = _sft_dataset(rows)
+    log = step_logger(progress)
+    eos = _eos_for_template(tok)
+    if fast is None:
+        args = SFTConfig(**_common_args(arm, out_dir, device, len(rows)),
+                         completion_only_loss=True, eos_token=eos)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                             peft_config=peft_config, callbacks=[log, *callbacks])
+        return _run(trainer, log, tok, out_dir)
+
+    session = FastSession(fast, device)
+    try:
+        session.patch_model(model)
+        if peft_config is not None:
+            # what SFTTrainer does with a peft_config (same seed, so the same adapter initialisation), done here so
+            # the memory plan can measure the adapters' activations before the trainer's batch size is fixed
+            from peft import get_peft_model
+            from transformers import set_seed
+
+            set_seed(arm.seed)
+            model = get_peft_model(model, peft_config)
+        conversations = [[m.model_dump() for m in ex.prompt] + [{"role": "assistant", "content": ex.answer}]
+                         for ex in rows]
+        plan = session.plan(model, _token_lengths(tok, conversations, arm.max_length), arm.batch_size,
+                            arm.grad_accum, forced_checkpointing=arm.gradient_checkpointing)
+        args = SFTConfig(**_common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True),
+                         completion_only_loss=True, eos_token=eos)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                             callbacks=[log, *callbacks])
+        return _run(trainer, log, tok, out_dir, session, plan)
+    finally:
+        session.close()
 
 
 def train_dpo(arm: Any, base_spec: str, pairs: list[Preference], out_dir: Path, device: str | None = None,
-              init_adapter: Path | None = None) -> TrainResult:
+              init_adapter: Path | None = None, *, fast: Fast = "auto", progress: bool = True) -> TrainResult:
     """Direct preference optimisation, from the base model or on top of an SFT adapter."""
-    import torch
+    quiet_libraries()
+    device = device or default_device()
+    fast_path = resolve_fast(fast, device)
+    _seed(arm.seed)
+    rows = subset(pairs, arm.data_fraction, arm.seed)
+    model, tok = _load(arm, base_spec, device, fast_path)
+    return dpo_with_model(arm, model, tok, rows, out_dir, device, init_adapter=init_adapter, fast=fast_path,
+                          progress=progress)
+
+
+def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_dir: Path, device: str, *,
+                   fast: FastPath | None, init_adapter: Path | None = None, progress: bool = True,
+                   callbacks: tuple[Any, ...] = ()) -> TrainResult:
+    """DPO of an already loaded model. The fast path does not merge accumulation steps here: TRL wraps the
+    adapter itself (with the frozen base as reference), so the batch size is fixed before it can be measured."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    quiet_libraries()
-    device = device or default_device()
-    _seed(arm.seed)
-    rows = subset(pairs, arm.data_fraction, arm.seed)
-    model, tok, peft_config = _model_for(arm, base_spec, device)
+    peft_config = None if arm.type == "full" else lora_config(arm)
     if init_adapter is not None:
         from peft import PeftModel
 
-        # continue training the SFT adapter; the frozen base (adapter disabled) is the reference model
+        # continue training the SFT adapter; TRL keeps a frozen copy of it as the reference
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
         peft_config = None
     dataset = Dataset.from_list([{"prompt": [m.model_dump() for m in p.prompt],
                                   "chosen": [{"role": "assistant", "content": p.chosen}],
                                   "rejected": [{"role": "assistant", "content": p.rejected}]} for p in rows])
-    common = _common_args(arm, out_dir, device, len(rows))
-    common.pop("max_length")
-    args = DPOConfig(**common, beta=arm.beta, max_length=arm.max_length)
-    log = _step_logger()
-    trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                         peft_config=peft_config, callbacks=[log])
-    return _run(trainer, log, tok, out_dir, torch)
+    log = step_logger(progress)
+    session = FastSession(fast, device) if fast is not None else None
+    try:
+        if session is not None:
+            session.patch_model(model)
+        common = _common_args(arm, out_dir, device, len(rows), fast=session is not None)
+        common.pop("max_length")
+        args = DPOConfig(**common, beta=arm.beta, max_length=arm.max_length)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                             peft_config=peft_config, callbacks=[log, *callbacks])
+        if session is None:
+            return _run(trainer, log, tok, out_dir)
+        pair_lengths = [a + b for a, b in zip(
+            _token_lengths(tok, [[m.model_dump() for m in p.prompt] + [{"role": "assistant", "content": p.chosen}]
+                                 for p in rows], arm.max_length),
+            _token_lengths(tok, [[m.model_dump() for m in p.prompt] + [{"role": "assistant", "content": p.rejected}]
+                                 for p in rows], arm.max_length), strict=True)]
+        plan = session.plan(trainer.model, pair_lengths, arm.batch_size, 1,
+                            forced_checkpointing=arm.gradient_checkpointing)
+        return _run(trainer, log, tok, out_dir, session, plan)
+    finally:
+        if session is not None:
+            session.close()
 
 
 def _eos_for_template(tok: Any) -> str:
@@ -212,7 +310,9 @@ def _eos_for_template(tok: Any) -> str:
     return tok.eos_token
 
 
-def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, torch: Any) -> TrainResult:
+def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession | None = None,
+         plan: MemoryPlan | None = None) -> TrainResult:
+    import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; the bar and the store have them
@@ -221,14 +321,20 @@ def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, torch: Any) -> TrainRe
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     try:
-        trainer.train()
+        with session.training(trainer.model, plan) if session is not None else nullcontext():
+            trainer.train()
     except torch.OutOfMemoryError as exc:
         raise TrainingFailed(f"out of memory: {str(exc).splitlines()[0]}") from None
+    finally:
+        if session is not None:
+            session.close()   # undo the kernels and the attention switch before the weights are saved
     seconds = time.perf_counter() - started
     folder = out_dir / "adapter"
-    trainer.model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
+    if trainer.is_world_process_zero():  # data parallel (accelerate launch): one rank writes the weights
+        trainer.model.save_pretrained(str(folder))
+        tok.save_pretrained(str(folder))
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     losses = [r["loss"] for r in log.rows]
     return TrainResult(folder=folder, steps=log.rows, seconds=seconds, tokens_per_second=tokens / max(seconds, 1e-9),
-                       peak_memory_gib=peak_memory_gib(), final_loss=losses[-1] if losses else None)
+                       peak_memory_gib=peak_memory_gib(), final_loss=losses[-1] if losses else None,
+                       fastpath=session.report.as_dict() if session is not None else {})
