@@ -444,6 +444,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-ablations", action="store_true", help="only the peer and our default path")
     p.add_argument("--compile-variant", action="store_true", help="also time torch.compile (minutes to compile)")
     p.add_argument("--qlora-8b", action="store_true", help="QLoRA vs bf16 LoRA at Llama-3-8B shape")
+    p.add_argument("--only-qlora-8b", action="store_true", help="run only the 8B QLoRA-vs-LoRA section")
     p.add_argument("--qlora-steps", type=int, default=8)
     p.add_argument("--qlora-batch", type=int, default=4)
     p.add_argument("--qlora-checkpointing", choices=["full", "auto", "none"], default="full",
@@ -491,63 +492,66 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def left() -> float:
         return deadline - time.monotonic()
 
-    with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
-        folder = save_random_model(config, tok, device, dtype, Path(tmp))
-        say(f"  random model saved in {time.monotonic() - t0:.0f}s")
-        runs: dict[str, RunStats] = {}
-        runs["peer"] = guarded("peer (TRL SFTTrainer defaults)",
-                               lambda: run_peer(folder, tok, examples, settings, device, n_params))
-        peer = runs["peer"]
-        default = FastPath() if device == "cuda" else FastPath(checkpointing="none")
-        runs["ours"] = guarded("ours (harness.train, default fast path)",
-                               lambda: run_ours("ours", folder, examples, settings, device, n_params, default))
-        per_run = max(runs["ours"].wall_seconds, 10.0)
-        variants: list[tuple[str, FastPath | None]] = []
-        if peer.peak_memory_gib and not peer.error and device == "cuda":
-            variants.append(("ours-within-peer-memory", FastPath(memory_budget_gib=peer.peak_memory_gib)))
-        if not args.no_ablations:
-            variants += [("ours-no-liger", FastPath(liger=False)),
-                         ("ours-no-padding-free", FastPath(padding_free=False)),
-                         ("ours-full-checkpointing", FastPath(checkpointing="full")),
-                         ("plain-harness-path", None)]
-        if args.compile_variant:
-            variants.append(("ours-compile", FastPath(compile=True, liger=False)))
-        for name, fast in variants:
-            if device == "cpu" and fast is not None:
-                fast = FastPath(**(asdict(fast) | {"checkpointing": "none" if fast.checkpointing == "auto"
-                                                   else fast.checkpointing}))
-            if left() < 1.5 * per_run + 30 or (args.smoke and name != "plain-harness-path"):
-                report["skipped"].append(name)
-                continue
-            runs[name] = guarded(name, lambda n=name, f=fast: run_ours(n, folder, examples, settings, device,
-                                                                       n_params, f))
-        if args.profile and left() < 2 * per_run + 30 and not args.smoke:
-            report["skipped"].append("profile")
-        elif args.profile:
-            steps = 2 if args.smoke else 3
-            first = settings.warmup
-            prof_settings = Settings(**(asdict(settings) | {"steps": first + steps + 1}))
-            cb = profiler_callback(first, steps, device)
-            guarded("peer (profiled)", lambda: run_peer(folder, tok, examples, prof_settings, device, n_params,
-                                                        callbacks=(cb,)))
-            peer.profile = cb.table
-            cb2 = profiler_callback(first, steps, device)
-            from harness.models import load_model
-            from harness.train import sft_with_model
+    runs: dict[str, RunStats] = {}
+    if args.only_qlora_8b:
+        args.qlora_8b = True
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
+            folder = save_random_model(config, tok, device, dtype, Path(tmp))
+            say(f"  random model saved in {time.monotonic() - t0:.0f}s")
+            runs["peer"] = guarded("peer (TRL SFTTrainer defaults)",
+                                   lambda: run_peer(folder, tok, examples, settings, device, n_params))
+            peer = runs["peer"]
+            default = FastPath() if device == "cuda" else FastPath(checkpointing="none")
+            runs["ours"] = guarded("ours (harness.train, default fast path)",
+                                   lambda: run_ours("ours", folder, examples, settings, device, n_params, default))
+            per_run = max(runs["ours"].wall_seconds, 10.0)
+            variants: list[tuple[str, FastPath | None]] = []
+            if peer.peak_memory_gib and not peer.error and device == "cuda":
+                variants.append(("ours-within-peer-memory", FastPath(memory_budget_gib=peer.peak_memory_gib)))
+            if not args.no_ablations:
+                variants += [("ours-no-liger", FastPath(liger=False)),
+                             ("ours-no-padding-free", FastPath(padding_free=False)),
+                             ("ours-full-checkpointing", FastPath(checkpointing="full")),
+                             ("plain-harness-path", None)]
+            if args.compile_variant:
+                variants.append(("ours-compile", FastPath(compile=True, liger=False)))
+            for name, fast in variants:
+                if device == "cpu" and fast is not None:
+                    fast = FastPath(**(asdict(fast) | {"checkpointing": "none" if fast.checkpointing == "auto"
+                                                       else fast.checkpointing}))
+                if left() < 1.5 * per_run + 30 or (args.smoke and name != "plain-harness-path"):
+                    report["skipped"].append(name)
+                    continue
+                runs[name] = guarded(name, lambda n=name, f=fast: run_ours(n, folder, examples, settings, device,
+                                                                           n_params, f))
+            if args.profile and left() < 2 * per_run + 30 and not args.smoke:
+                report["skipped"].append("profile")
+            elif args.profile:
+                steps = 2 if args.smoke else 3
+                first = settings.warmup
+                prof_settings = Settings(**(asdict(settings) | {"steps": first + steps + 1}))
+                cb = profiler_callback(first, steps, device)
+                guarded("peer (profiled)", lambda: run_peer(folder, tok, examples, prof_settings, device, n_params,
+                                                            callbacks=(cb,)))
+                peer.profile = cb.table
+                cb2 = profiler_callback(first, steps, device)
+                from harness.models import load_model
+                from harness.train import sft_with_model
 
-            def profiled_ours() -> RunStats:
-                model, tok2 = load_model(str(folder), device)
-                model.train()
-                with tempfile.TemporaryDirectory() as out:
-                    r = sft_with_model(arm_for(prof_settings), model, tok2, examples, Path(out), device,
-                                       fast=default, progress=False, callbacks=(cb2,))
-                del model
-                free_memory()
-                return stats_from_rows("ours-profiled", r.steps, first, n_params, device, r.peak_memory_gib,
-                                       r.fastpath, 0.0)
+                def profiled_ours() -> RunStats:
+                    model, tok2 = load_model(str(folder), device)
+                    model.train()
+                    with tempfile.TemporaryDirectory() as out:
+                        r = sft_with_model(arm_for(prof_settings), model, tok2, examples, Path(out), device,
+                                           fast=default, progress=False, callbacks=(cb2,))
+                    del model
+                    free_memory()
+                    return stats_from_rows("ours-profiled", r.steps, first, n_params, device, r.peak_memory_gib,
+                                           r.fastpath, 0.0)
 
-            guarded("ours (profiled)", profiled_ours)
-            runs["ours"].profile = cb2.table
+                guarded("ours (profiled)", profiled_ours)
+                runs["ours"].profile = cb2.table
 
     if args.qlora_8b:
         report["qlora_8b"] = qlora_section(args, tok, device, dtype, left)
