@@ -8,31 +8,13 @@ from typing import Any, TypeVar, cast
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from harness.errors import UserError, dotted
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class AdvisorInputError(Exception):
-    """A problem with the user's answers, rules or data; the CLI prints it and exits 2."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
-        self.message, self.file, self.line, self.field = message, file, line, field
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}: " if self.file and self.line else (f"{self.file}: " if self.file else "")
-        field = f"field '{self.field}': " if self.field else ""
-        return f"{where}{field}{self.message}"
-
-
-def dotted(loc: Sequence[Any]) -> str:
-    """('rules', 2, 'when', 'op') -> 'rules[2].when.op'."""
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
-    return out
+class AdvisorInputError(UserError):
+    """A problem with the user's answers, rules or data; the CLI prints it and exits 2 (a harness UserError)."""
 
 
 class YamlFile:
