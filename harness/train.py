@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 import random
 import resource
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
