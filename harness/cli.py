@@ -234,7 +234,8 @@ def _f(x: float | None, digits: int) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline") -> None:
+def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline", out: Console | None = None) -> None:
+    out = out or console
     from harness.compare import compare_trials
 
     trials = st.trials(run_id)
@@ -255,18 +256,19 @@ def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline") -> No
             table.add_row(c.suite, c.metric + (" *" if c.primary else ""), f"{s.mean_a:.3f}", f"{s.mean_b:.3f}",
                           f"[{style}]{s.delta:+.3f}[/]" if style else f"{s.delta:+.3f}", f"[{s.lo:+.3f}, {s.hi:+.3f}]",
                           "—" if s.mcnemar_p is None else f"{s.mcnemar_p:.3g}", str(s.n))
-        console.print(table)
+        out.print(table)
 
 
-def print_decision(decision: Any) -> None:
+def print_decision(decision: Any, out: Console | None = None) -> None:
+    out = out or console
     color = {"promote": "green", "reject": "red", "error": "yellow"}[decision.verdict]
     table = Table("rule", "result", "detail", title=escape(f"gate: {decision.candidate} vs {decision.baseline}"))
     for r in decision.rules:
         table.add_row(escape(r.name), "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
                       escape(r.message))
-    console.print(table)
+    out.print(table)
     word = {"promote": "PASS — promote", "reject": "FAIL — reject", "error": "ERROR — cannot decide"}[decision.verdict]
-    console.print(f"[bold {color}]Gate: {word}[/] (exit {decision.exit_code}): {escape(decision.reason)}")
+    out.print(f"[bold {color}]Gate: {word}[/] (exit {decision.exit_code}): {escape(decision.reason)}")
 
 
 @app.command()

@@ -59,11 +59,11 @@ def run_demo(console: Console, store_ref: str | None = None, steps: int | None =
         return 1
 
     console.rule("[bold]3. Comparison[/]")
-    print_run_comparison(store, outcome.run_id)
+    print_run_comparison(store, outcome.run_id, out=console)
 
     console.rule("[bold]4. Gate[/]")
     decision = decide(store, DEMO / "gate.yaml", f"{outcome.run_id}/lora")
-    print_decision(decision)
+    print_decision(decision, out=console)
 
     console.rule("[bold]5. Report[/]")
     from harness.report import write_html
