@@ -17,7 +17,8 @@ from harness.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tunegate: should we fine-tune, and did it work? Plan, train, score, compare and gate.")
-console = Console()
+# logs and CI output are read in wide windows: do not squeeze tables into 80 columns when not on a terminal
+console = Console() if sys.stdout.isatty() else Console(width=max(120, int(os.environ.get("COLUMNS") or 0)))
 err_console = Console(stderr=True)
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store path or SQLAlchemy URL "
                                                  "(default: $TUNEGATE_STORE or runs/tunegate.db).")]
