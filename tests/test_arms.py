@@ -18,14 +18,7 @@ QUESTION = [{"role": "user", "content": "Extract the person's name, age and city
                                         "Answer with compact JSON only.\nText: Ana Berg, 40, lives in Oslo."}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
