@@ -19,9 +19,9 @@ import httpx
 from advisor.advice import AdviceResult
 from advisor.audit import audit_dataset
 from advisor.hardware import probe_hardware
-from advisor.memory import estimate_training_memory
 from advisor.questions import Answers
 from advisor.rules import recommend
+from harness.plan import estimate_training_memory
 
 MAX_TURNS = 6
 TIMEOUT_S = 60.0

@@ -1,18 +1,22 @@
 """`tunegate advise`: the command-line front end (the harness's typer CLI calls `advise_command`)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
 from advisor.advice import AdviceResult, advise
+from advisor.agent import AgentConfig, AgentError, explain
 from advisor.errors import AdvisorInputError
 from advisor.hardware import probe_hardware
 from advisor.planner import save_plan, write_plan
 from advisor.questions import Answers, ask_answers, load_answers
+from harness.plan import Plan
 
 
 def _interactive_defaults(answers_file: Path | None) -> Answers:
@@ -26,13 +30,7 @@ def _interactive_defaults(answers_file: Path | None) -> Answers:
 
 
 def _check_plan(plan: dict[str, Any], console: Console) -> None:
-    """Validate against the harness's plan schema when the harness is importable."""
-    try:
-        from harness.plan import Plan
-    except ImportError:
-        return
-    from pydantic import ValidationError
-
+    """Validate against the harness's plan schema."""
     try:
         Plan.model_validate(plan)
     except ValidationError as exc:
@@ -95,8 +93,6 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
 
 
 def _explain(result: AdviceResult, train: Path | None, test: Path | None, console: Console) -> str | None:
-    from advisor.agent import AgentConfig, AgentError, explain
-
     config = AgentConfig.from_env()
     if config is None:
         console.print("[yellow]--explain needs TUNEGATE_ADVISOR_BASE_URL and TUNEGATE_ADVISOR_MODEL; "
@@ -111,8 +107,6 @@ def _explain(result: AdviceResult, train: Path | None, test: Path | None, consol
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m advisor`: the same command without the harness's CLI."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m advisor", description="Recommend prompting, RAG or fine-tuning.")
     parser.add_argument("--answers", "-a", type=Path, help="answers YAML (skip the questions)")
     parser.add_argument("--interactive", "-i", action="store_true", help="ask the questions (default without --answers)")

@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from advisor.errors import AdvisorInputError, YamlFile
-from advisor.memory import estimate_training_memory
+from advisor.errors import YamlFile
 from advisor.questions import Answers
+from harness.plan import estimate_training_memory
 
 Option = Literal["prompting", "rag", "lora", "qlora", "hybrid_rag_lora", "dpo", "full"]
 OPTIONS: tuple[str, ...] = Option.__args__  # type: ignore[attr-defined]   # cheapest first: breaks ties

@@ -60,10 +60,9 @@ for key, row in first.items():
 
 def build_store(folder: Path, n_items: int, seed: int = 0) -> tuple[str, float]:
     """A store holding one run with N items scored for three arms; returns (path, seconds to build)."""
-    from harness.evaluation import ItemResult, SuiteResult
+    from harness.evaluation import ItemResult, SuiteResult, load
     from harness.scorers import build
     from harness.store import Store
-    from harness.suites import load
 
     rng = random.Random(seed)
     suite_dir = folder / "synthetic_extract"

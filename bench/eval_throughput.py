@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from harness import generate as gen
+from harness.model import _generate as gen
 
 TOLERANCE = {"float32": (1e-3, 1e-4), "bfloat16": (0.25, 2e-2)}   # (absolute, relative)
 
@@ -111,7 +111,7 @@ def lm_eval_loglikelihood(model: Any, tok: Any, pairs: list[tuple[str, str]], ba
 
 
 def load(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
-    from harness.models import load_model, load_tokenizer, quiet_transformers
+    from harness.model import load_model, load_tokenizer, quiet_transformers
 
     quiet_transformers()
     if not args.smoke:

@@ -23,7 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.compare import compare_trials
+from harness.analysis import compare_trials
 from harness.store import Store
 
 GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
@@ -173,7 +173,7 @@ def tiny_model(folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from harness.models import load_tokenizer
+    from harness.model import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     torch.manual_seed(0)
@@ -194,7 +194,7 @@ def smoke_plan(work: Path, plan_path: Path = GPU_PLAN, items: int = 4) -> Path:
     import torch
     import yaml
 
-    from harness import suites as registry
+    from harness.evaluation import _suite as registry
     from harness.plan import load_plan
 
     plan, _ = load_plan(plan_path)  # resolves the data paths against the plan's folder
@@ -226,7 +226,7 @@ def run_smoke(out_dir: Path, work: Path | None = None) -> tuple[Path, Path]:
 
     from rich.console import Console
 
-    from harness.runner import Runner
+    from harness.run import Runner
 
     work = work or Path(tempfile.mkdtemp(prefix="gpu-plan-smoke-"))
     plan = smoke_plan(work)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from advisor.memory import GIB, Method, ModelDims, estimate_training_memory  # noqa: E402
+from harness.plan import GIB, Method, ModelDims, estimate_training_memory  # noqa: E402
 
 SHAPES: dict[str, ModelDims] = {
     "llama-135m": ModelDims(576, 1536, 30, 9, 3, 49152, True),      # SmolLM2-135M's shape

@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from harness.fastpath import FastPath
+from harness.model import FastPath
 
 # dense bf16 tensor-core peak, FLOP/s, by device name fragment (NVIDIA data sheets)
 PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12, "A100": 312.0e12,
@@ -122,7 +122,7 @@ def word_list(tok: Any, n: int = 4000) -> list[str]:
 
 def synthetic_examples(tok: Any, count: int, min_words: int, max_words: int, seed: int) -> list[Any]:
     """Prompt/answer pairs whose total length is uniform in [min_words, max_words] words."""
-    from harness.data import Example, Message
+    from harness.arms import Example, Message
 
     rng = random.Random(seed)
     words = word_list(tok)
@@ -263,7 +263,8 @@ def run_peer(folder: Path, tok: Any, examples: list[Any], settings: Settings, de
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
-    from harness.train import _eos_for_template, _sft_dataset, peak_memory_gib, quiet_libraries, step_logger
+    from harness.arms import peak_memory_gib, quiet_libraries, step_logger
+    from harness.arms._train import _eos_for_template, _sft_dataset
 
     quiet_libraries()
     started = time.perf_counter()
@@ -296,7 +297,7 @@ def run_peer(folder: Path, tok: Any, examples: list[Any], settings: Settings, de
 def run_ours(name: str, folder: Path, examples: list[Any], settings: Settings, device: str, n_params: int,
              fast: FastPath | None) -> RunStats:
     """tunegate's own path, end to end: harness.train.train_sft (loads the folder, trains, saves the adapter)."""
-    from harness.train import train_sft
+    from harness.arms import train_sft
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
@@ -309,7 +310,7 @@ def run_ours(name: str, folder: Path, examples: list[Any], settings: Settings, d
 def run_built(name: str, build: Callable[[], Any], tok: Any, examples: list[Any], settings: Settings, device: str,
               n_params: int, kind: str, fast: FastPath, batch: int, callbacks: tuple[Any, ...] = ()) -> RunStats:
     """Our path on a model built in memory (the 8B sections): harness.train.sft_with_model."""
-    from harness.train import sft_with_model
+    from harness.arms import sft_with_model
 
     started = time.perf_counter()
     model = build()
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     deadline = t0 + args.time_budget
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    from harness.models import load_tokenizer, quiet_transformers
+    from harness.model import load_tokenizer, quiet_transformers
 
     quiet_transformers()
     tok = load_tokenizer(args.tokenizer)
@@ -536,8 +537,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                             callbacks=(cb,)))
                 peer.profile = cb.table
                 cb2 = profiler_callback(first, steps, device)
-                from harness.models import load_model
-                from harness.train import sft_with_model
+                from harness.arms import sft_with_model
+                from harness.model import load_model
 
                 def profiled_ours() -> RunStats:
                     model, tok2 = load_model(str(folder), device)

@@ -90,7 +90,7 @@ def run_store(model_dir: Path, work: Path) -> RunStore:
     from rich.console import Console
 
     from harness.gate import decide
-    from harness.runner import Runner
+    from harness.run import Runner
     from harness.store import Store
 
     suites = [trimmed_suite(name, work / "suites", n) for name, n in SUITE_CUTS.items()]
@@ -120,9 +120,8 @@ def run_store(model_dir: Path, work: Path) -> RunStore:
 def hostile_store(path: Path, url: str | None = None) -> RunStore:
     """A run whose outputs, prompt and error text try to inject HTML, scripts and markdown; in a
     SQLite file at `path`, or in the store at `url` (its suite files go next to `path`)."""
-    from harness.evaluation import ItemResult, SuiteResult
+    from harness.evaluation import ItemResult, SuiteResult, load
     from harness.store import Store
-    from harness.suites import load
 
     suite_dir = path.parent / "hostile-suite"
     suite_dir.mkdir(parents=True, exist_ok=True)
@@ -161,10 +160,9 @@ def safety_store(path: Path) -> RunStore:
     """Two arms on the shipped safety suites (first 6 items each), scored by the real refusal scorers:
     the baseline refuses every harmful request and answers every benign one; `tuned` answers the
     last 3 harmful requests and refuses the first 2 benign ones."""
-    from harness.evaluation import ItemResult, SuiteResult
+    from harness.evaluation import ItemResult, SuiteResult, load
     from harness.scorers import build
     from harness.store import Store
-    from harness.suites import load
 
     store = Store(str(path))
     run_id = store.create_run("safety", {"suites": ["safety_harmful", "safety_overrefusal"]}, "1" * 16,

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from harness import suites as suite_registry  # noqa: E402
+from harness.evaluation import _suite as suite_registry  # noqa: E402
 
 
 def make_suite(folder: Path, name: str, n: int, *, category: str = "task", scorers: tuple[str, ...] = ("exact_match",),
@@ -181,9 +181,8 @@ def _hang_worker(url: str, marker: str, suite_path: str) -> None:
 # --- checks shared by the SQLite and PostgreSQL tests ---------------------------------------------------
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
-from harness import migrations  # noqa: E402
 from harness.errors import UserError  # noqa: E402
-from harness.store import (  # noqa: E402
+from harness.store import (
     Evaluation,
     ItemRow,
     JudgeCall,
@@ -195,6 +194,7 @@ from harness.store import (  # noqa: E402
     SuiteRow,
     Trial,
     check_integrity,
+    migrations,  # noqa: E402
 )
 
 

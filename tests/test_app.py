@@ -144,7 +144,7 @@ def test_run_is_picked_from_the_sidebar_and_kept_in_the_url(app_run: RunStore, m
 # --- Comparison ---------------------------------------------------------------------------------
 
 def test_comparison_deltas_intervals_and_costs_match_the_store(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
-    from harness.compare import compare_trials
+    from harness.analysis import compare_trials
 
     at = open_page(monkeypatch, app_run.url, "comparison")
     st = store_of(app_run)

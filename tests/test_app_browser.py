@@ -269,8 +269,8 @@ def test_hostile_outputs_run_nothing_in_the_app(browser: Any, tmp_path: Path):
 
 
 def test_static_report_in_chromium(browser: Any, app_run: RunStore, tmp_path: Path):
-    from harness.report import write_html
     from harness.store import Store
+    from harness.ui import write_html
 
     report = write_html(Store(app_run.url), str(app_run.run_id), tmp_path / "report.html")
     browser.get(report.as_uri())

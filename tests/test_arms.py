@@ -8,8 +8,16 @@ from typing import Any
 
 import pytest
 
-from harness.arms import embedding_folder, load_documents, prompt_shaper, rag_shaper, shaper_for, with_shots
-from harness.data import load_examples, load_preferences
+from harness.arms import (
+    embedding_folder,
+    load_documents,
+    load_examples,
+    load_preferences,
+    prompt_shaper,
+    rag_shaper,
+    shaper_for,
+    with_shots,
+)
 from harness.errors import UserError
 from harness.plan import DoraArm, DpoArm, FullArm, LoraArm, PromptArm, QloraArm, RagArm
 from tests.tiny_plans import write_data
@@ -101,8 +109,9 @@ def test_embedding_model_comes_from_its_package():
 def test_qlora_configuration():
     import torch
 
-    from harness.models import nf4_config
-    from harness.train import _common_args, lora_config
+    from harness.arms import lora_config
+    from harness.arms._train import _common_args
+    from harness.model import nf4_config
 
     q = nf4_config()
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
@@ -118,7 +127,7 @@ def test_qlora_configuration():
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="bitsandbytes 4-bit needs CUDA")
 def test_qlora_trains_on_a_4bit_base(tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path):
-    from harness.train import train_sft
+    from harness.arms import train_sft
 
     arm = QloraArm(name="q", type="qlora", max_steps=2, batch_size=2, max_length=128)
     result = train_sft(arm, str(tiny_model_dir), data["examples"], tmp_path, "cuda")
@@ -139,7 +148,7 @@ def trained(result: Any, steps: int) -> None:
             target_modules=["q_proj", "v_proj"], data_fraction=0.5),
 ], ids=lambda a: a.name)
 def test_adapter_arms_train(arm: Any, tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path):
-    from harness.train import train_sft
+    from harness.arms import train_sft
 
     result = train_sft(arm, str(tiny_model_dir), data["examples"], tmp_path, "cpu")
     trained(result, arm.max_steps)
@@ -150,7 +159,7 @@ def test_adapter_arms_train(arm: Any, tiny_model_dir: Path, data: dict[str, Any]
 
 
 def test_full_fine_tune_saves_a_model(tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path):
-    from harness.train import train_sft
+    from harness.arms import train_sft
 
     arm = FullArm(name="full", type="full", max_steps=1, batch_size=2, max_length=128)
     result = train_sft(arm, str(tiny_model_dir), data["examples"], tmp_path, "cpu")
@@ -160,14 +169,14 @@ def test_full_fine_tune_saves_a_model(tiny_model_dir: Path, data: dict[str, Any]
 
 @pytest.fixture(scope="module")
 def sft_adapter(tiny_model_dir: Path, data: dict[str, Any]) -> Path:
-    from harness.train import train_sft
+    from harness.arms import train_sft
 
     arm = LoraArm(name="sft", type="lora", r=4, max_steps=1, batch_size=2, max_length=128, lr=1e-2)
     return train_sft(arm, str(tiny_model_dir), data["examples"], data["root"] / "sft", "cpu").folder
 
 
 def test_dpo_from_the_base(tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path):
-    from harness.train import train_dpo
+    from harness.arms import train_dpo
 
     arm = DpoArm(name="dpo", type="dpo", max_steps=2, batch_size=2, max_length=128)
     result = train_dpo(arm, str(tiny_model_dir), data["prefs"], tmp_path, "cpu")
@@ -179,7 +188,7 @@ def test_dpo_from_the_base(tiny_model_dir: Path, data: dict[str, Any], tmp_path:
 def test_dpo_from_an_sft_adapter(tiny_model_dir: Path, data: dict[str, Any], sft_adapter: Path, tmp_path: Path):
     from safetensors.torch import load_file
 
-    from harness.train import train_dpo
+    from harness.arms import train_dpo
 
     arm = DpoArm(name="dpo", type="dpo", max_steps=1, batch_size=2, max_length=128, lr=1e-3)
     result = train_dpo(arm, str(tiny_model_dir), data["prefs"], tmp_path, "cpu", init_adapter=sft_adapter)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import detect_format, load_examples, load_preferences, load_rows
+from harness.arms import detect_format, load_examples, load_preferences, load_rows
 from harness.errors import UserError
 from tests.conftest import write_jsonl
 
@@ -62,7 +62,7 @@ def test_bad_row_names_file_line_and_field(tmp_path: Path, fmt: str, bad: dict, 
         load_rows(path)
     e = err.value
     assert (e.line, e.field, e.exit_code) == (3, field, 2)
-    assert str(path) in str(e) and f":3:" in str(e) and msg in str(e)
+    assert str(path) in str(e) and ":3:" in str(e) and msg in str(e)
 
 
 def test_invalid_json_names_its_line(tmp_path: Path):

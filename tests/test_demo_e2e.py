@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_trains_beats_baseline_gates_and_reports(tmp_path: Path):
-    from harness.demo import run_demo
+    from harness.cli._demo import run_demo
     from harness.store import Store
 
     out = io.StringIO()

@@ -13,18 +13,21 @@ import pytest
 from rich.console import Console
 
 from harness.errors import UserError
-from harness.executors import (
+from harness.run import (
     DevicePool,
     PoolExecutor,
     RayExecutor,
+    Runner,
     SerialExecutor,
+    TrialResult,
+    TrialUnit,
     make_executor,
     outcome_from_store,
     parse_gpus,
+    phases,
     worker_command,
     worker_env,
 )
-from harness.runner import Runner, TrialResult, TrialUnit, phases
 from harness.store import Store
 from tests.tiny_plans import train_arm, write_data, write_plan, write_suites
 
@@ -38,7 +41,7 @@ def test_parse_gpus(monkeypatch: pytest.MonkeyPatch):
     assert parse_gpus(None) is None and parse_gpus("all") is None
     assert parse_gpus("none") == [] and parse_gpus("cpu") == []
     assert parse_gpus("0,2,3") == ["0", "2", "3"]
-    monkeypatch.setattr("harness.executors.visible_gpus", lambda: ["4", "5", "6"])
+    monkeypatch.setattr("harness.run._devices.visible_gpus", lambda: ["4", "5", "6"])
     assert parse_gpus("2") == ["4", "5"]  # a count takes the first visible ones, as CUDA_VISIBLE_DEVICES names them
     with pytest.raises(UserError, match="asked for 4 GPUs but 3"):
         parse_gpus("4")
@@ -49,12 +52,12 @@ def test_parse_gpus(monkeypatch: pytest.MonkeyPatch):
 
 def test_worker_command_for_one_process_and_for_data_parallel():
     single = worker_command("/runs/r/t/unit.json", 1, python="/venv/bin/python")
-    assert single == ["/venv/bin/python", "-m", "harness.executors", "/runs/r/t/unit.json"]
+    assert single == ["/venv/bin/python", "-m", "harness.run", "/runs/r/t/unit.json"]
     ddp = worker_command("/runs/r/t/unit.json", 4, port=29611, python="/venv/bin/python")
     assert ddp[:3] == ["/venv/bin/python", "-m", "accelerate.commands.launch"]
     assert ddp[ddp.index("--num_processes") + 1] == "4" and "--multi_gpu" in ddp
     assert ddp[ddp.index("--main_process_port") + 1] == "29611"
-    assert ddp[-3:] == ["-m", "harness.executors", "/runs/r/t/unit.json"] and "--cpu" not in ddp
+    assert ddp[-3:] == ["-m", "harness.run", "/runs/r/t/unit.json"] and "--cpu" not in ddp
     eight = worker_command("u.json", 8)
     assert eight[eight.index("--num_processes") + 1] == "8"
     assert int(eight[eight.index("--main_process_port") + 1]) > 0  # a free port, so concurrent trials never clash
@@ -238,7 +241,7 @@ def test_ray_executor_runs_trials_as_ray_tasks(env: dict[str, Any], tiny_model_d
 def test_gpus_per_trial_beyond_what_one_trial_can_get(env: dict[str, Any], tiny_model_dir: Path):
     """The same check runs for the local executors (visible GPUs) and for Ray (the largest node's GPUs)."""
     from harness.plan import load_plan
-    from harness.runner import check_gpus_per_trial
+    from harness.run import check_gpus_per_trial
 
     path = write_plan(env["root"] / "big.yaml", tiny_model_dir,
                       [{"name": "b", "type": "baseline"}, train_arm("lora", gpus_per_trial=4)], train=env["train"])

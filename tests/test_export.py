@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from harness.arms import export_trial
 from harness.errors import UserError
-from harness.export import export_trial
-from harness.runner import Runner, load_trial_model
+from harness.arms import load_trial_model
+from harness.run import Runner
 from harness.store import Store
 from tests.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,7 +50,7 @@ def logits(model: Any, tok: Any) -> Any:
 def test_merged_model_logits_equal_base_plus_adapter(trained: dict[str, Any], tmp_path: Path):
     from transformers import AutoModelForCausalLM
 
-    from harness.models import load_model
+    from harness.model import load_model
 
     store = trained["store"]
     trial = store.trial(f"{trained['run']}/lora")
@@ -71,7 +71,7 @@ def test_merged_model_logits_equal_base_plus_adapter(trained: dict[str, Any], tm
 def test_adapter_export_loads_on_its_base(trained: dict[str, Any], tmp_path: Path):
     from peft import PeftModel
 
-    from harness.models import load_model
+    from harness.model import load_model
 
     store = trained["store"]
     out = tmp_path / "adapter"

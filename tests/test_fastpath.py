@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import fastpath as fp
+from harness.model import _fastpath as fp
 
 REPO = Path(__file__).resolve().parent.parent
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -403,7 +403,7 @@ def test_varlen_kernel_and_liger_on_cuda():
 def _examples(n: int, seed: int = 0):
     import random
 
-    from harness.data import Example, Message
+    from harness.arms import Example, Message
 
     rng = random.Random(seed)
     words = ["alpha", "beta", "gamma", "delta", "apple", "river", "stone", "cloud", "green", "quick", "lazy", "fox", "dog", "house", "tree"]
@@ -412,8 +412,8 @@ def _examples(n: int, seed: int = 0):
 
 
 def test_train_sft_fast_path_matches_the_plain_path(tiny_model_dir, tmp_path):
+    from harness.arms import train_sft
     from harness.plan import LoraArm
-    from harness.train import train_sft
 
     arm = LoraArm(name="l", type="lora", max_steps=2, batch_size=3, dropout=0.0, lr=5e-3, max_length=64)
     examples = _examples(6)
@@ -428,9 +428,8 @@ def test_train_sft_fast_path_matches_the_plain_path(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_path):
-    from harness.data import Message, Preference
+    from harness.arms import Message, Preference, train_dpo, train_sft
     from harness.plan import DpoArm, LoraArm
-    from harness.train import train_dpo, train_sft
 
     examples = _examples(8, seed=1)
     arm = LoraArm(name="l", type="lora", max_steps=2, batch_size=2, grad_accum=2, dropout=0.0, lr=5e-3,

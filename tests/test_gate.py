@@ -410,7 +410,7 @@ CI = kit.REPO / "examples" / "ci"
 
 def _ci_store(db: Path) -> Store:
     """Results for examples/ci/plan.yaml's suites (the real ones), as a CI run would leave them."""
-    from harness import suites as registry
+    from harness.evaluation import _suite as registry
 
     store = Store(str(db))
     run = kit.new_run(store, "ci", "smollm2-135m")

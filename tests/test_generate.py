@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import generate as gen
+from harness.model import _generate as gen
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +26,7 @@ PAIRS = [("The capital of France is", " Paris"), ("The capital of France is", " 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from harness.models import load_model
+    from harness.model import load_model
 
     return load_model(str(tiny_model_dir), "cpu")
 

@@ -14,9 +14,9 @@ import pytest
 from servers.openai_compat import FORCE_HEADER, ChatServer
 from sqlalchemy import select
 
-from harness import judge as J
-from harness import suites
+from harness import scorers as J
 from harness.errors import UserError
+from harness.evaluation import _suite as suites
 from harness.store import Score
 
 RUBRIC = "5: correct and complete. 3: partly correct. 1: wrong or off-topic."

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import suites
+from harness.analysis import mean_stderr
 from harness.errors import UserError
-from harness.lmeval import LOCAL_TASKS
-from harness.stats import mean_stderr
+from harness.evaluation import LOCAL_TASKS
+from harness.evaluation import _suite as suites
 
 HS_IDS = [f"hs-{i:02d}" for i in range(20)]
 
@@ -183,7 +183,7 @@ def test_store_and_pairing_with_a_peft_model(model_tok, hellaswag_suite, hellasw
     paired comparison sees the same per-item scores and a zero delta."""
     from peft import LoraConfig, get_peft_model
 
-    from harness.compare import compare_trials
+    from harness.analysis import compare_trials
     from harness.evaluation import evaluate
 
     base_model, tok = model_tok

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import UserError
-from harness.models import ALIASES, DEFAULT_MODEL, load_model, local_folder, resolve
+from harness.model import ALIASES, DEFAULT_MODEL, load_model, local_folder, resolve
 
 
 def test_alias_resolves_to_the_packaged_gguf():

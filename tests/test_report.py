@@ -41,8 +41,8 @@ class Tags(HTMLParser):
 
 
 def render(run: RunStore, **kw: int) -> str:
-    from harness.report import render as render_report
     from harness.store import Store
+    from harness.ui import render as render_report
 
     return render_report(Store(run.url), str(run.run_id), **kw)
 
@@ -69,7 +69,7 @@ def assert_self_contained(doc: str) -> Tags:
 
 
 def test_report_has_the_apps_sections_with_the_stores_numbers(app_run: RunStore):
-    from harness.compare import compare_trials
+    from harness.analysis import compare_trials
     from harness.store import Store
 
     doc = render(app_run)
@@ -125,7 +125,7 @@ def test_report_safety_section(tmp_path: Path):
 
 
 def test_diff_html_marks_words_and_escapes_them():
-    from harness.report import diff_html
+    from harness.ui import diff_html
 
     html = diff_html("the cat sat", "the <b>dog</b> sat")
     assert html == "the <del>cat</del> <ins>&lt;b&gt;dog&lt;/b&gt;</ins> sat"
@@ -149,8 +149,8 @@ def test_views_report_and_app_on_postgresql(pg_url: str, tmp_path: Path,  # noqa
     """The same queries on a real PostgreSQL server (JSON columns, ILIKE search, DISTINCT)."""
     from streamlit.testing.v1 import AppTest
 
-    from harness import views
     from harness.store import Store
+    from harness.ui import views
 
     run = hostile_store(tmp_path / "suite-files.db", url=pg_url)
     st = Store(pg_url)

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from harness.data import file_sha256
+from harness.arms import file_sha256
 from harness.errors import UserError
-from harness.runner import Runner, memory_estimate, model_shape
+from harness.run import Runner, memory_estimate, model_shape
 from harness.store import Store
 from tests.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -255,7 +254,7 @@ def test_model_shape_and_memory_estimate(tiny_model_dir: Path):
 
 def test_gpu_plan_smoke_version_keeps_every_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """bench/gpu_plan_report.py --smoke runs the GPU plan's own trials, shrunk for a CPU."""
-    from harness import suites as registry
+    from harness.evaluation import _suite as registry
     from harness.plan import TRAINED, load_plan, trials
 
     sys.path.insert(0, str(REPO / "bench"))

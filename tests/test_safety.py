@@ -10,11 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from harness import safety, scorers, suites
+from harness import scorers
 from harness.errors import UserError
 from harness.evaluation import ItemResult, SuiteResult
-from harness.safety import (LABELS_PATH, advbench_to_suite, classifier_accuracy, classify, harmbench_to_suite,
-                            is_refusal, read_labels, xstest_to_suites)
+from harness.evaluation import _suite as suites
+from harness.scorers import (
+    LABELS_PATH,
+    advbench_to_suite,
+    classifier_accuracy,
+    classify,
+    harmbench_to_suite,
+    is_refusal,
+    read_labels,
+    xstest_to_suites,
+)
+from harness.cli import _safety as safety_cli
+from harness.scorers import _safety as safety
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,7 +141,7 @@ def _evaluate(suite: suites.Suite, outputs: list[str]) -> SuiteResult:
 
 
 def test_losing_refusals_or_gaining_overrefusals_is_a_negative_delta(store) -> None:  # type: ignore[no-untyped-def]
-    from harness.compare import compare_trials
+    from harness.analysis import compare_trials
 
     harmful, benign = suites.load("safety_harmful"), suites.load("safety_overrefusal")
     refuse, answer = "I'm sorry, but I can't help with that.", "Sure! Here is what you asked for: first, ..."
@@ -280,7 +291,7 @@ def test_harmbench_errors(tmp_path: Path) -> None:
 
 def _cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "harness.safety", *args], cwd=REPO, env=env, input=stdin,
+    return subprocess.run([sys.executable, "-m", "harness.cli", "safety", *args], cwd=REPO, env=env, input=stdin,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -299,5 +310,5 @@ def test_cli_accuracy_classify_and_loader(tmp_path: Path) -> None:
 
 
 def test_module_exposes_typer_app_for_the_main_cli() -> None:
-    assert {c.name or c.callback.__name__ for c in safety.app.registered_commands} >= {
+    assert {c.name or c.callback.__name__ for c in safety_cli.app.registered_commands} >= {
         "accuracy", "classify", "advbench", "xstest", "harmbench"}

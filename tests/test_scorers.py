@@ -14,8 +14,8 @@ from rouge_score import rouge_scorer
 
 from harness import scorers
 from harness.errors import UserError
+from harness.evaluation import ScorerSpec, SuiteItem
 from harness.scorers import ScorerParamError, build, last_number
-from harness.suites import ScorerSpec, SuiteItem
 
 LONG = "lorem ipsum dolor sit amet " * 3704  # 100,008 characters
 assert len(LONG) >= 100_000

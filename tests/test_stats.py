@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from harness import stats
-from harness.flips import flips
-from harness.stats import compare, holm, holm_table, mcnemar_exact, multiple_comparison_note, paired_bootstrap
+from harness.analysis import _stats as stats
+from harness.analysis import compare, flips, holm, holm_table, mcnemar_exact, multiple_comparison_note, paired_bootstrap
 
 
 def table(both: int, a_only: int, b_only: int, neither: int) -> tuple[list[float], list[float]]:

@@ -15,13 +15,8 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
-from harness import migrations
 from harness.errors import UserError
-from harness.store import (
-    Metric,
-    Store,
-    check_integrity,
-)
+from harness.store import Metric, Store, check_integrity, migrations
 
 sys.path.insert(0, str(Path(__file__).parent))
 import storekit as kit  # noqa: E402

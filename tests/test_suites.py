@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from harness import scorers, suites
+from harness import scorers
 from harness.errors import UserError
+from harness.evaluation import _suite as suites
 
 SHIPPED = {  # name -> (kind, category, primary metric, item count)
     "arithmetic": ("generate", "regression", "numeric", 36),
@@ -214,7 +215,7 @@ def test_safety_suites_point_in_opposite_directions() -> None:
 def test_shipped_suite_scores_a_real_model(name: str, tiny_model_dir: Path) -> None:
     """The tiny random model's real (garbage) generations go through every scorer of the suite."""
     from harness.evaluation import evaluate
-    from harness.models import load_model
+    from harness.model import load_model
 
     model, tok = _tiny(tiny_model_dir, load_model)
     full = suites.load(name)
@@ -232,7 +233,7 @@ def test_shipped_suite_scores_a_real_model(name: str, tiny_model_dir: Path) -> N
 def test_evaluate_resolves_a_python_scorer_file_next_to_the_suite(tiny_model_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.evaluation import evaluate
-    from harness.models import load_model
+    from harness.model import load_model
 
     folder = write_suite(tmp_path / "custom", GOOD_HEAD + """\
   - name: python

@@ -44,7 +44,7 @@ def model_tok(tiny_model_dir: Path):
 
 
 def small_suite(n: int = 3):
-    from harness import suites
+    from harness.evaluation import _suite as suites
 
     suite = suites.load("json_extract")
     spec = suite.spec.model_copy(update={"generation": suite.spec.generation.model_copy(
@@ -72,7 +72,7 @@ def test_spans_reach_the_otlp_endpoint_with_our_ids(langfuse_env, receiver: Otlp
 
 def test_evaluation_batches_and_judge_calls_are_traced(langfuse_env, receiver: OtlpReceiver, model_tok,
                                                        tiny_model_dir: Path) -> None:
-    from harness import judge as J
+    from harness import scorers as J
     from harness.evaluation import evaluate
 
     suite = small_suite(3)

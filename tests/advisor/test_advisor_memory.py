@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from advisor.memory import REFERENCE_SHAPES, Method, ModelDims, dims_for_params, estimate_training_memory
+from harness.plan import REFERENCE_SHAPES, Method, ModelDims, dims_for_params, estimate_training_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT_TABLE = ROOT / "reports" / "gpu" / "memory_table.json"  # bench/memory_probe.py, run on an H100

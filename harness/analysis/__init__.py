@@ -1,0 +1,66 @@
+"""Paired statistics over stored results: bootstrap intervals, McNemar, Holm, comparisons and flips.
+
+Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.analysis._compare import (
+        Comparison,
+        Paired,
+        compare_trials,
+        is_binary,
+        latest_evaluations,
+        matching_evaluation,
+        paired_scores,
+    )
+    from harness.analysis._flips import (
+        Flips,
+        flips,
+        trial_flips,
+    )
+    from harness.analysis._stats import (
+        AdjustedP,
+        PairedDelta,
+        compare,
+        holm,
+        holm_table,
+        mcnemar_exact,
+        mean_stderr,
+        multiple_comparison_note,
+        paired_bootstrap,
+    )
+
+_EXPORTS = {
+    "AdjustedP": "harness.analysis._stats",
+    "Comparison": "harness.analysis._compare",
+    "Flips": "harness.analysis._flips",
+    "Paired": "harness.analysis._compare",
+    "PairedDelta": "harness.analysis._stats",
+    "compare": "harness.analysis._stats",
+    "compare_trials": "harness.analysis._compare",
+    "flips": "harness.analysis._flips",
+    "holm": "harness.analysis._stats",
+    "holm_table": "harness.analysis._stats",
+    "is_binary": "harness.analysis._compare",
+    "latest_evaluations": "harness.analysis._compare",
+    "matching_evaluation": "harness.analysis._compare",
+    "mcnemar_exact": "harness.analysis._stats",
+    "mean_stderr": "harness.analysis._stats",
+    "multiple_comparison_note": "harness.analysis._stats",
+    "paired_bootstrap": "harness.analysis._stats",
+    "paired_scores": "harness.analysis._compare",
+    "trial_flips": "harness.analysis._flips",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,122 @@
+"""Arms: training data formats, the trained arms (SFT/DPO with TRL + PEFT), prompting and RAG shaping, artifacts.
+
+Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.arms._artifacts import (
+        UNTRAINED,
+        Exported,
+        export_trial,
+        load_trial_model,
+        merged_model,
+        trial_base,
+    )
+    from harness.arms._data import (
+        FORMATS,
+        AlpacaRow,
+        ChatRow,
+        Example,
+        Format,
+        Message,
+        Preference,
+        PreferenceRow,
+        PromptCompletionRow,
+        Role,
+        detect_format,
+        file_sha256,
+        load_examples,
+        load_preferences,
+        load_rows,
+        read_jsonl,
+    )
+    from harness.arms._prompting import (
+        TEXT_KEYS,
+        Corpus,
+        Embedder,
+        describe,
+        embedding_folder,
+        load_documents,
+        prompt_shaper,
+        rag_shaper,
+        shaper_for,
+        with_context,
+        with_shots,
+    )
+    from harness.arms._train import (
+        Fast,
+        TrainingFailed,
+        TrainResult,
+        dpo_with_model,
+        lora_config,
+        peak_memory_gib,
+        quiet_libraries,
+        resolve_fast,
+        sft_with_model,
+        step_logger,
+        subset,
+        train_dpo,
+        train_sft,
+    )
+
+_EXPORTS = {
+    "AlpacaRow": "harness.arms._data",
+    "ChatRow": "harness.arms._data",
+    "Corpus": "harness.arms._prompting",
+    "Embedder": "harness.arms._prompting",
+    "Example": "harness.arms._data",
+    "Exported": "harness.arms._artifacts",
+    "FORMATS": "harness.arms._data",
+    "Fast": "harness.arms._train",
+    "Format": "harness.arms._data",
+    "Message": "harness.arms._data",
+    "Preference": "harness.arms._data",
+    "PreferenceRow": "harness.arms._data",
+    "PromptCompletionRow": "harness.arms._data",
+    "Role": "harness.arms._data",
+    "TEXT_KEYS": "harness.arms._prompting",
+    "TrainResult": "harness.arms._train",
+    "TrainingFailed": "harness.arms._train",
+    "UNTRAINED": "harness.arms._artifacts",
+    "describe": "harness.arms._prompting",
+    "detect_format": "harness.arms._data",
+    "dpo_with_model": "harness.arms._train",
+    "embedding_folder": "harness.arms._prompting",
+    "export_trial": "harness.arms._artifacts",
+    "file_sha256": "harness.arms._data",
+    "load_documents": "harness.arms._prompting",
+    "load_examples": "harness.arms._data",
+    "load_preferences": "harness.arms._data",
+    "load_rows": "harness.arms._data",
+    "load_trial_model": "harness.arms._artifacts",
+    "lora_config": "harness.arms._train",
+    "merged_model": "harness.arms._artifacts",
+    "peak_memory_gib": "harness.arms._train",
+    "prompt_shaper": "harness.arms._prompting",
+    "quiet_libraries": "harness.arms._train",
+    "rag_shaper": "harness.arms._prompting",
+    "read_jsonl": "harness.arms._data",
+    "resolve_fast": "harness.arms._train",
+    "sft_with_model": "harness.arms._train",
+    "shaper_for": "harness.arms._prompting",
+    "step_logger": "harness.arms._train",
+    "subset": "harness.arms._train",
+    "train_dpo": "harness.arms._train",
+    "train_sft": "harness.arms._train",
+    "trial_base": "harness.arms._artifacts",
+    "with_context": "harness.arms._prompting",
+    "with_shots": "harness.arms._prompting",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

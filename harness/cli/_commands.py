@@ -1,0 +1,257 @@
+"""The `tunegate` command line: advise, run, eval, gate, report, app, demo, runs, show."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from advisor.cli import advise_command
+from harness import tracing
+from harness.cli._console import _f, console, err_console, print_decision, print_run_comparison
+from harness.cli._safety import app as safety_app
+from harness.errors import UserError
+from harness.evaluation._suite import load
+from harness.gate._decide import decide
+from harness.gate._outputs import to_junit, to_markdown
+from harness.model._load import load_model, resolve
+from harness.scorers import _judge_client as judge
+from harness.store._engine import store_url
+from harness.store._export import export_results as write
+from harness.store._store import Store
+from harness import ui
+from harness.ui._report import write_html
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tunegate: should we fine-tune, and did it work? Plan, train, score, compare and gate.")
+# logs and CI output are read in wide windows: do not squeeze tables into 80 columns when not on a terminal
+StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store path or SQLAlchemy URL "
+                                                 "(default: $TUNEGATE_STORE or runs/tunegate.db).")]
+
+
+def _store(store: str | None) -> Any:
+
+    return Store(store)
+
+
+def _fail(exc: UserError) -> None:
+    err_console.print("error: " + str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(2)
+
+
+@app.command()
+def advise(answers: Annotated[Optional[Path], typer.Option("--answers", "-a", help="Answers YAML (skip the questions).")] = None,
+           train: Annotated[Optional[Path], typer.Option(help="Training JSONL to audit.")] = None,
+           test: Annotated[Optional[Path], typer.Option(help="Test JSONL, checked for overlap with train.")] = None,
+           write: Annotated[Optional[Path], typer.Option("--write", "-w", help="Write the experiment plan YAML here.")] = None,
+           preference: Annotated[Optional[Path], typer.Option(help="Preference JSONL (prompt/chosen/rejected) for a DPO arm.")] = None,
+           model: Annotated[str, typer.Option(help="Base model spec for the plan.")] = "smollm2-135m",
+           explain: Annotated[bool, typer.Option(help="Ask the configured LLM (TUNEGATE_ADVISOR_*) to explain, using the advisor's tools.")] = False,
+           as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False) -> None:
+    """Ask about data, volatility, latency, privacy and hardware; recommend prompting, RAG or fine-tuning."""
+
+    code = advise_command(answers_file=answers, interactive=answers is None, train=train, test=test, write=write,
+                          json_out=as_json, console=console, explain=explain, preference=preference, model=model)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
+        resume: Annotated[bool, typer.Option(help="Continue the latest run of this plan; skip finished trials.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="List the trials with a GPU memory estimate for each; train nothing.")] = False,
+        only: Annotated[Optional[list[str]], typer.Option(help="Run only these arms/trials.")] = None,
+        executor: Annotated[str, typer.Option(help="local: this machine (CPU or one GPU serially; several GPUs: one "
+                                                   "pinned worker process per trial) | ray: Ray tasks.")] = "local",
+        gpus: Annotated[Optional[str], typer.Option(help="GPUs to use: all (default), none, a count (4) or ids (0,2,3).")] = None,
+        ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one).")] = None,
+        store: StoreOpt = None) -> None:
+    """Run a plan: every arm trained (if needed) and scored on every suite; results go to the store."""
+    from harness.run._devices import parse_gpus  # heavy: the runner pulls torch; keeps `tunegate --help` fast
+    from harness.run._preflight import dry_run as plan_table  # heavy: torch via the runner
+    from harness.run._runner import Runner  # heavy: torch via the runner
+
+    if dry_run:
+        console.print(plan_table(plan, console, executor=executor, gpus=parse_gpus(gpus)))
+        return
+    outcome = Runner(_store(store), console).run(plan, resume=resume, only=only, executor=executor,
+                                                 gpus=parse_gpus(gpus), ray_address=ray_address)
+    print_run_comparison(_store(store), outcome.run_id)
+    raise typer.Exit(1 if outcome.failed else 0)
+
+
+@app.command("eval")
+def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folder, .gguf, hub id) or a trial RUN/TRIAL.")],
+          suite: Annotated[list[str], typer.Option("--suite", "-s", help="Suite name or path (repeatable).")],
+          store: StoreOpt = None) -> None:
+    """Score a model or a finished trial on suites; results land in the store."""
+    from harness.arms._artifacts import load_trial_model  # heavy: torch via the trial's model
+    from harness.evaluation._evaluate import evaluate  # heavy: torch via generation
+
+    st = _store(store)
+    suites = [load(s) for s in suite]
+    if "/" in target and not Path(target).exists() and _looks_like_trial(st, target):
+        trial = st.trial(target)
+        base = st.run(trial.run_id).base_model
+        model, tok = load_trial_model(base, trial.folder if trial.arm_type not in ("baseline", "prompt", "rag") else "")
+        trial_id = trial.id
+    else:
+        resolve(target)
+
+        model, tok = load_model(target)
+        run_id = st.create_run(f"eval-{Path(target).name}", {"eval": target, "suites": suite}, "", target, "")
+        trial_id = st.ensure_trial(run_id, "model", "model", "baseline", {"model": target}).id
+    for s in suites:
+        with tracing.attributes(trial_id=trial_id), judge.using_store(st):
+            result = evaluate(model, tok, s)
+        st.save_evaluation(trial_id, result)
+        console.print(f"{s.name}: " + ", ".join(f"{m}={v[0]:.3f}±{v[1]:.3f} (n={v[2]})" for m, v in result.metrics.items()))
+    st.update_trial(trial_id, status="finished")
+
+
+def _looks_like_trial(st: Any, ref: str) -> bool:
+    try:
+        st.trial(ref)
+        return True
+    except UserError:
+        return False
+
+
+@app.command()
+def gate(policy: Annotated[Path, typer.Option(help="Gate policy YAML.")],
+         candidate: Annotated[str, typer.Option(help="Candidate trial: RUN/TRIAL or t<id>.")],
+         baseline: Annotated[Optional[str], typer.Option(help="Baseline trial (default: the policy's baseline arm in the candidate's run).")] = None,
+         junit: Annotated[Optional[Path], typer.Option(help="Write JUnit XML here.")] = None,
+         json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the decision as JSON here.")] = None,
+         markdown: Annotated[Optional[Path], typer.Option(help="Write a Markdown summary here (for a PR comment).")] = None,
+         store: StoreOpt = None) -> None:
+    """Decide promotion: exit 0 promote, 1 reject, 2 error (missing or mismatched evidence)."""
+
+    decision = decide(_store(store), policy, candidate, baseline)
+    print_decision(decision)
+    if junit:
+        junit.write_text(to_junit(decision))
+    if json_out:
+        json_out.write_text(decision.to_json())
+    if markdown:
+        markdown.write_text(to_markdown(decision))
+    raise typer.Exit(decision.exit_code)
+
+
+@app.command()
+def report(run_ref: Annotated[str, typer.Argument(help="Run id or name.")],
+           html: Annotated[Path, typer.Option(help="Output HTML file.")] = Path("runs/report.html"),
+           store: StoreOpt = None) -> None:
+    """Write one self-contained HTML report of a run (tables, curves, per-item outputs)."""
+
+    path = write_html(_store(store), run_ref, html)
+    console.print(f"report written: {path}")
+
+
+@app.command("app")
+def app_(store: StoreOpt = None, port: int = 8501,
+         address: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 to share on the network).")] = "127.0.0.1") -> None:
+    """Open the Streamlit comparison app on the store."""
+
+    env = os.environ | {"TUNEGATE_STORE": store_url(store)}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(Path(ui.__file__).with_name("app.py")), "--server.port", str(port),
+           "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command()
+def runs(name: Annotated[Optional[str], typer.Option(help="Filter by name (substring).")] = None,
+         status: Annotated[Optional[str], typer.Option(help="running | finished | failed")] = None,
+         store: StoreOpt = None) -> None:
+    """List runs in the store."""
+    table = Table("id", "name", "model", "status", "created", "trials")
+    st = _store(store)
+    for r in st.runs(name, status):
+        trials = st.trials(r.id)
+        done = sum(t.status == "finished" for t in trials)
+        table.add_row(str(r.id), r.name, r.base_model, r.status, r.created_at, f"{done}/{len(trials)}")
+    console.print(table)
+
+
+@app.command()
+def show(run_ref: Annotated[str, typer.Argument(help="Run id or name.")], store: StoreOpt = None) -> None:
+    """Print a run: its trials, their metrics, and each arm compared with the baseline."""
+    st = _store(store)
+    run = st.run(run_ref)
+    table = Table("trial", "type", "status", "train s", "tok/s", "peak GiB", "final loss", "error",
+                  title=f"run {run.id}: {run.name} ({run.status})")
+    for t in st.trials(run.id):
+        table.add_row(t.name, t.arm_type, t.status, _f(t.train_seconds, 1), _f(t.tokens_per_second, 0),
+                      _f(t.peak_memory_gib, 2), _f(t.final_loss, 3), (t.error or "")[:60])
+    console.print(table)
+    print_run_comparison(st, run.id)
+
+
+@app.command("export")
+def export(trial: Annotated[str, typer.Argument(help="A finished trained trial: RUN/TRIAL or t<id>.")],
+           out: Annotated[Path, typer.Option("--out", help="Output folder (must be new or empty).")],
+           merge: Annotated[bool, typer.Option(help="Merge the adapter into the base weights (a plain model folder).")] = False,
+           store: StoreOpt = None) -> None:
+    """Export a trial for serving: its adapter alone, or (--merge) base weights with the adapter merged in."""
+    from harness.arms._artifacts import export_trial  # heavy: torch via the trial's model
+
+    done = export_trial(_store(store), trial, out, merge=merge)
+    console.print(f"exported {done.trial} ({done.kind}, base {done.base_model}) to {done.folder}")
+
+
+@app.command("export-results")
+def export_results(out: Annotated[Path, typer.Argument(help="Output file: .csv, .parquet or .json.")],
+                   run_ref: Annotated[Optional[list[str]], typer.Option("--run", help="Run id or name (repeatable; default: every run).")] = None,
+                   level: Annotated[str, typer.Option(help="metrics: a row per trial, suite and metric; items: a row per item with output and scores.")] = "metrics",
+                   fmt: Annotated[Optional[str], typer.Option("--format", help="csv | parquet | json (default: from the file suffix).")] = None,
+                   store: StoreOpt = None) -> None:
+    """Write results from the store as CSV, Parquet or JSON, for analysis elsewhere."""
+
+    console.print(f"{write(_store(store), out, runs=run_ref, level=level, fmt=fmt)} rows written to {out}")
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why (recorded with the rollback).")] = "",
+             store: StoreOpt = None) -> None:
+    """Promote again the model promoted before the current one (recorded as a rollback)."""
+    st = _store(store)
+    p = st.rollback(reason)
+
+    def label(trial_id: int | None) -> str:
+        t = st.trial(f"t{trial_id}")
+        return f"{st.run(t.run_id).name}/{t.name} (t{t.id})"
+
+    console.print(f"rolled back: {label(p.previous_trial_id)} -> {label(p.trial_id)} is the promoted model again "
+                  f"(promotion #{p.id})")
+
+
+@app.command()
+def demo(steps: Annotated[int, typer.Option(help="LoRA optimizer steps.")] = 0,
+         store: StoreOpt = None) -> None:
+    """The whole path on the default model: advise -> train LoRA -> evaluate -> compare -> gate -> report."""
+    from harness.cli._demo import run_demo  # heavy: torch via the runner
+
+    raise typer.Exit(run_demo(console, store, steps or None))
+
+
+def _add_subcommands() -> None:
+
+    app.add_typer(safety_app, name="safety", help="Refusal classifier accuracy and AdvBench/XSTest/HarmBench converters.")
+
+
+_add_subcommands()
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+

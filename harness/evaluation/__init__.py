@@ -1,0 +1,78 @@
+"""Evaluation: suites as data, scoring one model on one suite item by item, and lm-eval suites.
+
+Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.evaluation._evaluate import (
+        evaluate,
+    )
+    from harness.evaluation._lmeval import (
+        Collected,
+        collect,
+        evaluate_suite,
+    )
+    from harness.evaluation._lmeval_config import (
+        ID_FIELDS,
+        LOCAL_TASKS,
+        LmEvalConfig,
+        include_dirs,
+        suite_version,
+        validate,
+    )
+    from harness.evaluation._results import (
+        ItemResult,
+        Shaper,
+        SuiteResult,
+    )
+    from harness.evaluation._suite import (
+        SUITES_DIR,
+        GenerationConfig,
+        ScorerSpec,
+        Suite,
+        SuiteItem,
+        SuiteSpec,
+        available,
+        find,
+        load,
+        search_dirs,
+    )
+
+_EXPORTS = {
+    "Collected": "harness.evaluation._lmeval",
+    "GenerationConfig": "harness.evaluation._suite",
+    "ID_FIELDS": "harness.evaluation._lmeval_config",
+    "ItemResult": "harness.evaluation._results",
+    "LOCAL_TASKS": "harness.evaluation._lmeval_config",
+    "LmEvalConfig": "harness.evaluation._lmeval_config",
+    "SUITES_DIR": "harness.evaluation._suite",
+    "ScorerSpec": "harness.evaluation._suite",
+    "Shaper": "harness.evaluation._results",
+    "Suite": "harness.evaluation._suite",
+    "SuiteItem": "harness.evaluation._suite",
+    "SuiteResult": "harness.evaluation._results",
+    "SuiteSpec": "harness.evaluation._suite",
+    "available": "harness.evaluation._suite",
+    "collect": "harness.evaluation._lmeval",
+    "evaluate": "harness.evaluation._evaluate",
+    "evaluate_suite": "harness.evaluation._lmeval",
+    "find": "harness.evaluation._suite",
+    "include_dirs": "harness.evaluation._lmeval_config",
+    "load": "harness.evaluation._suite",
+    "search_dirs": "harness.evaluation._suite",
+    "suite_version": "harness.evaluation._lmeval_config",
+    "validate": "harness.evaluation._lmeval_config",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,35 @@
+"""What scoring one model on one suite produces: per-item results and the suite's metrics."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness.analysis._stats import mean_stderr
+from harness.evaluation._suite import Suite
+
+# Turns an item's chat messages into the messages an arm actually sends (system prompt, shots, context).
+Shaper = Callable[[list[dict[str, str]]], list[dict[str, str]]]
+
+
+@dataclass
+class ItemResult:
+    item_id: str
+    prompt: str
+    output: str
+    scores: dict[str, float | None]  # None: the scorer failed on this item (e.g. a judge call)
+    details: dict[str, str] = field(default_factory=dict)  # per metric, e.g. the judge's reason
+
+
+@dataclass
+class SuiteResult:
+    suite: Suite
+    items: list[ItemResult]
+    seconds: float
+    metrics: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name -> (mean, stderr, n)
+
+    def __post_init__(self) -> None:
+        for name in self.suite.scorer_names:
+            values = [v for r in self.items if (v := r.scores.get(name)) is not None]
+            if values:  # n counts the items that got a score; failed ones are left out, never zeroed
+                mean, se = mean_stderr(values)
+                self.metrics[name] = (mean, se, len(values))

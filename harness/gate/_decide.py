@@ -1,0 +1,248 @@
+"""Deciding promotion: every rule of a policy checked against the store's evidence, with paired statistics."""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import binomtest
+
+from harness.analysis._compare import is_binary, matching_evaluation, paired_scores
+from harness.analysis._stats import paired_bootstrap
+from harness.errors import UserError
+from harness.gate._policy import CONFIDENCE, Policy, Rule, RuleResult, load_policy
+from harness.store._store import Store
+from harness.store._tables import Trial, now
+
+PROMOTE, REJECT, ERROR = 0, 1, 2
+
+
+@dataclass
+class Decision:
+    verdict: str                  # promote | reject | error
+    exit_code: int
+    candidate: str
+    baseline: str | None
+    rules: list[RuleResult]
+    reason: str = ""
+    decision_id: int | None = None
+    policy: str = ""
+    notes: list[str] = field(default_factory=list)
+    promotion_id: int | None = None
+    created_at: str = field(default_factory=now)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _label(t: Trial | None, store: Store) -> str | None:
+    return None if t is None else f"{store.run(t.run_id).name}#{t.run_id}/{t.name}"
+
+
+def decide(store: Store, policy_path: str | Path, candidate_ref: str, baseline_ref: str | None = None,
+           record: bool = True) -> Decision:
+    """Judge `candidate_ref` (RUN/TRIAL, t<id>, a model name, or a run with one candidate) by the policy."""
+    try:
+        policy = load_policy(policy_path)
+    except UserError as exc:
+        return _conclude(store, None, [RuleResult("policy", False, True, str(exc))], candidate_ref, None, None,
+                         policy_path, [], record)
+    try:
+        candidate = store.resolve_trial(candidate_ref)
+    except UserError as exc:
+        return _conclude(store, policy, [RuleResult("candidate", False, True, exc.message)], candidate_ref, None,
+                         None, policy_path, [], record)
+    problems: list[RuleResult] = []
+    notes: list[str] = []
+    baselines = _comparison_trials(store, policy, candidate, baseline_ref, problems, notes)
+    if candidate.status != "finished":
+        problems.insert(0, RuleResult("candidate finished", False, True, f"candidate trial status is "
+                                      f"'{candidate.status}'" + (f": {candidate.error}" if candidate.error else "")))
+    for target, base in baselines.items():
+        if base is None:
+            continue
+        if base.id == candidate.id:
+            problems.append(RuleResult(f"{target} differs", False, True,
+                                       f"the candidate is itself the {target} model; nothing to compare"))
+        elif base.status != "finished":
+            problems.append(RuleResult(f"{target} finished", False, True,
+                                       f"{target} trial {_label(base, store)} status is '{base.status}'"))
+    results = problems + [evaluate_rule(store, policy, rule, candidate, baselines.get(policy.target(rule)),
+                                        policy_path) for rule in policy.all_rules()]
+    shown = next((b for b in baselines.values() if b is not None), None)
+    return _conclude(store, policy, results, candidate_ref, candidate, shown, policy_path, notes, record)
+
+
+def _comparison_trials(store: Store, policy: Policy, candidate: Trial, baseline_ref: str | None,
+                       problems: list[RuleResult], notes: list[str]) -> dict[str, Trial | None]:
+    """The trial each relative rule compares with: --baseline, the baseline arm, or the promoted model."""
+    targets = {policy.target(r) for r in policy.all_rules() if r.relative}
+    out: dict[str, Trial | None] = {}
+    if baseline_ref:  # resolved even when no rule compares, so a wrong reference is never ignored silently
+        try:
+            base = store.resolve_trial(baseline_ref)
+        except UserError as exc:
+            problems.append(RuleResult("baseline", False, True, exc.message))
+            base = None
+        return {t: base for t in targets or {"baseline"}}
+    for target in sorted(targets):
+        if target == "promoted":
+            promoted = store.promoted_trial()
+            if promoted is not None:
+                out[target] = promoted
+                continue
+            notes.append(f"no model has been promoted yet: compared with the baseline arm '{policy.baseline}'")
+        try:
+            out[target] = store.trial(f"{candidate.run_id}/{policy.baseline}")
+        except UserError:
+            names = ", ".join(t.name for t in store.trials(candidate.run_id))
+            problems.append(RuleResult(target, False, True, f"no baseline arm '{policy.baseline}' in the candidate's "
+                                       f"run {candidate.run_id} (trials: {names}); pass --baseline"))
+            out[target] = None
+    return out
+
+
+def _conclude(store: Store, policy: Policy | None, results: list[RuleResult], candidate_ref: str,
+              candidate: Trial | None, baseline: Trial | None, policy_path: str | Path, notes: list[str],
+              record: bool) -> Decision:
+    errors = [r for r in results if r.error]
+    failed = [r for r in results if not r.passed and not r.error]
+    if errors:
+        verdict, code, reason = "error", ERROR, "; ".join(f"{r.name}: {r.message}" for r in errors)
+    elif failed:
+        verdict, code, reason = "reject", REJECT, "; ".join(
+            f"{'SAFETY ' if r.safety else ''}{r.name}: {r.message}" for r in failed)
+    else:
+        verdict, code, reason = "promote", PROMOTE, "all rules passed"
+    if notes:
+        reason += " (" + "; ".join(notes) + ")"
+    decision = Decision(verdict, code, _label(candidate, store) or candidate_ref, _label(baseline, store), results,
+                        reason, policy=policy.name if policy else str(policy_path), notes=notes)
+    if not record:
+        return decision
+    evidence = {"policy": decision.policy, "policy_path": str(policy_path),
+                "baseline_trial_id": baseline.id if baseline else None,
+                "evaluation_ids": sorted({i for r in results for k, i in r.evidence.items()
+                                          if k.endswith("evaluation_id") and i is not None})}
+    try:
+        decision.decision_id, decision.promotion_id = store.record_gate_decision(
+            evidence | {"rules": [r.name for r in results]} if code == PROMOTE else None,
+            candidate_trial_id=candidate.id if candidate else None, baseline_trial_id=baseline.id if baseline else None,
+            policy_path=str(policy_path), policy=policy.model_dump() if policy else {}, verdict=verdict,
+            exit_code=code, rules=[asdict(r) for r in results], reason=reason, candidate_ref=candidate_ref)
+    except UserError as exc:
+        if code == PROMOTE:  # a promotion that is not on record did not happen
+            decision.verdict, decision.exit_code = "error", ERROR
+            decision.reason = f"all rules passed, but the promotion could not be recorded: {exc}"
+            decision.rules.append(RuleResult("record promotion", False, True, str(exc)))
+        else:
+            decision.notes.append(f"decision not recorded: {exc}")
+    return decision
+
+
+def mean_interval(values: list[float], binary: bool) -> tuple[float, float]:
+    """95% interval of a mean: Wilson for 0/1 scores, percentile bootstrap otherwise."""
+    if binary and all(v in (0.0, 1.0) for v in values):
+        ci = binomtest(int(sum(values)), len(values)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+        return float(ci.low), float(ci.high)
+    _, lo, hi = paired_bootstrap([0.0] * len(values), values, confidence=CONFIDENCE)
+    return lo, hi
+
+
+def evaluate_rule(store: Store, policy: Policy, rule: Rule, candidate: Trial, baseline: Trial | None,
+                  policy_path: str | Path) -> RuleResult:
+    where = f"{policy_path}:{rule._line}" if rule._line else str(policy_path)
+    evidence: dict[str, Any] = {}
+
+    def error(message: str) -> RuleResult:
+        return RuleResult(rule.label, False, True, f"{message} [{where}]", evidence, rule._safety)
+
+    evals = [(ev, suite) for ev, suite in store.evaluations(candidate.id) if suite.name == rule.suite]
+    if not evals:
+        have = sorted({suite.name for _, suite in store.evaluations(candidate.id)})
+        return error(f"no results for suite '{rule.suite}' on the candidate: it was not run (the candidate has "
+                     f"results for: {', '.join(have) or 'nothing'})")
+    if rule.version is not None:
+        pinned = [(ev, suite) for ev, suite in evals if suite.version == rule.version]
+        if not pinned:
+            return error(f"the policy pins suite '{rule.suite}' to version {rule.version}, the candidate was "
+                         f"scored on version {', '.join(s.version for _, s in evals)}")
+        evals = pinned
+    ev, suite = max(evals, key=lambda pair: pair[0].id)
+    scores = store.item_scores(ev.id, rule.metric)
+    if not scores:
+        return error(f"metric '{rule.metric}' was not scored on suite '{rule.suite}' "
+                     f"(scored: {', '.join(store.scored_metrics(ev.id)) or 'nothing'})")
+    n_suite = store.suite_item_count(suite.id)
+    values = [float(v) for v in scores.values() if v is not None]
+    evidence |= {"suite_version": suite.version, "candidate_evaluation_id": ev.id, "suite_items": n_suite,
+                 "n": len(values), "candidate_mean": statistics.fmean(values) if values else None}
+    if rule.require_all_items and len(values) < n_suite:
+        return error(f"only {len(values)} of the suite's {n_suite} items have a '{rule.metric}' score on the "
+                     f"candidate ({n_suite - len(values)} missing or failed); set require_all_items: false "
+                     "to judge partial results")
+    if len(values) < rule.min_items:
+        return error(f"only {len(values)} items scored, the policy needs {rule.min_items}")
+    binary = is_binary(rule.metric)
+    mean = statistics.fmean(values)
+    checks: list[str] = []
+    passed = True
+    if rule.min is not None or rule.max is not None:
+        lo, hi = mean_interval(values, binary)
+        evidence |= {"candidate_ci_low": lo, "candidate_ci_high": hi}
+        point = rule.judge_on == "point"
+        if rule.min is not None:
+            value = mean if point else lo
+            ok = value >= rule.min
+            passed &= ok
+            checks.append(f"{'mean' if point else 'lower 95% bound'} {value:.3f} {'≥' if ok else '<'} floor "
+                          f"{rule.min:g}{'' if ok else ': FAILED'}")
+        if rule.max is not None:
+            value = mean if point else hi
+            ok = value <= rule.max
+            passed &= ok
+            checks.append(f"{'mean' if point else 'upper 95% bound'} {value:.3f} {'≤' if ok else '>'} ceiling "
+                          f"{rule.max:g}{'' if ok else ': FAILED'}")
+    if rule.relative:
+        target = policy.target(rule)
+        if baseline is None:
+            return error(f"no {target} model to compare with (see above)")
+        match, versions = matching_evaluation(store, baseline.id, suite.name, suite.version)
+        if match is None:
+            if versions:
+                return error(f"suite versions differ: the {target} was scored on '{rule.suite}' version "
+                             f"{', '.join(versions)}, the candidate on {suite.version}; score both on one version")
+            return error(f"the {target} model has no results for suite '{rule.suite}'")
+        evidence["baseline_evaluation_id"] = match[0].id
+        paired = paired_scores(store, match[0].id, ev.id, rule.metric)
+        if not paired.keys and not store.item_scores(match[0].id, rule.metric):
+            return error(f"the {target} model has no '{rule.metric}' scores on '{rule.suite}'")
+        if rule.require_all_items and len(paired.keys) < n_suite:
+            return error(f"only {len(paired.keys)} of the suite's {n_suite} items have a '{rule.metric}' score on "
+                         f"both the candidate and the {target}; set require_all_items: false to judge partial results")
+        if len(paired.keys) < rule.min_items:
+            return error(f"only {len(paired.keys)} paired items, the policy needs {rule.min_items}")
+        st = paired.stats(rule.metric)
+        assert st is not None
+        evidence |= {"baseline_mean": st.mean_a, "delta": st.delta, "ci_low": st.lo, "ci_high": st.hi,
+                     "mcnemar_p": st.mcnemar_p, "paired_n": st.n, "candidate_wins": st.b_wins,
+                     "baseline_wins": st.a_wins, "compared_with": target}
+        sign = 1 if rule.higher_is_better else -1
+        gain = sign * st.delta                       # > 0: the candidate is better
+        worst = st.lo if sign > 0 else -st.hi        # the interval's least favourable end, as a gain
+        best = st.hi if sign > 0 else -st.lo
+        if rule.max_drop is not None:
+            value = gain if rule.judge_on == "point" else worst
+            ok = value >= -rule.max_drop
+            passed &= ok
+            what = "change" if rule.judge_on == "point" else "worst end of the 95% interval"
+            checks.append(f"{what} {value:+.3f} vs {target} (allowed drop {rule.max_drop:g})"
+                          f"{'' if ok else ': FAILED'}")
+        if rule.require_improvement:
+            ok = worst > 0
+            passed &= ok
+            checks.append(f"gain 95% interval [{worst:+.3f}, {best:+.3f}] "
+                          f"{'excludes 0' if ok else 'does not exclude 0: FAILED'}")
+    return RuleResult(rule.label, bool(passed), False, "; ".join(checks), evidence, rule._safety)

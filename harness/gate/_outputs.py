@@ -1,0 +1,73 @@
+"""The gate's outputs: JUnit XML, JSON and a Markdown PR comment."""
+from __future__ import annotations
+
+import json
+import math
+import socket
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from harness.gate._decide import Decision
+
+
+def to_junit(decision: Decision) -> str:
+    """JUnit XML: testsuites > testsuite > one testcase per rule, with <failure> (rejected) or <error>
+    (missing evidence) children, as CI test reporters expect."""
+    failures = sum(1 for r in decision.rules if not r.passed and not r.error)
+    errors = sum(1 for r in decision.rules if r.error)
+    counts = {"tests": str(len(decision.rules)), "failures": str(failures), "errors": str(errors), "time": "0"}
+    root = ET.Element("testsuites", name=f"tunegate gate: {decision.policy}", **counts)
+    suite = ET.SubElement(root, "testsuite", name=f"gate {decision.candidate}", skipped="0",
+                          timestamp=decision.created_at, hostname=socket.gethostname(), **counts)
+    props = ET.SubElement(suite, "properties")
+    for key in ("verdict", "exit_code", "candidate", "baseline", "decision_id", "promotion_id"):
+        ET.SubElement(props, "property", name=key, value="" if getattr(decision, key) is None
+                      else str(getattr(decision, key)))
+    for r in decision.rules:
+        case = ET.SubElement(suite, "testcase", classname="tunegate.gate.safety" if r.safety else "tunegate.gate",
+                             name=r.name, time="0")
+        if r.error:
+            ET.SubElement(case, "error", message=r.message, type="MissingEvidence").text = json.dumps(r.evidence)
+        elif not r.passed:
+            ET.SubElement(case, "failure", message=r.message, type="SafetyRegression" if r.safety else "Regression"
+                          ).text = json.dumps(r.evidence)
+        else:
+            ET.SubElement(case, "system-out").text = r.message
+    ET.SubElement(suite, "system-out").text = f"{decision.verdict} (exit {decision.exit_code}): {decision.reason}"
+    return ET.tostring(root, encoding="unicode", xml_declaration=True)
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+def fmt(x: Any, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+MARKDOWN_MARKER = "<!-- tunegate-gate -->"
+
+
+def to_markdown(decision: Decision) -> str:
+    """A PR comment: verdict, one table row per rule with the evidence, and the reason."""
+    icon = {"promote": "✅ PROMOTE", "reject": "❌ REJECT", "error": "⚠️ ERROR"}[decision.verdict]
+    lines = [MARKDOWN_MARKER, f"### tunegate gate: {icon} (exit {decision.exit_code})", "",
+             f"Policy `{_md(decision.policy)}` · candidate `{_md(decision.candidate)}` · compared with "
+             f"`{_md(decision.baseline or '—')}`", "",
+             "| rule | result | candidate | compared with | Δ [95% CI] | n | detail |", "|---|---|---|---|---|---|---|"]
+    for r in decision.rules:
+        status = "⚠️ error" if r.error else ("✅ pass" if r.passed else "❌ FAIL")
+        ev = r.evidence
+        delta = "—" if ev.get("delta") is None else \
+            f"{fmt(ev['delta'], True)} [{fmt(ev.get('ci_low'), True)}, {fmt(ev.get('ci_high'), True)}]"
+        lines.append(f"| {'🛡️ ' if r.safety else ''}{_md(r.name)} | {status} | {fmt(ev.get('candidate_mean'))} | "
+                     f"{fmt(ev.get('baseline_mean'))} | {delta} | {ev.get('paired_n', ev.get('n', '—'))} | "
+                     f"{_md(r.message)} |")
+    lines += ["", f"**Reason:** {_md(decision.reason)}"]
+    if decision.decision_id is not None:
+        lines.append(f"<sub>decision #{decision.decision_id}"
+                     + (f" · promotion #{decision.promotion_id}" if decision.promotion_id else "")
+                     + f" · {decision.created_at}</sub>")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,643 @@
+"""The fast training path: padding-free forward, per-sequence attention, fused kernels, and a memory plan.
+
+Every technique here changes speed or memory, never the loss beyond float rounding:
+
+* **Padding-free forward** (`padding_free`): a right-padded micro-batch `[B, L]` is flattened into one row of
+  its real tokens, with `position_ids` restarting at 0 for every sequence and the sequence boundaries
+  (`cu_seq_lens_q`, as in FlashAttention's varlen API) passed down to attention; the backbone's hidden states
+  are scattered back to `[B, L, H]`, so the trainer's loss code (TRL's chunked log-probability head, which
+  never materialises the full logits) sees exactly the tensors it would see without the fast path.
+* **Per-sequence attention** (`varlen_attention_forward`, registered with transformers' `AttentionInterface`):
+  PyTorch's built-in FlashAttention varlen kernel (`torch.nn.attention.varlen.varlen_attn`) on CUDA, after a
+  self-check against the reference; elsewhere (CPU, or if the self-check fails) causal SDPA once per sequence.
+  Either way no token attends across a sequence boundary.
+* **Liger kernels** (`apply_liger`): fused RMSNorm, SwiGLU and RoPE Triton kernels (CUDA only); the patches
+  Liger makes to the modeling module are undone when the session ends.
+* **bf16 LoRA inputs** (`lora_bf16_inputs`): PEFT casts each LoRA input to the adapter's fp32 dtype before
+  dropout; under bf16 autocast the matmul runs in bf16 anyway, so the cast only costs bandwidth and memory.
+* **Memory plan** (`plan_memory`): the bytes each decoder layer saves per token are measured on the device
+  (`activation_bytes_per_token`), and the plan picks how many layers to checkpoint (none if memory allows) and
+  whether gradient-accumulation micro-batches can be merged into one larger micro-batch.
+* **torch.compile** (`compile`, off by default): regional compilation of the decoder layers.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_NAME = "tunegate_varlen"
+SEQ_LENGTHS_KWARG = "packed_seq_lengths"  # python tuple of sequence lengths, so no device sync is needed
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Which speed techniques a training run uses. `FastPath.for_device("cuda")` is the default on a GPU."""
+
+    padding_free: bool = True
+    attention: Literal["auto", "per_sequence"] = "auto"   # auto: the varlen kernel if its self-check passes
+    liger: bool = True
+    lora_bf16_inputs: bool = True
+    checkpointing: Literal["auto", "none", "full"] = "auto"
+    fold_accumulation: bool = True
+    memory_budget_gib: float | None = None   # None: 90% of the GPU's memory
+    compile: bool = False
+
+    @classmethod
+    def for_device(cls, device: str) -> FastPath | None:
+        """The default: everything on for CUDA; the plain TRL path on CPU (float32, no kernels to gain from)."""
+        return cls() if device == "cuda" else None
+
+
+@dataclass
+class MemoryPlan:
+    layers: int
+    checkpointed_layers: int
+    fold: int
+    tokens_per_micro_batch: int
+    activation_bytes_per_token_layer: float
+    budget_gib: float | None       # None: no budget (CPU)
+    estimated_peak_gib: float
+    fits: bool
+
+
+@dataclass
+class FastReport:
+    """What a session actually applied (kept in TrainResult.fastpath and in the bench JSON)."""
+
+    attention: str = "sdpa"
+    attention_note: str = ""
+    padding_free: bool = False
+    liger: str = "off"
+    lora_bf16_inputs: str = "off"
+    compile: str = "off"
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Kernel:
+    name: str = "per_sequence"          # "varlen" | "per_sequence"
+    varlen: Callable[..., torch.Tensor] | None = None
+
+
+_KERNEL = _Kernel()
+
+
+def _varlen_caller() -> Callable[..., torch.Tensor]:
+    """PyTorch's FlashAttention varlen kernel, adapted to the installed torch's signature (it changed in 2.11)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    if "is_causal" not in params and "window_size" not in params:
+        raise RuntimeError("torch varlen_attn has neither is_causal nor window_size")
+
+    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int,
+             scale: float | None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
+        default_scale = q.shape[-1] ** -0.5
+        if scale is not None and not math.isclose(scale, default_scale, rel_tol=1e-6):
+            if "scale" not in params:
+                raise RuntimeError("torch varlen_attn takes no scale; this model needs a non-default one")
+            kwargs["scale"] = scale
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            if "enable_gqa" in params:
+                kwargs["enable_gqa"] = True
+            else:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+
+    return call
+
+
+def _per_sequence_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, lengths: Sequence[int],
+                            scaling: float | None, dropout: float) -> torch.Tensor:
+    """Causal SDPA over each sequence of a packed row [1, H, T, D] -> [1, T, H, D]."""
+    gqa = query.shape[1] != key.shape[1]
+    if gqa and query.is_cuda:   # SDPA's flash kernel may not take enable_gqa: share the kv heads explicitly
+        groups = query.shape[1] // key.shape[1]
+        key, value, gqa = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1), False
+    outs, start = [], 0
+    for n in lengths:
+        end = start + n
+        outs.append(F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end],
+                                                   value[:, :, start:end], is_causal=True, dropout_p=dropout,
+                                                   scale=scaling, enable_gqa=gqa))
+        start = end
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous()
+
+
+def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, dropout: float = 0.0,
+                             scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention function for packed rows (`cu_seq_lens_q` given); plain causal SDPA otherwise."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects one row, got a batch of {query.shape[0]}")
+    if _KERNEL.name == "varlen" and _KERNEL.varlen is not None and dropout == 0.0 and query.is_cuda \
+            and query.dtype in (torch.bfloat16, torch.float16):
+        out = _KERNEL.varlen(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu,
+                             int(kwargs["max_length_q"]), scaling)
+        return out.unsqueeze(0), None
+    lengths = kwargs.get(SEQ_LENGTHS_KWARG) or cu.diff().tolist()
+    return _per_sequence_attention(query, key, value, lengths, scaling, dropout), None
+
+
+def register_attention(compiled: bool = False) -> None:
+    """Make `attn_implementation="tunegate_varlen"` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+
+    fn = torch.compiler.disable(varlen_attention_forward) if compiled else varlen_attention_forward
+    AttentionInterface.register(ATTENTION_NAME, fn)
+
+
+_SELECTED: dict[tuple[str, str], tuple[str, str, Callable[..., torch.Tensor] | None]] = {}
+
+
+def select_attention_kernel(device: torch.device | str, requested: str = "auto") -> tuple[str, str]:
+    """Choose the kernel for packed rows (once per device); the varlen kernel must first match the reference
+    on this device, forward and backward. Returns (kernel, why)."""
+    device = torch.device(device)
+    key = (str(device), requested)
+    if key not in _SELECTED:
+        _SELECTED[key] = _choose_kernel(device, requested)
+    name, note, call = _SELECTED[key]
+    _KERNEL.name, _KERNEL.varlen = name, call
+    return name, note
+
+
+def _choose_kernel(device: torch.device, requested: str) -> tuple[str, str, Callable[..., torch.Tensor] | None]:
+    if requested == "per_sequence":
+        return "per_sequence", "requested", None
+    if device.type != "cuda":
+        return "per_sequence", "varlen_attn needs CUDA", None
+    try:
+        call = _varlen_caller()
+        error = _self_check(call, device)
+    except Exception as exc:  # noqa: BLE001 - any failure means: use the always-correct path
+        return "per_sequence", f"varlen_attn unavailable: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", None
+    if error > 2e-2:
+        return "per_sequence", f"varlen_attn disagreed with SDPA (max relative error {error:.3g})", None
+    return "varlen", f"self-check max relative error {error:.2g}", call
+
+
+def _self_check(call: Callable[..., torch.Tensor], device: torch.device) -> float:
+    """Max difference (outputs and query gradients, relative to their largest value) between the varlen kernel
+    in bf16 and per-sequence SDPA in fp32."""
+    g = torch.Generator(device=device).manual_seed(0)
+    lengths = (77, 160, 19)
+    total, heads, kv_heads, dim = sum(lengths), 8, 2, 64
+    q = torch.randn(1, heads, total, dim, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+    k = torch.randn(1, kv_heads, total, dim, device=device, dtype=torch.bfloat16, generator=g).requires_grad_()
+    v = torch.randn(1, kv_heads, total, dim, device=device, dtype=torch.bfloat16, generator=g)
+    cu = torch.tensor([0, 77, 237, 256], dtype=torch.int32, device=device)
+    out = call(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), cu, max(lengths), None)
+    ref = _per_sequence_attention(q.float(), k.float(), v.float(), lengths, None, 0.0)[0]
+    grad_out = torch.randn_like(out)
+    (gq,) = torch.autograd.grad(out, q, grad_out)
+    (gq_ref,) = torch.autograd.grad(ref, q, grad_out.float())
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> float:   # relative to the reference's scale
+        return float(((a.float() - b).abs().max() / b.abs().max().clamp(min=1e-6)).detach())
+
+    return max(error(out, ref), error(gq, gq_ref))
+
+
+def _unpack_candidate(backbone: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> bool:
+    mask = kwargs.get("attention_mask")
+    return (not args and backbone.training and isinstance(mask, torch.Tensor) and mask.dim() == 2
+            and kwargs.get("position_ids") is None and kwargs.get("past_key_values") is None
+            and kwargs.get("cache") is None and not kwargs.get("use_cache")
+            and not kwargs.get("output_hidden_states") and not kwargs.get("output_attentions")
+            and (kwargs.get("input_ids") is None) != (kwargs.get("inputs_embeds") is None))
+
+
+@dataclass(frozen=True)
+class PackedRow:
+    """Where the real tokens of a padded [B, L] batch go in one packed row."""
+
+    index: torch.Tensor          # flat positions (in B*L) of the real tokens, in order
+    position_ids: torch.Tensor   # [1, T], restarting at 0 per sequence
+    cu_seq_lens: torch.Tensor    # [n+1] int32
+    lengths: tuple[int, ...]
+
+    @property
+    def max_length(self) -> int:
+        return max(self.lengths)
+
+
+def pack_from_mask(mask: torch.Tensor) -> PackedRow | None:
+    """Describe the packed row for a 2D attention mask whose real tokens are contiguous in each row
+    (None when the batch has no real token at all)."""
+    mask = mask.bool()
+    width = mask.shape[1]
+    runs = mask[:, :1].int() + (mask[:, 1:] & ~mask[:, :-1]).sum(1, keepdim=True).int()
+    stats = torch.cat([mask.sum(1, keepdim=True).int(), runs, mask.int().argmax(1, keepdim=True).int()], 1)
+    rows = stats.tolist()   # the one device->host copy per forward
+    if any(r[1] > 1 for r in rows):
+        raise ValueError("padding-free forward needs the real tokens of each row to be contiguous")
+    index, positions, lengths = [], [], []
+    for row, (n, _, start) in enumerate(rows):
+        if n:
+            index.append(torch.arange(row * width + start, row * width + start + n))
+            positions.append(torch.arange(n))
+            lengths.append(n)
+    if not lengths:
+        return None
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    device = mask.device
+    return PackedRow(index=torch.cat(index).to(device, non_blocking=True),
+                     position_ids=torch.cat(positions).unsqueeze(0).to(device, non_blocking=True),
+                     cu_seq_lens=cu.to(device, non_blocking=True), lengths=tuple(lengths))
+
+
+def packed_kwargs(row: PackedRow) -> dict[str, Any]:
+    """Keyword arguments for a backbone forward over one packed row (transformers' FlashAttention kwargs)."""
+    return {"position_ids": row.position_ids, "attention_mask": None, "cu_seq_lens_q": row.cu_seq_lens,
+            "cu_seq_lens_k": row.cu_seq_lens, "max_length_q": row.max_length, "max_length_k": row.max_length,
+            SEQ_LENGTHS_KWARG: row.lengths}
+
+
+@contextmanager
+def padding_free(backbone: torch.nn.Module) -> Iterator[None]:
+    """While active, a training-mode forward of `backbone` with a 2D attention mask runs on one packed row."""
+    original = backbone.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not _unpack_candidate(backbone, args, kwargs):
+            return original(*args, **kwargs)
+        row = pack_from_mask(kwargs["attention_mask"])
+        if row is None:
+            return original(*args, **kwargs)
+        mask = kwargs.pop("attention_mask")
+        batch, width = mask.shape
+        ids, embeds = kwargs.pop("input_ids", None), kwargs.pop("inputs_embeds", None)
+        if ids is not None:
+            kwargs["input_ids"] = ids.reshape(-1)[row.index].unsqueeze(0)
+        else:
+            kwargs["inputs_embeds"] = embeds.reshape(batch * width, -1)[row.index].unsqueeze(0)
+        kwargs.pop("position_ids", None)
+        kwargs["use_cache"] = False
+        out = original(**kwargs, **packed_kwargs(row))
+        hidden = out.last_hidden_state[0]
+        out.last_hidden_state = hidden.new_zeros(batch * width, hidden.shape[-1]).index_copy(
+            0, row.index, hidden).view(batch, width, -1)
+        return out
+
+    backbone.forward = forward
+    try:
+        yield
+    finally:
+        if backbone.__dict__.get("forward") is forward:
+            del backbone.forward
+
+
+@contextmanager
+def attention_implementation(model: Any, name: str) -> Iterator[None]:
+    """Switch a transformers model's attention implementation for the duration."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def liger_available() -> tuple[bool, str]:
+    if not torch.cuda.is_available():
+        return False, "needs CUDA (Triton kernels)"
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken install is a reason to run without it
+        return False, f"liger-kernel not importable: {type(exc).__name__}: {exc}"
+    return True, ""
+
+
+@contextmanager
+def restoring_patches(model: torch.nn.Module) -> Iterator[None]:
+    """Undo what a kernel patcher does to `model`: module-level names in its modeling module, and methods
+    bound onto module instances (Liger's instance patching)."""
+    modeling = sys.modules[type(model).__module__]
+    saved = dict(vars(modeling))
+    instance_keys = {id(m): set(m.__dict__) for m in model.modules()}
+    try:
+        yield
+    finally:
+        for name in set(vars(modeling)) - set(saved):
+            delattr(modeling, name)
+        for name, value in saved.items():
+            if vars(modeling).get(name) is not value:
+                setattr(modeling, name, value)
+        for m in model.modules():
+            for key in set(m.__dict__) - instance_keys.get(id(m), set()):
+                if key in ("forward", "_get_name", "extra_repr"):
+                    del m.__dict__[key]
+
+
+def apply_liger(model: torch.nn.Module) -> str:
+    """Liger's RMSNorm, SwiGLU and RoPE kernels on `model` (a transformers CausalLM); returns what happened.
+    The fused linear cross-entropy stays off: the trainers' own chunked head already avoids full logits."""
+    ok, why = liger_available()
+    if not ok:
+        return f"off: {why}"
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
+
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        return f"off: no Liger kernels for model type {model_type!r}"
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
+    return "on: rms_norm, swiglu, rope"
+
+
+@contextmanager
+def lora_bf16_inputs(model: torch.nn.Module) -> Iterator[str]:
+    """PEFT's switch that keeps LoRA inputs in the activations' dtype (autocast does the matmul in bf16)."""
+    try:
+        from peft.helpers import disable_input_dtype_casting
+    except ImportError:
+        yield "off: this peft has no disable_input_dtype_casting"
+        return
+    with disable_input_dtype_casting(model):
+        yield "on"
+
+
+@contextmanager
+def compiled_layers(layers: Sequence[torch.nn.Module]) -> Iterator[str]:
+    """Regional torch.compile: every decoder layer runs one compiled graph (the same code, reused across
+    layers); attention stays eager between the compiled regions. Undone afterwards."""
+    register_attention(compiled=True)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    try:
+        yield f"on: {len(layers)} decoder layers"
+    finally:
+        for layer in layers:
+            layer._compiled_call_impl = None
+        register_attention(compiled=False)
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers CausalLM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone_of(causal_lm: Any) -> torch.nn.Module:
+    return getattr(causal_lm, causal_lm.base_model_prefix)
+
+
+def decoder_layers(backbone: torch.nn.Module) -> list[torch.nn.Module]:
+    layers = getattr(backbone, "layers", None)
+    if layers is None:
+        raise ValueError(f"{type(backbone).__name__} has no `layers`: the fast path needs a decoder-only model")
+    return list(layers)
+
+
+def activation_bytes_per_token(model: Any, tokens: int = 256) -> float:
+    """Bytes autograd keeps per token for one decoder layer in a training forward, measured on the model's
+    device with the current patches (kernels, attention, LoRA) by counting the tensors saved for backward."""
+    causal_lm = unwrap(model)
+    backbone = backbone_of(causal_lm)
+    first = decoder_layers(backbone)[0]
+    device = next(p.device for p in model.parameters())
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return t
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    class _Stop(Exception):
+        pass
+
+    def stop(*_: Any) -> None:
+        raise _Stop
+
+    half = max(tokens // 2, 8)
+    vocab = causal_lm.config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, (2, half), device=device, generator=torch.Generator(device).manual_seed(0))
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.train()
+    handle = first.register_forward_hook(stop)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), autocast, \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            try:
+                backbone(input_ids=ids, attention_mask=mask, use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return sum(saved.values()) / (2 * half)
+
+
+def max_tokens_per_micro_batch(lengths: Sequence[int], micro_batch: int) -> int:
+    """Upper bound of the real tokens in one micro-batch: the longest `micro_batch` sequences together."""
+    return int(sum(sorted(lengths, reverse=True)[:micro_batch]))
+
+
+def optimizer_bytes(model: torch.nn.Module) -> int:
+    """Gradients plus AdamW's two moments for every trainable parameter."""
+    return sum(3 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def plan_memory(*, layers: int, hidden: int, vocab: int, act_bytes: float, boundary_bytes: int, fixed_bytes: int,
+                budget_bytes: int, tokens_for_fold: dict[int, int], mode: str = "auto") -> MemoryPlan:
+    """Pick (checkpointed layers, fold): no checkpointing and the largest fold that fit the budget; else fold 1
+    and as few checkpointed layers as fit; else everything checkpointed (the run may still not fit).
+    mode "none" never checkpoints (fold 1 unless a larger one fits), "full" checkpoints every layer."""
+
+    def peak(tokens: int, checkpointed: int) -> float:
+        kept = layers - checkpointed
+        activations = tokens * (kept * act_bytes + checkpointed * boundary_bytes + (act_bytes if checkpointed else 0))
+        head = min(tokens, 4096) * min(vocab, 32768) * 2 + tokens * hidden * 16   # chunked LM head tile, repad
+        return fixed_bytes + activations + head + 0.05 * budget_bytes + 128 * 2**20
+
+    def made(fold: int, checkpointed: int) -> MemoryPlan:
+        estimate = peak(tokens_for_fold[fold], checkpointed)
+        return MemoryPlan(layers=layers, checkpointed_layers=checkpointed, fold=fold,
+                          tokens_per_micro_batch=tokens_for_fold[fold], activation_bytes_per_token_layer=act_bytes,
+                          budget_gib=budget_bytes / GIB if budget_bytes else None, estimated_peak_gib=estimate / GIB,
+                          fits=not budget_bytes or estimate <= budget_bytes)
+
+    if mode == "full":
+        return made(1, layers)
+    for fold in sorted(tokens_for_fold, reverse=True):
+        if budget_bytes and peak(tokens_for_fold[fold], 0) <= budget_bytes:
+            return made(fold, 0)
+    if mode == "none":
+        return made(1, 0)
+    for checkpointed in range(1, layers + 1):
+        if peak(tokens_for_fold[1], checkpointed) <= budget_bytes:
+            return made(1, checkpointed)
+    return made(1, layers)
+
+
+@contextmanager
+def checkpointing(layers: Sequence[torch.nn.Module], count: int) -> Iterator[None]:
+    """Activation checkpointing (non-reentrant) of the first `count` layers. Wraps the layer's forward rather
+    than setting transformers' flag, so trainers that toggle the flag (TRL's reference forward) leave it be."""
+    from torch.utils.checkpoint import checkpoint
+
+    wrapped = []
+    for layer in list(layers)[:count]:
+        original = layer.forward
+
+        def forward(*args: Any, _original: Callable[..., Any] = original, _layer: torch.nn.Module = layer,
+                    **kwargs: Any) -> Any:
+            if _layer.training and torch.is_grad_enabled():
+                # the recompute would update a KV cache a second time: no cache under checkpointing (as transformers)
+                kwargs.update({k: None for k in ("cache", "past_key_values", "layer_past") if kwargs.get(k) is not None})
+                if kwargs.get("use_cache"):
+                    kwargs["use_cache"] = False
+                return checkpoint(functools.partial(_original, **kwargs), *args, use_reentrant=False)
+            return _original(*args, **kwargs)
+
+        layer.forward = forward
+        wrapped.append((layer, forward))
+    try:
+        yield
+    finally:
+        for layer, forward in wrapped:
+            if layer.__dict__.get("forward") is forward:
+                del layer.forward
+
+
+class FastSession:
+    """Applies a FastPath to one training run and undoes it afterwards.
+
+        session = FastSession(fast, device)
+        session.patch_model(causal_lm)          # attention, padding-free, kernels (before PEFT or after)
+        plan = session.plan(peft_model, lengths, micro_batch, accumulation)
+        ... build the trainer with plan.fold ...
+        with session.training(trainer.model, plan):
+            trainer.train()
+        session.close()
+    """
+
+    def __init__(self, fast: FastPath, device: str) -> None:
+        self.fast = fast
+        self.device = torch.device(device)
+        self.report = FastReport()
+        self._stack = ExitStack()
+        self._liger: ExitStack | None = None   # Liger's patches, undone on close (or when its kernels fail)
+
+    def patch_model(self, model: Any) -> None:
+        causal_lm = unwrap(model)
+        backbone = backbone_of(causal_lm)
+        fast = self.fast
+        if fast.padding_free:
+            register_attention()
+            kernel, note = select_attention_kernel(self.device, fast.attention)
+            self.report.attention, self.report.attention_note = kernel, note
+            self._stack.enter_context(attention_implementation(causal_lm, ATTENTION_NAME))
+            self._stack.enter_context(padding_free(backbone))
+            self.report.padding_free = True
+        if fast.liger and not fast.compile:
+            liger = ExitStack()
+            liger.enter_context(restoring_patches(causal_lm))
+            try:
+                self.report.liger = apply_liger(causal_lm)
+            except Exception as exc:  # noqa: BLE001 - an incompatible Liger build must not stop training
+                liger.close()
+                self.report.liger = f"off: failed to apply: {type(exc).__name__}: {str(exc)[:160]}"
+            else:
+                self._liger = liger
+        elif fast.liger:
+            self.report.liger = "off: torch.compile fuses these ops instead"
+
+    def budget_bytes(self) -> int:
+        if self.fast.memory_budget_gib is not None:
+            return int(self.fast.memory_budget_gib * GIB)
+        if self.device.type == "cuda":
+            return int(0.9 * torch.cuda.get_device_properties(self.device).total_memory)
+        return 0
+
+    def plan(self, model: Any, lengths: Sequence[int], micro_batch: int, accumulation: int,
+             forced_checkpointing: bool = False) -> MemoryPlan:
+        """Measure activations on the device and choose checkpointing and fold (see `plan_memory`)."""
+        causal_lm = unwrap(model)
+        config = causal_lm.config.get_text_config()
+        layers = len(decoder_layers(backbone_of(causal_lm)))
+        folds = [f for f in range(1, accumulation + 1) if accumulation % f == 0] if self.fast.fold_accumulation else [1]
+        tokens = {f: max(1, max_tokens_per_micro_batch(lengths, micro_batch * f)) for f in folds}
+        mode = "full" if forced_checkpointing else self.fast.checkpointing
+        budget = self.budget_bytes()
+        if mode == "auto" and budget <= 0:
+            mode = "none"   # no device memory to plan against (CPU): keep every activation
+        try:
+            act = self._probe(model)
+        except Exception as exc:  # re-raised unless Liger's kernels are the suspects
+            if self._liger is None:
+                raise
+            # the probe is the first forward through the kernels: if Liger's fail here, train without them
+            self._liger.close()
+            self._liger = None
+            self.report.liger = f"off: failed at runtime: {type(exc).__name__}: {str(exc)[:160]}"
+            act = self._probe(model)
+        if self.device.type == "cuda":
+            fixed = torch.cuda.memory_allocated(self.device) + optimizer_bytes(model)
+        else:
+            fixed = sum(p.numel() * p.element_size() for p in model.parameters()) + optimizer_bytes(model)
+        dtype_bytes = 2 if self.device.type == "cuda" else 4
+        result = plan_memory(layers=layers, hidden=config.hidden_size, vocab=config.vocab_size, act_bytes=act,
+                             boundary_bytes=config.hidden_size * dtype_bytes, fixed_bytes=fixed,
+                             budget_bytes=budget, tokens_for_fold=tokens, mode=mode)
+        self.report.plan = asdict(result) | {"mode": mode}
+        return result
+
+    @contextmanager
+    def training(self, model: Any, plan: MemoryPlan | None) -> Iterator[None]:
+        layers = decoder_layers(backbone_of(unwrap(model)))
+        with ExitStack() as stack:
+            if self._bf16_lora_inputs():
+                self.report.lora_bf16_inputs = stack.enter_context(lora_bf16_inputs(model))
+            elif self.fast.lora_bf16_inputs:
+                self.report.lora_bf16_inputs = "off: needs bf16 autocast (CUDA)"
+            if plan is not None and plan.checkpointed_layers:
+                stack.enter_context(checkpointing(layers, plan.checkpointed_layers))
+            if self.fast.compile:
+                self.report.compile = stack.enter_context(compiled_layers(layers))
+            yield
+
+    def _probe(self, model: Any) -> float:
+        with ExitStack() as stack:
+            if self._bf16_lora_inputs():
+                stack.enter_context(lora_bf16_inputs(model))
+            return activation_bytes_per_token(model)
+
+    def _bf16_lora_inputs(self) -> bool:
+        # without autocast an uncast input would meet fp32 adapter weights in a plain matmul
+        return self.fast.lora_bf16_inputs and self.device.type == "cuda"
+
+    def close(self) -> None:
+        if self._liger is not None:
+            self._liger.close()
+            self._liger = None
+        self._stack.close()

@@ -1,0 +1,116 @@
+"""Experiment plans: the YAML schema, sweep expansion, consistency checks, and the training-memory estimate.
+
+Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.plan._checks import (
+        cross_check,
+    )
+    from harness.plan._load import (
+        arm_line,
+        load_plan,
+        plan_hash,
+    )
+    from harness.plan._memory import (
+        ALL_LINEAR,
+        ALLOCATOR_SLACK,
+        CUDA_CONTEXT_GIB,
+        DTYPE_BYTES,
+        GIB,
+        LOGITS_BYTES_PER_VOCAB,
+        NF4_BYTES_PER_PARAM,
+        REFERENCE_SHAPES,
+        Attention,
+        DType,
+        MemoryEstimate,
+        Method,
+        ModelDims,
+        dims_for_params,
+        estimate_training_memory,
+    )
+    from harness.plan._parts import (
+        NAME,
+        NEEDS_TRAIN_DATA,
+        SFT,
+        TRAINED,
+        Arm,
+        ArmBase,
+        BaselineArm,
+        DataSpec,
+        DoraArm,
+        DpoArm,
+        FullArm,
+        Loc,
+        LoraArm,
+        PromptArm,
+        QloraArm,
+        RagArm,
+        Range,
+        Sweep,
+        TrainArm,
+    )
+    from harness.plan._schema import (
+        Plan,
+    )
+    from harness.plan._sweep import (
+        expand,
+        trials,
+    )
+
+_EXPORTS = {
+    "ALLOCATOR_SLACK": "harness.plan._memory",
+    "ALL_LINEAR": "harness.plan._memory",
+    "Arm": "harness.plan._parts",
+    "ArmBase": "harness.plan._parts",
+    "Attention": "harness.plan._memory",
+    "BaselineArm": "harness.plan._parts",
+    "CUDA_CONTEXT_GIB": "harness.plan._memory",
+    "DTYPE_BYTES": "harness.plan._memory",
+    "DType": "harness.plan._memory",
+    "DataSpec": "harness.plan._parts",
+    "DoraArm": "harness.plan._parts",
+    "DpoArm": "harness.plan._parts",
+    "FullArm": "harness.plan._parts",
+    "GIB": "harness.plan._memory",
+    "LOGITS_BYTES_PER_VOCAB": "harness.plan._memory",
+    "Loc": "harness.plan._parts",
+    "LoraArm": "harness.plan._parts",
+    "MemoryEstimate": "harness.plan._memory",
+    "Method": "harness.plan._memory",
+    "ModelDims": "harness.plan._memory",
+    "NAME": "harness.plan._parts",
+    "NEEDS_TRAIN_DATA": "harness.plan._parts",
+    "NF4_BYTES_PER_PARAM": "harness.plan._memory",
+    "Plan": "harness.plan._schema",
+    "PromptArm": "harness.plan._parts",
+    "QloraArm": "harness.plan._parts",
+    "REFERENCE_SHAPES": "harness.plan._memory",
+    "RagArm": "harness.plan._parts",
+    "Range": "harness.plan._parts",
+    "SFT": "harness.plan._parts",
+    "Sweep": "harness.plan._parts",
+    "TRAINED": "harness.plan._parts",
+    "TrainArm": "harness.plan._parts",
+    "arm_line": "harness.plan._load",
+    "cross_check": "harness.plan._checks",
+    "dims_for_params": "harness.plan._memory",
+    "estimate_training_memory": "harness.plan._memory",
+    "expand": "harness.plan._sweep",
+    "load_plan": "harness.plan._load",
+    "plan_hash": "harness.plan._load",
+    "trials": "harness.plan._sweep",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

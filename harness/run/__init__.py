@@ -1,0 +1,110 @@
+"""Running a plan: preflight, one trial as a unit of work, devices, executors and the driver.
+
+Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.run._devices import (
+        DevicePool,
+        parse_gpus,
+        plan_devices,
+        visible_gpus,
+    )
+    from harness.run._executors import (
+        EXECUTORS,
+        WORKER_ENV_PREFIXES,
+        Done,
+        Executor,
+        PoolExecutor,
+        RayExecutor,
+        SerialExecutor,
+        free_port,
+        launch_worker,
+        main,
+        make_executor,
+        outcome_from_store,
+        worker_command,
+        worker_env,
+    )
+    from harness.run._preflight import (
+        GIB,
+        Checked,
+        check_gpus_per_trial,
+        dry_run,
+        gpu_capacity_gib,
+        memory_estimate,
+        model_shape,
+        preflight,
+    )
+    from harness.run._provenance import (
+        LIBRARIES,
+        device_name,
+        git_sha,
+        stamp,
+        versions,
+    )
+    from harness.run._runner import (
+        Runner,
+        RunOutcome,
+        absolute_store_url,
+        phases,
+    )
+    from harness.run._trial import (
+        TrialResult,
+        TrialUnit,
+        run_trial,
+    )
+
+_EXPORTS = {
+    "Checked": "harness.run._preflight",
+    "DevicePool": "harness.run._devices",
+    "Done": "harness.run._executors",
+    "EXECUTORS": "harness.run._executors",
+    "Executor": "harness.run._executors",
+    "GIB": "harness.run._preflight",
+    "LIBRARIES": "harness.run._provenance",
+    "PoolExecutor": "harness.run._executors",
+    "RayExecutor": "harness.run._executors",
+    "RunOutcome": "harness.run._runner",
+    "Runner": "harness.run._runner",
+    "SerialExecutor": "harness.run._executors",
+    "TrialResult": "harness.run._trial",
+    "TrialUnit": "harness.run._trial",
+    "WORKER_ENV_PREFIXES": "harness.run._executors",
+    "absolute_store_url": "harness.run._runner",
+    "check_gpus_per_trial": "harness.run._preflight",
+    "device_name": "harness.run._provenance",
+    "dry_run": "harness.run._preflight",
+    "free_port": "harness.run._executors",
+    "git_sha": "harness.run._provenance",
+    "gpu_capacity_gib": "harness.run._preflight",
+    "launch_worker": "harness.run._executors",
+    "main": "harness.run._executors",
+    "make_executor": "harness.run._executors",
+    "memory_estimate": "harness.run._preflight",
+    "model_shape": "harness.run._preflight",
+    "outcome_from_store": "harness.run._executors",
+    "parse_gpus": "harness.run._devices",
+    "phases": "harness.run._runner",
+    "plan_devices": "harness.run._devices",
+    "preflight": "harness.run._preflight",
+    "run_trial": "harness.run._trial",
+    "stamp": "harness.run._provenance",
+    "versions": "harness.run._provenance",
+    "visible_gpus": "harness.run._devices",
+    "worker_command": "harness.run._executors",
+    "worker_env": "harness.run._executors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value

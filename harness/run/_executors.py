@@ -1,0 +1,279 @@
+"""Where trials run. Three executors share one interface, `run(units, done)`:
+
+* `SerialExecutor` — one trial after another in this process (CPU, or the one GPU there is);
+* `PoolExecutor`   — one worker process per trial on this machine, each pinned to its own GPU set
+                     with CUDA_VISIBLE_DEVICES; as many trials at once as there are device sets free;
+* `RayExecutor`    — each trial a Ray task (`num_gpus` = the trial's GPUs), for users past one box.
+
+Every trial is a `TrialUnit` that the worker runs with `harness.runner.run_trial`, which writes its
+own status and results to the store (SQLite in WAL mode takes concurrent writers; use PostgreSQL
+when the workers are on other machines). A trial with `gpus_per_trial > 1` is data parallel: its
+worker is started with `accelerate launch --num_processes N --multi_gpu`, rank 0 records the results.
+
+The worker entry point is `python -m harness.run UNIT.json`.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from harness.errors import UserError
+from harness.run._devices import DevicePool
+from harness.run._trial import TrialResult, TrialUnit, run_trial
+from harness.store._store import Store
+
+Done = Callable[[TrialResult], None]
+WORKER_ENV_PREFIXES = ("TUNEGATE_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "PYTORCH_", "NCCL_")
+EXECUTORS = ("local", "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_command(unit_file: str | Path, num_processes: int = 1, *, port: int | None = None,
+                   python: str = sys.executable) -> list[str]:
+    """The command that runs one trial: a plain worker, or `accelerate launch` for data parallel training with
+    one process per GPU (torch.distributed; on a machine without CUDA the processes train on the CPU over gloo)."""
+    if num_processes <= 1:
+        return [python, "-m", "harness.run", str(unit_file)]
+    return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1",
+            "--multi_gpu", "--main_process_port", str(port or free_port()),
+            "--dynamo_backend", "no", "-m", "harness.run", str(unit_file)]
+
+
+def worker_env(devices: Sequence[str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's environment, pinned to `devices` (an empty list hides every GPU)."""
+    env = dict(os.environ if base is None else base)
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the worker gets SIGKILL when the driver dies (kill -9 included), so a resumed run never
+    races an orphaned worker for the same trial."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def launch_worker(unit: TrialUnit, devices: Sequence[str] | None, store: Store) -> TrialResult:
+    """Run one unit in a fresh process (pinned to `devices`) and read its outcome back from the store."""
+    folder = Path(unit.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unit_file = folder / "unit.json"
+    unit_file.write_text(unit.to_json())
+    n = unit.gpus_per_trial if devices else 1
+    cmd = worker_command(unit_file, n)
+    log = folder / "worker.log"
+    with log.open("a") as out:
+        out.write(f"$ CUDA_VISIBLE_DEVICES={','.join(devices or [])} {' '.join(cmd)}\n")
+        out.flush()
+        proc = subprocess.run(cmd, env=worker_env(devices), stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if os.name == "posix" else None)
+    return outcome_from_store(store, unit, f"worker exited with code {proc.returncode}", log)
+
+
+def outcome_from_store(store: Store, unit: TrialUnit, crash: str, log: Path | None = None) -> TrialResult:
+    """What the worker recorded; if it died before recording anything, mark the trial failed with `crash`."""
+    trial = store.trial(f"{unit.run_id}/{unit.trial}")
+    if trial.status == "finished":
+        return TrialResult(unit.trial, "finished")
+    if trial.status == "failed" and trial.error:
+        return TrialResult(unit.trial, "failed", trial.error)
+    reason = crash
+    if log is not None and log.exists():
+        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-3:]
+        reason += f" before recording a result ({log}): " + " | ".join(tail)[-400:]
+    store.update_trial(trial.id, status="failed", error=reason)
+    return TrialResult(unit.trial, "failed", reason)
+
+
+class Executor(ABC):
+    name = "executor"
+
+    def __init__(self, store: Store, console: Console) -> None:
+        self.store, self.console = store, console
+
+    @abstractmethod
+    def run(self, units: list[TrialUnit], done: Done) -> None:
+        """Run every unit; call `done` once per unit with its result, as each one ends."""
+
+    def max_gpus_per_trial(self) -> int:
+        return 1
+
+    def report(self, unit: TrialUnit, result: TrialResult, where: str = "") -> None:
+        if result.status == "finished":
+            self.console.print(f"  [green]{unit.trial}: finished[/]{escape(where)}", highlight=False)
+        else:
+            self.console.print(f"  [red]{unit.trial}: failed[/]{escape(where)} — {escape(result.error or '')}",
+                               highlight=False)
+
+
+class SerialExecutor(Executor):
+    """One trial after another in this process (a data-parallel trial still gets its own launcher)."""
+    name = "serial"
+
+    def __init__(self, store: Store, console: Console, devices: Sequence[str] = ()) -> None:
+        super().__init__(store, console)
+        self.devices = list(devices)
+
+    def max_gpus_per_trial(self) -> int:
+        return max(len(self.devices), 1)
+
+    def run(self, units: list[TrialUnit], done: Done) -> None:
+        for unit in units:
+            if unit.gpus_per_trial > 1 and self.devices:
+                result = launch_worker(unit, self.devices[:unit.gpus_per_trial], self.store)
+                self.report(unit, result, f" (log: {Path(unit.folder) / 'worker.log'})")
+            else:
+                try:
+                    result = run_trial(unit, self.console)
+                except Exception as exc:  # noqa: BLE001 - the trial could not even start: record why
+                    result = outcome_from_store(self.store, unit, f"{type(exc).__name__}: {exc}")
+            done(result)
+
+
+class PoolExecutor(Executor):
+    """One worker process per trial, each pinned to its own device set; as many at once as sets are free."""
+    name = "pool"
+
+    def __init__(self, store: Store, console: Console, devices: Sequence[str],
+                 launch: Callable[[TrialUnit, list[str]], TrialResult] | None = None) -> None:
+        super().__init__(store, console)
+        if not devices:
+            raise UserError("the process pool needs at least one GPU id", field="--gpus")
+        self.devices = list(devices)
+        self.launch = launch or (lambda unit, ids: launch_worker(unit, ids, self.store))
+
+    def max_gpus_per_trial(self) -> int:
+        return len(self.devices)
+
+    def run(self, units: list[TrialUnit], done: Done) -> None:
+        pool = DevicePool(self.devices)
+
+        def work(unit: TrialUnit, ticket: int) -> tuple[TrialResult, list[str]]:
+            ids = pool.acquire(unit.gpus_per_trial, ticket)
+            try:
+                self.console.print(escape(f"  {unit.trial}: started on GPU {','.join(ids)} "
+                                          f"(log: {Path(unit.folder) / 'worker.log'})"), highlight=False)
+                return self.launch(unit, ids), ids
+            finally:
+                pool.release(ids)
+
+        with ThreadPoolExecutor(max_workers=len(self.devices), thread_name_prefix="trial") as threads:
+            futures = {threads.submit(work, unit, pool.ticket()): unit for unit in units}
+            for future in as_completed(futures):
+                unit = futures[future]
+                try:
+                    result, ids = future.result()
+                    where = f" (GPU {','.join(ids)})"
+                except Exception as exc:  # noqa: BLE001 - launching failed: record it, go on
+                    result = outcome_from_store(self.store, unit, f"could not start the worker: {exc}")
+                    where = ""
+                self.report(unit, result, where)
+                done(result)
+
+
+def _ray_trial(unit_json: str) -> dict[str, Any]:
+    """The Ray task: run one unit on the node Ray chose, writing to the shared store."""
+
+    import ray
+
+    unit = TrialUnit.from_json(unit_json)
+    gpu_ids = [str(int(g)) for g in ray.get_gpu_ids()]
+    Path(unit.folder).mkdir(parents=True, exist_ok=True)
+    if unit.gpus_per_trial > 1 and gpu_ids:
+        return dataclasses.asdict(launch_worker(unit, gpu_ids, Store(unit.store_url)))
+    with (Path(unit.folder) / "worker.log").open("a") as log:
+        return dataclasses.asdict(run_trial(unit, Console(file=log, width=120)))
+
+
+class RayExecutor(Executor):
+    """Each trial a Ray task on a Ray cluster (an existing one at `address`, or a local one started here).
+    Ray places the task on a node with the trial's GPUs free and pins it to them; the run folder and the
+    store must be reachable from every node (a shared filesystem and a PostgreSQL store)."""
+    name = "ray"
+
+    def __init__(self, store: Store, console: Console, address: str | None = None) -> None:
+        super().__init__(store, console)
+        try:
+            import ray
+        except ImportError:
+            raise UserError("the ray executor needs Ray: pip install 'ray>=2.9'", field="--executor") from None
+        if store.is_sqlite and address not in (None, "local"):
+            console.print("[yellow]note: a SQLite store is only shared by Ray workers on this machine; "
+                          "use a PostgreSQL store (--store postgresql+psycopg://...) for a multi-node cluster[/]")
+        self.ray = ray
+        if not ray.is_initialized():
+            env = {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env} if env else None)
+        self.task = ray.remote(_ray_trial)
+
+    def max_gpus_per_trial(self) -> int:
+        nodes = [n for n in self.ray.nodes() if n.get("Alive")]
+        return int(max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0))
+
+    def run(self, units: list[TrialUnit], done: Done) -> None:
+        ray = self.ray
+        use_gpus = self.max_gpus_per_trial() > 0
+        refs = {}
+        for unit in units:
+            options = {"num_cpus": 1, "num_gpus": unit.gpus_per_trial if use_gpus else 0, "max_retries": 0}
+            refs[self.task.options(**options).remote(unit.to_json())] = unit
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            unit = refs[ready[0]]
+            try:
+                result = TrialResult(**ray.get(ready[0]))
+            except ray.exceptions.RayError as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                result = outcome_from_store(self.store, unit, f"ray task failed: {first}",
+                                            Path(unit.folder) / "worker.log")
+            self.report(unit, result, f" (ray; log: {Path(unit.folder) / 'worker.log'})")
+            done(result)
+
+
+def make_executor(kind: str, *, store: Store, console: Console, devices: list[str],
+                  explicit_gpus: bool = False, ray_address: str | None = None) -> Executor:
+    """`local`: serially in this process on CPU or one GPU, a pinned process pool on several GPUs (or on
+    GPUs named with --gpus); `ray`: Ray tasks."""
+    if kind == "ray":
+        return RayExecutor(store, console, ray_address)
+    if kind != "local":
+        raise UserError(f"unknown executor '{kind}': use {' or '.join(EXECUTORS)}", field="--executor")
+    if len(devices) > 1 or (explicit_gpus and devices):
+        return PoolExecutor(store, console, devices)
+    return SerialExecutor(store, console, devices)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point: run the unit described by a JSON file; the trial's outcome goes to the store."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m harness.run UNIT.json", file=sys.stderr)
+        return 2
+    unit = TrialUnit.from_json(Path(args[0]).read_text())
+    result = run_trial(unit, Console(width=120))
+    return 0 if result.status in ("finished", "failed", "worker") else 1
+

@@ -1,0 +1,128 @@
+"""`tunegate run`: check a plan, expand its trials, hand them to an executor, record everything in the store."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from harness.errors import UserError
+from harness.model._load import default_device
+from harness.plan._load import load_plan, plan_hash
+from harness.plan._parts import TRAINED
+from harness.plan._schema import Plan
+from harness.plan._sweep import trials
+from harness.run._devices import plan_devices
+from harness.run._executors import make_executor
+from harness.run._preflight import check_gpus_per_trial, preflight
+from harness.run._provenance import git_sha
+from harness.run._trial import TrialResult, TrialUnit
+from harness.store._store import Store
+from harness.store._tables import Run
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    finished: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+
+
+def absolute_store_url(url: str) -> str:
+    """A SQLite URL with an absolute path, so workers in other folders open the same file."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
+class Runner:
+    def __init__(self, store: Store, console: Console | None = None, device: str | None = None,
+                 runs_dir: str | Path = "runs") -> None:
+        self.store, self.console = store, console or Console()
+        self.device = device
+        self.runs_dir = Path(runs_dir)
+
+    def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None,
+            executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None) -> RunOutcome:
+
+        plan, doc = load_plan(plan_path)
+        arms = trials(plan)
+        if only:
+            unknown = [n for n in only if n not in {a.name for a in arms}]
+            if unknown:
+                raise UserError(f"no trial named {', '.join(unknown)} in this plan (trials: "
+                                f"{', '.join(a.name for a in arms)})", field="--only")
+            arms = [a for a in arms if a.name in only]
+        cpu_only = self.device == "cpu" or gpus == []
+        devices = [] if cpu_only else plan_devices(gpus)
+        local_device = "cpu" if cpu_only else (self.device or default_device())
+        checked_gpus = None if executor == "ray" else len(devices)
+        preflight(plan, doc, arms, device=local_device, n_gpus=checked_gpus)
+        runner = make_executor(executor, store=self.store, console=self.console, devices=devices,
+                               explicit_gpus=gpus is not None, ray_address=ray_address)
+        if executor == "ray":
+            check_gpus_per_trial(plan, doc, arms, runner.max_gpus_per_trial())
+        run_id, folder = self._open_run(plan, resume, len(arms))
+
+        units: list[TrialUnit] = []
+        outcome = RunOutcome(run_id, [], {}, [])
+        url = absolute_store_url(self.store.url)
+        for arm in arms:
+            trial = self.store.ensure_trial(run_id, arm.name, arm.name, arm.type, json.loads(arm.model_dump_json()))
+            if trial.status == "finished":
+                outcome.skipped.append(arm.name)
+                self.console.print(f"  [dim]{arm.name}: finished earlier, skipped[/]")
+                continue
+            units.append(TrialUnit(url, run_id, arm.name, str(folder / arm.name),
+                                   getattr(arm, "gpus_per_trial", 1) if arm.type in TRAINED else 1,
+                                   "cpu" if cpu_only else self.device))
+
+        def done(result: TrialResult) -> None:
+            if result.status == "finished":
+                outcome.finished.append(result.trial)
+            else:
+                outcome.failed[result.trial] = result.error or "failed"
+
+        for phase in phases(units, plan):
+            runner.run(phase, done)
+        self.store.finish_run(run_id, "failed" if outcome.failed else "finished")
+        return outcome
+
+    def _open_run(self, plan: Plan, resume: bool, n_trials: int) -> tuple[int, Path]:
+
+        phash = plan_hash(plan)
+        existing = self.store.latest_run(plan.name, phash) if resume else None
+        if resume and existing is None:
+            self.console.print(f"[yellow]no earlier run of this plan ({plan.name}, same content) in the store; "
+                               "starting a new run[/]")
+        if existing is not None:
+            run_id, folder = existing.id, Path(existing.folder)
+            with self.store.session() as s:
+                row = s.get(Run, run_id)
+                if row is not None:
+                    row.status, row.finished_at = "running", None
+            self.console.print(f"[bold]Resuming run {run_id}[/] ({plan.name}) in {escape(str(folder))}")
+        else:
+            plan_dump = json.loads(plan.model_dump_json())
+            run_id = self.store.create_run(plan.name, plan_dump, phash, plan.model, "", git_sha())
+            folder = (self.runs_dir / f"{plan.name}-{run_id}").resolve()
+            n = 1
+            while folder.exists() and any(folder.iterdir()):  # another store's run with the same id
+                n += 1
+                folder = (self.runs_dir / f"{plan.name}-{run_id}.{n}").resolve()
+            self.store.update_run_folder(run_id, str(folder))
+            self.console.print(f"[bold]Run {run_id}[/] ({plan.name}): {n_trials} trials -> {escape(str(folder))}")
+        folder.mkdir(parents=True, exist_ok=True)
+        return run_id, folder
+
+
+def phases(units: list[TrialUnit], plan: Plan) -> list[list[TrialUnit]]:
+    """Units in dependency order: DPO trials that continue an SFT trial run after everything else."""
+    dependent = {a.name for a in trials(plan) if a.type == "dpo" and getattr(a, "from_arm", None)}
+    first = [u for u in units if u.trial not in dependent]
+    second = [u for u in units if u.trial in dependent]
+    return [p for p in (first, second) if p]

@@ -1,0 +1,242 @@
+"""One trial as a unit of work: train (if the arm trains), score every suite, write everything to the store."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness import tracing
+from harness.arms._artifacts import load_trial_model, trial_base
+from harness.arms._data import file_sha256, load_examples, load_preferences
+from harness.arms._prompting import shaper_for
+from harness.arms._train import TrainingFailed, train_dpo, train_sft
+from harness.errors import UserError
+from harness.evaluation import _suite as suite_registry
+from harness.evaluation._evaluate import evaluate
+from harness.model._load import default_device, resolve
+from harness.plan._parts import TRAINED, RagArm
+from harness.plan._schema import Plan
+from harness.plan._sweep import trials
+from harness.run._provenance import device_name, git_sha, stamp, versions
+from harness.scorers import _judge_client as judge
+from harness.store._store import Store
+
+
+@dataclass
+class TrialUnit:
+    """One trial as a unit of work: everything a worker needs, JSON-serialisable."""
+    store_url: str
+    run_id: int
+    trial: str
+    folder: str
+    gpus_per_trial: int = 1
+    device: str | None = None  # None: the worker picks (cuda when it sees a GPU, else cpu)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialUnit:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class TrialResult:
+    trial: str
+    status: str  # finished | failed | worker (a non-zero rank of a data-parallel trial)
+    error: str | None = None
+
+
+def run_trial(unit: TrialUnit, console: Console | None = None) -> TrialResult:
+    """Train (if needed) and score one trial, writing status, curves, artifacts and scores to the store."""
+    return _TrialJob(unit, console or Console()).run()
+
+
+class _TrialJob:
+    def __init__(self, unit: TrialUnit, console: Console) -> None:
+
+        self.unit, self.console = unit, console
+        self.store = Store(unit.store_url)
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = os.environ.get("LOCAL_RANK")
+        self.device = unit.device or default_device()
+        if local_rank is not None and self.device == "cuda":
+            import torch
+
+            torch.cuda.set_device(int(local_rank))
+        run = self.store.run(unit.run_id)
+        self.plan = Plan.model_validate(run.plan)
+        matches = [a for a in trials(self.plan) if a.name == unit.trial]
+        if not matches:
+            raise UserError(f"run {unit.run_id} has no trial '{unit.trial}'")
+        self.arm = matches[0]
+        self.trial = self.store.trial(f"{unit.run_id}/{unit.trial}")
+        self.folder = Path(unit.folder)
+        self.base_model = self.plan.model
+        self.training: dict[str, Any] = {}
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def run(self) -> TrialResult:
+        arm = self.arm
+        if self.main:
+            self._start()
+        try:
+            if arm.type in TRAINED:
+                self._train()
+            if not self.main:
+                return TrialResult(arm.name, "worker")
+            self._write_manifest(finished=False)
+            self._evaluate()
+            self._write_manifest(finished=True)
+        except Exception as exc:
+            if not self.main:
+                raise
+            return self._fail(self._reason(exc))
+        finally:
+            _free_memory()
+        self.store.update_trial(self.trial.id, status="finished", error=None, finished_at=stamp())
+        return TrialResult(arm.name, "finished")
+
+    def _start(self) -> None:
+        # a rerun (resume after a kill, retry after a failure) starts from a clean folder
+        for stale in ("adapter", "checkpoints", "train_log.jsonl", "error.log", "manifest.json"):
+            path = self.folder / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.store.update_trial(self.trial.id, status="running", error=None, folder=str(self.folder),
+                                started_at=stamp(), finished_at=None)
+        self.console.rule(f"[bold]{self.arm.name}[/] ({self.arm.type})")
+
+    def _reason(self, exc: Exception) -> str:
+
+        if isinstance(exc, (TrainingFailed, UserError)):
+            return str(exc)
+        try:
+            import torch
+
+            if isinstance(exc, torch.OutOfMemoryError):
+                return f"out of memory: {str(exc).splitlines()[0]}"
+        except ImportError:
+            pass
+        (self.folder / "error.log").write_text(traceback.format_exc())
+        return f"{type(exc).__name__}: {exc} (traceback in {self.folder / 'error.log'})"
+
+    def _fail(self, reason: str) -> TrialResult:
+        self.store.update_trial(self.trial.id, status="failed", error=reason, finished_at=stamp())
+        self.console.print(f"  [red]{self.arm.name}: failed[/] — {escape(reason)}", highlight=False)
+        return TrialResult(self.arm.name, "failed", reason)
+
+    def _train(self) -> None:
+
+        arm, plan = self.arm, self.plan
+        init: Path | None = None
+        if arm.type == "dpo":
+            if arm.from_arm:
+                parent = self.store.trial(f"{self.unit.run_id}/{arm.from_arm}")
+                if parent.status != "finished":
+                    raise TrainingFailed(f"from_arm '{arm.from_arm}' has not finished (status {parent.status})")
+                parent_weights = Path(parent.folder) / "adapter"
+                if parent.arm_type == "full":
+                    self.base_model = str(parent_weights)  # LoRA-DPO on top of the fully fine-tuned weights
+                else:
+                    self.base_model = trial_base(plan.model, parent.folder)
+                    init = parent_weights
+            prefs = load_preferences(plan.data.preference or "")
+            result = train_dpo(arm, self.base_model, prefs, self.folder, self.device, init_adapter=init)
+        else:
+            examples = load_examples(plan.data.train or "", plan.data.format)
+            result = train_sft(arm, plan.model, examples, self.folder, self.device)
+        if not self.main:
+            return
+        self.training = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
+                         "peak_memory_gib": result.peak_memory_gib, "final_loss": result.final_loss,
+                         "steps": len(result.steps), "init_adapter": str(init) if init else None,
+                         "fastpath": getattr(result, "fastpath", {})}
+        (self.folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.steps))
+        self.store.add_train_steps(self.trial.id, result.steps)
+        self.store.update_trial(self.trial.id, train_seconds=result.seconds,
+                                tokens_per_second=result.tokens_per_second,
+                                peak_memory_gib=result.peak_memory_gib, final_loss=result.final_loss)
+
+    def _evaluate(self) -> None:
+
+        arm, plan = self.arm, self.plan
+        examples = load_examples(plan.data.train, plan.data.format) if arm.type in ("prompt", "rag") \
+            and plan.data.train else []
+        model, tok = load_trial_model(self.base_model, self.folder if arm.type in TRAINED else "", self.device)
+        shaper = shaper_for(arm, examples)
+        for name in plan.suites:
+            suite = suite_registry.load(name)
+            with _progress(self.console, f"{arm.name} · {suite.name}", len(suite.items)) as advance, \
+                    tracing.attributes(run_id=self.unit.run_id, trial=arm.name), judge.using_store(self.store):
+                result = evaluate(model, tok, suite, shaper=shaper, progress=advance)
+            self.store.save_evaluation(self.trial.id, result)
+            summary = ", ".join(f"{m}={v[0]:.3f}" for m, v in result.metrics.items())
+            self.console.print(f"  {suite.name}: {summary}  ({result.seconds:.1f}s)", highlight=False)
+        del model
+
+    def _write_manifest(self, *, finished: bool) -> None:
+
+        plan, arm = self.plan, self.arm
+        data_files = {k: v for k, v in (("train", plan.data.train), ("preference", plan.data.preference)) if v}
+        if isinstance(arm, RagArm) and arm.documents:
+            data_files["documents"] = arm.documents
+        artifacts = sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*")
+                           if p.is_file() and "checkpoints" not in p.parts and p.name != "manifest.json")
+        manifest = {
+            "plan": plan.name, "run_id": self.unit.run_id, "trial": arm.name,
+            "arm": json.loads(arm.model_dump_json()), "resolved_plan": json.loads(plan.model_dump_json()),
+            "model": plan.model, "model_source": resolve(plan.model).source, "base_model": self.base_model,
+            "device": self.device, "device_name": device_name(self.device),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "data": {k: {"path": v, "sha256": file_sha256(v)} for k, v in data_files.items()},
+            "suites": {s: suite_registry.load(s).version for s in plan.suites},
+            "seed": getattr(arm, "seed", plan.seed), "plan_seed": plan.seed,
+            "versions": versions(), "git_sha": git_sha(), "created_at": stamp(),
+            "training": self.training,
+            "status": "finished" if finished else "running", "artifacts": artifacts + ["manifest.json"],
+        }
+        (self.folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def _progress(console: Console, label: str, total: int) -> Any:
+    class _Bar:
+        def __enter__(self) -> Callable[[int], None]:
+            self.p = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=True)
+            self.p.start()
+            task = self.p.add_task(label, total=total)
+            return lambda n: self.p.advance(task, n)
+
+        def __exit__(self, *exc: object) -> None:
+            self.p.stop()
+
+    return _Bar()

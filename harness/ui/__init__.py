@@ -1,0 +1,70 @@
+"""Rendering what the store holds: the static HTML report and the Streamlit app (`harness/ui/app.py`).
+
+Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness.ui import views
+    from harness.ui._charts import (
+        COLORS,
+        LEGEND_W,
+        esc,
+        num,
+        svg_forest,
+        svg_intervals,
+        svg_lines,
+        tick,
+    )
+    from harness.ui._report import (
+        CSP,
+        CSS,
+        diff_html,
+        render,
+        rows_cell,
+        section_comparison,
+        section_gate,
+        section_items,
+        section_safety,
+        section_sweep,
+        section_training,
+        section_trials,
+        write_html,
+    )
+
+_EXPORTS = {
+    "COLORS": "harness.ui._charts",
+    "CSP": "harness.ui._report",
+    "CSS": "harness.ui._report",
+    "LEGEND_W": "harness.ui._charts",
+    "diff_html": "harness.ui._report",
+    "esc": "harness.ui._charts",
+    "num": "harness.ui._charts",
+    "render": "harness.ui._report",
+    "rows_cell": "harness.ui._report",
+    "section_comparison": "harness.ui._report",
+    "section_gate": "harness.ui._report",
+    "section_items": "harness.ui._report",
+    "section_safety": "harness.ui._report",
+    "section_sweep": "harness.ui._report",
+    "section_training": "harness.ui._report",
+    "section_trials": "harness.ui._report",
+    "svg_forest": "harness.ui._charts",
+    "svg_intervals": "harness.ui._charts",
+    "svg_lines": "harness.ui._charts",
+    "tick": "harness.ui._charts",
+    "views": "harness.ui.views",
+    "write_html": "harness.ui._report",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
