@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from rich.console import Console
@@ -53,7 +53,7 @@ class Answers(BaseModel):
     citations_required: bool | None = None
     latency_budget_ms: int | None = Field(default=None, gt=0, le=600_000)
     requests_per_day: int | None = Field(default=None, ge=0)
-    cost_budget_usd_per_1k_requests: float | Literal["no_limit"] | None = Field(default=None, ge=0)
+    cost_budget_usd_per_1k_requests: Annotated[float, Field(ge=0)] | Literal["no_limit"] | None = None
     data_can_leave_premises: bool | None = None
     hosted_model_allowed: bool | None = None
     deployment_target: Deployment | None = None
