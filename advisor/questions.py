@@ -114,7 +114,7 @@ class Answers(BaseModel):
     @model_validator(mode="after")
     def implied(self) -> Answers:
         """Fill in what other answers imply (not a default: a consequence); see `implied_by`."""
-        for key, (cause, value) in implied_by(self).items():
+        for key, (_, value) in implied_by(self).items():
             if getattr(self, key) is None:
                 object.__setattr__(self, key, value)
         return self

@@ -387,7 +387,7 @@ def _primary(scores: dict[str, float], vetoed: set[str], book: RuleBook) -> str:
     return _ranked(scores, vetoed, book)[0]
 
 
-def method_for(primary: str, scores: dict[str, float], vetoed: set[str], answers: Answers) -> str:
+def method_for(primary: str, scores: dict[str, float], vetoed: set[str]) -> str:
     """How to build the primary. The LoRA half of a hybrid, and the supervised stage before DPO, use
     LoRA unless the memory rules vetoed it (then QLoRA); DPO runs alone when supervised tuning is
     vetoed (too few labelled examples)."""
@@ -424,7 +424,7 @@ def recommend(answers: Answers, audit_facts: dict[str, Any] | None = None, rules
     for impact in impacts:
         if impact.status != "implied":
             confidence *= UNKNOWN_DECISIVE if impact.would_change else UNKNOWN_MINOR
-    rec = Recommendation(primary=primary, family=FAMILY[primary], method=method_for(primary, scores, vetoed, answers),  # type: ignore[arg-type]
+    rec = Recommendation(primary=primary, family=FAMILY[primary], method=method_for(primary, scores, vetoed),  # type: ignore[arg-type]
                          arms=arms, confidence=round(confidence, 3), scores=scores,  # type: ignore[arg-type]
                          vetoed=[o for o in OPTIONS if o in vetoed], tied=tied, tie_break=tie_break, fired=fired,
                          unknowns=impacts, controls_reason=book.controls.reason)
