@@ -1,6 +1,6 @@
 """tunegate's advisor: should this team prompt, retrieve or fine-tune - and how to test that claim.
 
-Public API (imported lazily so `bench/memory_probe.py` can use `advisor.memory` alone):
+Public API (imported lazily, so one part loads without the others):
     advise(answers, train_path=None, test_path=None) -> AdviceResult
     recommend(answers, audit_facts=None, rules=None) -> Recommendation
     Answers, QUESTIONS, ask_answers, load_answers
@@ -18,7 +18,7 @@ _EXPORTS = {
     "load_answers": "advisor.questions",
     "audit_dataset": "advisor.audit", "AuditReport": "advisor.audit",
     "probe_hardware": "advisor.hardware", "HardwareReport": "advisor.hardware",
-    "estimate_training_memory": "advisor.memory", "MemoryEstimate": "advisor.memory",
+    "estimate_training_memory": "harness.plan._memory", "MemoryEstimate": "harness.plan._memory",
     "write_plan": "advisor.planner",
     "AdvisorInputError": "advisor.errors",
     "advise_command": "advisor.cli",

@@ -38,9 +38,10 @@ class AdviceResult(BaseModel):
             console.print(f"[yellow]Using the audited {o.field} = {o.audited} instead of the stated {o.stated}:[/] "
                           f"{o.why}", highlight=False)
         self.recommendation.render(console)
-        console.print(f"(for a {self.answers.model_params_b:g}B-parameter base model; "
-                      f"{self.answers.gpu_count or 'no'} GPU{'s' if self.answers.gpu_count != 1 else ''})",
-                      highlight=False)
+        size, gpus = self.answers.model_params_b, self.answers.gpu_count
+        model = f"a {size:g}B-parameter base model" if size is not None else "a base model of unknown size"
+        gpu_text = "an unknown number of GPUs" if gpus is None else f"{gpus or 'no'} GPU{'s' if gpus != 1 else ''}"
+        console.print(f"(for {model}; {gpu_text})", highlight=False)
 
 
 def audit_overrides(answers: Answers, audit: AuditReport) -> tuple[Answers, list[Override]]:

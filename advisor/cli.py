@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from advisor.advice import AdviceResult, advise
 from advisor.agent import AgentConfig, AgentError, explain
@@ -40,7 +41,7 @@ def _check_plan(plan: dict[str, Any], console: Console) -> None:
 
 def advise_command(answers_file: Path | None, interactive: bool, train: Path | None, test: Path | None,
                    write: Path | None, json_out: bool, console: Console, *, explain: bool = False,
-                   preference: Path | None = None, model: str = "smollm2-135m",
+                   preference: Path | None = None, model: str | None = None,
                    suites: list[str] | None = None, rules: Path | None = None) -> int:
     """Ask or load the answers, audit the files, recommend, optionally write a plan. Returns the exit code:
     0 on success, 2 for bad input (with a message naming file, line and field, no traceback)."""
@@ -67,11 +68,11 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
             _check_plan(plan, console)
             save_plan(write, plan, result.recommendation, notes)
         explanation = _explain(result, train, test, console) if explain else None
-    except AdvisorInputError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    except AdvisorInputError as exc:   # one line, however narrow the terminal
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except OSError as exc:   # unreadable file, a folder given as a file, no permission ...
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=Path, help="test JSONL, checked for overlap with train")
     parser.add_argument("--preference", type=Path, help="preference JSONL for a dpo arm")
     parser.add_argument("--write", "-w", type=Path, help="write the experiment plan YAML here")
-    parser.add_argument("--model", default="smollm2-135m", help="model spec for the plan")
+    parser.add_argument("--model", default=None,
+                        help="model spec for the plan (default: the known model of model_params_b's size)")
     parser.add_argument("--rules", type=Path, help="rules YAML to use instead of advisor/rules.yaml")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--explain", action="store_true", help="ask the configured LLM to explain the result")

@@ -17,18 +17,54 @@ class AdvisorInputError(UserError):
     """A problem with the user's answers, rules or data; the CLI prints it and exits 2 (a harness UserError)."""
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; a UTF-8 byte-order mark is dropped, bytes that are not UTF-8 are one clear error."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise AdvisorInputError("file not found", file=path) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise AdvisorInputError(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} cannot be decoded); "
+                                "save the file as UTF-8", file=path, line=line) from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error naming both lines
+    (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:          # an unhashable key: let PyYAML report it
+                continue
+            if first != line:
+                raise AdvisorInputError(f"duplicate key '{key}': given on line {first} and again on line {line}",
+                                        line=line, field=str(key))
+        return super().construct_mapping(node, deep=deep)
+
+
 class YamlFile:
     """A YAML file parsed twice: into Python data and into nodes that know their line numbers."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise AdvisorInputError("file not found", file=self.path) from None
+        text = read_utf8(self.path)
         try:
             self.node = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data: Any = yaml.safe_load(text)
+            loader = UniqueKeyLoader(text)
+            try:
+                self.data: Any = loader.get_single_data()
+            finally:
+                loader.dispose()
+        except AdvisorInputError as exc:
+            raise AdvisorInputError(exc.message, file=self.path, line=exc.line, field=exc.field) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise AdvisorInputError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=self.path,

@@ -5,19 +5,25 @@ A condition is one of
     {all: [condition, ...]}        (true when every part is; `all: []` is always true)
     {any: [condition, ...]}
     {not: condition}
-over the answers (`advisor.questions.Answers`) and the facts in `FACTS`. A fact that is unknown
-(None, e.g. an audit fact when no file was audited) makes its clause false.
+over the answers (`advisor.questions.Answers`) and the facts in `FACTS`. Logic is three-valued: a
+clause on an unknown answer or fact (None) is unknown, `not` of unknown is unknown, and a rule
+fires only when its condition is true - so an unknown fact adds nothing.
 
-Each option's score is the sum of the effects of the rules that fired; vetoed options are out.
-The primary is the best-scoring option (ties go to the cheaper option, in `OPTIONS` order), the
-arms are the primary, the other options with a positive score, then the file's control options
-(cheap baselines a fine-tune must beat). Confidence grows with the margin between the primary and
-the runner-up. `changers` re-run the engine on perturbed answers to find what would change the
-primary.
+A rule's reason may name answers and facts in braces (`{labelled_examples}`); the output shows the
+team's own figures there. Each option's score is the sum of the effects of the rules that fired;
+vetoed options are out. The primary is the best-scoring option; a tie is reported as a tie and
+broken by the rule book's named `tie_break` order. The arms are the primary, the other options with
+a positive score, then the file's control options (cheap baselines a fine-tune must beat).
+Confidence grows with the margin between the primary and the runner-up and shrinks with every
+unknown answer (more when filling that answer in could change the primary). `changers` re-run the
+engine on perturbed answers to find what would change the primary; `unknown_impacts` do the same
+for each unknown answer.
 """
 from __future__ import annotations
 
 import math
+import string
+import typing
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from advisor.errors import YamlFile
-from advisor.questions import Answers
+from advisor.questions import NO_LIMIT, Answers, implied_by, show
 from harness.plan import estimate_training_memory
 
 Option = Literal["prompting", "rag", "lora", "qlora", "hybrid_rag_lora", "dpo", "full"]
@@ -37,6 +43,10 @@ OPTIONS: tuple[str, ...] = Option.__args__  # type: ignore[attr-defined]   # che
 Op = Literal["lt", "le", "gt", "ge", "eq", "ne", "in"]
 RULES_PATH = Path(__file__).with_name("rules.yaml")
 CONFIDENCE_SCALE = 6.0
+UNKNOWN_DECISIVE = 0.8     # confidence factor for each unknown answer that could change the primary
+UNKNOWN_MINOR = 0.97       # ... and for each unknown answer that could not
+FAMILY: dict[str, str] = {"prompting": "prompting", "rag": "rag", "lora": "fine_tuning", "qlora": "fine_tuning",
+                          "full": "fine_tuning", "dpo": "fine_tuning", "hybrid_rag_lora": "hybrid"}
 
 FACTS: dict[str, str] = {
     "audited": "a training file was audited",
@@ -53,6 +63,7 @@ FACTS: dict[str, str] = {
     "est_lora_gib": "estimated LoRA training memory, GiB",
     "est_qlora_gib": "estimated QLoRA training memory, GiB",
     "est_full_gib": "estimated full fine-tuning memory, GiB (unsharded)",
+    "preference_share": "preference pairs as a share of all training rows (pairs + labelled examples)",
 }
 FIELDS: tuple[str, ...] = tuple(Answers.model_fields) + tuple(FACTS)
 
@@ -122,6 +133,19 @@ class Rule(BaseModel):
     reason: str = Field(min_length=10)
     source: str = Field(min_length=3)
 
+    @field_validator("reason")
+    @classmethod
+    def placeholders_are_fields(cls, reason: str) -> str:
+        for _, name, spec, _ in string.Formatter().parse(reason):
+            if name is not None and name not in FIELDS:
+                raise ValueError(f"the reason names an unknown field '{{{name}}}'; known: {', '.join(FIELDS)}")
+            if name is not None and spec:
+                try:
+                    format(0.5, spec)
+                except ValueError:
+                    raise ValueError(f"bad format '{spec}' for '{{{name}}}' in the reason") from None
+        return reason
+
     @field_validator("veto")
     @classmethod
     def prompting_always_possible(cls, veto: list[str]) -> list[str]:
@@ -141,7 +165,16 @@ class RuleBook(BaseModel):
     version: Literal[1] = 1
     max_arms: int = Field(5, ge=1, le=len(OPTIONS))
     controls: Controls = Field(default_factory=Controls)
+    tie_break: list[Option] = Field(default_factory=lambda: list(OPTIONS))
+    tie_break_reason: str = "the option listed first in tie_break (cheapest to build and run) wins a tie"
     rules: list[Rule] = Field(min_length=1)
+
+    @field_validator("tie_break")
+    @classmethod
+    def tie_break_lists_every_option(cls, order: list[str]) -> list[str]:
+        if sorted(order) != sorted(OPTIONS):
+            raise ValueError(f"tie_break must list every option once: {', '.join(OPTIONS)}")
+        return order
 
     @field_validator("rules")
     @classmethod
@@ -166,9 +199,10 @@ def default_rules() -> RuleBook:
 
 # --- evaluation ---------------------------------------------------------------------------------
 
-def _compare(op: str, actual: Any, expected: Any) -> bool:
+def _compare(op: str, actual: Any, expected: Any) -> bool | None:
+    """True, False, or None when the answer or fact is unknown."""
     if actual is None:
-        return False
+        return None
     if op == "eq":
         return bool(actual == expected)
     if op == "ne":
@@ -181,24 +215,58 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
             "ge": actual >= expected}[op]
 
 
-def holds(cond: Clause | AllOf | AnyOf | Not, env: dict[str, Any]) -> bool:
+def truth(cond: Clause | AllOf | AnyOf | Not, env: dict[str, Any]) -> bool | None:
+    """Kleene's three-valued logic: None (unknown) unless the known parts decide."""
     if isinstance(cond, AllOf):
-        return all(holds(c, env) for c in cond.all)
+        parts = [truth(c, env) for c in cond.all]
+        return False if False in parts else None if None in parts else True
     if isinstance(cond, AnyOf):
-        return any(holds(c, env) for c in cond.any)
+        parts = [truth(c, env) for c in cond.any]
+        return True if True in parts else None if None in parts else False
     if isinstance(cond, Not):
-        return not holds(cond.not_, env)
+        inner = truth(cond.not_, env)
+        return None if inner is None else not inner
     return _compare(cond.op, env.get(cond.field), cond.value)
 
 
+def holds(cond: Clause | AllOf | AnyOf | Not, env: dict[str, Any]) -> bool:
+    """Whether the condition is known to be true."""
+    return truth(cond, env) is True
+
+
+class _Figures(string.Formatter):
+    """Formats the team's figures into a reason: 5,000; 0.9; yes/no; unknown."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if value is None:
+            return "unknown"
+        if format_spec and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return format(value, format_spec)
+        if isinstance(value, bool) or value == NO_LIMIT:
+            return show(value)
+        if isinstance(value, int):
+            return f"{value:,}"
+        if isinstance(value, float):
+            return f"{value:,.0f}" if value >= 1000 and value.is_integer() else f"{value:g}"
+        return str(value).replace("_", " ")
+
+
+def render_reason(template: str, env: dict[str, Any]) -> str:
+    return _Figures().vformat(template, (), env)
+
+
 def memory_facts(answers: Answers, seq_len: int = 1024) -> dict[str, Any]:
-    """Whether LoRA / QLoRA / full fine-tuning of the stated model fits the stated GPUs."""
+    """Whether LoRA / QLoRA / full fine-tuning of the stated model fits the stated GPUs (None when the
+    model size, the GPU count or the GPU memory is unknown, or there is no GPU)."""
+    unknown: dict[str, Any] = {"lora_fits_gpu": None, "qlora_fits_gpu": None, "full_fits_gpu": None}
+    if answers.model_params_b is None:
+        return unknown | {"est_lora_gib": None, "est_qlora_gib": None, "est_full_gib": None}
     n = answers.model_params_b * 1e9
     est = {m: estimate_training_memory(n, m, seq_len=seq_len, batch_size=4, grad_checkpointing=True)  # type: ignore[arg-type]
            for m in ("lora", "qlora", "full")}
     facts: dict[str, Any] = {f"est_{m}_gib": round(e.total_gib, 2) for m, e in est.items()}
-    if answers.gpu_count == 0:
-        return facts | {"lora_fits_gpu": None, "qlora_fits_gpu": None, "full_fits_gpu": None}
+    if not answers.gpu_count or answers.vram_gib_per_gpu is None:
+        return facts | unknown
     vram = answers.vram_gib_per_gpu
     full = est["full"].breakdown
     sharded = sum(full[k] for k in ("weights", "gradients", "optimizer_states")) / answers.gpu_count
@@ -209,7 +277,7 @@ def memory_facts(answers: Answers, seq_len: int = 1024) -> dict[str, Any]:
 
 class FiredRule(BaseModel):
     id: str
-    reason: str
+    reason: str            # with the team's figures filled in
     source: str
     effect: dict[str, float]
     veto: list[str]
@@ -225,14 +293,28 @@ class Changer(BaseModel):
     also: dict[str, Any] = Field(default_factory=dict)   # companion changes that keep the answers valid
 
 
+class UnknownImpact(BaseModel):
+    """An answer the engine did not have, and what filling it in would do."""
+    field: str
+    status: Literal["unknown", "not answered", "implied"]
+    value: Any = None                                     # the implied value, for status 'implied'
+    would_change: dict[str, list[Any]] = Field(default_factory=dict)   # new primary -> the values that give it
+    text: str
+
+
 class Recommendation(BaseModel):
     primary: Option
+    family: Literal["prompting", "rag", "fine_tuning", "hybrid"]
+    method: str            # how to build the primary, e.g. lora, qlora, lora+dpo, rag+qlora
     arms: list[Option]
     confidence: float = Field(ge=0, le=1)
     scores: dict[str, float]
     vetoed: list[str]
+    tied: list[str] = Field(default_factory=list)   # options with the primary's score (the primary first)
+    tie_break: str | None = None                    # how the tie was broken, when there was one
     fired: list[FiredRule]
     changers: list[Changer] = Field(default_factory=list)
+    unknowns: list[UnknownImpact] = Field(default_factory=list)
     controls_reason: str = ""
 
     @property
@@ -241,15 +323,18 @@ class Recommendation(BaseModel):
         return [f for f in self.fired if not f.effect and not f.veto]
 
     def render(self, console: Console) -> None:
-        console.print(f"[bold]Recommendation:[/] [bold green]{self.primary}[/]  "
-                      f"(confidence {self.confidence:.0%})", highlight=False)
+        console.print(f"[bold]Recommendation:[/] [bold green]{self.primary}[/] (method {self.method}; "
+                      f"confidence {self.confidence:.0%})", highlight=False)
+        if self.tie_break:
+            console.print(f"[yellow]Tie:[/] {', '.join(self.tied)} score {self.scores[self.primary]:+g} each; "
+                          f"{self.tie_break}", highlight=False)
         arms = Table(title="Options", title_justify="left")
         arms.add_column("option")
         arms.add_column("score", justify="right")
         arms.add_column("status")
         for opt in sorted(OPTIONS, key=lambda o: (o in self.vetoed, -self.scores[o], OPTIONS.index(o))):
             status = ("primary" if opt == self.primary else "vetoed" if opt in self.vetoed
-                      else "test" if opt in self.arms else "")
+                      else "tied" if opt in self.tied else "test" if opt in self.arms else "")
             arms.add_row(opt, f"{self.scores[opt]:+g}", status)
         console.print(arms)
         console.print(f"[bold]Arms to test:[/] {', '.join(self.arms)}", highlight=False)
@@ -261,6 +346,10 @@ class Recommendation(BaseModel):
             fired.add_row(Text(f.id + "\n" + ("\n".join(effects) or "note")),
                           Text(f.reason + " ") + Text(f"({f.source})", style="dim"))
         console.print(fired)
+        if self.unknowns:
+            console.print("[bold]Answers the advice did not have:[/]")
+            for u in self.unknowns:
+                console.print(f"  - {u.text}", highlight=False)
         if self.changers:
             console.print("[bold]What would change it:[/]")
             for c in self.changers:
@@ -269,8 +358,12 @@ class Recommendation(BaseModel):
             console.print("[bold]What would change it:[/] no single answer change moves the primary.")
 
 
+def _env(answers: Answers, facts: dict[str, Any]) -> dict[str, Any]:
+    return answers.model_dump() | facts
+
+
 def _score(answers: Answers, facts: dict[str, Any], book: RuleBook) -> tuple[dict[str, float], set[str], list[FiredRule]]:
-    env = answers.model_dump() | facts
+    env = _env(answers, facts)
     scores = {o: 0.0 for o in OPTIONS}
     vetoed: set[str] = set()
     fired = []
@@ -279,13 +372,33 @@ def _score(answers: Answers, facts: dict[str, Any], book: RuleBook) -> tuple[dic
             for opt, delta in rule.effect.items():
                 scores[opt] += delta
             vetoed.update(rule.veto)
-            fired.append(FiredRule(id=rule.id, reason=rule.reason, source=rule.source,
+            fired.append(FiredRule(id=rule.id, reason=render_reason(rule.reason, env), source=rule.source,
                                    effect={str(k): v for k, v in rule.effect.items()}, veto=list(rule.veto)))
     return scores, vetoed, fired
 
 
-def _primary(scores: dict[str, float], vetoed: set[str]) -> str:
-    return max((o for o in OPTIONS if o not in vetoed), key=lambda o: (scores[o], -OPTIONS.index(o)))
+def _ranked(scores: dict[str, float], vetoed: set[str], book: RuleBook) -> list[str]:
+    """Live options, best first; equal scores in the rule book's tie_break order."""
+    order = book.tie_break
+    return sorted((o for o in OPTIONS if o not in vetoed), key=lambda o: (-scores[o], order.index(o)))
+
+
+def _primary(scores: dict[str, float], vetoed: set[str], book: RuleBook) -> str:
+    return _ranked(scores, vetoed, book)[0]
+
+
+def method_for(primary: str, scores: dict[str, float], vetoed: set[str]) -> str:
+    """How to build the primary. The LoRA half of a hybrid, and the supervised stage before DPO, use
+    LoRA unless the memory rules vetoed it (then QLoRA); DPO runs alone when supervised tuning is
+    vetoed (too few labelled examples)."""
+    adapter = next((m for m in ("lora", "qlora") if m not in vetoed), None)
+    if primary == "hybrid_rag_lora":
+        return f"rag+{adapter or 'lora'}"
+    if primary == "dpo":
+        sft = max((m for m in ("lora", "qlora", "full") if m not in vetoed), default=None,
+                  key=lambda m: (scores[m], m == adapter))
+        return f"{sft}+dpo" if sft else "dpo"
+    return primary
 
 
 def recommend(answers: Answers, audit_facts: dict[str, Any] | None = None, rules: RuleBook | None = None,
@@ -294,18 +407,27 @@ def recommend(answers: Answers, audit_facts: dict[str, Any] | None = None, rules
     book = rules or default_rules()
     facts = _facts(answers, audit_facts)
     scores, vetoed, fired = _score(answers, facts, book)
-    primary = _primary(scores, vetoed)
+    ranked = _ranked(scores, vetoed, book)
+    primary = ranked[0]
     live = [o for o in OPTIONS if o not in vetoed]
-    contenders = sorted((o for o in live if o != primary and scores[o] > 0),
-                        key=lambda o: (-scores[o], OPTIONS.index(o)))
+    contenders = [o for o in ranked[1:] if scores[o] > 0]
     controls = [o for o in book.controls.options if o in live and o != primary and o not in contenders]
     arms = ([primary] + contenders + controls)[: book.max_arms]
+    tied = [o for o in ranked if scores[o] == scores[primary]]
+    tie_break = None
+    if len(tied) > 1:
+        tie_break = f"broken toward {primary}: {book.tie_break_reason}"
     runner_up = max((scores[o] for o in live if o != primary), default=None)
     margin = math.inf if runner_up is None else scores[primary] - runner_up
     confidence = 1.0 if margin == math.inf else 0.5 + 0.5 * math.tanh(margin / CONFIDENCE_SCALE)
-    rec = Recommendation(primary=primary, arms=arms, confidence=round(confidence, 3), scores=scores,  # type: ignore[arg-type]
-                         vetoed=[o for o in OPTIONS if o in vetoed], fired=fired,
-                         controls_reason=book.controls.reason)
+    impacts = unknown_impacts(answers, audit_facts, book, primary) if with_changers else []
+    for impact in impacts:
+        if impact.status != "implied":
+            confidence *= UNKNOWN_DECISIVE if impact.would_change else UNKNOWN_MINOR
+    rec = Recommendation(primary=primary, family=FAMILY[primary], method=method_for(primary, scores, vetoed),  # type: ignore[arg-type]
+                         arms=arms, confidence=round(confidence, 3), scores=scores,  # type: ignore[arg-type]
+                         vetoed=[o for o in OPTIONS if o in vetoed], tied=tied, tie_break=tie_break, fired=fired,
+                         unknowns=impacts, controls_reason=book.controls.reason)
     if with_changers:
         rec.changers = changers(answers, audit_facts, book, primary)
     return rec
@@ -314,6 +436,9 @@ def recommend(answers: Answers, audit_facts: dict[str, Any] | None = None, rules
 def _facts(answers: Answers, audit_facts: dict[str, Any] | None) -> dict[str, Any]:
     base: dict[str, Any] = {name: None for name in FACTS} | {"audited": False}
     base |= audit_facts or {}
+    prefs, labels = answers.preference_pairs, answers.labelled_examples
+    if prefs is not None and labels is not None:
+        base["preference_share"] = round(prefs / (prefs + labels), 4) if prefs + labels else 0.0
     return base | memory_facts(answers)
 
 
@@ -323,6 +448,13 @@ LADDERS: dict[str, tuple[float, ...]] = {
     "gpu_count": (0, 1, 2, 4, 8),
     "vram_gib_per_gpu": (8, 12, 16, 24, 40, 48, 80, 141),
     "model_params_b": (0.135, 0.36, 0.5, 1.0, 1.5, 3.0, 7.0, 8.0, 13.0, 32.0, 70.0),
+    "labelled_examples": (0, 50, 300, 3000, 30000),
+    "preference_pairs": (0, 200, 5000),
+    "documents": (0, 1000),
+    "latency_budget_ms": (200, 1000, 5000),
+    "requests_per_day": (100, 10_000, 1_000_000),
+    "cost_budget_usd_per_1k_requests": (0.2, 5.0),
+    "quality_target": (0.7, 0.95),
 }
 
 
@@ -356,46 +488,113 @@ def _numeric_candidates(name: str, current: float | None, thresholds: Iterable[f
     return sorted(v for v in values if v >= 0 and v != current)
 
 
-def changers(answers: Answers, audit_facts: dict[str, Any] | None, book: RuleBook, primary: str) -> list[Changer]:
-    """Change one answer at a time, re-run the rules, and keep the smallest change that moves the primary."""
-    thresholds = _thresholds(book)
-    found: list[Changer] = []
-    base = answers.model_dump()
+def _kind(name: str) -> tuple[str, tuple[Any, ...]]:
+    """('bool', ()), ('choice', choices) or ('int'|'float', ()) for an answer field."""
+    args = [a for a in typing.get_args(Answers.model_fields[name].annotation) if a is not type(None)]
+    literals = [c for a in args if typing.get_origin(a) is Literal for c in typing.get_args(a)]
+    if bool in args:
+        return "bool", ()
+    if int in args:
+        return "int", ()
+    if float in args:
+        return "float", tuple(literals)
+    return "choice", tuple(literals)
 
-    def primary_with(field: str, value: Any) -> str | None:
+
+class _Rerun:
+    """Re-runs the rules with one answer changed."""
+
+    def __init__(self, answers: Answers, audit_facts: dict[str, Any] | None, book: RuleBook) -> None:
+        self.base, self.audit_facts, self.book = answers.model_dump(), audit_facts, book
+
+    def primary_with(self, field: str, value: Any, also: dict[str, Any] | None = None) -> str | None:
         try:
-            changed = Answers.model_validate(base | {field: value} | _companions(field, value, base))
+            changed = Answers.model_validate(self.base | {field: value} | (also or {}))
         except ValidationError:
             return None
-        scores, vetoed, _ = _score(changed, _facts(changed, audit_facts), book)
-        return _primary(scores, vetoed)
+        scores, vetoed, _ = _score(changed, _facts(changed, self.audit_facts), self.book)
+        return _primary(scores, vetoed, self.book)
 
-    for name, info in Answers.model_fields.items():
+
+def unknown_impacts(answers: Answers, audit_facts: dict[str, Any] | None, book: RuleBook,
+                    primary: str) -> list[UnknownImpact]:
+    """For each unknown (or implied) answer: which values would change the primary, and to what."""
+    rerun, thresholds = _Rerun(answers, audit_facts, book), _thresholds(book)
+    implied = implied_by(answers)
+    out: list[UnknownImpact] = []
+    for name in Answers.model_fields:
+        value = getattr(answers, name)
+        if name in implied and name not in answers.model_fields_set and value == implied[name][1]:
+            out.append(UnknownImpact(field=name, status="implied", value=value,
+                                     text=f"{name}: {show(value)}, implied because {implied[name][0]}"))
+            continue
+        if value is not None:
+            continue
+        kind, choices = _kind(name)
+        if kind == "bool":
+            candidates: list[Any] = [True, False]
+        elif kind == "choice":
+            candidates = list(choices)
+        else:
+            candidates = [int(v) if kind == "int" else v
+                          for v in _numeric_candidates(name, None, thresholds.get(name, ()), kind == "int")]
+            candidates += list(choices)
+        would: dict[str, list[Any]] = {}
+        for candidate in candidates:
+            new = rerun.primary_with(name, candidate, _companions(name, candidate, rerun.base))
+            if new and new != primary:
+                would.setdefault(new, []).append(candidate)
+        status: Literal["unknown", "not answered"] = "unknown" if name in answers.model_fields_set else "not answered"
+        if would:
+            effect = "; ".join(f"{_values_text(vals, kind)} would make it {new}" for new, vals in would.items())
+        else:
+            effect = "no value would change the primary"
+        out.append(UnknownImpact(field=name, status=status, would_change=would, text=f"{name} ({status}): {effect}"))
+    return out
+
+
+def _values_text(values: list[Any], kind: str) -> str:
+    if kind in ("int", "float") and len(values) > 1 and all(isinstance(v, (int, float)) for v in values):
+        low, high = min(values), max(values)
+        return f"a value from {show(low)} to {show(high)} (tried {', '.join(show(v) for v in values)})"
+    return " or ".join(show(v) for v in values)
+
+
+def changers(answers: Answers, audit_facts: dict[str, Any] | None, book: RuleBook, primary: str) -> list[Changer]:
+    """Change one known answer at a time, re-run the rules, and keep the smallest change that moves the
+    primary (unknown answers are covered by `unknown_impacts`)."""
+    thresholds = _thresholds(book)
+    rerun = _Rerun(answers, audit_facts, book)
+    base = rerun.base
+    found: list[Changer] = []
+    for name in Answers.model_fields:
         current = base[name]
-        annotation = info.annotation
-        choices = getattr(annotation, "__args__", None)
-        if annotation is bool:
-            new = primary_with(name, not current)
+        if current is None or (name in implied_by(answers) and name not in answers.model_fields_set):
+            continue
+        kind, choices = _kind(name)
+        if kind == "bool":
+            new = rerun.primary_with(name, not current, _companions(name, not current, base))
             if new and new != primary:
                 found.append(_changer(name, current, not current, "=", new, _companions(name, not current, base)))
-        elif choices and all(isinstance(c, str) for c in choices):
+        elif kind == "choice":
             by_primary: dict[str, list[str]] = {}
             for choice in choices:
-                new = primary_with(name, choice) if choice != current else None
+                new = rerun.primary_with(name, choice) if choice != current else None
                 if new and new != primary:
                     by_primary.setdefault(new, []).append(choice)
             for new, values in by_primary.items():
                 found.append(_changer(name, current, " or ".join(values), "=", new))
         else:
-            integer = annotation is int
-            cands = _numeric_candidates(name, current, thresholds.get(name, ()), integer)
-            cur = current if current is not None else math.inf
+            integer = kind == "int"
+            cands = _numeric_candidates(name, current if current != NO_LIMIT else None,
+                                        thresholds.get(name, ()), integer)
+            cur = current if isinstance(current, (int, float)) else math.inf
             ups = [v for v in cands if v > cur]
             downs = sorted((v for v in cands if v < cur), reverse=True)
             for direction, steps in ((">=", ups), ("<=", downs)):
                 for v in steps:
                     value = int(v) if integer else v
-                    new = primary_with(name, value)
+                    new = rerun.primary_with(name, value, _companions(name, value, base))
                     if new and new != primary:
                         found.append(_changer(name, current, value, direction, new,  # type: ignore[arg-type]
                                               _companions(name, value, base)))
@@ -414,15 +613,17 @@ def _companions(field: str, value: Any, base: dict[str, Any]) -> dict[str, Any]:
         if base["gpu_count"] == 0:
             return {"vram_gib_per_gpu": TYPICAL_VRAM_GIB}
     if field == "data_can_leave_premises" and value is False:
-        return {"hosted_model_allowed": False}
+        also: dict[str, Any] = {"hosted_model_allowed": False}
+        if base.get("deployment_target") == "hosted":
+            also["deployment_target"] = "on_premises"
+        return also
     return {}
 
 
 def _changer(field: str, current: Any, value: Any, relation: Literal["=", ">=", "<="], new: str,
              also: dict[str, Any] | None = None) -> Changer:
-    shown = "none" if current is None else current
     with_ = "".join(f" with {k} {v:g}" if isinstance(v, float) else f" with {k} {v}" for k, v in (also or {}).items())
-    text = (f"if {field} were {'' if relation == '=' else relation + ' '}{value}{with_} (now {shown}), "
+    text = (f"if {field} were {'' if relation == '=' else relation + ' '}{value}{with_} (now {show(current)}), "
             f"primary would be {new}")
     return Changer(field=field, current=current, value=value, relation=relation, new_primary=new, text=text,
                    also=also or {})

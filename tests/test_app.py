@@ -340,15 +340,15 @@ def test_gate_decisions_rules_and_promotions(app_run: RunStore, monkeypatch: pyt
 def fill_advisor(at: Any, answers: dict[str, Any]) -> None:
     from advisor.questions import QUESTIONS
 
+    from advisor.questions import show
+
     for q in QUESTIONS:
         value = answers[q.key]
         key = f"adv_{q.key}"
-        if q.type == "choice":
-            at.selectbox(key=key).set_value(value)
-        elif q.type == "bool":
-            at.toggle(key=key).set_value(bool(value))
+        if q.type in ("choice", "bool"):
+            at.selectbox(key=key).set_value(show(value))
         elif q.type == "optional_float":
-            at.text_input(key=key).input("none" if value is None else str(value))
+            at.text_input(key=key).input(show(value))
         else:
             at.number_input(key=key).set_value(value)
 

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from advisor.cli import advise_command
-from harness import tracing
+from harness import tracing, ui
 from harness.cli._console import _f, console, err_console, print_decision, print_run_comparison
 from harness.cli._safety import app as safety_app
 from harness.errors import UserError
@@ -23,7 +23,6 @@ from harness.scorers import _judge_client as judge
 from harness.store._engine import store_url
 from harness.store._export import export_results as write
 from harness.store._store import Store
-from harness import ui
 from harness.ui._report import write_html
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -49,7 +48,7 @@ def advise(answers: Annotated[Optional[Path], typer.Option("--answers", "-a", he
            test: Annotated[Optional[Path], typer.Option(help="Test JSONL, checked for overlap with train.")] = None,
            write: Annotated[Optional[Path], typer.Option("--write", "-w", help="Write the experiment plan YAML here.")] = None,
            preference: Annotated[Optional[Path], typer.Option(help="Preference JSONL (prompt/chosen/rejected) for a DPO arm.")] = None,
-           model: Annotated[str, typer.Option(help="Base model spec for the plan.")] = "smollm2-135m",
+           model: Annotated[Optional[str], typer.Option(help="Base model spec for the plan (default: a model of the size the answers give).")] = None,
            explain: Annotated[bool, typer.Option(help="Ask the configured LLM (TUNEGATE_ADVISOR_*) to explain, using the advisor's tools.")] = False,
            as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False) -> None:
     """Ask about data, volatility, latency, privacy and hardware; recommend prompting, RAG or fine-tuning."""

@@ -20,7 +20,7 @@ import streamlit as st
 from advisor import advise
 from advisor.errors import AdvisorInputError
 from advisor.planner import plan_yaml, write_plan
-from advisor.questions import QUESTIONS, Answers
+from advisor.questions import QUESTIONS, Answers, should_ask
 from harness.errors import UserError
 from harness.plan import Plan
 from harness.store import Store, store_url
@@ -483,18 +483,18 @@ def page_advisor() -> None:
         cols = st.columns(2)
         train = cols[0].text_input("Training JSONL to audit (optional; a path on the app's machine)",
                                    key="adv_train").strip()
-        model = cols[1].text_input("Base model for the plan", value="smollm2-135m", key="adv_model").strip()
+        model = cols[1].text_input("Base model for the plan (empty: one of the size you gave)", value="", key="adv_model").strip()
         submitted = st.form_submit_button("Recommend", type="primary")
     if submitted:
         answers = {k: v for k, v in values.items()}
-        for q in QUESTIONS:  # a conditional question that does not apply takes its 'not asked' value
-            if q.ask_if and not asked(q.ask_if, answers):
-                answers[q.key] = {"hosted_model_allowed": False, "vram_gib_per_gpu": 0.0}.get(q.key, q.default)
+        for q in QUESTIONS:  # a question that does not apply is left unknown; Answers fills in what is implied
+            if not should_ask(q, answers):
+                answers[q.key] = None
         try:
             result = advise(answers, train or None, probe=False)
             notes: list[str] = []
             plan = write_plan(result.recommendation, result.answers, train or "data/train.jsonl",
-                              model=model or "smollm2-135m", notes=notes)
+                              model=model or None, notes=notes)
             if not train:
                 notes.append("no training file was given: set data.train in the plan before running it.")
             st.session_state["advice"] = (result, plan, plan_yaml(plan, result.recommendation, notes), notes)
@@ -505,27 +505,21 @@ def page_advisor() -> None:
         render_advice(*st.session_state["advice"], answers_model=Answers)
 
 
-def asked(condition: tuple[str, Any], answers: dict[str, Any]) -> bool:
-    key, wanted = condition
-    return bool(answers.get(key)) if wanted == "nonzero" else answers.get(key) == wanted
-
-
 def question_widget(col: Any, q: Any) -> Any:
-    help_text = q.help + (f" (used only when {q.ask_if[0]} is {q.ask_if[1]})" if q.ask_if else "")
+    """Every question offers 'unknown' (an empty number box is unknown too); unknown is the default."""
+    help_text = q.help + (f" (not used when {q.skip_if[0]} is {q.skip_if[1]})" if q.skip_if else "")
     key = f"adv_{q.key}"
-    if q.type == "choice":
-        choices = list(q.choices or [])
-        return col.selectbox(q.prompt, choices, index=choices.index(q.default) if q.default in choices else 0,
-                             help=help_text, key=key)
-    if q.type == "bool":
-        return col.toggle(q.prompt, value=bool(q.default), help=help_text, key=key)
+    if q.type in ("choice", "bool"):
+        choices = ["unknown", *(q.choices or ["yes", "no"])]
+        return col.selectbox(q.prompt, choices, index=0, help=help_text, key=key)
     if q.type == "int":
-        return col.number_input(q.prompt, min_value=0, value=int(q.default or 0), step=1, help=help_text, key=key)
+        return col.number_input(q.prompt, min_value=0, value=None, step=1, placeholder="unknown", help=help_text,
+                                key=key)
     if q.type == "float":
-        return col.number_input(q.prompt, min_value=0.0, value=float(q.default or 0.0), step=0.01, format="%g",
+        return col.number_input(q.prompt, min_value=0.0, value=None, step=0.01, format="%g", placeholder="unknown",
                                 help=help_text, key=key)
-    raw = col.text_input(q.prompt, value="none" if q.default is None else str(q.default), help=help_text, key=key)
-    return raw.strip()  # optional_float: 'none' or a number; the Answers model validates it
+    raw = col.text_input(q.prompt, value="unknown", help=help_text, key=key)
+    return raw.strip()  # optional_float: 'unknown', 'no limit' or a number; the Answers model validates it
 
 
 def render_advice(result: Any, plan: dict[str, Any], yaml_text: str, notes: list[str], answers_model: Any) -> None:

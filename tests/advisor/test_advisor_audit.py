@@ -125,7 +125,7 @@ def test_preference_file_overrides_preference_pairs(jsonl) -> None:
     rows = [{"prompt": f"Write a greeting for customer {i}", "chosen": f"Dear customer {i}, welcome",
              "rejected": "hey"} for i in range(120)]
     result = advise({"task_type": "style_format", "labelled_examples": 500}, jsonl("prefs.jsonl", rows))
-    assert [(o.field, o.stated, o.audited) for o in result.overrides] == [("preference_pairs", 0, 120)]
+    assert [(o.field, o.stated, o.audited) for o in result.overrides] == [("preference_pairs", None, 120)]  # not stated: unknown
     assert result.answers.labelled_examples == 500
 
 

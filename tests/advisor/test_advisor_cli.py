@@ -105,11 +105,11 @@ def test_usage_errors_exit_2(kw: dict, message: str) -> None:
 
 def test_python_m_advisor_bad_file_has_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "answers.yaml"
-    bad.write_text("gpu_count: 2\n")
+    bad.write_text("gpu_count: 2\nvram_gib_per_gpu: 0\n")
     proc = subprocess.run([sys.executable, "-m", "advisor", "--answers", str(bad)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "vram_gib_per_gpu" in proc.stdout and f"{bad}:1" in proc.stdout
+    assert "vram_gib_per_gpu" in proc.stdout and f"{bad}:2" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -119,3 +119,41 @@ def test_python_m_advisor_without_a_terminal_asks_for_an_answers_file() -> None:
     assert proc.returncode == 2
     assert "pass --answers FILE" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("task_type: style_format\n# caf\u00e9 team\nlabelled_examples: 300\n".encode("latin-1"), ":2: not UTF-8 text"),
+    (b"task_type: style_format\ndata_can_leave_premises: true\nlabelled_examples: 300\ndata_can_leave_premises: false\n",
+     ":4: field 'data_can_leave_premises': duplicate key 'data_can_leave_premises': given on line 2 and again on line 4"),
+    (b"task_type: style_format\nlabelled_examples: true\n", ":2: field 'labelled_examples': expected a number"),
+])
+def test_python_m_advisor_bad_bytes_exit_2_with_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
+    bad = tmp_path / "answers.yaml"
+    bad.write_bytes(content)
+    proc = subprocess.run([sys.executable, "-m", "advisor", "--answers", str(bad)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env={"COLUMNS": "60", "PATH": ""})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{bad}{expected}" in lines[0], lines
+
+
+def test_unknown_answers_are_listed_in_the_output(tmp_path: Path) -> None:
+    answers = tmp_path / "answers.yaml"
+    answers.write_text("task_type: style_format\nlabelled_examples: 300\ngpu_count: unknown\n")
+    code, text = run(answers_file=answers)
+    assert code == 0
+    assert "Answers the advice did not have" in text
+    assert "gpu_count (unknown)" in text and "hosted_model_allowed (not answered)" in text
+    assert "base model of unknown size; an unknown number of GPUs" in text
+
+
+def test_write_plan_stops_when_model_and_size_disagree(tmp_path: Path, jsonl) -> None:
+    answers = tmp_path / "answers.yaml"
+    answers.write_text("task_type: style_format\nlabelled_examples: 300\ngpu_count: 1\nvram_gib_per_gpu: 16\n"
+                       "model_params_b: 8\n")
+    train = jsonl("train.jsonl", [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(300)])
+    code, text = run(answers_file=answers, train=train, write=tmp_path / "plan.yaml", model="smollm2-135m")
+    assert code == 2 and "field 'model'" in text and not (tmp_path / "plan.yaml").exists()
+    code, text = run(answers_file=answers, train=train, write=tmp_path / "plan.yaml")
+    assert code == 0, text
+    assert yaml.safe_load((tmp_path / "plan.yaml").read_text())["model"] == "meta-llama/Llama-3.1-8B-Instruct"

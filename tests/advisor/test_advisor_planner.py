@@ -25,7 +25,8 @@ def plan_for(answers: dict, **kw) -> tuple[dict, list[str]]:
 
 def test_demo_plan_tests_lora_against_prompt_and_rag() -> None:
     plan, notes = plan_for({"task_type": "classification_extraction", "labelled_examples": 300,
-                            "latency_budget_ms": 200, "knowledge_volatility": "never"})
+                            "latency_budget_ms": 200, "knowledge_volatility": "never", "gpu_count": 0,
+                            "model_params_b": 0.135})
     assert [(a["name"], a["type"]) for a in plan["arms"]] == [
         ("baseline", "baseline"), ("lora", "lora"), ("prompt", "prompt"), ("rag", "rag")]
     lora = plan["arms"][1]
@@ -95,4 +96,26 @@ def test_hybrid_with_limited_vram_tests_rag_and_qlora() -> None:
                             "model_params_b": 8, "data_can_leave_premises": True, "hosted_model_allowed": True})
     types = [a["type"] for a in plan["arms"]]
     assert "lora" not in types and {"rag", "qlora"} <= set(types)
+    harness_plan_model().model_validate(plan)
+
+
+def test_the_plans_model_agrees_with_model_params_b() -> None:
+    from advisor.errors import AdvisorInputError
+
+    answers = {"task_type": "style_format", "labelled_examples": 500, "gpu_count": 1, "vram_gib_per_gpu": 16,
+               "model_params_b": 8}
+    plan, _ = plan_for(answers)
+    assert plan["model"] == "meta-llama/Llama-3.1-8B-Instruct"
+    with pytest.raises(AdvisorInputError) as info:
+        plan_for(answers, model="smollm2-135m")      # a QLoRA plan for 8B must not train the 135M default
+    assert info.value.field == "model" and "0.135B" in info.value.message and "model_params_b is 8" in info.value.message
+    plan, notes = plan_for(answers, model="/models/my-finetune")   # size not in the name: kept, with a note
+    assert plan["model"] == "/models/my-finetune" and any("could not tell the size" in n for n in notes)
+    with pytest.raises(AdvisorInputError, match="no model of about 400B"):
+        plan_for(answers | {"gpu_count": 8, "vram_gib_per_gpu": 80, "model_params_b": 400})
+
+
+def test_unknown_model_size_uses_the_default_with_a_note() -> None:
+    plan, notes = plan_for({"task_type": "style_format", "labelled_examples": 500})
+    assert plan["model"] == "smollm2-135m" and any("model_params_b is unknown" in n for n in notes)
     harness_plan_model().model_validate(plan)

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from advisor.errors import AdvisorInputError
 from advisor.questions import Answers
-from advisor.rules import FACTS, OPTIONS, AllOf, AnyOf, Clause, Not, holds, load_rules, recommend
+from advisor.rules import FACTS, OPTIONS, AllOf, AnyOf, Clause, Not, holds, load_rules, recommend, truth
 
 
 def test_default_rules_load_and_cite_sources() -> None:
@@ -30,7 +30,9 @@ def test_condition_language() -> None:
     assert holds(AllOf(all=[lt, is_style]), env)
     assert not holds(AllOf(all=[lt, unknown]), env)
     assert holds(AnyOf(any=[unknown, lt]), env)
-    assert holds(Not.model_validate({"not": unknown}), env)
+    assert truth(Not.model_validate({"not": unknown}), env) is None, "not unknown is still unknown"
+    assert truth(AllOf(all=[lt, unknown]), env) is None and truth(AnyOf(any=[unknown]), env) is None
+    assert truth(AllOf(all=[Not.model_validate({"not": lt}), unknown]), env) is False
     assert holds(AllOf(all=[]), env)
     assert not holds(Clause(field="labelled_examples", op="ge", value=151), env)
     assert holds(Clause(field="labelled_examples", op="ne", value=151), env)
@@ -143,7 +145,7 @@ rules:
     reason: no retrieval infrastructure here
     source: house policy
 """)
-    rec = recommend(Answers(), rules=load_rules(path))
+    rec = recommend(Answers(documents=0), rules=load_rules(path))
     assert rec.primary == "full"
     assert rec.arms == ["full", "prompting"]
     assert rec.vetoed == ["rag"]
@@ -151,7 +153,7 @@ rules:
 
 
 def test_render_shows_primary_arms_reasons_and_changers() -> None:
-    rec = recommend(Answers(task_type="style_format", labelled_examples=40))
+    rec = recommend(Answers(task_type="style_format", labelled_examples=40, preference_pairs=0))
     out = StringIO()
     rec.render(Console(file=out, width=140))
     text = out.getvalue()
@@ -159,3 +161,23 @@ def test_render_shows_primary_arms_reasons_and_changers() -> None:
     assert "Arms to test: prompting, rag" in text
     assert "too-few-examples" in text and "OpenAI fine-tuning guide" in text
     assert "if labelled_examples were >= 100 (now 40), primary would be lora" in text
+
+
+def test_reason_placeholders_must_name_fields(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+rules:
+  - id: typo
+    when: {all: []}
+    reason: "{labeled_examples} examples is a typo"
+    source: test
+""")
+    with pytest.raises(AdvisorInputError) as info:
+        load_rules(path)
+    assert info.value.field == "rules[0].reason" and "labeled_examples" in info.value.message
+
+
+def test_rules_file_with_duplicate_keys_names_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules:\n  - id: a\n    when: {all: []}\n    reason: a reason here\n"
+                           "    source: test\n    reason: another reason\n")
+    with pytest.raises(AdvisorInputError, match="line 4 and again on line 6"):
+        load_rules(path)
