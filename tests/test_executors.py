@@ -21,6 +21,7 @@ from harness.run import (
     SerialExecutor,
     TrialResult,
     TrialUnit,
+    WorkerExecutor,
     make_executor,
     outcome_from_store,
     parse_gpus,
@@ -77,11 +78,15 @@ def test_unit_round_trips_as_json():
 
 def test_make_executor_picks_by_devices(store: Store):
     assert isinstance(make_executor("local", store=store, console=quiet(), devices=[]), SerialExecutor)
-    assert isinstance(make_executor("local", store=store, console=quiet(), devices=["0"]), SerialExecutor)
-    assert isinstance(make_executor("local", store=store, console=quiet(), devices=["0"], explicit_gpus=True),
-                      PoolExecutor)
-    pool = make_executor("local", store=store, console=quiet(), devices=["0", "1", "2"])
+    workers = make_executor("local", store=store, console=quiet(), devices=["0", "1"], trials_per_gpu=2)
+    assert isinstance(workers, WorkerExecutor) and [w.slot for w in workers.workers] == \
+        ["gpu0.0", "gpu1.0", "gpu0.1", "gpu1.1"] and workers.max_gpus_per_trial() == 2
+    cpu_workers = make_executor("workers", store=store, console=quiet(), devices=[], trials_per_gpu=3)
+    assert isinstance(cpu_workers, WorkerExecutor) and len(cpu_workers.workers) == 3
+    pool = make_executor("process", store=store, console=quiet(), devices=["0", "1", "2"])
     assert isinstance(pool, PoolExecutor) and pool.max_gpus_per_trial() == 3
+    with pytest.raises(UserError, match="process"):
+        make_executor("process", store=store, console=quiet(), devices=[])
     with pytest.raises(UserError) as info:
         make_executor("slurm", store=store, console=quiet(), devices=[])
     assert info.value.field == "--executor"
@@ -209,7 +214,7 @@ def test_process_pool_pins_each_worker_to_its_device(env: dict[str, Any], tiny_m
                       [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4)],
                       train=env["train"], name="pool")
     store = Store(str(env["root"] / "pool.db"))
-    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, gpus=["0", "1"])
+    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, gpus=["0", "1"], executor="process")
     manifests = check_run(store, outcome.run_id, {"baseline", "lora"})
     assert {m["cuda_visible_devices"] for m in manifests.values()} == {"0", "1"}
     trials = {t.name: t for t in store.trials(outcome.run_id)}

@@ -8,18 +8,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.arms._artifacts import (
-        UNTRAINED,
         Exported,
+        UNTRAINED,
         export_trial,
         load_trial_model,
         merged_model,
         trial_base,
     )
     from harness.arms._data import (
-        FORMATS,
         AlpacaRow,
         ChatRow,
         Example,
+        FORMATS,
         Format,
         Message,
         Preference,
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
         read_jsonl,
     )
     from harness.arms._prompting import (
-        TEXT_KEYS,
         Corpus,
         Embedder,
+        TEXT_KEYS,
         describe,
         embedding_folder,
         load_documents,
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     )
     from harness.arms._train import (
         Fast,
-        TrainingFailed,
         TrainResult,
+        TrainingFailed,
         dpo_with_model,
         lora_config,
         peak_memory_gib,

@@ -63,21 +63,31 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
         resume: Annotated[bool, typer.Option(help="Continue the latest run of this plan; skip finished trials.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="List the trials with a GPU memory estimate for each; train nothing.")] = False,
         only: Annotated[Optional[list[str]], typer.Option(help="Run only these arms/trials.")] = None,
-        executor: Annotated[str, typer.Option(help="local: this machine (CPU or one GPU serially; several GPUs: one "
-                                                   "pinned worker process per trial) | ray: Ray tasks.")] = "local",
+        executor: Annotated[str, typer.Option(help="local: in this process on a CPU, persistent workers on GPUs | "
+                                                   "workers: persistent workers (CPU too) | process: a fresh "
+                                                   "process per trial | ray: Ray tasks.")] = "local",
         gpus: Annotated[Optional[str], typer.Option(help="GPUs to use: all (default), none, a count (4) or ids (0,2,3).")] = None,
+        trials_per_gpu: Annotated[str, typer.Option(help="Trials at once on each GPU: auto (from free memory and the "
+                                                         "memory estimate) or a count.")] = "auto",
+        eval_batch: Annotated[str, typer.Option(help="device: on a GPU, size generation batches from free memory | "
+                                                     "suite: each suite's batch_size.")] = "device",
         ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one).")] = None,
         store: StoreOpt = None) -> None:
     """Run a plan: every arm trained (if needed) and scored on every suite; results go to the store."""
     from harness.run._devices import parse_gpus  # heavy: the runner pulls torch; keeps `tunegate --help` fast
     from harness.run._preflight import dry_run as plan_table  # heavy: torch via the runner
     from harness.run._runner import Runner  # heavy: torch via the runner
+    from harness.run._workers import parse_trials_per_gpu  # heavy: torch via the workers
 
+    if eval_batch not in ("device", "suite"):
+        raise UserError(f"'{eval_batch}' is not an eval batch rule: use device or suite", field="--eval-batch")
+    per_gpu = parse_trials_per_gpu(trials_per_gpu)
     if dry_run:
         console.print(plan_table(plan, console, executor=executor, gpus=parse_gpus(gpus)))
         return
     outcome = Runner(_store(store), console).run(plan, resume=resume, only=only, executor=executor,
-                                                 gpus=parse_gpus(gpus), ray_address=ray_address)
+                                                 gpus=parse_gpus(gpus), ray_address=ray_address,
+                                                 trials_per_gpu=per_gpu, device_batch=eval_batch == "device")
     print_run_comparison(_store(store), outcome.run_id)
     raise typer.Exit(1 if outcome.failed else 0)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from harness.evaluation._evaluate import (
         evaluate,
+        evaluate_adapters,
     )
     from harness.evaluation._lmeval import (
         Collected,
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
         SuiteResult,
     )
     from harness.evaluation._suite import (
-        SUITES_DIR,
         GenerationConfig,
+        SUITES_DIR,
         ScorerSpec,
         Suite,
         SuiteItem,
@@ -58,6 +59,7 @@ _EXPORTS = {
     "available": "harness.evaluation._suite",
     "collect": "harness.evaluation._lmeval",
     "evaluate": "harness.evaluation._evaluate",
+    "evaluate_adapters": "harness.evaluation._evaluate",
     "evaluate_suite": "harness.evaluation._lmeval",
     "find": "harness.evaluation._suite",
     "include_dirs": "harness.evaluation._lmeval_config",

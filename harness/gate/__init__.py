@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from harness.gate._decide import (
+        Decision,
         ERROR,
         PROMOTE,
         REJECT,
-        Decision,
         decide,
         evaluate_rule,
         mean_interval,

@@ -30,12 +30,45 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+MAX_DEVICE_BATCH = 512   # a larger batch decodes no faster once the GPU is busy, and pads more
+MEMORY_SHARE = 0.5       # of the free device memory at the time of the call (other trials may share the GPU)
+
+
+def device_batch_size(model: Any, n_prompts: int, longest_prompt: int, max_new_tokens: int,
+                      cpu_default: int) -> int:
+    """The generation batch for this device: on CPU the suite's `batch_size`; on a CUDA GPU as many sequences
+    as the KV cache and the last step's logits fit in half the free memory (capped at MAX_DEVICE_BATCH)."""
+    device = _device(model)
+    if device.type != "cuda" or n_prompts == 0:
+        return cpu_default
+    free, _total = torch.cuda.mem_get_info(device)
+    config = getattr(model, "config", None)
+    text = getattr(config, "get_text_config", lambda: config)()
+    layers = getattr(text, "num_hidden_layers", 32)
+    heads = getattr(text, "num_attention_heads", 32)
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or getattr(text, "hidden_size", 4096) // heads
+    vocab = getattr(text, "vocab_size", 32000)
+    width = next(model.parameters()).element_size()
+    per_token = 2 * layers * kv_heads * head_dim * width                  # keys and values, every layer
+    per_sequence = per_token * (longest_prompt + max_new_tokens) + vocab * 4 * 2  # + float32 logits and scores
+    fits = int(free * MEMORY_SHARE // max(per_sequence, 1))
+    return max(1, min(n_prompts, MAX_DEVICE_BATCH, fits))
+
+
 @torch.inference_mode()
 def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: int = 64, batch_size: int = 16,
-             progress: Progress | None = None) -> list[str]:
-    """Greedy completions of already-templated prompt strings, batched with left padding."""
+             progress: Progress | None = None, adapter_names: Sequence[str] | None = None,
+             device_batch: bool = False) -> list[str]:
+    """Greedy completions of already-templated prompt strings, batched with left padding.
+
+    `adapter_names` (one per prompt) runs each prompt through its own LoRA adapter of a PEFT model holding
+    several, in the same batches (PEFT mixed-adapter inference). `device_batch` sizes the batch for the device
+    (`device_batch_size`) instead of using `batch_size`."""
     device = _device(model)
     encoded = tok(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
+    if device_batch and encoded:
+        batch_size = device_batch_size(model, len(encoded), max(map(len, encoded)), max_new_tokens, batch_size)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     outputs: list[str] = [""] * len(prompts)
     stop_ids = _stop_ids(tok, model)
@@ -44,8 +77,10 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
         idx = order[start:start + batch_size]
         ids, mask = _left_padded([encoded[i] for i in idx], tok.pad_token_id)
         width = ids.shape[1]
+        extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names is not None else {}
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id)
+                             max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=tok.pad_token_id,
+                             **extra)
         for row, new in zip(idx, out[:, width:].tolist(), strict=True):
             cut = next((k for k, t in enumerate(new) if t in stops), len(new))
             outputs[row] = tok.decode(new[:cut], skip_special_tokens=True)

@@ -6,6 +6,7 @@ a fraction of a second and need no network.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -159,13 +160,36 @@ def load_tokenizer(spec: str) -> Any:
     return fix_tokenizer(tok)
 
 
+_KEPT: dict[tuple[str, str], tuple[Any, Any]] | None = None  # (spec, device) -> pristine (model, tokenizer)
+DISK_LOADS: dict[str, int] = {}  # spec -> how often this process read it from disk (the manifest records it)
+
+
+def keep_models_loaded(enabled: bool = True) -> None:
+    """In a long-lived worker: keep each base model loaded after its first load, and hand every later
+    `load_model` of the same spec and device a copy of it (a device-to-device copy instead of a read from
+    disk; a trial may train or wrap its copy freely). NF4 (QLoRA) models are always loaded afresh."""
+    global _KEPT
+    _KEPT = {} if enabled else None
+
+
 def load_model(spec: str, device: str | None = None, quantization: str | None = None) -> tuple[Any, Any]:
     """Load (model, tokenizer) in eval mode: float32 on CPU, bfloat16 on GPU; NF4 when quantization='nf4'."""
+    device = device or default_device()
+    if _KEPT is None or quantization is not None:
+        return _load_model(spec, device, quantization)
+    key = (spec, device)
+    if key not in _KEPT:
+        _KEPT[key] = _load_model(spec, device, None)
+    model, tok = _KEPT[key]
+    return copy.deepcopy(model), copy.deepcopy(tok)
+
+
+def _load_model(spec: str, device: str, quantization: str | None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    device = device or default_device()
+    DISK_LOADS[spec] = DISK_LOADS.get(spec, 0) + 1
     folder = local_folder(spec, device)
     tok = load_tokenizer(spec)
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if device == "cuda" else torch.float32}

@@ -1,6 +1,11 @@
-"""`python -m harness.run UNIT.json`: a worker process runs one trial unit (see harness/run/_executors.py)."""
+"""Worker processes: `python -m harness.run UNIT.json` runs one trial unit and exits (see _executors.py);
+`python -m harness.run --serve REPLY_FD` is a persistent worker that runs jobs read from stdin (see _workers.py)."""
 import sys
 
+if len(sys.argv) == 3 and sys.argv[1] == "--serve":
+    from harness.run._workers import serve
+
+    sys.exit(serve(int(sys.argv[2])))
 from harness.run._executors import main
 
 sys.exit(main(sys.argv[1:]))

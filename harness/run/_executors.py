@@ -1,8 +1,10 @@
-"""Where trials run. Three executors share one interface, `run(units, done)`:
+"""Where trials run. The executors share one interface, `run(units, done)` (and `close()`):
 
-* `SerialExecutor` — one trial after another in this process (CPU, or the one GPU there is);
-* `PoolExecutor`   — one worker process per trial on this machine, each pinned to its own GPU set
-                     with CUDA_VISIBLE_DEVICES; as many trials at once as there are device sets free;
+* `SerialExecutor` — one trial after another in this process (the CPU default);
+* `WorkerExecutor` — persistent worker processes, several per GPU, that keep the base model loaded
+                     (harness/run/_workers.py; the GPU default);
+* `PoolExecutor`   — one fresh worker process per trial, each pinned to its own GPU set with
+                     CUDA_VISIBLE_DEVICES (`--executor process`; also the launcher of data-parallel trials);
 * `RayExecutor`    — each trial a Ray task (`num_gpus` = the trial's GPUs), for users past one box.
 
 Every trial is a `TrialUnit` that the worker runs with `harness.runner.run_trial`, which writes its
@@ -37,7 +39,6 @@ from harness.store._store import Store
 
 Done = Callable[[TrialResult], None]
 WORKER_ENV_PREFIXES = ("TUNEGATE_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "PYTORCH_", "NCCL_")
-EXECUTORS = ("local", "ray")
 
 
 def free_port() -> int:
@@ -119,6 +120,9 @@ class Executor(ABC):
 
     def max_gpus_per_trial(self) -> int:
         return 1
+
+    def close(self) -> None:
+        """Release what the executor holds (worker processes); called once the run's last phase is done."""
 
     def report(self, unit: TrialUnit, result: TrialResult, where: str = "") -> None:
         if result.status == "finished":
@@ -252,19 +256,6 @@ class RayExecutor(Executor):
                                             Path(unit.folder) / "worker.log")
             self.report(unit, result, f" (ray; log: {Path(unit.folder) / 'worker.log'})")
             done(result)
-
-
-def make_executor(kind: str, *, store: Store, console: Console, devices: list[str],
-                  explicit_gpus: bool = False, ray_address: str | None = None) -> Executor:
-    """`local`: serially in this process on CPU or one GPU, a pinned process pool on several GPUs (or on
-    GPUs named with --gpus); `ray`: Ray tasks."""
-    if kind == "ray":
-        return RayExecutor(store, console, ray_address)
-    if kind != "local":
-        raise UserError(f"unknown executor '{kind}': use {' or '.join(EXECUTORS)}", field="--executor")
-    if len(devices) > 1 or (explicit_gpus and devices):
-        return PoolExecutor(store, console, devices)
-    return SerialExecutor(store, console, devices)
 
 
 def main(argv: list[str] | None = None) -> int:

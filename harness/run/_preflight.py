@@ -79,7 +79,7 @@ _TARGET_SHORT = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "ga
 
 
 def memory_estimate(arm: Any, shape: dict[str, Any] | None, parent: Any = None) -> Any:
-    """The training-memory estimate (harness.plan) of one training step on a bf16 CUDA GPU (None if the shape is unknown)."""
+    """The training-memory estimate of one training step on a bf16 CUDA GPU (None if the shape is unknown)."""
 
     if shape is None or arm.type not in TRAINED:
         return None

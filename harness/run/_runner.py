@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from harness.plan._parts import TRAINED
 from harness.plan._schema import Plan
 from harness.plan._sweep import trials
 from harness.run._devices import plan_devices
-from harness.run._executors import make_executor
+from harness.run._executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
+from harness.run._shared_eval import can_share
 from harness.run._trial import TrialResult, TrialUnit
+from harness.run._workers import WorkerExecutor, auto_trials_per_gpu, free_memory_gib
 from harness.store._store import Store
 from harness.store._tables import Run
 
@@ -47,7 +50,10 @@ class Runner:
         self.runs_dir = Path(runs_dir)
 
     def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None,
-            executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None) -> RunOutcome:
+            executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None,
+            trials_per_gpu: int | None = None, device_batch: bool = True) -> RunOutcome:
+        """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `device_batch` False keeps
+        each suite's own generation batch size on a GPU too."""
 
         plan, doc = load_plan(plan_path)
         arms = trials(plan)
@@ -61,9 +67,11 @@ class Runner:
         devices = [] if cpu_only else plan_devices(gpus)
         local_device = "cpu" if cpu_only else (self.device or default_device())
         checked_gpus = None if executor == "ray" else len(devices)
-        preflight(plan, doc, arms, device=local_device, n_gpus=checked_gpus)
+        checked = preflight(plan, doc, arms, device=local_device, n_gpus=checked_gpus)
+        known = [e for e in checked.estimates.values() if e is not None]
         runner = make_executor(executor, store=self.store, console=self.console, devices=devices,
-                               explicit_gpus=gpus is not None, ray_address=ray_address)
+                               explicit_gpus=gpus is not None, ray_address=ray_address, trials_per_gpu=trials_per_gpu,
+                               per_trial_gib=max(known) if known else None)
         if executor == "ray":
             check_gpus_per_trial(plan, doc, arms, runner.max_gpus_per_trial())
         run_id, folder = self._open_run(plan, resume, len(arms))
@@ -79,7 +87,7 @@ class Runner:
                 continue
             units.append(TrialUnit(url, run_id, arm.name, str(folder / arm.name),
                                    getattr(arm, "gpus_per_trial", 1) if arm.type in TRAINED else 1,
-                                   "cpu" if cpu_only else self.device))
+                                   "cpu" if cpu_only else self.device, device_batch=device_batch))
 
         def done(result: TrialResult) -> None:
             if result.status == "finished":
@@ -87,8 +95,16 @@ class Runner:
             else:
                 outcome.failed[result.trial] = result.error or "failed"
 
-        for phase in phases(units, plan):
-            runner.run(phase, done)
+        by_name = {a.name: a for a in arms}
+        try:
+            for phase in phases(units, plan):
+                if getattr(runner, "shares_evaluation", False):
+                    shareable = [u for u in phase if u.gpus_per_trial <= 1 and can_share(by_name[u.trial])]
+                    for unit in shareable if len(shareable) > 1 else []:
+                        unit.defer_eval = True  # trained now, scored with the phase's other adapters at its end
+                runner.run(phase, done)
+        finally:
+            runner.close()
         self.store.finish_run(run_id, "failed" if outcome.failed else "finished")
         return outcome
 
@@ -126,3 +142,35 @@ def phases(units: list[TrialUnit], plan: Plan) -> list[list[TrialUnit]]:
     first = [u for u in units if u.trial not in dependent]
     second = [u for u in units if u.trial in dependent]
     return [p for p in (first, second) if p]
+
+
+EXECUTORS = ("local", "workers", "process", "ray")
+
+
+def make_executor(kind: str, *, store: Store, console: Console, devices: list[str], explicit_gpus: bool = False,
+                  ray_address: str | None = None, trials_per_gpu: int | None = None,
+                  per_trial_gib: float | None = None) -> Executor:
+    """`local`: serially in this process on a CPU, persistent workers on GPUs; `workers`: persistent workers (on
+    a CPU too); `process`: one fresh process per trial (pinned to its GPUs); `ray`: Ray tasks.
+    `trials_per_gpu` None: as many as the memory estimate fits (`auto_trials_per_gpu`)."""
+    if kind == "ray":
+        return RayExecutor(store, console, ray_address)
+    if kind not in EXECUTORS:
+        raise UserError(f"unknown executor '{kind}': use {', '.join(EXECUTORS)}", field="--executor")
+    if kind == "process":
+        if not devices:
+            raise UserError("--executor process pins each trial to GPUs, and none is visible; use local or "
+                            "workers", field="--executor")
+        return PoolExecutor(store, console, devices)
+    if kind == "local" and not devices:
+        return SerialExecutor(store, console, devices)
+    if trials_per_gpu is None:
+        trials_per_gpu = auto_trials_per_gpu(free_memory_gib(devices) if devices else 0.0,
+                                             per_trial_gib or DEFAULT_TRIAL_GIB, os.cpu_count() or 1,
+                                             len(devices)) if devices else 1
+    console.print(f"[dim]{trials_per_gpu} trial(s) at a time per {'GPU' if devices else 'CPU worker pool'}, "
+                  f"persistent workers[/]")
+    return WorkerExecutor(store, console, devices, trials_per_gpu)
+
+
+DEFAULT_TRIAL_GIB = 2.0  # a trial the estimator has no figure for (evaluation-only arms of a small model)

@@ -5,12 +5,14 @@ import gc
 import json
 import os
 import shutil
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,7 +25,7 @@ from harness.arms._train import TrainingFailed, train_dpo, train_sft
 from harness.errors import UserError
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._evaluate import evaluate
-from harness.model._load import default_device, resolve
+from harness.model._load import DISK_LOADS, default_device, resolve
 from harness.plan._parts import TRAINED, RagArm
 from harness.plan._schema import Plan
 from harness.plan._sweep import trials
@@ -41,6 +43,8 @@ class TrialUnit:
     folder: str
     gpus_per_trial: int = 1
     device: str | None = None  # None: the worker picks (cuda when it sees a GPU, else cpu)
+    defer_eval: bool = False   # train and save, mark 'trained'; a shared pass scores the adapter with others later
+    device_batch: bool = True  # on a GPU, size generation batches from free memory (False: the suite's batch_size)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -53,8 +57,16 @@ class TrialUnit:
 @dataclass
 class TrialResult:
     trial: str
-    status: str  # finished | failed | worker (a non-zero rank of a data-parallel trial)
+    status: str  # finished | trained (evaluation deferred) | failed | worker (a non-zero rank of a DP trial)
     error: str | None = None
+
+
+_TRIALS_IN_THIS_PROCESS = 0
+
+
+def _process_age() -> float:
+    """Seconds since this process started (interpreter start and imports, for the first trial it runs)."""
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def run_trial(unit: TrialUnit, console: Console | None = None) -> TrialResult:
@@ -84,6 +96,12 @@ class _TrialJob:
         self.folder = Path(unit.folder)
         self.base_model = self.plan.model
         self.training: dict[str, Any] = {}
+        global _TRIALS_IN_THIS_PROCESS
+        # phases of this trial, in seconds: 'start' is the process's start-up and imports when this is the first
+        # trial a process runs (0 for a persistent worker's later trials), then load, train, eval:<suite>, store
+        self.phases: dict[str, float] = {"start": _process_age() if _TRIALS_IN_THIS_PROCESS == 0 else 0.0}
+        self.trials_before = _TRIALS_IN_THIS_PROCESS
+        _TRIALS_IN_THIS_PROCESS += 1
 
     @property
     def main(self) -> bool:
@@ -91,14 +109,23 @@ class _TrialJob:
 
     def run(self) -> TrialResult:
         arm = self.arm
-        if self.main:
+        trained_earlier = self.trial.status == "trained" and (self.folder / "adapter").exists()
+        if trained_earlier and self.unit.defer_eval:
+            return TrialResult(arm.name, "trained")
+        if self.main and not trained_earlier:
             self._start()
         try:
-            if arm.type in TRAINED:
+            if arm.type in TRAINED and not trained_earlier:
                 self._train()
             if not self.main:
                 return TrialResult(arm.name, "worker")
+            if trained_earlier:  # resumed after training: the adapter and its manifest are on disk
+                self._reload_manifest()
+                self.store.update_trial(self.trial.id, status="running", error=None)
             self._write_manifest(finished=False)
+            if self.unit.defer_eval:
+                self.store.update_trial(self.trial.id, status="trained", error=None)
+                return TrialResult(arm.name, "trained")
             self._evaluate()
             self._write_manifest(finished=True)
         except Exception as exc:
@@ -109,6 +136,12 @@ class _TrialJob:
             _free_memory()
         self.store.update_trial(self.trial.id, status="finished", error=None, finished_at=stamp())
         return TrialResult(arm.name, "finished")
+
+    def _reload_manifest(self) -> None:
+        manifest = json.loads((self.folder / "manifest.json").read_text())
+        self.training = manifest.get("training") or {}
+        self.base_model = manifest.get("base_model") or self.base_model
+        self.phases = (manifest.get("phases") or {}) | {"start": self.phases["start"]}
 
     def _start(self) -> None:
         # a rerun (resume after a kill, retry after a failure) starts from a clean folder
@@ -127,13 +160,8 @@ class _TrialJob:
 
         if isinstance(exc, (TrainingFailed, UserError)):
             return str(exc)
-        try:
-            import torch
-
-            if isinstance(exc, torch.OutOfMemoryError):
-                return f"out of memory: {str(exc).splitlines()[0]}"
-        except ImportError:
-            pass
+        if out_of_memory(exc):
+            return f"out of memory: {(str(exc) or type(exc).__name__).splitlines()[0]}"
         (self.folder / "error.log").write_text(traceback.format_exc())
         return f"{type(exc).__name__}: {exc} (traceback in {self.folder / 'error.log'})"
 
@@ -149,7 +177,7 @@ class _TrialJob:
         if arm.type == "dpo":
             if arm.from_arm:
                 parent = self.store.trial(f"{self.unit.run_id}/{arm.from_arm}")
-                if parent.status != "finished":
+                if parent.status not in ("finished", "trained"):
                     raise TrainingFailed(f"from_arm '{arm.from_arm}' has not finished (status {parent.status})")
                 parent_weights = Path(parent.folder) / "adapter"
                 if parent.arm_type == "full":
@@ -158,10 +186,14 @@ class _TrialJob:
                     self.base_model = trial_base(plan.model, parent.folder)
                     init = parent_weights
             prefs = load_preferences(plan.data.preference or "")
+            started = time.perf_counter()
             result = train_dpo(arm, self.base_model, prefs, self.folder, self.device, init_adapter=init)
         else:
             examples = load_examples(plan.data.train or "", plan.data.format)
+            started = time.perf_counter()
             result = train_sft(arm, plan.model, examples, self.folder, self.device)
+        self.phases["train"] = result.seconds
+        self.phases["train_setup"] = max(0.0, time.perf_counter() - started - result.seconds)  # load, wrap, save
         if not self.main:
             return
         self.training = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
@@ -179,14 +211,20 @@ class _TrialJob:
         arm, plan = self.arm, self.plan
         examples = load_examples(plan.data.train, plan.data.format) if arm.type in ("prompt", "rag") \
             and plan.data.train else []
+        started = time.perf_counter()
         model, tok = load_trial_model(self.base_model, self.folder if arm.type in TRAINED else "", self.device)
+        self.phases["load"] = time.perf_counter() - started
         shaper = shaper_for(arm, examples)
         for name in plan.suites:
             suite = suite_registry.load(name)
             with _progress(self.console, f"{arm.name} · {suite.name}", len(suite.items)) as advance, \
                     tracing.attributes(run_id=self.unit.run_id, trial=arm.name), judge.using_store(self.store):
-                result = evaluate(model, tok, suite, shaper=shaper, progress=advance)
+                result = evaluate(model, tok, suite, shaper=shaper, progress=advance,
+                                  device_batch=self.unit.device_batch)
+            self.phases[f"eval:{suite.name}"] = result.seconds
+            started = time.perf_counter()
             self.store.save_evaluation(self.trial.id, result)
+            self.phases["store"] = self.phases.get("store", 0.0) + time.perf_counter() - started
             summary = ", ".join(f"{m}={v[0]:.3f}" for m, v in result.metrics.items())
             self.console.print(f"  {suite.name}: {summary}  ({result.seconds:.1f}s)", highlight=False)
         del model
@@ -210,10 +248,20 @@ class _TrialJob:
             "suites": {s: suite_registry.load(s).version for s in plan.suites},
             "seed": getattr(arm, "seed", plan.seed), "plan_seed": plan.seed,
             "versions": versions(), "git_sha": git_sha(), "created_at": stamp(),
-            "training": self.training,
+            "training": self.training, "phases": self.phases,
+            "process": {"pid": os.getpid(), "trials_before": self.trials_before,
+                        "model_reads_from_disk": dict(DISK_LOADS)},
             "status": "finished" if finished else "running", "artifacts": artifacts + ["manifest.json"],
         }
         (self.folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, Python's MemoryError, or the CPU allocator's refusal (a RuntimeError)."""
+    import torch
+
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
 def _free_memory() -> None:

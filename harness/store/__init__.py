@@ -7,7 +7,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.store import migrations
     from harness.store._engine import (
         DEFAULT_STORE,
         DEFAULT_TIMEOUT_S,
@@ -23,12 +22,10 @@ if TYPE_CHECKING:
     )
     from harness.store._store import (
         Store,
-        T,
         check_integrity,
         model_name,
     )
     from harness.store._tables import (
-        UNSHAPED_ARMS,
         Base,
         Evaluation,
         EvaluationLike,
@@ -44,8 +41,10 @@ if TYPE_CHECKING:
         SuiteRow,
         TrainStep,
         Trial,
+        UNSHAPED_ARMS,
         now,
     )
+    from harness.store import migrations
 
 _EXPORTS = {
     "Base": "harness.store._tables",
@@ -66,7 +65,6 @@ _EXPORTS = {
     "Score": "harness.store._tables",
     "Store": "harness.store._store",
     "SuiteRow": "harness.store._tables",
-    "T": "harness.store._store",
     "TrainStep": "harness.store._tables",
     "Trial": "harness.store._tables",
     "UNSHAPED_ARMS": "harness.store._tables",

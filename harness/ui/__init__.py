@@ -7,7 +7,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from harness.ui import views
     from harness.ui._charts import (
         COLORS,
         LEGEND_W,
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
         section_trials,
         write_html,
     )
+    from harness.ui import views
 
 _EXPORTS = {
     "COLORS": "harness.ui._charts",

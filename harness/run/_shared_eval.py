@@ -1,0 +1,109 @@
+"""Scoring several trained LoRA adapters of one run together: one base model, every adapter loaded beside the
+others, each suite's items for all adapters in shared batches (PEFT mixed-adapter inference).
+
+A trial whose adapter can share a pass (a LoRA adapter, no DoRA, on the plan's own base model) is trained with
+`defer_eval` and left `trained`; the executor then hands the group to one worker, which scores it here and
+marks each trial finished. Per item the results are those of scoring each adapter alone; if the shared pass
+breaks, each trial is scored alone instead, so a problem here never costs a trial its result.
+"""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from peft import PeftModel
+from rich.console import Console
+
+from harness import tracing
+from harness.evaluation import _suite as suite_registry
+from harness.evaluation._evaluate import evaluate_adapters
+from harness.model._load import load_model
+from harness.plan._parts import TRAINED
+from harness.run._provenance import stamp
+from harness.run._trial import TrialResult, TrialUnit, _free_memory, _progress, _TrialJob, run_trial
+from harness.scorers import _judge_client as judge
+
+SHAREABLE = ("lora", "dpo")  # arm kinds whose adapter is plain LoRA on the plan's base (QLoRA's base differs)
+
+
+def can_share(arm: Any) -> bool:
+    """Whether a trial of this arm can have its evaluation deferred to a shared pass (decided before training)."""
+    return arm.type in SHAREABLE and arm.type in TRAINED and not getattr(arm, "use_dora", False)
+
+
+def _adapter_is_plain_lora(job: _TrialJob) -> bool:
+    config_file = job.folder / "adapter" / "adapter_config.json"
+    if not config_file.exists():
+        return False
+    config = json.loads(config_file.read_text())
+    return config.get("peft_type") == "LORA" and not config.get("use_dora") and job.base_model == job.plan.model
+
+
+def score_together(units: list[TrialUnit], console: Console | None = None) -> list[TrialResult]:
+    """Score the trained adapters of `units` (one run) in one pass; trials that cannot share are scored alone."""
+    console = console or Console()
+    jobs = []
+    results: list[TrialResult] = []
+    for unit in units:
+        job = _TrialJob(unit, console)
+        if job.trial.status != "trained" or not (job.folder / "manifest.json").exists():
+            results.append(run_trial(unit, console))  # not trained yet (or nothing on disk): the full trial
+            continue
+        job._reload_manifest()
+        if _adapter_is_plain_lora(job):
+            jobs.append(job)
+        else:
+            results.append(run_trial(unit, console))
+    if len(jobs) == 1:
+        results.append(run_trial(jobs[0].unit, console))
+    elif jobs:
+        try:
+            results += _shared_pass(jobs, console)
+        except Exception as exc:  # noqa: BLE001 - score each alone instead; say why once
+            console.print(f"  [yellow]shared evaluation failed ({type(exc).__name__}: {exc}); scoring each "
+                          "adapter alone[/]", highlight=False)
+            _free_memory()
+            results += [run_trial(job.unit, console) for job in jobs]
+    return results
+
+
+def _shared_pass(jobs: list[_TrialJob], console: Console) -> list[TrialResult]:
+    first = jobs[0]
+    plan, store, device = first.plan, first.store, first.device
+    names = [f"trial{k}" for k in range(len(jobs))]  # adapter names are module keys: no dots allowed
+    console.rule(f"[bold]{len(jobs)} adapters scored together[/] ({', '.join(j.arm.name for j in jobs)})")
+    started = time.perf_counter()
+    base, tok = load_model(plan.model, device)
+    model = PeftModel.from_pretrained(base, str(first.folder / "adapter"), adapter_name=names[0])
+    for name, job in zip(names[1:], jobs[1:], strict=True):
+        model.load_adapter(str(job.folder / "adapter"), adapter_name=name)
+    model.eval()
+    load_share = (time.perf_counter() - started) / len(jobs)
+    for job in jobs:
+        job.phases["load"] = load_share
+        store.update_trial(job.trial.id, status="running", error=None)
+    for suite_name in plan.suites:
+        suite = suite_registry.load(suite_name)
+        label = f"{len(jobs)} adapters · {suite.name}"
+        with _progress(console, label, len(suite.items) * len(jobs)) as advance, \
+                tracing.attributes(run_id=first.unit.run_id, trial="shared"), judge.using_store(store):
+            by_name = evaluate_adapters(model, tok, suite, names, progress=advance,
+                                        device_batch=first.unit.device_batch)
+        for name, job in zip(names, jobs, strict=True):
+            result = by_name[name]
+            job.phases[f"eval:{suite.name}"] = result.seconds
+            saved = time.perf_counter()
+            store.save_evaluation(job.trial.id, result)
+            job.phases["store"] = job.phases.get("store", 0.0) + time.perf_counter() - saved
+            summary = ", ".join(f"{m}={v[0]:.3f}" for m, v in result.metrics.items())
+            console.print(f"  {job.arm.name} · {suite.name}: {summary}", highlight=False)
+    del model, base
+    _free_memory()
+    out = []
+    for job in jobs:
+        job.phases["shared_eval_with"] = float(len(jobs))
+        job._write_manifest(finished=True)
+        store.update_trial(job.trial.id, status="finished", error=None, finished_at=stamp())
+        out.append(TrialResult(job.arm.name, "finished"))
+    return out

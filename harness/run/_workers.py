@@ -1,0 +1,288 @@
+"""Persistent GPU workers: the default way a run uses its GPUs.
+
+One long-lived worker process per slot (`trials_per_gpu` slots on each GPU, each pinned to its GPU with
+CUDA_VISIBLE_DEVICES) imports torch, transformers, TRL and PEFT once and keeps the base model loaded across
+trials (`keep_models_loaded`: every trial gets a device-side copy of it instead of a read from disk). The
+driver hands each free slot the next trial as one JSON line on the worker's stdin; the worker runs it
+exactly as a one-off worker would (`run_trial`: status, curves, artifacts and scores go to the store) and
+answers on a pipe of its own. Trained LoRA adapters whose evaluation was deferred are then scored together,
+several adapters per pass (`harness/run/_shared_eval.py`), spread over the slots.
+
+A worker that dies (a segfault, the OOM killer, kill -9) is replaced by a fresh one; the trial it held is
+recorded as failed with the exit code and the tail of its log, and the sweep goes on. A CUDA out-of-memory
+error inside a trial is caught by the trial itself and recorded as that trial's failure. Nothing here
+changes what a finished trial means, so `--resume` works as with any executor.
+
+The worker entry point is `python -m harness.run --serve REPLY_FD`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from harness.errors import UserError
+from harness.model._load import keep_models_loaded
+from harness.run._executors import (
+    Done,
+    Executor,
+    PoolExecutor,
+    SerialExecutor,
+    outcome_from_store,
+    worker_env,
+)
+from harness.run._shared_eval import score_together
+from harness.run._trial import TrialResult, TrialUnit, run_trial
+from harness.store._store import Store
+
+GIB = 1024**3
+CONTEXT_GIB = 0.75          # what a CUDA context, the allocator's slack and the libraries take per process
+HEADROOM = 0.85             # plan for this share of the free memory
+MAX_AUTO_TRIALS_PER_GPU = 4  # beyond this, processes mostly queue for the same GPU
+MIN_SHARED_GROUP = 2
+
+
+def auto_trials_per_gpu(free_gib: float, per_trial_gib: float, cpus: int, n_gpus: int) -> int:
+    """How many trials to run at once on each GPU: as many as fit in the free memory (the memory estimator's
+    per-trial figure plus a CUDA context each, with headroom), at most one per CPU core, at most
+    MAX_AUTO_TRIALS_PER_GPU."""
+    fit = math.floor(free_gib * HEADROOM / max(per_trial_gib + CONTEXT_GIB, 0.1))
+    cores = max(1, cpus // max(n_gpus, 1))
+    return max(1, min(fit, cores, MAX_AUTO_TRIALS_PER_GPU))
+
+
+def parse_trials_per_gpu(text: str | None) -> int | None:
+    """`--trials-per-gpu`: 'auto' (None) or a positive count."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise UserError(f"'{text}' is not a count: use auto or a whole number >= 1", field="--trials-per-gpu")
+    return int(text)
+
+
+def free_memory_gib(devices: Sequence[str]) -> float:
+    """The least free memory (GiB) over `devices` (ids as CUDA_VISIBLE_DEVICES spells them), or 0."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0.0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    order = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(torch.cuda.device_count())]
+    frees = [torch.cuda.mem_get_info(order.index(d))[0] / GIB for d in devices if d in order]
+    return min(frees) if frees else 0.0
+
+
+class Worker:
+    """One long-lived worker process on one device set; runs one job (a trial, or a shared evaluation) at a time."""
+
+    def __init__(self, slot: str, devices: list[str]) -> None:
+        self.slot, self.devices = slot, devices
+        self.proc: subprocess.Popen[str] | None = None
+        self.replies: IO[str] | None = None
+        self.jobs = 0
+
+    def start(self) -> None:
+        read_fd, write_fd = os.pipe()
+        cmd = [sys.executable, "-m", "harness.run", "--serve", str(write_fd)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=worker_env(self.devices), pass_fds=(write_fd,), text=True)
+        os.close(write_fd)
+        self.replies = os.fdopen(read_fd, "r")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def submit(self, kind: str, units: list[TrialUnit]) -> list[TrialResult] | None:
+        """Run one job; None when the process died before answering (it is then gone: start a new one)."""
+        if not self.alive():
+            self.start()
+        assert self.proc is not None and self.proc.stdin is not None and self.replies is not None
+        try:
+            self.proc.stdin.write(json.dumps({"kind": kind, "units": [asdict(u) for u in units]}) + "\n")
+            self.proc.stdin.flush()
+            line = self.replies.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        self.jobs += 1
+        if not line:
+            self.proc.wait()
+            return None
+        return [TrialResult(**r) for r in json.loads(line)]
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()  # end of input: the worker finishes its loop and exits
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        if self.replies is not None:
+            self.replies.close()
+        self.proc = None
+
+
+class WorkerExecutor(Executor):
+    """Persistent workers, `trials_per_gpu` per GPU; trained LoRA adapters scored together at the end of a phase.
+    A data-parallel trial (gpus_per_trial > 1) runs after the others through a one-off `accelerate` launcher."""
+    name = "workers"
+    shares_evaluation = True
+
+    def __init__(self, store: Store, console: Console, devices: Sequence[str], trials_per_gpu: int) -> None:
+        super().__init__(store, console)
+        self.devices = list(devices)  # none: CPU workers (every GPU hidden from them)
+        self.trials_per_gpu = trials_per_gpu
+        self.workers = [Worker(f"gpu{d}.{k}", [d]) for k in range(trials_per_gpu) for d in self.devices] or \
+            [Worker(f"cpu.{k}", []) for k in range(trials_per_gpu)]
+
+    def max_gpus_per_trial(self) -> int:
+        return len(self.devices)
+
+    def run(self, units: list[TrialUnit], done: Done) -> None:
+        single = [u for u in units if u.gpus_per_trial <= 1]
+        parallel = [u for u in units if u.gpus_per_trial > 1]
+        trained: list[TrialUnit] = []
+        lock = threading.Lock()
+
+        def finish(unit: TrialUnit, result: TrialResult, worker: Worker) -> None:
+            with lock:
+                if result.status == "trained":
+                    trained.append(unit)
+                    self.console.print(f"  [cyan]{escape(unit.trial)}: trained[/] on {worker.slot}; scored with "
+                                       "the other adapters later", highlight=False)
+                    return
+                self.report(unit, result, f" ({worker.slot})")
+                done(result)
+
+        self._drain([("trial", [u]) for u in single], finish)
+        for unit, result in self._score_trained(trained):
+            self.report(unit, result, " (shared evaluation)")
+            done(result)
+        if parallel and self.devices:
+            PoolExecutor(self.store, self.console, self.devices).run(parallel, done)
+        elif parallel:  # no GPU: the launcher runs the data-parallel ranks on the CPU
+            SerialExecutor(self.store, self.console).run(parallel, done)
+
+    def _score_trained(self, trained: list[TrialUnit]) -> list[tuple[TrialUnit, TrialResult]]:
+        if not trained:
+            return []
+        n_groups = max(1, min(len(self.workers), len(trained) // MIN_SHARED_GROUP))
+        groups = [trained[k::n_groups] for k in range(n_groups)]
+        out: list[tuple[TrialUnit, TrialResult]] = []
+        lock = threading.Lock()
+
+        def finish_group(group: list[TrialUnit], results: list[TrialResult]) -> None:
+            by_trial = {r.trial: r for r in results}
+            with lock:
+                out.extend((u, by_trial.get(u.trial) or TrialResult(u.trial, "failed", "no result")) for u in group)
+
+        self._drain([("group", g) for g in groups], lambda g, results, _w: finish_group(g, results), grouped=True)
+        return out
+
+    def _drain(self, jobs: list[tuple[str, list[TrialUnit]]], finish: Any, grouped: bool = False) -> None:
+        """Hand the jobs to the workers, one job per free worker, until none is left."""
+        queue = deque(jobs)
+        lock = threading.Lock()
+
+        def loop(worker: Worker) -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    kind, units = queue.popleft()
+                if not grouped:
+                    self.console.print(escape(f"  {units[0].trial}: started on {worker.slot}"), highlight=False)
+                results = worker.submit(kind, units)
+                if results is None:  # the process died: its trials fail with the reason, a new worker takes over
+                    code = worker.exit_code()
+                    results = [outcome_from_store(self.store, u, f"worker process died (exit code {code})",
+                                                  Path(u.folder) / "worker.log") for u in units]
+                    worker.proc = None
+                if grouped:
+                    finish(units, results, worker)
+                else:
+                    finish(units[0], results[0], worker)
+
+        threads = [threading.Thread(target=loop, args=(w,), name=w.slot, daemon=True)
+                   for w in self.workers[:max(1, len(jobs))]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+@contextmanager
+def _output_to(log: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (Python's and the C libraries') to `log` for the duration."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log.open("a") as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _exit_with_parent() -> None:
+    """A worker ends when its driver does (kill -9 included), so a resumed run never races an orphaned worker.
+    (PR_SET_PDEATHSIG would fire when the driver *thread* that started the worker ends, so it is not used.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def serve(reply_fd: int) -> int:
+    """The worker's loop: read jobs from stdin, run each, answer with one JSON line on `reply_fd`."""
+    _exit_with_parent()
+    keep_models_loaded()
+    with os.fdopen(reply_fd, "w") as replies:
+        for line in sys.stdin:
+            job = json.loads(line)
+            units = [TrialUnit(**u) for u in job["units"]]
+            log = Path(units[0].folder) / "worker.log" if job["kind"] == "trial" else \
+                Path(units[0].folder).parent / "shared-eval.log"
+            with _output_to(log):
+                console = Console(file=sys.stdout, width=120, force_terminal=False)
+                if job["kind"] == "trial":
+                    results = [run_trial(units[0], console)]
+                else:
+                    results = score_together(units, console)
+            replies.write(json.dumps([asdict(r) for r in results]) + "\n")
+            replies.flush()
+    return 0

@@ -1,0 +1,204 @@
+"""Persistent workers and shared evaluation on the CPU (the same code paths the GPU default takes): a worker
+process is reused across trials and keeps its base model loaded, two workers share one device, a crashed worker
+is replaced and its trial recorded as failed, and several adapters scored in one mixed batch give exactly the
+per-item results of scoring each alone."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from harness.errors import UserError
+from harness.evaluation import evaluate, evaluate_adapters, load
+from harness.model import load_model
+from harness.run import Runner, auto_trials_per_gpu, parse_trials_per_gpu
+from harness.run._trial import out_of_memory
+from harness.store import Store
+from tests.tiny_plans import train_arm, write_data, write_plan, write_suites
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("workers")
+    suites = write_suites(root, items=3)
+    train, prefs = write_data(root, rows=4)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEGATE_SUITES", str(suites))
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield {"root": root, "train": train, "prefs": prefs}
+
+
+def quiet() -> Any:
+    from rich.console import Console
+
+    return Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115 - closed with the process
+
+
+def manifests(store: Store, run_id: int) -> dict[str, dict[str, Any]]:
+    return {t.name: json.loads((Path(t.folder) / "manifest.json").read_text()) for t in store.trials(run_id)}
+
+
+def item_outputs(store: Store, run_id: int) -> dict[tuple[str, str, str], tuple[str, dict[str, float | None]]]:
+    """(trial, suite, item) -> (output, scores), for comparing two runs of the same plan item by item."""
+    out = {}
+    for t in store.trials(run_id):
+        for ev, suite in store.evaluations(t.id):
+            for row in store.item_rows(ev.id):
+                out[(t.name, suite.name, row["item"])] = (row["output"], row["scores"])
+    return out
+
+
+def test_trials_per_gpu_auto_from_memory_cores_and_cap():
+    assert auto_trials_per_gpu(free_gib=80, per_trial_gib=30, cpus=16, n_gpus=1) == 2   # memory bound
+    assert auto_trials_per_gpu(free_gib=139, per_trial_gib=2, cpus=16, n_gpus=1) == 4   # the cap
+    assert auto_trials_per_gpu(free_gib=139, per_trial_gib=2, cpus=4, n_gpus=2) == 2    # cores per GPU
+    assert auto_trials_per_gpu(free_gib=4, per_trial_gib=30, cpus=16, n_gpus=1) == 1    # never below one
+    assert parse_trials_per_gpu("auto") is None and parse_trials_per_gpu("3") == 3
+    with pytest.raises(UserError, match="trials-per-gpu"):
+        parse_trials_per_gpu("0")
+
+
+def test_out_of_memory_is_recognised_on_gpu_and_cpu():
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert out_of_memory(MemoryError())
+    assert out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert not out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.slow
+def test_one_worker_runs_every_trial_and_reads_the_model_once(env: dict[str, Any], tiny_model_dir: Path):
+    plan = write_plan(env["root"] / "reuse.yaml", tiny_model_dir,
+                      [{"name": "baseline", "type": "baseline"}, {"name": "prompt", "type": "prompt", "k_shot": 1},
+                       train_arm("lora", r=4)], train=env["train"], name="reuse")
+    store = Store(str(env["root"] / "reuse.db"))
+    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="workers", trials_per_gpu=1)
+    assert sorted(outcome.finished) == ["baseline", "lora", "prompt"], outcome.failed
+    found = manifests(store, outcome.run_id)
+    assert len({m["process"]["pid"] for m in found.values()}) == 1 != os.getpid()  # one worker, not this process
+    assert sorted(m["process"]["trials_before"] for m in found.values()) == [0, 1, 2]
+    last = max(found.values(), key=lambda m: m["process"]["trials_before"])
+    assert last["process"]["model_reads_from_disk"] == {str(tiny_model_dir): 1}  # kept loaded, copied per trial
+    assert sum(m["phases"]["start"] > 0 for m in found.values()) == 1  # only the first trial paid the imports
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_device(env: dict[str, Any], tiny_model_dir: Path):
+    plan = write_plan(env["root"] / "share.yaml", tiny_model_dir,
+                      [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4)], train=env["train"],
+                      name="share")
+    store = Store(str(env["root"] / "share.db"))
+    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="workers", gpus=["0"],
+                                                                        trials_per_gpu=2)
+    assert sorted(outcome.finished) == ["baseline", "lora"], outcome.failed
+    found = manifests(store, outcome.run_id)
+    assert len({m["process"]["pid"] for m in found.values()}) == 2
+    assert {m["cuda_visible_devices"] for m in found.values()} == {"0"}
+    trials = {t.name: t for t in store.trials(outcome.run_id)}
+    assert trials["baseline"].started_at < trials["lora"].finished_at
+    assert trials["lora"].started_at < trials["baseline"].finished_at  # they ran at the same time
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_is_replaced_and_its_trial_recorded_failed(env: dict[str, Any], tiny_model_dir: Path):
+    """kill -9 the worker while it trains the first trial: that trial fails with the reason, a fresh worker runs
+    the next one, and a resume reruns only the failed trial."""
+    plan = write_plan(env["root"] / "crash.yaml", tiny_model_dir,
+                      [train_arm("victim", r=4, max_steps=400), {"name": "baseline", "type": "baseline"}],
+                      train=env["train"], name="crash")
+    store = Store(str(env["root"] / "crash.db"))
+    killed: list[int] = []
+
+    def kill_when_training() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            for t in store.trials(store.runs()[0].id) if store.runs() else []:
+                if t.name == "victim" and t.status == "running" and (Path(t.folder) / "worker.log").exists():
+                    for pid in _children_running("harness.run", "--serve"):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_when_training, daemon=True)
+    killer.start()
+    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="workers", trials_per_gpu=1)
+    killer.join(timeout=5)
+    assert killed
+    assert outcome.finished == ["baseline"]
+    assert "worker process died (exit code -9)" in outcome.failed["victim"]
+    trials = {t.name: t for t in store.trials(outcome.run_id)}
+    assert trials["victim"].status == "failed" and trials["baseline"].status == "finished"
+    baseline = json.loads((Path(trials["baseline"].folder) / "manifest.json").read_text())
+    assert baseline["process"]["pid"] not in killed  # a fresh worker ran it
+
+
+def _children_running(*words: str) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if all(w in " ".join(p.cmdline()) for w in words)]
+
+
+def _random_adapter(model: Any, folder: Path, seed: int) -> Path:
+    """A LoRA adapter with non-zero random weights (so each one changes the outputs differently)."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules="all-linear",
+                                                  init_lora_weights=False))
+    peft_model.save_pretrained(str(folder))
+    peft_model.unload()
+    return folder
+
+
+def test_mixed_adapter_evaluation_equals_scoring_each_alone(env: dict[str, Any], tiny_model_dir: Path,
+                                                            tmp_path: Path):
+    model, tok = load_model(str(tiny_model_dir), "cpu")
+    folders = [_random_adapter(model, tmp_path / f"a{k}", seed=k) for k in range(3)]
+    suites = [load("tiny_json"), load("tiny_mc")]
+    alone = {}
+    for k, folder in enumerate(folders):
+        base, tok = load_model(str(tiny_model_dir), "cpu")
+        one = PeftModel.from_pretrained(base, str(folder)).eval()
+        alone[k] = {s.name: evaluate(one, tok, s) for s in suites}
+    base, tok = load_model(str(tiny_model_dir), "cpu")
+    shared = PeftModel.from_pretrained(base, str(folders[0]), adapter_name="a0")
+    for k, folder in enumerate(folders[1:], start=1):
+        shared.load_adapter(str(folder), adapter_name=f"a{k}")
+    shared.eval()
+    for suite in suites:
+        together = evaluate_adapters(shared, tok, suite, ["a0", "a1", "a2"])
+        for k in range(3):
+            mine, theirs = together[f"a{k}"], alone[k][suite.name]
+            assert [(r.item_id, r.output, r.scores) for r in mine.items] == \
+                   [(r.item_id, r.output, r.scores) for r in theirs.items]
+            assert mine.metrics == theirs.metrics
+    outputs = {k: tuple(r.output for r in alone[k]["tiny_json"].items) for k in range(3)}
+    assert len(set(outputs.values())) > 1  # the adapters really differ, so the check above has teeth
+
+
+@pytest.mark.slow
+def test_shared_evaluation_in_a_run_matches_the_per_trial_path(env: dict[str, Any], tiny_model_dir: Path):
+    """The same plan run serially (each trial scored alone) and with workers (the two LoRA trials trained, then
+    scored together): every item's output and scores are identical, and the run says the pass was shared."""
+    arms = [{"name": "baseline", "type": "baseline"}, train_arm("lora-a", r=4, lr=5e-3, max_steps=2),
+            train_arm("lora-b", r=8, lr=1e-2, max_steps=2)]
+    serial_plan = write_plan(env["root"] / "alone.yaml", tiny_model_dir, arms, train=env["train"], name="alone")
+    shared_plan = write_plan(env["root"] / "together.yaml", tiny_model_dir, arms, train=env["train"],
+                             name="together")
+    store = Store(str(env["root"] / "compare.db"))
+    runner = Runner(store, quiet(), runs_dir=env["root"] / "runs")
+    alone = runner.run(serial_plan, executor="local")
+    together = runner.run(shared_plan, executor="workers", trials_per_gpu=1)
+    assert not alone.failed and not together.failed
+    found = manifests(store, together.run_id)
+    assert found["lora-a"]["phases"]["shared_eval_with"] == 2 == found["lora-b"]["phases"]["shared_eval_with"]
+    assert "shared_eval_with" not in found["baseline"]["phases"]
+    assert item_outputs(store, alone.run_id) == item_outputs(store, together.run_id)
