@@ -85,8 +85,9 @@ def test_make_executor_picks_by_devices(store: Store):
     assert isinstance(cpu_workers, WorkerExecutor) and len(cpu_workers.workers) == 3
     pool = make_executor("process", store=store, console=quiet(), devices=["0", "1", "2"])
     assert isinstance(pool, PoolExecutor) and pool.max_gpus_per_trial() == 3
-    with pytest.raises(UserError, match="process"):
-        make_executor("process", store=store, console=quiet(), devices=[])
+    cpu_pool = make_executor("process", store=store, console=quiet(), devices=[])
+    assert isinstance(cpu_pool, PoolExecutor) and cpu_pool.devices == ["cpu0"]
+    assert worker_env(["cpu0"], {})["CUDA_VISIBLE_DEVICES"] == ""
     with pytest.raises(UserError) as info:
         make_executor("slurm", store=store, console=quiet(), devices=[])
     assert info.value.field == "--executor"

@@ -61,8 +61,8 @@ def worker_command(unit_file: str | Path, num_processes: int = 1, *, port: int |
 def worker_env(devices: Sequence[str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
     """The worker's environment, pinned to `devices` (an empty list hides every GPU)."""
     env = dict(os.environ if base is None else base)
-    if devices is not None:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    if devices is not None:  # CPU slots ("cpu0", ...) see no GPU at all
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(d for d in devices if not d.startswith("cpu"))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
 

@@ -157,11 +157,8 @@ def make_executor(kind: str, *, store: Store, console: Console, devices: list[st
         return RayExecutor(store, console, ray_address)
     if kind not in EXECUTORS:
         raise UserError(f"unknown executor '{kind}': use {', '.join(EXECUTORS)}", field="--executor")
-    if kind == "process":
-        if not devices:
-            raise UserError("--executor process pins each trial to GPUs, and none is visible; use local or "
-                            "workers", field="--executor")
-        return PoolExecutor(store, console, devices)
+    if kind == "process":  # on a CPU: one process at a time, every GPU hidden from it
+        return PoolExecutor(store, console, devices or ["cpu0"])
     if kind == "local" and not devices:
         return SerialExecutor(store, console, devices)
     if trials_per_gpu is None:
