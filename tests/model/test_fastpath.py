@@ -5,15 +5,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from harness.model import _fastpath as fp
+from tests.support.bench import run_bench
 
-REPO = Path(__file__).resolve().parent.parent
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -452,13 +450,10 @@ def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_pa
 
 @pytest.mark.slow
 def test_train_throughput_bench_smoke(tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    import train_throughput
-
     out = tmp_path / "train.json"
-    report = train_throughput.main(["--smoke", "--no-ablations", "--qlora-8b", "--profile", "--out", str(out)])
+    run_bench("train_throughput.py", "--smoke", "--no-ablations", "--qlora-8b", "--profile", "--out", str(out))
     saved = json.loads(out.read_text())
-    assert saved["runs"].keys() >= {"peer", "ours"} and report["device"]["type"] == "cpu"
+    assert saved["runs"].keys() >= {"peer", "ours"} and saved["device"]["type"] == "cpu"
     for name in ("peer", "ours"):
         run = saved["runs"][name]
         assert run["error"] is None and run["real_tokens_per_second"] > 0 and len(run["losses"]) == 4

@@ -4,15 +4,12 @@ and lm-eval's HF backend, whichever scoring path (packed, padded, full) runs."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from harness.model import _generate as gen
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.bench import run_bench
 
 PROMPTS = ["Hi", "What is the capital of France? Answer in one word.",
            "List three colours, then three animals, then three numbers, separated by commas, please.",
@@ -127,13 +124,10 @@ def test_loglikelihood_agrees_with_lm_eval(tiny):
 
 @pytest.mark.slow
 def test_eval_throughput_bench_smoke(tmp_path):
-    sys.path.insert(0, str(REPO / "bench"))
-    import eval_throughput
-
     out = tmp_path / "eval.json"
-    report = eval_throughput.main(["--smoke", "--profile", "--out", str(out)])
+    run_bench("eval_throughput.py", "--smoke", "--profile", "--out", str(out))
     saved = json.loads(out.read_text())
-    assert saved["dtypes"].keys() == {"float32"} and report["device"]["type"] == "cpu"
+    assert saved["dtypes"].keys() == {"float32"} and saved["device"]["type"] == "cpu"
     result = saved["dtypes"]["float32"]
     assert result["generation"]["identical"] == result["generation"]["items"] == 6
     assert result["loglikelihood"]["within_tolerance"] == result["loglikelihood"]["requests"] == 24

@@ -17,7 +17,8 @@ from harness.arms import file_sha256
 from harness.errors import UserError
 from harness.run import Runner, memory_estimate, model_shape
 from harness.store import Store
-from tests.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
+from tests.support.bench import run_bench
+from tests.support.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -112,10 +113,9 @@ def test_dpo_continues_the_sft_adapter(core_run: dict[str, Any]):
 
 @pytest.mark.slow
 def test_plan_report_lists_every_arm_that_did_not_beat_the_baseline(core_run: dict[str, Any], tmp_path: Path):
-    sys.path.insert(0, str(REPO / "bench"))
-    import gpu_plan_report
+    from harness.analysis import write_run_report
 
-    json_path, md_path = gpu_plan_report.write_report(core_run["store"], str(core_run["run"].id), tmp_path)
+    json_path, md_path = write_run_report(core_run["store"], str(core_run["run"].id), tmp_path)
     report = json.loads(json_path.read_text())
     assert report["device"]["name"] and report["versions"]["torch"] and report["date"]
     by_name = {t["trial"]: t for t in report["trials"]}
@@ -257,13 +257,11 @@ def test_gpu_plan_smoke_version_keeps_every_trial(tmp_path: Path, monkeypatch: p
     from harness.evaluation import _suite as registry
     from harness.plan import TRAINED, load_plan, trials
 
-    sys.path.insert(0, str(REPO / "bench"))
-    import gpu_plan_report
-
-    path = gpu_plan_report.smoke_plan(tmp_path)
+    path = Path(run_bench("gpu_plan_report.py", "--smoke-plan", str(tmp_path)).stdout.strip().splitlines()[-1])
+    assert path == tmp_path / "plan.yaml"
     monkeypatch.setenv("TUNEGATE_SUITES", str(tmp_path / "suites"))
     smoke, _ = load_plan(path)
-    gpu, _ = load_plan(gpu_plan_report.GPU_PLAN)
+    gpu, _ = load_plan(REPO / "examples" / "gpu" / "plan.yaml")
     assert [a.name for a in trials(smoke)] == [a.name for a in trials(gpu)]
     assert all(a.max_steps == 1 and a.batch_size == 2 for a in trials(smoke) if a.type in TRAINED)
     assert smoke.suites == gpu.suites
