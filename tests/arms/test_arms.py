@@ -20,7 +20,7 @@ from harness.arms import (
 )
 from harness.errors import UserError
 from harness.plan import DoraArm, DpoArm, FullArm, LoraArm, PromptArm, QloraArm, RagArm
-from tests.tiny_plans import write_data
+from tests.support.tiny_plans import write_data
 
 QUESTION = [{"role": "user", "content": "Extract the person's name, age and city from the text. "
                                         "Answer with compact JSON only.\nText: Ana Berg, 40, lives in Oslo."}]

@@ -5,7 +5,7 @@ import pytest
 
 from harness.arms import detect_format, load_examples, load_preferences, load_rows
 from harness.errors import UserError
-from tests.conftest import write_jsonl
+from tests.support import write_jsonl
 
 ROWS = {
     "messages": {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},

@@ -17,7 +17,7 @@ from harness.errors import UserError
 from harness.arms import load_trial_model
 from harness.run import Runner
 from harness.store import Store
-from tests.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
+from tests.support.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 COMMANDS = ["advise", "run", "eval", "gate", "report", "app", "demo", "runs", "show"]
 

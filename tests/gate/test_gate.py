@@ -15,9 +15,7 @@ import pytest
 from harness.errors import UserError
 from harness.gate import ERROR, PROMOTE, REJECT, decide, load_policy, to_junit, to_markdown
 from harness.store import Store
-
-sys.path.insert(0, str(Path(__file__).parent))
-import storekit as kit  # noqa: E402
+from tests.support import storekit as kit
 
 N, M = 40, 30  # items in the task suite, in the safety suite
 POLICY = """\

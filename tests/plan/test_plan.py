@@ -7,7 +7,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.plan import Plan, Range, cross_check, expand, load_plan, trials
-from tests.tiny_plans import REPO, write_data
+from tests.support.tiny_plans import REPO, write_data
 
 HEAD = "name: p\nmodel: smollm2-135m\ndata:\n  train: {train}\n"
 

@@ -29,7 +29,7 @@ from harness.run import (
     worker_env,
 )
 from harness.store import Store
-from tests.tiny_plans import train_arm, write_data, write_plan, write_suites
+from tests.support.tiny_plans import train_arm, write_data, write_plan, write_suites
 
 
 def quiet() -> Console:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.store import Store
-from tests.tiny_plans import train_arm, write_data, write_plan, write_suites
+from tests.support.tiny_plans import train_arm, write_data, write_plan, write_suites
 
 
 def tunegate(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""LLM-as-judge against a real OpenAI-compatible server on 127.0.0.1 (tests/servers/openai_compat.py)
+"""LLM-as-judge against a real OpenAI-compatible server on 127.0.0.1 (tests/support/servers/openai_compat.py)
 that runs the tiny HF model greedily, and against the same model as a local judge.
 
 The random model never follows a rubric, so the real-model tests check the whole path and that an
@@ -11,13 +11,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from servers.openai_compat import FORCE_HEADER, ChatServer
 from sqlalchemy import select
 
 from harness import scorers as J
 from harness.errors import UserError
 from harness.evaluation import _suite as suites
 from harness.store import Score
+from tests.support.servers.openai_compat import FORCE_HEADER, ChatServer
 
 RUBRIC = "5: correct and complete. 3: partly correct. 1: wrong or off-topic."
 CASE = J.RubricCase("q1", "What is the capital of France?", "Paris.", "Paris")

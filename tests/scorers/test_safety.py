@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import scorers
+from harness.cli import _safety as safety_cli
 from harness.errors import UserError
 from harness.evaluation import ItemResult, SuiteResult
 from harness.evaluation import _suite as suites
@@ -24,11 +25,8 @@ from harness.scorers import (
     read_labels,
     xstest_to_suites,
 )
-from harness.cli import _safety as safety_cli
 from harness.scorers import _safety as safety
-
-REPO = Path(__file__).resolve().parent.parent
-
+from tests.support import REPO
 
 # --- the classifier -------------------------------------------------------------------------------
 

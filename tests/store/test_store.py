@@ -17,10 +17,8 @@ from sqlalchemy.orm import Session
 
 from harness.errors import UserError
 from harness.store import Metric, Store, check_integrity, migrations
-
-sys.path.insert(0, str(Path(__file__).parent))
-import storekit as kit  # noqa: E402
-from storekit import (  # noqa: E402
+from tests.support import storekit as kit
+from tests.support.storekit import (
     _alembic_diff,
     _counts,
     _fill_0001,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 SUITE_CUTS = {"json_extract": 8, "general_knowledge": 12, "safety_harmful": 4, "safety_overrefusal": 4}
 MAX_NEW_TOKENS = 16

@@ -1,8 +1,8 @@
 """Helpers for the store and gate tests: suites on disk, results built from per-item scores (no model),
 trials filled into a real store, and worker processes that write to one store at the same time.
 
-Run as a script it is a worker:  python tests/storekit.py write URL WORKER N_TRIALS SUITE_YAML
-                                 python tests/storekit.py hang URL MARKER SUITE_YAML
+Run as a module it is a worker:  python -m tests.support.storekit write URL WORKER N_TRIALS SUITE_YAML
+                                 python -m tests.support.storekit hang URL MARKER SUITE_YAML
 """
 from __future__ import annotations
 
@@ -18,11 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from harness.evaluation import _suite as suite_registry  # noqa: E402
+from harness.evaluation import _suite as suite_registry
+from tests.support import REPO
 
 
 def make_suite(folder: Path, name: str, n: int, *, category: str = "task", scorers: tuple[str, ...] = ("exact_match",),
@@ -127,7 +124,8 @@ def _thaw(frozen: str) -> Any:
 
 def start_workers(url: str, suite_path: Path, n_workers: int, n_trials: int) -> list[subprocess.Popen[str]]:
     frozen = frozen_suite(suite_path)
-    return [subprocess.Popen([sys.executable, __file__, "write", url, str(w), str(n_trials), str(frozen)],
+    return [subprocess.Popen([sys.executable, "-m", "tests.support.storekit", "write", url, str(w), str(n_trials),
+                              str(frozen)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=os.environ | {"PYTHONPATH": str(REPO)}) for w in range(n_workers)]
 
@@ -267,7 +265,8 @@ def check_killed_writer_leaves_nothing(url: str, suite_path: Path, tmp_path: Pat
     store = Store(url)
     store.create_run("victim", {}, "h", "m", "")
     marker = tmp_path / "inside-transaction"
-    proc = subprocess.Popen([sys.executable, __file__, "hang", url, str(marker), str(frozen_suite(suite_path))],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.storekit", "hang", url, str(marker),
+                             str(frozen_suite(suite_path))],
                             stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
     try:
         deadline = time.monotonic() + 60

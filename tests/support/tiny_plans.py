@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
 JSON_TRAIN = REPO / "suites" / "json_extract" / "train.jsonl"
 
 

@@ -1,4 +1,4 @@
-"""Langfuse tracing against a real OTLP/HTTP receiver on 127.0.0.1 (tests/servers/otlp_receiver.py):
+"""Langfuse tracing against a real OTLP/HTTP receiver on 127.0.0.1 (tests/support/servers/otlp_receiver.py):
 with keys set, evaluation batches and judge calls arrive as spans carrying run/trial/suite ids;
 with keys unset nothing is created and nothing is sent."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from servers.otlp_receiver import OtlpReceiver
 
 from harness import tracing
+from tests.support.servers.otlp_receiver import OtlpReceiver
 
 META = "langfuse.observation.metadata."
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.app_store import (
+from tests.support import REPO
+from tests.support.app_store import (
     ANSWER,
     CANDIDATE,
     HOSTILE_OUTPUT,
@@ -23,7 +24,6 @@ from tests.app_store import (
     run_store,
     safety_store,
 )
-from tests.conftest import REPO
 
 APP = str(REPO / "app.py")
 MARKDOWN_TYPES = {"markdown", "caption", "alert", "error", "warning", "info", "success", "title", "header",

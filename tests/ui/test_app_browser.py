@@ -1,6 +1,6 @@
 """The running app in headless Chromium: every page renders in a real browser (screenshots saved under
-reports/screenshots/), navigation and search work, and hostile model outputs run nothing — in the
-app and in the static HTML report.
+runs/screenshots/; the committed ones are in reports/screenshots/), navigation and search work, and hostile
+model outputs run nothing — in the app and in the static HTML report.
 
 Needs Debian's `chromium` and `chromium-driver` packages (/usr/bin/chromium, /usr/bin/chromedriver)
 and the `selenium` Python package; without them these tests are skipped with that reason. No
@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from tests.app_store import CANDIDATE, HOSTILE_OUTPUT, RunStore, hostile_store, run_store
-from tests.conftest import REPO
+from tests.support import REPO
+from tests.support.app_store import CANDIDATE, HOSTILE_OUTPUT, RunStore, hostile_store, run_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SHOTS = REPO / "reports" / "screenshots"
+SHOTS = REPO / "runs" / "screenshots"  # generated output: never into reports/
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1440,1000", "--hide-scrollbars"]
@@ -127,7 +127,7 @@ def open_page(driver: Any, url: str, page: str, heading: str, run_id: int = 1) -
 
 
 def screenshot(driver: Any, name: str, max_height: int = 2600) -> Path:
-    """The whole page (up to max_height px) as a PNG under reports/screenshots/."""
+    """The whole page (up to max_height px) as a PNG under runs/screenshots/."""
     height = driver.execute_script(
         "const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
         "return Math.max(m.scrollHeight, document.body.scrollHeight)")

@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_store import CANDIDATE, HOSTILE_ERROR, HOSTILE_OUTPUT, RunStore, hostile_store, run_store, safety_store
-from tests.conftest import REPO
-from tests.test_store_postgres import pg_server, pg_url  # noqa: F401  (a private PostgreSQL server for one test)
+from tests.support import REPO
+from tests.support.app_store import (
+    CANDIDATE,
+    HOSTILE_ERROR,
+    HOSTILE_OUTPUT,
+    RunStore,
+    hostile_store,
+    run_store,
+    safety_store,
+)
 
 ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "b", "br", "nav", "a",
                 "table", "tr", "th", "td", "pre", "span", "details", "summary", "del", "ins",
@@ -144,7 +151,7 @@ def test_cli_report_writes_one_file(app_run: RunStore, tmp_path: Path):
     assert result.returncode == 2 and "no run 'no-such-run'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_views_report_and_app_on_postgresql(pg_url: str, tmp_path: Path,  # noqa: F811 (the imported fixture)
+def test_views_report_and_app_on_postgresql(pg_url: str, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch):
     """The same queries on a real PostgreSQL server (JSON columns, ILIKE search, DISTINCT)."""
     from streamlit.testing.v1 import AppTest

@@ -11,7 +11,7 @@ endpoint, the server can also:
 - require `Authorization: Bearer <api_key>` when started with an api_key.
 Every request is recorded (body, headers, status, what was answered and by whom) in `requests`.
 
-    python tests/servers/openai_compat.py --model path/to/hf-folder --port 8000
+    python -m tests.support.servers.openai_compat --model path/to/hf-folder --port 8000
 """
 from __future__ import annotations
 
