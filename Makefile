@@ -37,4 +37,4 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) .cache runs reports/demo
+	rm -rf $(VENV) .cache runs

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 ARMS = {"baseline": 0.40, "prompt": 0.55, "lora": 0.70}  # share of items each arm gets right
 PAGES = ("overview", "comparison", "drilldown", "training", "safety", "gate")

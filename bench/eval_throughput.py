@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -238,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["dtypes"][name] = run_dtype(model, tok, name, args, device, prompts, pairs)
     report["checks"] = checks(report, args)
     report["seconds"] = time.monotonic() - t0
-    out = args.out or REPO / "reports" / "perf" / (
+    out = args.out or REPO / ("runs" if args.smoke else "reports") / "perf" / (  # a smoke run measures nothing
         f"eval_throughput-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

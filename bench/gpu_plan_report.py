@@ -1,170 +1,29 @@
 """Report on a finished run of examples/gpu/plan.yaml (or any plan), read from the store.
 
     python bench/gpu_plan_report.py --run gpu-json-extract                 # after `tunegate run examples/gpu/plan.yaml`
-    python bench/gpu_plan_report.py --smoke --out /tmp/gpu_plan_smoke      # CPU check: tiny random model, 1-step trials
+    python bench/gpu_plan_report.py --smoke --out runs/gpu_plan_smoke      # CPU check: tiny random model, 1-step trials
+    python bench/gpu_plan_report.py --smoke-plan runs/gpu_plan_smoke_plan  # only write that shrunk plan and its suites
 
 Writes OUT/plan_run.json and OUT/plan_run.md (default OUT: reports/gpu): the device and library
 versions the trials ran with, the date, every trial's status, metrics, train time and peak memory,
 each arm against the baseline (paired bootstrap 95% interval, McNemar p for 0/1 metrics), and an
 explicit line for every arm that did NOT beat the baseline. "Beat" means: on every task suite the
 primary metric's 95% interval of the gain lies above zero. A failed trial did not beat it either.
+The report itself is built by harness.analysis.run_report; this script picks the run and the folder.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from harness.analysis import compare_trials
+from harness.analysis import write_run_report
 from harness.store import Store
 
+REPO = Path(__file__).resolve().parents[1]
 GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), 6)
-
-
-def _manifest(folder: str) -> dict[str, Any]:
-    path = Path(folder or "") / "manifest.json"
-    return json.loads(path.read_text()) if folder and path.exists() else {}
-
-
-def build_report(store: Store, run_ref: str, baseline: str = "baseline") -> dict[str, Any]:
-    """Everything the report says, as plain data."""
-    run = store.run(run_ref)
-    trials = store.trials(run.id)
-    manifests = {t.name: _manifest(t.folder) for t in trials}
-    ran = [m for m in manifests.values() if m]
-    trained = [m for t, m in zip(trials, manifests.values()) if m and t.train_seconds is not None]
-    reference = (trained or ran or [{}])[0]
-    rows: list[dict[str, Any]] = []
-    for t in trials:
-        metrics: dict[str, dict[str, Any]] = {}
-        for ev, suite in store.evaluations(t.id):
-            metrics[suite.name] = {m: {"value": _num(v.value), "stderr": _num(v.stderr), "n": v.n,
-                                       "primary": m == suite.primary_metric}
-                                   for m, v in store.metrics(ev.id).items()}
-        rows.append({"trial": t.name, "type": t.arm_type, "status": t.status, "error": t.error,
-                     "config": t.config, "train_seconds": _num(t.train_seconds),
-                     "tokens_per_second": _num(t.tokens_per_second), "peak_memory_gib": _num(t.peak_memory_gib),
-                     "final_loss": _num(t.final_loss), "steps": len(store.train_steps(t.id)),
-                     "device_name": manifests[t.name].get("device_name"), "started_at": t.started_at,
-                     "finished_at": t.finished_at, "metrics": metrics})
-
-    base = next((t for t in trials if t.name == baseline), None)
-    comparisons: list[dict[str, Any]] = []
-    verdicts: list[dict[str, Any]] = []
-    for cand in trials:
-        if base is None or cand.id == base.id:
-            continue
-        if cand.status != "finished" or base.status != "finished":
-            reason = (f"trial {cand.status}: {cand.error}" if cand.status != "finished"
-                      else f"baseline {base.status}")
-            verdicts.append({"trial": cand.name, "type": cand.arm_type, "beat_baseline": False, "reason": reason})
-            continue
-        task_primary: list[dict[str, Any]] = []
-        for c in compare_trials(store, base, cand):
-            s = c.stats
-            row = {"trial": cand.name, "suite": c.suite, "category": c.category, "metric": c.metric,
-                   "primary": c.primary, "problem": c.problem}
-            if s is not None:
-                row |= {"baseline": _num(s.mean_a), "candidate": _num(s.mean_b), "delta": _num(s.delta),
-                        "ci_low": _num(s.lo), "ci_high": _num(s.hi), "mcnemar_p": _num(s.mcnemar_p), "n": s.n}
-            comparisons.append(row)
-            if c.primary and c.category == "task":
-                task_primary.append(row)
-        if not task_primary:
-            task_primary = [r for r in comparisons if r["trial"] == cand.name and r["primary"]]
-        beat = bool(task_primary) and all((r.get("ci_low") or 0) > 0 for r in task_primary)
-        detail = "; ".join(
-            f"{r['suite']}/{r['metric']} Δ {r['delta']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-            if r.get("delta") is not None else f"{r['suite']}/{r['metric']}: {r['problem'] or 'no paired scores'}"
-            for r in task_primary)
-        verdicts.append({"trial": cand.name, "type": cand.arm_type, "beat_baseline": beat,
-                         "reason": detail or "no comparable suite"})
-
-    return {
-        "run": {"id": run.id, "name": run.name, "status": run.status, "base_model": run.base_model,
-                "created_at": run.created_at, "finished_at": run.finished_at, "git_sha": run.git_sha},
-        "device": {"name": reference.get("device_name"), "kind": reference.get("device"),
-                   "cuda_visible_devices": reference.get("cuda_visible_devices")},
-        "versions": reference.get("versions", {}),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "baseline": baseline if base is not None else None,
-        "trials": rows,
-        "comparisons": comparisons,
-        "verdicts": verdicts,
-        "did_not_beat_baseline": [v["trial"] for v in verdicts if not v["beat_baseline"]],
-    }
-
-
-def _f(x: Any, fmt: str) -> str:
-    return "—" if x is None else format(x, fmt)
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    run, dev = report["run"], report["device"]
-    out = [f"# GPU plan run: {run['name']} (run {run['id']}, {run['status']})", "",
-           f"- date: {report['date']}",
-           f"- device: {dev['name'] or 'unknown'} ({dev['kind'] or '?'})",
-           f"- base model: {run['base_model']}",
-           f"- git: {run['git_sha'][:12] or 'unknown'}",
-           "- libraries: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
-    out += ["## Trials", "",
-            "| trial | type | status | train s | tokens/s | peak GiB | final loss | steps | primary metrics |",
-            "|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for t in report["trials"]:
-        prim = "; ".join(f"{s}/{m} {v['value']:.3f}" for s, ms in t["metrics"].items() for m, v in ms.items()
-                         if v["primary"] and v["value"] is not None)
-        if t["status"] != "finished":
-            prim = f"**{t['status']}**: {t['error'] or ''}"
-        out.append(f"| {t['trial']} | {t['type']} | {t['status']} | {_f(t['train_seconds'], '.1f')} | "
-                   f"{_f(t['tokens_per_second'], '.0f')} | {_f(t['peak_memory_gib'], '.2f')} | "
-                   f"{_f(t['final_loss'], '.3f')} | {t['steps']} | {prim} |")
-    out += ["", "## Verdicts", "",
-            "An arm beats the baseline when, on every task suite, the 95% interval of its primary metric's "
-            "gain lies above zero.", ""]
-    for v in report["verdicts"]:
-        if v["beat_baseline"]:
-            out.append(f"- {v['trial']} ({v['type']}) beat the baseline: {v['reason']}")
-    for v in report["verdicts"]:
-        if not v["beat_baseline"]:
-            out.append(f"- **{v['trial']} ({v['type']}) did NOT beat the baseline**: {v['reason']}")
-    if not report["verdicts"]:
-        out.append("- no arm could be compared (no finished baseline trial)")
-    out += ["", f"## Each arm vs {report['baseline'] or 'baseline (missing)'}", "",
-            "Paired over the same items; 95% paired-bootstrap interval of the difference; McNemar exact p "
-            "for 0/1 metrics; primary metrics only (plan_run.json has every metric).", "",
-            "| trial | suite | metric | baseline | arm | Δ | 95% CI | McNemar p | n |",
-            "|---|---|---|---:|---:|---:|---|---:|---:|"]
-    for c in report["comparisons"]:
-        if not c["primary"]:
-            continue
-        if c.get("delta") is None:
-            out.append(f"| {c['trial']} | {c['suite']} | {c['metric']} | — | — | — | {c['problem'] or ''} | | |")
-            continue
-        out.append(f"| {c['trial']} | {c['suite']} | {c['metric']} | "
-                   f"{c['baseline']:.3f} | {c['candidate']:.3f} | {c['delta']:+.3f} | "
-                   f"[{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {_f(c['mcnemar_p'], '.3g')} | {c['n']} |")
-    return "\n".join(out) + "\n"
-
-
-def write_report(store: Store, run_ref: str, out_dir: Path) -> tuple[Path, Path]:
-    report = build_report(store, run_ref)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "plan_run.json", out_dir / "plan_run.md"
-    json_path.write_text(json.dumps(report, indent=2))
-    md_path.write_text(to_markdown(report))
-    return json_path, md_path
+TITLE = "GPU plan run"
 
 
 # --- smoke mode: the same plan on a tiny random model, on a CPU -----------------------------------
@@ -233,23 +92,30 @@ def run_smoke(out_dir: Path, work: Path | None = None) -> tuple[Path, Path]:
     os.environ["TUNEGATE_SUITES"] = os.pathsep.join([str(work / "suites"), os.environ.get("TUNEGATE_SUITES", "")])
     store = Store(str(work / "store.db"))
     outcome = Runner(store, Console(stderr=True), runs_dir=work / "runs").run(plan)
-    return write_report(store, str(outcome.run_id), out_dir)
+    return write_run_report(store, str(outcome.run_id), out_dir, title=TITLE)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=None, help="store path or URL (default: $TUNEGATE_STORE or runs/tunegate.db)")
     parser.add_argument("--run", default="gpu-json-extract", help="run id or name (default: the latest gpu-json-extract)")
-    parser.add_argument("--out", type=Path, default=REPO / "reports" / "gpu")
+    parser.add_argument("--out", type=Path, help="folder (default: reports/gpu; with --smoke: runs/gpu_plan_smoke)")
     parser.add_argument("--smoke", action="store_true", help="run the plan on a tiny random model on this machine first")
+    parser.add_argument("--smoke-plan", type=Path, metavar="FOLDER",
+                        help="only write the smoke plan (FOLDER/plan.yaml), its model and suites; print its path")
     args = parser.parse_args(argv)
     from harness.errors import UserError
 
     try:
-        if args.smoke:
-            json_path, md_path = run_smoke(args.out)
+        if args.smoke_plan:
+            args.smoke_plan.mkdir(parents=True, exist_ok=True)
+            print(smoke_plan(args.smoke_plan))
+            return 0
+        if args.smoke:  # a check, not a measurement: its report goes under runs/, never into reports/
+            json_path, md_path = run_smoke(args.out or REPO / "runs" / "gpu_plan_smoke")
         else:
-            json_path, md_path = write_report(Store(args.store), args.run, args.out)
+            json_path, md_path = write_run_report(Store(args.store), args.run, args.out or REPO / "reports" / "gpu",
+                                                  title=TITLE)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

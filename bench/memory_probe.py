@@ -15,7 +15,6 @@ import argparse
 import gc
 import json
 import platform
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -23,11 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from harness.plan import GIB, Method, ModelDims, estimate_training_memory  # noqa: E402
+from harness.plan import GIB, Method, ModelDims, estimate_training_memory
 
 SHAPES: dict[str, ModelDims] = {
     "llama-135m": ModelDims(576, 1536, 30, 9, 3, 49152, True),      # SmolLM2-135M's shape

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import random
-import sys
 import tempfile
 import time
 import traceback
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -563,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             report["comparisons"][f"{name}_vs_peer"] = compare(stats, peer, args.loss_steps)
     report["targets"] = targets(report, runs)
     report["seconds"] = time.monotonic() - t0
-    out = args.out or REPO / "reports" / "perf" / (
+    out = args.out or REPO / ("runs" if args.smoke else "reports") / "perf" / (  # a smoke run measures nothing
         f"train_throughput-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

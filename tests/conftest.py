@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny random-init Llama with the real SmolLM2 tokenizer (built in seconds),
-real SQLite stores in tmp folders, and the repository's paths."""
+"""Shared fixtures: a tiny random-init Llama with the real SmolLM2 tokenizer (built in seconds), real SQLite
+stores in tmp folders, and (from tests/support/postgres.py) a private PostgreSQL server. Helpers that are not
+fixtures live in tests/support/."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+
+pytest_plugins = ("tests.support.postgres",)
+
 os.environ.setdefault("TUNEGATE_CACHE", str(REPO / ".cache"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,9 +55,3 @@ def store(tmp_path: Path):
 
     return Store(str(tmp_path / "store.db"))
 
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    import json
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path

@@ -1,4 +1,4 @@
-"""Paired statistics over stored results: bootstrap intervals, McNemar, Holm, comparisons and flips.
+"""Paired statistics over stored results: bootstrap intervals, McNemar, Holm, comparisons, flips and run reports.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
 from __future__ import annotations
@@ -20,6 +20,11 @@ if TYPE_CHECKING:
         Flips,
         flips,
         trial_flips,
+    )
+    from harness.analysis._run_report import (
+        run_report,
+        run_report_markdown,
+        write_run_report,
     )
     from harness.analysis._stats import (
         AdjustedP,
@@ -52,7 +57,10 @@ _EXPORTS = {
     "multiple_comparison_note": "harness.analysis._stats",
     "paired_bootstrap": "harness.analysis._stats",
     "paired_scores": "harness.analysis._compare",
+    "run_report": "harness.analysis._run_report",
+    "run_report_markdown": "harness.analysis._run_report",
     "trial_flips": "harness.analysis._flips",
+    "write_run_report": "harness.analysis._run_report",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,44 @@
+"""The committed GPU results are what the store of that run held, and carry device, versions and date.
+
+reports/gpu/plan_run.db is the store of the measured run (tracked on purpose: a `!` line in .gitignore); tests
+read a copy of it in tmp, never the committed file."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.support import REPO
+
+GPU = REPO / "reports" / "gpu"
+
+
+def test_plan_report_matches_the_store_of_that_run(tmp_path: Path):
+    from harness.analysis import run_report
+    from harness.store import Store
+
+    db = tmp_path / "plan_run.db"
+    shutil.copy(GPU / "plan_run.db", db)  # opening may migrate; never touch the committed file
+    committed = json.loads((GPU / "plan_run.json").read_text())
+    rebuilt = run_report(Store(str(db)), str(committed["run"]["id"]))
+    assert "H100" in committed["device"]["name"]
+    assert committed["versions"]["torch"].startswith("2.11") and committed["date"].startswith("2026-")
+    by_name = {t["trial"]: t for t in rebuilt["trials"]}
+    assert len(committed["trials"]) == len(by_name) == 12
+    types = {t["type"] for t in committed["trials"]}
+    assert {"baseline", "prompt", "rag", "lora", "qlora", "dpo"} <= types
+    for trial in committed["trials"]:
+        again = by_name[trial["trial"]]
+        assert trial["status"] == again["status"] == "finished"
+        assert trial["metrics"] == again["metrics"]
+        assert trial["train_seconds"] == again["train_seconds"] and trial["peak_memory_gib"] == again["peak_memory_gib"]
+
+
+def test_perf_reports_name_device_versions_and_targets():
+    for name in ("train_throughput.json", "eval_throughput.json", "qlora_8b.json"):
+        report = json.loads((REPO / "reports" / "perf" / name).read_text())
+        assert "H100" in report["device"]["name"], name
+        assert report["versions"]["torch"].startswith("2.11") and report["date"].startswith("2026-11-25"), name
+    train = json.loads((REPO / "reports" / "perf" / "train_throughput.json").read_text())
+    assert train["comparisons"]["ours_vs_peer"]["throughput_ratio"] > 1
+    assert json.loads((REPO / "reports" / "perf" / "qlora_8b.json").read_text())["qlora_8b"]["peak_memory_ratio"] < 0.45
