@@ -121,6 +121,11 @@ class Executor(ABC):
     def max_gpus_per_trial(self) -> int:
         return 1
 
+    def run_phases(self, phases: list[list[TrialUnit]], done: Done) -> None:
+        """Run the phases in order (a DPO trial that continues an SFT trial is in a later phase than it)."""
+        for phase in phases:
+            self.run(phase, done)
+
     def close(self) -> None:
         """Release what the executor holds (worker processes); called once the run's last phase is done."""
 

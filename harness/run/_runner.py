@@ -96,13 +96,14 @@ class Runner:
                 outcome.failed[result.trial] = result.error or "failed"
 
         by_name = {a.name: a for a in arms}
+        for unit in units:
+            unit.after = getattr(by_name[unit.trial], "from_arm", None) if by_name[unit.trial].type == "dpo" else None
+        if getattr(runner, "shares_evaluation", False):
+            shareable = [u for u in units if u.gpus_per_trial <= 1 and can_share(by_name[u.trial])]
+            for unit in shareable if len(shareable) > 1 else []:
+                unit.defer_eval = True  # trained now, scored together with the other adapters at the end
         try:
-            for phase in phases(units, plan):
-                if getattr(runner, "shares_evaluation", False):
-                    shareable = [u for u in phase if u.gpus_per_trial <= 1 and can_share(by_name[u.trial])]
-                    for unit in shareable if len(shareable) > 1 else []:
-                        unit.defer_eval = True  # trained now, scored with the phase's other adapters at its end
-                runner.run(phase, done)
+            runner.run_phases(phases(units, plan), done)
         finally:
             runner.close()
         self.store.finish_run(run_id, "failed" if outcome.failed else "finished")

@@ -157,22 +157,32 @@ class WorkerExecutor(Executor):
         return len(self.devices)
 
     def run(self, units: list[TrialUnit], done: Done) -> None:
+        self.run_phases([units], done)
+
+    def run_phases(self, phases: list[list[TrialUnit]], done: Done) -> None:
+        """Every phase's trials in one queue: a trial that continues another (`after`) starts as soon as that one
+        has trained, not when the whole first phase has; trained adapters are scored together at the end."""
+        units = [u for phase in phases for u in phase]
         single = [u for u in units if u.gpus_per_trial <= 1]
         parallel = [u for u in units if u.gpus_per_trial > 1]
         trained: list[TrialUnit] = []
         lock = threading.Lock()
 
-        def finish(unit: TrialUnit, result: TrialResult, worker: Worker) -> None:
+        def finish(unit: TrialUnit, result: TrialResult, worker: Worker) -> list[TrialUnit]:
+            """Record one trial's end; return the trials that were waiting for it."""
             with lock:
                 if result.status == "trained":
                     trained.append(unit)
                     self.console.print(f"  [cyan]{escape(unit.trial)}: trained[/] on {worker.slot}; scored with "
-                                       "the other adapters later", highlight=False)
-                    return
-                self.report(unit, result, f" ({worker.slot})")
-                done(result)
+                                       "the other adapters at the end", highlight=False)
+                else:
+                    self.report(unit, result, f" ({worker.slot})")
+                    done(result)
+            return [u for u in single if u.after == unit.trial]
 
-        self._drain([("trial", [u]) for u in single], finish)
+        names = {u.trial for u in single}
+        first = [u for u in single if u.after is None or u.after not in names]
+        self._drain([("trial", [u]) for u in first], finish)
         for unit, result in self._score_trained(trained):
             self.report(unit, result, " (shared evaluation)")
             done(result)
@@ -198,16 +208,22 @@ class WorkerExecutor(Executor):
         return out
 
     def _drain(self, jobs: list[tuple[str, list[TrialUnit]]], finish: Any, grouped: bool = False) -> None:
-        """Hand the jobs to the workers, one job per free worker, until none is left."""
+        """Hand the jobs to the workers, one job per free worker, until none is left and none is running. For a
+        single trial, `finish` returns the trials that were waiting for it; they join the queue."""
         queue = deque(jobs)
-        lock = threading.Lock()
+        cond = threading.Condition()
+        running = 0
 
         def loop(worker: Worker) -> None:
+            nonlocal running
             while True:
-                with lock:
+                with cond:
+                    cond.wait_for(lambda: queue or running == 0)
                     if not queue:
+                        cond.notify_all()
                         return
                     kind, units = queue.popleft()
+                    running += 1
                 if not grouped:
                     self.console.print(escape(f"  {units[0].trial}: started on {worker.slot}"), highlight=False)
                 results = worker.submit(kind, units)
@@ -216,13 +232,13 @@ class WorkerExecutor(Executor):
                     results = [outcome_from_store(self.store, u, f"worker process died (exit code {code})",
                                                   Path(u.folder) / "worker.log") for u in units]
                     worker.proc = None
-                if grouped:
-                    finish(units, results, worker)
-                else:
-                    finish(units[0], results[0], worker)
+                follow = finish(units, results, worker) if grouped else finish(units[0], results[0], worker)
+                with cond:
+                    queue.extend(("trial", [u]) for u in follow or [])
+                    running -= 1
+                    cond.notify_all()
 
-        threads = [threading.Thread(target=loop, args=(w,), name=w.slot, daemon=True)
-                   for w in self.workers[:max(1, len(jobs))]]
+        threads = [threading.Thread(target=loop, args=(w,), name=w.slot, daemon=True) for w in self.workers]
         for t in threads:
             t.start()
         for t in threads:

@@ -22,7 +22,7 @@ from harness.model import load_model
 from harness.run import Runner, auto_trials_per_gpu, parse_trials_per_gpu
 from harness.run._trial import out_of_memory
 from harness.store import Store
-from tests.tiny_plans import train_arm, write_data, write_plan, write_suites
+from tests.support.tiny_plans import train_arm, write_data, write_plan, write_suites
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
