@@ -17,9 +17,8 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.model._load import load_model, local_folder, resolve
+from harness.plan._kinds import TRAINED, UNTRAINED
 from harness.store._store import Store
-
-UNTRAINED = ("baseline", "prompt", "rag")
 
 
 @dataclass
@@ -44,7 +43,7 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
         raise UserError(f"trial '{ref}' is {trial.status}, not finished: nothing to export")
     if trial.arm_type in UNTRAINED:
         raise UserError(f"trial '{ref}' is a {trial.arm_type} arm: it trained no weights (its prompt is in the "
-                        "trial's config); export a lora/qlora/dora/full/dpo trial")
+                        f"trial's config); export a {'/'.join(TRAINED)} trial")
     folder = Path(trial.folder)
     weights = folder / "adapter"
     if not weights.is_dir():

@@ -19,6 +19,7 @@ from harness.evaluation._suite import load
 from harness.gate._decide import decide
 from harness.gate._outputs import to_junit, to_markdown
 from harness.model._load import load_model, resolve
+from harness.plan._kinds import UNTRAINED
 from harness.scorers import _judge_client as judge
 from harness.store._engine import store_url
 from harness.store._export import export_results as write
@@ -95,7 +96,7 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
     if "/" in target and not Path(target).exists() and _looks_like_trial(st, target):
         trial = st.trial(target)
         base = st.run(trial.run_id).base_model
-        model, tok = load_trial_model(base, trial.folder if trial.arm_type not in ("baseline", "prompt", "rag") else "")
+        model, tok = load_trial_model(base, trial.folder if trial.arm_type not in UNTRAINED else "")
         trial_id = trial.id
     else:
         resolve(target)

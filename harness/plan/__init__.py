@@ -10,6 +10,18 @@ if TYPE_CHECKING:
     from harness.plan._checks import (
         cross_check,
     )
+    from harness.plan._kinds import (
+        ARM_KINDS,
+        NEEDS_TRAIN_DATA,
+        SFT,
+        TRAINED,
+        UNSHAPED,
+        UNTRAINED,
+        ArmKind,
+        SftKind,
+        TrainedKind,
+        UntrainedKind,
+    )
     from harness.plan._load import (
         arm_line,
         load_plan,
@@ -34,9 +46,6 @@ if TYPE_CHECKING:
     )
     from harness.plan._parts import (
         NAME,
-        NEEDS_TRAIN_DATA,
-        SFT,
-        TRAINED,
         Arm,
         ArmBase,
         BaselineArm,
@@ -63,6 +72,8 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ALLOCATOR_SLACK": "harness.plan._memory",
+    "ARM_KINDS": "harness.plan._kinds",
+    "ArmKind": "harness.plan._kinds",
     "ALL_LINEAR": "harness.plan._memory",
     "Arm": "harness.plan._parts",
     "ArmBase": "harness.plan._parts",
@@ -83,7 +94,7 @@ _EXPORTS = {
     "Method": "harness.plan._memory",
     "ModelDims": "harness.plan._memory",
     "NAME": "harness.plan._parts",
-    "NEEDS_TRAIN_DATA": "harness.plan._parts",
+    "NEEDS_TRAIN_DATA": "harness.plan._kinds",
     "NF4_BYTES_PER_PARAM": "harness.plan._memory",
     "Plan": "harness.plan._schema",
     "PromptArm": "harness.plan._parts",
@@ -91,10 +102,15 @@ _EXPORTS = {
     "REFERENCE_SHAPES": "harness.plan._memory",
     "RagArm": "harness.plan._parts",
     "Range": "harness.plan._parts",
-    "SFT": "harness.plan._parts",
+    "SFT": "harness.plan._kinds",
+    "SftKind": "harness.plan._kinds",
     "Sweep": "harness.plan._parts",
-    "TRAINED": "harness.plan._parts",
+    "TRAINED": "harness.plan._kinds",
     "TrainArm": "harness.plan._parts",
+    "TrainedKind": "harness.plan._kinds",
+    "UNSHAPED": "harness.plan._kinds",
+    "UNTRAINED": "harness.plan._kinds",
+    "UntrainedKind": "harness.plan._kinds",
     "arm_line": "harness.plan._load",
     "cross_check": "harness.plan._checks",
     "dims_for_params": "harness.plan._memory",

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
         model_name,
     )
     from harness.store._tables import (
-        UNSHAPED_ARMS,
         Base,
         Evaluation,
         EvaluationLike,
@@ -69,7 +68,6 @@ _EXPORTS = {
     "T": "harness.store._store",
     "TrainStep": "harness.store._tables",
     "Trial": "harness.store._tables",
-    "UNSHAPED_ARMS": "harness.store._tables",
     "check_integrity": "harness.store._store",
     "display_url": "harness.store._engine",
     "export_results": "harness.store._export",

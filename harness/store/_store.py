@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from harness.analysis._stats import mean_stderr
 from harness.errors import UserError
+from harness.plan._kinds import UNSHAPED
 from harness.store import migrations
 from harness.store._engine import _timeout, display_url, make_engine, store_url
 from harness.store._tables import (
-    UNSHAPED_ARMS,
     Evaluation,
     EvaluationLike,
     GateDecision,
@@ -148,7 +148,7 @@ class Store:
             except IntegrityError:  # another process created it a moment ago (PostgreSQL)
                 return s.scalars(select(Trial).where(Trial.run_id == run_id, Trial.name == name)).one()
             run = _get(s, Run, run_id)
-            if arm_type in UNSHAPED_ARMS:
+            if arm_type in UNSHAPED:
                 model = _get_or_create(s, ModelRow, {"name": run.base_model},
                                        {"kind": "base", "base_model": run.base_model})
             else:
@@ -308,7 +308,7 @@ class Store:
         whole = self._find_run(ref) if not run_ref else None
         if whole is not None:
             trials = self.trials(whole.id)
-            candidates = [t for t in trials if t.arm_type not in UNSHAPED_ARMS] or trials
+            candidates = [t for t in trials if t.arm_type not in UNSHAPED] or trials
             if len(candidates) == 1:
                 return candidates[0]
             raise UserError(f"run '{ref}' has {len(candidates)} candidate trials "

@@ -16,8 +16,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-UNSHAPED_ARMS = ("baseline",)  # arms that score the base model exactly as it is
-
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
