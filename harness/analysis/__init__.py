@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         mean_stderr,
         multiple_comparison_note,
         paired_bootstrap,
+        wilson,
     )
 
 _EXPORTS = {
@@ -53,6 +54,7 @@ _EXPORTS = {
     "paired_bootstrap": "harness.analysis._stats",
     "paired_scores": "harness.analysis._compare",
     "trial_flips": "harness.analysis._flips",
+    "wilson": "harness.analysis._stats",
 }
 __all__ = sorted(_EXPORTS)
 

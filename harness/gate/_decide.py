@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import binomtest
-
 from harness.analysis._compare import is_binary, matching_evaluation, paired_scores
-from harness.analysis._stats import paired_bootstrap
+from harness.analysis._stats import paired_bootstrap, wilson
 from harness.errors import UserError
 from harness.gate._policy import CONFIDENCE, Policy, Rule, RuleResult, load_policy
 from harness.store._store import Store
@@ -145,8 +143,7 @@ def _conclude(store: Store, policy: Policy | None, results: list[RuleResult], ca
 def mean_interval(values: list[float], binary: bool) -> tuple[float, float]:
     """95% interval of a mean: Wilson for 0/1 scores, percentile bootstrap otherwise."""
     if binary and all(v in (0.0, 1.0) for v in values):
-        ci = binomtest(int(sum(values)), len(values)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-        return float(ci.low), float(ci.high)
+        return wilson(int(sum(values)), len(values), CONFIDENCE)
     _, lo, hi = paired_bootstrap([0.0] * len(values), values, confidence=CONFIDENCE)
     return lo, hi
 

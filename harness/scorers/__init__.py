@@ -36,7 +36,6 @@ from harness.scorers._judge import (
     request_text,
     score_items,
     summarize_pairwise,
-    wilson,
 )
 from harness.scorers._judge_client import (
     ENV_API_KEY,
@@ -220,7 +219,6 @@ __all__ = [
     "token_f1",
     "token_f1_score",
     "using_store",
-    "wilson",
     "words",
     "write_suite",
     "xstest_to_suites",
