@@ -56,6 +56,7 @@ class LightResult:
     items: list[Any]
     seconds: float
     metrics: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    kinds: dict[str, Any] = field(default_factory=dict)  # none: stored NULL, read from the scorer registry
 
 
 @dataclass

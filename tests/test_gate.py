@@ -138,6 +138,41 @@ def test_a_rate_that_must_not_rise(store: Store, suites, tmp_path: Path) -> None
         d.rules[0].message
 
 
+def _error_count_suite(tmp_path: Path) -> Any:
+    """A suite whose metric should fall: a python scorer counting '!' in the output, declared lower-is-better."""
+    folder = tmp_path / "suites" / "errors"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "errs.py").write_text("def count(output, item):\n    return float(output.count('!'))\n")
+    return kit.make_suite(tmp_path / "suites", "errors", N,
+                          scorers=("{name: python, params: {ref: 'errs.py:count', higher_is_better: false}}",))
+
+
+def test_a_lower_is_better_metric_gates_by_its_stored_direction(store: Store, tmp_path: Path) -> None:
+    from harness.analysis import compare_trials
+
+    errors = _error_count_suite(tmp_path)
+    run = kit.new_run(store)
+    base = kit.add_trial(store, run, "baseline", [kit.suite_result(errors, [0.0] * N)], arm_type="baseline")
+    worse = kit.add_trial(store, run, "worse", [kit.suite_result(errors, [2.0] * 20 + [0.0] * (N - 20))])
+    better = kit.add_trial(store, kit.new_run(store, "fix"), "better", [kit.suite_result(errors, [0.0] * N)])
+    kit.add_trial(store, store.run("fix").id, "baseline", [kit.suite_result(errors, [1.0] * 20 + [0.0] * (N - 20))],
+                  arm_type="baseline")
+    [ev] = store.evaluations(worse.id)
+    assert store.metrics(ev[0].id)["python"].higher_is_better is False  # stored with the result
+    drop = "rules:\n  - suite: errors\n    metric: python\n    max_drop: 0.05\n"
+    d = decide(store, kit.write_policy(tmp_path / "drop.yaml", drop), "exp/worse", record=False)
+    assert d.exit_code == REJECT and "change -1.000" in d.rules[0].message
+    assert d.rules[0].evidence["higher_is_better"] is False
+    gain = "rules:\n  - suite: errors\n    metric: python\n    require_improvement: true\n"
+    improved = decide(store, kit.write_policy(tmp_path / "gain.yaml", gain), "fix/better", record=False)
+    assert improved.exit_code == PROMOTE
+    # the policy may still say otherwise, and then it is what counts
+    told = drop + "    higher_is_better: true\n"
+    assert decide(store, kit.write_policy(tmp_path / "told.yaml", told), "exp/worse", record=False).exit_code == PROMOTE
+    [c] = compare_trials(store, base, worse)
+    assert c.stats is not None and c.stats.delta == 1.0 and c.verdict == "worse"
+
+
 def test_compare_with_the_promoted_model(store: Store, suites, tmp_path: Path) -> None:
     policy = kit.write_policy(tmp_path / "prod.yaml", POLICY.replace("name: test-gate", "compare_to: promoted"))
     _, first = experiment(store, suites, task=kit.ones(N, range(2)), refusal=kit.ones(M, range(3)), name="one")

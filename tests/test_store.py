@@ -62,6 +62,7 @@ def test_round_trip_of_a_run(store: Store, suite) -> None:
     metrics = store.metrics(ev_id)
     assert metrics["exact_match"].value == pytest.approx(0.75) and metrics["exact_match"].n == 12
     assert metrics["json_valid"].value == 1.0 and metrics["json_valid"].n == 11  # the failed score is not counted
+    assert all(m.higher_is_better is True and m.binary is True for m in metrics.values())  # how to read them
     assert store.item_scores(ev_id, "json_valid")["q011"] is None
     rows = store.item_rows(ev_id)
     assert len(rows) == 12 and rows[0]["item"] == "q000"
@@ -190,6 +191,34 @@ def test_downgrade_then_upgrade_again(tmp_path: Path, suite) -> None:
     eng.dispose()
     store = Store(url)
     assert store.trial("exp/lora").model_id is not None and _alembic_diff(store) == []
+
+
+def test_metric_rows_from_before_0003_are_read_through_the_scorer_registry(tmp_path: Path, suite) -> None:
+    from alembic import command
+
+    from harness.analysis import compare_trials, metric_kind
+    from harness.scorers import MetricKind
+
+    url = f"sqlite:///{tmp_path / 'old-metrics.db'}"
+    store = Store(url)
+    run = kit.new_run(store)
+    base = kit.add_trial(store, run, "baseline", [kit.suite_result(suite, {"exact_match": kit.ones(12, range(8)),
+                                                                           "json_valid": kit.ones(12)})])
+    lora = kit.add_trial(store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
+                                                                       "json_valid": kit.ones(12)})])
+    store.dispose()
+    eng = create_engine(url)
+    with eng.begin() as c:
+        command.downgrade(migrations.config(c), "0002")  # the metric rows as a 0002 store wrote them
+    eng.dispose()
+    store = Store(url)  # upgraded again: the columns are back, empty on the old rows
+    [(ev, _)] = store.evaluations(lora.id)
+    row = store.metrics(ev.id)["exact_match"]
+    assert (row.higher_is_better, row.binary) == (None, None)
+    assert metric_kind(store, ev.id, "exact_match") == MetricKind(higher_is_better=True, binary=True)
+    by_metric = {c.metric: c for c in compare_trials(store, base, lora)}
+    em = by_metric["exact_match"]
+    assert em.kind.binary and em.stats is not None and em.stats.mcnemar_p is not None and em.verdict == "better"
 
 
 # --- bad files and locks ---------------------------------------------------------------------------

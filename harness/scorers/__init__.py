@@ -71,11 +71,13 @@ from harness.scorers._python import (
 )
 from harness.scorers._registry import (
     ItemCheck,
+    MetricKind,
     ScoreFn,
     Scorer,
     ScorerParamError,
     build,
     is_binary,
+    kind,
     names,
     scorer,
 )
@@ -143,6 +145,7 @@ __all__ = [
     "JudgeConfig",
     "LABELS_PATH",
     "LineCount",
+    "MetricKind",
     "LocalBackend",
     "Messages",
     "NoCommas",
@@ -191,6 +194,7 @@ __all__ = [
     "json_schema",
     "json_valid",
     "judge_rubric",
+    "kind",
     "last_number",
     "load_function",
     "names",

@@ -212,7 +212,10 @@ class Store:
                 s.add(Output(evaluation_id=ev.id, item_id=iid, prompt=r.prompt, output=r.output))
                 s.add_all(Score(evaluation_id=ev.id, item_id=iid, metric=m, value=_finite(v),
                                 detail=getattr(r, "details", {}).get(m)) for m, v in r.scores.items())
-            s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n)
+            kinds = result.kinds
+            s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n,
+                             higher_is_better=kinds[m].higher_is_better if m in kinds else None,
+                             binary=kinds[m].binary if m in kinds else None)
                       for m, (mean, se, n) in _aggregates(result).items())
             s.flush()
             return ev.id
