@@ -38,7 +38,7 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
                  overwrite: bool = False) -> Exported:
     """Write the trial's adapter, merged model or full model to `out`."""
 
-    trial = store.trial(ref)
+    trial = store.get_trial(ref)
     if trial.status != "finished":
         raise UserError(f"trial '{ref}' is {trial.status}, not finished: nothing to export")
     if trial.arm_type in UNTRAINED:
@@ -53,7 +53,7 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
         if not overwrite:
             raise UserError(f"{out} exists and is not empty; choose another folder", field="--out")
         shutil.rmtree(out)
-    run = store.run(trial.run_id)
+    run = store.get_run(trial.run_id)
     base = trial_base(run.base_model, folder)
     is_adapter = (weights / "adapter_config.json").exists()
     info = {"trial": f"{run.name}/{trial.name}", "trial_id": trial.id, "run_id": run.id, "arm_type": trial.arm_type,

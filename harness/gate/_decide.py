@@ -36,7 +36,7 @@ class Decision:
 
 
 def _label(t: Trial | None, store: Store) -> str | None:
-    return None if t is None else f"{store.run(t.run_id).name}#{t.run_id}/{t.name}"
+    return None if t is None else f"{store.get_run(t.run_id).name}#{t.run_id}/{t.name}"
 
 
 def decide(store: Store, policy_path: str | Path, candidate_ref: str, baseline_ref: str | None = None,
@@ -93,7 +93,7 @@ def _comparison_trials(store: Store, policy: Policy, candidate: Trial, baseline_
                 continue
             notes.append(f"no model has been promoted yet: compared with the baseline arm '{policy.baseline}'")
         try:
-            out[target] = store.trial(f"{candidate.run_id}/{policy.baseline}")
+            out[target] = store.get_trial(f"{candidate.run_id}/{policy.baseline}")
         except UserError:
             names = ", ".join(t.name for t in store.trials(candidate.run_id))
             problems.append(RuleResult(target, False, True, f"no baseline arm '{policy.baseline}' in the candidate's "

@@ -257,7 +257,7 @@ class Store:
                 q = q.where(Run.base_model.contains(model, autoescape=True))
             return list(s.scalars(q.order_by(Run.id.desc()).limit(limit)))
 
-    def run(self, ref: str | int) -> Run:
+    def get_run(self, ref: str | int) -> Run:
         with self.reading() as s:
             run = s.get(Run, int(ref)) if str(ref).isdigit() else \
                 s.scalars(select(Run).where(Run.name == str(ref)).order_by(Run.id.desc())).first()
@@ -269,7 +269,7 @@ class Store:
         with self.reading() as s:
             return list(s.scalars(select(Trial).where(Trial.run_id == run_id).order_by(Trial.id)))
 
-    def trial(self, ref: str) -> Trial:
+    def get_trial(self, ref: str) -> Trial:
         """'RUN/TRIAL' (run id or name, trial name) or 't<id>'."""
         if ref.startswith("t") and ref[1:].isdigit():
             with self.reading() as s:
@@ -278,7 +278,7 @@ class Store:
             run_ref, _, trial_name = ref.rpartition("/")
             if not run_ref:
                 raise UserError(f"'{ref}' is not a trial reference: use RUN/TRIAL (e.g. demo/lora) or t<id>")
-            run = self.run(run_ref)
+            run = self.get_run(run_ref)
             with self.reading() as s:
                 trial = s.scalars(select(Trial).where(Trial.run_id == run.id, Trial.name == trial_name)).first()
         if trial is None:
@@ -290,7 +290,7 @@ class Store:
         trial that scored it, e.g. `tunegate eval MODEL`), or a run whose only candidate is one trial."""
         ref = ref.strip()
         if re.fullmatch(r"t\d+", ref):
-            return self.trial(ref)
+            return self.get_trial(ref)
         run_ref, _, trial_name = ref.rpartition("/")
         run = self._find_run(run_ref) if run_ref else None
         with self.reading() as s:
@@ -322,11 +322,11 @@ class Store:
 
     def _find_run(self, ref: str) -> Run | None:
         try:
-            return self.run(ref)
+            return self.get_run(ref)
         except UserError:
             return None
 
-    def model(self, ref: str | int) -> ModelRow:
+    def get_model(self, ref: str | int) -> ModelRow:
         with self.reading() as s:
             model = s.get(ModelRow, int(ref)) if str(ref).isdigit() else \
                 s.scalars(select(ModelRow).where(ModelRow.name == str(ref))).first()
@@ -448,7 +448,7 @@ class Store:
         with self.reading() as s:
             return list(s.scalars(select(GateDecision).order_by(GateDecision.id.desc()).limit(limit)))
 
-    def decision(self, decision_id: int) -> GateDecision | None:
+    def get_decision(self, decision_id: int) -> GateDecision | None:
         with self.reading() as s:
             return s.get(GateDecision, decision_id)
 

@@ -103,7 +103,7 @@ def run_trials(store: Store, run_id: int) -> list[TrialRow]:
 
 def sweep_spec(store: Store, run_id: int) -> dict[str, Any] | None:
     """The plan's sweep block ({arm, method, params, ...}) or None."""
-    return (store.run(run_id).plan or {}).get("sweep")
+    return (store.get_run(run_id).plan or {}).get("sweep")
 
 
 def config_summary(config: dict[str, Any], skip: Iterable[str] = ("name", "type")) -> str:
