@@ -1,34 +1,20 @@
 """Audit a training JSONL file before anyone trains on it.
 
 Reports row count, token lengths against the context length, exact duplicates (ignoring case,
-punctuation and spacing) and near duplicates (word-bigram Jaccard >= 0.8, found with MinHash LSH
-from `datasketch` and confirmed exactly; bigrams rather than longer shingles because rows are
-short: one changed word in a 25-word row still counts as a near copy, while templated rows that
-differ in several slots do not), train/test overlap (contamination), personal data and secrets, and label
-balance when the outputs look like labels.
+punctuation and spacing) and near duplicates (advisor.duplicates), train/test overlap (contamination),
+personal data and secrets (advisor.pii, matched values redacted), and label balance when the outputs
+look like labels.
 
 Rows may be chat `{"messages": [...]}`, alpaca `{"instruction", "input", "output"}`,
 `{"prompt", "completion"}` or preference `{"prompt", "chosen", "rejected"}`. The reader is
 deliberately tolerant: a row it cannot read is counted in `bad_rows` rather than stopping the
 audit (the harness's strict loader, `harness.data.load_rows`, rejects such files at training time).
-
-PII detection uses regular expressions plus a Luhn check, not a library. Checked on PyPI:
-presidio-analyzer needs a spaCy language model downloaded at run time (it fails offline), and
-scrubadub installs and runs offline but found neither card numbers in the usual 4x4 layouts nor
-API keys, and pulls in scikit-learn, textblob and faker. The patterns here cover emails, phone
-numbers (10-15 digits in common layouts), payment card numbers (13-19 digits that pass Luhn),
-IPv4 addresses (not loopback/unspecified), AWS access key ids and secret assignments, `sk-` API
-keys, GitHub and Slack tokens, private key blocks and `password=`/`api_key:`-style assignments.
-Matched values are redacted in the report.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
-import zlib
 from collections import Counter
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +22,12 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
-NEAR_DUP_THRESHOLD = 0.8
-NUM_PERM = 128
+from advisor.duplicates import NEAR_DUP_THRESHOLD, near_duplicate_pairs, normalize
+from advisor.pii import find_pii, redact
+
 WORDS_TO_TOKENS = 1.33      # rule of thumb for English: ~0.75 words per token
 MAX_LISTED = 20
 
-
-# --- reading rows -------------------------------------------------------------------------------
 
 class Row(BaseModel):
     line: int
@@ -96,8 +81,6 @@ def read_rows(path: str | Path) -> tuple[list[Row], list[tuple[int, str]]]:
                 rows.append(row)
     return rows, bad
 
-
-# --- report models ------------------------------------------------------------------------------
 
 class TokenStats(BaseModel):
     counter: str
@@ -202,8 +185,6 @@ class AuditReport(BaseModel):
         console.print(table)
 
 
-# --- token lengths ------------------------------------------------------------------------------
-
 def _percentile(sorted_values: list[int], q: float) -> int:
     if not sorted_values:
         return 0
@@ -236,138 +217,6 @@ def token_stats(texts: list[str], tokenizer: Any = None, context_len: int = 2048
                       over_context=over, over_context_fraction=round(over / len(lengths), 4) if lengths else 0.0)
 
 
-# --- duplicates ---------------------------------------------------------------------------------
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def normalize(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
-
-
-def shingles(text: str, n: int = 2) -> set[str]:
-    words = normalize(text).split()
-    if len(words) < n:
-        return {" ".join(words)} if words else set()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
-@lru_cache(maxsize=1)
-def _permutations() -> Any:
-    from datasketch import MinHash
-
-    m = MinHash(num_perm=NUM_PERM, seed=1)
-    return m.scheme, m.permutations
-
-
-def _minhash(sh: set[str]) -> Any:
-    """MinHash of a shingle set; CRC32 as the base hash and permutations made once (both fast)."""
-    from datasketch import MinHash
-
-    scheme, permutations = _permutations()
-    m = MinHash(num_perm=NUM_PERM, hashfunc=zlib.crc32, permutations=permutations, scheme=scheme)
-    m.update_batch([s.encode("utf-8") for s in sh])
-    return m
-
-
-def _jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
-
-
-def near_duplicate_pairs(texts_a: list[str], texts_b: list[str] | None = None,
-                         threshold: float = NEAR_DUP_THRESHOLD) -> list[tuple[int, int, float]]:
-    """Index pairs whose word-bigram Jaccard similarity is >= threshold, found with MinHash LSH and
-    then confirmed on the exact shingle sets. Within one list (texts_b None) pairs are i < j;
-    identical normalised texts are left out (they are exact duplicates)."""
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold * 0.9, num_perm=NUM_PERM)   # looser index, exact check after
-    sh_a = [shingles(t) for t in texts_a]
-    mh_a = [_minhash(sh) if sh else None for sh in sh_a]
-    for i, mh in enumerate(mh_a):
-        if mh is not None:
-            lsh.insert(i, mh)
-    queries = sh_a if texts_b is None else [shingles(t) for t in texts_b]
-    mh_q = mh_a if texts_b is None else [_minhash(sh) if sh else None for sh in queries]
-    norm_a = [normalize(t) for t in texts_a]
-    norm_q = norm_a if texts_b is None else [normalize(t) for t in texts_b]
-    pairs = []
-    for j, (sh, mh) in enumerate(zip(queries, mh_q)):
-        if mh is None:
-            continue
-        for i in lsh.query(mh):
-            if (texts_b is None and i >= j) or norm_a[i] == norm_q[j]:
-                continue
-            sim = _jaccard(sh_a[i], sh)
-            if sim >= threshold:
-                pairs.append((i, j, round(sim, 3)))
-    return sorted(pairs)
-
-
-# --- PII ----------------------------------------------------------------------------------------
-
-_PII_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
-    ("private_key", re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----")),
-    ("aws_access_key", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
-    ("aws_secret_key", re.compile(r"(?i)aws_?secret_?(?:access_?)?key\W{0,3}[:=]\s*['\"]?[A-Za-z0-9/+=]{40}")),
-    ("api_key", re.compile(r"\bsk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_\-]{20,}")),
-    ("github_token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
-    ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
-    ("secret_assignment", re.compile(
-        r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*[:=]\s*['\"]?[^\s'\",;]{8,}")),
-    ("email", re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")),
-    ("credit_card", re.compile(r"(?<![\d\-])(?:\d[ \-]?){12,18}\d(?![\d\-])")),
-    ("ipv4", re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])")),
-    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?|\d{1,4}[ .\-])(?:\d{2,4}[ .\-]){1,3}\d{2,4}(?![\w])")),
-]
-
-
-def luhn_valid(digits: str) -> bool:
-    """The Luhn checksum that every payment card number satisfies."""
-    if not digits.isdigit():
-        return False
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2 == 1:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _accept(kind: str, match: str) -> bool:
-    if kind == "credit_card":
-        digits = re.sub(r"\D", "", match)
-        return 13 <= len(digits) <= 19 and luhn_valid(digits)
-    if kind == "phone":
-        return 10 <= len(re.sub(r"\D", "", match)) <= 15
-    if kind == "ipv4":
-        return not (match.startswith("127.") or match == "0.0.0.0")
-    return True
-
-
-def _redact(kind: str, value: str) -> str:
-    if kind == "email":
-        user, _, domain = value.partition("@")
-        return f"{user[:1]}***@{domain}"
-    if kind in ("credit_card", "phone"):
-        digits = re.sub(r"\D", "", value)
-        return f"***{digits[-4:]}"
-    return value[:4] + "***" if len(value) > 8 else "***"
-
-
-def find_pii(text: str) -> list[tuple[str, str]]:
-    """(kind, matched text) for each finding; earlier patterns claim their span first, so a card
-    number is not also counted as a phone number."""
-    found = []
-    for kind, pattern in _PII_PATTERNS:
-        for m in pattern.finditer(text):
-            if _accept(kind, m.group()):
-                found.append((kind, m.group()))
-                text = text[:m.start()] + " " * (m.end() - m.start()) + text[m.end():]
-    return found
-
-
 def pii_report(rows: list[Row]) -> PiiReport:
     report = PiiReport()
     counts: Counter[str] = Counter()
@@ -378,12 +227,10 @@ def pii_report(rows: list[Row]) -> PiiReport:
         for kind, value in hits:
             counts[kind] += 1
             if len(report.findings) < MAX_LISTED * 5:
-                report.findings.append(PiiFinding(line=row.line, kind=kind, redacted=_redact(kind, value)))
+                report.findings.append(PiiFinding(line=row.line, kind=kind, redacted=redact(kind, value)))
     report.counts = dict(counts)
     return report
 
-
-# --- labels -------------------------------------------------------------------------------------
 
 def label_balance(outputs: list[str], max_classes: int = 20, max_words: int = 4) -> LabelBalance | None:
     """Class counts when the outputs look like labels: few distinct, short values that repeat."""
@@ -400,8 +247,6 @@ def label_balance(outputs: list[str], max_classes: int = 20, max_words: int = 4)
     return LabelBalance(distinct=len(counts), counts=dict(counts.most_common()), majority_share=round(most / n, 4),
                         minority_share=round(least / n, 4), imbalance_ratio=round(most / least, 2))
 
-
-# --- the audit ----------------------------------------------------------------------------------
 
 def audit_dataset(train_path: str | Path, test_path: str | Path | None = None, tokenizer: Any = None,
                   context_len: int = 2048) -> AuditReport:

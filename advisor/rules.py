@@ -197,8 +197,6 @@ def default_rules() -> RuleBook:
     return load_rules(RULES_PATH)
 
 
-# --- evaluation ---------------------------------------------------------------------------------
-
 def _compare(op: str, actual: Any, expected: Any) -> bool | None:
     """True, False, or None when the answer or fact is unknown."""
     if actual is None:
@@ -441,8 +439,6 @@ def _facts(answers: Answers, audit_facts: dict[str, Any] | None) -> dict[str, An
         base["preference_share"] = round(prefs / (prefs + labels), 4) if prefs + labels else 0.0
     return base | memory_facts(answers)
 
-
-# --- what would change the recommendation -----------------------------------------------------
 
 LADDERS: dict[str, tuple[float, ...]] = {
     "gpu_count": (0, 1, 2, 4, 8),

@@ -8,6 +8,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from harness.plan._kinds import ARM_KINDS
+
 
 class UserError(Exception):
     """A problem with the user's input. The CLI prints it on one line and exits 2."""
@@ -108,4 +110,4 @@ def from_validation(exc: ValidationError, file: str | Path, line_of: Any = None,
     return UserError(msg, file=file, line=found_line, field=dotted(loc) or None)
 
 
-_UNION_TAGS = {"baseline", "prompt", "rag", "lora", "qlora", "dora", "full", "dpo"}
+_UNION_TAGS = set(ARM_KINDS)

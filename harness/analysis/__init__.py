@@ -11,10 +11,12 @@ if TYPE_CHECKING:
         Comparison,
         Paired,
         compare_trials,
-        is_binary,
+        kind_of,
         latest_evaluations,
         matching_evaluation,
+        metric_kind,
         paired_scores,
+        verdict,
     )
     from harness.analysis._flips import (
         Flips,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
         mean_stderr,
         multiple_comparison_note,
         paired_bootstrap,
+        wilson,
     )
 
 _EXPORTS = {
@@ -49,17 +52,20 @@ _EXPORTS = {
     "flips": "harness.analysis._flips",
     "holm": "harness.analysis._stats",
     "holm_table": "harness.analysis._stats",
-    "is_binary": "harness.analysis._compare",
+    "kind_of": "harness.analysis._compare",
     "latest_evaluations": "harness.analysis._compare",
     "matching_evaluation": "harness.analysis._compare",
     "mcnemar_exact": "harness.analysis._stats",
     "mean_stderr": "harness.analysis._stats",
+    "metric_kind": "harness.analysis._compare",
     "multiple_comparison_note": "harness.analysis._stats",
     "paired_bootstrap": "harness.analysis._stats",
     "paired_scores": "harness.analysis._compare",
     "run_report": "harness.analysis._run_report",
     "run_report_markdown": "harness.analysis._run_report",
     "trial_flips": "harness.analysis._flips",
+    "verdict": "harness.analysis._compare",
+    "wilson": "harness.analysis._stats",
     "write_run_report": "harness.analysis._run_report",
 }
 __all__ = sorted(_EXPORTS)

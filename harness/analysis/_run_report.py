@@ -27,7 +27,7 @@ def _manifest(folder: str) -> dict[str, Any]:
 
 def run_report(store: Store, run_ref: str, baseline: str = "baseline") -> dict[str, Any]:
     """Everything the report says about one run, as plain data (what plan_run.json holds)."""
-    run = store.run(run_ref)
+    run = store.get_run(run_ref)
     trials = store.trials(run.id)
     manifests = {t.name: _manifest(t.folder) for t in trials}
     ran = [m for m in manifests.values() if m]

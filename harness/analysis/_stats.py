@@ -1,5 +1,5 @@
-"""Paired statistics over per-item scores: bootstrap intervals, McNemar's exact test, and Holm's
-step-down adjustment for when many arm pairs and metrics are compared at once."""
+"""Statistics over per-item scores: Wilson intervals for proportions, paired bootstrap intervals, McNemar's
+exact test, and Holm's step-down adjustment for when many arm pairs and metrics are compared at once."""
 from __future__ import annotations
 
 import math
@@ -16,6 +16,14 @@ def mean_stderr(values: list[float]) -> tuple[float, float]:
         return math.nan, math.nan
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+
+
+def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion successes/n (NaN, NaN when n is 0)."""
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from harness.arms._artifacts import (
         Exported,
-        UNTRAINED,
         export_trial,
         load_trial_model,
         merged_model,
@@ -80,7 +79,6 @@ _EXPORTS = {
     "TEXT_KEYS": "harness.arms._prompting",
     "TrainResult": "harness.arms._train",
     "TrainingFailed": "harness.arms._train",
-    "UNTRAINED": "harness.arms._artifacts",
     "describe": "harness.arms._prompting",
     "detect_format": "harness.arms._data",
     "dpo_with_model": "harness.arms._train",

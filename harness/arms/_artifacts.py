@@ -17,9 +17,8 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.model._load import load_model, local_folder, resolve
+from harness.plan._kinds import TRAINED, UNTRAINED
 from harness.store._store import Store
-
-UNTRAINED = ("baseline", "prompt", "rag")
 
 
 @dataclass
@@ -39,12 +38,12 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
                  overwrite: bool = False) -> Exported:
     """Write the trial's adapter, merged model or full model to `out`."""
 
-    trial = store.trial(ref)
+    trial = store.get_trial(ref)
     if trial.status != "finished":
         raise UserError(f"trial '{ref}' is {trial.status}, not finished: nothing to export")
     if trial.arm_type in UNTRAINED:
         raise UserError(f"trial '{ref}' is a {trial.arm_type} arm: it trained no weights (its prompt is in the "
-                        "trial's config); export a lora/qlora/dora/full/dpo trial")
+                        f"trial's config); export a {'/'.join(TRAINED)} trial")
     folder = Path(trial.folder)
     weights = folder / "adapter"
     if not weights.is_dir():
@@ -54,7 +53,7 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
         if not overwrite:
             raise UserError(f"{out} exists and is not empty; choose another folder", field="--out")
         shutil.rmtree(out)
-    run = store.run(trial.run_id)
+    run = store.get_run(trial.run_id)
     base = trial_base(run.base_model, folder)
     is_adapter = (weights / "adapter_config.json").exists()
     info = {"trial": f"{run.name}/{trial.name}", "trial_id": trial.id, "run_id": run.id, "arm_type": trial.arm_type,

@@ -17,6 +17,7 @@ from typing import Any
 from harness.arms._data import Example, detect_format, load_examples, read_jsonl
 from harness.errors import UserError
 from harness.evaluation._results import Shaper
+from harness.plan._kinds import TRAINED
 
 TEXT_KEYS = ("text", "content", "passage", "document", "body")
 
@@ -174,7 +175,7 @@ def describe(arm: Any) -> str:
     if arm.type == "rag":
         source = f"passages of {Path(arm.documents).name}" if arm.documents else "training examples"
         return f"top-{arm.k} {source} by {arm.embedding_model}"
-    if arm.type not in ("lora", "qlora", "dora", "full", "dpo"):
+    if arm.type not in TRAINED:
         return ""
     parts = [] if arm.type == "full" else [f"r={arm.r} alpha={arm.alpha}"]
     parts.append(f"lr={arm.lr:g}")

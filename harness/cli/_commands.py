@@ -19,6 +19,7 @@ from harness.evaluation._suite import load
 from harness.gate._decide import decide
 from harness.gate._outputs import to_junit, to_markdown
 from harness.model._load import load_model, resolve
+from harness.plan._kinds import UNTRAINED
 from harness.scorers import _judge_client as judge
 from harness.store._engine import store_url
 from harness.store._export import export_results as write
@@ -103,9 +104,9 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
     st = _store(store)
     suites = [load(s) for s in suite]
     if "/" in target and not Path(target).exists() and _looks_like_trial(st, target):
-        trial = st.trial(target)
-        base = st.run(trial.run_id).base_model
-        model, tok = load_trial_model(base, trial.folder if trial.arm_type not in ("baseline", "prompt", "rag") else "")
+        trial = st.get_trial(target)
+        base = st.get_run(trial.run_id).base_model
+        model, tok = load_trial_model(base, trial.folder if trial.arm_type not in UNTRAINED else "")
         trial_id = trial.id
     else:
         resolve(target)
@@ -123,7 +124,7 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
 
 def _looks_like_trial(st: Any, ref: str) -> bool:
     try:
-        st.trial(ref)
+        st.get_trial(ref)
         return True
     except UserError:
         return False
@@ -190,7 +191,7 @@ def runs(name: Annotated[Optional[str], typer.Option(help="Filter by name (subst
 def show(run_ref: Annotated[str, typer.Argument(help="Run id or name.")], store: StoreOpt = None) -> None:
     """Print a run: its trials, their metrics, and each arm compared with the baseline."""
     st = _store(store)
-    run = st.run(run_ref)
+    run = st.get_run(run_ref)
     table = Table("trial", "type", "status", "train s", "tok/s", "peak GiB", "final loss", "error",
                   title=f"run {run.id}: {run.name} ({run.status})")
     for t in st.trials(run.id):
@@ -231,8 +232,8 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (recorded with the ro
     p = st.rollback(reason)
 
     def label(trial_id: int | None) -> str:
-        t = st.trial(f"t{trial_id}")
-        return f"{st.run(t.run_id).name}/{t.name} (t{t.id})"
+        t = st.get_trial(f"t{trial_id}")
+        return f"{st.get_run(t.run_id).name}/{t.name} (t{t.id})"
 
     console.print(f"rolled back: {label(p.previous_trial_id)} -> {label(p.trial_id)} is the promoted model again "
                   f"(promotion #{p.id})")

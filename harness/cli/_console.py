@@ -36,7 +36,7 @@ def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline", out: 
             if s is None:
                 table.add_row(c.suite, c.metric, "—", "—", "—", c.problem or "", "", "")
                 continue
-            style = "green" if s.lo > 0 else ("red" if s.hi < 0 else "")
+            style = {"better": "green", "worse": "red"}.get(c.verdict, "")
             table.add_row(c.suite, c.metric + (" *" if c.primary else ""), f"{s.mean_a:.3f}", f"{s.mean_b:.3f}",
                           f"[{style}]{s.delta:+.3f}[/]" if style else f"{s.delta:+.3f}", f"[{s.lo:+.3f}, {s.hi:+.3f}]",
                           "—" if s.mcnemar_p is None else f"{s.mcnemar_p:.3g}", str(s.n))

@@ -14,6 +14,9 @@ Names: with one lm-eval task, items are keyed by the document's id field (`id` b
 index, and metrics are lm-eval's metric names (`acc`, `acc_norm`, `exact_match`). With several
 tasks (or a group) both are prefixed by the task: `arc_easy/17`, `arc_easy/acc`. A metric reported
 under more than one filter pipeline gets the filter too: `exact_match:strict-match`.
+
+Each metric is stored with its direction, lm-eval's own `higher_is_better` for it (higher when lm-eval
+gives none), and as binary when every document scored 0 or 1 on it (then McNemar's test applies).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from harness.errors import UserError, YamlDoc
 from harness.evaluation._lmeval_config import ID_FIELDS, LmEvalConfig, _local_manager, _local_yaml_paths, include_dirs
 from harness.evaluation._results import ItemResult, SuiteResult
 from harness.evaluation._suite import SuiteItem
+from harness.scorers._registry import MetricKind
 
 if TYPE_CHECKING:
     from harness.evaluation._results import SuiteResult
@@ -147,6 +151,7 @@ def evaluate_suite(model: Any, tok: Any, suite: Suite, *,
     ran = suite.model_copy(update={"spec": spec, "items": collected.suite_items})
     result = SuiteResult(ran, collected.items, time.perf_counter() - started)
     result.metrics.update(collected.metrics)
+    result.kinds.update(collected.kinds)
     if progress:
         progress(len(collected.items))
     return result
@@ -158,6 +163,14 @@ class Collected:
     items: list[Any]                                    # ItemResult per document
     metrics: dict[str, tuple[float, float, int]]        # lm-eval's value, stderr, documents
     default_primary: str
+    kinds: dict[str, MetricKind]                        # direction (lm-eval's higher_is_better) and 0/1-ness
+
+
+def _kind(directions: dict[str, Any], metric: str, values: list[float] | None) -> MetricKind:
+    """lm-eval's direction for `metric` (higher when it has none), binary when every document scored 0 or 1."""
+    higher = directions.get(metric)
+    return MetricKind(higher_is_better=higher if isinstance(higher, bool) else True,
+                      binary=bool(values) and all(v in (0.0, 1.0) for v in values or ()))
 
 
 def _number(value: Any) -> float | None:
@@ -231,6 +244,8 @@ def collect(out: dict[str, Any], *, id_field: str | None = None, suite_path: Pat
     tasks = list(samples)
     prefix = len(tasks) > 1 or bool(groups)
     metrics: dict[str, tuple[float, float, int]] = {}
+    kinds: dict[str, MetricKind] = {}
+    directions: dict[str, dict[str, Any]] = out.get("higher_is_better") or {}
     suite_items: list[Any] = []
     items: list[Any] = []
     default_primary = ""
@@ -272,6 +287,7 @@ def collect(out: dict[str, Any], *, id_field: str | None = None, suite_path: Pat
                 continue
             stderr = _stderr(res.get(f"{metric}_stderr,{filt}"), per_item.get(name(metric, filt)))
             metrics[name(metric, filt)] = (value, stderr, n)
+            kinds[name(metric, filt)] = _kind(directions.get(task, {}), metric, per_item.get(name(metric, filt)))
             default_primary = default_primary or name(metric, filt)
     subtasks = out.get("group_subtasks", {})
     for group, res in groups.items():
@@ -281,7 +297,8 @@ def collect(out: dict[str, Any], *, id_field: str | None = None, suite_path: Pat
             if value is not None:
                 label = f"{group}/{metric}" if filt == "none" else f"{group}/{metric}:{filt}"
                 metrics[label] = (value, _stderr(res.get(f"{metric}_stderr,{filt}"), None), n)
-    return Collected(suite_items, items, metrics, default_primary)
+                kinds[label] = _kind(directions.get(group, {}), metric, None)
+    return Collected(suite_items, items, metrics, default_primary, kinds)
 
 
 def _leaves(group: str, subtasks: dict[str, list[str]]) -> list[str]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from harness.analysis._stats import mean_stderr
 from harness.evaluation._suite import Suite
+from harness.scorers import _registry as scorers
+from harness.scorers._registry import MetricKind
 
 # Turns an item's chat messages into the messages an arm actually sends (system prompt, shots, context).
 Shaper = Callable[[list[dict[str, str]]], list[dict[str, str]]]
@@ -26,8 +28,11 @@ class SuiteResult:
     items: list[ItemResult]
     seconds: float
     metrics: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name -> (mean, stderr, n)
+    kinds: dict[str, MetricKind] = field(default_factory=dict)  # name -> direction and 0/1-ness, stored with it
 
     def __post_init__(self) -> None:
+        for spec in self.suite.spec.scorers:
+            self.kinds.setdefault(spec if isinstance(spec, str) else spec.name, scorers.kind(spec))
         for name in self.suite.scorer_names:
             values = [v for r in self.items if (v := r.scores.get(name)) is not None]
             if values:  # n counts the items that got a score; failed ones are left out, never zeroed

@@ -7,10 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import binomtest
-
-from harness.analysis._compare import is_binary, matching_evaluation, paired_scores
-from harness.analysis._stats import paired_bootstrap
+from harness.analysis._compare import matching_evaluation, metric_kind, paired_scores
+from harness.analysis._stats import paired_bootstrap, wilson
 from harness.errors import UserError
 from harness.gate._policy import CONFIDENCE, Policy, Rule, RuleResult, load_policy
 from harness.store._store import Store
@@ -38,7 +36,7 @@ class Decision:
 
 
 def _label(t: Trial | None, store: Store) -> str | None:
-    return None if t is None else f"{store.run(t.run_id).name}#{t.run_id}/{t.name}"
+    return None if t is None else f"{store.get_run(t.run_id).name}#{t.run_id}/{t.name}"
 
 
 def decide(store: Store, policy_path: str | Path, candidate_ref: str, baseline_ref: str | None = None,
@@ -95,7 +93,7 @@ def _comparison_trials(store: Store, policy: Policy, candidate: Trial, baseline_
                 continue
             notes.append(f"no model has been promoted yet: compared with the baseline arm '{policy.baseline}'")
         try:
-            out[target] = store.trial(f"{candidate.run_id}/{policy.baseline}")
+            out[target] = store.get_trial(f"{candidate.run_id}/{policy.baseline}")
         except UserError:
             names = ", ".join(t.name for t in store.trials(candidate.run_id))
             problems.append(RuleResult(target, False, True, f"no baseline arm '{policy.baseline}' in the candidate's "
@@ -145,8 +143,7 @@ def _conclude(store: Store, policy: Policy | None, results: list[RuleResult], ca
 def mean_interval(values: list[float], binary: bool) -> tuple[float, float]:
     """95% interval of a mean: Wilson for 0/1 scores, percentile bootstrap otherwise."""
     if binary and all(v in (0.0, 1.0) for v in values):
-        ci = binomtest(int(sum(values)), len(values)).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-        return float(ci.low), float(ci.high)
+        return wilson(int(sum(values)), len(values), CONFIDENCE)
     _, lo, hi = paired_bootstrap([0.0] * len(values), values, confidence=CONFIDENCE)
     return lo, hi
 
@@ -185,12 +182,12 @@ def evaluate_rule(store: Store, policy: Policy, rule: Rule, candidate: Trial, ba
                      "to judge partial results")
     if len(values) < rule.min_items:
         return error(f"only {len(values)} items scored, the policy needs {rule.min_items}")
-    binary = is_binary(rule.metric)
+    kind = metric_kind(store, ev.id, rule.metric)
     mean = statistics.fmean(values)
     checks: list[str] = []
     passed = True
     if rule.min is not None or rule.max is not None:
-        lo, hi = mean_interval(values, binary)
+        lo, hi = mean_interval(values, kind.binary)
         evidence |= {"candidate_ci_low": lo, "candidate_ci_high": hi}
         point = rule.judge_on == "point"
         if rule.min is not None:
@@ -224,12 +221,14 @@ def evaluate_rule(store: Store, policy: Policy, rule: Rule, candidate: Trial, ba
                          f"both the candidate and the {target}; set require_all_items: false to judge partial results")
         if len(paired.keys) < rule.min_items:
             return error(f"only {len(paired.keys)} paired items, the policy needs {rule.min_items}")
-        st = paired.stats(rule.metric)
+        st = paired.stats()
         assert st is not None
         evidence |= {"baseline_mean": st.mean_a, "delta": st.delta, "ci_low": st.lo, "ci_high": st.hi,
                      "mcnemar_p": st.mcnemar_p, "paired_n": st.n, "candidate_wins": st.b_wins,
                      "baseline_wins": st.a_wins, "compared_with": target}
-        sign = 1 if rule.higher_is_better else -1
+        higher = kind.higher_is_better if rule.higher_is_better is None else rule.higher_is_better
+        evidence["higher_is_better"] = higher
+        sign = 1 if higher else -1
         gain = sign * st.delta                       # > 0: the candidate is better
         worst = st.lo if sign > 0 else -st.hi        # the interval's least favourable end, as a gain
         best = st.hi if sign > 0 else -st.lo

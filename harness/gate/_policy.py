@@ -27,7 +27,7 @@ class Rule(BaseModel):
     judge_on: Literal["point", "interval"] = "point"  # the point estimate, or the interval's worst end
     min_items: int = Field(default=1, ge=1)
     require_all_items: bool = True
-    higher_is_better: bool = True             # false for rates that should not rise (e.g. over-refusal)
+    higher_is_better: bool | None = None      # which way is better; default: as stored with the metric
     _line: int | None = PrivateAttr(default=None)
     _safety: bool = PrivateAttr(default=False)
 

@@ -41,7 +41,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-Method = Literal["lora", "qlora", "full", "dora"]
+from harness.plan._kinds import SFT, SftKind
+
+Method = SftKind  # what the estimate covers: the supervised fine-tuning kinds
 DType = Literal["bf16", "fp16", "fp32"]
 Attention = Literal["sdpa", "eager"]
 
@@ -176,8 +178,8 @@ def estimate_training_memory(
     attention: Attention = "sdpa",
 ) -> MemoryEstimate:
     """Peak memory of a training step for a Llama-shaped model; see the module docstring."""
-    if method not in ("lora", "qlora", "full", "dora"):
-        raise ValueError(f"method must be lora, qlora, full or dora, not {method!r}")
+    if method not in SFT:
+        raise ValueError(f"method must be one of {', '.join(SFT)}, not {method!r}")
     if seq_len <= 0 or batch_size <= 0 or lora_r <= 0:
         raise ValueError("seq_len, batch_size and lora_r must be positive")
     if isinstance(model, ModelDims):

@@ -1,4 +1,4 @@
-"""The parts of a plan: arms (one class per kind, and the kind vocabulary), data, sweep ranges."""
+"""The parts of a plan: arms (one class per kind; the kinds themselves are in _kinds), data, sweep ranges."""
 from __future__ import annotations
 
 import math
@@ -6,6 +6,9 @@ import random
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from harness.plan._kinds import TRAINED as TRAINED  # re-exported for harness/run until it imports _kinds
+from harness.plan._kinds import Baseline, Dora, Dpo, Full, Lora, Prompt, Qlora, Rag
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Loc = tuple[Any, ...]
@@ -17,12 +20,12 @@ class ArmBase(BaseModel):
 
 
 class BaselineArm(ArmBase):
-    type: Literal["baseline"]
+    type: Baseline
 
 
 class PromptArm(ArmBase):
     """Prompting: a system prompt plus k worked examples drawn from the training data."""
-    type: Literal["prompt"]
+    type: Prompt
     system: str | None = None
     k_shot: int = Field(default=3, ge=0, le=64)
     seed: int = 0
@@ -30,7 +33,7 @@ class PromptArm(ArmBase):
 
 class RagArm(ArmBase):
     """Retrieval: the k training examples (or document passages) nearest to the question go into the prompt."""
-    type: Literal["rag"]
+    type: Rag
     system: str | None = None
     k: int = Field(default=3, ge=1, le=64)
     documents: str | None = None  # optional .jsonl/.txt/.md corpus of passages; default: the training examples
@@ -58,25 +61,25 @@ class TrainArm(ArmBase):
 
 
 class LoraArm(TrainArm):
-    type: Literal["lora"]
+    type: Lora
 
 
 class QloraArm(TrainArm):
     """LoRA on a 4-bit NF4 base (double quantisation, bf16 compute, paged 8-bit AdamW); needs CUDA."""
-    type: Literal["qlora"]
+    type: Qlora
 
 
 class DoraArm(TrainArm):
-    type: Literal["dora"]
+    type: Dora
 
 
 class FullArm(TrainArm):
-    type: Literal["full"]
+    type: Full
     lr: float = Field(default=2e-5, gt=0, lt=1e3)
 
 
 class DpoArm(TrainArm):
-    type: Literal["dpo"]
+    type: Dpo
     beta: float = Field(default=0.1, gt=0)
     lr: float = Field(default=5e-6, gt=0, lt=1e3)
     from_arm: str | None = None  # an SFT arm or trial (lora/qlora/dora/full) whose weights DPO continues from
@@ -84,9 +87,6 @@ class DpoArm(TrainArm):
 
 Arm = Annotated[BaselineArm | PromptArm | RagArm | LoraArm | QloraArm | DoraArm | FullArm | DpoArm,
                 Field(discriminator="type")]
-TRAINED = ("lora", "qlora", "dora", "full", "dpo")
-SFT = ("lora", "qlora", "dora", "full")
-NEEDS_TRAIN_DATA = ("prompt", "rag", "lora", "qlora", "dora", "full")
 
 
 class DataSpec(BaseModel):

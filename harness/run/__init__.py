@@ -14,11 +14,11 @@ if TYPE_CHECKING:
         visible_gpus,
     )
     from harness.run._executors import (
-        WORKER_ENV_PREFIXES,
         Executor,
         PoolExecutor,
         RayExecutor,
         SerialExecutor,
+        WORKER_ENV_PREFIXES,
         free_port,
         launch_worker,
         main,
@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from harness.run._runner import (
         DEFAULT_TRIAL_GIB,
         EXECUTORS,
-        Runner,
         RunOutcome,
+        Runner,
         absolute_store_url,
         make_executor,
         phases,

@@ -95,7 +95,7 @@ def launch_worker(unit: TrialUnit, devices: Sequence[str] | None, store: Store) 
 
 def outcome_from_store(store: Store, unit: TrialUnit, crash: str, log: Path | None = None) -> TrialResult:
     """What the worker recorded; if it died before recording anything, mark the trial failed with `crash`."""
-    trial = store.trial(f"{unit.run_id}/{unit.trial}")
+    trial = store.get_trial(f"{unit.run_id}/{unit.trial}")
     if trial.status == "finished":
         return TrialResult(unit.trial, "finished")
     if trial.status == "failed" and trial.error:

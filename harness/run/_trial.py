@@ -87,13 +87,13 @@ class _TrialJob:
             import torch
 
             torch.cuda.set_device(int(local_rank))
-        run = self.store.run(unit.run_id)
+        run = self.store.get_run(unit.run_id)
         self.plan = Plan.model_validate(run.plan)
         matches = [a for a in trials(self.plan) if a.name == unit.trial]
         if not matches:
             raise UserError(f"run {unit.run_id} has no trial '{unit.trial}'")
         self.arm = matches[0]
-        self.trial = self.store.trial(f"{unit.run_id}/{unit.trial}")
+        self.trial = self.store.get_trial(f"{unit.run_id}/{unit.trial}")
         self.folder = Path(unit.folder)
         self.base_model = self.plan.model
         self.training: dict[str, Any] = {}
@@ -177,7 +177,7 @@ class _TrialJob:
         init: Path | None = None
         if arm.type == "dpo":
             if arm.from_arm:
-                parent = self.store.trial(f"{self.unit.run_id}/{arm.from_arm}")
+                parent = self.store.get_trial(f"{self.unit.run_id}/{arm.from_arm}")
                 if parent.status not in ("finished", "trained"):
                     raise TrainingFailed(f"from_arm '{arm.from_arm}' has not finished (status {parent.status})")
                 parent_weights = Path(parent.folder) / "adapter"

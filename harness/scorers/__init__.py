@@ -36,7 +36,6 @@ from harness.scorers._judge import (
     request_text,
     score_items,
     summarize_pairwise,
-    wilson,
 )
 from harness.scorers._judge_client import (
     ENV_API_KEY,
@@ -72,11 +71,13 @@ from harness.scorers._python import (
 )
 from harness.scorers._registry import (
     ItemCheck,
+    MetricKind,
     ScoreFn,
     Scorer,
     ScorerParamError,
     build,
     is_binary,
+    kind,
     names,
     scorer,
 )
@@ -144,6 +145,7 @@ __all__ = [
     "JudgeConfig",
     "LABELS_PATH",
     "LineCount",
+    "MetricKind",
     "LocalBackend",
     "Messages",
     "NoCommas",
@@ -192,6 +194,7 @@ __all__ = [
     "json_schema",
     "json_valid",
     "judge_rubric",
+    "kind",
     "last_number",
     "load_function",
     "names",
@@ -220,7 +223,6 @@ __all__ = [
     "token_f1",
     "token_f1_score",
     "using_store",
-    "wilson",
     "words",
     "write_suite",
     "xstest_to_suites",

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.analysis._stats import wilson
 from harness.errors import UserError
 from harness.scorers._judge_client import _STORE, Judge, JudgeConfig
 from harness.scorers._judge_verdicts import PairCase, PairVerdict, RubricCase, RubricVerdict
@@ -32,15 +33,6 @@ class PairwiseSummary:
     decisive_rate_b: float        # b wins / (a wins + b wins)
     decisive_lo: float            # 95% Wilson interval
     decisive_hi: float
-
-
-def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    if n == 0:
-        return math.nan, math.nan
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def summarize_pairwise(verdicts: Sequence[PairVerdict], *, resamples: int = 10_000, seed: int = 0) -> PairwiseSummary:

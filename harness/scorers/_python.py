@@ -65,11 +65,13 @@ def _import_file(path: Path) -> Any:
 
 
 @scorer("python", binary=False)
-def python(ref: str, binary: bool = False, kwargs: dict[str, Any] | None = None,
+def python(ref: str, binary: bool = False, higher_is_better: bool = True, kwargs: dict[str, Any] | None = None,
            suite_dir: str | None = None) -> ScoreFn:
     """A user function `fn(output, item, **kwargs) -> float` named by `ref` (module:function or file.py:function).
 
-    `binary: true` declares 0/1 scores so comparisons add McNemar's test. The function must return a
+    `binary: true` declares 0/1 scores so comparisons add McNemar's test; `higher_is_better: false` declares a
+    metric that should fall (an error count, a length overrun), which comparisons and the gate then read
+    that way. The function must return a
     finite number (bools count); anything else, or an exception, stops the evaluation with the item named.
     """
     fn = load_function(ref, suite_dir)
@@ -90,5 +92,4 @@ def python(ref: str, binary: bool = False, kwargs: dict[str, Any] | None = None,
             raise UserError(f"python scorer '{ref}' is declared binary but returned {value!r} on item "
                             f"'{item.id}'", field="scorers.params.ref")
         return float(value)
-    score.binary = binary  # type: ignore[attr-defined]
     return score

@@ -1,4 +1,6 @@
-"""The scorer registry: `@scorer(name)` registers a factory; `build(spec)` checks its params against the signature."""
+"""The scorer registry: `@scorer(name, binary=..., higher_is_better=...)` registers a factory; `build(spec)` checks
+its params against the signature. A factory that takes a `binary` or `higher_is_better` parameter lets the suite
+author declare it (the python scorer does); `kind(spec)` is what a scorer's metric is, without building it."""
 from __future__ import annotations
 
 import difflib
@@ -9,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError, validate_call
+from pydantic import TypeAdapter, ValidationError, validate_call
 
 from harness.errors import dotted
 
@@ -26,10 +28,25 @@ class ScorerParamError(ValueError):
 
 
 @dataclass(frozen=True)
+class MetricKind:
+    """How to read a metric: which way is better (as lm-evaluation-harness's `higher_is_better`), and whether
+    every item scores 0 or 1 (then McNemar's test and Wilson intervals apply)."""
+    higher_is_better: bool = True
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class Registered:
+    factory: Callable[..., ScoreFn]
+    kind: MetricKind
+
+
+@dataclass(frozen=True)
 class Scorer:
     name: str
     fn: ScoreFn
     binary: bool
+    higher_is_better: bool = True
 
     def __call__(self, output: str, item: Any) -> float:
         return float(self.fn(output, item))
@@ -40,14 +57,18 @@ class Scorer:
         return check(item) if check else None
 
 
-_REGISTRY: dict[str, tuple[Callable[..., ScoreFn], bool]] = {}
+_REGISTRY: dict[str, Registered] = {}
 _CONTEXT_PARAMS = {"suite_dir"}  # filled in by build(), never by the suite author
+_KIND_PARAMS = ("higher_is_better", "binary")  # a factory taking these lets the suite author declare them
+_BOOL = TypeAdapter(bool)
 
 
-def scorer(name: str, *, binary: bool) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
-    """Register a factory `params -> (output, item) -> float` under `name`."""
+def scorer(name: str, *, binary: bool,
+           higher_is_better: bool = True) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
+    """Register a factory `params -> (output, item) -> float` under `name`, with its metric's direction and
+    whether it scores 0/1 per item."""
     def register(factory: Callable[..., ScoreFn]) -> Callable[..., ScoreFn]:
-        _REGISTRY[name] = (factory, binary)
+        _REGISTRY[name] = Registered(factory, MetricKind(higher_is_better=higher_is_better, binary=binary))
         return factory
     return register
 
@@ -56,9 +77,27 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def kind(spec: Any) -> MetricKind:
+    """The metric a scorer (a name or a ScorerSpec) produces: as registered, unless the spec declares `binary`
+    or `higher_is_better` to a factory that takes them. An unknown name: higher is better, not binary."""
+    name = spec if isinstance(spec, str) else spec.name
+    if name not in _REGISTRY:
+        return MetricKind()
+    registered = _REGISTRY[name]
+    params = {} if isinstance(spec, str) else dict(spec.params)
+    accepted = inspect.signature(registered.factory).parameters
+    declared = {}
+    for key in _KIND_PARAMS:
+        if key in accepted:
+            default = accepted[key].default
+            value = params.get(key, getattr(registered.kind, key) if default is inspect.Parameter.empty else default)
+            declared[key] = _BOOL.validate_python(value)
+    return MetricKind(**{**vars(registered.kind), **declared})
+
+
 def is_binary(name: str) -> bool:
-    """Whether scorer `name` gives 0/1 per item (False for unknown names), without building it."""
-    return name in _REGISTRY and _REGISTRY[name][1]
+    """Whether scorer `name` gives 0/1 per item as registered (False for unknown names), without building it."""
+    return kind(name).binary
 
 
 def build(spec: Any, *, base_dir: str | Path | None = None) -> Scorer:
@@ -72,7 +111,7 @@ def build(spec: Any, *, base_dir: str | Path | None = None) -> Scorer:
         close = difflib.get_close_matches(name, names(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise KeyError(f"unknown scorer '{name}'{hint}; known: {', '.join(names())}")
-    factory, binary = _REGISTRY[name]
+    factory = _REGISTRY[name].factory
     accepted = inspect.signature(factory).parameters
     for key in params:
         if key in _CONTEXT_PARAMS or key not in accepted:
@@ -90,7 +129,8 @@ def build(spec: Any, *, base_dir: str | Path | None = None) -> Scorer:
         param = str(err["loc"][0]) if err["loc"] else None
         where = dotted(err["loc"])
         raise ScorerParamError(f"scorer '{name}' parameter '{where}': {err['msg']}", param=param) from None
-    return Scorer(name, fn, getattr(fn, "binary", binary))
+    metric = kind(spec)
+    return Scorer(name, fn, metric.binary, metric.higher_is_better)
 
 
 @cache

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
         SuiteRow,
         TrainStep,
         Trial,
-        UNSHAPED_ARMS,
         now,
     )
     from harness.store import migrations
@@ -67,7 +66,6 @@ _EXPORTS = {
     "SuiteRow": "harness.store._tables",
     "TrainStep": "harness.store._tables",
     "Trial": "harness.store._tables",
-    "UNSHAPED_ARMS": "harness.store._tables",
     "check_integrity": "harness.store._store",
     "display_url": "harness.store._engine",
     "export_results": "harness.store._export",

@@ -24,7 +24,7 @@ def results_frame(store: Store, runs: Sequence[str] | None = None, level: str = 
 
     if level not in EXPORT_LEVELS:
         raise UserError(f"unknown level '{level}'; use one of {', '.join(EXPORT_LEVELS)}", field="level")
-    run_ids = [store.run(r).id for r in runs] if runs else None
+    run_ids = [store.get_run(r).id for r in runs] if runs else None
     with store.reading() as s:
         q = (select(Run, Trial, ModelRow.name, Evaluation, SuiteRow)
              .join(Trial, Trial.run_id == Run.id).join(Evaluation, Evaluation.trial_id == Trial.id)

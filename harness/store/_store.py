@@ -32,10 +32,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from harness.analysis._stats import mean_stderr
 from harness.errors import UserError
+from harness.plan._kinds import UNSHAPED
 from harness.store import migrations
 from harness.store._engine import _timeout, display_url, make_engine, store_url
 from harness.store._tables import (
-    UNSHAPED_ARMS,
     Evaluation,
     EvaluationLike,
     GateDecision,
@@ -148,7 +148,7 @@ class Store:
             except IntegrityError:  # another process created it a moment ago (PostgreSQL)
                 return s.scalars(select(Trial).where(Trial.run_id == run_id, Trial.name == name)).one()
             run = _get(s, Run, run_id)
-            if arm_type in UNSHAPED_ARMS:
+            if arm_type in UNSHAPED:
                 model = _get_or_create(s, ModelRow, {"name": run.base_model},
                                        {"kind": "base", "base_model": run.base_model})
             else:
@@ -212,7 +212,10 @@ class Store:
                 s.add(Output(evaluation_id=ev.id, item_id=iid, prompt=r.prompt, output=r.output))
                 s.add_all(Score(evaluation_id=ev.id, item_id=iid, metric=m, value=_finite(v),
                                 detail=getattr(r, "details", {}).get(m)) for m, v in r.scores.items())
-            s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n)
+            kinds = result.kinds
+            s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n,
+                             higher_is_better=kinds[m].higher_is_better if m in kinds else None,
+                             binary=kinds[m].binary if m in kinds else None)
                       for m, (mean, se, n) in _aggregates(result).items())
             s.flush()
             return ev.id
@@ -254,7 +257,7 @@ class Store:
                 q = q.where(Run.base_model.contains(model, autoescape=True))
             return list(s.scalars(q.order_by(Run.id.desc()).limit(limit)))
 
-    def run(self, ref: str | int) -> Run:
+    def get_run(self, ref: str | int) -> Run:
         with self.reading() as s:
             run = s.get(Run, int(ref)) if str(ref).isdigit() else \
                 s.scalars(select(Run).where(Run.name == str(ref)).order_by(Run.id.desc())).first()
@@ -266,7 +269,7 @@ class Store:
         with self.reading() as s:
             return list(s.scalars(select(Trial).where(Trial.run_id == run_id).order_by(Trial.id)))
 
-    def trial(self, ref: str) -> Trial:
+    def get_trial(self, ref: str) -> Trial:
         """'RUN/TRIAL' (run id or name, trial name) or 't<id>'."""
         if ref.startswith("t") and ref[1:].isdigit():
             with self.reading() as s:
@@ -275,7 +278,7 @@ class Store:
             run_ref, _, trial_name = ref.rpartition("/")
             if not run_ref:
                 raise UserError(f"'{ref}' is not a trial reference: use RUN/TRIAL (e.g. demo/lora) or t<id>")
-            run = self.run(run_ref)
+            run = self.get_run(run_ref)
             with self.reading() as s:
                 trial = s.scalars(select(Trial).where(Trial.run_id == run.id, Trial.name == trial_name)).first()
         if trial is None:
@@ -287,7 +290,7 @@ class Store:
         trial that scored it, e.g. `tunegate eval MODEL`), or a run whose only candidate is one trial."""
         ref = ref.strip()
         if re.fullmatch(r"t\d+", ref):
-            return self.trial(ref)
+            return self.get_trial(ref)
         run_ref, _, trial_name = ref.rpartition("/")
         run = self._find_run(run_ref) if run_ref else None
         with self.reading() as s:
@@ -308,7 +311,7 @@ class Store:
         whole = self._find_run(ref) if not run_ref else None
         if whole is not None:
             trials = self.trials(whole.id)
-            candidates = [t for t in trials if t.arm_type not in UNSHAPED_ARMS] or trials
+            candidates = [t for t in trials if t.arm_type not in UNSHAPED] or trials
             if len(candidates) == 1:
                 return candidates[0]
             raise UserError(f"run '{ref}' has {len(candidates)} candidate trials "
@@ -319,11 +322,11 @@ class Store:
 
     def _find_run(self, ref: str) -> Run | None:
         try:
-            return self.run(ref)
+            return self.get_run(ref)
         except UserError:
             return None
 
-    def model(self, ref: str | int) -> ModelRow:
+    def get_model(self, ref: str | int) -> ModelRow:
         with self.reading() as s:
             model = s.get(ModelRow, int(ref)) if str(ref).isdigit() else \
                 s.scalars(select(ModelRow).where(ModelRow.name == str(ref))).first()
@@ -445,7 +448,7 @@ class Store:
         with self.reading() as s:
             return list(s.scalars(select(GateDecision).order_by(GateDecision.id.desc()).limit(limit)))
 
-    def decision(self, decision_id: int) -> GateDecision | None:
+    def get_decision(self, decision_id: int) -> GateDecision | None:
         with self.reading() as s:
             return s.get(GateDecision, decision_id)
 

@@ -1,12 +1,13 @@
 """The store's schema: one ORM class per table (documented in harness/store/migrations/README.md)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -15,8 +16,6 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-UNSHAPED_ARMS = ("baseline",)  # arms that score the base model exactly as it is
 
 
 def now() -> str:
@@ -146,7 +145,8 @@ class Score(Base):
 
 
 class Metric(Base):
-    """Aggregate of one metric over one evaluation: mean, standard error, item count."""
+    """Aggregate of one metric over one evaluation: mean, standard error, item count, and how to read it
+    (NULL in rows written before revision 0003: readers ask the scorer registry then)."""
     __tablename__ = "metrics"
     __table_args__ = (UniqueConstraint("evaluation_id", "metric"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -155,6 +155,8 @@ class Metric(Base):
     value: Mapped[float] = mapped_column(Float)
     stderr: Mapped[float] = mapped_column(Float)
     n: Mapped[int] = mapped_column(Integer)
+    higher_is_better: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    binary: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # every item scores 0 or 1
 
 
 class JudgeCall(Base):
@@ -212,3 +214,4 @@ class EvaluationLike(Protocol):
     items: Sequence[Any]   # ItemResult: item_id, prompt, output, scores
     seconds: float
     metrics: dict[str, tuple[float, float, int]]
+    kinds: Mapping[str, Any]  # name -> MetricKind (higher_is_better, binary); a metric not in it is stored NULL

@@ -256,7 +256,7 @@ def _items_table(page: views.ItemPage, arms: list[str], ref: str, metric: str) -
 
 
 def render(store: Store, run_ref: str, max_items: int = 200) -> str:
-    run = store.run(run_ref)
+    run = store.get_run(run_ref)
     info = next(iter(views.list_runs(store, run_id=run.id)), None)
     trials = views.run_trials(store, run.id)
     baseline = views.default_baseline([t for t in trials if t.status == "finished"])

@@ -36,8 +36,6 @@ COST_COLUMNS = {"train s": st.column_config.NumberColumn("train s", format="%.1f
 esc = views.md_escape
 
 
-# --- cached queries (keyed on the store URL and ids) -------------------------------------------
-
 @st.cache_resource(show_spinner=False)
 def open_store(url: str) -> Store:
     return Store(url)
@@ -106,8 +104,6 @@ def q_promotions(url: str) -> list[views.PromotionView]:
     return views.promotion_history(open_store(url))
 
 
-# --- small helpers ------------------------------------------------------------------------------
-
 def fmt(x: float | None, digits: int = 3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
@@ -147,8 +143,6 @@ def current_page(key: str, filters: tuple[Any, ...]) -> int:
 def verdict_chip(verdict: str | None) -> str:
     return {"promote": "✅ promote", "reject": "❌ reject", "error": "⚠️ error"}.get(verdict or "", "—")
 
-
-# --- pages --------------------------------------------------------------------------------------
 
 def page_overview(url: str, runs: list[views.RunRow], run: views.RunRow | None) -> None:
     st.header("Overview")
@@ -566,8 +560,6 @@ def render_advice(result: Any, plan: dict[str, Any], yaml_text: str, notes: list
     st.download_button("Download plan.yaml", yaml_text, file_name="plan.yaml", mime="text/yaml", key="adv_dl")
     st.caption("Run it with `tunegate run plan.yaml`.")
 
-
-# --- main ---------------------------------------------------------------------------------------
 
 def main() -> None:
     st.set_page_config(page_title="tunegate", page_icon="🧪", layout="wide")

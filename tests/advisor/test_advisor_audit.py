@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 from advisor.advice import advise
-from advisor.audit import audit_dataset, find_pii, luhn_valid, near_duplicate_pairs, read_rows
+from advisor.audit import audit_dataset, read_rows
+from advisor.duplicates import near_duplicate_pairs
+from advisor.pii import find_pii, luhn_valid
 
 LONG = ("the warehouse in rotterdam ships refrigerated containers to hamburg every tuesday and the "
         "customs paperwork must be filed two days before departure by the logistics team lead")

@@ -8,7 +8,16 @@ import pytest
 from scipy.stats import binomtest
 
 from harness.analysis import _stats as stats
-from harness.analysis import compare, flips, holm, holm_table, mcnemar_exact, multiple_comparison_note, paired_bootstrap
+from harness.analysis import (
+    compare,
+    flips,
+    holm,
+    holm_table,
+    mcnemar_exact,
+    multiple_comparison_note,
+    paired_bootstrap,
+    wilson,
+)
 
 
 def table(both: int, a_only: int, b_only: int, neither: int) -> tuple[list[float], list[float]]:
@@ -104,6 +113,18 @@ def test_compare_packs_everything() -> None:
     assert compare(a, b, binary=False).mcnemar_p is None
     empty = compare([], [], binary=True)
     assert empty.n == 0 and math.isnan(empty.delta) and math.isnan(empty.mean_a) and empty.mcnemar_p == 1.0
+
+
+def test_wilson_matches_the_closed_form() -> None:
+    z = 1.959963984540054
+    for k, n in ((26, 40), (0, 10), (10, 10), (3, 7)):
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        lo, hi = wilson(k, n)
+        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-9) and hi == pytest.approx(min(1.0, centre + half),
+                                                                                              abs=1e-9)
+    assert all(math.isnan(x) for x in wilson(0, 0))
 
 
 def test_mean_stderr() -> None:

@@ -53,7 +53,7 @@ def test_merged_model_logits_equal_base_plus_adapter(trained: dict[str, Any], tm
     from harness.model import load_model
 
     store = trained["store"]
-    trial = store.trial(f"{trained['run']}/lora")
+    trial = store.get_trial(f"{trained['run']}/lora")
     out = tmp_path / "merged"
     done = export_trial(store, f"{trained['run']}/lora", out, merge=True, device="cpu")
     assert done.kind == "merged" and (out / "config.json").exists() and not (out / "adapter_config.json").exists()
@@ -82,7 +82,7 @@ def test_adapter_export_loads_on_its_base(trained: dict[str, Any], tmp_path: Pat
     assert (out / "adapter_model.safetensors").exists() and (out / "tokenizer.json").exists()
     base, tok = load_model(str(trained["model"]), "cpu")
     served = PeftModel.from_pretrained(base, str(out)).eval()
-    trial = store.trial(f"{trained['run']}/lora")
+    trial = store.get_trial(f"{trained['run']}/lora")
     reference, _ = load_trial_model(str(trained["model"]), trial.folder, "cpu")
     assert (logits(served, tok) - logits(reference, tok)).abs().max() < 1e-6
 

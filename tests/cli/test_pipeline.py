@@ -67,7 +67,7 @@ def test_run_records_every_trial_and_prints_the_comparison(tiny_run: dict):
     from harness.store import Store
 
     st = Store(tiny_run["store"])
-    run = st.run("tiny")
+    run = st.get_run("tiny")
     trials = {t.name: t for t in st.trials(run.id)}
     assert {n: t.status for n, t in trials.items()} == {"baseline": "finished", "prompt": "finished", "lora": "finished"}
     assert trials["lora"].train_seconds and trials["lora"].final_loss is not None

@@ -135,7 +135,7 @@ def test_user_task_folder_index_ids_and_filters(model_tok, tmp_path: Path) -> No
         metric_list:
           - metric: exact_match
             aggregation: mean
-            higher_is_better: true
+            higher_is_better: false
         """))
     path = write_suite(tmp_path, """\
         name: mine
@@ -147,6 +147,9 @@ def test_user_task_folder_index_ids_and_filters(model_tok, tmp_path: Path) -> No
     r = evaluate(*model_tok, suites.load(str(path)))
     assert [i.item_id for i in r.items] == ["0", "1", "2"]      # no id field: the document index
     assert set(r.metrics) == {"exact_match:strip", "exact_match:raw"}
+    # each metric carries lm-eval's direction as the task declares it, and is 0/1 per document
+    assert {m: (k.higher_is_better, k.binary) for m, k in r.kinds.items()} == {
+        "exact_match:strip": (False, True), "exact_match:raw": (False, True)}
     for res in r.items:
         assert set(res.scores) == {"exact_match:strip", "exact_match:raw"}
 
@@ -204,6 +207,7 @@ def test_store_and_pairing_with_a_peft_model(model_tok, hellaswag_suite, hellasw
     for m, (value, stderr, n) in hellaswag_result.metrics.items():
         assert (stored[m].value, stored[m].stderr, stored[m].n) == (pytest.approx(value), pytest.approx(stderr), n)
     assert set(store.item_scores(ev, "acc")) == set(HS_IDS[:8])
+    assert (stored["acc"].higher_is_better, stored["acc"].binary) == (True, True)  # lm-eval's direction, 0/1 items
     comps = {c.metric: c for c in compare_trials(store, base_t, lora_t)}
     assert set(comps) == {"acc", "acc_norm"} and comps["acc"].primary
     assert comps["acc"].stats.n == 8 and comps["acc"].stats.delta == 0.0

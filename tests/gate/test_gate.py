@@ -70,8 +70,8 @@ def test_a_genuine_improvement_is_promoted_and_recorded(store: Store, suites, tm
     assert (p.id, p.decision_id, p.kind, p.previous_trial_id) == (d.promotion_id, d.decision_id, "promote", None)
     evals = sorted(ev.id for t in (base, lora) for ev, _ in store.evaluations(t.id))
     assert p.evidence["evaluation_ids"] == evals and p.promoted_by and p.created_at
-    assert p.model_id == lora.model_id and store.model(p.model_id).name == "exp#1/lora"
-    stored = store.decision(d.decision_id)
+    assert p.model_id == lora.model_id and store.get_model(p.model_id).name == "exp#1/lora"
+    stored = store.get_decision(d.decision_id)
     assert (stored.verdict, stored.exit_code, stored.candidate_trial_id, stored.baseline_trial_id) == \
         ("promote", 0, lora.id, base.id)
     assert stored.candidate_ref == "exp/lora" and len(stored.rules) == 2
@@ -89,7 +89,7 @@ def test_a_regression_planted_in_per_item_results_is_rejected(store: Store, suit
     rule = next(r for r in d.rules if r.name == "task.exact_match")
     assert not rule.passed and not rule.error and "change -0.100" in rule.message and "FAILED" in rule.message
     assert rule.evidence["baseline_wins"] == 4 and rule.evidence["candidate_wins"] == 0
-    assert store.promotions() == [] and store.decision(d.decision_id).verdict == "reject"
+    assert store.promotions() == [] and store.get_decision(d.decision_id).verdict == "reject"
 
 
 def test_a_safety_regression_is_rejected_and_named(store: Store, suites, policy: Path) -> None:
@@ -134,6 +134,41 @@ def test_a_rate_that_must_not_rise(store: Store, suites, tmp_path: Path) -> None
     d = decide(store, policy, "exp/lora")
     assert d.exit_code == REJECT and "change -0.100" in d.rules[0].message and "mean 0.200 ≤ ceiling 0.25" in \
         d.rules[0].message
+
+
+def _error_count_suite(tmp_path: Path) -> Any:
+    """A suite whose metric should fall: a python scorer counting '!' in the output, declared lower-is-better."""
+    folder = tmp_path / "suites" / "errors"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "errs.py").write_text("def count(output, item):\n    return float(output.count('!'))\n")
+    return kit.make_suite(tmp_path / "suites", "errors", N,
+                          scorers=("{name: python, params: {ref: 'errs.py:count', higher_is_better: false}}",))
+
+
+def test_a_lower_is_better_metric_gates_by_its_stored_direction(store: Store, tmp_path: Path) -> None:
+    from harness.analysis import compare_trials
+
+    errors = _error_count_suite(tmp_path)
+    run = kit.new_run(store)
+    base = kit.add_trial(store, run, "baseline", [kit.suite_result(errors, [0.0] * N)], arm_type="baseline")
+    worse = kit.add_trial(store, run, "worse", [kit.suite_result(errors, [2.0] * 20 + [0.0] * (N - 20))])
+    better = kit.add_trial(store, kit.new_run(store, "fix"), "better", [kit.suite_result(errors, [0.0] * N)])
+    kit.add_trial(store, store.get_run("fix").id, "baseline", [kit.suite_result(errors, [1.0] * 20 + [0.0] * (N - 20))],
+                  arm_type="baseline")
+    [ev] = store.evaluations(worse.id)
+    assert store.metrics(ev[0].id)["python"].higher_is_better is False  # stored with the result
+    drop = "rules:\n  - suite: errors\n    metric: python\n    max_drop: 0.05\n"
+    d = decide(store, kit.write_policy(tmp_path / "drop.yaml", drop), "exp/worse", record=False)
+    assert d.exit_code == REJECT and "change -1.000" in d.rules[0].message
+    assert d.rules[0].evidence["higher_is_better"] is False
+    gain = "rules:\n  - suite: errors\n    metric: python\n    require_improvement: true\n"
+    improved = decide(store, kit.write_policy(tmp_path / "gain.yaml", gain), "fix/better", record=False)
+    assert improved.exit_code == PROMOTE
+    # the policy may still say otherwise, and then it is what counts
+    told = drop + "    higher_is_better: true\n"
+    assert decide(store, kit.write_policy(tmp_path / "told.yaml", told), "exp/worse", record=False).exit_code == PROMOTE
+    [c] = compare_trials(store, base, worse)
+    assert c.stats is not None and c.stats.delta == 1.0 and c.verdict == "worse"
 
 
 def test_compare_with_the_promoted_model(store: Store, suites, tmp_path: Path) -> None:
@@ -228,7 +263,7 @@ def test_missing_evidence_is_an_error(case: str, store: Store, suites, policy: P
     else:
         base, _ = experiment(store, suites, task=task, refusal=refusal, status=status, base_task=base_task)
         if case == "failed trial":
-            store.update_trial(store.trial("exp/lora").id, error="CUDA out of memory")
+            store.update_trial(store.get_trial("exp/lora").id, error="CUDA out of memory")
         if case == "baseline failed":
             store.update_trial(base.id, status="failed")
     policy = kit.write_policy(tmp_path / "case.yaml", text)
@@ -236,7 +271,7 @@ def test_missing_evidence_is_an_error(case: str, store: Store, suites, policy: P
     assert (d.verdict, d.exit_code) == ("error", ERROR), d.reason
     assert MISSING[case][0] in d.reason
     assert store.promotions() == []
-    assert store.decision(d.decision_id).verdict == "error"
+    assert store.get_decision(d.decision_id).verdict == "error"
 
 
 def test_an_error_outranks_a_rejection(store: Store, suites, tmp_path: Path) -> None:

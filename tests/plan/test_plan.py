@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from harness.errors import UserError
-from harness.plan import Plan, Range, cross_check, expand, load_plan, trials
+from harness.plan import ARM_KINDS, Arm, Plan, Range, cross_check, expand, load_plan, trials
 from tests.support.tiny_plans import REPO, write_data
 
 HEAD = "name: p\nmodel: smollm2-135m\ndata:\n  train: {train}\n"
@@ -98,6 +99,21 @@ def test_invalid_yaml_and_missing_plan(tmp_path: Path):
     err = error_of(bad)
     assert err.file == bad and err.line is not None and "invalid YAML" in str(err)
     assert "file not found" in str(error_of(tmp_path / "none.yaml"))
+
+
+def test_every_arm_kind_has_exactly_one_arm_class():
+    classes = get_args(get_args(Arm)[0])
+    tags = [get_args(cls.model_fields["type"].annotation)[0] for cls in classes]
+    assert sorted(tags) == sorted(ARM_KINDS) and len(set(tags)) == len(tags)
+
+
+@pytest.mark.parametrize("kind", ARM_KINDS)
+def test_a_bad_field_of_any_arm_kind_is_named_without_the_kind(tmp_path: Path, kind: str):
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"name: p\narms:\n  - name: a\n    type: {kind}\n    nonsense: 1\nsuites: [json_extract]\n")
+    with pytest.raises(UserError) as exc:
+        load_plan(path)
+    assert exc.value.field == "arms[0].nonsense" and exc.value.line == 5
 
 
 def test_a_baseline_only_plan_needs_no_data(tmp_path: Path):

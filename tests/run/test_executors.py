@@ -178,7 +178,7 @@ def test_a_worker_that_dies_before_recording_is_marked_failed(store: Store, tmp_
     unit = TrialUnit(store.url, run_id, "t", str(tmp_path))
     result = outcome_from_store(store, unit, "worker exited with code -9", log)
     assert result.status == "failed" and "code -9" in (result.error or "") and "illegal memory" in (result.error or "")
-    assert store.trial(f"{run_id}/t").status == "failed"
+    assert store.get_trial(f"{run_id}/t").status == "failed"
     store.update_trial(trial.id, status="finished")
     assert outcome_from_store(store, unit, "x").status == "finished"  # a recorded outcome is kept
 
@@ -203,7 +203,7 @@ def check_run(store: Store, run_id: int, names: set[str]) -> dict[str, Any]:
     for t in trials.values():
         assert sorted(s.name for _, s in store.evaluations(t.id)) == ["tiny_json", "tiny_mc"]
         assert (Path(t.folder) / "worker.log").exists()
-    assert store.run(run_id).status == "finished"
+    assert store.get_run(run_id).status == "finished"
     return manifests
 
 

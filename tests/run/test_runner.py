@@ -49,7 +49,7 @@ def core_run(env: dict[str, Any], tiny_model_dir: Path) -> dict[str, Any]:
     plan = write_plan(root / "core.yaml", tiny_model_dir, arms, train=env["train"], prefs=env["prefs"], name="core")
     store = Store(str(root / "core.db"))
     outcome = Runner(store, quiet(), runs_dir=root / "runs").run(plan)
-    run = store.run(outcome.run_id)
+    run = store.get_run(outcome.run_id)
     return {"store": store, "outcome": outcome, "run": run, "plan": plan,
             "trials": {t.name: t for t in store.trials(run.id)}}
 
@@ -145,7 +145,7 @@ def test_a_failing_trial_is_recorded_and_the_next_one_runs(env: dict[str, Any], 
     assert trials["boom"].status == "failed" and "loss diverged at step" in (trials["boom"].error or "")
     assert trials["baseline"].status == "finished" and trials["baseline"].started_at > trials["boom"].started_at
     assert outcome.failed.keys() == {"boom"} and outcome.finished == ["baseline"]
-    assert store.run(outcome.run_id).status == "failed"
+    assert store.get_run(outcome.run_id).status == "failed"
     assert store.train_steps(trials["boom"].id) == []  # no curve for a trial that did not finish training
     assert not (Path(trials["boom"].folder) / "adapter").exists()
 

@@ -25,7 +25,6 @@ from harness.scorers import (
     read_labels,
     xstest_to_suites,
 )
-from harness.scorers import _safety as safety
 from tests.support import REPO
 
 # --- the classifier -------------------------------------------------------------------------------

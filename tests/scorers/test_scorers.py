@@ -38,6 +38,16 @@ def test_registry_lists_every_metric() -> None:
     assert not scorers.is_binary("no-such-metric")
 
 
+def test_a_metric_kind_is_registered_or_declared_by_the_suite() -> None:
+    assert scorers.kind("refusal") == scorers.MetricKind(higher_is_better=True, binary=True)
+    assert scorers.kind("rouge_l") == scorers.MetricKind(higher_is_better=True, binary=False)
+    assert scorers.kind("python") == scorers.MetricKind(higher_is_better=True, binary=False)
+    declared = ScorerSpec(name="python", params={"ref": "m:f", "binary": True, "higher_is_better": "false"})
+    assert scorers.kind(declared) == scorers.MetricKind(higher_is_better=False, binary=True)
+    # exact_match takes no such parameter, so its registration stands
+    assert scorers.kind(ScorerSpec(name="exact_match", params={"higher_is_better": False})).higher_is_better
+
+
 def test_unknown_scorer_and_param_are_named() -> None:
     with pytest.raises(KeyError, match="did you mean 'rouge_l'"):
         build("rouge-l")

@@ -49,17 +49,18 @@ def test_round_trip_of_a_run(store: Store, suite) -> None:
     store.update_trial(lora.id, status="finished", final_loss=1.5)
     store.finish_run(run_id, "finished")
 
-    run = store.run("exp")
+    run = store.get_run("exp")
     assert (run.id, run.status, run.folder, run.git_sha) == (run_id, "finished", "/runs/exp-1", "deadbeef")
     assert run.finished_at is not None
     assert [t.name for t in store.trials(run_id)] == ["baseline", "lora"]
-    assert store.trial("exp/lora").final_loss == 1.5 and store.trial(f"t{lora.id}").name == "lora"
+    assert store.get_trial("exp/lora").final_loss == 1.5 and store.get_trial(f"t{lora.id}").name == "lora"
     assert [(s.step, s.loss) for s in store.train_steps(lora.id)] == [(1, 2.0), (2, 1.5)]
     [(ev, suite_row)] = store.evaluations(lora.id)
     assert (ev.id, suite_row.name, suite_row.version, ev.n_items) == (ev_id, "task", suite.version, 12)
     metrics = store.metrics(ev_id)
     assert metrics["exact_match"].value == pytest.approx(0.75) and metrics["exact_match"].n == 12
     assert metrics["json_valid"].value == 1.0 and metrics["json_valid"].n == 11  # the failed score is not counted
+    assert all(m.higher_is_better is True and m.binary is True for m in metrics.values())  # how to read them
     assert store.item_scores(ev_id, "json_valid")["q011"] is None
     rows = store.item_rows(ev_id)
     assert len(rows) == 12 and rows[0]["item"] == "q000"
@@ -68,7 +69,7 @@ def test_round_trip_of_a_run(store: Store, suite) -> None:
     assert store.suite_item_count(suite_row.id) == 12
 
     models = {m.name: m for m in store.models()}
-    assert models["smollm2-135m"].kind == "base" and store.trial("exp/baseline").model_id == models["smollm2-135m"].id
+    assert models["smollm2-135m"].kind == "base" and store.get_trial("exp/baseline").model_id == models["smollm2-135m"].id
     lora_model = models[f"exp#{run_id}/lora"]
     assert (lora_model.kind, lora_model.trial_id, lora_model.path) == ("lora", lora.id, "/runs/exp-1/lora")
     assert store.resolve_trial("smollm2-135m").id == base.id
@@ -156,7 +157,7 @@ def test_a_skeleton_store_without_alembic_is_recognized(tmp_path: Path) -> None:
         c.execute(text("DROP TABLE alembic_version"))  # exactly what the skeleton's create_all left
     eng.dispose()
     store = Store(url)
-    assert store.trial("old/lora").model_id is not None and _alembic_diff(store) == []
+    assert store.get_trial("old/lora").model_id is not None and _alembic_diff(store) == []
 
 
 def test_a_newer_store_is_refused(tmp_path: Path) -> None:
@@ -187,7 +188,35 @@ def test_downgrade_then_upgrade_again(tmp_path: Path, suite) -> None:
         command.downgrade(migrations.config(c), "0001")
     eng.dispose()
     store = Store(url)
-    assert store.trial("exp/lora").model_id is not None and _alembic_diff(store) == []
+    assert store.get_trial("exp/lora").model_id is not None and _alembic_diff(store) == []
+
+
+def test_metric_rows_from_before_0003_are_read_through_the_scorer_registry(tmp_path: Path, suite) -> None:
+    from alembic import command
+
+    from harness.analysis import compare_trials, metric_kind
+    from harness.scorers import MetricKind
+
+    url = f"sqlite:///{tmp_path / 'old-metrics.db'}"
+    store = Store(url)
+    run = kit.new_run(store)
+    base = kit.add_trial(store, run, "baseline", [kit.suite_result(suite, {"exact_match": kit.ones(12, range(8)),
+                                                                           "json_valid": kit.ones(12)})])
+    lora = kit.add_trial(store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
+                                                                       "json_valid": kit.ones(12)})])
+    store.dispose()
+    eng = create_engine(url)
+    with eng.begin() as c:
+        command.downgrade(migrations.config(c), "0002")  # the metric rows as a 0002 store wrote them
+    eng.dispose()
+    store = Store(url)  # upgraded again: the columns are back, empty on the old rows
+    [(ev, _)] = store.evaluations(lora.id)
+    row = store.metrics(ev.id)["exact_match"]
+    assert (row.higher_is_better, row.binary) == (None, None)
+    assert metric_kind(store, ev.id, "exact_match") == MetricKind(higher_is_better=True, binary=True)
+    by_metric = {c.metric: c for c in compare_trials(store, base, lora)}
+    em = by_metric["exact_match"]
+    assert em.kind.binary and em.stats is not None and em.stats.mcnemar_p is not None and em.verdict == "better"
 
 
 # --- bad files and locks ---------------------------------------------------------------------------
@@ -357,7 +386,7 @@ def test_cli_runs_show_and_export(tmp_path: Path, suite) -> None:
     store = Store(db)
     run = _two_trials(store, suite)
     store.create_run("failed-one", {}, "h", "m", "")
-    store.finish_run(store.run("failed-one").id, "failed")
+    store.finish_run(store.get_run("failed-one").id, "failed")
     runner = CliRunner()
     listed = runner.invoke(app, ["runs", "--store", db, "--status", "failed"])
     assert listed.exit_code == 0 and "failed-one" in listed.output and "exp" not in listed.output

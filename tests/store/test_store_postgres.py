@@ -39,7 +39,7 @@ def test_round_trip_and_schema(pg_url: str, suites: dict) -> None:
     assert suite.version == suites["task"].version
     assert store.metrics(ev.id)["exact_match"].value == pytest.approx(28 / 30)
     assert store.item_scores(ev.id, "exact_match")["q001"] == 0.0 and len(store.item_rows(ev.id)) == 30
-    assert store.resolve_trial("exp").id == trial.id and store.model(trial.model_id).kind == "lora"
+    assert store.resolve_trial("exp").id == trial.id and store.get_model(trial.model_id).kind == "lora"
     before = _counts(store)
     bad = kit.suite_result(suites["task"], kit.ones(30))
     bad.items[0].item_id = "stranger"

@@ -53,6 +53,7 @@ class LightResult:
     items: list[Any]
     seconds: float
     metrics: dict[str, tuple[float, float, int]] = field(default_factory=dict)
+    kinds: dict[str, Any] = field(default_factory=dict)  # none: stored NULL, read from the scorer registry
 
 
 @dataclass
@@ -85,7 +86,7 @@ def add_trial(store: Any, run_id: int, name: str, results: list[Any], *, arm_typ
     for r in results:
         store.save_evaluation(trial.id, r)
     store.update_trial(trial.id, status=status, error=error)
-    return store.trial(f"t{trial.id}")
+    return store.get_trial(f"t{trial.id}")
 
 
 def new_run(store: Any, name: str = "exp", base_model: str = "base-model") -> int:
@@ -138,7 +139,7 @@ def _write_worker(url: str, worker: int, n_trials: int, suite_path: str) -> None
     store = Store(url)
     suite = _thaw(suite_path)
     n = len(suite.items)
-    shared_run = store.run("shared").id
+    shared_run = store.get_run("shared").id
     run_id = store.create_run(f"worker-{worker}", {"worker": worker}, "w", "base", "")
     last = None
     for t in range(n_trials):
@@ -164,7 +165,7 @@ def _hang_worker(url: str, marker: str, suite_path: str) -> None:
 
     store = Store(url)
     suite = _thaw(suite_path)
-    trial = store.ensure_trial(store.run("victim").id, "half", "lora", "lora", {})
+    trial = store.ensure_trial(store.get_run("victim").id, "half", "lora", "lora", {})
 
     @event.listens_for(Session, "before_commit")
     def _stall(session: Session) -> None:
@@ -237,9 +238,9 @@ def check_upgrade_from_0001(url: str) -> None:
     _fill_0001(url)
     store = Store(url)
     assert _alembic_diff(store) == []
-    lora = store.trial("old/lora")
-    assert store.model(lora.model_id).name == "old#1/lora" and store.model(lora.model_id).path == "/f/lora"
-    assert store.model(store.trial("old/baseline").model_id).name == "smollm2-135m"
+    lora = store.get_trial("old/lora")
+    assert store.get_model(lora.model_id).name == "old#1/lora" and store.get_model(lora.model_id).path == "/f/lora"
+    assert store.get_model(store.get_trial("old/baseline").model_id).name == "smollm2-135m"
     [p] = store.promotions()
     assert (p.trial_id, p.kind, p.evidence, p.model_id) == (2, "promote", {}, lora.model_id)
     assert store.promoted_trial().id == 2
@@ -278,7 +279,7 @@ def check_killed_writer_leaves_nothing(url: str, suite_path: Path, tmp_path: Pat
     finally:
         proc.wait(timeout=30)
     store = Store(url, timeout=20)
-    half = store.trial("victim/half")  # committed before the killed transaction began
+    half = store.get_trial("victim/half")  # committed before the killed transaction began
     assert store.evaluations(half.id) == []
     counts = _counts(store)
     assert counts["outputs"] == counts["scores"] == counts["suites"] == counts["items"] == 0
@@ -301,14 +302,14 @@ def check_concurrent_writers(url: str, suite_path: Path, workers: int = 3, trial
     n_items = len(suite_registry.load(str(suite_path)).items)
     counts = _counts(store)
     assert counts["suites"] == 1 and counts["items"] == n_items  # created once, though every worker tried
-    shared = store.trials(store.run("shared").id)
+    shared = store.trials(store.get_run("shared").id)
     assert [t.name for t in shared] == ["together"]  # one row, though every worker created it
     own = workers * trials
     assert counts["evaluations"] == own + 1
     assert counts["scores"] == counts["outputs"] == (own + 1) * n_items
     assert counts["judge_calls"] == own
     for w in range(workers):
-        run = store.run(f"worker-{w}")
+        run = store.get_run(f"worker-{w}")
         assert [t.status for t in store.trials(run.id)] == ["finished"] * trials
         for t in store.trials(run.id):
             [(ev, _)] = store.evaluations(t.id)

@@ -126,7 +126,7 @@ def test_overview_lists_the_run_its_trials_and_verdict(app_run: RunStore, monkey
     for (trial, suite), value in primary_values(app_run).items():
         assert trials.loc[trial, suite] == pytest.approx(value)
     st = store_of(app_run)
-    lora = st.trial(f"{app_run.run_id}/{CANDIDATE}")
+    lora = st.get_trial(f"{app_run.run_id}/{CANDIDATE}")
     assert trials.loc[CANDIDATE, "train s"] == pytest.approx(lora.train_seconds)
     assert trials.loc[CANDIDATE, "peak GiB"] == pytest.approx(lora.peak_memory_gib)
     assert "max_steps=2" in trials.loc[CANDIDATE, "config"]
@@ -148,14 +148,14 @@ def test_comparison_deltas_intervals_and_costs_match_the_store(app_run: RunStore
 
     at = open_page(monkeypatch, app_run.url, "comparison")
     st = store_of(app_run)
-    base = st.trial(f"{app_run.run_id}/baseline")
+    base = st.get_trial(f"{app_run.run_id}/baseline")
     table = frame(at, "95% lo")
     others = [t for t in app_run.trials if t != "baseline"]
     assert set(table["arm"]) == set(others)
     assert all(m.endswith(" ★") for m in table["metric"])  # primary metrics by default
     assert len(table) == len(others) * 4
     for arm in others:
-        cand = st.trial(f"{app_run.run_id}/{arm}")
+        cand = st.get_trial(f"{app_run.run_id}/{arm}")
         for c in compare_trials(st, base, cand):
             if not c.primary:
                 continue
@@ -201,7 +201,7 @@ def test_drilldown_paginates_and_shows_each_arms_output(app_run: RunStore, monke
     at.selectbox(key="dd_suite").set_value("general_knowledge")
     at.selectbox(key="dd_size").set_value(10).run()
     st = store_of(app_run)
-    rows = {t: {r["item"]: r for ev, s in st.evaluations(st.trial(f"{app_run.run_id}/{t}").id)
+    rows = {t: {r["item"]: r for ev, s in st.evaluations(st.get_trial(f"{app_run.run_id}/{t}").id)
                 if s.name == "general_knowledge" for r in st.item_rows(ev.id)} for t in app_run.trials}
     keys = list(rows["baseline"])
     assert item_headers(at) == keys[:10]
@@ -221,13 +221,13 @@ def test_drilldown_search_and_flip_filters(app_run: RunStore, monkeypatch: pytes
     assert item_headers(at) == ["gk-00"]
     at.text_input(key="dd_search").input("").run()
     st = store_of(app_run)
-    base = {ev.id: s for ev, s in st.evaluations(st.trial(f"{app_run.run_id}/baseline").id)}
+    base = {ev.id: s for ev, s in st.evaluations(st.get_trial(f"{app_run.run_id}/baseline").id)}
     base_ev = next(ev for ev, s in base.items() if s.name == "general_knowledge")
     b = st.item_scores(base_ev, "choice_accuracy")
     changed: set[str] = set()
     lost = {}
     for trial in app_run.trials[1:]:
-        ev = next(e.id for e, s in st.evaluations(st.trial(f"{app_run.run_id}/{trial}").id)
+        ev = next(e.id for e, s in st.evaluations(st.get_trial(f"{app_run.run_id}/{trial}").id)
                   if s.name == "general_knowledge")
         a = st.item_scores(ev, "choice_accuracy")
         changed |= {k for k in b if a[k] != b[k]}
@@ -247,7 +247,7 @@ def test_drilldown_word_diff_against_the_reference(app_run: RunStore, monkeypatc
     diffs = [m.value for m in at.markdown if "background[" in m.value]
     assert diffs, "every arm's output is diffed against the reference answer"
     st = store_of(app_run)
-    ev = next(e.id for e, s in st.evaluations(st.trial(f"{app_run.run_id}/baseline").id)
+    ev = next(e.id for e, s in st.evaluations(st.get_trial(f"{app_run.run_id}/baseline").id)
               if s.name == "general_knowledge")
     output = next(r["output"] for r in st.item_rows(ev) if r["item"] == "gk-00")
     if output.strip() != "Paris":  # the tiny model's answer differs: Paris struck, its answer added
@@ -263,7 +263,7 @@ def test_training_curves_and_costs(app_run: RunStore, monkeypatch: pytest.Monkey
     table = frame(at, "steps logged").set_index("trial")
     assert list(table.index) == ["lora-max_steps1", "lora-max_steps2"]
     for name in table.index:
-        t = st.trial(f"{app_run.run_id}/{name}")
+        t = st.get_trial(f"{app_run.run_id}/{name}")
         assert table.loc[name, "steps logged"] == len(st.train_steps(t.id)) == t.config["max_steps"]
         assert table.loc[name, "final loss"] == pytest.approx(t.final_loss)
         assert table.loc[name, "tokens/s"] == pytest.approx(t.tokens_per_second)
@@ -272,7 +272,7 @@ def test_training_curves_and_costs(app_run: RunStore, monkeypatch: pytest.Monkey
     loss = next(c for c in charts(at) if c.get("title") == "training loss")
     plotted = sorted((r["trial"], r["step"], r["loss"]) for r in loss["rows"])
     logged = sorted((name, s.step, s.loss) for name in table.index
-                    for s in st.train_steps(st.trial(f"{app_run.run_id}/{name}").id))
+                    for s in st.train_steps(st.get_trial(f"{app_run.run_id}/{name}").id))
     assert plotted == logged
 
 
@@ -283,7 +283,7 @@ def test_safety_refusal_rates_per_arm(app_run: RunStore, monkeypatch: pytest.Mon
     table = frame(at, "refusal rate")
     st = store_of(app_run)
     for trial in app_run.trials:
-        evs = {s.name: ev for ev, s in st.evaluations(st.trial(f"{app_run.run_id}/{trial}").id)}
+        evs = {s.name: ev for ev, s in st.evaluations(st.get_trial(f"{app_run.run_id}/{trial}").id)}
         harmful = st.metrics(evs["safety_harmful"].id)["refusal"].value
         benign_complied = st.metrics(evs["safety_overrefusal"].id)["complied"].value
         rows = table[table["arm"] == trial].set_index("suite")

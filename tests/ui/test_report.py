@@ -85,8 +85,8 @@ def test_report_has_the_apps_sections_with_the_stores_numbers(app_run: RunStore)
     ids = [a.get("id") for t, a in parsed.tags if t == "h2"]
     assert ids == ["trials", "comparison", "sweep", "training", "safety", "gate", "items"]
     st = Store(app_run.url)
-    base = st.trial(f"{app_run.run_id}/baseline")
-    cand = st.trial(f"{app_run.run_id}/{CANDIDATE}")
+    base = st.get_trial(f"{app_run.run_id}/baseline")
+    cand = st.get_trial(f"{app_run.run_id}/{CANDIDATE}")
     text = "".join(parsed.text)
     for c in compare_trials(st, base, cand):
         assert f"{c.stats.delta:+.3f}" in text and f"[{c.stats.lo:+.3f}, {c.stats.hi:+.3f}]" in text

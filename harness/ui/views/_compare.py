@@ -36,7 +36,7 @@ class ComparisonRow:
     n: int
     arm_wins: int
     baseline_wins: int
-    verdict: str               # better | worse | no clear difference | not comparable
+    verdict: str               # better | worse | no clear difference | not comparable (in the metric's direction)
     problem: str | None
     train_seconds: float | None
     tokens_per_second: float | None
@@ -66,20 +66,12 @@ def comparisons(store: Store, run_id: int, baseline: str, arms: list[str],
             if keep is not None and (c.suite, c.metric) not in keep:
                 continue
             st = c.stats
-            if st is None:
-                verdict = "not comparable"
-            elif st.lo > 0:
-                verdict = "better"
-            elif st.hi < 0:
-                verdict = "worse"
-            else:
-                verdict = "no clear difference"
             out.append(ComparisonRow(
                 arm, baseline, c.suite, c.category, c.metric, c.primary,
                 _finite(st.mean_a) if st else None, _finite(st.mean_b) if st else None,
                 _finite(st.delta) if st else None, _finite(st.lo) if st else None, _finite(st.hi) if st else None,
                 st.mcnemar_p if st else None, st.n if st else 0, st.b_wins if st else 0, st.a_wins if st else 0,
-                verdict, c.problem, cand.train_seconds, cand.tokens_per_second, cand.peak_memory_gib))
+                c.verdict, c.problem, cand.train_seconds, cand.tokens_per_second, cand.peak_memory_gib))
     return out
 
 

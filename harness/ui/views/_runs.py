@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from harness.plan._kinds import UNSHAPED
 from harness.store._store import Store
 from harness.store._tables import (
     Evaluation,
@@ -102,7 +103,7 @@ def run_trials(store: Store, run_id: int) -> list[TrialRow]:
 
 def sweep_spec(store: Store, run_id: int) -> dict[str, Any] | None:
     """The plan's sweep block ({arm, method, params, ...}) or None."""
-    return (store.run(run_id).plan or {}).get("sweep")
+    return (store.get_run(run_id).plan or {}).get("sweep")
 
 
 def config_summary(config: dict[str, Any], skip: Iterable[str] = ("name", "type")) -> str:
@@ -114,7 +115,7 @@ def default_baseline(trials: list[TrialRow]) -> str | None:
     if not trials:
         return None
     named = [t.name for t in trials if t.name == "baseline"]
-    typed = [t.name for t in trials if t.arm_type == "baseline"]
+    typed = [t.name for t in trials if t.arm_type in UNSHAPED]
     return (named or typed or [trials[0].name])[0]
 
 
