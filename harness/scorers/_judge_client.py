@@ -44,7 +44,7 @@ class JudgeConfig(BaseModel):
                                        # (default $TUNEGATE_JUDGE_BASE_URL); requests go to {base_url}/chat/completions
     model: str | None = None           # openai: model name ($TUNEGATE_JUDGE_MODEL); local: a model spec
     api_key_env: str = ENV_API_KEY     # environment variable holding the key (never the key itself)
-    headers: dict[str, str] = Field(default_factory=dict)  # extra request headers (credential ones are masked when stored)
+    headers: dict[str, str] = Field(default_factory=dict)  # extra request headers (credential ones masked when stored)
     max_tokens: int = Field(default=256, ge=1, le=8192)
     timeout_s: float = Field(default=60.0, gt=0)
     retries: int = Field(default=4, ge=0, le=10)

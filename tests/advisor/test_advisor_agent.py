@@ -41,8 +41,8 @@ class ScriptedModel:
                 message = model.script.pop(0) if model.script else {"role": "assistant", "content": None,
                                                                      "tool_calls": [_call("probe_hardware", {})]}
                 if isinstance(message, int):
-                    data = json.dumps({"error": {"message": f"overloaded; you sent {self.headers.get('Authorization')}"}}
-                                      ).encode()
+                    echo = f"overloaded; you sent {self.headers.get('Authorization')}"
+                    data = json.dumps({"error": {"message": echo}}).encode()
                     self.send_response(message)
                     self.send_header("Retry-After", "0")
                 else:
@@ -156,7 +156,8 @@ def test_base_url_rule_is_the_judges() -> None:
     from harness.llm_client import chat_url
 
     for base in ("http://h:1/v1", "http://h:1/v1/", "https://api.example.com/openai/v1", "http://h:1"):
-        assert AgentConfig(base_url=base, model="m").chat_url == chat_url(base) == base.rstrip("/") + "/chat/completions"
+        expected = base.rstrip("/") + "/chat/completions"
+        assert AgentConfig(base_url=base, model="m").chat_url == chat_url(base) == expected
 
 
 def test_config_from_env() -> None:
