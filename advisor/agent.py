@@ -1,10 +1,13 @@
 """Optional LLM explanations: the advisor's tools exposed to an OpenAI-compatible chat model.
 
 Off unless TUNEGATE_ADVISOR_BASE_URL and TUNEGATE_ADVISOR_MODEL are set (TUNEGATE_ADVISOR_API_KEY
-is sent as a bearer token when present). The model gets the rule engine's recommendation as the
-source of truth and may call the tools below (audit, hardware, memory estimate, recommend with
-changed answers) in a bounded loop over `/v1/chat/completions`; its final message is the prose.
-The audit tool only reads the files the user passed to the advisor.
+is sent as a bearer token when present). The base URL follows harness.llm_client's rule, the same as
+the judge's: the API root with its version path (e.g. http://localhost:8000/v1), requests go to
+`{base_url}/chat/completions`. The model gets the rule engine's recommendation as the source of
+truth and may call the tools below (audit, hardware, memory estimate, recommend with changed
+answers) in a bounded loop; its final message is the prose. Transient endpoint failures are retried
+(honouring Retry-After) by the shared client. The audit tool only reads the files the user passed
+to the advisor.
 """
 from __future__ import annotations
 
@@ -14,17 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from advisor.advice import AdviceResult
 from advisor.audit import audit_dataset
 from advisor.hardware import probe_hardware
 from advisor.questions import Answers
 from advisor.rules import recommend
+from harness.llm_client import ChatClient, ChatError, Retry, chat_url
 from harness.plan import estimate_training_memory
 
 MAX_TURNS = 6
 TIMEOUT_S = 60.0
+RETRIES = 3
 
 
 class AgentError(Exception):
@@ -38,11 +41,15 @@ class AgentConfig:
     api_key: str | None = None
     max_turns: int = MAX_TURNS
     timeout_s: float = TIMEOUT_S
+    retries: int = RETRIES
 
     @property
     def chat_url(self) -> str:
-        base = self.base_url.rstrip("/")
-        return (base if base.endswith("/v1") else base + "/v1") + "/chat/completions"
+        return chat_url(self.base_url)
+
+    def client(self) -> ChatClient:
+        return ChatClient(self.base_url, api_key=self.api_key, timeout_s=self.timeout_s,
+                          retry=Retry(retries=self.retries))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig | None:
@@ -127,22 +134,19 @@ def _system_prompt(result: AdviceResult) -> str:
 
 
 def run_agent(messages: list[dict[str, Any]], config: AgentConfig, tools: ToolBox,
-              client: httpx.Client | None = None) -> AgentRun:
+              client: ChatClient | None = None) -> AgentRun:
     """The bounded tool-calling loop: ask, run any tool calls, send results back, until a final message."""
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
     own = client is None
-    client = client or httpx.Client(timeout=config.timeout_s)
+    client = client or config.client()
     run = AgentRun(text="")
     try:
         for turn in range(1, config.max_turns + 1):
             run.turns = turn
             try:
-                resp = client.post(config.chat_url, headers=headers, json={
-                    "model": config.model, "messages": messages, "tools": TOOLS, "tool_choice": "auto"})
-                resp.raise_for_status()
-                message = resp.json()["choices"][0]["message"]
-            except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-                raise AgentError(f"{config.chat_url}: {exc}") from None
+                message = client.chat({"model": config.model, "messages": messages, "tools": TOOLS,
+                                       "tool_choice": "auto"}).message
+            except ChatError as exc:
+                raise AgentError(f"{client.redact(client.url)}: {exc}") from None
             calls = message.get("tool_calls") or []
             if not calls:
                 run.text = (message.get("content") or "").strip()
@@ -169,7 +173,7 @@ def run_agent(messages: list[dict[str, Any]], config: AgentConfig, tools: ToolBo
 
 def explain(result: AdviceResult, config: AgentConfig, train_path: Path | None = None,
             test_path: Path | None = None, question: str = "Explain this recommendation.",
-            client: httpx.Client | None = None) -> AgentRun:
+            client: ChatClient | None = None) -> AgentRun:
     files = [Path(p) for p in (train_path, test_path) if p is not None]
     messages: list[dict[str, Any]] = [{"role": "system", "content": _system_prompt(result)},
                                       {"role": "user", "content": question}]

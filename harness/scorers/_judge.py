@@ -7,9 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from harness.analysis._stats import wilson
+from harness.analysis._stats import paired_bootstrap, wilson
 from harness.errors import UserError
 from harness.scorers._judge_client import _STORE, Judge, JudgeConfig
 from harness.scorers._judge_verdicts import PairCase, PairVerdict, RubricCase, RubricVerdict
@@ -43,13 +41,9 @@ def summarize_pairwise(verdicts: Sequence[PairVerdict], *, resamples: int = 10_0
     inconsistent = sum(not v.consistent for v in judged)
     singles = [(p, pos) for v in judged for p, pos in ((v.first, "a"), (v.second, "b")) if p != "tie"]
     first_pos = sum(p == pos for p, pos in singles)
-    points = np.array([{"b": 1.0, "tie": 0.5, "a": 0.0}[v.outcome] for v in judged])  # type: ignore[index]
-    if len(points):
-        rng = np.random.default_rng(seed)
-        means = points[rng.integers(0, len(points), size=(resamples, len(points)))].mean(axis=1)
-        rate, lo, hi = float(points.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-    else:
-        rate = lo = hi = math.nan
+    points = [{"b": 1.0, "tie": 0.5, "a": 0.0}[v.outcome] for v in judged]  # type: ignore[index]
+    # B's points against an even split, resampled over cases: the same paired bootstrap as every other interval
+    rate, lo, hi = paired_bootstrap([0.0] * len(points), points, resamples=resamples, seed=seed)
     d_lo, d_hi = wilson(b, a + b)
     return PairwiseSummary(
         n=len(verdicts), judged=len(judged), failed=len(verdicts) - len(judged), a_wins=a, b_wins=b, ties=ties,

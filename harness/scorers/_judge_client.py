@@ -12,10 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness import tracing
+from harness.llm_client import ChatClient, ChatError, Retry, public_headers
+from harness.redact import redact
 from harness.scorers._judge_verdicts import (
     Call,
     Messages,
@@ -39,10 +40,11 @@ class JudgeConfig(BaseModel):
     """Which judge to ask and how (the `judge:` param of a judge scorer)."""
     model_config = ConfigDict(extra="forbid")
     backend: Literal["openai", "local"] = "openai"
-    base_url: str | None = None        # openai: e.g. https://api.openai.com/v1 (default $TUNEGATE_JUDGE_BASE_URL)
+    base_url: str | None = None        # openai: the API root with its version, e.g. https://api.openai.com/v1
+                                       # (default $TUNEGATE_JUDGE_BASE_URL); requests go to {base_url}/chat/completions
     model: str | None = None           # openai: model name ($TUNEGATE_JUDGE_MODEL); local: a model spec
     api_key_env: str = ENV_API_KEY     # environment variable holding the key (never the key itself)
-    headers: dict[str, str] = Field(default_factory=dict)  # extra request headers (not secrets)
+    headers: dict[str, str] = Field(default_factory=dict)  # extra request headers (credential ones masked when stored)
     max_tokens: int = Field(default=256, ge=1, le=8192)
     timeout_s: float = Field(default=60.0, gt=0)
     retries: int = Field(default=4, ge=0, le=10)
@@ -64,8 +66,6 @@ class JudgeConfig(BaseModel):
         return self.model_copy(update={"base_url": base_url.rstrip("/") if base_url else None, "model": model})
 
 
-
-
 class Backend(Protocol):
     identity: dict[str, Any]  # everything about the judge that changes its answers (part of the cache key)
 
@@ -75,16 +75,16 @@ class Backend(Protocol):
 
 
 class OpenAIBackend:
-    """POST {base_url}/chat/completions with greedy settings; retries 429/5xx/timeouts with backoff."""
+    """Greedy chat completions through harness.llm_client (its base-URL rule, retries and redaction)."""
 
     def __init__(self, config: JudgeConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
-        self.identity = {"backend": "openai", "base_url": config.base_url, "model": config.model,
-                         "headers": dict(sorted(config.headers.items()))}
-        key = os.environ.get(config.api_key_env)
-        headers = {**config.headers, **({"Authorization": f"Bearer {key}"} if key else {})}
-        self._http = httpx.Client(timeout=config.timeout_s, headers=headers)
-        self._sleep = sleep
+        base_url = redact(str(config.base_url))
+        self.identity = {"backend": "openai", "base_url": base_url, "model": config.model,
+                         "headers": dict(sorted(public_headers(config.headers).items()))}
+        self._client = ChatClient(str(config.base_url), api_key=os.environ.get(config.api_key_env) or None,
+                                  headers=config.headers, timeout_s=config.timeout_s,
+                                  retry=Retry(config.retries, config.backoff_s, config.max_backoff_s), sleep=sleep)
 
     def complete_many(self, requests: Sequence[Messages]) -> list[tuple[str | None, str | None]]:
         if self.config.concurrency == 1 or len(requests) == 1:
@@ -97,49 +97,18 @@ class OpenAIBackend:
         c = self.config
         body = {"model": c.model, "messages": messages, "temperature": 0, "max_tokens": c.max_tokens}
         with tracing.span("judge_call", as_type="generation", model=c.model, input=messages,
-                          backend="openai", base_url=c.base_url) as span:
-            error = "no attempt made"
-            for attempt in range(c.retries + 1):
-                wait = min(c.max_backoff_s, c.backoff_s * 2 ** attempt)
-                try:
-                    r = self._http.post(f"{c.base_url}/chat/completions", json=body)
-                except httpx.TimeoutException:
-                    error = f"timed out after {c.timeout_s:g}s"
-                except httpx.TransportError as exc:
-                    error = f"connection error: {type(exc).__name__}: {exc}"
-                else:
-                    if r.status_code == 200:
-                        text, error = _completion_text(r)
-                        span.update(output=text, attempts=attempt + 1, status="ok" if text is not None else "failed",
-                                    error=error)
-                        return text, error
-                    error = f"HTTP {r.status_code}: {r.text[:500]}"
-                    if r.status_code != 429 and r.status_code < 500:
-                        break  # a client error: retrying the same request cannot help
-                    wait = _retry_after(r, wait, c.max_backoff_s)
-                if attempt < c.retries:
-                    self._sleep(wait)
-            attempts = attempt + 1
-            error = f"{error} (after {attempts} attempt{'s' if attempts > 1 else ''})"
-            span.update(attempts=attempts, status="failed", error=error)
-            return None, error
-
-
-def _completion_text(r: httpx.Response) -> tuple[str | None, str | None]:
-    try:
-        content = r.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None, f"malformed chat completion: {r.text[:500]}"
-    if not isinstance(content, str):
-        return None, f"malformed chat completion: content is {type(content).__name__}"
-    return content, None
-
-
-def _retry_after(r: httpx.Response, default: float, cap: float) -> float:
-    try:
-        return min(cap, max(0.0, float(r.headers.get("retry-after", ""))))
-    except ValueError:
-        return default
+                          backend="openai", base_url=self.identity["base_url"]) as span:
+            try:
+                done = self._client.chat(body)
+            except ChatError as exc:
+                span.update(attempts=exc.attempts, status="failed", error=str(exc))
+                return None, str(exc)
+            content = done.message.get("content")
+            text, error = (content, None) if isinstance(content, str) else \
+                (None, f"malformed chat completion: content is {type(content).__name__}")
+            span.update(output=text, attempts=done.attempts, status="ok" if text is not None else "failed",
+                        error=error)
+            return text, error
 
 
 class LocalBackend:

@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ScriptedModel:
-    """Answers each POST /v1/chat/completions with the next scripted assistant message."""
+    """Answers each POST with the next scripted assistant message; a scripted int is an HTTP error status
+    (sent with Retry-After: 0 and an error body that echoes the request's Authorization header)."""
 
-    def __init__(self, script: list[dict[str, Any]]) -> None:
+    def __init__(self, script: list[dict[str, Any] | int]) -> None:
         self.script = list(script)
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
@@ -39,9 +40,16 @@ class ScriptedModel:
                 model.auth.append(self.headers.get("Authorization"))
                 message = model.script.pop(0) if model.script else {"role": "assistant", "content": None,
                                                                      "tool_calls": [_call("probe_hardware", {})]}
-                data = json.dumps({"id": "x", "object": "chat.completion",
-                                   "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}).encode()
-                self.send_response(200)
+                if isinstance(message, int):
+                    echo = f"overloaded; you sent {self.headers.get('Authorization')}"
+                    data = json.dumps({"error": {"message": echo}}).encode()
+                    self.send_response(message)
+                    self.send_header("Retry-After", "0")
+                else:
+                    data = json.dumps({"id": "x", "object": "chat.completion",
+                                       "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+                                      ).encode()
+                    self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -67,7 +75,7 @@ def server() -> Iterator[Any]:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), model.handler())
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)
-        return model, f"http://127.0.0.1:{httpd.server_port}"
+        return model, f"http://127.0.0.1:{httpd.server_port}/v1"  # the OpenAI-style base URL, with its version
 
     yield start
     for httpd in servers:
@@ -117,14 +125,39 @@ def test_loop_is_bounded(server) -> None:
     model, url = server([])       # the scripted model keeps calling tools forever
     result = advise(DEMO, probe=False)
     with pytest.raises(AgentError, match="no final answer after 3 turns"):
-        explain(result, AgentConfig(base_url=url + "/v1", model="m", max_turns=3))
+        explain(result, AgentConfig(base_url=url, model="m", max_turns=3))
     assert len(model.requests) == 3
 
 
 def test_http_error_is_an_agent_error() -> None:
     result = advise(DEMO, probe=False)
-    with pytest.raises(AgentError):
-        explain(result, AgentConfig(base_url="http://127.0.0.1:9", model="m", timeout_s=2))
+    with pytest.raises(AgentError, match="connection error"):
+        explain(result, AgentConfig(base_url="http://127.0.0.1:9/v1", model="m", timeout_s=2, retries=0))
+
+
+def test_overload_is_retried_and_errors_never_show_the_key(server) -> None:
+    """The shared client retries 503 after the server's Retry-After; a failure's message is redacted."""
+    model, url = server([503, {"role": "assistant", "content": "Tune it."}])
+    result = advise(DEMO, probe=False)
+    run = explain(result, AgentConfig(base_url=url, model="m", api_key="k-secret-123456"))
+    assert run.text == "Tune it." and len(model.requests) == 2 and model.auth == ["Bearer k-secret-123456"] * 2
+
+    model, url = server([503, 503])
+    with pytest.raises(AgentError) as err:
+        explain(result, AgentConfig(base_url=url.replace("://", "://alice:pw-123@"), model="m",
+                                    api_key="k-secret-123456", retries=1))
+    message = str(err.value)
+    assert "HTTP 503" in message and "after 2 attempts" in message and len(model.requests) == 2
+    assert "k-secret-123456" not in message and "pw-123" not in message and "alice" not in message
+
+
+def test_base_url_rule_is_the_judges() -> None:
+    """One rule for every OpenAI-compatible endpoint: {base_url}/chat/completions, nothing appended."""
+    from harness.llm_client import chat_url
+
+    for base in ("http://h:1/v1", "http://h:1/v1/", "https://api.example.com/openai/v1", "http://h:1"):
+        expected = base.rstrip("/") + "/chat/completions"
+        assert AgentConfig(base_url=base, model="m").chat_url == chat_url(base) == expected
 
 
 def test_config_from_env() -> None:

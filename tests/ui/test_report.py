@@ -116,7 +116,7 @@ def test_report_escapes_hostile_outputs_and_errors(tmp_path: Path):
     parsed = assert_self_contained(doc)
     text = "".join(parsed.text)
     assert "<script>window.__pwned = 'script';</script>" in text  # shown as text ...
-    assert "&lt;script&gt;window.__pwned = &#x27;script&#x27;;&lt;/script&gt;" in doc  # ... because it is escaped
+    assert "&lt;script&gt;window.__pwned = &#39;script&#39;;&lt;/script&gt;" in doc  # ... because it is escaped
     assert HOSTILE_ERROR in text
     for line in HOSTILE_OUTPUT.splitlines():
         assert line in text or all(word in text for word in line.split())
