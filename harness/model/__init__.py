@@ -9,7 +9,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from harness.model._fastpath import (
         ATTENTION_NAME,
+        DEFAULT_LIGER_KERNELS,
         GIB,
+        LAYER_KERNELS,
+        LIGER_KERNELS,
         SEQ_LENGTHS_KWARG,
         FastPath,
         FastReport,
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
         compiled_layers,
         decoder_layers,
         liger_available,
+        liger_loss_head,
         lora_bf16_inputs,
         max_tokens_per_micro_batch,
         optimizer_bytes,
@@ -66,6 +70,9 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ALIASES": "harness.model._load",
     "ATTENTION_NAME": "harness.model._fastpath",
+    "DEFAULT_LIGER_KERNELS": "harness.model._fastpath",
+    "LAYER_KERNELS": "harness.model._fastpath",
+    "LIGER_KERNELS": "harness.model._fastpath",
     "CHATML_TEMPLATE": "harness.model._load",
     "DEFAULT_MODEL": "harness.model._load",
     "FastPath": "harness.model._fastpath",
@@ -92,6 +99,7 @@ _EXPORTS = {
     "fix_tokenizer": "harness.model._load",
     "generate": "harness.model._generate",
     "liger_available": "harness.model._fastpath",
+    "liger_loss_head": "harness.model._fastpath",
     "load_model": "harness.model._load",
     "load_tokenizer": "harness.model._load",
     "local_folder": "harness.model._load",
