@@ -5,7 +5,7 @@ model) folder and a per-step log. The model's own chat template is used for trai
 for inference, and the loss covers the completion only.
 
 On a CUDA GPU training takes the fast path (`harness.fastpath`) by default: padding-free forward
-with per-sequence FlashAttention, Liger's fused kernels, bf16 LoRA inputs, and activation
+with per-sequence FlashAttention, the Liger kernels measured to pay, bf16 LoRA inputs, and activation
 checkpointing only where the measured memory plan needs it. The batches, the loss and TRL's loss
 code are those of the plain path; only how the forward runs changes. On CPU the plain TRL path runs
 (float32, no kernels to gain from); `fast=FastPath(...)` forces the fast path anywhere.
@@ -224,7 +224,7 @@ def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir:
                              peft_config=peft_config, callbacks=[log, *callbacks])
         return _run(trainer, log, tok, out_dir)
 
-    session = FastSession(fast, device)
+    session = FastSession(fast, device, sft=True)
     try:
         session.patch_model(model)
         if peft_config is not None:

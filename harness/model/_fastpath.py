@@ -11,8 +11,11 @@ Every technique here changes speed or memory, never the loss beyond float roundi
   PyTorch's built-in FlashAttention varlen kernel (`torch.nn.attention.varlen.varlen_attn`) on CUDA, after a
   self-check against the reference; elsewhere (CPU, or if the self-check fails) causal SDPA once per sequence.
   Either way no token attends across a sequence boundary.
-* **Liger kernels** (`apply_liger`): fused RMSNorm, SwiGLU and RoPE Triton kernels (CUDA only); the patches
-  Liger makes to the modeling module are undone when the session ends.
+* **Liger kernels** (`apply_liger`, `liger_loss_head`), chosen one by one (`FastPath.liger`): fused RMSNorm,
+  SwiGLU and RoPE Triton kernels in the decoder, and Liger's fused linear cross-entropy in place of TRL's chunked
+  LM head (CUDA only). None is on by default (`DEFAULT_LIGER_KERNELS`): a kernel joins the default only once the
+  training bench (`bench/train_throughput.py`, section `liger`) has measured that it pays on the GPU. The
+  patches Liger makes to the modeling module are undone when the session ends.
 * **bf16 LoRA inputs** (`lora_bf16_inputs`): PEFT casts each LoRA input to the adapter's fp32 dtype before
   dropout; under bf16 autocast the matmul runs in bf16 anyway, so the cast only costs bandwidth and memory.
 * **Memory plan** (`plan_memory`): the bytes each decoder layer saves per token are measured on the device
@@ -37,6 +40,10 @@ import torch.nn.functional as F
 ATTENTION_NAME = "tunegate_varlen"
 SEQ_LENGTHS_KWARG = "packed_seq_lengths"  # python tuple of sequence lengths, so no device sync is needed
 GIB = 2**30
+LIGER_KERNELS = ("rms_norm", "swiglu", "rope", "fused_linear_cross_entropy")
+# The Liger kernels a FastPath uses when it names none: those the training bench measured to pay on the GPU
+# (reports/perf/train_throughput.json, `liger_per_kernel`). Empty until a GPU run shows one does.
+DEFAULT_LIGER_KERNELS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,27 @@ class FastPath:
 
     padding_free: bool = True
     attention: Literal["auto", "per_sequence"] = "auto"   # auto: the varlen kernel if its self-check passes
-    liger: bool = True
+    liger: tuple[str, ...] | None = None   # Liger kernels by name (LIGER_KERNELS); None: DEFAULT_LIGER_KERNELS
     lora_bf16_inputs: bool = True
     checkpointing: Literal["auto", "none", "full"] = "auto"
     fold_accumulation: bool = True
     memory_budget_gib: float | None = None   # None: 90% of the GPU's memory
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.liger is None:
+            return
+        if isinstance(self.liger, str) or not all(isinstance(k, str) for k in self.liger):
+            raise ValueError(f"FastPath.liger: expected a list of kernel names, got {self.liger!r}")
+        unknown = [k for k in self.liger if k not in LIGER_KERNELS]
+        if unknown:
+            raise ValueError(f"FastPath.liger: unknown kernel {unknown[0]!r}; known: {', '.join(LIGER_KERNELS)}")
+        object.__setattr__(self, "liger", tuple(dict.fromkeys(self.liger)))
+
+    @property
+    def liger_kernels(self) -> tuple[str, ...]:
+        """The Liger kernels this path asks for (the measured default when `liger` is None)."""
+        return DEFAULT_LIGER_KERNELS if self.liger is None else self.liger
 
     @classmethod
     def for_device(cls, device: str) -> FastPath | None:
@@ -78,6 +100,7 @@ class FastReport:
     attention_note: str = ""
     padding_free: bool = False
     liger: str = "off"
+    liger_loss_head: str = "off"
     lora_bf16_inputs: str = "off"
     compile: str = "off"
     plan: dict[str, Any] = field(default_factory=dict)
@@ -351,9 +374,16 @@ def restoring_patches(model: torch.nn.Module) -> Iterator[None]:
                     del m.__dict__[key]
 
 
-def apply_liger(model: torch.nn.Module) -> str:
-    """Liger's RMSNorm, SwiGLU and RoPE kernels on `model` (a transformers CausalLM); returns what happened.
-    The fused linear cross-entropy stays off: the trainers' own chunked head already avoids full logits."""
+LAYER_KERNELS = ("rms_norm", "swiglu", "rope")
+
+
+def apply_liger(model: torch.nn.Module, kernels: Sequence[str] = LAYER_KERNELS) -> str:
+    """Liger's decoder kernels among `kernels` (rms_norm, swiglu, rope) on `model` (a transformers CausalLM);
+    returns what happened. The fused linear cross-entropy is not applied here (`liger_loss_head` does it, in place
+    of TRL's chunked LM head, which Liger's own patch of the model's forward would bypass)."""
+    chosen = [k for k in LAYER_KERNELS if k in kernels]
+    if not chosen:
+        return "off: none requested"
     ok, why = liger_available()
     if not ok:
         return f"off: {why}"
@@ -362,9 +392,60 @@ def apply_liger(model: torch.nn.Module) -> str:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
         return f"off: no Liger kernels for model type {model_type!r}"
-    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                    fused_linear_cross_entropy=False)
-    return "on: rms_norm, swiglu, rope"
+    _apply_liger_kernel_to_instance(model=model, cross_entropy=False, fused_linear_cross_entropy=False,
+                                    **{k: k in chosen for k in LAYER_KERNELS})
+    return "on: " + ", ".join(chosen)
+
+
+@contextmanager
+def liger_loss_head(model: Any) -> Iterator[str]:
+    """Liger's fused linear cross-entropy as the loss head of a model TRL gave its fused LM head
+    (`trl.trainer.utils.add_fused_lm_head`): a `fused_lm_head=True` forward runs the backbone, then one fused
+    projection + cross-entropy over the positions with a label, summed (Liger computes the gradients in that
+    forward; its per-token form recomputes them in backward). TRL's loss is the sum of `-log_probs` over the
+    valid positions divided by their count, so each valid position carries the micro-batch mean; the entropy and
+    token-accuracy metrics read 0 with this head."""
+    causal_lm = unwrap(model)
+    previous = causal_lm.__dict__.get("forward")
+    if previous is None:
+        yield "off: the model has no fused LM head (not a TRL SFT model)"
+        return
+    ok, why = liger_available()
+    if not ok:
+        yield f"off: {why}"
+        return
+    from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    loss_fn = LigerFusedLinearCrossEntropyLoss(reduction="sum")
+
+    def forward(*args: Any, fused_lm_head: bool = False, labels: torch.Tensor | None = None,
+                shift_labels: torch.Tensor | None = None, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
+        if not fused_lm_head or (labels is None and shift_labels is None):
+            return previous(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                            num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = backbone_of(causal_lm)(*args, **kwargs).last_hidden_state
+        if shift_labels is None:
+            hidden, targets = hidden[:, :-1], labels[:, 1:]
+        else:
+            targets = shift_labels
+        mask = targets != -100
+        head = causal_lm.get_output_embeddings()
+        total = loss_fn(head.weight, hidden[mask], targets[mask], head.bias)
+        count = mask.sum()
+        mean = total / count.clamp(min=1)
+        log_probs = torch.where(mask, -mean, torch.zeros((), dtype=mean.dtype, device=mean.device))
+        zeros = torch.zeros(mask.shape, dtype=mean.dtype, device=mean.device)
+        loss = total / (count.clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+        return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=zeros, is_top1=zeros, label_mask=mask)
+
+    causal_lm.forward = forward
+    try:
+        yield "on: fused_linear_cross_entropy (loss head)"
+    finally:
+        if causal_lm.__dict__.get("forward") is forward:
+            causal_lm.forward = previous
 
 
 @contextmanager
@@ -541,9 +622,10 @@ class FastSession:
         session.close()
     """
 
-    def __init__(self, fast: FastPath, device: str) -> None:
+    def __init__(self, fast: FastPath, device: str, *, sft: bool = False) -> None:
         self.fast = fast
         self.device = torch.device(device)
+        self.sft = sft   # the loss is SFT's token mean (Liger's fused cross-entropy may replace its head)
         self.report = FastReport()
         self._stack = ExitStack()
         self._liger: ExitStack | None = None   # Liger's patches, undone on close (or when its kernels fail)
@@ -559,18 +641,21 @@ class FastSession:
             self._stack.enter_context(attention_implementation(causal_lm, ATTENTION_NAME))
             self._stack.enter_context(padding_free(backbone))
             self.report.padding_free = True
-        if fast.liger and not fast.compile:
+        layer_kernels = [k for k in fast.liger_kernels if k in LAYER_KERNELS]
+        if layer_kernels and not fast.compile:
             liger = ExitStack()
             liger.enter_context(restoring_patches(causal_lm))
             try:
-                self.report.liger = apply_liger(causal_lm)
+                self.report.liger = apply_liger(causal_lm, layer_kernels)
             except Exception as exc:  # noqa: BLE001 - an incompatible Liger build must not stop training
                 liger.close()
                 self.report.liger = f"off: failed to apply: {type(exc).__name__}: {str(exc)[:160]}"
             else:
                 self._liger = liger
-        elif fast.liger:
+        elif layer_kernels:
             self.report.liger = "off: torch.compile fuses these ops instead"
+        else:
+            self.report.liger = "off: none requested"
 
     def budget_bytes(self) -> int:
         if self.fast.memory_budget_gib is not None:
@@ -624,6 +709,9 @@ class FastSession:
                 stack.enter_context(checkpointing(layers, plan.checkpointed_layers))
             if self.fast.compile:
                 self.report.compile = stack.enter_context(compiled_layers(layers))
+            if "fused_linear_cross_entropy" in self.fast.liger_kernels:
+                self.report.liger_loss_head = (stack.enter_context(liger_loss_head(model)) if self.sft
+                                               else "off: SFT only (this loss needs per-token log-probabilities)")
             yield
 
     def _probe(self, model: Any) -> float:

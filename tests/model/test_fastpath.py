@@ -451,7 +451,8 @@ def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_pa
 @pytest.mark.slow
 def test_train_throughput_bench_smoke(tmp_path):
     out = tmp_path / "train.json"
-    run_bench("train_throughput.py", "--smoke", "--no-ablations", "--qlora-8b", "--profile", "--out", str(out))
+    run_bench("train_throughput.py", "--smoke", "--sections", "stock,ours,profile", "--padding-free-attn", "sdpa",
+              "--out", str(out))
     saved = json.loads(out.read_text())
     assert saved["runs"].keys() >= {"peer", "ours"} and saved["device"]["type"] == "cpu"
     for name in ("peer", "ours"):
@@ -460,6 +461,4 @@ def test_train_throughput_bench_smoke(tmp_path):
         assert len(run["profile"]["ops"]) == 20
     comparison = saved["comparisons"]["ours_vs_peer"]
     assert comparison["same_tokens"] and comparison["loss"]["mean_rel_diff"] < 0.02
-    qlora = saved["qlora_8b"]["runs"]
-    assert qlora["lora_bf16"]["error"] is None and qlora["qlora_nf4"]["error"] is None
     assert saved["versions"]["torch"] and saved["settings"]["steps"] == 4

@@ -1,0 +1,87 @@
+"""The training bench (bench/train_throughput.py) as a command: the fast path's Liger choice by kernel name,
+bad arguments, and the tiny mode end to end (marked slow: about thirty tiny training runs)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.support import REPO
+from tests.support.bench import run_bench
+
+LIGER_KERNELS = ("rms_norm", "swiglu", "rope", "fused_linear_cross_entropy")
+
+
+def tiny_llama(attn: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         attn_implementation=attn, pad_token_id=0)
+    return LlamaForCausalLM(config)
+
+
+def test_fast_path_liger_kernels_by_name():
+    from harness.model import DEFAULT_LIGER_KERNELS, FastPath
+
+    assert FastPath().liger_kernels == DEFAULT_LIGER_KERNELS
+    assert FastPath(liger=["swiglu", "rope", "swiglu"]).liger == ("swiglu", "rope")
+    with pytest.raises(ValueError, match="unknown kernel 'geglu'"):
+        FastPath(liger=("geglu",))
+    with pytest.raises(ValueError, match="list of kernel names"):
+        FastPath(liger="rope")
+
+
+def test_liger_loss_head_is_off_without_trls_head_or_cuda():
+    from harness.model import liger_loss_head
+
+    model = tiny_llama()
+    with liger_loss_head(model) as state:
+        assert state.startswith("off")
+    assert "forward" not in model.__dict__
+
+
+def test_merge_refuses_another_setup(tmp_path):
+    out = tmp_path / "report.json"
+    out.write_text(json.dumps({"settings": {"shape": "1b"}, "device": {"name": "H200"}, "runs": {}}))
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--smoke", "--sections",
+                           "ours", "--merge", "--out", str(out)], capture_output=True, text=True, cwd=REPO,
+                          timeout=600)
+    assert proc.returncode == 2 and "other settings" in proc.stderr and "Traceback" not in proc.stderr
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--sections", "why,speed"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and "unknown section 'speed'" in bad.stderr
+
+
+@pytest.mark.slow
+def test_bench_tiny_mode_end_to_end(tmp_path):
+    out = tmp_path / "train.json"
+    run_bench("train_throughput.py", "--smoke", "--padding-free-attn", "flash_attention_2,sdpa", "--out", str(out),
+              timeout=1800)
+    saved = json.loads(out.read_text())
+    assert saved.keys() >= {"why_peer_is_slow", "stock", "liger_per_kernel", "vs_best_stock", "shape_8b",
+                            "mfu_formula", "targets"} and saved["device"]["type"] == "cpu"
+    runs = saved["runs"]
+    stock = [n for n in runs if n == "peer" or n.startswith("trl-")]
+    assert {"peer", "trl-no-gc", "trl-no-gc-liger"} <= set(stock) and len(stock) >= 5
+    for name in stock:   # each stock peer ran, or its failure is recorded
+        run = runs[name]
+        assert run["error"] or (run["real_tokens_per_second"] > 0 and len(run["losses"]) == 4), name
+    padding_free = saved["stock"]["padding_free_attention"]
+    assert padding_free["flash_attention_2"]["error"].startswith("ImportError")
+    assert padding_free["sdpa"]["ran"] and padding_free["sdpa"]["packed_probe"]["matches_padded"]
+    best = saved["vs_best_stock"]
+    fastest = max((n for n in stock if not runs[n]["error"]), key=lambda n: runs[n]["real_tokens_per_second"])
+    assert best["peer"] == fastest and {"throughput_ratio", "peak_memory_ratio", "loss_rel_diff"} <= best.keys()
+    assert runs["ours"]["error"] is None and "mfu" in runs["ours"]
+    why = saved["why_peer_is_slow"]
+    assert len(why["variants"]) == 5 and len(why["steps"]) == 4
+    assert why["variants"]["chat-full-loss"]["loss_token_share"] > why["variants"]["chat-completion-only"][
+        "loss_token_share"]
+    assert set(saved["liger_per_kernel"]["kernels"]) == {*LIGER_KERNELS, "all"}
+    for kind in ("lora", "qlora"):
+        assert saved["shape_8b"][kind]["runs"].keys() >= {"peer", "ours"}
