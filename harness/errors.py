@@ -1,6 +1,7 @@
 """User-facing errors: every bad input names its file, line and field and exits 2."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -30,6 +31,19 @@ class UserError(Exception):
             where += ": "
         field = f"field '{self.field}': " if self.field else ""
         return f"{where}{field}{self.message}"
+
+
+def ensure_folder(folder: str | Path, *, field: str | None = None) -> Path:
+    """Create `folder` and its parents; a file in the way, or no permission, is one clear UserError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise UserError(f"cannot create the folder {folder}: {blocker} is a file", field=field) from None
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {folder}: {exc.strerror or exc}", field=field) from None
+    return folder
 
 
 def dotted(loc: Sequence[Any]) -> str:
@@ -68,9 +82,6 @@ def decode_utf8(raw: bytes, path: str | Path, *, first_line: int = 1, error: typ
                     file=path, line=line) from None
 
 
-_NOT_FINITE = {".nan", ".inf", "-.inf", "+.inf"}
-
-
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error naming both lines
     (PyYAML would keep the last one silently), and .nan/.inf are refused (no setting means "not a number")."""
@@ -93,9 +104,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
-        if str(node.value).lower() in _NOT_FINITE:
+        value: float = super().construct_yaml_float(node)  # type: ignore[no-untyped-call]
+        if not math.isfinite(value):
             raise self.error(f"'{node.value}' is not a finite number", line=node.start_mark.line + 1)
-        return super().construct_yaml_float(node)  # type: ignore[no-any-return]
+        return value
 
 
 UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", UniqueKeyLoader.construct_yaml_float)

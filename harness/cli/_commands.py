@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
+from urllib.parse import urlparse
 
 import typer
 from rich.table import Table
@@ -98,8 +100,10 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
         model, tok = load_trial_model(base, trial.folder if trial.arm_type not in ("baseline", "prompt", "rag") else "")
         trial_id = trial.id
     else:
-        resolve(target)
-
+        if resolve(target).kind == "hub" and not _hub_can_serve(target):
+            raise UserError(f"'{target}' is neither a trial in the store ({st.where}) nor a local model, and the "
+                            "Hugging Face hub cannot be reached (HF_HUB_OFFLINE is set or there is no network) to "
+                            "fetch it; for a trial give RUN/TRIAL or t<id> (see `tunegate runs`)", field="target")
         model, tok = load_model(target)
         run_id = st.create_run(f"eval-{Path(target).name}", {"eval": target, "suites": suite}, "", target, "")
         trial_id = st.ensure_trial(run_id, "model", "model", "baseline", {"model": target}).id
@@ -109,6 +113,24 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
         st.save_evaluation(trial_id, result)
         console.print(f"{s.name}: " + ", ".join(f"{m}={v[0]:.3f}±{v[1]:.3f} (n={v[2]})" for m, v in result.metrics.items()))
     st.update_trial(trial_id, status="finished")
+
+
+def _hub_can_serve(repo_id: str) -> bool:
+    """Whether a hub id can be loaded now: it is in the local cache, or the hub is online and reachable
+    (checked with one short connection instead of the libraries' minute of retries)."""
+    from huggingface_hub import constants, try_to_load_from_cache  # heavy: keeps `tunegate --help` fast
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co",
+                                       endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def _looks_like_trial(st: Any, ref: str) -> bool:

@@ -256,7 +256,7 @@ class Store:
 
     def run(self, ref: str | int) -> Run:
         with self.reading() as s:
-            run = s.get(Run, int(ref)) if str(ref).isdigit() else \
+            run = (s.get(Run, row_id) if (row_id := _row_id(ref)) else None) if str(ref).isdigit() else \
                 s.scalars(select(Run).where(Run.name == str(ref)).order_by(Run.id.desc())).first()
         if run is None:
             raise UserError(f"no run '{ref}' in the store", file=self.where)
@@ -270,7 +270,7 @@ class Store:
         """'RUN/TRIAL' (run id or name, trial name) or 't<id>'."""
         if ref.startswith("t") and ref[1:].isdigit():
             with self.reading() as s:
-                trial = s.get(Trial, int(ref[1:]))
+                trial = s.get(Trial, row_id) if (row_id := _row_id(ref[1:])) else None
         else:
             run_ref, _, trial_name = ref.rpartition("/")
             if not run_ref:
@@ -325,7 +325,7 @@ class Store:
 
     def model(self, ref: str | int) -> ModelRow:
         with self.reading() as s:
-            model = s.get(ModelRow, int(ref)) if str(ref).isdigit() else \
+            model = (s.get(ModelRow, row_id) if (row_id := _row_id(ref)) else None) if str(ref).isdigit() else \
                 s.scalars(select(ModelRow).where(ModelRow.name == str(ref))).first()
         if model is None:
             raise UserError(f"no model '{ref}' in the store", file=self.where)
@@ -457,6 +457,12 @@ class Store:
 def model_name(run: Run, trial: Trial) -> str:
     """The name of the model a (non-baseline) trial produced: RUN_NAME#RUN_ID/TRIAL."""
     return f"{run.name}#{run.id}/{trial.name}"
+
+
+def _row_id(ref: str | int) -> int | None:
+    """A row id from digits; None for one no database column can hold (so it is simply not found)."""
+    value = int(ref)
+    return value if 0 < value < 2**63 else None
 
 
 def _get(s: Session, table: type[T], key: int) -> T:
