@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from harness.analysis._stats import mean_stderr
 from harness.errors import UserError
+from harness.redact import redact, redact_json
 from harness.store import migrations
 from harness.store._engine import _timeout, display_url, make_engine, store_url
 from harness.store._tables import (
@@ -164,7 +165,7 @@ class Store:
             for k, v in fields.items():
                 if not hasattr(Trial, k):
                     raise AttributeError(f"trials has no column '{k}'")
-                setattr(trial, k, v)
+                setattr(trial, k, _redacted(v) if k == "error" else v)
             if "folder" in fields and trial.model_id is not None:
                 model = s.get(ModelRow, trial.model_id)
                 if model is not None and model.trial_id == trial.id:
@@ -211,7 +212,7 @@ class Store:
                 iid = item_ids[r.item_id]
                 s.add(Output(evaluation_id=ev.id, item_id=iid, prompt=r.prompt, output=r.output))
                 s.add_all(Score(evaluation_id=ev.id, item_id=iid, metric=m, value=_finite(v),
-                                detail=getattr(r, "details", {}).get(m)) for m, v in r.scores.items())
+                                detail=_redacted(getattr(r, "details", {}).get(m))) for m, v in r.scores.items())
             s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n)
                       for m, (mean, se, n) in _aggregates(result).items())
             s.flush()
@@ -220,9 +221,13 @@ class Store:
     def record_judge_call(self, key: str, model: str, request: dict[str, Any], response: str | None,
                           status: str, error: str | None = None, evaluation_id: int | None = None,
                           item_id: int | None = None) -> int:
+        """One judge request and its outcome; credentials in any of it (a key in the base URL, a key echoed in
+        an error body) are redacted before they reach the store."""
         with self.session() as s:
-            call = JudgeCall(key=key, model=model, request=request, response=response, status=status, error=error,
-                             evaluation_id=evaluation_id, item_id=item_id)
+            call = JudgeCall(key=key, model=redact(model), request=redact_json(request),
+                             response=None if response is None else redact(response), status=status,
+                             error=None if error is None else redact(error), evaluation_id=evaluation_id,
+                             item_id=item_id)
             s.add(call)
             s.flush()
             return call.id
@@ -457,6 +462,10 @@ class Store:
 def model_name(run: Run, trial: Trial) -> str:
     """The name of the model a (non-baseline) trial produced: RUN_NAME#RUN_ID/TRIAL."""
     return f"{run.name}#{run.id}/{trial.name}"
+
+
+def _redacted(text: str | None) -> str | None:
+    return None if text is None else redact(text)
 
 
 def _row_id(ref: str | int) -> int | None:
