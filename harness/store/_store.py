@@ -19,6 +19,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -110,25 +111,58 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def create_run(self, name: str, plan: dict[str, Any], plan_hash: str, base_model: str, folder: str,
-                   git_sha: str = "") -> int:
+    def create_run(self, name: str, plan: dict[str, Any], plan_hash: str, base_model: str,
+                   folder: str | Callable[[int], str], git_sha: str = "") -> int:
+        """A new run, driven by this process. `folder` may be a function of the new run's id: it is then
+        recorded in the same transaction, so no run is ever on record without its folder."""
         with self.session() as s:
-            run = Run(name=name, plan=plan, plan_hash=plan_hash, base_model=base_model, folder=folder,
-                      git_sha=git_sha)
+            run = Run(name=name, plan=plan, plan_hash=plan_hash, base_model=base_model,
+                      folder=folder if isinstance(folder, str) else "", git_sha=git_sha,
+                      driver_pid=os.getpid(), driver_host=socket.gethostname())
             s.add(run)
             s.flush()
+            if not isinstance(folder, str):
+                run.folder = folder(run.id)
             return run.id
+
+    def reopen_run(self, run_id: int) -> None:
+        """A resumed run: running again, driven by this process."""
+        with self.session() as s:
+            run = _get(s, Run, run_id)
+            run.status, run.finished_at = "running", None
+            run.driver_pid, run.driver_host = os.getpid(), socket.gethostname()
 
     def update_run_folder(self, run_id: int, folder: str) -> None:
         with self.session() as s:
             _get(s, Run, run_id).folder = folder
 
     def latest_run(self, name: str, plan_hash: str | None = None) -> Run | None:
+        self.mark_interrupted()
         with self.reading() as s:
             q = select(Run).where(Run.name == name)
             if plan_hash:
                 q = q.where(Run.plan_hash == plan_hash)
             return s.scalars(q.order_by(Run.id.desc())).first()
+
+    def mark_interrupted(self) -> list[int]:
+        """Mark `interrupted` every running run whose driver process on this host is gone (killed, crashed),
+        and its unfinished trials with it. Returns their ids. Runs driven from other hosts are left alone."""
+        host = socket.gethostname()
+        with self.reading() as s:
+            running = s.execute(select(Run.id, Run.driver_pid).where(Run.status == "running", Run.driver_host == host,
+                                                                     Run.driver_pid.is_not(None))).all()
+        gone = [(run_id, pid) for run_id, pid in running if not _process_alive(pid)]
+        if not gone:
+            return []
+        with self.session() as s:
+            for run_id, pid in gone:
+                run = s.get(Run, run_id)
+                if run is None or run.status != "running" or run.driver_pid != pid:
+                    continue  # resumed by another process meanwhile
+                run.status, run.finished_at = "interrupted", now()
+                for trial in s.scalars(select(Trial).where(Trial.run_id == run_id, Trial.status == "running")):
+                    trial.status = "interrupted"
+        return [run_id for run_id, _ in gone]
 
     def finish_run(self, run_id: int, status: str) -> None:
         with self.session() as s:
@@ -249,6 +283,7 @@ class Store:
 
     def runs(self, name: str | None = None, status: str | None = None, limit: int = 50,
              model: str | None = None) -> list[Run]:
+        self.mark_interrupted()
         with self.reading() as s:
             q = select(Run)
             if name:
@@ -260,6 +295,7 @@ class Store:
             return list(s.scalars(q.order_by(Run.id.desc()).limit(limit)))
 
     def run(self, ref: str | int) -> Run:
+        self.mark_interrupted()
         with self.reading() as s:
             run = (s.get(Run, row_id) if (row_id := _row_id(ref)) else None) if str(ref).isdigit() else \
                 s.scalars(select(Run).where(Run.name == str(ref)).order_by(Run.id.desc())).first()
@@ -462,6 +498,23 @@ class Store:
 def model_name(run: Run, trial: Trial) -> str:
     """The name of the model a (non-baseline) trial produced: RUN_NAME#RUN_ID/TRIAL."""
     return f"{run.name}#{run.id}/{trial.name}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` on this host still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): the signal said it exists
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _redacted(text: str | None) -> str | None:
