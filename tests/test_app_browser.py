@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ from tests.conftest import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SHOTS = REPO / "reports" / "screenshots"
+# tests never write into reports/: TUNEGATE_SCREENSHOTS=reports/screenshots to refresh the committed pictures
+SHOTS = Path(os.environ.get("TUNEGATE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "tunegate-screenshots")
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1440,1000", "--hide-scrollbars"]
@@ -127,7 +129,7 @@ def open_page(driver: Any, url: str, page: str, heading: str, run_id: int = 1) -
 
 
 def screenshot(driver: Any, name: str, max_height: int = 2600) -> Path:
-    """The whole page (up to max_height px) as a PNG under reports/screenshots/."""
+    """The whole page (up to max_height px) as a PNG under SHOTS."""
     height = driver.execute_script(
         "const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
         "return Math.max(m.scrollHeight, document.body.scrollHeight)")
