@@ -106,7 +106,9 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
         value: float = super().construct_yaml_float(node)  # type: ignore[no-untyped-call]
         if not math.isfinite(value):
-            raise self.error(f"'{node.value}' is not a finite number", line=node.start_mark.line + 1)
+            error = self.error(f"'{node.value}' is not a finite number", line=node.start_mark.line + 1)
+            error.mark = node.start_mark  # type: ignore[attr-defined]  # the scalar's place, to name its key
+            raise error
         return value
 
 
@@ -130,7 +132,8 @@ class YamlDoc:
             finally:
                 loader.dispose()  # type: ignore[no-untyped-call]
         except UserError as exc:
-            field = exc.field or (dotted(self._path_at(exc.line)) if exc.line else None)
+            mark = getattr(exc, "mark", None)
+            field = exc.field or (dotted(_path_of(self.node, mark)) if mark is not None else None)
             raise error(exc.message, file=self.path, line=exc.line, field=field or None) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
@@ -139,15 +142,6 @@ class YamlDoc:
         self.lines: dict[tuple[Any, ...], int] = {}
         if self.node is not None:
             _line_map(self.node, (), self.lines)
-
-    def _path_at(self, line: int) -> tuple[Any, ...]:
-        """The deepest key path whose value starts on `line` (for a bad scalar's field name)."""
-        on_line = [p for p, n in self.lines.items() if n == line] if hasattr(self, "lines") else []
-        if not on_line and self.node is not None:
-            lines: dict[tuple[Any, ...], int] = {}
-            _line_map(self.node, (), lines)
-            on_line = [p for p, n in lines.items() if n == line]
-        return max(on_line, key=len, default=())
 
     def line_of(self, loc: Sequence[Any]) -> int | None:
         loc = tuple(loc)
@@ -195,6 +189,23 @@ class YamlDoc:
         path, line = self.resolve([p for p in err["loc"] if not str(p).startswith("function-")])
         return self.error(_message(exc).removeprefix("Value error, "), file=self.path, line=line,
                           field=dotted(path) or None)
+
+
+def _path_of(node: yaml.Node | None, mark: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """The key path of the value node that starts at `mark` (() if none does)."""
+    if node is None:
+        return ()
+    if (node.start_mark.line, node.start_mark.column) == (mark.line, mark.column) and path:
+        return path
+    children: list[tuple[Any, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [(k.value if isinstance(k, yaml.ScalarNode) else str(k), v) for k, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(enumerate(node.value))
+    for key, child in children:
+        if found := _path_of(child, mark, path + (key,)):
+            return found
+    return ()
 
 
 def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
