@@ -99,8 +99,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:          # an unhashable key: let PyYAML report it
                 continue
             if first is not None:
-                raise self.error(f"duplicate key '{key}': given on line {first} and again on line {line}",
-                                 line=line, field=str(key))
+                error = self.error(f"duplicate key '{key}': given on line {first} and again on line {line}",
+                                   line=line, field=str(key))
+                error.mark, error.key = node.start_mark, key  # type: ignore[attr-defined]  # to name its path
+                raise error
         return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
@@ -132,8 +134,10 @@ class YamlDoc:
             finally:
                 loader.dispose()  # type: ignore[no-untyped-call]
         except UserError as exc:
-            mark = getattr(exc, "mark", None)
-            field = exc.field or (dotted(_path_of(self.node, mark)) if mark is not None else None)
+            mark, field = getattr(exc, "mark", None), exc.field
+            if mark is not None:  # the full path: the mapping's (or the bad scalar's), then the duplicate key
+                path = _path_of(self.node, mark) + ((exc.key,) if hasattr(exc, "key") else ())  # type: ignore[attr-defined]
+                field = dotted(path) or field
             raise error(exc.message, file=self.path, line=exc.line, field=field or None) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)

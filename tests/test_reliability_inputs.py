@@ -102,12 +102,13 @@ def test_duplicate_key_in_a_plan_names_both_lines(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         load_plan(path)
     err = info.value
-    assert (err.file, err.line, err.field) == (path, 9, "max_steps")
+    assert (err.file, err.line, err.field) == (path, 9, "arms[1].max_steps")
     assert "duplicate key 'max_steps': given on line 8 and again on line 9" in str(err)
 
 
 @pytest.mark.parametrize("text, line, field, words", [
-    ("rules:\n  - suite: s\n    metric: m\n    max_drop: 0.0\n    max_drop: 1.0\n", 5, "max_drop", "duplicate key"),
+    ("rules:\n  - suite: s\n    metric: m\n    max_drop: 0.0\n    max_drop: 1.0\n", 5, "rules[0].max_drop",
+     "duplicate key 'max_drop': given on line 4 and again on line 5"),
     ("rules:\n  - {suite: s, metric: m, min: -1}\n", 2, "rules[0].min", "greater than or equal to 0"),
     ("rules:\n  - {suite: s, metric: m, max_drop: .inf}\n", 2, "rules[0].max_drop", "not a finite number"),
     ("rules:\n  - {suite: s, metric: m, min: .nan}\n", 2, "rules[0].min", "not a finite number"),
