@@ -17,6 +17,7 @@ from advisor.errors import AdvisorInputError
 from advisor.hardware import probe_hardware
 from advisor.planner import save_plan, write_plan
 from advisor.questions import Answers, ask_answers, load_answers
+from harness.errors import UserError
 from harness.plan import Plan
 
 
@@ -68,7 +69,7 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
             _check_plan(plan, console)
             save_plan(write, plan, result.recommendation, notes)
         explanation = _explain(result, train, test, console) if explain else None
-    except AdvisorInputError as exc:   # one line, however narrow the terminal
+    except UserError as exc:   # one line, however narrow the terminal
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except OSError as exc:   # unreadable file, a folder given as a file, no permission ...

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from rich.console import Console
 from rich.prompt import Prompt
 
-from advisor.errors import AdvisorInputError, YamlFile, dotted
+from advisor.errors import AdvisorInputError
+from harness.errors import YamlDoc, dotted
 
 TaskType = Literal["style_format", "domain_knowledge", "classification_extraction", "reasoning",
                    "summarization", "open_qa"]
@@ -246,7 +247,7 @@ def ask_answers(console: Console | None = None, defaults: Answers | dict[str, An
 
 def load_answers(path: str | Path) -> Answers:
     """Answers from a YAML file; a bad value raises AdvisorInputError naming file, line and field."""
-    return YamlFile(path).validate(Answers, what="answers file")
+    return YamlDoc(path, error=AdvisorInputError).validate(Answers, what="answers file")
 
 
 def answers_from_dict(data: dict[str, Any]) -> Answers:

@@ -34,8 +34,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from advisor.errors import YamlFile
+from advisor.errors import AdvisorInputError
 from advisor.questions import NO_LIMIT, Answers, implied_by, show
+from harness.errors import YamlDoc
 from harness.plan import estimate_training_memory
 
 Option = Literal["prompting", "rag", "lora", "qlora", "hybrid_rag_lora", "dpo", "full"]
@@ -189,7 +190,7 @@ class RuleBook(BaseModel):
 
 def load_rules(path: str | Path | None = None) -> RuleBook:
     """Parse and validate a rules file; errors name the file, line and field."""
-    return YamlFile(path or RULES_PATH).validate(RuleBook, what="rules file")
+    return YamlDoc(path or RULES_PATH, error=AdvisorInputError).validate(RuleBook, what="rules file")
 
 
 @lru_cache(maxsize=1)

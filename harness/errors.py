@@ -1,14 +1,16 @@
 """User-facing errors: every bad input names its file, line and field and exits 2."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from harness.plan._kinds import ARM_KINDS
+M = TypeVar("M", bound=BaseModel)
 
 
 class UserError(Exception):
@@ -32,6 +34,19 @@ class UserError(Exception):
         return f"{where}{field}{self.message}"
 
 
+def ensure_folder(folder: str | Path, *, field: str | None = None) -> Path:
+    """Create `folder` and its parents; a file in the way, or no permission, is one clear UserError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise UserError(f"cannot create the folder {folder}: {blocker} is a file", field=field) from None
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {folder}: {exc.strerror or exc}", field=field) from None
+    return folder
+
+
 def dotted(loc: Sequence[Any]) -> str:
     """('arms', 2, 'r') -> 'arms[2].r'."""
     out = ""
@@ -43,37 +58,95 @@ def dotted(loc: Sequence[Any]) -> str:
     return out
 
 
-def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
-            lines[path + (k,)] = key.start_mark.line + 1
-            _line_map(value, path + (k,), lines)
-            lines[path + (k,)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_map(item, path + (i,), lines)
+def read_utf8(path: str | Path, *, error: type[UserError] = UserError) -> str:
+    """A text file's contents. A UTF-8 byte-order mark is dropped; a missing file, a folder, an unreadable
+    file or bytes that are not UTF-8 are one clear error naming the file (and the line of the bad byte)."""
+    path = Path(path)
+    if path.is_dir():
+        raise error("is a folder, not a file", file=path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error("file not found", file=path) from None
+    except OSError as exc:
+        raise error(f"cannot read the file: {exc.strerror or exc}", file=path) from None
+    return decode_utf8(raw, path, error=error)
+
+
+def decode_utf8(raw: bytes, path: str | Path, *, first_line: int = 1, error: type[UserError] = UserError) -> str:
+    """`raw` as text (a leading UTF-8 byte-order mark dropped); bytes that are not UTF-8 name their line."""
+    try:
+        return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        line = first_line + raw.count(b"\n", 0, exc.start)
+        raise error(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} cannot be decoded); save the file as UTF-8",
+                    file=path, line=line) from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error naming both lines
+    (PyYAML would keep the last one silently), and .nan/.inf are refused (no setting means "not a number")."""
+
+    error: type[UserError] = UserError
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen[key] = line
+            except TypeError:          # an unhashable key: let PyYAML report it
+                continue
+            if first is not None:
+                error = self.error(f"duplicate key '{key}': given on line {first} and again on line {line}",
+                                   line=line, field=str(key))
+                error.mark, error.key = node.start_mark, key  # type: ignore[attr-defined]  # to name its path
+                raise error
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        value: float = super().construct_yaml_float(node)  # type: ignore[no-untyped-call]
+        if not math.isfinite(value):
+            error = self.error(f"'{node.value}' is not a finite number", line=node.start_mark.line + 1)
+            error.mark = node.start_mark  # type: ignore[attr-defined]  # the scalar's place, to name its key
+            raise error
+        return value
+
+
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", UniqueKeyLoader.construct_yaml_float)
 
 
 class YamlDoc:
-    """A parsed YAML file that remembers the line of every key, for error messages."""
+    """A YAML file parsed twice: into Python data (duplicate keys and .nan/.inf refused) and into nodes that
+    know their line numbers, for error messages. The one loader for plans, policies, suites, answers and rules;
+    every problem is `error` (a UserError: one line naming file, line and field; exit 2)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise UserError("file not found", file=self.path)
-        text = self.path.read_text(encoding="utf-8")
+    def __init__(self, path: str | Path, *, error: type[UserError] = UserError) -> None:
+        self.path, self.error = Path(path), error
+        text = read_utf8(self.path, error=error)
+        loader_cls = type("_Loader", (UniqueKeyLoader,), {"error": error})
         try:
-            self.data: Any = yaml.safe_load(text)
-            node = yaml.compose(text)
+            self.node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+            loader = loader_cls(text)
+            try:
+                self.data: Any = loader.get_single_data()
+            finally:
+                loader.dispose()  # type: ignore[no-untyped-call]
+        except UserError as exc:
+            mark, field = getattr(exc, "mark", None), exc.field
+            if mark is not None:  # the full path: the mapping's (or the bad scalar's), then the duplicate key
+                path = _path_of(self.node, mark) + ((exc.key,) if hasattr(exc, "key") else ())  # type: ignore[attr-defined]
+                field = dotted(path) or field
+            raise error(exc.message, file=self.path, line=exc.line, field=field or None) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            raise UserError(f"invalid YAML: {getattr(exc, 'problem', exc)}", file=self.path,
-                            line=mark.line + 1 if mark else None) from None
+            raise error(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=self.path,
+                        line=mark.line + 1 if mark else None) from None
         self.lines: dict[tuple[Any, ...], int] = {}
-        if node is not None:
-            _line_map(node, (), self.lines)
+        if self.node is not None:
+            _line_map(self.node, (), self.lines)
 
     def line_of(self, loc: Sequence[Any]) -> int | None:
         loc = tuple(loc)
@@ -83,31 +156,97 @@ class YamlDoc:
             loc = loc[:-1]
         return self.lines.get(())
 
-    def validate(self, model: type[BaseModel], *, context: dict[str, Any] | None = None) -> Any:
+    def resolve(self, loc: Sequence[Any]) -> tuple[list[Any], int | None]:
+        """Follow a pydantic error location through the nodes. Parts that are neither keys nor indexes
+        (union tags such as 'lora' or 'clause') are dropped; a missing key is reported at the line of the
+        mapping that lacks it. Returns the field path and its line."""
+        node, path = self.node, cast(list[Any], [])
+        line = node.start_mark.line + 1 if node is not None else None
+        for i, part in enumerate(loc):
+            if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+                match = next(((k, v) for k, v in node.value if k.value == part), None)
+                if match is None:
+                    if part in _UNION_TAGS:
+                        continue
+                    return path + [p for p in loc[i:] if p not in _UNION_TAGS], line
+                node, line = match[1], match[0].start_mark.line + 1
+                path.append(part)
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+                path.append(part)
+            elif part not in _UNION_TAGS:
+                path.append(part)
+        return path, line
+
+    def validate(self, model: type[M], *, context: dict[str, Any] | None = None, what: str = "file") -> M:
         if not isinstance(self.data, dict):
-            raise UserError("expected a mapping at the top level", file=self.path, line=1)
+            raise self.error(f"expected a mapping at the top level: the {what} must be a YAML mapping of "
+                             "key: value", file=self.path, line=1)
         try:
             return model.model_validate(self.data, context=context)
         except ValidationError as exc:
-            raise from_validation(exc, self.path, self.line_of) from None
+            raise self.error_from(exc) from None
+
+    def error_from(self, exc: ValidationError) -> UserError:
+        """The first pydantic error, with the line and field it points at in this file."""
+        err = exc.errors()[0]
+        path, line = self.resolve([p for p in err["loc"] if not str(p).startswith("function-")])
+        return self.error(_message(exc).removeprefix("Value error, "), file=self.path, line=line,
+                          field=dotted(path) or None)
+
+
+def _path_of(node: yaml.Node | None, mark: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """The key path of the value node that starts at `mark` (() if none does)."""
+    if node is None:
+        return ()
+    if (node.start_mark.line, node.start_mark.column) == (mark.line, mark.column) and path:
+        return path
+    children: list[tuple[Any, yaml.Node]] = []
+    if isinstance(node, yaml.MappingNode):
+        children = [(k.value if isinstance(k, yaml.ScalarNode) else str(k), v) for k, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = list(enumerate(node.value))
+    for key, child in children:
+        if found := _path_of(child, mark, path + (key,)):
+            return found
+    return ()
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else str(key)
+            _line_map(value, path + (k,), lines)
+            lines[path + (k,)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), lines)
+
+
+def _message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+    if err["type"] == "finite_number" or (isinstance(err.get("input"), float) and err["input"] != err["input"]):
+        msg = "must be a finite number"
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return msg
 
 
 def from_validation(exc: ValidationError, file: str | Path, line_of: Any = None,
                     line: int | None = None) -> UserError:
-    """The first pydantic error as a UserError with file, line and field."""
+    """The first pydantic error as a UserError with file, line and field (for rows of a JSONL file)."""
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     # a discriminated union puts its tag right after the list index; drop it from the field path
     loc = [p for i, p in enumerate(loc)
            if not (i > 0 and isinstance(loc[i - 1], int) and p in _UNION_TAGS)]
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = len(exc.errors()) - 1
-    if more:
-        msg += f" (and {more} more error{'s' if more > 1 else ''})"
     found_line = line if line is not None else (line_of(loc) if line_of else None)
-    return UserError(msg, file=file, line=found_line, field=dotted(loc) or None)
+    return UserError(_message(exc), file=file, line=found_line, field=dotted(loc) or None)
 
 
-_UNION_TAGS = set(ARM_KINDS)
+# union tags pydantic puts in an error location (plan arm types; advisor clauses) and its dict-key marker
+_UNION_TAGS = {*ARM_KINDS, "clause", "all", "any", "not", "[key]"}

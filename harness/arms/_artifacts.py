@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.errors import UserError, ensure_folder
 from harness.model._load import load_model, local_folder, resolve
 from harness.plan._kinds import TRAINED, UNTRAINED
 from harness.store._store import Store
@@ -49,10 +49,13 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
     if not weights.is_dir():
         raise UserError(f"trial '{ref}' has no weights at {weights} (was the run folder moved or deleted?)")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder; choose a new or empty folder", field="--out")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out} exists and is not empty; choose another folder", field="--out")
         shutil.rmtree(out)
+    ensure_folder(out.parent, field="--out")
     run = store.get_run(trial.run_id)
     base = trial_base(run.base_model, folder)
     is_adapter = (weights / "adapter_config.json").exists()

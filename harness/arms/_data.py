@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.errors import UserError, from_validation
+from harness.errors import UserError, decode_utf8, from_validation
 
 Role = Literal["system", "user", "assistant"]
 
@@ -102,19 +102,35 @@ def detect_format(row: dict[str, Any]) -> str | None:
     return None
 
 
+MAX_ROW_BYTES = 8 * 2**20
+"""The largest row a JSONL file may hold: a longer one is an error (before it is read whole), not gigabytes of
+memory spent on one example that training would truncate anyway."""
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; bad JSON names its line."""
+    """(line number, object) for each non-blank line; bad JSON, bytes that are not UTF-8 and oversized rows
+    name their line. A UTF-8 byte-order mark is accepted."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError("is a folder, not a data file", file=path)
     if not path.is_file():
         raise UserError("data file not found", file=path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, text in enumerate(f, start=1):
+    with path.open("rb") as f:
+        lineno = 0
+        while raw := f.readline(MAX_ROW_BYTES + 1):
+            lineno += 1
+            if len(raw) > MAX_ROW_BYTES:
+                raise UserError(f"the row is longer than {MAX_ROW_BYTES // 2**20} MiB; shorten or split it",
+                                file=path, line=lineno)
+            text = decode_utf8(raw, path, first_line=lineno)
             if not text.strip():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise UserError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=path, line=lineno) from None
+            except RecursionError:
+                raise UserError("invalid JSON: nested too deeply", file=path, line=lineno) from None
             if not isinstance(obj, dict):
                 raise UserError("each line must be a JSON object", file=path, line=lineno)
             yield lineno, obj

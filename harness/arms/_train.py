@@ -84,6 +84,11 @@ def step_logger(progress: bool = True) -> Any:
             self.bar.start()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.show(state)
+
+        def show(self, state: Any) -> None:
+            """The bar at this step. The Trainer logs a step's loss after on_step_end, so on_log calls this
+            again: the loss shown is always the latest step's, not the one before."""
             if self.bar is not None:
                 loss = f"{self.rows[-1]['loss']:.4f}" if self.rows else "…"
                 self.bar.update(self.task, completed=state.global_step, loss=loss)
@@ -103,6 +108,7 @@ def step_logger(progress: bool = True) -> Any:
             self.rows.append({"step": state.global_step, "loss": loss, "lr": logs.get("learning_rate"),
                               "grad_norm": logs.get("grad_norm"), "tokens": step_tokens, "seconds": seconds,
                               "tokens_per_second": step_tokens / seconds, "peak_memory_gib": peak_memory_gib()})
+            self.show(state)
             if not math.isfinite(loss) or loss > 1e4:
                 raise TrainingFailed(f"loss diverged at step {state.global_step} (loss={loss})")
 

@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
+from urllib.parse import urlparse
 
 import typer
 from rich.table import Table
 
 from advisor.cli import advise_command
 from harness import tracing, ui
-from harness.cli._console import _f, console, err_console, print_decision, print_run_comparison
+from harness.cli._console import _f, console, err_console, print_decision, print_run_comparison, printable, safe
 from harness.cli._safety import app as safety_app
 from harness.errors import UserError
+from harness.redact import redact
 from harness.evaluation._suite import load
 from harness.gate._decide import decide
 from harness.gate._outputs import to_junit, to_markdown
@@ -39,7 +42,7 @@ def _store(store: str | None) -> Any:
 
 
 def _fail(exc: UserError) -> None:
-    err_console.print("error: " + str(exc), style="bold red", highlight=False, markup=False, soft_wrap=True)
+    err_console.print("error: " + printable(redact(str(exc))), style="bold red", highlight=False, markup=False, soft_wrap=True)
     sys.exit(2)
 
 
@@ -103,23 +106,65 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
 
     st = _store(store)
     suites = [load(s) for s in suite]
+    run_id = None
     if "/" in target and not Path(target).exists() and _looks_like_trial(st, target):
         trial = st.get_trial(target)
         base = st.get_run(trial.run_id).base_model
         model, tok = load_trial_model(base, trial.folder if trial.arm_type not in UNTRAINED else "")
         trial_id = trial.id
     else:
-        resolve(target)
-
+        if resolve(target).kind == "hub" and not _hub_can_serve(target):
+            raise UserError(f"'{target}' is neither a trial in the store ({st.where}) nor a local model, and the "
+                            "Hugging Face hub cannot be reached (HF_HUB_OFFLINE is set or there is no network) to "
+                            "fetch it; for a trial give RUN/TRIAL or t<id> (see `tunegate runs`)", field="target")
         model, tok = load_model(target)
         run_id = st.create_run(f"eval-{Path(target).name}", {"eval": target, "suites": suite}, "", target, "")
         trial_id = st.ensure_trial(run_id, "model", "model", "baseline", {"model": target}).id
-    for s in suites:
-        with tracing.attributes(trial_id=trial_id), judge.using_store(st):
-            result = evaluate(model, tok, s)
-        st.save_evaluation(trial_id, result)
-        console.print(f"{s.name}: " + ", ".join(f"{m}={v[0]:.3f}±{v[1]:.3f} (n={v[2]})" for m, v in result.metrics.items()))
-    st.update_trial(trial_id, status="finished")
+    unscored: list[str] = []
+    try:
+        for s in suites:
+            with tracing.attributes(trial_id=trial_id), judge.using_store(st):
+                result = evaluate(model, tok, s)
+            st.save_evaluation(trial_id, result)
+            console.print(f"{safe(s.name)}: " + ", ".join(f"{m}={v[0]:.3f}±{v[1]:.3f} (n={v[2]})"
+                                                          for m, v in result.metrics.items()))
+            unscored += [_unscored(s.name, m, result) for m in s.scorer_names if m not in result.metrics]
+    except BaseException:
+        if run_id is not None:
+            st.finish_run(run_id, "failed")
+        raise
+    status = "failed" if unscored else "finished"
+    st.update_trial(trial_id, status=status, error="; ".join(unscored) or None)
+    if run_id is not None:
+        st.finish_run(run_id, status)
+    for problem in unscored:
+        err_console.print("error: " + printable(redact(problem)), style="bold red", highlight=False, markup=False,
+                          soft_wrap=True)
+    raise typer.Exit(1 if unscored else 0)
+
+
+def _unscored(suite: str, metric: str, result: Any) -> str:
+    """Why no item got a score for `metric` (every judge call failed, say), for the user."""
+    why = next((d[metric] for r in result.items if (d := getattr(r, "details", {})).get(metric)), "")
+    return f"{suite}: no item got a '{metric}' score" + (f" (first failure: {why})" if why else "")
+
+
+def _hub_can_serve(repo_id: str) -> bool:
+    """Whether a hub id can be loaded now: it is in the local cache, or the hub is online and reachable
+    (checked with one short connection instead of the libraries' minute of retries)."""
+    from huggingface_hub import constants, try_to_load_from_cache  # heavy: keeps `tunegate --help` fast
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co",
+                                       endpoint.port or (443 if endpoint.scheme == "https" else 80)), timeout=3):
+            return True
+    except OSError:
+        return False
 
 
 def _looks_like_trial(st: Any, ref: str) -> bool:
@@ -183,7 +228,8 @@ def runs(name: Annotated[Optional[str], typer.Option(help="Filter by name (subst
     for r in st.runs(name, status):
         trials = st.trials(r.id)
         done = sum(t.status == "finished" for t in trials)
-        table.add_row(str(r.id), r.name, r.base_model, r.status, r.created_at, f"{done}/{len(trials)}")
+        table.add_row(str(r.id), safe(r.name), safe(r.base_model), safe(r.status), safe(r.created_at),
+                      f"{done}/{len(trials)}")
     console.print(table)
 
 
@@ -193,10 +239,11 @@ def show(run_ref: Annotated[str, typer.Argument(help="Run id or name.")], store:
     st = _store(store)
     run = st.get_run(run_ref)
     table = Table("trial", "type", "status", "train s", "tok/s", "peak GiB", "final loss", "error",
-                  title=f"run {run.id}: {run.name} ({run.status})")
+                  title=f"run {run.id}: {safe(run.name)} ({safe(run.status)})")
     for t in st.trials(run.id):
-        table.add_row(t.name, t.arm_type, t.status, _f(t.train_seconds, 1), _f(t.tokens_per_second, 0),
-                      _f(t.peak_memory_gib, 2), _f(t.final_loss, 3), (t.error or "")[:60])
+        table.add_row(safe(t.name), safe(t.arm_type), safe(t.status), _f(t.train_seconds, 1),
+                      _f(t.tokens_per_second, 0), _f(t.peak_memory_gib, 2), _f(t.final_loss, 3),
+                      safe((t.error or "")[:60]))
     console.print(table)
     print_run_comparison(st, run.id)
 
@@ -210,7 +257,7 @@ def export(trial: Annotated[str, typer.Argument(help="A finished trained trial: 
     from harness.arms._artifacts import export_trial  # heavy: torch via the trial's model
 
     done = export_trial(_store(store), trial, out, merge=merge)
-    console.print(f"exported {done.trial} ({done.kind}, base {done.base_model}) to {done.folder}")
+    console.print(f"exported {safe(done.trial)} ({done.kind}, base {safe(done.base_model)}) to {safe(done.folder)}")
 
 
 @app.command("export-results")
@@ -233,7 +280,7 @@ def rollback(reason: Annotated[str, typer.Option(help="Why (recorded with the ro
 
     def label(trial_id: int | None) -> str:
         t = st.get_trial(f"t{trial_id}")
-        return f"{st.get_run(t.run_id).name}/{t.name} (t{t.id})"
+        return safe(f"{st.get_run(t.run_id).name}/{t.name} (t{t.id})")
 
     console.print(f"rolled back: {label(p.previous_trial_id)} -> {label(p.trial_id)} is the promoted model again "
                   f"(promotion #{p.id})")

@@ -15,6 +15,17 @@ console = Console() if sys.stdout.isatty() else Console(width=max(120, int(os.en
 err_console = Console(stderr=True)
 
 
+def printable(text: object) -> str:
+    """Control and other invisible characters (ANSI escapes, OSC window titles, bidi overrides) shown as
+    \\x1b-style escapes, so text from the store or the user cannot drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def safe(text: object) -> str:
+    """`printable` text for a Rich string: its markup (`[link=...]`, `[bold]`) shown literally, not applied."""
+    return escape(printable(text))
+
+
 def _f(x: float | None, digits: int) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
@@ -29,15 +40,15 @@ def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline", out: 
     for cand in trials:
         if cand.id == base.id or cand.status != "finished":
             continue
-        table = Table("suite", "metric", baseline, cand.name, "Δ", "95% CI (paired bootstrap)", "McNemar p", "n",
-                      title=f"{cand.name} vs {baseline}")
+        table = Table("suite", "metric", safe(baseline), safe(cand.name), "Δ", "95% CI (paired bootstrap)",
+                      "McNemar p", "n", title=f"{safe(cand.name)} vs {safe(baseline)}")
         for c in compare_trials(st, base, cand):
             s = c.stats
             if s is None:
-                table.add_row(c.suite, c.metric, "—", "—", "—", c.problem or "", "", "")
+                table.add_row(safe(c.suite), safe(c.metric), "—", "—", "—", safe(c.problem or ""), "", "")
                 continue
             style = {"better": "green", "worse": "red"}.get(c.verdict, "")
-            table.add_row(c.suite, c.metric + (" *" if c.primary else ""), f"{s.mean_a:.3f}", f"{s.mean_b:.3f}",
+            table.add_row(safe(c.suite), safe(c.metric) + (" *" if c.primary else ""), f"{s.mean_a:.3f}", f"{s.mean_b:.3f}",
                           f"[{style}]{s.delta:+.3f}[/]" if style else f"{s.delta:+.3f}", f"[{s.lo:+.3f}, {s.hi:+.3f}]",
                           "—" if s.mcnemar_p is None else f"{s.mcnemar_p:.3g}", str(s.n))
         out.print(table)
@@ -46,10 +57,10 @@ def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline", out: 
 def print_decision(decision: Any, out: Console | None = None) -> None:
     out = out or console
     color = {"promote": "green", "reject": "red", "error": "yellow"}[decision.verdict]
-    table = Table("rule", "result", "detail", title=escape(f"gate: {decision.candidate} vs {decision.baseline}"))
+    table = Table("rule", "result", "detail", title=safe(f"gate: {decision.candidate} vs {decision.baseline}"))
     for r in decision.rules:
-        table.add_row(escape(r.name), "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
-                      escape(r.message))
+        table.add_row(safe(r.name), "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
+                      safe(r.message))
     out.print(table)
     word = {"promote": "PASS — promote", "reject": "FAIL — reject", "error": "ERROR — cannot decide"}[decision.verdict]
-    out.print(f"[bold {color}]Gate: {word}[/] (exit {decision.exit_code}): {escape(decision.reason)}")
+    out.print(f"[bold {color}]Gate: {word}[/] (exit {decision.exit_code}): {safe(decision.reason)}")

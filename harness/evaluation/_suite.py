@@ -159,7 +159,10 @@ def _load(path: Path) -> Suite:
             loc = ("scorers", i, "params", param) if param else ("scorers", i)
             msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes str()
             raise UserError(msg, file=path, line=doc.line_of(loc), field=dotted(loc)) from None
-    items_path = path.parent / spec.items
+    items_path = (path.parent / spec.items).resolve()
+    if not items_path.is_relative_to(path.parent.resolve()):
+        raise UserError(f"'{spec.items}' is outside the suite's folder {path.parent}; keep a suite's items in its "
+                        "folder", file=path, line=doc.line_of(("items",)), field="items")
     items: list[SuiteItem] = []
     seen: set[str] = set()
     for lineno, obj in read_jsonl(items_path):

@@ -242,6 +242,7 @@ def evaluate_rule(store: Store, policy: Policy, rule: Rule, candidate: Trial, ba
         if rule.require_improvement:
             ok = worst > 0
             passed &= ok
-            checks.append(f"gain 95% interval [{worst:+.3f}, {best:+.3f}] "
-                          f"{'excludes 0' if ok else 'does not exclude 0: FAILED'}")
+            verdict = "excludes 0" if ok else ("lies below 0: the change is negative: FAILED" if best < 0
+                                                 else "does not exclude 0: no clear improvement: FAILED")
+            checks.append(f"gain 95% interval [{worst:+.3f}, {best:+.3f}] {verdict}")
     return RuleResult(rule.label, bool(passed), False, "; ".join(checks), evidence, rule._safety)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -37,8 +38,22 @@ def to_junit(decision: Decision) -> str:
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 
+# the marks that can start markup inside a table cell: code spans, emphasis, links, images, HTML, entities, cells
+_MD_PUNCTUATION = re.compile(r"([\\`*_\[\]<>|!&~#])")
+
+
 def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    """Plain text for Markdown (a table cell): the marks that start markup backslash-escaped, so a name or
+    message can open no link, image, code span, HTML tag or table cell; on one line."""
+    return _MD_PUNCTUATION.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _code(text: Any) -> str:
+    """Text as a Markdown code span that nothing in it can close: its fence is longer than any run of backticks
+    inside (CommonMark), and `|` is escaped for GitHub's tables."""
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
+    return f"{fence} {flat} {fence}"
 
 
 def fmt(x: Any, signed: bool = False) -> str:
@@ -54,8 +69,8 @@ def to_markdown(decision: Decision) -> str:
     """A PR comment: verdict, one table row per rule with the evidence, and the reason."""
     icon = {"promote": "✅ PROMOTE", "reject": "❌ REJECT", "error": "⚠️ ERROR"}[decision.verdict]
     lines = [MARKDOWN_MARKER, f"### tunegate gate: {icon} (exit {decision.exit_code})", "",
-             f"Policy `{_md(decision.policy)}` · candidate `{_md(decision.candidate)}` · compared with "
-             f"`{_md(decision.baseline or '—')}`", "",
+             f"Policy {_code(decision.policy)} · candidate {_code(decision.candidate)} · compared with "
+             f"{_code(decision.baseline or '—')}", "",
              "| rule | result | candidate | compared with | Δ [95% CI] | n | detail |", "|---|---|---|---|---|---|---|"]
     for r in decision.rules:
         status = "⚠️ error" if r.error else ("✅ pass" if r.passed else "❌ FAIL")

@@ -14,13 +14,13 @@ CONFIDENCE = 0.95
 
 
 class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str | None = None
     suite: str
     metric: str
     version: str | None = None                # pin the suite's content hash
-    min: float | None = None                  # absolute floor on the candidate's mean
-    max: float | None = None                  # absolute ceiling on the candidate's mean
+    min: float | None = Field(default=None, ge=0)  # absolute floor on the candidate's mean (metrics are >= 0)
+    max: float | None = Field(default=None, ge=0)  # absolute ceiling on the candidate's mean
     max_drop: float | None = Field(default=None, ge=0)  # largest allowed fall vs the comparison model
     require_improvement: bool = False         # the paired interval of the gain must lie above 0
     compare_to: Target | None = None          # default: the policy's compare_to
@@ -62,7 +62,7 @@ class SafetyRule(Rule):
 
 
 class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = "gate"
     baseline: str = "baseline"  # trial name in the candidate's run, unless --baseline is given
     compare_to: Target = "baseline"

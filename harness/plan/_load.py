@@ -30,13 +30,14 @@ def load_plan(path: str | Path) -> tuple[Plan, YamlDoc]:
         value = _resolve_path(getattr(plan.data, key), base)
         setattr(plan.data, key, value)
         if value and not Path(value).is_file():
-            raise UserError(f"file not found: {value}", file=doc.path, line=doc.line_of(("data", key)),
-                            field=f"data.{key}")
+            why = "is a folder, not a file" if Path(value).is_dir() else "file not found"
+            raise UserError(f"{why}: {value}", file=doc.path, line=doc.line_of(("data", key)), field=f"data.{key}")
     for i, arm in enumerate(plan.arms):
         if isinstance(arm, RagArm) and arm.documents:
             arm.documents = _resolve_path(arm.documents, base)
             if not Path(arm.documents or "").is_file():
-                raise UserError(f"file not found: {arm.documents}", file=doc.path,
+                why = "is a folder, not a file" if Path(arm.documents or "").is_dir() else "file not found"
+                raise UserError(f"{why}: {arm.documents}", file=doc.path,
                                 line=doc.line_of(("arms", i, "documents")), field=f"arms[{i}].documents")
     if plan.gate:
         plan.gate = _resolve_path(plan.gate, base)

@@ -5,7 +5,7 @@ import math
 import random
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.plan._kinds import TRAINED as TRAINED  # re-exported for harness/run until it imports _kinds
 from harness.plan._kinds import Baseline, Dora, Dpo, Full, Lora, Prompt, Qlora, Rag
@@ -15,7 +15,7 @@ Loc = tuple[Any, ...]
 
 
 class ArmBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(pattern=NAME, max_length=120)
 
 
@@ -45,6 +45,7 @@ class TrainArm(ArmBase):
     r: int = Field(default=16, gt=0, le=1024)
     alpha: int = Field(default=32, gt=0)
     dropout: float = Field(default=0.05, ge=0, lt=1)
+    # "all-linear", or module names: a list, or one string of names ("q_proj" or "q_proj, v_proj")
     target_modules: str | list[str] = "all-linear"
     lr: float = Field(default=2e-4, gt=0, lt=1e3)
     epochs: float = Field(default=1.0, gt=0, le=100)
@@ -58,6 +59,19 @@ class TrainArm(ArmBase):
     data_fraction: float = Field(default=1.0, gt=0, le=1)
     gpus_per_trial: int = Field(default=1, ge=1, le=64)  # >1: data parallel through `accelerate launch`
     seed: int = 0
+
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def module_names(cls, value: Any) -> Any:
+        """A string other than "all-linear" is module names (peft would read it as a regular expression over
+        full module paths, which matches nothing for a plain name like "q_proj")."""
+        if value == "all-linear":
+            return value
+        names = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError('give module names (a list, or a string such as "q_proj, v_proj") or "all-linear"')
+        return names
 
 
 class LoraArm(TrainArm):
@@ -90,7 +104,7 @@ Arm = Annotated[BaselineArm | PromptArm | RagArm | LoraArm | QloraArm | DoraArm 
 
 
 class DataSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     train: str | None = None
     format: Literal["auto", "messages", "alpaca", "prompt_completion"] = "auto"
     preference: str | None = None
@@ -98,7 +112,7 @@ class DataSpec(BaseModel):
 
 class Range(BaseModel):
     """A continuous (or integer) interval for random search: `{low: 1e-5, high: 1e-3, log: true}`."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     low: float
     high: float
     log: bool = False
@@ -122,7 +136,7 @@ class Range(BaseModel):
 
 class Sweep(BaseModel):
     """Grid or random search over any field of one or more arms; each combination becomes a trial."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     arm: str | list[str]
     method: Literal["grid", "random"] = "grid"
     params: dict[str, Any] = Field(min_length=1)  # field -> list of values, or a Range (random search)

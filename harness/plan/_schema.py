@@ -9,7 +9,7 @@ from harness.plan._parts import NAME, Arm, DataSpec, Sweep
 
 
 class Plan(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(pattern=NAME, max_length=120)
     model: str = "smollm2-135m"
     data: DataSpec = Field(default_factory=DataSpec)

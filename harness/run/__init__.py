@@ -59,6 +59,8 @@ if TYPE_CHECKING:
         score_together,
     )
     from harness.run._trial import (
+        EXECUTOR_FILES,
+        OWNER_MARK,
         TrialResult,
         TrialUnit,
         out_of_memory,
@@ -84,12 +86,14 @@ _EXPORTS = {
     "DevicePool": "harness.run._devices",
     "Done": "harness.run._executors",
     "EXECUTORS": "harness.run._runner",
+    "EXECUTOR_FILES": "harness.run._trial",
     "Executor": "harness.run._executors",
     "GIB": "harness.run._preflight",
     "HEADROOM": "harness.run._workers",
     "LIBRARIES": "harness.run._provenance",
     "MAX_AUTO_TRIALS_PER_GPU": "harness.run._workers",
     "MIN_SHARED_GROUP": "harness.run._workers",
+    "OWNER_MARK": "harness.run._trial",
     "PoolExecutor": "harness.run._executors",
     "RayExecutor": "harness.run._executors",
     "RunOutcome": "harness.run._runner",

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import UserError
+from harness.errors import UserError, ensure_folder
 from harness.model._load import default_device
 from harness.plan._load import load_plan, plan_hash
 from harness.plan._parts import TRAINED
@@ -23,7 +23,6 @@ from harness.run._shared_eval import can_share
 from harness.run._trial import TrialResult, TrialUnit
 from harness.run._workers import WorkerExecutor, auto_trials_per_gpu, free_memory_gib
 from harness.store._store import Store
-from harness.store._tables import Run
 
 
 @dataclass
@@ -117,24 +116,29 @@ class Runner:
             self.console.print(f"[yellow]no earlier run of this plan ({plan.name}, same content) in the store; "
                                "starting a new run[/]")
         if existing is not None:
+            if not existing.folder or not Path(existing.folder).is_absolute():
+                raise UserError(f"run {existing.id} ({plan.name}) has no recorded folder (it was stopped while "
+                                "starting), so there is nothing to resume; run the plan without --resume",
+                                field="--resume")
             run_id, folder = existing.id, Path(existing.folder)
-            with self.store.session() as s:
-                row = s.get(Run, run_id)
-                if row is not None:
-                    row.status, row.finished_at = "running", None
+            self.store.reopen_run(run_id)
             self.console.print(f"[bold]Resuming run {run_id}[/] ({plan.name}) in {escape(str(folder))}")
         else:
             plan_dump = json.loads(plan.model_dump_json())
-            run_id = self.store.create_run(plan.name, plan_dump, phash, plan.model, "", git_sha())
-            folder = (self.runs_dir / f"{plan.name}-{run_id}").resolve()
-            n = 1
-            while folder.exists() and any(folder.iterdir()):  # another store's run with the same id
-                n += 1
-                folder = (self.runs_dir / f"{plan.name}-{run_id}.{n}").resolve()
-            self.store.update_run_folder(run_id, str(folder))
+            run_id = self.store.create_run(plan.name, plan_dump, phash, plan.model,
+                                           lambda new_id: str(self._new_folder(plan.name, new_id)), git_sha())
+            folder = Path(self.store.run(run_id).folder)
             self.console.print(f"[bold]Run {run_id}[/] ({plan.name}): {n_trials} trials -> {escape(str(folder))}")
-        folder.mkdir(parents=True, exist_ok=True)
+        ensure_folder(folder)
         return run_id, folder
+
+    def _new_folder(self, name: str, run_id: int) -> Path:
+        folder = (self.runs_dir / f"{name}-{run_id}").resolve()
+        n = 1
+        while folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # another store's run, same id
+            n += 1
+            folder = (self.runs_dir / f"{name}-{run_id}.{n}").resolve()
+        return folder
 
 
 def phases(units: list[TrialUnit], plan: Plan) -> list[list[TrialUnit]]:

@@ -34,6 +34,9 @@ from harness.scorers import _judge_client as judge
 from harness.store._store import Store
 
 
+OWNER_MARK = ".tunegate-trial.json"  # in a trial folder: which run and trial wrote it (what a rerun may clean)
+
+
 @dataclass
 class TrialUnit:
     """One trial as a unit of work: everything a worker needs, JSON-serialisable."""
@@ -63,6 +66,7 @@ class TrialResult:
 
 
 _TRIALS_IN_THIS_PROCESS = 0
+EXECUTOR_FILES = ("worker.log", "unit.json")  # what an executor writes into a trial's folder before the trial starts
 
 
 def _process_age() -> float:
@@ -113,8 +117,9 @@ class _TrialJob:
         trained_earlier = self.trial.status == "trained" and (self.folder / "adapter").exists()
         if trained_earlier and self.unit.defer_eval:
             return TrialResult(arm.name, "trained")
-        if self.main and not trained_earlier:
-            self._start()
+        if self.main and not trained_earlier and (problem := self._start()):
+            self.store.update_trial(self.trial.id, status="failed", error=problem, finished_at=stamp())
+            return TrialResult(arm.name, "failed", problem)
         try:
             if arm.type in TRAINED and not trained_earlier:
                 self._train()
@@ -144,18 +149,39 @@ class _TrialJob:
         self.base_model = manifest.get("base_model") or self.base_model
         self.phases = (manifest.get("phases") or {}) | {"start": self.phases["start"]}
 
-    def _start(self) -> None:
-        # a rerun (resume after a kill, retry after a failure) starts from a clean folder
-        for stale in ("adapter", "checkpoints", "train_log.jsonl", "error.log", "manifest.json"):
-            path = self.folder / stale
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+    def _start(self) -> str | None:
+        """Claim the trial's folder; None, or why the trial cannot run there. A rerun (resume after a kill,
+        retry after a failure) starts from a clean folder, but only files this trial wrote are removed: the
+        folder must carry this trial's owner mark (or, from older runs, its manifest)."""
+        if self.folder.exists() and (not self.folder.is_dir() or any(
+                p.name not in EXECUTOR_FILES for p in self.folder.iterdir())):
+            if not self._owns_folder():
+                return (f"{self.folder} holds files tunegate did not write for this trial; move them away or "
+                        "start a new run")
+            for stale in ("adapter", "checkpoints", "train_log.jsonl", "error.log", "manifest.json"):
+                path = self.folder / stale
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / OWNER_MARK).write_text(json.dumps(self._owner()))
         self.store.update_trial(self.trial.id, status="running", error=None, folder=str(self.folder),
                                 started_at=stamp(), finished_at=None)
         self.console.rule(f"[bold]{self.arm.name}[/] ({self.arm.type})")
+
+    def _owner(self) -> dict[str, Any]:
+        return {"run_id": self.unit.run_id, "trial": self.arm.name, "store": self.store.where}
+
+    def _owns_folder(self) -> bool:
+        for name in (OWNER_MARK, "manifest.json"):
+            try:
+                found = json.loads((self.folder / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(found, dict) and all(found.get(k) == self._owner()[k] for k in ("run_id", "trial")):
+                return True
+        return False
 
     def _reason(self, exc: Exception) -> str:
 

@@ -12,7 +12,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from harness.errors import UserError
+from harness.errors import UserError, ensure_folder
 
 DEFAULT_STORE = "runs/tunegate.db"
 DEFAULT_TIMEOUT_S = 60.0
@@ -22,7 +22,9 @@ def store_url(store: str | None = None) -> str:
     store = store or os.environ.get("TUNEGATE_STORE") or DEFAULT_STORE
     if "://" in store:
         return store
-    Path(store).parent.mkdir(parents=True, exist_ok=True)
+    if Path(store).is_dir():
+        raise UserError("is a folder; give the store's file (e.g. runs/tunegate.db)", file=store, field="--store")
+    ensure_folder(Path(store).parent, field="--store")
     return f"sqlite:///{store}"
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import (
     select,
 )
 
-from harness.errors import UserError
+from harness.errors import UserError, ensure_folder
 from harness.store._store import Store
 from harness.store._tables import Evaluation, ItemRow, Metric, ModelRow, Output, Run, Score, SuiteRow, Trial
 
@@ -64,7 +64,9 @@ def export_results(store: Store, path: str | Path, *, runs: Sequence[str] | None
         raise UserError(f"unknown format '{fmt or path.name}'; use --format csv, parquet or json "
                         "(or a file ending in .csv, .parquet or .json)", file=path, field="format")
     frame = results_frame(store, runs, level)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError("is a folder; give the output file (e.g. results.csv)", file=path)
+    ensure_folder(path.parent)
     if fmt == "csv":
         frame.to_csv(path, index=False)
     elif fmt == "parquet":

@@ -19,6 +19,7 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from harness.analysis._stats import mean_stderr
 from harness.errors import UserError
 from harness.plan._kinds import UNSHAPED
+from harness.redact import redact, redact_json
 from harness.store import migrations
 from harness.store._engine import _timeout, display_url, make_engine, store_url
 from harness.store._tables import (
@@ -109,25 +111,58 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def create_run(self, name: str, plan: dict[str, Any], plan_hash: str, base_model: str, folder: str,
-                   git_sha: str = "") -> int:
+    def create_run(self, name: str, plan: dict[str, Any], plan_hash: str, base_model: str,
+                   folder: str | Callable[[int], str], git_sha: str = "") -> int:
+        """A new run, driven by this process. `folder` may be a function of the new run's id: it is then
+        recorded in the same transaction, so no run is ever on record without its folder."""
         with self.session() as s:
-            run = Run(name=name, plan=plan, plan_hash=plan_hash, base_model=base_model, folder=folder,
-                      git_sha=git_sha)
+            run = Run(name=name, plan=plan, plan_hash=plan_hash, base_model=base_model,
+                      folder=folder if isinstance(folder, str) else "", git_sha=git_sha,
+                      driver_pid=os.getpid(), driver_host=socket.gethostname())
             s.add(run)
             s.flush()
+            if not isinstance(folder, str):
+                run.folder = folder(run.id)
             return run.id
+
+    def reopen_run(self, run_id: int) -> None:
+        """A resumed run: running again, driven by this process."""
+        with self.session() as s:
+            run = _get(s, Run, run_id)
+            run.status, run.finished_at = "running", None
+            run.driver_pid, run.driver_host = os.getpid(), socket.gethostname()
 
     def update_run_folder(self, run_id: int, folder: str) -> None:
         with self.session() as s:
             _get(s, Run, run_id).folder = folder
 
     def latest_run(self, name: str, plan_hash: str | None = None) -> Run | None:
+        self.mark_interrupted()
         with self.reading() as s:
             q = select(Run).where(Run.name == name)
             if plan_hash:
                 q = q.where(Run.plan_hash == plan_hash)
             return s.scalars(q.order_by(Run.id.desc())).first()
+
+    def mark_interrupted(self) -> list[int]:
+        """Mark `interrupted` every running run whose driver process on this host is gone (killed, crashed),
+        and its unfinished trials with it. Returns their ids. Runs driven from other hosts are left alone."""
+        host = socket.gethostname()
+        with self.reading() as s:
+            running = s.execute(select(Run.id, Run.driver_pid).where(Run.status == "running", Run.driver_host == host,
+                                                                     Run.driver_pid.is_not(None))).all()
+        gone = [(run_id, pid) for run_id, pid in running if not _process_alive(pid)]
+        if not gone:
+            return []
+        with self.session() as s:
+            for run_id, pid in gone:
+                run = s.get(Run, run_id)
+                if run is None or run.status != "running" or run.driver_pid != pid:
+                    continue  # resumed by another process meanwhile
+                run.status, run.finished_at = "interrupted", now()
+                for trial in s.scalars(select(Trial).where(Trial.run_id == run_id, Trial.status == "running")):
+                    trial.status = "interrupted"
+        return [run_id for run_id, _ in gone]
 
     def finish_run(self, run_id: int, status: str) -> None:
         with self.session() as s:
@@ -164,7 +199,7 @@ class Store:
             for k, v in fields.items():
                 if not hasattr(Trial, k):
                     raise AttributeError(f"trials has no column '{k}'")
-                setattr(trial, k, v)
+                setattr(trial, k, _redacted(v) if k == "error" else v)
             if "folder" in fields and trial.model_id is not None:
                 model = s.get(ModelRow, trial.model_id)
                 if model is not None and model.trial_id == trial.id:
@@ -211,7 +246,7 @@ class Store:
                 iid = item_ids[r.item_id]
                 s.add(Output(evaluation_id=ev.id, item_id=iid, prompt=r.prompt, output=r.output))
                 s.add_all(Score(evaluation_id=ev.id, item_id=iid, metric=m, value=_finite(v),
-                                detail=getattr(r, "details", {}).get(m)) for m, v in r.scores.items())
+                                detail=_redacted(getattr(r, "details", {}).get(m))) for m, v in r.scores.items())
             kinds = result.kinds
             s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n,
                              higher_is_better=kinds[m].higher_is_better if m in kinds else None,
@@ -223,9 +258,13 @@ class Store:
     def record_judge_call(self, key: str, model: str, request: dict[str, Any], response: str | None,
                           status: str, error: str | None = None, evaluation_id: int | None = None,
                           item_id: int | None = None) -> int:
+        """One judge request and its outcome; credentials in any of it (a key in the base URL, a key echoed in
+        an error body) are redacted before they reach the store."""
         with self.session() as s:
-            call = JudgeCall(key=key, model=model, request=request, response=response, status=status, error=error,
-                             evaluation_id=evaluation_id, item_id=item_id)
+            call = JudgeCall(key=key, model=redact(model), request=redact_json(request),
+                             response=None if response is None else redact(response), status=status,
+                             error=None if error is None else redact(error), evaluation_id=evaluation_id,
+                             item_id=item_id)
             s.add(call)
             s.flush()
             return call.id
@@ -247,6 +286,7 @@ class Store:
 
     def runs(self, name: str | None = None, status: str | None = None, limit: int = 50,
              model: str | None = None) -> list[Run]:
+        self.mark_interrupted()
         with self.reading() as s:
             q = select(Run)
             if name:
@@ -258,8 +298,9 @@ class Store:
             return list(s.scalars(q.order_by(Run.id.desc()).limit(limit)))
 
     def get_run(self, ref: str | int) -> Run:
+        self.mark_interrupted()
         with self.reading() as s:
-            run = s.get(Run, int(ref)) if str(ref).isdigit() else \
+            run = (s.get(Run, row_id) if (row_id := _row_id(ref)) else None) if str(ref).isdigit() else \
                 s.scalars(select(Run).where(Run.name == str(ref)).order_by(Run.id.desc())).first()
         if run is None:
             raise UserError(f"no run '{ref}' in the store", file=self.where)
@@ -273,7 +314,7 @@ class Store:
         """'RUN/TRIAL' (run id or name, trial name) or 't<id>'."""
         if ref.startswith("t") and ref[1:].isdigit():
             with self.reading() as s:
-                trial = s.get(Trial, int(ref[1:]))
+                trial = s.get(Trial, row_id) if (row_id := _row_id(ref[1:])) else None
         else:
             run_ref, _, trial_name = ref.rpartition("/")
             if not run_ref:
@@ -328,7 +369,7 @@ class Store:
 
     def get_model(self, ref: str | int) -> ModelRow:
         with self.reading() as s:
-            model = s.get(ModelRow, int(ref)) if str(ref).isdigit() else \
+            model = (s.get(ModelRow, row_id) if (row_id := _row_id(ref)) else None) if str(ref).isdigit() else \
                 s.scalars(select(ModelRow).where(ModelRow.name == str(ref))).first()
         if model is None:
             raise UserError(f"no model '{ref}' in the store", file=self.where)
@@ -460,6 +501,33 @@ class Store:
 def model_name(run: Run, trial: Trial) -> str:
     """The name of the model a (non-baseline) trial produced: RUN_NAME#RUN_ID/TRIAL."""
     return f"{run.name}#{run.id}/{trial.name}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process `pid` on this host still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    except OSError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): the signal said it exists
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _redacted(text: str | None) -> str | None:
+    return None if text is None else redact(text)
+
+
+def _row_id(ref: str | int) -> int | None:
+    """A row id from digits; None for one no database column can hold (so it is simply not found)."""
+    value = int(ref)
+    return value if 0 < value < 2**63 else None
 
 
 def _get(s: Session, table: type[T], key: int) -> T:

@@ -34,8 +34,10 @@ class Run(Base):
     plan: Mapped[dict[str, Any]] = mapped_column(JSON)
     plan_hash: Mapped[str] = mapped_column(String(64))
     base_model: Mapped[str] = mapped_column(String(500))
-    status: Mapped[str] = mapped_column(String(20), default="running")  # running | finished | failed
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running | finished | failed | interrupted
     folder: Mapped[str] = mapped_column(Text, default="")
+    driver_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)      # the process running it, and
+    driver_host: Mapped[str | None] = mapped_column(String(255), nullable=True)  # its host: gone -> interrupted
     git_sha: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[str] = mapped_column(String(40), default=now)
     finished_at: Mapped[str | None] = mapped_column(String(40), nullable=True)

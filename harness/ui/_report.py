@@ -25,6 +25,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from harness.errors import UserError, ensure_folder
 from harness.store._store import Store
 from harness.ui import views
 from harness.ui._charts import num, svg_forest, svg_intervals, svg_lines
@@ -182,6 +183,8 @@ def render(store: Store, run_ref: str, max_items: int = 200) -> str:
 
 def write_html(store: Store, run_ref: str, path: str | Path, max_items: int = 200) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise UserError("is a folder; give the report's file name (e.g. runs/report.html)", file=path, field="--html")
+    ensure_folder(path.parent, field="--html")
     path.write_text(render(store, run_ref, max_items), encoding="utf-8")
     return path

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from advisor.errors import YamlFile
+from harness.errors import YamlDoc
 from advisor.planner import write_plan
 from advisor.questions import Answers, answers_from_dict
 from advisor.rules import OPTIONS, AllOf, AnyOf, Clause, Not, default_rules, recommend
@@ -21,7 +21,7 @@ FIXTURES = sorted((ROOT / "tests" / "fixtures" / "advisor_scenarios").glob("*.ya
 
 
 def scenario(path: Path) -> dict[str, Any]:
-    return YamlFile(path).data
+    return YamlDoc(path).data
 
 
 def answers_of(path: Path) -> Answers:

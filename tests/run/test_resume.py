@@ -57,7 +57,7 @@ def test_killed_run_resumes_without_losing_or_rerunning_finished_trials(tmp_path
     finished = {n: started for n, (s, started) in at_kill.items() if s == "finished"}
     unfinished = {n for n, (s, _) in at_kill.items() if s != "finished"}
     assert {"baseline", "prompt"} <= set(finished) and "lora-r2" in unfinished, at_kill
-    assert store.runs()[0].status == "running"
+    assert store.runs()[0].status == "interrupted"  # its process is gone: not "running" forever
 
     resumed = tunegate("run", str(plan), "--store", str(db), "--resume", cwd=tmp_path, env=env)
     out, _ = resumed.communicate(timeout=600)
