@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The repo's GPU measurements as one lease of a 2-GPU H200 machine runs them, after the wheel/model bundle is
-# staged (../shared/gpu/bundle.sh; bash .gpuN/stage.sh in each call). Two steps, each one device call:
+# staged (../shared/gpu/bundle.sh; bash .gpuN/stage.sh in each call). Three steps, each one device call:
 #
 #   bash bench/gpu_session.sh start    # the sweep peer (a process per trial) starts on GPU 0 in the background;
 #                                      # meanwhile the default path's sweep and the training bench run on GPU 1
-#   bash bench/gpu_session.sh finish   # waits for the peer, merges both sweeps into sweep_throughput.json,
-#                                      # then the multi-GPU parts (a sweep on both GPUs, a data-parallel trial)
+#   bash bench/gpu_session.sh finish   # the 8B training rows on GPU 1; waits for the peer; merges both sweeps
+#   bash bench/gpu_session.sh multi    # the plan on both GPUs, and one data-parallel trial
 #
 # Both sweeps run the same plan (examples/gpu/plan.yaml) on one H200 each, at the same time on one host; each
 # path's wall time and GPU utilisation are its own GPU's. Results land in $OUT (copy them into reports/).
@@ -14,24 +14,29 @@ source bench/gpu_env.sh
 OUT=${OUT:-/root/out}; W=/root/work
 mkdir -p "$OUT" "$W"
 case "${1:-}" in
-start)
+start)   # ~9 min: peer in the background on GPU 0; the default path's sweep, then the 1B training bench, on GPU 1
   setsid nohup python bench/sweep_throughput.py --paths peer --gpus 0 --work "$W/peer" --out /root/peer.json \
     > /root/peer.log 2>&1 < /dev/null &
   timeout 300 python bench/sweep_throughput.py --paths workers --gpus 1 --work "$W/workers" \
     --out /root/workers.json > "$OUT/workers.log" 2>&1
   tail -n 12 "$OUT/workers.log"; cp /root/workers.json "$OUT/" 2>/dev/null
-  CUDA_VISIBLE_DEVICES=1 timeout "${TRAIN_BENCH_S:-260}" python bench/train_throughput.py ${TRAIN_BENCH_ARGS:-} \
-    --out "$OUT/train_throughput.json" > "$OUT/train_throughput.log" 2>&1
-  tail -n 25 "$OUT/train_throughput.log"; tail -n 3 /root/peer.log
+  CUDA_VISIBLE_DEVICES=1 timeout 330 python bench/train_throughput.py --sections why,stock,liger,ours \
+    --time-budget 300 --out /root/train_throughput.json > "$OUT/train_throughput.log" 2>&1
+  tail -n 25 "$OUT/train_throughput.log"; cp /root/train_throughput.json "$OUT/" 2>/dev/null; tail -n 3 /root/peer.log
   ;;
-finish)
-  for _ in $(seq 1 "${PEER_WAIT_S:-300}"); do pgrep -f "paths peer" > /dev/null || break; sleep 1; done
+finish)  # ~4 min: the 8B-shape training rows on GPU 1 while the peer finishes on GPU 0; then the sweeps merged
+  CUDA_VISIBLE_DEVICES=1 timeout 280 python bench/train_throughput.py --sections 8b --time-budget 250 --merge \
+    --out /root/train_throughput.json > "$OUT/train_8b.log" 2>&1 &
+  for _ in $(seq 1 300); do pgrep -f "paths peer" > /dev/null || break; sleep 1; done
+  wait; tail -n 12 "$OUT/train_8b.log"; cp /root/train_throughput.json "$OUT/"
   cp /root/peer.log "$OUT/"; tail -n 5 /root/peer.log
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
     --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 3
-  timeout "${MULTI_GPU_S:-420}" python bench/multi_gpu.py --one-gpu-json /root/workers.json ${MULTI_GPU_ARGS:-} \
-    --out "$OUT/multi_gpu.json" > "$OUT/multi_gpu.log" 2>&1
+  ;;
+multi)   # ~7 min: the plan on both GPUs, and one data-parallel LoRA trial at the 1.07B shape
+  timeout 500 python bench/multi_gpu.py --one-gpu-json /root/workers.json --out "$OUT/multi_gpu.json" \
+    > "$OUT/multi_gpu.log" 2>&1
   tail -n 25 "$OUT/multi_gpu.log"
   ;;
-*) echo "usage: bash bench/gpu_session.sh start|finish" >&2; exit 2 ;;
+*) echo "usage: bash bench/gpu_session.sh start|finish|multi" >&2; exit 2 ;;
 esac
