@@ -127,7 +127,7 @@ class Runner:
             plan_dump = json.loads(plan.model_dump_json())
             run_id = self.store.create_run(plan.name, plan_dump, phash, plan.model,
                                            lambda new_id: str(self._new_folder(plan.name, new_id)), git_sha())
-            folder = Path(self.store.run(run_id).folder)
+            folder = Path(self.store.get_run(run_id).folder)
             self.console.print(f"[bold]Run {run_id}[/] ({plan.name}): {n_trials} trials -> {escape(str(folder))}")
         ensure_folder(folder)
         return run_id, folder

@@ -4,7 +4,6 @@ judge is an error, a negative interval is called negative)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,7 @@ from harness.gate._outputs import to_markdown
 from harness.gate._policy import RuleResult
 from harness.redact import redact, redact_json
 from harness.store import Store
-
-sys.path.insert(0, str(Path(__file__).parent))
-import storekit as kit  # noqa: E402
+from tests.support import storekit as kit
 
 HOSTILE = "evil\x1b]0;pwned\x07\x1b[31mred\u202e[link=javascript:alert(1)]click[/link]"
 

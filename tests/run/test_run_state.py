@@ -59,7 +59,7 @@ def test_a_new_run_records_its_folder_in_the_same_transaction(store: Store, tmp_
         return str(tmp_path / f"r-{run_id}")
 
     run_id = store.create_run("r", {}, "h", "m", folder)
-    assert seen == [run_id] and store.run(run_id).folder == str(tmp_path / f"r-{run_id}")
+    assert seen == [run_id] and store.get_run(run_id).folder == str(tmp_path / f"r-{run_id}")
 
 
 def _unit(store: Store, tmp_path: Path, model: Path, folder: Path) -> TrialUnit:
@@ -79,7 +79,7 @@ def test_a_trial_never_cleans_a_folder_it_did_not_write(store: Store, tmp_path: 
     result = run_trial(unit)
     assert result.status == "failed" and "did not write" in (result.error or "")
     assert all(p.read_text() == "the user's own file" for p in files)
-    assert store.trial(f"{unit.run_id}/baseline").status == "failed"
+    assert store.get_trial(f"{unit.run_id}/baseline").status == "failed"
 
 
 def test_a_rerun_cleans_only_its_own_folder(store: Store, tmp_path: Path, tiny_model_dir: Path,
@@ -115,4 +115,4 @@ def test_runs_from_another_host_are_left_alone(store: Store) -> None:
     with store.session() as s:
         row = s.get(Run, run_id)
         row.driver_host, row.driver_pid = "another-host.example", 2**22 + 12345
-    assert store.run(run_id).status == "running"
+    assert store.get_run(run_id).status == "running"
