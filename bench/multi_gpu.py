@@ -101,13 +101,23 @@ def say(*parts: Any) -> None:
 
 
 class Clock:
-    """The invocation's time budget: each child process gets what is left, less a margin to write the JSON."""
+    """The invocation's time budget: a child process gets what is left, less a margin to write the JSON and the
+    time `reserved` for the parts still to come (so one part that hangs does not take the others' time)."""
 
     def __init__(self, budget: float) -> None:
         self.deadline = time.monotonic() + budget
+        self.reserved = 0.0
 
     def left(self, margin: float = 15.0) -> float:
-        return max(1.0, self.deadline - time.monotonic() - margin)
+        return max(30.0, self.deadline - time.monotonic() - margin - self.reserved)
+
+
+class Interrupted(Exception):
+    """SIGTERM (`timeout`, a lease ending): the running part is stopped, recorded as such, and the JSON written."""
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted(f"stopped by signal {signum}")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -144,12 +154,16 @@ def run_logged(tag: str, cmd: list[str], *, cwd: Path, env: dict[str, str], time
     timer = threading.Timer(timeout, stop)
     timer.start()
     assert proc.stdout is not None
-    with log.open("a") as out:
-        for line in proc.stdout:
-            out.write(line)
-            say(f"  [{tag}] {line.rstrip()}")
-    proc.wait()
-    timer.cancel()
+    try:
+        with log.open("a") as out:
+            for line in proc.stdout:
+                out.write(line)
+                say(f"  [{tag}] {line.rstrip()}")
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:  # interrupted here: the child's whole group goes too (it is in its own session)
+            stop()
     seconds = time.perf_counter() - started
     say(f"[{tag}] {'TIMED OUT' if timed_out.is_set() else f'exit {proc.returncode}'} after {seconds:.1f}s")
     return (None if timed_out.is_set() else proc.returncode), seconds
@@ -164,8 +178,14 @@ def gpu_ids_arg(ids: list[str]) -> str:
 def tunegate_run(tag: str, plan: Path, store_url: str, cwd: Path, clock: Clock, *options: str,
                  env: dict[str, str] | None = None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *options]
-    code, seconds = run_logged(tag, cmd, cwd=cwd, env=env or child_env(), timeout=clock.left(), log=cwd / f"{tag}.log")
-    return {"command": cmd[2:], "exit_code": code, "timed_out": code is None, "wall_seconds": round(seconds, 2)}
+    log = cwd / f"{tag.replace(' ', '-').replace(':', '')}.log"
+    code, seconds = run_logged(tag, cmd, cwd=cwd, env=env or child_env(), timeout=clock.left(), log=log)
+    return {"command": cmd[2:], "exit_code": code, "timed_out": code is None, "wall_seconds": round(seconds, 2),
+            "log": str(log)} | ({} if code == 0 else {"log_tail": tail(log)})
+
+
+def tail(file: Path, lines: int = 30) -> list[str]:
+    return file.read_text(errors="replace").splitlines()[-lines:] if file.exists() else []
 
 
 def latest_run(store_url: str, plan_name: str) -> Any:
@@ -189,7 +209,9 @@ def part_sweep(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, 
     if len(ids) < 2:
         raise RuntimeError(f"the sweep part needs two GPU ids (--gpus), got {ids}")
     one_file = args.one_gpu_json
-    if one_file is None:
+    if one_file is not None:
+        workers_path(one_file)  # a file that cannot be compared fails the part before the two-GPU sweep runs
+    else:
         one_file = run_sweep(ids[:1], work / "sweep-1gpu", args, clock)
     two_file = run_sweep(ids[:2], work / "sweep-2gpus", args, clock)
     one, two = workers_path(one_file), workers_path(two_file)
@@ -224,7 +246,7 @@ def part_sweep(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, 
 def run_sweep(ids: list[str], folder: Path, args: argparse.Namespace, clock: Clock) -> Path:
     out = folder / "sweep.json"
     cmd = [sys.executable, str(SWEEP_BENCH), "--paths", "workers", "--gpus", gpu_ids_arg(ids), "--work", str(folder),
-           "--out", str(out)] + (["--tiny"] if args.tiny else ["--plan", str(args.plan)])
+           "--out", str(out)] + (["--tiny"] if args.tiny else ["--plan", str(args.plan.resolve())])
     code, _ = run_logged(f"sweep {len(ids)} GPU", cmd, cwd=folder, env=child_env(), timeout=clock.left(),
                          log=folder / "bench.log")
     if not out.exists():
@@ -275,7 +297,10 @@ def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
         plan = write_ddp_plan(root / f"plan-{label}.yaml", label, model["folder"], train, settings, gpus, accum)
         ran = tunegate_run(f"ddp {label}", plan, store_url, root, clock, "--gpus", gpu_ids_arg(args.gpu_ids[:2]),
                            env=env)
-        trials[label] = ran | read_trial(store_url, f"multi-gpu-{label}", args.warmup_steps)
+        try:
+            trials[label] = ran | read_trial(store_url, f"multi-gpu-{label}", args.warmup_steps)
+        except Exception as exc:  # noqa: BLE001 - no trial to read (the run did not start): the next one still runs
+            trials[label] = ran | {"status": "not run", "error": f"{type(exc).__name__}: {exc}"}
     one, two = trials["one_gpu"], trials["two_gpus"]
     result: dict[str, Any] = {"settings": asdict(settings) | {"global_batch": 2 * settings.batch * settings.accum},
                               "model": model, "data": {"rows": settings.steps * settings.batch * settings.accum * 2,
@@ -345,7 +370,7 @@ def build_model(folder: Path, settings: DdpSettings, tok: Any, device: str | Non
     if device == "cuda":
         torch.cuda.empty_cache()
     seconds = time.perf_counter() - started
-    say(f"ddp: {n_params / 1e9:.3f}B-parameter random Llama ({dtype}) saved in {seconds:.0f}s")
+    say(f"model: {n_params / 1e9:.3f}B-parameter random Llama ({dtype}) saved in {seconds:.0f}s")
     return {"folder": str(folder), "parameters": n_params, "dtype": str(dtype).removeprefix("torch."),
             "built_on": device, "seconds": round(seconds, 1)}
 
@@ -391,7 +416,9 @@ def read_trial(store_url: str, plan_name: str, warmup: int) -> dict[str, Any]:
     """The trial's record (status, training time, tokens/s, loss per step) and its manifest and step log."""
     store = Store(store_url)
     trial = store.trials(latest_run(store_url, plan_name).id)[0]
-    folder = Path(trial.folder or "")
+    if not trial.folder:
+        return {"trial": trial.name, "status": trial.status, "error": trial.error or "the trial never started"}
+    folder = Path(trial.folder)
     manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
     log = folder / "train_log.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
@@ -402,12 +429,13 @@ def read_trial(store_url: str, plan_name: str, warmup: int) -> dict[str, Any]:
         "tokens_per_second": trial.tokens_per_second, "peak_memory_gib": trial.peak_memory_gib,
         "final_loss": trial.final_loss, "losses": [s.loss for s in store.train_steps(trial.id)],
         "tokens_total": sum(int(r["tokens"]) for r in rows),
-        "steady_tokens_per_second": (sum(int(r["tokens"]) for r in steady) / steady_seconds) if steady_seconds else None,
+        "steady_tokens_per_second": sum(int(r["tokens"]) for r in steady) / steady_seconds if steady_seconds else None,
         "step_seconds": [round(float(r["seconds"]), 4) for r in rows], "step_tokens": [int(r["tokens"]) for r in rows],
         "world_size": manifest.get("world_size"), "cuda_visible_devices": manifest.get("cuda_visible_devices"),
         "phases": manifest.get("phases"), "fastpath": (manifest.get("training") or {}).get("fastpath"),
         "folder": str(folder),
-    }
+    } | ({} if trial.status == "finished" else {"worker_log_tail": tail(folder / "worker.log"),
+                                                "error_log_tail": tail(folder / "error.log")})
 
 
 # ----------------------------------------------------------------------------------------------- part: ray
@@ -550,6 +578,7 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+RESERVE = {"sweep": 200.0, "ddp": 240.0, "ray": 0.0}  # seconds kept for a part while an earlier one runs (GPU)
 HEADLINES = {  # top-level key -> (part, key in the part's result)
     "sweep_speedup": ("sweep", "sweep_speedup"), "verdicts_identical": ("sweep", "verdicts_identical"),
     "trials_saw_one_gpu": ("sweep", "trials_saw_one_gpu"), "ddp_speedup": ("ddp", "ddp_speedup"),
@@ -618,7 +647,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="where models, stores and run folders go (default: a tmp dir)")
     p.add_argument("--merge", type=Path, action="append", default=[],
                    help="a JSON written by an earlier invocation whose parts are kept (parts run now replace them)")
-    p.add_argument("--budget", type=float, default=560.0, help="seconds for the whole invocation (default 560)")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="seconds for the whole invocation (default 480; keep an outer `timeout` above it)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.warmup_steps is None:
@@ -649,19 +679,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(args.part_list)}; GPU ids {args.gpus}; work folder {work}; budget {args.budget:.0f}s")
     runners: dict[str, Callable[[argparse.Namespace, Path, Clock], dict[str, Any]]] = {
         "sweep": part_sweep, "ddp": part_ddp, "ray": part_ray}
-    for part in args.part_list:
-        say(f"== {part}: expected {estimate(part, args)}; {clock.left(0):.0f}s of the budget left")
+    signal.signal(signal.SIGTERM, on_sigterm)
+    interrupted = False
+    for i, part in enumerate(args.part_list):
+        clock.reserved = sum(RESERVE[p] for p in args.part_list[i + 1:]) * (0.2 if args.tiny else 1.0)
+        say(f"== {part}: expected {estimate(part, args)}; {clock.left(0):.0f}s of the budget for it")
         started = time.perf_counter()
         try:
             result = runners[part](args, work, clock)
         except Exception as exc:  # noqa: BLE001 - a part's failure is recorded; the next part still runs
             partial = exc.partial if isinstance(exc, PartFailed) else {}
             result = partial | {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            interrupted = isinstance(exc, Interrupted)
             say(f"== {part}: FAILED: {result['error']}")
         result["seconds"] = round(time.perf_counter() - started, 1)
         report["parts"][part] = result
         write_report(report, args.out)
         say(f"== {part}: done in {result['seconds']}s; wrote {args.out}")
+        if interrupted:
+            return 143
     write_report(report, args.out)
     say(json.dumps({k: report[k] for k in ("sweep_speedup", "ddp_speedup", "ddp_speedup_steady",
                                            "loss_curve_rel_diff", "verdicts_identical", "trials_saw_one_gpu",

@@ -142,8 +142,8 @@ def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int
     store_url = f"sqlite:///{root / name / 'store.db'}"
     (root / name).mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *PATHS[name]]
-    if gpus is not None:
-        cmd += ["--gpus", gpus]
+    if gpus is not None:  # `tunegate run --gpus 1` is a count (the first GPU): one GPU id is written "1,"
+        cmd += ["--gpus", f"{gpus}," if gpus.isdigit() else gpus]
     print(f"[{name}] $ {' '.join(cmd)}", flush=True)
     log = root / name / "run.log"
     started = time.perf_counter()
