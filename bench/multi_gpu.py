@@ -204,7 +204,13 @@ def item_outputs(store_url: str, run_id: int) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- part: sweep
 
 
+def require_two_gpus(args: argparse.Namespace) -> None:
+    if not args.tiny and args.gpu_count < 2:
+        raise RuntimeError(f"this part needs two GPUs and {args.gpu_count} are visible (--tiny runs it on a CPU)")
+
+
 def part_sweep(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, Any]:
+    require_two_gpus(args)
     ids = args.gpu_ids
     if len(ids) < 2:
         raise RuntimeError(f"the sweep part needs two GPU ids (--gpus), got {ids}")
@@ -280,6 +286,7 @@ def slim(path: dict[str, Any]) -> dict[str, Any]:
 
 
 def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, Any]:
+    require_two_gpus(args)
     settings = replace(DDP_TINY if args.tiny else DDP_GPU, **{k: v for k, v in (
         ("steps", args.ddp_steps), ("batch", args.ddp_batch), ("accum", args.ddp_accum)) if v is not None})
     root = work / "ddp"
@@ -483,6 +490,9 @@ def part_ray(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
               "results_identical": not differ and outs["local"]["trials"] == outs["ray"]["trials"]}
     say(f"ray: {result['outputs_compared']} item outputs compared, {len(differ)} differ; "
         f"trial statuses local {outs['local']['trials']} vs ray {outs['ray']['trials']}")
+    if local["exit_code"] != 0 or ray_run["exit_code"] != 0:
+        raise PartFailed(f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
+                         "(ray executor; None: timed out)", result)
     return result
 
 
@@ -578,7 +588,7 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-RESERVE = {"sweep": 200.0, "ddp": 240.0, "ray": 0.0}  # seconds kept for a part while an earlier one runs (GPU)
+RESERVE = {"sweep": 200.0, "ddp": 210.0, "ray": 0.0}  # seconds kept for a part while an earlier one runs (GPU)
 HEADLINES = {  # top-level key -> (part, key in the part's result)
     "sweep_speedup": ("sweep", "sweep_speedup"), "verdicts_identical": ("sweep", "verdicts_identical"),
     "trials_saw_one_gpu": ("sweep", "trials_saw_one_gpu"), "ddp_speedup": ("ddp", "ddp_speedup"),
@@ -619,12 +629,14 @@ def estimate(part: str, args: argparse.Namespace) -> str:
         return {"sweep": "~2-4 min on a 2-core CPU", "ddp": "~1-2 min", "ray": "~1-2 min"}[part]
     if part == "sweep":
         if args.one_gpu_json:
-            one = json.loads(args.one_gpu_json.read_text()).get("paths", {}).get("workers", {}).get("wall_seconds")
-            return f"~{one / TARGET_SPEEDUP + 20:.0f}s (the two-GPU run; the one-GPU run took {one}s)" if one \
-                else "one two-GPU sweep"
+            try:
+                one = json.loads(args.one_gpu_json.read_text())["paths"]["workers"]["wall_seconds"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return "one two-GPU sweep (the one-GPU file is unreadable: the part will say why)"
+            return f"~{one / TARGET_SPEEDUP + 20:.0f}s (the two-GPU run; the one-GPU run took {one}s)"
         return "a one-GPU sweep plus a two-GPU sweep (~1.5x the one-GPU wall; pass --one-gpu-json to reuse one)"
     if part == "ddp":
-        return ("~3-4 min: model build ~15s, one-GPU trial ~90s (start-up, 30 steps of ~29k tokens, eval), "
+        return ("~3 min: model build ~15s, one-GPU trial ~90s (start-up, 30 steps of ~29k tokens, eval), "
                 "two-GPU trial ~70s")
     return "~1-2 min" if importlib.util.find_spec("ray") else "0s (ray not installed: skipped)"
 
@@ -673,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": device_info(), "versions": library_versions(), "argv": sys.argv[1:], "work": str(work),
         "env": {k: os.environ.get(k) for k in (*MULTICAST_OFF, "CUDA_VISIBLE_DEVICES")}, "parts": {},
     }
+    args.gpu_count = report["device"]["count"]
     for earlier in args.merge:
         report["parts"] |= json.loads(earlier.read_text()).get("parts", {})
     say(f"multi_gpu on {report['device']['count']} x {', '.join(report['device']['names'])}: parts "
