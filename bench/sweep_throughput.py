@@ -95,6 +95,7 @@ class GpuSampler:
 
 def tiny_plan(root: Path) -> Path:
     """A CPU-sized version of the GPU plan: a tiny random Llama, three items per suite, one-step trials."""
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from harness.model import load_tokenizer
@@ -104,6 +105,7 @@ def tiny_plan(root: Path) -> Path:
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
     model_dir = root / "tiny-llama"
+    torch.manual_seed(0)  # the same weights in every invocation, so runs of separate invocations compare
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     suites = root / "suites"
@@ -140,8 +142,8 @@ def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int
     store_url = f"sqlite:///{root / name / 'store.db'}"
     (root / name).mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *PATHS[name]]
-    if gpus is not None:
-        cmd += ["--gpus", gpus]
+    if gpus is not None:  # `tunegate run --gpus 1` is a count (the first GPU): one GPU id is written "1,"
+        cmd += ["--gpus", f"{gpus}," if gpus.isdigit() else gpus]
     print(f"[{name}] $ {' '.join(cmd)}", flush=True)
     log = root / name / "run.log"
     started = time.perf_counter()

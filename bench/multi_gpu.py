@@ -1,0 +1,722 @@
+"""Multi-GPU on one box, measured: the GPU plan swept over one GPU and over two, one data-parallel LoRA trial
+against the same trial on one GPU, and (where Ray is installed) the Ray executor against the local one.
+
+    source bench/gpu_env.sh                              # NVLink multicast off, offline, unbuffered output
+    python bench/multi_gpu.py --out reports/gpu/multi_gpu.json                          # every part, ~8 min
+    python bench/multi_gpu.py --parts sweep --one-gpu-json /root/sweep_1gpu.json --out A.json  # reuse a 1-GPU run
+    python bench/multi_gpu.py --parts ddp --merge A.json --out reports/gpu/multi_gpu.json      # parts one by one
+    python bench/multi_gpu.py --tiny --out /tmp/multi_gpu.json      # CPU check: tiny Llama, fake GPU ids, gloo
+
+Parts (`--parts`, comma-separated; each part's failure is recorded in the JSON and the next part runs):
+
+* sweep — `bench/sweep_throughput.py --paths workers` (persistent workers, `tunegate run` as a user runs it) with
+  the first GPU and with both: `sweep_speedup` = one-GPU wall / two-GPU wall of the whole plan, whether the gate
+  verdicts are identical, and, from each trial's manifest, whether every trial saw exactly one GPU.
+  `--one-gpu-json` reuses a one-GPU `sweep_throughput.py --paths workers` result measured earlier.
+* ddp — a randomly initialised 1.07B Llama (hidden 2048, 16 layers, the train bench's shape; SmolLM2's
+  tokenizer; bf16), prompt/completion rows of ~800-1000 tokens, and one LoRA trial (r16, all-linear) run twice
+  with `tunegate run --gpus 0,1`: `gpus_per_trial: 1` with micro-batch B and accumulation 2G, then
+  `gpus_per_trial: 2` (accelerate launch, DDP) with B and G: the same global batch, seed and steps.
+  `ddp_speedup` = the two trials' recorded tokens/s (real tokens of all ranks over the training time);
+  `ddp_speedup_steady` the same over the steps after `--warmup-steps`; the loss curves and their mean relative
+  difference; whether both trials counted the same tokens (a DDP count of rank 0 alone would be half).
+* ray — `ray start --head` with two GPU resources on this machine, then a small plan run by
+  `tunegate run --executor ray --ray-address HOST:PORT` and by the local executor: item outputs compared.
+  Recorded as skipped where Ray is not installed.
+
+Everything goes to `--out` after each part (device, versions, date, raw times, per-step data), so a part that
+runs out of time leaves the earlier parts' numbers behind; `--budget` (seconds) bounds the whole invocation.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.run import versions as harness_versions
+from harness.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_BENCH = REPO / "bench" / "sweep_throughput.py"
+GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
+PARTS = ("sweep", "ddp", "ray")
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+TARGET_SPEEDUP, TARGET_LOSS_REL_DIFF = 1.8, 0.02
+SUITE = "mg_tiny"
+
+
+@dataclass(frozen=True)
+class DdpSettings:
+    """The data-parallel comparison (written to the JSON)."""
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    steps: int
+    batch: int           # micro-batch per process (B)
+    accum: int           # accumulation of the two-GPU trial (G); the one-GPU trial accumulates 2G
+    max_length: int
+    min_words: int       # words per row (one token each) before the chat template's tokens
+    max_words: int
+    lr: float = 2e-4
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0  # no dropout: the two curves then differ only by arithmetic and the reduction order
+    seed: int = 0
+
+
+DDP_GPU = DdpSettings(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, steps=30, batch=8, accum=2,
+                      max_length=1024, min_words=780, max_words=980)
+DDP_TINY = DdpSettings(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, steps=3, batch=2, accum=1,
+                       max_length=128, min_words=20, max_words=60)
+
+
+def say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ plumbing
+
+
+class Clock:
+    """The invocation's time budget: a child process gets what is left, less a margin to write the JSON and the
+    time `reserved` for the parts still to come (so one part that hangs does not take the others' time)."""
+
+    def __init__(self, budget: float) -> None:
+        self.deadline = time.monotonic() + budget
+        self.reserved = 0.0
+
+    def left(self, margin: float = 15.0) -> float:
+        return max(30.0, self.deadline - time.monotonic() - margin - self.reserved)
+
+
+class Interrupted(Exception):
+    """SIGTERM (`timeout`, a lease ending): the running part is stopped, recorded as such, and the JSON written."""
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted(f"stopped by signal {signum}")
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ) | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"} | (extra or {})
+    for key, value in MULTICAST_OFF.items():
+        env.setdefault(key, value)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO) not in paths:  # the children import this checkout's harness, as this process does
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *paths])
+    return env
+
+
+def run_logged(tag: str, cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float,
+               log: Path) -> tuple[int | None, float]:
+    """Run `cmd` in its own process group, its output prefixed with `tag` here and kept in `log`; past `timeout`
+    the whole group (workers and ranks included) is stopped. Returns (exit code or None on timeout, seconds)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    say(f"[{tag}] $ {' '.join(cmd)}  (time limit {timeout:.0f}s)")
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", start_new_session=True)
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=wait)
+                return
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+
+    timer = threading.Timer(timeout, stop)
+    timer.start()
+    assert proc.stdout is not None
+    try:
+        with log.open("a") as out:
+            for line in proc.stdout:
+                out.write(line)
+                say(f"  [{tag}] {line.rstrip()}")
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:  # interrupted here: the child's whole group goes too (it is in its own session)
+            stop()
+    seconds = time.perf_counter() - started
+    say(f"[{tag}] {'TIMED OUT' if timed_out.is_set() else f'exit {proc.returncode}'} after {seconds:.1f}s")
+    return (None if timed_out.is_set() else proc.returncode), seconds
+
+
+def gpu_ids_arg(ids: list[str]) -> str:
+    """`tunegate run --gpus`: ids are a comma list; a lone number is a COUNT ('0' = no GPU), so one id gets a
+    trailing comma ('0,' = GPU 0)."""
+    return ",".join(ids) + ("," if len(ids) == 1 else "")
+
+
+def tunegate_run(tag: str, plan: Path, store_url: str, cwd: Path, clock: Clock, *options: str,
+                 env: dict[str, str] | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *options]
+    log = cwd / f"{tag.replace(' ', '-').replace(':', '')}.log"
+    code, seconds = run_logged(tag, cmd, cwd=cwd, env=env or child_env(), timeout=clock.left(), log=log)
+    return {"command": cmd[2:], "exit_code": code, "timed_out": code is None, "wall_seconds": round(seconds, 2),
+            "log": str(log)} | ({} if code == 0 else {"log_tail": tail(log)})
+
+
+def tail(file: Path, lines: int = 30) -> list[str]:
+    return file.read_text(errors="replace").splitlines()[-lines:] if file.exists() else []
+
+
+def latest_run(store_url: str, plan_name: str) -> Any:
+    runs = [r for r in Store(store_url).runs(plan_name) if r.name == plan_name]
+    if not runs:
+        raise RuntimeError(f"no run of plan '{plan_name}' in {store_url}: `tunegate run` did not start it")
+    return max(runs, key=lambda r: r.id)
+
+
+def item_outputs(store_url: str, run_id: int) -> dict[str, str]:
+    store = Store(store_url)
+    return {f"{t.name}/{suite.name}/{row['item']}": row["output"]
+            for t in store.trials(run_id) for ev, suite in store.evaluations(t.id) for row in store.item_rows(ev.id)}
+
+
+# --------------------------------------------------------------------------------------------- part: sweep
+
+
+def require_two_gpus(args: argparse.Namespace) -> None:
+    if not args.tiny and args.gpu_count < 2:
+        raise RuntimeError(f"this part needs two GPUs and {args.gpu_count} are visible (--tiny runs it on a CPU)")
+
+
+def part_sweep(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, Any]:
+    require_two_gpus(args)
+    ids = args.gpu_ids
+    if len(ids) < 2:
+        raise RuntimeError(f"the sweep part needs two GPU ids (--gpus), got {ids}")
+    one_file = args.one_gpu_json
+    if one_file is not None:
+        workers_path(one_file)  # a file that cannot be compared fails the part before the two-GPU sweep runs
+    else:
+        one_file = run_sweep(ids[:1], work / "sweep-1gpu", args, clock)
+    two_file = run_sweep(ids[:2], work / "sweep-2gpus", args, clock)
+    one, two = workers_path(one_file), workers_path(two_file)
+    two_gpus = {name: t.get("cuda_visible_devices") for name, t in two["trials"].items()}
+    one_gpu = {name: t.get("cuda_visible_devices") for name, t in one["trials"].items()}
+    saw_one = {name: single_gpu(v, ids[:2]) for name, v in two_gpus.items()}
+    differ = sorted(k for k, v in two.get("outputs", {}).items() if one.get("outputs", {}).get(k) != v)
+    result = {
+        "one_gpu_source": str(one_file), "two_gpus_source": str(two_file),
+        "one_gpu": slim(one), "two_gpus": slim(two),
+        "sweep_speedup": round(one["wall_seconds"] / two["wall_seconds"], 3),
+        "verdicts_identical": one.get("verdicts") == two.get("verdicts"),
+        "verdicts": {"one_gpu": one.get("verdicts"), "two_gpus": two.get("verdicts")},
+        "trials_saw_one_gpu": bool(saw_one) and all(saw_one.values()),
+        "trial_gpus": {"one_gpu": one_gpu, "two_gpus": two_gpus},
+        "gpus_used": {"one_gpu": sorted({v for v in one_gpu.values() if v}),
+                      "two_gpus": sorted({v for v in two_gpus.values() if v})},
+        "trials_not_finished": {"one_gpu": [n for n, t in one["trials"].items() if t["status"] != "finished"],
+                                "two_gpus": [n for n, t in two["trials"].items() if t["status"] != "finished"]},
+        "outputs_compared": len(two.get("outputs", {})) if one.get("outputs") else 0,
+        "outputs_differing": len(differ) if one.get("outputs") else None, "outputs_differing_examples": differ[:10],
+    }
+    if not all(single_gpu(v, ids[:1]) or single_gpu(v, ids[:2]) for v in one_gpu.values()):
+        result["one_gpu_problem"] = (f"the one-GPU run's trials did not each see one GPU ({one_gpu}): was it run "
+                                     "with `--gpus 0` (a count: no GPU) instead of `--gpus 0,`?")
+    say(f"sweep: one GPU {one['wall_seconds']}s, two GPUs {two['wall_seconds']}s -> {result['sweep_speedup']}x; "
+        f"verdicts identical: {result['verdicts_identical']}; every trial saw one GPU: {result['trials_saw_one_gpu']} "
+        f"(GPUs used: {result['gpus_used']['two_gpus']})")
+    return result
+
+
+def run_sweep(ids: list[str], folder: Path, args: argparse.Namespace, clock: Clock) -> Path:
+    out = folder / "sweep.json"
+    cmd = [sys.executable, str(SWEEP_BENCH), "--paths", "workers", "--gpus", gpu_ids_arg(ids), "--work", str(folder),
+           "--out", str(out)] + (["--tiny"] if args.tiny else ["--plan", str(args.plan.resolve())])
+    code, _ = run_logged(f"sweep {len(ids)} GPU", cmd, cwd=folder, env=child_env(), timeout=clock.left(),
+                         log=folder / "bench.log")
+    if not out.exists():
+        raise RuntimeError(f"sweep_throughput.py on GPU(s) {','.join(ids)} "
+                           f"{'timed out' if code is None else f'exited {code}'} without a result "
+                           f"(log: {folder / 'bench.log'})")
+    return out
+
+
+def workers_path(file: Path) -> dict[str, Any]:
+    paths = json.loads(file.read_text()).get("paths", {})
+    if "workers" not in paths:
+        raise RuntimeError(f"{file} has no 'workers' path (it has {sorted(paths)}): run sweep_throughput.py "
+                           "with --paths workers")
+    return paths["workers"]
+
+
+def single_gpu(cuda_visible_devices: str | None, allowed: list[str]) -> bool:
+    return cuda_visible_devices is not None and cuda_visible_devices.strip() in allowed
+
+
+def slim(path: dict[str, Any]) -> dict[str, Any]:
+    """A sweep path without its per-item outputs and utilisation trace (counts and summaries kept)."""
+    out = {k: v for k, v in path.items() if k != "outputs"}
+    if isinstance(out.get("gpu_utilization"), dict):
+        out["gpu_utilization"] = {k: v for k, v in out["gpu_utilization"].items() if k != "trace"}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- part: ddp
+
+
+def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, Any]:
+    require_two_gpus(args)
+    settings = replace(DDP_TINY if args.tiny else DDP_GPU, **{k: v for k, v in (
+        ("steps", args.ddp_steps), ("batch", args.ddp_batch), ("accum", args.ddp_accum)) if v is not None})
+    root = work / "ddp"
+    root.mkdir(parents=True, exist_ok=True)
+    from harness.model import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    model = build_model(root / "model", settings, tok, "cpu" if args.tiny else None)
+    train = write_rows(root / "train.jsonl", tok, settings.steps * settings.batch * settings.accum * 2,
+                       settings.min_words, settings.max_words, settings.seed)
+    env = child_env({"TUNEGATE_SUITES": str(write_suite(root / "suites"))})
+    store_url = f"sqlite:///{root / 'store.db'}"
+    trials: dict[str, dict[str, Any]] = {}
+    for label, gpus, accum in (("one_gpu", 1, 2 * settings.accum), ("two_gpus", 2, settings.accum)):
+        plan = write_ddp_plan(root / f"plan-{label}.yaml", label, model["folder"], train, settings, gpus, accum)
+        ran = tunegate_run(f"ddp {label}", plan, store_url, root, clock, "--gpus", gpu_ids_arg(args.gpu_ids[:2]),
+                           env=env)
+        try:
+            trials[label] = ran | read_trial(store_url, f"multi-gpu-{label}", args.warmup_steps)
+        except Exception as exc:  # noqa: BLE001 - no trial to read (the run did not start): the next one still runs
+            trials[label] = ran | {"status": "not run", "error": f"{type(exc).__name__}: {exc}"}
+    one, two = trials["one_gpu"], trials["two_gpus"]
+    result: dict[str, Any] = {"settings": asdict(settings) | {"global_batch": 2 * settings.batch * settings.accum},
+                              "model": model, "data": {"rows": settings.steps * settings.batch * settings.accum * 2,
+                                                       "file": str(train)},
+                              "trials": trials}
+    failed = {k: t.get("error") or t.get("status") for k, t in trials.items() if t.get("status") != "finished"}
+    if failed:
+        result["failed"] = failed
+        raise PartFailed(f"trial(s) not finished: {failed}", result)
+    a, b = one["losses"], two["losses"]
+    n = min(len(a), len(b))
+    rel = [abs(a[i] - b[i]) / abs(a[i]) for i in range(n) if a[i]]
+    result |= {
+        "ddp_speedup": round(two["tokens_per_second"] / one["tokens_per_second"], 3),
+        "ddp_speedup_steady": (round(two["steady_tokens_per_second"] / one["steady_tokens_per_second"], 3)
+                               if one["steady_tokens_per_second"] and two["steady_tokens_per_second"] else None),
+        "loss_curves": {"one_gpu": a, "two_gpus": b},
+        "loss_curve_rel_diff": round(sum(rel) / len(rel), 6) if rel else None,
+        "loss_curve_max_rel_diff": round(max(rel), 6) if rel else None,
+        "same_tokens": one["tokens_total"] == two["tokens_total"],
+        "tokens_total": {"one_gpu": one["tokens_total"], "two_gpus": two["tokens_total"]},
+    }
+    say(f"ddp: one GPU {one['tokens_per_second']:,.0f} tok/s, two GPUs {two['tokens_per_second']:,.0f} tok/s -> "
+        f"{result['ddp_speedup']}x (steady {result['ddp_speedup_steady']}x); loss curves differ by "
+        f"{result['loss_curve_rel_diff']} on average; same tokens: {result['same_tokens']}")
+    return result
+
+
+class PartFailed(Exception):
+    """A part that ran but could not produce its numbers; `partial` keeps what it measured."""
+
+    def __init__(self, message: str, partial: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+def llama_config(settings: DdpSettings, tok: Any) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=settings.hidden, intermediate_size=settings.intermediate,
+                       num_hidden_layers=settings.layers, num_attention_heads=settings.heads,
+                       num_key_value_heads=settings.kv_heads, vocab_size=len(tok), tie_word_embeddings=True,
+                       max_position_embeddings=4096, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+
+
+def build_model(folder: Path, settings: DdpSettings, tok: Any, device: str | None) -> dict[str, Any]:
+    """A randomly initialised Llama (seeded) saved with the tokenizer: bf16 when built on a GPU, else float32."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(llama_config(settings, tok))
+    finally:
+        torch.set_default_dtype(previous)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    seconds = time.perf_counter() - started
+    say(f"model: {n_params / 1e9:.3f}B-parameter random Llama ({dtype}) saved in {seconds:.0f}s")
+    return {"folder": str(folder), "parameters": n_params, "dtype": str(dtype).removeprefix("torch."),
+            "built_on": device, "seconds": round(seconds, 1)}
+
+
+def write_rows(path: Path, tok: Any, count: int, min_words: int, max_words: int, seed: int) -> Path:
+    """Prompt/completion rows of min..max words drawn from the tokenizer's one-token words (so a row's length in
+    tokens is its word count plus the chat template's few tokens)."""
+    words = [t[1:] for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+             if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 9][:4000]
+    rng = random.Random(seed)
+    with path.open("w") as out:
+        for _ in range(count):
+            total = rng.randint(min_words, max_words)
+            n_prompt = max(1, int(total * rng.uniform(0.2, 0.4)))
+            out.write(json.dumps({"prompt": " ".join(rng.choices(words, k=n_prompt)),
+                                  "completion": " ".join(rng.choices(words, k=total - n_prompt))}) + "\n")
+    return path
+
+
+def write_suite(root: Path) -> Path:
+    """A two-item generation suite with 4 new tokens: every plan needs a suite, this one costs next to nothing."""
+    folder = root / SUITE
+    folder.mkdir(parents=True, exist_ok=True)
+    items = (REPO / "suites" / "json_extract" / "items.jsonl").read_text().splitlines()[:2]
+    (folder / "items.jsonl").write_text("\n".join(items) + "\n")
+    (folder / "suite.yaml").write_text(f"name: {SUITE}\nkind: generate\ncategory: task\n"
+                                       "generation: {max_new_tokens: 4, batch_size: 2}\nscorers: [exact_match]\n")
+    return root
+
+
+def write_ddp_plan(path: Path, label: str, model: str, train: Path, s: DdpSettings, gpus: int, accum: int) -> Path:
+    arm = {"name": f"lora-{label}", "type": "lora", "r": s.r, "alpha": s.alpha, "dropout": s.dropout,
+           "target_modules": "all-linear", "lr": s.lr, "max_steps": s.steps, "batch_size": s.batch,
+           "grad_accum": accum, "max_length": s.max_length, "warmup_steps": 0, "scheduler": "linear",
+           "seed": s.seed, "gpus_per_trial": gpus}
+    plan = {"name": f"multi-gpu-{label}", "model": model, "data": {"train": str(train)}, "arms": [arm],
+            "suites": [SUITE]}
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def read_trial(store_url: str, plan_name: str, warmup: int) -> dict[str, Any]:
+    """The trial's record (status, training time, tokens/s, loss per step) and its manifest and step log."""
+    store = Store(store_url)
+    trial = store.trials(latest_run(store_url, plan_name).id)[0]
+    if not trial.folder:
+        return {"trial": trial.name, "status": trial.status, "error": trial.error or "the trial never started"}
+    folder = Path(trial.folder)
+    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
+    log = folder / "train_log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    steady = rows[warmup:]
+    steady_seconds = sum(float(r["seconds"]) for r in steady)
+    return {
+        "trial": trial.name, "status": trial.status, "error": trial.error, "train_seconds": trial.train_seconds,
+        "tokens_per_second": trial.tokens_per_second, "peak_memory_gib": trial.peak_memory_gib,
+        "final_loss": trial.final_loss, "losses": [s.loss for s in store.train_steps(trial.id)],
+        "tokens_total": sum(int(r["tokens"]) for r in rows),
+        "steady_tokens_per_second": sum(int(r["tokens"]) for r in steady) / steady_seconds if steady_seconds else None,
+        "step_seconds": [round(float(r["seconds"]), 4) for r in rows], "step_tokens": [int(r["tokens"]) for r in rows],
+        "world_size": manifest.get("world_size"), "cuda_visible_devices": manifest.get("cuda_visible_devices"),
+        "phases": manifest.get("phases"), "fastpath": (manifest.get("training") or {}).get("fastpath"),
+        "folder": str(folder),
+    } | ({} if trial.status == "finished" else {"worker_log_tail": tail(folder / "worker.log"),
+                                                "error_log_tail": tail(folder / "error.log")})
+
+
+# ----------------------------------------------------------------------------------------------- part: ray
+
+
+def part_ray(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, Any]:
+    if importlib.util.find_spec("ray") is None:
+        return {"skipped": "ray not installed"}
+    root = work / "ray"
+    root.mkdir(parents=True, exist_ok=True)
+    plan = write_ray_plan(root, args)
+    env = child_env({"TUNEGATE_SUITES": str(write_suite(root / "suites"))})
+    gpus = gpu_ids_arg(args.gpu_ids[:2])
+    local = tunegate_run("ray: local executor", plan, f"sqlite:///{root / 'local.db'}", root / "local", clock,
+                         "--gpus", gpus, env=env)
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="raymg", dir="/tmp"))  # short: Ray's socket paths must stay short
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port", str(port), "--num-gpus", "2",
+            "--num-cpus", str(os.cpu_count() or 2), "--temp-dir", str(temp), "--include-dashboard=false",
+            "--disable-usage-stats", "--block"]
+    if "RAY_AUTH_TOKEN" not in os.environ:  # Ray's token authentication: the head and the driver share this one
+        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    say(f"[ray] $ {' '.join(head)}")
+    head_log = root / "ray-head.log"
+    cluster = subprocess.Popen(head, env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        address = wait_for_head(head_log, port, timeout=min(90.0, clock.left()), cluster=cluster)
+        ray_run = tunegate_run("ray: ray executor", plan, f"sqlite:///{root / 'ray.db'}", root / "ray", clock,
+                               "--executor", "ray", "--ray-address", address, env=env)
+    finally:
+        stop_group(cluster)
+    outs = {}
+    for name, url in (("local", f"sqlite:///{root / 'local.db'}"), ("ray", f"sqlite:///{root / 'ray.db'}")):
+        run = latest_run(url, "multi-gpu-ray")
+        outs[name] = {"outputs": item_outputs(url, run.id),
+                      "trials": {t.name: t.status for t in Store(url).trials(run.id)}}
+    differ = sorted(k for k in outs["local"]["outputs"].keys() | outs["ray"]["outputs"].keys()
+                    if outs["local"]["outputs"].get(k) != outs["ray"]["outputs"].get(k))
+    result = {"head_command": head, "address": address, "local": local | {"trials": outs["local"]["trials"]},
+              "ray": ray_run | {"trials": outs["ray"]["trials"]},
+              "outputs_compared": len(outs["local"]["outputs"]), "outputs_differing": len(differ),
+              "outputs_differing_examples": differ[:10],
+              "results_identical": not differ and outs["local"]["trials"] == outs["ray"]["trials"]}
+    say(f"ray: {result['outputs_compared']} item outputs compared, {len(differ)} differ; "
+        f"trial statuses local {outs['local']['trials']} vs ray {outs['ray']['trials']}")
+    if local["exit_code"] != 0 or ray_run["exit_code"] != 0:
+        raise PartFailed(f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
+                         "(ray executor; None: timed out)", result)
+    return result
+
+
+def write_ray_plan(root: Path, args: argparse.Namespace) -> Path:
+    """Baseline and two short LoRA trials of the default model (tiny: a tiny random Llama) on the tiny suite."""
+    if args.tiny:
+        from harness.model import load_tokenizer
+
+        model = build_model(root / "model", DDP_TINY, load_tokenizer(args.tokenizer), "cpu")["folder"]
+    else:
+        model = args.ray_model
+    rows = (REPO / "suites" / "json_extract" / "train.jsonl").read_text().splitlines()[:32]
+    (root / "train.jsonl").write_text("\n".join(rows) + "\n")
+    step = {"max_steps": 2 if args.tiny else 10, "batch_size": 4, "max_length": 256, "dropout": 0.0}
+    plan = {"name": "multi-gpu-ray", "model": model, "data": {"train": str(root / "train.jsonl")},
+            "arms": [{"name": "baseline", "type": "baseline"}, {"name": "lora-r4", "type": "lora", "r": 4, **step},
+                     {"name": "lora-r8", "type": "lora", "r": 8, **step}], "suites": [SUITE]}
+    (root / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    return root / "plan.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_head(log: Path, port: int, timeout: float, cluster: subprocess.Popen[bytes]) -> str:
+    """Wait until `ray start --head` says the runtime started; the address it tells other nodes to join
+    (Ray picks the node's IP itself)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cluster.poll() is not None:
+            raise RuntimeError(f"`ray start --head` exited with code {cluster.returncode} (log: {log})")
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if "Ray runtime started" in text:
+            found = re.search(r"ray start --address='([^']+)'", text)
+            return found.group(1) if found else f"127.0.0.1:{port}"
+        time.sleep(0.5)
+    raise RuntimeError(f"the Ray head did not start within {timeout:.0f}s (log: {log})")
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the Ray head and everything it started (its own process group; not `ray stop`, which would stop
+    every Ray cluster of this machine)."""
+    for sig, wait in ((signal.SIGTERM, 35), (signal.SIGKILL, 5)):  # on SIGTERM Ray drains for up to 30 s
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+# ------------------------------------------------------------------------------------------------ the JSON
+
+
+def device_info() -> dict[str, Any]:
+    """The GPUs by NVML (no CUDA context in this process), else torch, else the CPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
+                         "memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1)})
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        return {"type": "cuda", "count": len(gpus), "names": sorted({g["name"] for g in gpus}), "gpus": gpus,
+                "driver": driver.decode() if isinstance(driver, bytes) else driver, "host_cpus": os.cpu_count()}
+    except Exception:  # noqa: BLE001 - no NVML library or no GPU: fall back below
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return {"type": "cuda", "count": len(names), "names": sorted(set(names)), "host_cpus": os.cpu_count()}
+    return {"type": "cpu", "count": 0, "names": [f"{platform.processor() or platform.machine()} CPU (no GPU)"],
+            "host_cpus": os.cpu_count()}
+
+
+def library_versions() -> dict[str, str | None]:
+    import torch
+
+    out: dict[str, str | None] = dict(harness_versions()) | {"cuda": torch.version.cuda}
+    for lib in ("triton", "nvidia-ml-py", "liger-kernel"):
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = None
+    return out
+
+
+RESERVE = {"sweep": 200.0, "ddp": 210.0, "ray": 0.0}  # seconds kept for a part while an earlier one runs (GPU)
+HEADLINES = {  # top-level key -> (part, key in the part's result)
+    "sweep_speedup": ("sweep", "sweep_speedup"), "verdicts_identical": ("sweep", "verdicts_identical"),
+    "trials_saw_one_gpu": ("sweep", "trials_saw_one_gpu"), "ddp_speedup": ("ddp", "ddp_speedup"),
+    "ddp_speedup_steady": ("ddp", "ddp_speedup_steady"), "loss_curve_rel_diff": ("ddp", "loss_curve_rel_diff"),
+    "loss_curves": ("ddp", "loss_curves"), "ray_results_identical": ("ray", "results_identical"),
+}
+
+
+def headline(report: dict[str, Any]) -> None:
+    """Copy each part's headline numbers to the top level, with the issue's targets met or missed."""
+    for key, (part, field) in HEADLINES.items():
+        report[key] = (report["parts"].get(part) or {}).get(field)
+    report["errors"] = {name: p["error"] for name, p in report["parts"].items() if p.get("error")}
+    targets = {}
+    if report["sweep_speedup"] is not None:
+        targets["sweep_speedup"] = {"value": report["sweep_speedup"], "target": TARGET_SPEEDUP,
+                                    "met": report["sweep_speedup"] >= TARGET_SPEEDUP}
+    if report["ddp_speedup"] is not None:
+        targets["ddp_speedup"] = {"value": report["ddp_speedup"], "target": TARGET_SPEEDUP,
+                                  "met": report["ddp_speedup"] >= TARGET_SPEEDUP}
+    if report["loss_curve_rel_diff"] is not None:
+        targets["loss_curve_rel_diff"] = {"value": report["loss_curve_rel_diff"], "target": TARGET_LOSS_REL_DIFF,
+                                          "met": report["loss_curve_rel_diff"] <= TARGET_LOSS_REL_DIFF}
+    report["targets"] = targets
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    headline(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(out)
+
+
+def estimate(part: str, args: argparse.Namespace) -> str:
+    """A rough time for a part on two H200s (a CPU in --tiny mode), printed before it starts."""
+    if args.tiny:
+        return {"sweep": "~2-4 min on a 2-core CPU", "ddp": "~1-2 min", "ray": "~1-2 min"}[part]
+    if part == "sweep":
+        if args.one_gpu_json:
+            try:
+                one = json.loads(args.one_gpu_json.read_text())["paths"]["workers"]["wall_seconds"]
+            except (OSError, ValueError, KeyError, TypeError):
+                return "one two-GPU sweep (the one-GPU file is unreadable: the part will say why)"
+            return f"~{one / TARGET_SPEEDUP + 20:.0f}s (the two-GPU run; the one-GPU run took {one}s)"
+        return "a one-GPU sweep plus a two-GPU sweep (~1.5x the one-GPU wall; pass --one-gpu-json to reuse one)"
+    if part == "ddp":
+        return ("~3 min: model build ~15s, one-GPU trial ~90s (start-up, 30 steps of ~29k tokens, eval), "
+                "two-GPU trial ~70s")
+    return "~1-2 min" if importlib.util.find_spec("ray") else "0s (ray not installed: skipped)"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: sweep, ddp, ray (default: all)")
+    p.add_argument("--gpus", default="0,1", help="the two GPU ids (as CUDA_VISIBLE_DEVICES names them)")
+    p.add_argument("--plan", type=Path, default=GPU_PLAN, help="the plan the sweep part runs")
+    p.add_argument("--one-gpu-json", type=Path, help="a `sweep_throughput.py --paths workers` JSON measured on one "
+                                                     "GPU earlier: the sweep part then runs only the two-GPU sweep")
+    p.add_argument("--ddp-steps", type=int, help=f"optimizer steps of each ddp trial (default {DDP_GPU.steps})")
+    p.add_argument("--ddp-batch", type=int, help=f"micro-batch per process B (default {DDP_GPU.batch})")
+    p.add_argument("--ddp-accum", type=int, help=f"accumulation G of the two-GPU trial (default {DDP_GPU.accum}; "
+                                                 "the one-GPU trial accumulates 2G)")
+    p.add_argument("--warmup-steps", type=int, help="steps left out of ddp_speedup_steady (default 3; tiny 1)")
+    p.add_argument("--ray-model", default="smollm2-135m", help="the model of the ray part's small plan")
+    p.add_argument("--tokenizer", default="smollm2-135m", help="tokenizer of the ddp model (alias, .gguf or folder)")
+    p.add_argument("--tiny", action="store_true", help="CPU check: tiny random Llama, fake GPU ids, gloo ranks")
+    p.add_argument("--work", type=Path, help="where models, stores and run folders go (default: a tmp dir)")
+    p.add_argument("--merge", type=Path, action="append", default=[],
+                   help="a JSON written by an earlier invocation whose parts are kept (parts run now replace them)")
+    p.add_argument("--budget", type=float, default=480.0,
+                   help="seconds for the whole invocation (default 480; keep an outer `timeout` above it)")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.warmup_steps is None:
+        args.warmup_steps = 1 if args.tiny else 3
+    args.gpu_ids = [g.strip() for g in args.gpus.split(",") if g.strip()]
+    args.part_list = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = [x for x in args.part_list if x not in PARTS]
+    if unknown:
+        p.error(f"unknown part(s) {', '.join(unknown)}: use {', '.join(PARTS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    clock = Clock(args.budget)
+    work = (args.work or Path(tempfile.mkdtemp(prefix="multi-gpu-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    for key, value in MULTICAST_OFF.items():
+        os.environ.setdefault(key, value)
+    report: dict[str, Any] = {
+        "bench": "multi_gpu", "date": datetime.now(UTC).isoformat(timespec="seconds"), "tiny": args.tiny,
+        "device": device_info(), "versions": library_versions(), "argv": sys.argv[1:], "work": str(work),
+        "env": {k: os.environ.get(k) for k in (*MULTICAST_OFF, "CUDA_VISIBLE_DEVICES")}, "parts": {},
+    }
+    args.gpu_count = report["device"]["count"]
+    for earlier in args.merge:
+        report["parts"] |= json.loads(earlier.read_text()).get("parts", {})
+    say(f"multi_gpu on {report['device']['count']} x {', '.join(report['device']['names'])}: parts "
+        f"{', '.join(args.part_list)}; GPU ids {args.gpus}; work folder {work}; budget {args.budget:.0f}s")
+    runners: dict[str, Callable[[argparse.Namespace, Path, Clock], dict[str, Any]]] = {
+        "sweep": part_sweep, "ddp": part_ddp, "ray": part_ray}
+    signal.signal(signal.SIGTERM, on_sigterm)
+    interrupted = False
+    for i, part in enumerate(args.part_list):
+        clock.reserved = sum(RESERVE[p] for p in args.part_list[i + 1:]) * (0.2 if args.tiny else 1.0)
+        say(f"== {part}: expected {estimate(part, args)}; {clock.left(0):.0f}s of the budget for it")
+        started = time.perf_counter()
+        try:
+            result = runners[part](args, work, clock)
+        except Exception as exc:  # noqa: BLE001 - a part's failure is recorded; the next part still runs
+            partial = exc.partial if isinstance(exc, PartFailed) else {}
+            result = partial | {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            interrupted = isinstance(exc, Interrupted)
+            say(f"== {part}: FAILED: {result['error']}")
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        report["parts"][part] = result
+        write_report(report, args.out)
+        say(f"== {part}: done in {result['seconds']}s; wrote {args.out}")
+        if interrupted:
+            return 143
+    write_report(report, args.out)
+    say(json.dumps({k: report[k] for k in ("sweep_speedup", "ddp_speedup", "ddp_speedup_steady",
+                                           "loss_curve_rel_diff", "verdicts_identical", "trials_saw_one_gpu",
+                                           "ray_results_identical", "targets", "errors")}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

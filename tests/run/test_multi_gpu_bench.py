@@ -1,0 +1,85 @@
+"""bench/multi_gpu.py as a command: the data-parallel part and the sweep part in tiny mode on this CPU machine
+(two gloo ranks and two fake GPU ids), and a part that fails being recorded in the JSON instead of ending the
+invocation."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+from tests.support.bench import run_bench
+
+
+def test_a_failing_part_is_recorded_and_the_json_still_written(tmp_path: Path):
+    earlier = tmp_path / "one_gpu.json"
+    earlier.write_text(json.dumps({"paths": {"peer": {"wall_seconds": 10.0}}}))
+    out = tmp_path / "multi_gpu.json"
+    run_bench("multi_gpu.py", "--tiny", "--parts", "sweep", "--one-gpu-json", str(earlier),
+              "--work", str(tmp_path / "work"), "--out", str(out), timeout=300)
+    report = json.loads(out.read_text())
+    assert "no 'workers' path" in report["parts"]["sweep"]["error"]
+    assert report["errors"] == {"sweep": report["parts"]["sweep"]["error"]}
+    assert report["sweep_speedup"] is None and report["targets"] == {}
+    assert report["date"] and report["versions"]["torch"] and report["device"]["type"] == "cpu"
+    assert not (tmp_path / "work" / "sweep-2gpus").exists()  # the bad input stopped the part before it ran
+
+
+def test_unknown_part_is_refused():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "multi_gpu.py"), "--parts", "sweep,tpu",
+                             "--out", "/dev/null"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "unknown part(s) tpu" in result.stderr
+
+
+@pytest.mark.slow
+def test_data_parallel_part_in_tiny_mode(tmp_path: Path):
+    """One LoRA trial on one (fake) GPU with accumulation 2, the same on two gloo ranks with accumulation 1: the
+    same global batch, so on the CPU (float32) the same loss at every step and the same tokens counted."""
+    out = tmp_path / "multi_gpu.json"
+    run_bench("multi_gpu.py", "--tiny", "--parts", "ddp", "--work", str(tmp_path / "work"), "--out", str(out))
+    report = json.loads(out.read_text())
+    ddp = report["parts"]["ddp"]
+    assert report["errors"] == {} and report["ddp_speedup"] == ddp["ddp_speedup"] > 0
+    one, two = ddp["trials"]["one_gpu"], ddp["trials"]["two_gpus"]
+    assert (one["world_size"], one["cuda_visible_devices"]) == (1, "0")
+    assert (two["world_size"], two["cuda_visible_devices"]) == (2, "0,1")
+    curves = report["loss_curves"]
+    assert len(curves["one_gpu"]) == len(curves["two_gpus"]) == ddp["settings"]["steps"] == 3
+    assert curves["one_gpu"] == pytest.approx(curves["two_gpus"], rel=1e-4)
+    assert report["loss_curve_rel_diff"] < 1e-4 and report["targets"]["loss_curve_rel_diff"]["met"]
+    # tokens/s of the data-parallel trial counts every rank's tokens: the same total as the one-process trial
+    assert ddp["same_tokens"] and one["tokens_total"] > 0
+    assert report["ddp_speedup"] == pytest.approx(two["tokens_per_second"] / one["tokens_per_second"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_sweep_part_in_tiny_mode(tmp_path: Path):
+    """The tiny plan by persistent workers on one fake GPU id and on two: the same verdicts and outputs, each
+    trial pinned to exactly one id, both ids used (about 4 minutes on 2 CPU cores)."""
+    out = tmp_path / "multi_gpu.json"
+    run_bench("multi_gpu.py", "--tiny", "--parts", "sweep", "--work", str(tmp_path / "work"), "--out", str(out))
+    report = json.loads(out.read_text())
+    sweep = report["parts"]["sweep"]
+    assert report["errors"] == {} and report["sweep_speedup"] > 0
+    assert report["verdicts_identical"] and sweep["verdicts"]["two_gpus"]
+    assert report["trials_saw_one_gpu"] and sweep["gpus_used"] == {"one_gpu": ["0"], "two_gpus": ["0", "1"]}
+    assert sweep["trials_not_finished"] == {"one_gpu": [], "two_gpus": []}
+    assert sweep["outputs_compared"] > 0 and sweep["outputs_differing"] == 0
+    assert "one_gpu_problem" not in sweep
+
+
+@pytest.mark.slow
+def test_ray_part_in_tiny_mode(tmp_path: Path):
+    """A Ray head with two (fake) GPU resources started and stopped by the bench; the ray executor's item
+    outputs are the local executor's."""
+    pytest.importorskip("ray")
+    out = tmp_path / "multi_gpu.json"
+    run_bench("multi_gpu.py", "--tiny", "--parts", "ray", "--work", str(tmp_path / "work"), "--out", str(out))
+    report = json.loads(out.read_text())
+    ray = report["parts"]["ray"]
+    assert report["errors"] == {} and report["ray_results_identical"] is True
+    assert ray["outputs_compared"] == 6 and ray["ray"]["exit_code"] == 0
+    assert set(ray["ray"]["trials"].values()) == {"finished"}
