@@ -75,6 +75,8 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
                                                          "memory estimate) or a count.")] = "auto",
         eval_batch: Annotated[str, typer.Option(help="device: on a GPU, size generation batches from free memory | "
                                                      "suite: each suite's batch_size.")] = "device",
+        shared_eval: Annotated[bool, typer.Option(help="Persistent workers: score the trained LoRA adapters together "
+                                                     "in mixed-adapter batches (PEFT adapter_names) at the end.")] = False,
         ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one).")] = None,
         store: StoreOpt = None) -> None:
     """Run a plan: every arm trained (if needed) and scored on every suite; results go to the store."""
@@ -91,7 +93,8 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
         return
     outcome = Runner(_store(store), console).run(plan, resume=resume, only=only, executor=executor,
                                                  gpus=parse_gpus(gpus), ray_address=ray_address,
-                                                 trials_per_gpu=per_gpu, device_batch=eval_batch == "device")
+                                                 trials_per_gpu=per_gpu, device_batch=eval_batch == "device",
+                                                 shared_eval=shared_eval)
     print_run_comparison(_store(store), outcome.run_id)
     raise typer.Exit(1 if outcome.failed else 0)
 

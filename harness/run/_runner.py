@@ -50,9 +50,12 @@ class Runner:
 
     def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None,
             executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None,
-            trials_per_gpu: int | None = None, device_batch: bool = True) -> RunOutcome:
+            trials_per_gpu: int | None = None, device_batch: bool = True, shared_eval: bool = False) -> RunOutcome:
         """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `device_batch` False keeps
-        each suite's own generation batch size on a GPU too."""
+        each suite's own generation batch size on a GPU too; `shared_eval` (persistent workers) scores the trained
+        LoRA adapters together, in mixed-adapter batches, instead of each right after its training. Off by default:
+        on an H200 with the 135M default model the mixed batches decoded slower than separate trials running side
+        by side (reports/perf/sweep_throughput.json)."""
 
         plan, doc = load_plan(plan_path)
         arms = trials(plan)
@@ -97,7 +100,7 @@ class Runner:
         by_name = {a.name: a for a in arms}
         for unit in units:
             unit.after = getattr(by_name[unit.trial], "from_arm", None) if by_name[unit.trial].type == "dpo" else None
-        if getattr(runner, "shares_evaluation", False):
+        if shared_eval and getattr(runner, "shares_evaluation", False):
             shareable = [u for u in units if u.gpus_per_trial <= 1 and can_share(by_name[u.trial])]
             for unit in shareable if len(shareable) > 1 else []:
                 unit.defer_eval = True  # trained now, scored together with the other adapters at the end

@@ -35,10 +35,27 @@ def test_plan_report_matches_the_store_of_that_run(tmp_path: Path):
 
 
 def test_perf_reports_name_device_versions_and_targets():
-    for name in ("train_throughput.json", "eval_throughput.json", "qlora_8b.json"):
+    for name in ("train_throughput.json", "eval_throughput.json", "qlora_8b.json", "sweep_throughput.json"):
         report = json.loads((REPO / "reports" / "perf" / name).read_text())
-        assert "H100" in report["device"]["name"], name
-        assert report["versions"]["torch"].startswith("2.11") and report["date"].startswith("2026-11-25"), name
+        assert report["device"]["name"].startswith("NVIDIA H"), name
+        assert report["versions"]["torch"].startswith("2.11") and report["date"].startswith("2026-11-"), name
     train = json.loads((REPO / "reports" / "perf" / "train_throughput.json").read_text())
     assert train["comparisons"]["ours_vs_peer"]["throughput_ratio"] > 1
+    best = train["vs_best_stock"]
+    assert best["peer"] in train["runs"] and not train["runs"][best["peer"]]["error"]
+    assert {"throughput_ratio", "peak_memory_ratio", "loss_rel_diff"} <= best.keys() and "mfu" in train["runs"]["ours"]
     assert json.loads((REPO / "reports" / "perf" / "qlora_8b.json").read_text())["qlora_8b"]["peak_memory_ratio"] < 0.45
+
+
+def test_sweep_and_multi_gpu_reports_hold_what_the_readme_quotes():
+    sweep = json.loads((REPO / "reports" / "perf" / "sweep_throughput.json").read_text())
+    peer, ours = sweep["paths"]["peer"], sweep["paths"]["workers"]
+    assert sweep["speedup"] == round(peer["wall_seconds"] / ours["wall_seconds"], 3)
+    assert sweep["gpu_utilization_mean"] == ours["gpu_utilization"]["mean"] and sweep["verdicts_identical"]
+    assert len(peer["trials"]) == len(ours["trials"]) == 12
+    assert all(t["status"] == "finished" for t in ours["trials"].values())
+    multi = json.loads((REPO / "reports" / "gpu" / "multi_gpu.json").read_text())
+    parts = multi["parts"]
+    assert multi["sweep_speedup"] == round(parts["sweep"]["one_gpu_wall_seconds"] / parts["sweep"]["two_gpu_wall_seconds"], 3)
+    assert multi["trials_saw_one_gpu"] and multi["verdicts_identical"]
+    assert multi["ddp_speedup"] > 0 and len(parts["ddp"]["loss_curves"]) == 2

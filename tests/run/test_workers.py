@@ -196,7 +196,7 @@ def test_shared_evaluation_in_a_run_matches_the_per_trial_path(env: dict[str, An
     store = Store(str(env["root"] / "compare.db"))
     runner = Runner(store, quiet(), runs_dir=env["root"] / "runs")
     alone = runner.run(serial_plan, executor="local")
-    together = runner.run(shared_plan, executor="workers", trials_per_gpu=1)
+    together = runner.run(shared_plan, executor="workers", trials_per_gpu=1, shared_eval=True)
     assert not alone.failed and not together.failed
     found = manifests(store, together.run_id)
     assert found["lora-a"]["phases"]["shared_eval_with"] == 2 == found["lora-b"]["phases"]["shared_eval_with"]
