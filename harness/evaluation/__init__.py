@@ -3,8 +3,9 @@
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from harness._lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from harness.evaluation._evaluate import (
@@ -69,12 +70,4 @@ _EXPORTS = {
     "validate": "harness.evaluation._lmeval_config",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(_EXPORTS[name])
-    value = module if module.__name__.endswith("." + name) else getattr(module, name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
