@@ -5,8 +5,8 @@ CUDA_VISIBLE_DEVICES) imports torch, transformers, TRL and PEFT once and keeps t
 trials (`keep_models_loaded`: every trial gets a device-side copy of it instead of a read from disk). The
 driver hands each free slot the next trial as one JSON line on the worker's stdin; the worker runs it
 exactly as a one-off worker would (`run_trial`: status, curves, artifacts and scores go to the store) and
-answers on a pipe of its own. Trained LoRA adapters whose evaluation was deferred are then scored together,
-several adapters per pass (`harness/run/_shared_eval.py`), spread over the slots.
+answers on a pipe of its own. With `--shared-eval`, trained LoRA adapters whose evaluation was deferred are then
+scored together, several adapters per pass (`harness/run/_shared_eval.py`), spread over the slots.
 
 A worker that dies (a segfault, the OOM killer, kill -9) is replaced by a fresh one; the trial it held is
 recorded as failed with the exit code and the tail of its log, and the sweep goes on. A CUDA out-of-memory
@@ -146,7 +146,7 @@ class Worker:
 
 
 class WorkerExecutor(Executor):
-    """Persistent workers, `trials_per_gpu` per GPU; trained LoRA adapters scored together at the end of a phase.
+    """Persistent workers, `trials_per_gpu` per GPU; with shared evaluation, deferred adapters scored together last.
     A data-parallel trial (gpus_per_trial > 1) runs after the others through a one-off `accelerate` launcher."""
     name = "workers"
     shares_evaluation = True
