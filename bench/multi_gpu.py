@@ -87,7 +87,7 @@ class DdpSettings:
     seed: int = 0
 
 
-DDP_GPU = DdpSettings(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, steps=30, batch=8, accum=2,
+DDP_GPU = DdpSettings(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, steps=100, batch=8, accum=2,
                       max_length=1024, min_words=780, max_words=980)
 DDP_TINY = DdpSettings(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, steps=3, batch=2, accum=1,
                        max_length=128, min_words=20, max_words=60)
@@ -636,8 +636,8 @@ def estimate(part: str, args: argparse.Namespace) -> str:
             return f"~{one / TARGET_SPEEDUP + 20:.0f}s (the two-GPU run; the one-GPU run took {one}s)"
         return "a one-GPU sweep plus a two-GPU sweep (~1.5x the one-GPU wall; pass --one-gpu-json to reuse one)"
     if part == "ddp":
-        return ("~3 min: model build ~15s, one-GPU trial ~90s (start-up, 30 steps of ~29k tokens, eval), "
-                "two-GPU trial ~70s")
+        return ("~4 min: model build ~15s, one-GPU trial ~120s (start-up, 100 steps of ~29k tokens, eval), "
+                "two-GPU trial ~90s")
     return "~1-2 min" if importlib.util.find_spec("ray") else "0s (ray not installed: skipped)"
 
 

@@ -1,6 +1,6 @@
 """Sweep throughput: the whole GPU plan run by the per-trial-process path (the peer) and by the default path
-(persistent workers, several trials per GPU, device-sized eval batches, adapters scored together), measured in
-the same invocation on the same GPU.
+(persistent workers, several trials per GPU, longest trials first, device-sized eval batches), measured in the
+same invocation on the same GPU.
 
     python bench/sweep_throughput.py --out reports/perf/sweep_throughput.json            # both paths, GPU 0
     python bench/sweep_throughput.py --paths peer --gpus 0 --out /root/peer.json          # one path only ...

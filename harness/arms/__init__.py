@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from harness.arms._prompting import (
         Corpus,
         Embedder,
+        Retriever,
         TEXT_KEYS,
         describe,
         embedding_folder,
@@ -78,6 +79,7 @@ _EXPORTS = {
     "Preference": "harness.arms._data",
     "PreferenceRow": "harness.arms._data",
     "PromptCompletionRow": "harness.arms._data",
+    "Retriever": "harness.arms._prompting",
     "Role": "harness.arms._data",
     "TEXT_KEYS": "harness.arms._prompting",
     "TrainResult": "harness.arms._train",

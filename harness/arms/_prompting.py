@@ -136,8 +136,6 @@ def load_documents(path: str | Path) -> Corpus:
 def rag_shaper(arm: Any, examples: list[Example]) -> Shaper:
     """Put the k nearest (cosine) training examples before each question as worked examples, or the k
     nearest document passages into the system message as context."""
-    from sklearn.neighbors import NearestNeighbors
-
     if arm.documents:
         corpus = load_documents(arm.documents)
     else:
@@ -145,19 +143,35 @@ def rag_shaper(arm: Any, examples: list[Example]) -> Shaper:
             raise UserError(f"rag arm '{arm.name}' has nothing to retrieve from: set data.train or documents",
                             field="documents")
         corpus = Corpus([ex.user_text for ex in examples], examples, None)
-    embed = Embedder(arm.embedding_model)
-    index = NearestNeighbors(n_neighbors=min(arm.k, len(corpus.keys)), metric="cosine")
-    index.fit(embed(corpus.keys))
+    return Retriever(arm, corpus, Embedder(arm.embedding_model))
 
-    def shape(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        question = "\n".join(m["content"] for m in messages if m["role"] == "user")
-        _, idx = index.kneighbors(embed([question]))
-        nearest_last = [int(i) for i in reversed(idx[0])]  # the closest ends up next to the question
-        if corpus.examples is not None:
-            return with_shots(messages, [corpus.examples[i] for i in nearest_last], arm.system)
-        return with_context(messages, [corpus.keys[i] for i in reversed(nearest_last)], arm.system)
 
-    return shape
+class Retriever:
+    """A rag arm's shaper: `many` embeds every question of a suite in batches and looks all of them up at once
+    (one item at a time, the encoder's per-call overhead dominated a GPU sweep's retrieval arm)."""
+
+    def __init__(self, arm: Any, corpus: Corpus, embed: Embedder) -> None:
+        from sklearn.neighbors import NearestNeighbors
+
+        self.arm, self.corpus, self.embed = arm, corpus, embed
+        self.index = NearestNeighbors(n_neighbors=min(arm.k, len(corpus.keys)), metric="cosine")
+        self.index.fit(embed(corpus.keys))
+
+    def __call__(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        return self.many([messages])[0]
+
+    def many(self, chats: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+        if not chats:
+            return []
+        questions = ["\n".join(m["content"] for m in messages if m["role"] == "user") for messages in chats]
+        _, idx = self.index.kneighbors(self.embed(questions))
+        return [self._with(messages, row) for messages, row in zip(chats, idx)]
+
+    def _with(self, messages: list[dict[str, str]], row: Any) -> list[dict[str, str]]:
+        nearest_last = [int(i) for i in reversed(row)]  # the closest ends up next to the question
+        if self.corpus.examples is not None:
+            return with_shots(messages, [self.corpus.examples[i] for i in nearest_last], self.arm.system)
+        return with_context(messages, [self.corpus.keys[i] for i in reversed(nearest_last)], self.arm.system)
 
 
 def shaper_for(arm: Any, examples: list[Example]) -> Shaper | None:

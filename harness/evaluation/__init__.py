@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         ItemResult,
         Shaper,
         SuiteResult,
+        shape_all,
     )
     from harness.evaluation._suite import (
         GenerationConfig,
@@ -66,6 +67,7 @@ _EXPORTS = {
     "include_dirs": "harness.evaluation._lmeval_config",
     "load": "harness.evaluation._suite",
     "search_dirs": "harness.evaluation._suite",
+    "shape_all": "harness.evaluation._results",
     "suite_version": "harness.evaluation._lmeval_config",
     "validate": "harness.evaluation._lmeval_config",
 }

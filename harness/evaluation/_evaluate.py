@@ -7,7 +7,7 @@ from typing import Any
 
 from harness import tracing
 from harness.evaluation import _lmeval as lmeval
-from harness.evaluation._results import ItemResult, Shaper, SuiteResult
+from harness.evaluation._results import ItemResult, Shaper, SuiteResult, shape_all
 from harness.evaluation._suite import Suite
 from harness.model import _generate as gen
 from harness.scorers import _judge as judge
@@ -26,8 +26,8 @@ def evaluate(model: Any, tok: Any, suite: Suite, *, shaper: Shaper | None = None
         with tracing.span("loglikelihood", suite=suite.name, suite_version=suite.version, n=len(suite.items)):
             prompts, outputs = _rank_choices(model, tok, suite, progress, device_batch)
     else:
-        shape = shaper or (lambda msgs: msgs)
-        prompts = [gen.chat_prompt(tok, shape(item.chat(suite.spec.system))) for item in suite.items]
+        chats = shape_all(shaper, [item.chat(suite.spec.system) for item in suite.items])
+        prompts = [gen.chat_prompt(tok, chat) for chat in chats]
         with tracing.span("generate", suite=suite.name, suite_version=suite.version, n=len(prompts),
                           batch_size=suite.spec.generation.batch_size,
                           max_new_tokens=suite.spec.generation.max_new_tokens) as span:

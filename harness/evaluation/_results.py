@@ -10,7 +10,16 @@ from harness.scorers import _registry as scorers
 from harness.scorers._registry import MetricKind
 
 # Turns an item's chat messages into the messages an arm actually sends (system prompt, shots, context).
+# A shaper may also have `many(chats)`, shaping a whole suite at once (retrieval embeds every question in batches).
 Shaper = Callable[[list[dict[str, str]]], list[dict[str, str]]]
+
+
+def shape_all(shaper: Shaper | None, chats: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+    """Every item's messages as the arm sends them, through the shaper's batched `many` where it has one."""
+    if shaper is None:
+        return chats
+    many = getattr(shaper, "many", None)
+    return many(chats) if callable(many) else [shaper(chat) for chat in chats]
 
 
 @dataclass

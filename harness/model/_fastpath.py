@@ -91,6 +91,8 @@ class MemoryPlan:
     budget_gib: float | None       # None: no budget (CPU)
     estimated_peak_gib: float
     fits: bool
+    per_micro_batch: bool = False   # checkpoint, per micro-batch, only the layers its tokens need (up to the above)
+    memory: MemoryModel | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -549,51 +551,80 @@ def optimizer_bytes(model: torch.nn.Module) -> int:
     return sum(3 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
+@dataclass(frozen=True)
+class MemoryModel:
+    """The peak memory of one micro-batch as a function of its tokens and of the layers checkpointed."""
+    layers: int
+    hidden: int
+    vocab: int
+    act_bytes: float        # bytes a decoder layer keeps per token for its backward
+    boundary_bytes: int     # bytes a checkpointed layer keeps per token (its input)
+    fixed_bytes: int        # weights, gradients, optimizer state
+    budget_bytes: int       # 0: no budget (CPU)
+
+    def peak(self, tokens: int, checkpointed: int) -> float:
+        kept = self.layers - checkpointed
+        activations = tokens * (kept * self.act_bytes + checkpointed * self.boundary_bytes +
+                                (self.act_bytes if checkpointed else 0))
+        head = min(tokens, 4096) * min(self.vocab, 32768) * 2 + tokens * self.hidden * 16  # chunked LM head, repad
+        return self.fixed_bytes + activations + head + 0.05 * self.budget_bytes + 128 * 2**20
+
+    def layers_to_checkpoint(self, tokens: int) -> int:
+        """The fewest layers to checkpoint for a micro-batch of `tokens` tokens to fit (all when none fits)."""
+        if not self.budget_bytes:
+            return 0
+        return next((k for k in range(self.layers + 1) if self.peak(tokens, k) <= self.budget_bytes), self.layers)
+
+
 def plan_memory(*, layers: int, hidden: int, vocab: int, act_bytes: float, boundary_bytes: int, fixed_bytes: int,
                 budget_bytes: int, tokens_for_fold: dict[int, int], mode: str = "auto") -> MemoryPlan:
-    """Pick (checkpointed layers, fold): no checkpointing and the largest fold that fit the budget; else fold 1
-    and as few checkpointed layers as fit; else everything checkpointed (the run may still not fit).
-    mode "none" never checkpoints (fold 1 unless a larger one fits), "full" checkpoints every layer."""
-
-    def peak(tokens: int, checkpointed: int) -> float:
-        kept = layers - checkpointed
-        activations = tokens * (kept * act_bytes + checkpointed * boundary_bytes + (act_bytes if checkpointed else 0))
-        head = min(tokens, 4096) * min(vocab, 32768) * 2 + tokens * hidden * 16   # chunked LM head tile, repad
-        return fixed_bytes + activations + head + 0.05 * budget_bytes + 128 * 2**20
+    """Pick (checkpointed layers, fold) for the largest micro-batch the data can make: no checkpointing and the
+    largest fold that fit the budget; else fold 1 and as few checkpointed layers as fit; else everything
+    checkpointed (the run may still not fit). mode "none" never checkpoints (fold 1 unless a larger one fits),
+    "full" checkpoints every layer. In "auto" mode training then checkpoints per micro-batch only the layers
+    that micro-batch needs (`MemoryModel.layers_to_checkpoint`): most are shorter than the worst case."""
+    memory = MemoryModel(layers, hidden, vocab, act_bytes, boundary_bytes, fixed_bytes, budget_bytes)
 
     def made(fold: int, checkpointed: int) -> MemoryPlan:
-        estimate = peak(tokens_for_fold[fold], checkpointed)
+        estimate = memory.peak(tokens_for_fold[fold], checkpointed)
         return MemoryPlan(layers=layers, checkpointed_layers=checkpointed, fold=fold,
                           tokens_per_micro_batch=tokens_for_fold[fold], activation_bytes_per_token_layer=act_bytes,
                           budget_gib=budget_bytes / GIB if budget_bytes else None, estimated_peak_gib=estimate / GIB,
-                          fits=not budget_bytes or estimate <= budget_bytes)
+                          fits=not budget_bytes or estimate <= budget_bytes, per_micro_batch=mode == "auto",
+                          memory=memory)
 
     if mode == "full":
         return made(1, layers)
     for fold in sorted(tokens_for_fold, reverse=True):
-        if budget_bytes and peak(tokens_for_fold[fold], 0) <= budget_bytes:
+        if budget_bytes and memory.peak(tokens_for_fold[fold], 0) <= budget_bytes:
             return made(fold, 0)
     if mode == "none":
         return made(1, 0)
-    for checkpointed in range(1, layers + 1):
-        if peak(tokens_for_fold[1], checkpointed) <= budget_bytes:
-            return made(1, checkpointed)
-    return made(1, layers)
+    return made(1, memory.layers_to_checkpoint(tokens_for_fold[1]))
+
+
+def _tokens_in(args: tuple, kwargs: dict[str, Any]) -> int:
+    """Token positions in a decoder layer's input (hidden states [..., hidden])."""
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    return hidden.numel() // hidden.shape[-1] if isinstance(hidden, torch.Tensor) and hidden.dim() else 0
 
 
 @contextmanager
-def checkpointing(layers: Sequence[torch.nn.Module], count: int) -> Iterator[None]:
-    """Activation checkpointing (non-reentrant) of the first `count` layers. Wraps the layer's forward rather
-    than setting transformers' flag, so trainers that toggle the flag (TRL's reference forward) leave it be."""
+def checkpointing(layers: Sequence[torch.nn.Module], count: int,
+                  per_micro_batch: Callable[[int], int] | None = None) -> Iterator[None]:
+    """Activation checkpointing (non-reentrant) of the first `count` layers; with `per_micro_batch` (tokens ->
+    layers), of only as many of them as the micro-batch at hand needs. Wraps the layer's forward rather than
+    setting transformers' flag, so trainers that toggle the flag (TRL's reference forward) leave it be."""
     from torch.utils.checkpoint import checkpoint
 
     wrapped = []
-    for layer in list(layers)[:count]:
+    for index, layer in enumerate(list(layers)[:count]):
         original = layer.forward
 
         def forward(*args: Any, _original: Callable[..., Any] = original, _layer: torch.nn.Module = layer,
-                    **kwargs: Any) -> Any:
-            if _layer.training and torch.is_grad_enabled():
+                    _index: int = index, **kwargs: Any) -> Any:
+            needed = per_micro_batch is None or _index < per_micro_batch(_tokens_in(args, kwargs))
+            if _layer.training and torch.is_grad_enabled() and needed:
                 # the recompute would update a KV cache a second time: no cache under checkpointing (as transformers)
                 kwargs.update({k: None for k in ("cache", "past_key_values", "layer_past") if kwargs.get(k) is not None})
                 if kwargs.get("use_cache"):
@@ -695,7 +726,7 @@ class FastSession:
         result = plan_memory(layers=layers, hidden=config.hidden_size, vocab=config.vocab_size, act_bytes=act,
                              boundary_bytes=config.hidden_size * dtype_bytes, fixed_bytes=fixed,
                              budget_bytes=budget, tokens_for_fold=tokens, mode=mode)
-        self.report.plan = asdict(result) | {"mode": mode}
+        self.report.plan = {k: v for k, v in asdict(result).items() if k != "memory"} | {"mode": mode}
         return result
 
     @contextmanager
@@ -707,7 +738,8 @@ class FastSession:
             elif self.fast.lora_bf16_inputs:
                 self.report.lora_bf16_inputs = "off: needs bf16 autocast (CUDA)"
             if plan is not None and plan.checkpointed_layers:
-                stack.enter_context(checkpointing(layers, plan.checkpointed_layers))
+                per_micro_batch = plan.memory.layers_to_checkpoint if plan.per_micro_batch and plan.memory else None
+                stack.enter_context(checkpointing(layers, plan.checkpointed_layers, per_micro_batch))
             if self.fast.compile:
                 self.report.compile = stack.enter_context(compiled_layers(layers))
             if "fused_linear_cross_entropy" in self.fast.liger_kernels:

@@ -34,7 +34,7 @@ from rich.markup import escape
 
 from harness.errors import UserError
 from harness.run._devices import DevicePool
-from harness.run._trial import TrialResult, TrialUnit, run_trial
+from harness.run._units import TrialResult, TrialUnit
 from harness.store._store import Store
 
 Done = Callable[[TrialResult], None]
@@ -58,12 +58,25 @@ def worker_command(unit_file: str | Path, num_processes: int = 1, *, port: int |
             "--dynamo_backend", "no", "-m", "harness.run", str(unit_file)]
 
 
-def worker_env(devices: Sequence[str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The worker's environment, pinned to `devices` (an empty list hides every GPU)."""
+def run_here(unit: TrialUnit, console: Console) -> TrialResult:
+    """Run one trial in this process. The training stack is imported here, where a trial runs, so a driver that
+    only schedules workers starts in a second instead of importing torch, TRL and PEFT it never uses."""
+    from harness.run._trial import run_trial  # heavy (torch, TRL, PEFT): only in processes that run trials
+
+    return run_trial(unit, console)
+
+
+def worker_env(devices: Sequence[str] | None, base: dict[str, str] | None = None,
+               threads: int | None = None) -> dict[str, str]:
+    """The worker's environment, pinned to `devices` (an empty list hides every GPU); `threads`: its share of the
+    CPU cores when several workers run at once (unless the user set OMP_NUM_THREADS), so their CPU-side work
+    (tokenising, retrieval, the optimizer's launches) does not oversubscribe the cores."""
     env = dict(os.environ if base is None else base)
     if devices is not None:  # CPU slots ("cpu0", ...) see no GPU at all
         env["CUDA_VISIBLE_DEVICES"] = ",".join(d for d in devices if not d.startswith("cpu"))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, threads)))
     return env
 
 
@@ -155,7 +168,7 @@ class SerialExecutor(Executor):
                 self.report(unit, result, f" (log: {Path(unit.folder) / 'worker.log'})")
             else:
                 try:
-                    result = run_trial(unit, self.console)
+                    result = run_here(unit, self.console)
                 except Exception as exc:  # noqa: BLE001 - the trial could not even start: record why
                     result = outcome_from_store(self.store, unit, f"{type(exc).__name__}: {exc}")
             done(result)
@@ -213,7 +226,7 @@ def _ray_trial(unit_json: str) -> dict[str, Any]:
     if unit.gpus_per_trial > 1 and gpu_ids:
         return dataclasses.asdict(launch_worker(unit, gpu_ids, Store(unit.store_url)))
     with (Path(unit.folder) / "worker.log").open("a") as log:
-        return dataclasses.asdict(run_trial(unit, Console(file=log, width=120)))
+        return dataclasses.asdict(run_here(unit, Console(file=log, width=120)))
 
 
 class RayExecutor(Executor):
@@ -270,6 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m harness.run UNIT.json", file=sys.stderr)
         return 2
     unit = TrialUnit.from_json(Path(args[0]).read_text())
-    result = run_trial(unit, Console(width=120))
+    result = run_here(unit, Console(width=120))
     return 0 if result.status in ("finished", "failed", "worker") else 1
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from harness.arms._data import load_examples, load_preferences
 from harness.arms._prompting import describe, embedding_folder, load_documents
 from harness.errors import UserError, YamlDoc
 from harness.evaluation import _suite as suite_registry
-from harness.model._load import resolve
+from harness.model._load import cache_root, file_digest, resolve
 from harness.plan._load import arm_line, load_plan
 from harness.plan._memory import ALL_LINEAR, estimate_training_memory
 from harness.plan._parts import TRAINED, RagArm
@@ -50,6 +51,21 @@ def model_shape(spec: str) -> dict[str, Any] | None:
 
 
 def _gguf_shape(path: str) -> dict[str, Any] | None:
+    """The GGUF file's shape, read once and cached beside the converted models (reading a GGUF's metadata parses
+    its whole vocabulary: seconds, before every run)."""
+    cached = cache_root() / "shapes" / f"{Path(path).stem}-{file_digest(Path(path))}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    shape = _read_gguf_shape(path)
+    if shape is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(shape))
+        tmp.replace(cached)
+    return shape
+
+
+def _read_gguf_shape(path: str) -> dict[str, Any] | None:
     from gguf import GGUFReader
 
     reader = GGUFReader(path)

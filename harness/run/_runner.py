@@ -5,6 +5,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,8 +20,7 @@ from harness.run._devices import plan_devices
 from harness.run._executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
-from harness.run._shared_eval import can_share
-from harness.run._trial import TrialResult, TrialUnit
+from harness.run._units import TrialResult, TrialUnit, can_share
 from harness.run._workers import WorkerExecutor, auto_trials_per_gpu, free_memory_gib
 from harness.store._store import Store
 
@@ -105,7 +105,7 @@ class Runner:
             for unit in shareable if len(shareable) > 1 else []:
                 unit.defer_eval = True  # trained now, scored together with the other adapters at the end
         try:
-            runner.run_phases(phases(units, plan), done)
+            runner.run_phases(phases(longest_first(units, by_name), plan), done)
         finally:
             runner.close()
         self.store.finish_run(run_id, "failed" if outcome.failed else "finished")
@@ -142,6 +142,30 @@ class Runner:
             n += 1
             folder = (self.runs_dir / f"{name}-{run_id}.{n}").resolve()
         return folder
+
+
+def longest_first(units: list[TrialUnit], arms: dict[str, Any]) -> list[TrialUnit]:
+    """The order trials are handed out in (longest-processing-time first, so a sweep does not end waiting on one
+    long trial started last): trials another trial continues, then trained arms (the most optimizer steps first),
+    then retrieval arms (they embed a corpus), then the rest. Stable: ties keep the plan's order."""
+    continued = {u.after for u in units if u.after}
+
+    def rank(unit: TrialUnit) -> tuple[int, float]:
+        arm = arms[unit.trial]
+        if unit.trial in continued:
+            return 0, 0.0
+        if arm.type in TRAINED:
+            return 1, -expected_steps(arm)
+        return (2 if arm.type == "rag" else 3), 0.0
+
+    return sorted(units, key=rank)
+
+
+def expected_steps(arm: Any) -> float:
+    """Optimizer steps per training example (relative work of trained arms on the same data)."""
+    if getattr(arm, "max_steps", None):
+        return float(arm.max_steps)
+    return float(arm.epochs) * float(arm.data_fraction) / max(int(arm.batch_size) * int(arm.grad_accum), 1)
 
 
 def phases(units: list[TrialUnit], plan: Plan) -> list[list[TrialUnit]]:

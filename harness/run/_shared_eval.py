@@ -21,16 +21,9 @@ from harness.evaluation._evaluate import evaluate_adapters
 from harness.model._load import load_model
 from harness.plan._parts import TRAINED
 from harness.run._provenance import stamp
-from harness.run._trial import TrialResult, TrialUnit, _free_memory, _progress, _TrialJob, run_trial
+from harness.run._trial import _free_memory, _progress, _TrialJob, run_trial
+from harness.run._units import TrialResult, TrialUnit
 from harness.scorers import _judge_client as judge
-
-SHAREABLE = ("lora", "dpo")  # arm kinds whose adapter is plain LoRA on the plan's base (QLoRA's base differs)
-
-
-def can_share(arm: Any) -> bool:
-    """Whether a trial of this arm can have its evaluation deferred to a shared pass (decided before training)."""
-    return arm.type in SHAREABLE and arm.type in TRAINED and not getattr(arm, "use_dora", False)
-
 
 def _adapter_is_plain_lora(job: _TrialJob) -> bool:
     config_file = job.folder / "adapter" / "adapter_config.json"

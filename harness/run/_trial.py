@@ -30,39 +30,12 @@ from harness.plan._parts import TRAINED, RagArm
 from harness.plan._schema import Plan
 from harness.plan._sweep import trials
 from harness.run._provenance import device_name, git_sha, stamp, versions
+from harness.run._units import TrialResult, TrialUnit
 from harness.scorers import _judge_client as judge
 from harness.store._store import Store
 
 
 OWNER_MARK = ".tunegate-trial.json"  # in a trial folder: which run and trial wrote it (what a rerun may clean)
-
-
-@dataclass
-class TrialUnit:
-    """One trial as a unit of work: everything a worker needs, JSON-serialisable."""
-    store_url: str
-    run_id: int
-    trial: str
-    folder: str
-    gpus_per_trial: int = 1
-    device: str | None = None  # None: the worker picks (cuda when it sees a GPU, else cpu)
-    defer_eval: bool = False   # train and save, mark 'trained'; a shared pass scores the adapter with others later
-    device_batch: bool = True  # on a GPU, size generation batches from free memory (False: the suite's batch_size)
-    after: str | None = None   # the trial this one continues (DPO from an SFT trial): it starts once that one trained
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> TrialUnit:
-        return cls(**json.loads(text))
-
-
-@dataclass
-class TrialResult:
-    trial: str
-    status: str  # finished | trained (evaluation deferred) | failed | worker (a non-zero rank of a DP trial)
-    error: str | None = None
 
 
 _TRIALS_IN_THIS_PROCESS = 0

@@ -44,8 +44,7 @@ from harness.run._executors import (
     outcome_from_store,
     worker_env,
 )
-from harness.run._shared_eval import score_together
-from harness.run._trial import TrialResult, TrialUnit, run_trial
+from harness.run._units import TrialResult, TrialUnit
 from harness.store._store import Store
 
 GIB = 1024**3
@@ -88,8 +87,8 @@ def free_memory_gib(devices: Sequence[str]) -> float:
 class Worker:
     """One long-lived worker process on one device set; runs one job (a trial, or a shared evaluation) at a time."""
 
-    def __init__(self, slot: str, devices: list[str]) -> None:
-        self.slot, self.devices = slot, devices
+    def __init__(self, slot: str, devices: list[str], threads: int | None = None) -> None:
+        self.slot, self.devices, self.threads = slot, devices, threads
         self.proc: subprocess.Popen[str] | None = None
         self.replies: IO[str] | None = None
         self.jobs = 0
@@ -101,7 +100,7 @@ class Worker:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                         env=worker_env(self.devices), pass_fds=(write_fd,), text=True)
+                                         env=worker_env(self.devices, threads=self.threads), pass_fds=(write_fd,), text=True)
         os.close(write_fd)
         self.replies = os.fdopen(read_fd, "r")
 
@@ -155,8 +154,10 @@ class WorkerExecutor(Executor):
         super().__init__(store, console)
         self.devices = list(devices)  # none: CPU workers (every GPU hidden from them)
         self.trials_per_gpu = trials_per_gpu
-        self.workers = [Worker(f"gpu{d}.{k}", [d]) for k in range(trials_per_gpu) for d in self.devices] or \
-            [Worker(f"cpu.{k}", []) for k in range(trials_per_gpu)]
+        slots = trials_per_gpu * max(len(self.devices), 1)
+        threads = max(1, (os.cpu_count() or 1) // slots) if slots > 1 else None
+        self.workers = [Worker(f"gpu{d}.{k}", [d], threads) for k in range(trials_per_gpu) for d in self.devices] or \
+            [Worker(f"cpu.{k}", [], threads) for k in range(trials_per_gpu)]
 
     def max_gpus_per_trial(self) -> int:
         return len(self.devices)
@@ -290,6 +291,9 @@ def _exit_with_parent() -> None:
 
 def serve(reply_fd: int) -> int:
     """The worker's loop: read jobs from stdin, run each, answer with one JSON line on `reply_fd`."""
+    from harness.run._shared_eval import score_together  # worker side only: the driver never loads torch or PEFT
+    from harness.run._trial import run_trial  # (same)
+
     _exit_with_parent()
     keep_models_loaded()
     with os.fdopen(reply_fd, "w") as replies:

@@ -19,6 +19,7 @@ from harness.arms import (
     with_shots,
 )
 from harness.errors import UserError
+from harness.evaluation import shape_all
 from harness.plan import DoraArm, DpoArm, FullArm, LoraArm, PromptArm, QloraArm, RagArm
 from tests.support.tiny_plans import write_data
 
@@ -66,6 +67,16 @@ def test_rag_retrieves_the_nearest_training_example(data: dict[str, Any]):
     # the closest example is put right before the question: here, the very same text
     assert shaped[-3]["content"] == target.user_text and shaped[-2]["content"] == target.answer
     assert len(shaped) == 5
+
+
+def test_rag_shapes_a_whole_suite_in_one_batch_like_item_by_item(data: dict[str, Any]):
+    examples = data["examples"]
+    shape = rag_shaper(RagArm(name="r", type="rag", k=3), examples)
+    chats = [[{"role": "user", "content": ex.user_text + " please"}] for ex in examples[:12]]
+    batched = shape_all(shape, chats)
+    assert batched == [shape(chat) for chat in chats]  # same shots, same order, for every item
+    assert [b[-3]["content"] for b in batched] == [ex.user_text for ex in examples[:12]]
+    assert shape_all(None, chats) == chats and shape_all(shape, []) == []
 
 
 def test_rag_over_documents_puts_the_nearest_passages_in_context(data: dict[str, Any]):

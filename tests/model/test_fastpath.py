@@ -297,6 +297,40 @@ def test_checkpointed_layers_recompute_and_give_the_same_gradients():
     assert all("forward" not in layer.__dict__ for layer in layers)
 
 
+def test_checkpointing_per_micro_batch_only_where_its_tokens_need_it():
+    model = with_lora(tiny_llama()).train()
+    layers = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))
+    calls = []
+    hook = layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    seen = []
+
+    def need(tokens: int) -> int:  # a budget that only the longer batch exceeds
+        seen.append(tokens)
+        return 1 if tokens > 40 else 0
+
+    with fp.checkpointing(layers, 1, per_micro_batch=need):
+        for width in (8, 32):   # 2 x 8 = 16 tokens: kept; 2 x 32 = 64 tokens: recomputed in backward
+            ids, mask = padded_batch(lengths=(width, width))
+            calls.clear()
+            model(input_ids=ids, attention_mask=mask).logits.float().pow(2).mean().backward()
+            assert len(calls) == (2 if width == 32 else 1)
+    hook.remove()
+    assert seen[0] == 16 and 64 in seen
+
+
+def test_memory_model_checkpoints_per_micro_batch_what_its_tokens_need():
+    memory = fp.MemoryModel(layers=16, hidden=2048, vocab=49152, act_bytes=150_000, boundary_bytes=4096,
+                            fixed_bytes=3 * fp.GIB, budget_bytes=8 * fp.GIB)
+    worst = fp.plan_memory(budget_bytes=8 * fp.GIB, tokens_for_fold={1: 4000}, layers=16, hidden=2048, vocab=49152,
+                           act_bytes=150_000, boundary_bytes=4096, fixed_bytes=3 * fp.GIB)
+    assert worst.per_micro_batch and worst.checkpointed_layers == memory.layers_to_checkpoint(4000) > 0
+    assert memory.layers_to_checkpoint(500) == 0                       # a short micro-batch keeps everything
+    assert 0 < memory.layers_to_checkpoint(2000) < worst.checkpointed_layers
+    assert memory.peak(2000, memory.layers_to_checkpoint(2000)) <= 8 * fp.GIB
+    assert memory.layers_to_checkpoint(10**7) == 16                    # nothing fits: all of them
+    assert fp.MemoryModel(16, 2048, 49152, 150_000, 4096, 0, 0).layers_to_checkpoint(10**7) == 0  # no budget
+
+
 def test_memory_plan_prefers_no_checkpointing_then_larger_micro_batches():
     common = {"layers": 16, "hidden": 2048, "vocab": 49152, "act_bytes": 150_000, "boundary_bytes": 4096,
               "fixed_bytes": 3 * fp.GIB}

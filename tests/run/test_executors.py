@@ -25,6 +25,7 @@ from harness.run import (
     make_executor,
     outcome_from_store,
     parse_gpus,
+    longest_first,
     phases,
     worker_command,
     worker_env,
@@ -69,6 +70,9 @@ def test_worker_env_pins_devices():
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["PATH"] == "/bin"
     assert worker_env([], base={})["CUDA_VISIBLE_DEVICES"] == ""
     assert "CUDA_VISIBLE_DEVICES" not in worker_env(None, base={})
+    assert worker_env(["0"], base={}, threads=4)["OMP_NUM_THREADS"] == "4"  # its share of the cores
+    assert worker_env(["0"], base={"OMP_NUM_THREADS": "2"}, threads=4)["OMP_NUM_THREADS"] == "2"  # the user's wins
+    assert "OMP_NUM_THREADS" not in worker_env(["0"], base={})
 
 
 def test_unit_round_trips_as_json():
@@ -167,6 +171,21 @@ def test_dependent_dpo_trials_run_in_a_later_phase(tmp_path: Path):
     plan, _ = load_plan(path)
     us = [TrialUnit("u", 1, name, "/f") for name in ("dpo", "lora-r4", "lora-r8", "b")]
     assert [[u.trial for u in p] for p in phases(us, plan)] == [["lora-r4", "lora-r8", "b"], ["dpo"]]
+
+
+def test_trials_are_handed_out_longest_first(tmp_path: Path):
+    from harness.plan import load_plan, trials
+
+    train, prefs = write_data(tmp_path)
+    arms = [{"name": "b", "type": "baseline"}, {"name": "r", "type": "rag", "k": 1},
+            train_arm("short", max_steps=2), train_arm("long", max_steps=9),
+            train_arm("dpo", "dpo", from_arm="short", max_steps=1)]
+    path = write_plan(tmp_path / "p.yaml", "smollm2-135m", arms, train=train, prefs=prefs, suites=["json_extract"])
+    plan, _ = load_plan(path)
+    by_name = {a.name: a for a in trials(plan)}
+    us = [TrialUnit("u", 1, a["name"], "/f", after="short" if a["name"] == "dpo" else None) for a in arms]
+    # the trial DPO continues first (its follower waits on it), then trained arms by steps, retrieval, the rest
+    assert [u.trial for u in longest_first(us, by_name)] == ["short", "long", "dpo", "r", "b"]
 
 
 def test_a_worker_that_dies_before_recording_is_marked_failed(store: Store, tmp_path: Path):
