@@ -13,6 +13,7 @@
 set -uo pipefail
 source bench/gpu_env.sh
 OUT=${OUT:-/root/out}; W=/root/work
+NOTE="bench/gpu_session.sh on one 2-GPU H200 host: the peer (one fresh process per trial, each suite's own batch size) on GPU 0 and the default path (persistent workers, auto trials per GPU, longest trials first, device-sized eval batches; the shared mixed-adapter pass off, its default) on GPU 1, started at the same time; while the peer ran, the training bench ran on GPU 1 after the default path had finished (the host's 32 CPU cores shared). Each path's wall time and NVML utilisation are of its own GPU."
 mkdir -p "$OUT" "$W"
 case "${1:-}" in
 start)   # ~9 min: peer in the background on GPU 0; the default path's sweep, then the 1B training bench, on GPU 1
@@ -36,7 +37,7 @@ merge)   # waits (up to ~9 min in all) for the peer, then merges both sweeps; ca
   if pgrep -f "paths peer" > /dev/null; then tail -n 3 /root/peer.log; echo "peer still running"; exit 0; fi
   cp /root/peer.log "$OUT/"; tail -n 5 /root/peer.log
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
-    --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 3
+    --note "$NOTE" --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 3
   ;;
 multi)   # ~7 min: the plan on both GPUs, and one data-parallel LoRA trial (100 steps) at the 1.07B shape
   timeout 560 python bench/multi_gpu.py --parts sweep,ddp --one-gpu-json /root/workers.json \

@@ -231,6 +231,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="CPU check: a tiny random model and one-step trials")
     ap.add_argument("--work", type=Path, default=None, help="where stores and run folders go (default: a tmp dir)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--note", default=None, help="how the paths were measured (recorded as `how_measured`), e.g. "
+                    "when they ran at the same time on two GPUs of one host")
     args = ap.parse_args()
     root = args.work or Path(tempfile.mkdtemp(prefix="sweep-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -242,6 +244,8 @@ def main() -> None:
         policy = str((plan.parent / policy).resolve())
     result: dict[str, Any] = {"plan": str(plan), "date": datetime.now(UTC).isoformat(timespec="seconds"),
                               **device_info(), "paths": {}}
+    if args.note:
+        result["how_measured"] = args.note
     for earlier in args.merge:
         result["paths"] |= json.loads(earlier.read_text())["paths"]
     for name in [p.strip() for p in args.paths.split(",") if p.strip()]:

@@ -14,13 +14,15 @@ Every technique here changes speed or memory, never the loss beyond float roundi
 * **Liger kernels** (`apply_liger`, `liger_loss_head`), chosen one by one (`FastPath.liger`): fused RMSNorm,
   SwiGLU and RoPE Triton kernels in the decoder, and Liger's fused linear cross-entropy in place of TRL's chunked
   LM head (CUDA only). On by default (`DEFAULT_LIGER_KERNELS`) are only the kernels the training bench
-  (`bench/train_throughput.py`, section `liger`) measured to pay on the GPU: RMSNorm and the fused loss head. The
-  patches Liger makes to the modeling module are undone when the session ends.
+  (`bench/train_throughput.py`, section `liger`) measured to pay on the GPU: at present none. The patches Liger
+  makes to the modeling module are undone when the session ends.
 * **bf16 LoRA inputs** (`lora_bf16_inputs`): PEFT casts each LoRA input to the adapter's fp32 dtype before
   dropout; under bf16 autocast the matmul runs in bf16 anyway, so the cast only costs bandwidth and memory.
 * **Memory plan** (`plan_memory`): the bytes each decoder layer saves per token are measured on the device
   (`activation_bytes_per_token`), and the plan picks how many layers to checkpoint (none if memory allows) and
-  whether gradient-accumulation micro-batches can be merged into one larger micro-batch.
+  whether gradient-accumulation micro-batches can be merged into one larger micro-batch. The plan is for the
+  longest micro-batch the data can make; each micro-batch then checkpoints only the layers its own tokens need
+  (`MemoryModel.layers_to_checkpoint`), so shorter ones run without recomputation.
 * **torch.compile** (`compile`, off by default): regional compilation of the decoder layers.
 """
 from __future__ import annotations
@@ -42,9 +44,11 @@ SEQ_LENGTHS_KWARG = "packed_seq_lengths"  # python tuple of sequence lengths, so
 GIB = 2**30
 LIGER_KERNELS = ("rms_norm", "swiglu", "rope", "fused_linear_cross_entropy")
 # The Liger kernels a FastPath uses when it names none: those the training bench measured to pay on the GPU
-# (reports/perf/train_throughput.json, `liger_per_kernel.pays`: on an H200, fused linear cross-entropy 1.20x and
-# RMSNorm 1.04x the no-Liger path's tokens/s; SwiGLU and RoPE were slower)
-DEFAULT_LIGER_KERNELS: tuple[str, ...] = ("rms_norm", "fused_linear_cross_entropy")
+# (reports/perf/train_throughput.json, `liger_per_kernel.pays`). None: on an H200 at the 1.07B shape every kernel
+# ran slower than no Liger in the latest run (fused linear cross-entropy 0.91x, RMSNorm 0.95x, RoPE 0.96x, SwiGLU
+# 0.80x), where an earlier run had the loss head at 1.20x; the steps are launch-bound (~0.17 s for ~4k tokens,
+# ~6x their arithmetic), so fused kernels have little to save, and each fresh worker pays their Triton compilation.
+DEFAULT_LIGER_KERNELS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
