@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from peft import PeftModel
 from rich.console import Console
@@ -19,11 +18,11 @@ from harness import tracing
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._evaluate import evaluate_adapters
 from harness.model._load import load_model
-from harness.plan._parts import TRAINED
 from harness.run._provenance import stamp
 from harness.run._trial import _free_memory, _progress, _TrialJob, run_trial
 from harness.run._units import TrialResult, TrialUnit
 from harness.scorers import _judge_client as judge
+
 
 def _adapter_is_plain_lora(job: _TrialJob) -> bool:
     config_file = job.folder / "adapter" / "adapter_config.json"

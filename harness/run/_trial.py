@@ -8,7 +8,6 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from harness.run._provenance import device_name, git_sha, stamp, versions
 from harness.run._units import TrialResult, TrialUnit
 from harness.scorers import _judge_client as judge
 from harness.store._store import Store
-
 
 OWNER_MARK = ".tunegate-trial.json"  # in a trial folder: which run and trial wrote it (what a rerun may clean)
 

@@ -22,16 +22,16 @@ from harness.run import (
     TrialResult,
     TrialUnit,
     WorkerExecutor,
+    longest_first,
     make_executor,
     outcome_from_store,
     parse_gpus,
-    longest_first,
     phases,
     worker_command,
     worker_env,
 )
 from harness.store import Store
-from tests.support.tiny_plans import train_arm, write_data, write_plan, write_suites
+from tests.support.tiny_plans import tiny_env, train_arm, write_data, write_plan
 
 
 def quiet() -> Console:
@@ -205,13 +205,7 @@ def test_a_worker_that_dies_before_recording_is_marked_failed(store: Store, tmp_
 # --- real workers ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("executors")
-    suites = write_suites(root, items=2)
-    train, prefs = write_data(root, rows=4)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNEGATE_SUITES", str(suites))
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield {"root": root, "train": train, "prefs": prefs}
+    yield from tiny_env(tmp_path_factory.mktemp("executors"), items=2, rows=4, one_thread=True)
 
 
 def check_run(store: Store, run_id: int, names: set[str]) -> dict[str, Any]:

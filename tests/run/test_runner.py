@@ -18,19 +18,14 @@ from harness.errors import UserError
 from harness.run import Runner, memory_estimate, model_shape
 from harness.store import Store
 from tests.support.bench import run_bench
-from tests.support.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
+from tests.support.tiny_plans import REPO, tiny_env, train_arm, write_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("runner")
-    suites = write_suites(root)
-    train, prefs = write_data(root)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNEGATE_SUITES", str(suites))
-        yield {"root": root, "train": train, "prefs": prefs, "suites": suites}
+    yield from tiny_env(tmp_path_factory.mktemp("runner"))
 
 
 def quiet() -> Console:

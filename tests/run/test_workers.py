@@ -22,20 +22,14 @@ from harness.model import load_model
 from harness.run import Runner, auto_trials_per_gpu, parse_trials_per_gpu
 from harness.run._trial import out_of_memory
 from harness.store import Store
-from tests.support.tiny_plans import train_arm, write_data, write_plan, write_suites
+from tests.support.tiny_plans import tiny_env, train_arm, write_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("workers")
-    suites = write_suites(root, items=3)
-    train, prefs = write_data(root, rows=4)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TUNEGATE_SUITES", str(suites))
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield {"root": root, "train": train, "prefs": prefs}
+    yield from tiny_env(tmp_path_factory.mktemp("workers"), items=3, rows=4, one_thread=True)
 
 
 def quiet() -> Any:

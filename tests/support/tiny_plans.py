@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.support import REPO
@@ -41,6 +43,18 @@ def write_data(root: Path, rows: int = 8) -> tuple[Path, Path]:
                       "rejected": json.dumps(json.loads(row["completion"]), indent=2)})
     prefs.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return train, prefs
+
+
+def tiny_env(root: Path, *, items: int = 3, rows: int = 8, one_thread: bool = False) -> Iterator[dict[str, Any]]:
+    """A module fixture's body: tiny suites (TUNEGATE_SUITES points at them) and training/preference data under
+    `root`; `one_thread` also gives every worker process one CPU thread (two shared cores in CI)."""
+    suites = write_suites(root, items=items)
+    train, prefs = write_data(root, rows=rows)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNEGATE_SUITES", str(suites))
+        if one_thread:
+            mp.setenv("OMP_NUM_THREADS", "1")
+        yield {"root": root, "train": train, "prefs": prefs, "suites": suites}
 
 
 def train_arm(name: str, kind: str = "lora", **extra: Any) -> dict[str, Any]:
