@@ -167,6 +167,11 @@ def _common_args(arm: Any, out_dir: Path, device: str, n_rows: int, *, fold: int
     # The fast path checkpoints layers itself, per its memory plan (harness.fastpath.checkpointing); the plain
     # path checkpoints only when the arm asks (TRL's own default would recompute every layer, ~30% slower).
     args["gradient_checkpointing"] = False if fast else bool(arm.gradient_checkpointing)
+    if arm.type != "full":
+        # Data parallel: the Trainer asks DDP to search every step's autograd graph for unused parameters whenever
+        # the model is not a bare transformers model (a PEFT wrapper), a per-step CPU cost; every adapter weight
+        # takes part in every forward here, so there is nothing to find.
+        args["ddp_find_unused_parameters"] = False
     return args
 
 

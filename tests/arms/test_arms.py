@@ -136,6 +136,14 @@ def test_qlora_configuration():
     assert lora_config(DoraArm(name="d", type="dora")).use_dora is True
 
 
+def test_data_parallel_adapters_skip_the_unused_parameter_search():
+    from harness.arms._train import _common_args
+
+    # a PEFT model would otherwise get DDP's find_unused_parameters=True from the Trainer: a graph walk every step
+    assert _common_args(LoraArm(name="l", type="lora"), Path("/tmp/x"), "cuda", 100)["ddp_find_unused_parameters"] is False
+    assert "ddp_find_unused_parameters" not in _common_args(FullArm(name="f", type="full"), Path("/tmp/x"), "cuda", 100)
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="bitsandbytes 4-bit needs CUDA")
 def test_qlora_trains_on_a_4bit_base(tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path):
     from harness.arms import train_sft
