@@ -31,6 +31,7 @@ class Checked:
     shape: dict[str, Any] | None
     capacity_gib: float | None
     estimates: dict[str, float | None] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)  # examples in the plan's data files: train, preference
 
 
 def model_shape(spec: str) -> dict[str, Any] | None:
@@ -58,10 +59,13 @@ def _gguf_shape(path: str) -> dict[str, Any] | None:
         return json.loads(cached.read_text())
     shape = _read_gguf_shape(path)
     if shape is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(shape))
-        tmp.replace(cached)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+            tmp.write_text(json.dumps(shape))
+            tmp.replace(cached)
+        except OSError:
+            pass  # a read-only cache only costs the next run the same read
     return shape
 
 
@@ -137,10 +141,11 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
         resolve(plan.model)
     except UserError as exc:
         raise UserError(exc.message, file=file, line=where(("model",)), field="model") from None
+    rows: dict[str, int] = {}
     if plan.data.train and any(a.type not in ("baseline", "dpo") for a in arms):
-        load_examples(plan.data.train, plan.data.format)
+        rows["train"] = len(load_examples(plan.data.train, plan.data.format))
     if any(a.type == "dpo" for a in arms):
-        load_preferences(plan.data.preference or "")
+        rows["preference"] = len(load_preferences(plan.data.preference or ""))
     for i, name in enumerate(plan.suites):
         try:
             suite_registry.load(name)
@@ -167,7 +172,7 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
 
     shape = model_shape(plan.model)
     capacity = gpu_capacity_gib(plan) if check_memory else None
-    checked = Checked(shape, capacity)
+    checked = Checked(shape, capacity, rows=rows)
     by_name = {a.name: a for a in trials(plan)}
     for arm in arms:
         if arm.type not in TRAINED:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,7 @@ class Runner:
             for unit in shareable if len(shareable) > 1 else []:
                 unit.defer_eval = True  # trained now, scored together with the other adapters at the end
         try:
-            runner.run_phases(phases(longest_first(units, by_name), plan), done)
+            runner.run_phases(phases(longest_first(units, by_name, checked.rows), plan), done)
         finally:
             runner.close()
         self.store.finish_run(run_id, "failed" if outcome.failed else "finished")
@@ -144,10 +145,11 @@ class Runner:
         return folder
 
 
-def longest_first(units: list[TrialUnit], arms: dict[str, Any]) -> list[TrialUnit]:
+def longest_first(units: list[TrialUnit], arms: dict[str, Any], rows: dict[str, int] | None = None) -> list[TrialUnit]:
     """The order trials are handed out in (longest-processing-time first, so a sweep does not end waiting on one
-    long trial started last): trials another trial continues, then trained arms (the most optimizer steps first),
-    then retrieval arms (they embed a corpus), then the rest. Stable: ties keep the plan's order."""
+    long trial started last): trials another trial continues, then trained arms (the most optimizer steps first;
+    `rows`: the examples in the plan's train and preference files), then retrieval arms (they embed a corpus),
+    then the rest. Stable: ties keep the plan's order."""
     continued = {u.after for u in units if u.after}
 
     def rank(unit: TrialUnit) -> tuple[int, float]:
@@ -155,17 +157,19 @@ def longest_first(units: list[TrialUnit], arms: dict[str, Any]) -> list[TrialUni
         if unit.trial in continued:
             return 0, 0.0
         if arm.type in TRAINED:
-            return 1, -expected_steps(arm)
+            n = (rows or {}).get("preference" if arm.type == "dpo" else "train", 1000)
+            return 1, -expected_steps(arm, n)
         return (2 if arm.type == "rag" else 3), 0.0
 
     return sorted(units, key=rank)
 
 
-def expected_steps(arm: Any) -> float:
-    """Optimizer steps per training example (relative work of trained arms on the same data)."""
+def expected_steps(arm: Any, n_rows: int) -> float:
+    """The optimizer steps a trained arm will take on `n_rows` examples (its max_steps when it sets one)."""
     if getattr(arm, "max_steps", None):
         return float(arm.max_steps)
-    return float(arm.epochs) * float(arm.data_fraction) / max(int(arm.batch_size) * int(arm.grad_accum), 1)
+    per_step = max(int(arm.batch_size) * int(arm.grad_accum), 1)
+    return float(arm.epochs) * math.ceil(max(n_rows, 1) * float(arm.data_fraction) / per_step)
 
 
 def phases(units: list[TrialUnit], plan: Plan) -> list[list[TrialUnit]]:

@@ -186,6 +186,11 @@ def test_trials_are_handed_out_longest_first(tmp_path: Path):
     us = [TrialUnit("u", 1, a["name"], "/f", after="short" if a["name"] == "dpo" else None) for a in arms]
     # the trial DPO continues first (its follower waits on it), then trained arms by steps, retrieval, the rest
     assert [u.trial for u in longest_first(us, by_name)] == ["short", "long", "dpo", "r", "b"]
+    # steps from the data: 3 epochs of 40 rows at batch 2 (60 steps) outrank max_steps 9; of 2 rows (3 steps), not
+    epochs = TrialUnit("u", 1, "epochs", "/f")
+    by_name["epochs"] = by_name["long"].model_copy(update={"name": "epochs", "max_steps": None, "epochs": 3.0})
+    assert [u.trial for u in longest_first([us[3], epochs], by_name, {"train": 40})] == ["epochs", "long"]
+    assert [u.trial for u in longest_first([us[3], epochs], by_name, {"train": 2})] == ["long", "epochs"]
 
 
 def test_a_worker_that_dies_before_recording_is_marked_failed(store: Store, tmp_path: Path):

@@ -229,14 +229,17 @@ def test_cli_bad_plan_exits_2_with_one_line(env: dict[str, Any], tiny_model_dir:
     assert f"{plan}:10: field 'arms[0].max_length'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_model_shape_and_memory_estimate(tiny_model_dir: Path):
+def test_model_shape_and_memory_estimate(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from harness.plan import DpoArm, LoraArm
 
     tiny = model_shape(str(tiny_model_dir))
     assert tiny["hidden_size"] == 64 and tiny["max_position_embeddings"] == 512
+    monkeypatch.setenv("TUNEGATE_CACHE", str(tmp_path))
     smol = model_shape("smollm2-135m")  # read from the GGUF file's metadata, no conversion
     assert (smol["hidden_size"], smol["num_hidden_layers"], smol["vocab_size"]) == (576, 30, 49152)
     assert smol["tie_word_embeddings"] is True
+    cached = list((tmp_path / "shapes").glob("SmolLM2-135M-Instruct*.json"))  # read once, then from the cache
+    assert len(cached) == 1 and json.loads(cached[0].read_text()) == smol == model_shape("smollm2-135m")
     lora = LoraArm(name="l", type="lora", batch_size=8, max_length=256)
     small = memory_estimate(lora, smol)
     wide = memory_estimate(lora.model_copy(update={"batch_size": 32}), smol)
