@@ -74,8 +74,7 @@ def resolve(spec: str) -> ResolvedModel:
                     "a .gguf file, a local Hugging Face folder, or a hub id like org/name", field="model")
 
 
-def file_digest(path: Path) -> str:
-    """The first 12 hex digits of a file's SHA-256 (cache keys for what is derived from the file)."""
+def _file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -103,7 +102,7 @@ def convert_gguf(gguf_path: str | Path, dtype_name: str = "float32") -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
-    out = cache_root() / "models" / f"{gguf_path.stem}-{file_digest(gguf_path)}-{dtype_name}"
+    out = cache_root() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}-{dtype_name}"
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return out
     dtype = getattr(torch, dtype_name)

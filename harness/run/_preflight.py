@@ -14,7 +14,7 @@ from harness.arms._data import load_examples, load_preferences
 from harness.arms._prompting import describe, embedding_folder, load_documents
 from harness.errors import UserError, YamlDoc
 from harness.evaluation import _suite as suite_registry
-from harness.model._load import cache_root, file_digest, resolve
+from harness.model._load import cache_root, resolve
 from harness.plan._load import arm_line, load_plan
 from harness.plan._memory import ALL_LINEAR, estimate_training_memory
 from harness.plan._parts import TRAINED, RagArm
@@ -54,7 +54,8 @@ def model_shape(spec: str) -> dict[str, Any] | None:
 def _gguf_shape(path: str) -> dict[str, Any] | None:
     """The GGUF file's shape, read once and cached beside the converted models (reading a GGUF's metadata parses
     its whole vocabulary: seconds, before every run)."""
-    cached = cache_root() / "shapes" / f"{Path(path).stem}-{file_digest(Path(path))}.json"
+    stat = Path(path).stat()  # keyed by size and mtime: hashing a multi-GB GGUF would cost more than the read
+    cached = cache_root() / "shapes" / f"{Path(path).stem}-{stat.st_size}-{stat.st_mtime_ns}.json"
     if cached.exists():
         return json.loads(cached.read_text())
     shape = _read_gguf_shape(path)

@@ -100,7 +100,8 @@ class Worker:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                         env=worker_env(self.devices, threads=self.threads), pass_fds=(write_fd,), text=True)
+                                         env=worker_env(self.devices, threads=self.threads), pass_fds=(write_fd,),
+                                         text=True)
         os.close(write_fd)
         self.replies = os.fdopen(read_fd, "r")
 
