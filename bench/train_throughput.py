@@ -1232,13 +1232,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 SECTION_RUNNERS[section](bench)
                 report["sections_run"][section] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
                                                    "seconds": time.monotonic() - started}
-    finish(report, args.loss_steps)
-    report["seconds"] = time.monotonic() - t0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+                save(report, out, args.loss_steps, t0)  # a run stopped later still leaves this section's numbers
+    save(report, out, args.loss_steps, t0)
     summary(report)
     say(f"wrote {out}")
     return report
+
+
+def save(report: dict[str, Any], out: Path, loss_steps: int, t0: float) -> None:
+    finish(report, loss_steps)
+    report["seconds"] = time.monotonic() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
 
 
 def summary(report: dict[str, Any]) -> None:
