@@ -21,9 +21,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
+
+from tests.support.servers._loopback import LoopbackServer
 
 FORCE_HEADER = "X-Tunegate-Test-Force"
 
@@ -39,7 +41,8 @@ class Recorded:
 
 
 @dataclass
-class ChatServer:
+class ChatServer(LoopbackServer):
+    thread_name = "chat-server"
     model_dir: str | Path
     api_key: str | None = None
     model_name: str = "tiny-judge"
@@ -56,34 +59,15 @@ class ChatServer:
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir).eval()
         self._model_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle ---------------------------------------------------------------------------
-    def start(self, port: int = 0) -> ChatServer:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="chat-server", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    # --- lifecycle (start, stop, context: LoopbackServer) ---------------------------------------
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _handler(self)
 
     @property
     def url(self) -> str:
         """Base URL in OpenAI's style (with /v1)."""
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return self.root_url + "/v1"
 
     def reset(self) -> None:
         with self._lock:
