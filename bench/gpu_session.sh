@@ -30,10 +30,10 @@ finish)  # the 8B-shape training rows on GPU 1 while the peer finishes on GPU 0;
   CUDA_VISIBLE_DEVICES=1 timeout 280 python bench/train_throughput.py --sections 8b --time-budget 250 --merge \
     --out /root/train_throughput.json > "$OUT/train_8b.log" 2>&1
   tail -n 12 "$OUT/train_8b.log"; cp /root/train_throughput.json "$OUT/"
-  bash "$0" merge
+  UNTIL=$((560 - SECONDS)) bash "$0" merge   # what is left of this call's ~9 minutes
   ;;
-merge)   # waits (up to ~9 min in all) for the peer, then merges both sweeps; call again if it says still running
-  while pgrep -f "paths peer" > /dev/null && [ "$SECONDS" -lt 560 ]; do sleep 2; done
+merge)   # waits (up to ~9 min of the call in all) for the peer, then merges both sweeps; call again if still running
+  while pgrep -f "paths peer" > /dev/null && [ "$SECONDS" -lt "${UNTIL:-560}" ]; do sleep 2; done
   if pgrep -f "paths peer" > /dev/null; then tail -n 3 /root/peer.log; echo "peer still running"; exit 0; fi
   cp /root/peer.log "$OUT/"; tail -n 5 /root/peer.log
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \

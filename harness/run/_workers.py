@@ -42,6 +42,7 @@ from harness.run._executors import (
     PoolExecutor,
     SerialExecutor,
     outcome_from_store,
+    run_here,
     worker_env,
 )
 from harness.run._units import TrialResult, TrialUnit
@@ -293,7 +294,6 @@ def _exit_with_parent() -> None:
 def serve(reply_fd: int) -> int:
     """The worker's loop: read jobs from stdin, run each, answer with one JSON line on `reply_fd`."""
     from harness.run._shared_eval import score_together  # worker side only: the driver never loads torch or PEFT
-    from harness.run._trial import run_trial  # (same)
 
     _exit_with_parent()
     keep_models_loaded()
@@ -306,7 +306,7 @@ def serve(reply_fd: int) -> int:
             with _output_to(log):
                 console = Console(file=sys.stdout, width=120, force_terminal=False)
                 if job["kind"] == "trial":
-                    results = [run_trial(units[0], console)]
+                    results = [run_here(units[0], console)]
                 else:
                     results = score_together(units, console)
             replies.write(json.dumps([asdict(r) for r in results]) + "\n")
