@@ -21,11 +21,15 @@ Sections, run in this order (`--sections`, default why,stock,liger,ours,8b):
   liger      Our path with no Liger kernel, each kernel alone, and all of them (`liger_per_kernel`): a kernel
              pays when it is >=2% faster than none with the loss within 1%.
   ours       Our path (`harness.arms.train_sft`) with the best stock peer's peak memory as its memory budget
-             (`ours`), and with the default budget (`ours-unbounded`); knobs: --ours-*.
+             (`ours`), with the default budget (`ours-unbounded`), and with PEFT's own LoRA forward instead of
+             the lean LoRA node (`ours-no-lean-lora`); knobs: --ours-*.
   8b         Llama-3-8B shape, random weights: LoRA (bf16) and QLoRA (NF4): TRL defaults, the best stock
              configuration of the `stock` section, and ours within that peer's memory.
   ablations  (opt-in) ours without padding-free, with full checkpointing, the plain harness path.
-  profile    (opt-in) torch.profiler top-20 ops of the peer and of ours.
+  profile    (opt-in) torch.profiler of TRL without checkpointing and of ours: top ops by GPU and by CPU time,
+             GPU busy share of the step, kernel launches and host-device synchronisations per step.
+  scaling    (opt-in) step time against tokens per step (batches of --scaling-batches), ours and TRL without
+             checkpointing: the per-step cost that does not shrink with fewer tokens, and the cost per token.
 
 Per run: real (non-padding) tokens/s over the steps after warm-up, MFU, peak allocated memory (reset before
 each run, memory freed between runs), the loss per step, the configuration, or the failure. Top level:
@@ -67,7 +71,7 @@ from harness.model import LIGER_KERNELS, FastPath
 # dense bf16 tensor-core peak, FLOP/s, by device name fragment (NVIDIA data sheets)
 PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12, "A100": 312.0e12,
              "L40S": 362.1e12, "A10G": 70.0e12, "L4": 121.0e12}
-SECTIONS = ("why", "stock", "liger", "ours", "8b", "ablations", "profile")
+SECTIONS = ("why", "stock", "liger", "ours", "8b", "ablations", "profile", "scaling")
 DEFAULT_SECTIONS = ("why", "stock", "liger", "ours", "8b")
 # attention implementations tried for TRL's padding_free, in order: FlashAttention 2 (the flash-attn package),
 # the Hub kernel (the `kernels` package, downloads on first use), SDPA and flex attention (transformers turns
@@ -597,7 +601,8 @@ def guarded(name: str, fn: Callable[[], RunStats], config: dict[str, Any] | None
 
 
 def profiler_callback(first_step: int, steps: int, device: str) -> Any:
-    """A TrainerCallback that records torch.profiler over steps [first_step, first_step + steps)."""
+    """A TrainerCallback that records torch.profiler over steps [first_step, first_step + steps), and the wall
+    time of those steps (so the table says how much of a step the GPU was busy)."""
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
@@ -605,42 +610,65 @@ def profiler_callback(first_step: int, steps: int, device: str) -> Any:
         def __init__(self) -> None:
             self.prof: Any = None
             self.table: dict[str, Any] | None = None
+            self.started = 0.0
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step == first_step and self.prof is None:
+                if device == "cuda":
+                    torch.cuda.synchronize()
                 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
                 self.prof = profile(activities=activities, record_shapes=False)
                 self.prof.__enter__()
+                self.started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.prof is not None and self.table is None and state.global_step >= first_step + steps:
                 if device == "cuda":
                     torch.cuda.synchronize()
+                wall = time.perf_counter() - self.started
                 self.prof.__exit__(None, None, None)
-                self.table = top_ops(self.prof, device, steps)
+                self.table = top_ops(self.prof, device, steps) | {"wall_ms_per_step": wall * 1000 / steps}
+                if device == "cuda":
+                    self.table["device_busy_share"] = self.table["kernel_ms_per_step"] / (wall * 1000 / steps)
 
     return Profiled()
 
 
-def top_ops(prof: Any, device: str, steps: int, limit: int = 20) -> dict[str, Any]:
-    """The top-`limit` ops by self device time (CPU time on a CPU) per step, and the total."""
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
+               "aten::nonzero", "Memcpy DtoH")
+
+
+def top_ops(prof: Any, device: str, steps: int, limit: int = 25) -> dict[str, Any]:
+    """The top-`limit` ops by self device time (CPU time on a CPU) per step and the total; on a GPU also the top
+    ops by self CPU time, the kernel launches per step and the host-device synchronisations per step."""
     def attr(evt: Any, *names: str) -> float:
         for n in names:
             if hasattr(evt, n):
                 return float(getattr(evt, n))
         return 0.0
 
-    events = prof.key_averages()
+    def table(events: list[Any], key: tuple[str, ...]) -> list[dict[str, Any]]:
+        total = sum(attr(e, *key) for e in events)
+        rows = sorted(events, key=lambda e: attr(e, *key), reverse=True)[:limit]
+        return [{"name": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": attr(e, *key) / 1000 / steps,
+                 "share": attr(e, *key) / total if total else 0.0,
+                 "self_cpu_ms_per_step": attr(e, "self_cpu_time_total") / 1000 / steps} for e in rows]
+
+    events = list(prof.key_averages())
     key = ("self_device_time_total", "self_cuda_time_total") if device == "cuda" else ("self_cpu_time_total",)
     total = sum(attr(e, *key) for e in events)
-    rows = sorted(events, key=lambda e: attr(e, *key), reverse=True)[:limit]
-    return {
-        "sorted_by": key[0], "steps": steps, "total_ms_per_step": total / 1000 / steps,
-        "ops": [{"name": e.key, "calls_per_step": e.count / steps,
-                 "self_ms_per_step": attr(e, *key) / 1000 / steps,
-                 "share": attr(e, *key) / total if total else 0.0,
-                 "self_cpu_ms_per_step": attr(e, "self_cpu_time_total") / 1000 / steps} for e in rows],
-    }
+    out: dict[str, Any] = {"sorted_by": key[0], "steps": steps, "total_ms_per_step": total / 1000 / steps,
+                           "ops": table(events, key)}
+    if device == "cuda":
+        kernels = [e for e in events if "CUDA" in str(getattr(e, "device_type", ""))]
+        out["kernel_ms_per_step"] = sum(attr(e, *key) for e in kernels) / 1000 / steps   # GPU busy time
+        out["kernels"] = table(kernels, key)
+        out["cpu_ops"] = table(events, ("self_cpu_time_total",))
+        out["cpu_total_ms_per_step"] = sum(attr(e, "self_cpu_time_total") for e in events) / 1000 / steps
+        out["kernel_launches_per_step"] = sum(e.count for e in events if e.key in ("cudaLaunchKernel",
+                                              "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")) / steps
+        out["syncs_per_step"] = {name: sum(e.count for e in events if name in e.key) / steps for name in SYNC_EVENTS}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -962,6 +990,7 @@ def section_ours(b: Bench) -> None:
     variants = [("ours", b.ours_fast(liger, budget))]
     if budget is not None:
         variants.append(("ours-unbounded", b.ours_fast(liger, None)))
+    variants.append(("ours-no-lean-lora", b.ours_fast(liger, budget, lean_lora=False)))   # PEFT's LoRA forward
     if b.args.compile_variant:
         variants.append(("ours-compile", b.ours_fast(liger, budget, compile=True)))
     b.announce("ours", len(variants))
@@ -997,9 +1026,10 @@ def section_profile(b: Bench) -> None:
     b.announce("profile (peer and ours, torch.profiler)", 2)
     tables: dict[str, Any] = {}
     peer_cb = profiler_callback(first, steps, b.device)
-    guarded("peer (profiled)", lambda: run_trl("peer-profiled", b.load, b.tok, chat_dataset(b.examples), prof,
-                                               b.device, b.flops, callbacks=(peer_cb,)))
-    tables["peer"] = peer_cb.table
+    guarded("trl-no-gc (profiled)", lambda: run_trl("trl-no-gc-profiled", b.load, b.tok, chat_dataset(b.examples),
+                                                    prof, b.device, b.flops, flags={"gradient_checkpointing": False},
+                                                    callbacks=(peer_cb,)))
+    tables["trl-no-gc"] = peer_cb.table
     ours_cb = profiler_callback(first, steps, b.device)
     fast = b.ours_fast(b.ours_liger(), b.memory_budget(b.report["runs"]))
 
@@ -1021,6 +1051,57 @@ def section_profile(b: Bench) -> None:
     for name, table in tables.items():
         if name in b.report["runs"]:
             b.report["runs"][name]["profile"] = table
+
+
+def section_scaling(b: Bench) -> None:
+    """Step time against tokens per step, ours and TRL without checkpointing, at several batch sizes (no
+    accumulation): the intercept of a least-squares line is the per-step cost that does not shrink with fewer
+    tokens (launches, synchronisations, optimizer, trainer), its slope the cost per token."""
+    batches = [int(x) for x in b.args.scaling_batches.split(",") if x.strip()]
+    steps = 4 if b.args.smoke else 12
+    warmup = 1 if b.args.smoke else 3
+    b.announce("scaling (step time vs tokens per step)", 2 * len(batches))
+    runs: dict[str, Any] = {}
+    for batch in batches:
+        settings = Settings(**(asdict(b.settings) | {"steps": steps, "warmup": warmup, "batch": batch}))
+        examples = synthetic_examples(b.tok, steps * batch, settings.min_words, settings.max_words, settings.seed)
+        fast = b.ours_fast(b.ours_liger(), None)
+        b.run(f"scaling-ours-b{batch}", lambda s=settings, e=examples, f=fast: run_ours(
+            "ours", b.folder, e, s, b.device, b.flops, f), into=runs)
+        b.run(f"scaling-trl-no-gc-b{batch}", lambda s=settings, e=examples: run_trl(
+            "trl-no-gc", b.load, b.tok, chat_dataset(e), s, b.device, b.flops,
+            flags={"gradient_checkpointing": False}), into=runs)
+    fits = {}
+    for path in ("ours", "trl-no-gc"):
+        points = []
+        for batch in batches:
+            run = runs.get(f"scaling-{path}-b{batch}")
+            if not run or run.get("error"):
+                continue
+            measured = list(zip(run["step_tokens"][warmup:], run["step_seconds"][warmup:], strict=True))
+            points += measured
+        fits[path] = line_fit(points)
+    b.report["scaling"] = {"batches": batches, "steps": steps, "warmup": warmup, "fits": fits,
+                           "runs": {k: {f: v[f] for f in ("real_tokens_per_second", "peak_memory_gib", "step_tokens",
+                                                           "step_seconds", "error")} for k, v in runs.items()}}
+
+
+def line_fit(points: list[tuple[int, float]]) -> dict[str, Any] | None:
+    """Least squares seconds = intercept + slope * tokens, over (tokens, seconds) points."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    intercept = my - slope * mx
+    ss_tot = sum((y - my) ** 2 for _, y in points)
+    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in points)
+    return {"points": n, "intercept_ms_per_step": intercept * 1000, "ms_per_1k_tokens": slope * 1e6,
+            "r2": 1 - ss_res / ss_tot if ss_tot else None}
 
 
 def section_8b(b: Bench) -> None:
@@ -1088,7 +1169,7 @@ def section_8b(b: Bench) -> None:
 
 SECTION_RUNNERS: dict[str, Callable[[Bench], None]] = {
     "why": section_why, "stock": section_stock, "liger": section_liger, "ours": section_ours,
-    "ablations": section_ablations, "profile": section_profile, "8b": section_8b}
+    "ablations": section_ablations, "profile": section_profile, "scaling": section_scaling, "8b": section_8b}
 
 
 def finish(report: dict[str, Any], loss_steps: int) -> None:
@@ -1137,6 +1218,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ours-compile", action="store_true", help="regional torch.compile of the decoder layers")
     p.add_argument("--ours-attention", choices=["auto", "per_sequence"], default="auto")
     p.add_argument("--compile-variant", action="store_true", help="also time ours with torch.compile (`ours` section)")
+    p.add_argument("--scaling-batches", default="2,4,8,16,32", help="batch sizes of the `scaling` section")
     p.add_argument("--steps-8b", type=int, help="optimizer steps per 8B run (default 8; smoke 3)")
     p.add_argument("--batch-8b", type=int, default=4, help="examples per optimizer step at 8B shape")
     p.add_argument("--tokenizer", default=os.environ.get("TUNEGATE_BENCH_TOKENIZER", "smollm2-135m"),
@@ -1219,7 +1301,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     say(f"train_throughput on {fresh['device']['name']}: {fresh['model']['parameters'] / 1e9:.3f}B params, "
         f"{settings.steps} steps x {settings.batch} examples, max length {settings.max_length}; "
         f"sections {', '.join(args.sections)}")
-    needs_model = any(s in args.sections for s in ("why", "stock", "liger", "ours", "ablations", "profile"))
+    needs_model = any(s in args.sections for s in ("why", "stock", "liger", "ours", "ablations", "profile",
+                                                    "scaling"))
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         folder = save_random_model(config, tok, device, dtype, Path(tmp)) if needs_model else None
         if needs_model:

@@ -16,6 +16,8 @@ Every technique here changes speed or memory, never the loss beyond float roundi
   LM head (CUDA only). On by default (`DEFAULT_LIGER_KERNELS`) are only the kernels the training bench
   (`bench/train_throughput.py`, section `liger`) measured to pay on the GPU: at present none. The patches Liger
   makes to the modeling module are undone when the session ends.
+* **Lean LoRA** (`lean_lora`): each LoRA linear layer's forward and backward as one autograd node with fewer
+  kernels (`harness.model._lean_lora`): the steps are bound by the CPU that launches kernels, not by the GPU.
 * **bf16 LoRA inputs** (`lora_bf16_inputs`): PEFT casts each LoRA input to the adapter's fp32 dtype before
   dropout; under bf16 autocast the matmul runs in bf16 anyway, so the cast only costs bandwidth and memory.
 * **Memory plan** (`plan_memory`): the bytes each decoder layer saves per token are measured on the device
@@ -39,6 +41,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from harness.model._lean_lora import lean_lora
+
 ATTENTION_NAME = "tunegate_varlen"
 SEQ_LENGTHS_KWARG = "packed_seq_lengths"  # python tuple of sequence lengths, so no device sync is needed
 GIB = 2**30
@@ -59,6 +63,7 @@ class FastPath:
     attention: Literal["auto", "per_sequence"] = "auto"   # auto: the varlen kernel if its self-check passes
     liger: tuple[str, ...] | None = None   # Liger kernels by name (LIGER_KERNELS); None: DEFAULT_LIGER_KERNELS
     lora_bf16_inputs: bool = True
+    lean_lora: bool = True   # each LoRA linear layer as one autograd node (harness.model._lean_lora)
     checkpointing: Literal["auto", "none", "full"] = "auto"
     fold_accumulation: bool = True
     memory_budget_gib: float | None = None   # None: 90% of the GPU's memory
@@ -109,6 +114,7 @@ class FastReport:
     liger: str = "off"
     liger_loss_head: str = "off"
     lora_bf16_inputs: str = "off"
+    lean_lora: str = "off"
     compile: str = "off"
     plan: dict[str, Any] = field(default_factory=dict)
 
@@ -741,6 +747,8 @@ class FastSession:
                 self.report.lora_bf16_inputs = stack.enter_context(lora_bf16_inputs(model))
             elif self.fast.lora_bf16_inputs:
                 self.report.lora_bf16_inputs = "off: needs bf16 autocast (CUDA)"
+            if self.fast.lean_lora:
+                self.report.lean_lora = stack.enter_context(lean_lora(model))
             if plan is not None and plan.checkpointed_layers:
                 per_micro_batch = plan.memory.layers_to_checkpoint if plan.per_micro_batch and plan.memory else None
                 stack.enter_context(checkpointing(layers, plan.checkpointed_layers, per_micro_batch))
@@ -755,6 +763,8 @@ class FastSession:
         with ExitStack() as stack:
             if self._bf16_lora_inputs():
                 stack.enter_context(lora_bf16_inputs(model))
+            if self.fast.lean_lora:
+                stack.enter_context(lean_lora(model))
             return activation_bytes_per_token(model)
 
     def _bf16_lora_inputs(self) -> bool:

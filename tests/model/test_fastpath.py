@@ -485,14 +485,20 @@ def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_pa
 @pytest.mark.slow
 def test_train_throughput_bench_smoke(tmp_path):
     out = tmp_path / "train.json"
-    run_bench("train_throughput.py", "--smoke", "--sections", "stock,ours,profile", "--padding-free-attn", "sdpa",
-              "--out", str(out))
+    run_bench("train_throughput.py", "--smoke", "--sections", "stock,ours,profile,scaling", "--padding-free-attn",
+              "sdpa", "--scaling-batches", "2,4", "--out", str(out))
     saved = json.loads(out.read_text())
     assert saved["runs"].keys() >= {"peer", "ours"} and saved["device"]["type"] == "cpu"
     for name in ("peer", "ours"):
         run = saved["runs"][name]
         assert run["error"] is None and run["real_tokens_per_second"] > 0 and len(run["losses"]) == 4
-        assert len(run["profile"]["ops"]) == 20
+    for name in ("trl-no-gc", "ours"):   # profiled: the top ops, and the steps' wall time
+        profile = saved["profiles"][name]
+        assert 0 < len(profile["ops"]) <= 25 and profile["wall_ms_per_step"] > 0 and profile["total_ms_per_step"] > 0
+        assert saved["runs"][name]["profile"] == profile
+    for path in ("ours", "trl-no-gc"):   # 2 batch sizes x 3 measured steps: a line through 6 points
+        fit = saved["scaling"]["fits"][path]
+        assert fit["points"] == 6 and fit["ms_per_1k_tokens"] != 0
     comparison = saved["comparisons"]["ours_vs_peer"]
     assert comparison["same_tokens"] and comparison["loss"]["mean_rel_diff"] < 0.02
     assert saved["versions"]["torch"] and saved["settings"]["steps"] == 4
