@@ -5,6 +5,7 @@ import os
 import threading
 from collections.abc import Sequence
 
+from harness._nvml import visible_nvml_gpus
 from harness.errors import UserError
 
 
@@ -28,7 +29,11 @@ def parse_gpus(text: str | None) -> list[str] | None:
 
 
 def visible_gpus() -> list[str]:
-    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES spells them (so workers can be pinned)."""
+    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES spells them (so workers can be pinned); NVML
+    answers where it can, so the driver need not import torch and start CUDA."""
+    nvml = visible_nvml_gpus()
+    if nvml is not None:
+        return list(nvml)
     import torch
 
     if not torch.cuda.is_available():

@@ -10,6 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from harness._nvml import visible_nvml_gpus
 from harness.arms._data import load_examples, load_preferences
 from harness.arms._prompting import describe, embedding_folder, load_documents
 from harness.errors import UserError, YamlDoc
@@ -122,6 +123,9 @@ def gpu_capacity_gib(plan: Plan) -> float | None:
     """GPU memory per device to plan for: the plan's memory_gib, else the first visible GPU's; None on CPU."""
     if plan.memory_gib is not None:
         return plan.memory_gib
+    nvml = visible_nvml_gpus()  # NVML where it can answer: the driver then need not import torch and start CUDA
+    if nvml is not None:
+        return next(iter(nvml.values())).total / GIB if nvml else None
     import torch
 
     if torch.cuda.is_available():

@@ -4,9 +4,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+
+from harness._nvml import visible_nvml_gpus
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "lm_eval", "ray")
 
@@ -35,6 +38,9 @@ def git_sha() -> str:
 
 def device_name(device: str) -> str:
     if device == "cuda":
+        nvml = visible_nvml_gpus() if "torch" not in sys.modules else None  # as default_device: torch if loaded
+        if nvml:
+            return next(iter(nvml.values())).name
         import torch
 
         return torch.cuda.get_device_name(torch.cuda.current_device())

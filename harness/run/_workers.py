@@ -34,6 +34,7 @@ from typing import IO, Any
 from rich.console import Console
 from rich.markup import escape
 
+from harness._nvml import visible_nvml_gpus
 from harness.errors import UserError
 from harness.model._load import keep_models_loaded
 from harness.run._executors import (
@@ -74,7 +75,13 @@ def parse_trials_per_gpu(text: str | None) -> int | None:
 
 
 def free_memory_gib(devices: Sequence[str]) -> float:
-    """The least free memory (GiB) over `devices` (ids as CUDA_VISIBLE_DEVICES spells them), or 0."""
+    """The least free memory (GiB) over `devices` (ids as CUDA_VISIBLE_DEVICES spells them), or 0. NVML answers
+    where it can (an index is taken as NVML's only under CUDA_DEVICE_ORDER=PCI_BUS_ID or on a one-GPU machine:
+    `select_visible`), so the driver need not import torch and start CUDA."""
+    nvml = visible_nvml_gpus()
+    if nvml is not None:
+        frees = [nvml[d].free / GIB for d in devices if d in nvml]
+        return min(frees) if frees else 0.0
     import torch
 
     if not torch.cuda.is_available():
