@@ -87,7 +87,7 @@ class DdpSettings:
     seed: int = 0
 
 
-DDP_GPU = DdpSettings(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, steps=100, batch=8, accum=2,
+DDP_GPU = DdpSettings(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, steps=60, batch=8, accum=4,
                       max_length=1024, min_words=780, max_words=980)
 DDP_TINY = DdpSettings(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, steps=3, batch=2, accum=1,
                        max_length=128, min_words=20, max_words=60)

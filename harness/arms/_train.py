@@ -334,6 +334,11 @@ def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession |
     trainer.remove_callback(ProgressCallback)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None and accelerator.num_processes > 1:
+        # data parallel: the ranks finish loading at different times, and the first collective sets up NCCL;
+        # meet here so the training time (and tokens/s) is the training's, not the slowest rank's loading
+        accelerator.wait_for_everyone()
     started = time.perf_counter()
     try:
         with session.training(trainer.model, plan) if session is not None else nullcontext():
