@@ -22,7 +22,7 @@ from harness.run._executors import Executor, PoolExecutor, RayExecutor, SerialEx
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
 from harness.run._units import TrialResult, TrialUnit, can_share
-from harness.run._workers import WorkerExecutor, auto_trials_per_gpu, free_memory_gib
+from harness.run._workers import WarmWorkers, WorkerExecutor, auto_trials_per_gpu, free_memory_gib
 from harness.store._store import Store
 
 
@@ -69,12 +69,18 @@ class Runner:
         cpu_only = self.device == "cpu" or gpus == []
         devices = [] if cpu_only else plan_devices(gpus)
         local_device = "cpu" if cpu_only else (self.device or default_device())
-        checked_gpus = None if executor == "ray" else len(devices)
-        checked = preflight(plan, doc, arms, device=local_device, n_gpus=checked_gpus)
-        known = [e for e in checked.estimates.values() if e is not None]
-        runner = make_executor(executor, store=self.store, console=self.console, devices=devices,
-                               explicit_gpus=gpus is not None, ray_address=ray_address, trials_per_gpu=trials_per_gpu,
-                               per_trial_gib=max(known) if known else None)
+        warm = self._warm_workers(executor, devices, trials_per_gpu)
+        try:
+            checked_gpus = None if executor == "ray" else len(devices)
+            checked = preflight(plan, doc, arms, device=local_device, n_gpus=checked_gpus)
+            known = [e for e in checked.estimates.values() if e is not None]
+            runner = make_executor(executor, store=self.store, console=self.console, devices=devices,
+                                   explicit_gpus=gpus is not None, ray_address=ray_address,
+                                   trials_per_gpu=trials_per_gpu, per_trial_gib=max(known) if known else None,
+                                   warm=warm)
+        finally:
+            if warm is not None:
+                warm.close()   # what the executor did not adopt (all of them, if the checks failed)
         if executor == "ray":
             check_gpus_per_trial(plan, doc, arms, runner.max_gpus_per_trial())
         run_id, folder = self._open_run(plan, resume, len(arms))
@@ -111,6 +117,15 @@ class Runner:
             runner.close()
         self.store.finish_run(run_id, "failed" if outcome.failed else "finished")
         return outcome
+
+    def _warm_workers(self, executor: str, devices: list[str], trials_per_gpu: int | None) -> WarmWorkers | None:
+        """Start the persistent workers now, while the plan is checked, where the run will use them: as many per
+        GPU as it could use (the memory estimate may later settle on fewer), or the CPU workers asked for."""
+        if not (executor == "workers" or (executor == "local" and devices)):
+            return None
+        per_device = trials_per_gpu or (auto_trials_per_gpu(1e9, 0.0, os.cpu_count() or 1, len(devices))
+                                        if devices else 1)
+        return WarmWorkers(devices, per_device, self.runs_dir.resolve() / ".workers")
 
     def _open_run(self, plan: Plan, resume: bool, n_trials: int) -> tuple[int, Path]:
 
@@ -185,7 +200,7 @@ EXECUTORS = ("local", "workers", "process", "ray")
 
 def make_executor(kind: str, *, store: Store, console: Console, devices: list[str], explicit_gpus: bool = False,
                   ray_address: str | None = None, trials_per_gpu: int | None = None,
-                  per_trial_gib: float | None = None) -> Executor:
+                  per_trial_gib: float | None = None, warm: WarmWorkers | None = None) -> Executor:
     """`local`: serially in this process on a CPU, persistent workers on GPUs; `workers`: persistent workers (on
     a CPU too); `process`: one fresh process per trial (pinned to its GPUs); `ray`: Ray tasks.
     `trials_per_gpu` None: as many as the memory estimate fits (`auto_trials_per_gpu`)."""
@@ -203,7 +218,7 @@ def make_executor(kind: str, *, store: Store, console: Console, devices: list[st
                                              len(devices)) if devices else 1
     console.print(f"[dim]{trials_per_gpu} trial(s) at a time per {'GPU' if devices else 'CPU worker pool'}, "
                   f"persistent workers[/]")
-    return WorkerExecutor(store, console, devices, trials_per_gpu)
+    return WorkerExecutor(store, console, devices, trials_per_gpu, warm)
 
 
 DEFAULT_TRIAL_GIB = 2.0  # a trial the estimator has no figure for (evaluation-only arms of a small model)

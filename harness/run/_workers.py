@@ -153,20 +153,63 @@ class Worker:
         self.proc, self.replies = None, None
 
 
+def worker_threads(slots: int) -> int | None:
+    """Each worker's share of the CPU cores when several run at once (None: one worker, no limit)."""
+    return max(1, (os.cpu_count() or 1) // slots) if slots > 1 else None
+
+
+def worker_slots(devices: Sequence[str], per_device: int) -> list[tuple[str, list[str]]]:
+    """(slot name, devices) of every worker: `per_device` on each GPU, or `per_device` CPU workers."""
+    return [(f"gpu{d}.{k}", [d]) for k in range(per_device) for d in devices] or \
+        [(f"cpu.{k}", []) for k in range(per_device)]
+
+
+class WarmWorkers:
+    """Worker processes started before the run's checks, so that their imports (torch, transformers, TRL, PEFT:
+    ~18 s on a GPU host) overlap the driver's own start (plan checks, token counts, the store). As many as the
+    run could use are started (`per_device` on each device); the executor adopts those it needs, `close` ends
+    the rest. Their start-up output goes to `log_dir` (the run's folder does not exist yet)."""
+
+    def __init__(self, devices: Sequence[str], per_device: int, log_dir: Path) -> None:
+        slots = worker_slots(devices, per_device)
+        threads = worker_threads(len(slots))
+        self.idle: dict[str, Worker] = {}
+        for slot, slot_devices in slots:
+            worker = Worker(slot, slot_devices, threads)
+            worker.start(log_dir / f"{slot}-{os.getpid()}.log")
+            self.idle[slot] = worker
+
+    def take(self, slot: str, devices: list[str]) -> Worker | None:
+        worker = self.idle.pop(slot, None)
+        if worker is not None and worker.devices == devices and worker.alive():
+            return worker
+        if worker is not None:
+            worker.stop()
+        return None
+
+    def close(self) -> None:
+        for worker in self.idle.values():
+            worker.stop()
+        self.idle.clear()
+
+
 class WorkerExecutor(Executor):
     """Persistent workers, `trials_per_gpu` per GPU; with shared evaluation, deferred adapters scored together last.
     A data-parallel trial (gpus_per_trial > 1) runs after the others through a one-off `accelerate` launcher."""
     name = "workers"
     shares_evaluation = True
 
-    def __init__(self, store: Store, console: Console, devices: Sequence[str], trials_per_gpu: int) -> None:
+    def __init__(self, store: Store, console: Console, devices: Sequence[str], trials_per_gpu: int,
+                 warm: WarmWorkers | None = None) -> None:
         super().__init__(store, console)
         self.devices = list(devices)  # none: CPU workers (every GPU hidden from them)
         self.trials_per_gpu = trials_per_gpu
-        slots = trials_per_gpu * max(len(self.devices), 1)
-        threads = max(1, (os.cpu_count() or 1) // slots) if slots > 1 else None
-        self.workers = [Worker(f"gpu{d}.{k}", [d], threads) for k in range(trials_per_gpu) for d in self.devices] or \
-            [Worker(f"cpu.{k}", [], threads) for k in range(trials_per_gpu)]
+        slots = worker_slots(self.devices, trials_per_gpu)
+        threads = worker_threads(len(slots))
+        self.workers = [(warm.take(slot, slot_devices) if warm else None) or Worker(slot, slot_devices, threads)
+                        for slot, slot_devices in slots]
+        if warm is not None:
+            warm.close()   # started for a larger run than this one turned out to be
 
     def max_gpus_per_trial(self) -> int:
         return len(self.devices)

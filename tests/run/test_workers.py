@@ -196,3 +196,32 @@ def test_shared_evaluation_in_a_run_matches_the_per_trial_path(env: dict[str, An
     assert found["lora-a"]["phases"]["shared_eval_with"] == 2 == found["lora-b"]["phases"]["shared_eval_with"]
     assert "shared_eval_with" not in found["baseline"]["phases"]
     assert item_outputs(store, alone.run_id) == item_outputs(store, together.run_id)
+
+
+def serving_children() -> list[Any]:
+    import psutil
+
+    return [c for c in psutil.Process().children(recursive=True) if "--serve" in " ".join(c.cmdline())]
+
+
+@pytest.mark.slow
+def test_warm_workers_start_before_the_checks_and_are_adopted_or_stopped(env: dict[str, Any], tiny_model_dir: Path,
+                                                                       tmp_path: Path):
+    from harness.run._workers import WarmWorkers, WorkerExecutor
+
+    # the checks refuse the plan (an unknown suite): the workers started for it are stopped
+    bad = write_plan(tmp_path / "bad.yaml", tiny_model_dir, [train_arm("lora", r=4)], train=env["train"],
+                     suites=["tiny_json", "no_such_suite"])
+    store = Store(str(tmp_path / "warm.db"))
+    with pytest.raises(UserError, match="no_such_suite"):
+        Runner(store, quiet(), runs_dir=tmp_path / "runs").run(bad, executor="workers", trials_per_gpu=2)
+    assert len(list((tmp_path / "runs" / ".workers").glob("cpu.*.log"))) == 2   # both had been started
+    assert serving_children() == []
+    # a run that needs fewer workers than were started adopts the first and stops the other
+    warm = WarmWorkers([], 2, tmp_path / "logs")
+    pids = {slot: w.proc.pid for slot, w in warm.idle.items()}
+    executor = WorkerExecutor(store, quiet(), [], 1, warm)
+    assert [w.slot for w in executor.workers] == ["cpu.0"] and executor.workers[0].proc.pid == pids["cpu.0"]
+    assert warm.idle == {} and [c.pid for c in serving_children()] == [pids["cpu.0"]]
+    executor.close()
+    assert serving_children() == []
