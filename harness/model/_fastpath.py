@@ -16,8 +16,9 @@ Every technique here changes speed or memory, never the loss beyond float roundi
   LM head (CUDA only). On by default (`DEFAULT_LIGER_KERNELS`) are only the kernels the training bench
   (`bench/train_throughput.py`, section `liger`) measured to pay on the GPU: at present none. The patches Liger
   makes to the modeling module are undone when the session ends.
-* **Lean LoRA** (`lean_lora`): each LoRA linear layer's forward and backward as one autograd node with fewer
-  kernels (`harness.model._lean_lora`): the steps are bound by the CPU that launches kernels, not by the GPU.
+* **Lean LoRA** (`lean_lora`, opt-in): each LoRA linear layer's forward and backward as one autograd node
+  (`harness.model._lean_lora`), meant for steps bound by the CPU that launches kernels rather than by the GPU;
+  measured not to pay on the H200 (its Python costs what PEFT's modules did), so off by default.
 * **bf16 LoRA inputs** (`lora_bf16_inputs`): PEFT casts each LoRA input to the adapter's fp32 dtype before
   dropout; under bf16 autocast the matmul runs in bf16 anyway, so the cast only costs bandwidth and memory.
 * **Memory plan** (`plan_memory`): the bytes each decoder layer saves per token are measured on the device
@@ -63,7 +64,10 @@ class FastPath:
     attention: Literal["auto", "per_sequence"] = "auto"   # auto: the varlen kernel if its self-check passes
     liger: tuple[str, ...] | None = None   # Liger kernels by name (LIGER_KERNELS); None: DEFAULT_LIGER_KERNELS
     lora_bf16_inputs: bool = True
-    lean_lora: bool = True   # each LoRA linear layer as one autograd node (harness.model._lean_lora)
+    # each LoRA linear layer as one autograd node (harness.model._lean_lora): off by default, as it did not pay on
+    # the H200 (reports/perf/train_throughput.json: `ours` with it 25,342 tok/s, `ours-no-lean-lora` 26,231): its
+    # Python forward and backward cost about what PEFT's modules and autograd nodes did
+    lean_lora: bool = False
     checkpointing: Literal["auto", "none", "full"] = "auto"
     fold_accumulation: bool = True
     memory_budget_gib: float | None = None   # None: 90% of the GPU's memory

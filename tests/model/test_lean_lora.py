@@ -127,3 +127,19 @@ def test_peft_runs_the_calls_the_lean_node_does_not_cover():
 def test_a_model_without_lora_layers_is_left_alone():
     with lean_lora(tiny_llama()) as state:
         assert state.startswith("off:")
+
+
+def test_fast_session_applies_the_lean_node_only_when_asked():
+    from harness.model import _fastpath as fp
+
+    assert fp.FastPath().lean_lora is False   # measured not to pay on the H200: opt-in
+    model = with_lora(tiny_llama()).train()
+    for lean in (False, True):
+        session = fp.FastSession(fp.FastPath(checkpointing="none", lean_lora=lean), "cpu")
+        session.patch_model(model)
+        with session.training(model, None):
+            patched = [("forward" in m.__dict__) for m in lean_modules(model)]
+            assert patched == [lean] * 14
+        session.close()
+        assert session.report.lean_lora == ("on: 14 LoRA layers" if lean else "off")
+        assert not any("forward" in m.__dict__ for m in lean_modules(model))
