@@ -58,12 +58,12 @@ def worker_command(unit_file: str | Path, num_processes: int = 1, *, port: int |
             "--dynamo_backend", "no", "-m", "harness.run", str(unit_file)]
 
 
-def run_here(unit: TrialUnit, console: Console) -> TrialResult:
+def run_here(unit: TrialUnit, console: Console, on_trained: Callable[[], None] | None = None) -> TrialResult:
     """Run one trial in this process. The training stack is imported here, where a trial runs, so a driver that
     only schedules workers starts in a second instead of importing torch, TRL and PEFT it never uses."""
     from harness.run._trial import run_trial  # heavy (torch, TRL, PEFT): only in processes that run trials
 
-    return run_trial(unit, console)
+    return run_trial(unit, console, on_trained)
 
 
 def worker_env(devices: Sequence[str] | None, base: dict[str, str] | None = None,

@@ -45,15 +45,30 @@ def _process_age() -> float:
     return max(0.0, time.time() - psutil.Process().create_time())
 
 
-def run_trial(unit: TrialUnit, console: Console | None = None) -> TrialResult:
-    """Train (if needed) and score one trial, writing status, curves, artifacts and scores to the store."""
-    return _TrialJob(unit, console or Console()).run()
+def run_trial(unit: TrialUnit, console: Console | None = None,
+              on_trained: Callable[[], None] | None = None) -> TrialResult:
+    """Train (if needed) and score one trial, writing status, curves, artifacts and scores to the store.
+    `on_trained` is called once the adapter and the manifest are on disk, before the evaluation (a trial that
+    continues this one may start then)."""
+    return _TrialJob(unit, console or Console(), on_trained).run()
+
+
+def has_trained(trial: Any) -> bool:
+    """The trial is past its training (still evaluating, say): its adapter and a manifest with its training are on
+    disk."""
+    if not trial.folder or trial.status != "running":
+        return False
+    manifest = Path(trial.folder) / "manifest.json"
+    try:
+        return (Path(trial.folder) / "adapter").is_dir() and bool(json.loads(manifest.read_text()).get("training"))
+    except (OSError, ValueError):
+        return False
 
 
 class _TrialJob:
-    def __init__(self, unit: TrialUnit, console: Console) -> None:
+    def __init__(self, unit: TrialUnit, console: Console, on_trained: Callable[[], None] | None = None) -> None:
 
-        self.unit, self.console = unit, console
+        self.unit, self.console, self.on_trained = unit, console, on_trained
         self.store = Store(unit.store_url)
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = os.environ.get("LOCAL_RANK")
@@ -103,6 +118,8 @@ class _TrialJob:
             if self.unit.defer_eval:
                 self.store.update_trial(self.trial.id, status="trained", error=None)
                 return TrialResult(arm.name, "trained")
+            if self.on_trained is not None and arm.type in TRAINED:
+                self.on_trained()
             self._evaluate()
             self._write_manifest(finished=True)
         except Exception as exc:
@@ -175,7 +192,7 @@ class _TrialJob:
         if arm.type == "dpo":
             if arm.from_arm:
                 parent = self.store.get_trial(f"{self.unit.run_id}/{arm.from_arm}")
-                if parent.status not in ("finished", "trained"):
+                if parent.status not in ("finished", "trained") and not has_trained(parent):
                     raise TrainingFailed(f"from_arm '{arm.from_arm}' has not finished (status {parent.status})")
                 parent_weights = Path(parent.folder) / "adapter"
                 if parent.arm_type == "full":

@@ -5,8 +5,10 @@ CUDA_VISIBLE_DEVICES) imports torch, transformers, TRL and PEFT once and keeps t
 trials (`keep_models_loaded`: every trial gets a device-side copy of it instead of a read from disk). The
 driver hands each free slot the next trial as one JSON line on the worker's stdin; the worker runs it
 exactly as a one-off worker would (`run_trial`: status, curves, artifacts and scores go to the store) and
-answers on a pipe of its own. With `--shared-eval`, trained LoRA adapters whose evaluation was deferred are then
-scored together, several adapters per pass (`harness/run/_shared_eval.py`), spread over the slots.
+answers on a pipe of its own (and, before the answer, says when the trial has trained: a trial that continues
+it, DPO after SFT, is queued then instead of after the evaluation). With `--shared-eval`, trained LoRA adapters
+whose evaluation was deferred are then scored together, several adapters per pass (`harness/run/_shared_eval.py`),
+spread over the slots. The workers are started while the driver checks the plan (`WarmWorkers`).
 
 A worker that dies (a segfault, the OOM killer, kill -9) is replaced by a fresh one; the trial it held is
 recorded as failed with the exit code and the tail of its log, and the sweep goes on. A CUDA out-of-memory
@@ -25,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -116,8 +118,10 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def submit(self, kind: str, units: list[TrialUnit]) -> list[TrialResult] | None:
-        """Run one job; None when the process died before answering (it is then gone: start a new one)."""
+    def submit(self, kind: str, units: list[TrialUnit],
+               on_trained: Callable[[str], None] | None = None) -> list[TrialResult] | None:
+        """Run one job; None when the process died before answering (it is then gone: start a new one).
+        `on_trained(trial)` is called when the worker says a trial has trained (its evaluation still to come)."""
         if not self.alive():
             self.stop()
             self.start(Path(units[0].folder).parent / "workers" / f"{self.slot}.log")
@@ -126,6 +130,10 @@ class Worker:
             self.proc.stdin.write(json.dumps({"kind": kind, "units": [asdict(u) for u in units]}) + "\n")
             self.proc.stdin.flush()
             line = self.replies.readline()
+            while line and (reply := json.loads(line)) and isinstance(reply, dict):   # an event before the result
+                if reply.get("event") == "trained" and on_trained is not None:
+                    on_trained(reply["trial"])
+                line = self.replies.readline()
         except (BrokenPipeError, OSError):
             line = ""
         self.jobs += 1
@@ -238,9 +246,22 @@ class WorkerExecutor(Executor):
                     done(result)
             return [u for u in single if u.after == unit.trial]
 
+        released: set[str] = set()
+
+        def ready(trial: str) -> list[TrialUnit]:
+            """A trial has trained (its evaluation goes on): the trials that continue it may start now."""
+            with lock:
+                released.add(trial)
+            return [u for u in single if u.after == trial]
+
+        def finish_or_release(unit: TrialUnit, result: TrialResult, worker: Worker) -> list[TrialUnit]:
+            follow = finish(unit, result, worker)
+            with lock:
+                return [] if unit.trial in released else follow
+
         names = {u.trial for u in single}
         first = [u for u in single if u.after is None or u.after not in names]
-        self._drain([("trial", [u]) for u in first], finish)
+        self._drain([("trial", [u]) for u in first], finish_or_release, ready=ready)
         for unit, result in self._score_trained(trained):
             self.report(unit, result, " (shared evaluation)")
             done(result)
@@ -265,9 +286,11 @@ class WorkerExecutor(Executor):
         self._drain([("group", g) for g in groups], lambda g, results, _w: finish_group(g, results), grouped=True)
         return out
 
-    def _drain(self, jobs: list[tuple[str, list[TrialUnit]]], finish: Any, grouped: bool = False) -> None:
+    def _drain(self, jobs: list[tuple[str, list[TrialUnit]]], finish: Any, grouped: bool = False,
+               ready: Callable[[str], list[TrialUnit]] | None = None) -> None:
         """Hand the jobs to the workers, one job per free worker, until none is left and none is running. For a
-        single trial, `finish` returns the trials that were waiting for it; they join the queue."""
+        single trial, `finish` returns the trials that were waiting for it; they join the queue, or join it
+        earlier, when the worker says the trial has trained (`ready` returns them then)."""
         queue = deque(jobs)
         cond = threading.Condition()
         running = 0
@@ -284,7 +307,14 @@ class WorkerExecutor(Executor):
                     running += 1
                 if not grouped:
                     self.console.print(escape(f"  {units[0].trial}: started on {worker.slot}"), highlight=False)
-                results = worker.submit(kind, units)
+                def trained(trial: str) -> None:
+                    follow = ready(trial) if ready is not None else []
+                    if follow:
+                        with cond:
+                            queue.extend(("trial", [u]) for u in follow)
+                            cond.notify_all()
+
+                results = worker.submit(kind, units, trained)
                 if results is None:  # the process died: its trials fail with the reason, a new worker takes over
                     code = worker.exit_code()
                     results = [outcome_from_store(self.store, u, f"worker process died (exit code {code})",
@@ -356,7 +386,11 @@ def serve(reply_fd: int) -> int:
             with _output_to(log):
                 console = Console(file=sys.stdout, width=120, force_terminal=False)
                 if job["kind"] == "trial":
-                    results = [run_here(units[0], console)]
+                    def trained(trial: str = units[0].trial) -> None:   # a trial that continues it may start
+                        replies.write(json.dumps({"event": "trained", "trial": trial}) + "\n")
+                        replies.flush()
+
+                    results = [run_here(units[0], console, trained)]
                 else:
                     results = score_together(units, console)
             replies.write(json.dumps([asdict(r) for r in results]) + "\n")

@@ -225,3 +225,20 @@ def test_warm_workers_start_before_the_checks_and_are_adopted_or_stopped(env: di
     assert warm.idle == {} and [c.pid for c in serving_children()] == [pids["cpu.0"]]
     executor.close()
     assert serving_children() == []
+
+
+@pytest.mark.slow
+def test_a_continuing_trial_starts_once_its_parent_has_trained_not_when_it_is_scored(env: dict[str, Any],
+                                                                                   tiny_model_dir: Path):
+    plan = write_plan(env["root"] / "chain.yaml", tiny_model_dir,
+                      [train_arm("lora", r=4), train_arm("dpo-sft", "dpo", from_arm="lora", lr=1e-3)],
+                      train=env["train"], prefs=env["prefs"], name="chain")
+    store = Store(str(env["root"] / "chain.db"))
+    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="workers", trials_per_gpu=2)
+    assert sorted(outcome.finished) == ["dpo-sft", "lora"], outcome.failed
+    trials = {t.name: t for t in store.trials(outcome.run_id)}
+    parent = manifests(store, outcome.run_id)["lora"]
+    assert trials["dpo-sft"].started_at < trials["lora"].finished_at   # it did not wait for the parent's scores
+    assert parent["phases"]["eval:tiny_json"] > 0                       # which came after its training
+    child = manifests(store, outcome.run_id)["dpo-sft"]
+    assert child["training"]["init_adapter"] == str(Path(trials["lora"].folder) / "adapter")
