@@ -186,7 +186,7 @@ def profiled(fn: Callable[[], Any], device: str) -> dict[str, Any]:
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-    return top_ops(prof, device, steps=1)
+    return top_ops(prof, device, steps=1, limit=20)
 
 
 # ------------------------------------------------------------------------------------------------- main
