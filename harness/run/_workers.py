@@ -102,9 +102,11 @@ class Worker:
         self.proc: subprocess.Popen[str] | None = None
         self.replies: IO[str] | None = None
         self.jobs = 0
+        self.log: Path | None = None
 
     def start(self, log: Path) -> None:
         """Start the process; what it prints outside a job (start-up, a crash while idle) goes to `log`."""
+        self.log = log
         read_fd, write_fd = os.pipe()
         cmd = [sys.executable, "-m", "harness.run", "--serve", str(write_fd)]
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -122,9 +124,12 @@ class Worker:
                on_trained: Callable[[str], None] | None = None) -> list[TrialResult] | None:
         """Run one job; None when the process died before answering (it is then gone: start a new one).
         `on_trained(trial)` is called when the worker says a trial has trained (its evaluation still to come)."""
+        log = Path(units[0].folder).parent / "workers" / f"{self.slot}.log"
         if not self.alive():
             self.stop()
-            self.start(Path(units[0].folder).parent / "workers" / f"{self.slot}.log")
+            self.start(log)
+        elif self.log != log:
+            self.move_log(log)   # started before the run had a folder (WarmWorkers)
         assert self.proc is not None and self.proc.stdin is not None and self.replies is not None
         try:
             self.proc.stdin.write(json.dumps({"kind": kind, "units": [asdict(u) for u in units]}) + "\n")
@@ -142,13 +147,25 @@ class Worker:
             return None
         return [TrialResult(**r) for r in json.loads(line)]
 
+    def move_log(self, log: Path) -> None:
+        """Move the log file (the process keeps writing to it: same file); left where it is if that fails."""
+        if self.log is None:
+            return
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.log, log)
+            self.log = log
+        except OSError:
+            pass
+
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
-    def stop(self) -> None:
-        """End the process (closing its input ends its loop) and close its pipes; a dead one is just cleaned up."""
+    def stop(self) -> int | None:
+        """End the process (closing its input ends its loop) and close its pipes; a dead one is just cleaned up.
+        Returns its exit code (None: there was no process)."""
         if self.proc is None:
-            return
+            return None
         try:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
@@ -158,7 +175,9 @@ class Worker:
             self.proc.wait()
         if self.replies is not None:
             self.replies.close()
+        code = self.proc.returncode
         self.proc, self.replies = None, None
+        return code
 
 
 def worker_threads(slots: int) -> int | None:
@@ -196,8 +215,10 @@ class WarmWorkers:
         return None
 
     def close(self) -> None:
+        """Stop the workers no run adopted; the start-up log of one that ended cleanly is removed."""
         for worker in self.idle.values():
-            worker.stop()
+            if worker.stop() == 0 and worker.log is not None:
+                worker.log.unlink(missing_ok=True)
         self.idle.clear()
 
 

@@ -83,6 +83,9 @@ def test_one_worker_runs_every_trial_and_reads_the_model_once(env: dict[str, Any
     last = max(found.values(), key=lambda m: m["process"]["trials_before"])
     assert last["process"]["model_reads_from_disk"] == {str(tiny_model_dir): 1}  # kept loaded, copied per trial
     assert sum(m["phases"]["start"] > 0 for m in found.values()) == 1  # only the first trial paid the imports
+    # started before the run had a folder, the worker's own log moved into it with its first trial
+    assert (Path(store.get_run(outcome.run_id).folder) / "workers" / "cpu.0.log").is_file()
+    assert list((env["root"] / "runs" / ".workers").glob("*.log")) == []
 
 
 @pytest.mark.slow
@@ -215,14 +218,16 @@ def test_warm_workers_start_before_the_checks_and_are_adopted_or_stopped(env: di
     store = Store(str(tmp_path / "warm.db"))
     with pytest.raises(UserError, match="no_such_suite"):
         Runner(store, quiet(), runs_dir=tmp_path / "runs").run(bad, executor="workers", trials_per_gpu=2)
-    assert len(list((tmp_path / "runs" / ".workers").glob("cpu.*.log"))) == 2   # both had been started
     assert serving_children() == []
+    logs = tmp_path / "runs" / ".workers"   # where they logged their start-up; ended cleanly: no log left
+    assert logs.is_dir() and list(logs.glob("cpu.*.log")) == []
     # a run that needs fewer workers than were started adopts the first and stops the other
     warm = WarmWorkers([], 2, tmp_path / "logs")
     pids = {slot: w.proc.pid for slot, w in warm.idle.items()}
     executor = WorkerExecutor(store, quiet(), [], 1, warm)
     assert [w.slot for w in executor.workers] == ["cpu.0"] and executor.workers[0].proc.pid == pids["cpu.0"]
     assert warm.idle == {} and [c.pid for c in serving_children()] == [pids["cpu.0"]]
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == [f"cpu.0-{os.getpid()}.log"]
     executor.close()
     assert serving_children() == []
 
