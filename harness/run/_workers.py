@@ -253,10 +253,17 @@ class WorkerExecutor(Executor):
         single = [u for u in units if u.gpus_per_trial <= 1]
         parallel = [u for u in units if u.gpus_per_trial > 1]
         trained: list[TrialUnit] = []
+        released: set[str] = set()   # trials whose followers were queued when they had trained
         lock = threading.Lock()
 
+        def ready(trial: str) -> list[TrialUnit]:
+            """A trial has trained (its evaluation goes on): the trials that continue it may start now."""
+            with lock:
+                released.add(trial)
+            return [u for u in single if u.after == trial]
+
         def finish(unit: TrialUnit, result: TrialResult, worker: Worker) -> list[TrialUnit]:
-            """Record one trial's end; return the trials that were waiting for it."""
+            """Record one trial's end; return the trials that were waiting for it (none if queued already)."""
             with lock:
                 if result.status == "trained":
                     trained.append(unit)
@@ -265,24 +272,13 @@ class WorkerExecutor(Executor):
                 else:
                     self.report(unit, result, f" ({worker.slot})")
                     done(result)
+                if unit.trial in released:
+                    return []
             return [u for u in single if u.after == unit.trial]
-
-        released: set[str] = set()
-
-        def ready(trial: str) -> list[TrialUnit]:
-            """A trial has trained (its evaluation goes on): the trials that continue it may start now."""
-            with lock:
-                released.add(trial)
-            return [u for u in single if u.after == trial]
-
-        def finish_or_release(unit: TrialUnit, result: TrialResult, worker: Worker) -> list[TrialUnit]:
-            follow = finish(unit, result, worker)
-            with lock:
-                return [] if unit.trial in released else follow
 
         names = {u.trial for u in single}
         first = [u for u in single if u.after is None or u.after not in names]
-        self._drain([("trial", [u]) for u in first], finish_or_release, ready=ready)
+        self._drain([("trial", [u]) for u in first], finish, ready=ready)
         for unit, result in self._score_trained(trained):
             self.report(unit, result, " (shared evaluation)")
             done(result)
@@ -318,6 +314,14 @@ class WorkerExecutor(Executor):
 
         def loop(worker: Worker) -> None:
             nonlocal running
+
+            def trained(trial: str) -> None:   # the worker says a trial has trained: its followers may start
+                follow = ready(trial) if ready is not None else []
+                if follow:
+                    with cond:
+                        queue.extend(("trial", [u]) for u in follow)
+                        cond.notify_all()
+
             while True:
                 with cond:
                     cond.wait_for(lambda: queue or running == 0)
@@ -328,13 +332,6 @@ class WorkerExecutor(Executor):
                     running += 1
                 if not grouped:
                     self.console.print(escape(f"  {units[0].trial}: started on {worker.slot}"), highlight=False)
-                def trained(trial: str) -> None:
-                    follow = ready(trial) if ready is not None else []
-                    if follow:
-                        with cond:
-                            queue.extend(("trial", [u]) for u in follow)
-                            cond.notify_all()
-
                 results = worker.submit(kind, units, trained)
                 if results is None:  # the process died: its trials fail with the reason, a new worker takes over
                     code = worker.exit_code()
