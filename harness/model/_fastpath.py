@@ -747,12 +747,7 @@ class FastSession:
     def training(self, model: Any, plan: MemoryPlan | None) -> Iterator[None]:
         layers = decoder_layers(backbone_of(unwrap(model)))
         with ExitStack() as stack:
-            if self._bf16_lora_inputs():
-                self.report.lora_bf16_inputs = stack.enter_context(lora_bf16_inputs(model))
-            elif self.fast.lora_bf16_inputs:
-                self.report.lora_bf16_inputs = "off: needs bf16 autocast (CUDA)"
-            if self.fast.lean_lora:
-                self.report.lean_lora = stack.enter_context(lean_lora(model))
+            self._lora_forward(stack, model)
             if plan is not None and plan.checkpointed_layers:
                 per_micro_batch = plan.memory.layers_to_checkpoint if plan.per_micro_batch and plan.memory else None
                 stack.enter_context(checkpointing(layers, plan.checkpointed_layers, per_micro_batch))
@@ -765,15 +760,18 @@ class FastSession:
 
     def _probe(self, model: Any) -> float:
         with ExitStack() as stack:
-            if self._bf16_lora_inputs():
-                stack.enter_context(lora_bf16_inputs(model))
-            if self.fast.lean_lora:
-                stack.enter_context(lean_lora(model))
+            self._lora_forward(stack, model)   # the activations are measured as training will save them
             return activation_bytes_per_token(model)
 
-    def _bf16_lora_inputs(self) -> bool:
-        # without autocast an uncast input would meet fp32 adapter weights in a plain matmul
-        return self.fast.lora_bf16_inputs and self.device.type == "cuda"
+    def _lora_forward(self, stack: ExitStack, model: Any) -> None:
+        """The changes to the LoRA layers' forward this path asks for, entered on `stack` and reported."""
+        # without autocast (CUDA) an uncast input would meet fp32 adapter weights in a plain matmul
+        if self.fast.lora_bf16_inputs and self.device.type == "cuda":
+            self.report.lora_bf16_inputs = stack.enter_context(lora_bf16_inputs(model))
+        elif self.fast.lora_bf16_inputs:
+            self.report.lora_bf16_inputs = "off: needs bf16 autocast (CUDA)"
+        if self.fast.lean_lora:
+            self.report.lean_lora = stack.enter_context(lean_lora(model))
 
     def close(self) -> None:
         if self._liger is not None:
