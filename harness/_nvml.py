@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,3 +118,9 @@ def visible_nvml_gpus() -> dict[str, NvmlGpu] | None:
     if gpus is None:
         return None
     return select_visible(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("CUDA_DEVICE_ORDER"))
+
+
+def visible_nvml_gpus_before_torch() -> dict[str, NvmlGpu] | None:
+    """`visible_nvml_gpus`, but None once this process has imported torch: torch then answers, as the CUDA this
+    process will use sees it."""
+    return None if "torch" in sys.modules else visible_nvml_gpus()

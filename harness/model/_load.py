@@ -12,12 +12,11 @@ import importlib.util
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness._nvml import visible_nvml_gpus
+from harness._nvml import visible_nvml_gpus_before_torch
 from harness.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -138,10 +137,9 @@ def quiet_transformers() -> None:
 
 def default_device() -> str:
     """'cuda' where a GPU is usable: torch says so where it is loaded already, else NVML (no CUDA start), else torch."""
-    if "torch" not in sys.modules:
-        nvml = visible_nvml_gpus()
-        if nvml is not None:
-            return "cuda" if nvml else "cpu"
+    nvml = visible_nvml_gpus_before_torch()
+    if nvml is not None:
+        return "cuda" if nvml else "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

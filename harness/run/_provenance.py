@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-import sys
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from harness._nvml import visible_nvml_gpus
+from harness._nvml import visible_nvml_gpus_before_torch
 
 LIBRARIES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "lm_eval", "ray")
 
@@ -38,7 +37,7 @@ def git_sha() -> str:
 
 def device_name(device: str) -> str:
     if device == "cuda":
-        nvml = visible_nvml_gpus() if "torch" not in sys.modules else None  # as default_device: torch if loaded
+        nvml = visible_nvml_gpus_before_torch()
         if nvml:
             return next(iter(nvml.values())).name
         import torch
