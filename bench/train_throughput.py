@@ -625,11 +625,11 @@ def profiler_callback(first_step: int, steps: int, device: str) -> Any:
             if self.prof is not None and self.table is None and state.global_step >= first_step + steps:
                 if device == "cuda":
                     torch.cuda.synchronize()
-                wall = time.perf_counter() - self.started
+                wall_ms = (time.perf_counter() - self.started) * 1000 / steps
                 self.prof.__exit__(None, None, None)
-                self.table = top_ops(self.prof, device, steps) | {"wall_ms_per_step": wall * 1000 / steps}
+                self.table = top_ops(self.prof, device, steps) | {"wall_ms_per_step": wall_ms}
                 if device == "cuda":
-                    self.table["device_busy_share"] = self.table["kernel_ms_per_step"] / (wall * 1000 / steps)
+                    self.table["device_busy_share"] = self.table["kernel_ms_per_step"] / wall_ms
 
     return Profiled()
 
@@ -1063,10 +1063,10 @@ def section_scaling(b: Bench) -> None:
     warmup = 1 if b.args.smoke else 3
     b.announce("scaling (step time vs tokens per step)", 2 * len(batches))
     runs: dict[str, Any] = {}
+    fast = b.ours_fast(b.ours_liger(), None)
     for batch in batches:
         settings = Settings(**(asdict(b.settings) | {"steps": steps, "warmup": warmup, "batch": batch}))
         examples = synthetic_examples(b.tok, steps * batch, settings.min_words, settings.max_words, settings.seed)
-        fast = b.ours_fast(b.ours_liger(), None)
         b.run(f"scaling-ours-b{batch}", lambda s=settings, e=examples, f=fast: run_ours(
             "ours", b.folder, e, s, b.device, b.flops, f), into=runs)
         b.run(f"scaling-trl-no-gc-b{batch}", lambda s=settings, e=examples: run_trl(
@@ -1074,35 +1074,25 @@ def section_scaling(b: Bench) -> None:
             flags={"gradient_checkpointing": False}), into=runs)
     fits = {}
     for path in ("ours", "trl-no-gc"):
-        points = []
-        for batch in batches:
-            run = runs.get(f"scaling-{path}-b{batch}")
-            if not run or run.get("error"):
-                continue
-            measured = list(zip(run["step_tokens"][warmup:], run["step_seconds"][warmup:], strict=True))
-            points += measured
-        fits[path] = line_fit(points)
+        ran = [r for batch in batches if (r := runs.get(f"scaling-{path}-b{batch}")) and not r.get("error")]
+        fits[path] = line_fit([point for r in ran
+                               for point in zip(r["step_tokens"][warmup:], r["step_seconds"][warmup:], strict=True)])
     b.report["scaling"] = {"batches": batches, "steps": steps, "warmup": warmup, "fits": fits,
                            "runs": {k: {f: v[f] for f in ("real_tokens_per_second", "peak_memory_gib", "step_tokens",
                                                            "step_seconds", "error")} for k, v in runs.items()}}
 
 
 def line_fit(points: list[tuple[int, float]]) -> dict[str, Any] | None:
-    """Least squares seconds = intercept + slope * tokens, over (tokens, seconds) points."""
-    if len(points) < 2:
+    """Least squares seconds = intercept + slope * tokens, over (tokens, seconds) points (scipy's linregress);
+    None when fewer than two token counts differ."""
+    from scipy.stats import linregress
+
+    if len({x for x, _ in points}) < 2:
         return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    if sxx == 0:
-        return None
-    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
-    intercept = my - slope * mx
-    ss_tot = sum((y - my) ** 2 for _, y in points)
-    ss_res = sum((y - intercept - slope * x) ** 2 for x, y in points)
-    return {"points": n, "intercept_ms_per_step": intercept * 1000, "ms_per_1k_tokens": slope * 1e6,
-            "r2": 1 - ss_res / ss_tot if ss_tot else None}
+    fit = linregress(*zip(*points, strict=True))
+    return {"points": len(points), "intercept_ms_per_step": float(fit.intercept) * 1000,
+            "ms_per_1k_tokens": float(fit.slope) * 1e6,
+            "r2": float(fit.rvalue) ** 2 if len({y for _, y in points}) > 1 else None}
 
 
 def section_8b(b: Bench) -> None:
