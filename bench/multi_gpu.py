@@ -5,6 +5,7 @@ against the same trial on one GPU, and (where Ray is installed) the Ray executor
     python bench/multi_gpu.py --out reports/gpu/multi_gpu.json                          # every part, ~8 min
     python bench/multi_gpu.py --parts sweep --one-gpu-json /root/sweep_1gpu.json --out A.json  # reuse a 1-GPU run
     python bench/multi_gpu.py --parts ddp --merge A.json --out reports/gpu/multi_gpu.json      # parts one by one
+    python bench/multi_gpu.py --analyse reports/gpu/multi_gpu.json --out reports/gpu/multi_gpu.json  # no run
     python bench/multi_gpu.py --tiny --out /tmp/multi_gpu.json      # CPU check: tiny Llama, fake GPU ids, gloo
 
 Parts (`--parts`, comma-separated; each part's failure is recorded in the JSON and the next part runs):
@@ -13,6 +14,12 @@ Parts (`--parts`, comma-separated; each part's failure is recorded in the JSON a
   the first GPU and with both: `sweep_speedup` = one-GPU wall / two-GPU wall of the whole plan, whether the gate
   verdicts are identical, and, from each trial's manifest, whether every trial saw exactly one GPU.
   `--one-gpu-json` reuses a one-GPU `sweep_throughput.py --paths workers` result measured earlier.
+  `analysis` (copied to the top level as `sweep_analysis`) explains the speedup from the trial records of both
+  runs: per run the seconds outside the trials (wall minus first start to last end), the trials' summed seconds,
+  the most trials at once (`slots`), the critical path of the plan's `from_arm` dependencies (a continuing trial
+  may start once its parent has trained) and the list-scheduling lower bound outside + max(critical path,
+  trial seconds / slots); `best_possible_speedup` = one-GPU wall / two-GPU bound, `bound_speedup` = the bounds'
+  ratio, and a `reading` in words. `--analyse REPORT.json` adds it to a report written earlier (nothing is run).
 * ddp — a randomly initialised 1.07B Llama (hidden 2048, 16 layers, the train bench's shape; SmolLM2's
   tokenizer; bf16), prompt/completion rows of ~800-1000 tokens, and one LoRA trial (r16, all-linear) run twice
   with `tunegate run --gpus 0,1`: `gpus_per_trial: 1` with micro-batch B and accumulation 2G, then
@@ -225,8 +232,9 @@ def part_sweep(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, 
     one_gpu = {name: t.get("cuda_visible_devices") for name, t in one["trials"].items()}
     saw_one = {name: single_gpu(v, ids[:2]) for name, v in two_gpus.items()}
     differ = sorted(k for k, v in two.get("outputs", {}).items() if one.get("outputs", {}).get(k) != v)
+    plan = ran_plan(two_file, args.plan.resolve())
     result = {
-        "one_gpu_source": str(one_file), "two_gpus_source": str(two_file),
+        "plan": str(plan), "one_gpu_source": str(one_file), "two_gpus_source": str(two_file),
         "one_gpu": slim(one), "two_gpus": slim(two),
         "sweep_speedup": round(one["wall_seconds"] / two["wall_seconds"], 3),
         "verdicts_identical": one.get("verdicts") == two.get("verdicts"),
@@ -243,10 +251,18 @@ def part_sweep(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, 
     if not all(single_gpu(v, ids[:1]) or single_gpu(v, ids[:2]) for v in one_gpu.values()):
         result["one_gpu_problem"] = (f"the one-GPU run's trials did not each see one GPU ({one_gpu}): was it run "
                                      "with `--gpus 0` (a count: no GPU) instead of `--gpus 0,`?")
+    result["analysis"] = sweep_analysis(one, two, plan_parents(plan))
     say(f"sweep: one GPU {one['wall_seconds']}s, two GPUs {two['wall_seconds']}s -> {result['sweep_speedup']}x; "
         f"verdicts identical: {result['verdicts_identical']}; every trial saw one GPU: {result['trials_saw_one_gpu']} "
-        f"(GPUs used: {result['gpus_used']['two_gpus']})")
+        f"(GPUs used: {result['gpus_used']['two_gpus']})\nsweep analysis: {result['analysis']['reading']}")
     return result
+
+
+def ran_plan(sweep_json: Path, default: Path) -> Path:
+    """The plan a `sweep_throughput.py` JSON records it ran (its tiny plan in --tiny mode), where that file still
+    exists; else `default`."""
+    recorded = json.loads(sweep_json.read_text()).get("plan")
+    return Path(recorded) if recorded and Path(recorded).is_file() else default
 
 
 def run_sweep(ids: list[str], folder: Path, args: argparse.Namespace, clock: Clock) -> Path:
@@ -280,6 +296,141 @@ def slim(path: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out.get("gpu_utilization"), dict):
         out["gpu_utilization"] = {k: v for k, v in out["gpu_utilization"].items() if k != "trace"}
     return out
+
+
+# ------------------------------------------------------------------------------------ the sweep, explained
+
+
+@dataclass(frozen=True)
+class TrialTimes:
+    """One trial's measured interval (seconds since the epoch), when a trial continuing it could start, and
+    its worker's start-up before it (the manifest's 'start' phase: 0 unless it was the worker's first trial)."""
+    start: float
+    end: float
+    trained: float
+    worker_start: float
+    pid: int | None
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def trial_times(trials: dict[str, dict[str, Any]]) -> dict[str, TrialTimes]:
+    """The trials of one run that recorded both timestamps. A continuing trial may start once its parent has
+    trained: at the parent's start plus its train_setup and train phases where the manifest has them, else at
+    the parent's end."""
+    out = {}
+    for name, t in trials.items():
+        if not (t.get("started_at") and t.get("finished_at")):
+            continue
+        start = datetime.fromisoformat(t["started_at"]).timestamp()
+        end = datetime.fromisoformat(t["finished_at"]).timestamp()
+        phases = t.get("phases") or {}
+        trained = (min(end, start + phases["train_setup"] + phases["train"])
+                   if "train_setup" in phases and "train" in phases else end)
+        out[name] = TrialTimes(start, end, trained, float(phases.get("start") or 0.0), t.get("pid"))
+    return out
+
+
+def most_at_once(times: list[TrialTimes]) -> int:
+    """The most trials running at one instant (a trial ending at the instant another starts does not count)."""
+    events = sorted([(t.start, 1) for t in times] + [(t.end, -1) for t in times])
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def critical_path(times: dict[str, TrialTimes], parents: dict[str, str]) -> tuple[float, list[str]]:
+    """The longest dependency chain in measured seconds: each ancestor up to the time it had trained, the last
+    trial to its end. Trials without a measured parent are chains of one."""
+    def chain(name: str) -> list[str]:
+        names = [name]
+        while parents.get(names[0]) in times and parents[names[0]] not in names:
+            names.insert(0, parents[names[0]])
+        return names
+
+    def seconds(names: list[str]) -> float:
+        return sum(times[n].trained - times[n].start for n in names[:-1]) + times[names[-1]].seconds
+
+    longest = max((chain(name) for name in times), key=seconds, default=[])
+    return (seconds(longest) if longest else 0.0), longest
+
+
+def run_timing(run: dict[str, Any], parents: dict[str, str]) -> dict[str, Any]:
+    """One sweep run's wall time split into the trials and what lies outside them, and the list-scheduling lower
+    bound its measured trial durations allow: outside + max(critical path, trial seconds / slots)."""
+    times = trial_times(run.get("trials") or {})
+    if not times:
+        return {"trials_timed": 0}
+    span = max(t.end for t in times.values()) - min(t.start for t in times.values())
+    total = sum(t.seconds for t in times.values())
+    slots = most_at_once(list(times.values()))
+    path, chain = critical_path(times, parents)
+    outside = float(run["wall_seconds"]) - span
+    per_slot = total / slots
+    return {
+        "wall_seconds": run["wall_seconds"], "trials_timed": len(times), "trials_span_seconds": round(span, 2),
+        "outside_trials_seconds": round(outside, 2),
+        "worker_start_seconds_max": round(max(t.worker_start for t in times.values()), 2),
+        "trial_seconds_total": round(total, 2), "slots": slots,
+        "worker_processes": len({t.pid for t in times.values() if t.pid is not None}),
+        "trial_seconds_per_slot": round(per_slot, 2), "critical_path_seconds": round(path, 2),
+        "critical_path": chain, "bound_seconds": round(outside + max(path, per_slot), 2),
+        "bound_by": "critical_path" if path >= per_slot else "trial_seconds_per_slot",
+    }
+
+
+def sweep_analysis(one_gpu: dict[str, Any], two_gpus: dict[str, Any], parents: dict[str, str]) -> dict[str, Any]:
+    """Why the two-GPU sweep is as fast as it is, from the trial records both runs measured (no new run):
+    per run (`{"one_gpu": .., "two_gpus": ..}` under each key) the time outside the trials, the trial seconds,
+    the most trials at once, the critical path of the `from_arm` dependencies (`parents`: child -> parent) and
+    the lower bound these give; `best_possible_speedup` = one-GPU wall / two-GPU bound, `bound_speedup` = the
+    bounds' ratio."""
+    runs = {"one_gpu": run_timing(one_gpu, parents), "two_gpus": run_timing(two_gpus, parents)}
+    keys = list(dict.fromkeys(k for r in runs.values() for k in r))
+    result: dict[str, Any] = {k: {label: r.get(k) for label, r in runs.items()} for k in keys}
+    result["dependencies"] = parents
+    one, two = runs["one_gpu"], runs["two_gpus"]
+    if not (one["trials_timed"] and two["trials_timed"]):
+        result["reading"] = (f"not analysed: timed trials one GPU {one['trials_timed']}, two GPUs "
+                             f"{two['trials_timed']} (a run without started_at/finished_at has nothing to analyse)")
+        return result
+    result |= {"measured_speedup": round(one["wall_seconds"] / two["wall_seconds"], 3),
+               "best_possible_speedup": round(one["wall_seconds"] / two["bound_seconds"], 3),
+               "bound_speedup": round(one["bound_seconds"] / two["bound_seconds"], 3)}
+    result["reading"] = sweep_reading(one, two, result)
+    return result
+
+
+def sweep_reading(one: dict[str, Any], two: dict[str, Any], numbers: dict[str, Any]) -> str:
+    """The analysis in words, every figure from `one`, `two` (run_timing) and `numbers` (the speedups)."""
+    def run_line(label: str, r: dict[str, Any]) -> str:
+        term = (f"the critical path ({' -> '.join(r['critical_path'])}, {r['critical_path_seconds']:.1f}s)"
+                if r["bound_by"] == "critical_path" else
+                f"the trial seconds per slot ({r['trial_seconds_total']:.1f}s / {r['slots']} = "
+                f"{r['trial_seconds_per_slot']:.1f}s)")
+        return (f"{label}: {r['wall_seconds']:.1f}s wall = {r['outside_trials_seconds']:.1f}s outside the trials "
+                f"+ {r['trials_span_seconds']:.1f}s from the first trial's start to the last one's end, "
+                f"most trials at once: {r['slots']} (a worker's start-up before its first trial: up to "
+                f"{r['worker_start_seconds_max']:.1f}s); bound {r['bound_seconds']:.1f}s, set by {term}")
+
+    share = two["outside_trials_seconds"] / two["bound_seconds"] if two["bound_seconds"] else 0.0
+    growth = two["trial_seconds_total"] / one["trial_seconds_total"] - 1 if one["trial_seconds_total"] else 0.0
+    return (f"{run_line('One GPU', one)}. {run_line('Two GPUs', two)}; the time outside the trials is {share:.0%} "
+            f"of that bound, and the trials' durations sum to {growth:+.0%} against one GPU's. With these "
+            f"measured trial durations no schedule on two GPUs beats {numbers['best_possible_speedup']:.2f}x over "
+            f"the one-GPU wall (target {TARGET_SPEEDUP}x; the bounds' ratio is {numbers['bound_speedup']:.2f}x; "
+            f"measured {numbers['measured_speedup']:.2f}x).")
+
+
+def plan_parents(plan: Path) -> dict[str, str]:
+    """The plan's dependency edges, child trial -> parent trial: DPO arms that continue another arm's trial
+    (`from_arm`; such an arm is never swept, so its trial has the arm's name)."""
+    arms = (yaml.safe_load(plan.read_text()) or {}).get("arms") or []
+    return {arm["name"]: arm["from_arm"] for arm in arms if isinstance(arm, dict) and arm.get("from_arm")}
 
 
 # ----------------------------------------------------------------------------------------------- part: ddp
@@ -594,6 +745,7 @@ HEADLINES = {  # top-level key -> (part, key in the part's result)
     "trials_saw_one_gpu": ("sweep", "trials_saw_one_gpu"), "ddp_speedup": ("ddp", "ddp_speedup"),
     "ddp_speedup_steady": ("ddp", "ddp_speedup_steady"), "loss_curve_rel_diff": ("ddp", "loss_curve_rel_diff"),
     "loss_curves": ("ddp", "loss_curves"), "ray_results_identical": ("ray", "results_identical"),
+    "sweep_analysis": ("sweep", "analysis"),
 }
 
 
@@ -617,6 +769,10 @@ def headline(report: dict[str, Any]) -> None:
 
 def write_report(report: dict[str, Any], out: Path) -> None:
     headline(report)
+    write_json(report, out)
+
+
+def write_json(report: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(report, indent=2, default=str))
@@ -661,6 +817,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="a JSON written by an earlier invocation whose parts are kept (parts run now replace them)")
     p.add_argument("--budget", type=float, default=480.0,
                    help="seconds for the whole invocation (default 480; keep an outer `timeout` above it)")
+    p.add_argument("--analyse", type=Path, metavar="REPORT.json",
+                   help="run nothing: add the sweep analysis (parts.sweep.analysis, sweep_analysis) computed from "
+                        "the trial records of a multi_gpu.json written earlier, and write it to --out")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.warmup_steps is None:
@@ -673,8 +832,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def analyse_report(report_file: Path, out: Path, plan: Path) -> int:
+    """`--analyse`: the sweep analysis of a report written earlier, from the trial records it holds (nothing is
+    run); `parts.sweep.analysis` and its top-level copy `sweep_analysis` are replaced, nothing else changes. The
+    dependencies come from the plan the report names where that file exists, else from `plan`."""
+    report = json.loads(report_file.read_text())
+    sweep = (report.get("parts") or {}).get("sweep") or {}
+    if not all((sweep.get(run) or {}).get("trials") for run in ("one_gpu", "two_gpus")):
+        raise SystemExit(f"{report_file}: no sweep part with the trials of both runs, nothing to analyse")
+    recorded = sweep.get("plan")
+    plan = Path(recorded) if recorded and Path(recorded).is_file() else plan
+    sweep["analysis"] = sweep_analysis(sweep["one_gpu"], sweep["two_gpus"], plan_parents(plan))
+    report["sweep_analysis"] = sweep["analysis"]
+    write_json(report, out)
+    say(f"sweep analysis (dependencies of {plan}): {sweep['analysis']['reading']}\nwrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.analyse:
+        return analyse_report(args.analyse, args.out, args.plan)
     clock = Clock(args.budget)
     work = (args.work or Path(tempfile.mkdtemp(prefix="multi-gpu-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)

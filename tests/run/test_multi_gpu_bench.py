@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,32 @@ def test_sweep_part_in_tiny_mode(tmp_path: Path):
     assert sweep["trials_not_finished"] == {"one_gpu": [], "two_gpus": []}
     assert sweep["outputs_compared"] > 0 and sweep["outputs_differing"] == 0
     assert "one_gpu_problem" not in sweep
+    assert_analysis_fits_the_trials(report)
+
+
+def assert_analysis_fits_the_trials(report: dict) -> None:
+    """The sweep analysis (and its top-level copy) against the trial records it was computed from."""
+    sweep = report["parts"]["sweep"]
+    analysis = sweep["analysis"]
+    assert report["sweep_analysis"] == analysis and analysis["dependencies"] == {"dpo-sft": "lora-a"}
+    for run in ("one_gpu", "two_gpus"):
+        trials = sweep[run]["trials"].values()
+        starts = [datetime.fromisoformat(t["started_at"]) for t in trials]
+        ends = [datetime.fromisoformat(t["finished_at"]) for t in trials]
+        span = (max(ends) - min(starts)).total_seconds()
+        durations = [(e - s).total_seconds() for s, e in zip(starts, ends, strict=True)]
+        total = sum(durations)
+        assert analysis["outside_trials_seconds"][run] == pytest.approx(sweep[run]["wall_seconds"] - span, abs=0.02)
+        assert analysis["trial_seconds_total"][run] == pytest.approx(total, abs=0.02)
+        assert 1 <= analysis["slots"][run] <= analysis["worker_processes"][run] == len({t["pid"] for t in trials})
+        assert analysis["critical_path_seconds"][run] >= max(durations) - 0.01
+        assert analysis["bound_seconds"][run] == pytest.approx(
+            analysis["outside_trials_seconds"][run]
+            + max(analysis["critical_path_seconds"][run], total / analysis["slots"][run]), abs=0.03)
+    assert analysis["worker_processes"] == {"one_gpu": 1, "two_gpus": 2}  # one worker per (fake) GPU on 2 cores
+    assert analysis["best_possible_speedup"] == round(
+        sweep["one_gpu"]["wall_seconds"] / analysis["bound_seconds"]["two_gpus"], 3)
+    assert analysis["reading"].startswith("One GPU: ")
 
 
 @pytest.mark.slow
