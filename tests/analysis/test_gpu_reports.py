@@ -62,3 +62,39 @@ def test_sweep_and_multi_gpu_reports_hold_what_the_readme_quotes():
     assert one["wall_seconds"] == alone["wall_seconds"]  # the one-GPU run: the sweep bench's default path, alone
     assert multi["trials_saw_one_gpu"] and multi["verdicts_identical"]
     assert multi["ddp_speedup"] > 0 and len(parts["ddp"]["loss_curves"]) == 2
+
+
+def test_multi_gpu_sweep_analysis_is_the_one_its_trial_records_give():
+    """The committed sweep analysis (derived from the measured timestamps, no run of its own) recomputed here from
+    the trial records: time outside the trials, trial seconds, slots, the dpo-sft chain and the bounds."""
+    from datetime import datetime
+
+    import yaml
+
+    multi = json.loads((REPO / "reports" / "gpu" / "multi_gpu.json").read_text())
+    sweep = multi["parts"]["sweep"]
+    analysis = sweep["analysis"]
+    assert multi["sweep_analysis"] == analysis
+    plan = yaml.safe_load((REPO / "examples" / "gpu" / "plan.yaml").read_text())
+    parents = {a["name"]: a["from_arm"] for a in plan["arms"] if a.get("from_arm")}
+    assert analysis["dependencies"] == parents == {"dpo-sft": "lora-r16-lr0.0002"}
+    bounds = {}
+    for run in ("one_gpu", "two_gpus"):
+        trials = sweep[run]["trials"]
+        start = {n: datetime.fromisoformat(t["started_at"]).timestamp() for n, t in trials.items()}
+        end = {n: datetime.fromisoformat(t["finished_at"]).timestamp() for n, t in trials.items()}
+        seconds = {n: end[n] - start[n] for n in trials}
+        outside = sweep[run]["wall_seconds"] - (max(end.values()) - min(start.values()))
+        slots = len({t["pid"] for t in trials.values()})  # every worker had a trial running at one instant
+        parent = trials["lora-r16-lr0.0002"]["phases"]
+        chain = parent["train_setup"] + parent["train"] + seconds["dpo-sft"]  # dpo-sft waits for its parent's training
+        path = max(chain, *seconds.values())
+        bounds[run] = outside + max(path, sum(seconds.values()) / slots)
+        assert analysis["outside_trials_seconds"][run] == round(outside, 2)
+        assert analysis["trial_seconds_total"][run] == round(sum(seconds.values()), 2)
+        assert analysis["slots"][run] == slots and analysis["critical_path_seconds"][run] == round(path, 2)
+        assert analysis["bound_seconds"][run] == round(bounds[run], 2) <= sweep[run]["wall_seconds"]
+    assert analysis["best_possible_speedup"] == round(sweep["one_gpu"]["wall_seconds"] / bounds["two_gpus"], 3)
+    assert analysis["bound_speedup"] == round(bounds["one_gpu"] / bounds["two_gpus"], 3)
+    assert analysis["measured_speedup"] == multi["sweep_speedup"] < analysis["best_possible_speedup"]
+    assert analysis["reading"].startswith("One GPU: ") and "critical path (qlora" in analysis["reading"]
