@@ -26,6 +26,10 @@ Every technique here changes speed or memory, never the loss beyond float roundi
   whether gradient-accumulation micro-batches can be merged into one larger micro-batch. The plan is for the
   longest micro-batch the data can make; each micro-batch then checkpoints only the layers its own tokens need
   (`MemoryModel.layers_to_checkpoint`), so shorter ones run without recomputation.
+* **CUDA graphs** (`cuda_graphs`, on by default): the decoder layers of each packed micro-batch replay as one
+  captured forward and backward graph per padded length (`harness.model._graphs`), so a step is no longer bound by
+  the CPU launching its ~4,000 kernels one by one. Off, with the reason in `FastReport.cuda_graphs`, where a graph
+  cannot apply (checkpointed layers, torch.compile, DDP, model types other than Llama/Mistral/Qwen2/Qwen3).
 * **torch.compile** (`compile`, off by default): regional compilation of the decoder layers.
 """
 from __future__ import annotations
@@ -35,13 +39,14 @@ import inspect
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
+from harness.model._graphs import GRAPH_MODEL_TYPES, LayerGraphs
 from harness.model._lean_lora import lean_lora
 
 ATTENTION_NAME = "tunegate_varlen"
@@ -65,13 +70,16 @@ class FastPath:
     liger: tuple[str, ...] | None = None   # Liger kernels by name (LIGER_KERNELS); None: DEFAULT_LIGER_KERNELS
     lora_bf16_inputs: bool = True
     # each LoRA linear layer as one autograd node (harness.model._lean_lora): off by default, as it did not pay on
-    # the H200 (reports/perf/train_throughput.json: `ours` with it 25,342 tok/s, `ours-no-lean-lora` 26,231): its
+    # the H200 (the 13:25 run of the training bench: with it 25,342 tok/s, without 26,231): its
     # Python forward and backward cost about what PEFT's modules and autograd nodes did
     lean_lora: bool = False
     checkpointing: Literal["auto", "none", "full"] = "auto"
     fold_accumulation: bool = True
     memory_budget_gib: float | None = None   # None: 90% of the GPU's memory
     compile: bool = False
+    # the decoder layers of each packed micro-batch replayed as CUDA graphs, one per padded length
+    # (harness.model._graphs): the steps are bound by the CPU that launches their kernels otherwise
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.liger is None:
@@ -120,6 +128,7 @@ class FastReport:
     lora_bf16_inputs: str = "off"
     lean_lora: str = "off"
     compile: str = "off"
+    cuda_graphs: str = "off"
     plan: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -316,8 +325,10 @@ def packed_kwargs(row: PackedRow) -> dict[str, Any]:
 
 
 @contextmanager
-def padding_free(backbone: torch.nn.Module) -> Iterator[None]:
-    """While active, a training-mode forward of `backbone` with a 2D attention mask runs on one packed row."""
+def padding_free(backbone: torch.nn.Module,
+                 graphs: Callable[[], LayerGraphs | None] | None = None) -> Iterator[None]:
+    """While active, a training-mode forward of `backbone` with a 2D attention mask runs on one packed row
+    (its decoder layers replayed as CUDA graphs when `graphs` gives enabled ones)."""
     original = backbone.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
@@ -335,7 +346,10 @@ def padding_free(backbone: torch.nn.Module) -> Iterator[None]:
             kwargs["inputs_embeds"] = embeds.reshape(batch * width, -1)[row.index].unsqueeze(0)
         kwargs.pop("position_ids", None)
         kwargs["use_cache"] = False
-        out = original(**kwargs, **packed_kwargs(row))
+        layer_graphs = graphs() if graphs is not None else None
+        with layer_graphs.standing_in(backbone) if layer_graphs is not None and layer_graphs.enabled \
+                else nullcontext():
+            out = original(**kwargs, **packed_kwargs(row))
         hidden = out.last_hidden_state[0]
         out.last_hidden_state = hidden.new_zeros(batch * width, hidden.shape[-1]).index_copy(
             0, row.index, hidden).view(batch, width, -1)
@@ -675,6 +689,7 @@ class FastSession:
         self.report = FastReport()
         self._stack = ExitStack()
         self._liger: ExitStack | None = None   # Liger's patches, undone on close (or when its kernels fail)
+        self._graphs: LayerGraphs | None = None   # while training with CUDA graphs
 
     def patch_model(self, model: Any) -> None:
         causal_lm = unwrap(model)
@@ -685,7 +700,7 @@ class FastSession:
             kernel, note = select_attention_kernel(self.device, fast.attention)
             self.report.attention, self.report.attention_note = kernel, note
             self._stack.enter_context(attention_implementation(causal_lm, ATTENTION_NAME))
-            self._stack.enter_context(padding_free(backbone))
+            self._stack.enter_context(padding_free(backbone, lambda: self._graphs))
             self.report.padding_free = True
         layer_kernels = [k for k in fast.liger_kernels if k in LAYER_KERNELS]
         if layer_kernels and not fast.compile:
@@ -756,7 +771,47 @@ class FastSession:
             if "fused_linear_cross_entropy" in self.fast.liger_kernels:
                 self.report.liger_loss_head = (stack.enter_context(liger_loss_head(model)) if self.sft
                                                else "off: SFT only (this loss needs per-token log-probabilities)")
+            if self.fast.cuda_graphs:
+                blocked = self._graphs_blocked(model, plan)
+                if blocked:
+                    self.report.cuda_graphs = f"off: {blocked}"
+                else:
+                    stack.enter_context(self._graphed(layers))
             yield
+
+    def _graphs_blocked(self, model: Any, plan: MemoryPlan | None) -> str | None:
+        """Why the decoder layers cannot be replayed as CUDA graphs in this run (None: they can)."""
+        causal_lm = unwrap(model)
+        model_type = getattr(causal_lm.config.get_text_config(), "model_type", None)
+        layers = decoder_layers(backbone_of(causal_lm))
+        if self.device.type != "cuda":
+            return "needs CUDA"
+        if not self.report.padding_free or _KERNEL.name != "varlen":
+            return "needs the padding-free forward with the varlen attention kernel"
+        if self.fast.compile:
+            return "torch.compile is on"
+        if plan is not None and plan.checkpointed_layers:
+            return f"the memory plan checkpoints {plan.checkpointed_layers} layer(s)"
+        if any(getattr(layer, "gradient_checkpointing", False) for layer in layers):
+            return "the model's gradient checkpointing is on"
+        if model_type not in GRAPH_MODEL_TYPES:
+            return f"model type {model_type!r} is not one of {', '.join(sorted(GRAPH_MODEL_TYPES))}"
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            return "distributed (DDP) training"
+        return None
+
+    @contextmanager
+    def _graphed(self, layers: Sequence[torch.nn.Module]) -> Iterator[None]:
+        graphs = LayerGraphs(layers)
+        graphs.enabled = True
+        self._graphs = graphs
+        try:
+            yield
+        finally:
+            self.report.cuda_graphs = graphs.summary()
+            graphs.enabled = False
+            self._graphs = None
 
     def _probe(self, model: Any) -> float:
         with ExitStack() as stack:

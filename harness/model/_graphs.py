@@ -1,0 +1,327 @@
+"""CUDA graphs over the decoder layers of a packed training forward.
+
+The fast path's training steps are bound by the CPU that launches ~4,000 small kernels per step (the training
+bench's profile: the GPU is busy for a quarter of the step). A CUDA graph replays a captured forward (and its
+backward) with one launch each, so the step is bound by the GPU instead.
+
+A graph needs fixed shapes and fixed addresses, and a packed row's length changes with every micro-batch. So:
+
+* **Buckets.** A packed row of T real tokens is replayed at a padded length `bucket_tokens(T)` (a few sizes per
+  power of two, so at most ~1/4 of a row is padding), and the padding is split into extra *sequences* of its
+  own: with per-sequence (varlen) attention no real token attends to a padding token, and the padding's output
+  and gradient are dropped. The sequence boundaries (`cu_seq_lens`) always have `slots + 2` entries (`slots`: a
+  power of two >= the micro-batch's sequences), so one graph serves every micro-batch of that bucket.
+* **Capture once per bucket**, lazily, the first time a micro-batch needs it: one eager warm-up forward and
+  backward on a side stream, then the forward and the backward (`torch.autograd.grad` for the trainable
+  parameters, and the input when it needs a gradient) are captured into one memory pool that all buckets
+  share (they never run at the same time).
+* **Replay** inside one autograd node (`_Replay`): the inputs are copied into the graph's static buffers, the
+  forward graph replays; in backward the incoming gradient is copied in, the backward graph replays, and fresh
+  copies of the parameter gradients are handed to autograd (the graph's own buffers are overwritten by its next
+  replay, so autograd must not keep them as `.grad` when micro-batches accumulate).
+
+Everything outside the decoder layers (embedding, rotary tables, final norm, loss head, optimizer) runs eagerly as
+before. Where a graph cannot be used for a forward (no gradient, not CUDA, an argument it was not captured with,
+more sequences than slots...) the layers run eagerly, which is always correct; `LayerGraphs.summary` says how
+often each happened. The padding and the layer calls are plain code (`PaddedRow`, `run_layers`) that the CPU
+tests check against the unpadded forward.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# model types whose decoder layers take (hidden, position_embeddings=(cos, sin), attention kwargs) and nothing else
+GRAPH_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+MIN_SLOTS = 8
+BUCKET_BITS = 3             # 2**(BUCKET_BITS-1) buckets per power of two: at most 1/2**(BUCKET_BITS-1) padding
+MIN_BUCKET = 512
+# kwargs the backbone passes its layers that the graph supplies itself (from the packed row)
+_OWN_KWARGS = frozenset({"attention_mask", "position_embeddings", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                         "max_length_q", "max_length_k", "cache_position", "use_cache", "packed_seq_lengths"})
+
+
+def bucket_tokens(tokens: int) -> int:
+    """The padded length a packed row of `tokens` tokens is replayed at: a multiple of MIN_BUCKET, then of an
+    eighth of the power of two at or above it (4097..8192 -> multiples of 1024; 8193..16384 -> of 2048)."""
+    if tokens <= MIN_BUCKET:
+        return MIN_BUCKET
+    step = max(MIN_BUCKET, 1 << max(0, tokens.bit_length() - BUCKET_BITS))
+    return -(-tokens // step) * step
+
+
+def sequence_slots(sequences: int) -> int:
+    """Sequences a graph makes room for: a power of two >= `sequences`, at least MIN_SLOTS."""
+    return max(MIN_SLOTS, 1 << max(0, (sequences - 1).bit_length()))
+
+
+@dataclass(frozen=True)
+class PaddedRow:
+    """Where a packed row of real sequences sits in a bucket: the real tokens first, then padding sequences."""
+
+    lengths: tuple[int, ...]      # the real sequences
+    bucket: int                   # padded length
+    slots: int                    # real sequences + padding sequences == slots + 1
+
+    @classmethod
+    def of(cls, lengths: Sequence[int]) -> PaddedRow:
+        lengths = tuple(int(n) for n in lengths)
+        slots = sequence_slots(len(lengths))
+        pads = slots + 1 - len(lengths)
+        return cls(lengths, bucket_tokens(sum(lengths) + pads), slots)
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.lengths)
+
+    def cu_seq_lens(self) -> list[int]:
+        """slots + 2 boundaries: the real sequences, then padding sequences of one token each but the last,
+        which takes the rest of the bucket (none is empty)."""
+        pads = self.slots + 1 - len(self.lengths)
+        rest = self.bucket - self.tokens - (pads - 1)
+        if pads < 1 or rest < 1:
+            raise ValueError(f"{len(self.lengths)} sequences of {self.tokens} tokens do not fit bucket {self.bucket} "
+                             f"with {self.slots} slots")
+        bounds, total = [0], 0
+        for n in (*self.lengths, *([1] * (pads - 1)), rest):
+            total += n
+            bounds.append(total)
+        return bounds
+
+
+def run_layers(layers: Sequence[torch.nn.Module], hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               cu: torch.Tensor, max_length: int, extra: dict[str, Any]) -> torch.Tensor:
+    """The decoder layers over one packed row, as the backbone calls them in packed mode."""
+    for layer in layers:
+        out = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), position_ids=None, use_cache=False,
+                    cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max_length, max_length_k=max_length, **extra)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def pad_tokens(x: torch.Tensor, bucket: int) -> torch.Tensor:
+    """[1, T, ...] -> [1, bucket, ...], zeros after the real tokens."""
+    return torch.cat([x, x.new_zeros((x.shape[0], bucket - x.shape[1], *x.shape[2:]))], dim=1)
+
+
+@contextmanager
+def _capturing(graph: torch.cuda.CUDAGraph, pool: Any, stream: torch.cuda.Stream) -> Iterator[None]:
+    """Capture into `graph` on `stream` (torch.cuda.graph without its garbage collection and cache emptying,
+    which cost ~0.1 s per capture in a trainer's process)."""
+    with torch.cuda.stream(stream):
+        graph.capture_begin(pool=pool)
+        try:
+            yield
+        except BaseException:
+            try:   # end the broken capture; the error worth reporting is the one that broke it
+                graph.capture_end()
+            except Exception:  # noqa: BLE001, S110
+                pass
+            raise
+        graph.capture_end()
+
+
+class _Stack(torch.nn.Module):
+    """The decoder layers as one module (for `torch.func.functional_call`); the layers stay in the model too."""
+
+    def __init__(self, layers: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu: torch.Tensor,
+                max_length: int, extra: dict[str, Any]) -> torch.Tensor:
+        return run_layers(self.layers, hidden, cos, sin, cu, max_length, extra)
+
+
+class _StackGraph:
+    """The captured forward and backward of the decoder layers at one bucket.
+
+    The graphs differentiate with respect to *views* of the trainable parameters (and of the input) made inside
+    the capture, not the parameters themselves: a parameter's gradient accumulator belongs to the stream it was
+    made on (the default stream, in a trainer), and a capture must not touch the default stream."""
+
+    def __init__(self, stack: _Stack, trainable: list[tuple[str, torch.nn.Parameter]], row: PaddedRow,
+                 hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, extra: dict[str, Any],
+                 pool: Any, stream: torch.cuda.Stream, warmup: int) -> None:
+        b = row.bucket
+        self.hidden = torch.zeros((1, b, hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device)
+        self.cos = torch.zeros((1, b, cos.shape[-1]), dtype=cos.dtype, device=cos.device)
+        self.sin = torch.zeros((1, b, sin.shape[-1]), dtype=sin.dtype, device=sin.device)
+        self.cu = torch.tensor(PaddedRow((b - row.slots,), b, row.slots).cu_seq_lens(), dtype=torch.int32,
+                               device=hidden.device)
+        wants_input_grad = hidden.requires_grad
+
+        def forward() -> tuple[torch.Tensor, list[torch.Tensor]]:
+            views = {name: p.view_as(p) for name, p in trainable}
+            x = self.hidden.requires_grad_(wants_input_grad).view_as(self.hidden) if wants_input_grad else self.hidden
+            out = torch.func.functional_call(stack, views, (x, self.cos, self.sin, self.cu, b, extra), strict=False)
+            return out, ([x] if wants_input_grad else []) + list(views.values())
+
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(warmup):   # lazy initialisation (cuBLAS workspaces, kernel choices) outside the capture
+                out, wrt = forward()
+                torch.autograd.grad(out, wrt, torch.zeros_like(out))
+                del out, wrt
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        self.fwd, self.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with _capturing(self.fwd, pool, stream):
+            self.out, wrt = forward()
+            self.grad_out = torch.zeros_like(self.out)
+        with _capturing(self.bwd, pool, stream):
+            grads = torch.autograd.grad(self.out, wrt, self.grad_out)
+        self.hidden_grad = grads[0] if wants_input_grad else None
+        self.param_grads = list(grads[1:] if wants_input_grad else grads)
+
+    def load(self, row: PaddedRow, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        t = row.tokens
+        for static, real in ((self.hidden.detach(), hidden), (self.cos, cos), (self.sin, sin)):
+            static[:, :t].copy_(real)
+            static[:, t:].zero_()
+        self.cu.copy_(torch.tensor(row.cu_seq_lens(), dtype=torch.int32), non_blocking=True)
+
+
+class _Replay(torch.autograd.Function):
+    """One autograd node that replays a bucket's forward graph, and its backward graph in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, graph: _StackGraph, row: PaddedRow, hidden: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        graph.load(row, hidden, cos, sin)
+        graph.fwd.replay()
+        ctx.graph, ctx.tokens = graph, row.tokens
+        return graph.out[:, :row.tokens].clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        graph, t = ctx.graph, ctx.tokens
+        graph.grad_out[:, :t].copy_(grad)
+        graph.grad_out[:, t:].zero_()
+        graph.bwd.replay()
+        hidden_grad = graph.hidden_grad[:, :t].clone() if graph.hidden_grad is not None else None
+        # fresh tensors: the graph's gradient buffers are overwritten by its next replay
+        param_grads = torch._foreach_mul(graph.param_grads, 1.0) if graph.param_grads else []
+        return (None, None, hidden_grad, None, None, *param_grads)
+
+
+class _StandIn(torch.nn.Module):
+    """Takes the place of the backbone's layer list during a packed forward: one 'layer' that runs them all."""
+
+    def __init__(self, graphs: LayerGraphs) -> None:
+        super().__init__()
+        self.__dict__["_graphs"] = graphs   # not a submodule: the real layers stay where they are
+        attention_type = getattr(graphs.layers[0], "attention_type", None)
+        if attention_type is not None:
+            self.attention_type = attention_type
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self._graphs.run(hidden_states, kwargs)
+
+
+class LayerGraphs:
+    """CUDA graphs for the decoder layers of one model, per bucket; `enabled` is switched on for training."""
+
+    def __init__(self, layers: Sequence[torch.nn.Module], warmup: int = 1) -> None:
+        self.layers = list(layers)
+        self.stack = _Stack(self.layers)
+        self.trainable = [(name, p) for name, p in self.stack.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in self.trainable]
+        self.adapters = [m for layer in self.layers for m in layer.modules() if hasattr(m, "disable_adapters")]
+        self.adapter_state = self._adapter_state() if self.adapters else ()
+        self.warmup = warmup
+        self.enabled = False
+        self.graphs: dict[tuple[Any, ...], _StackGraph] = {}
+        self.pool: Any = None
+        self.stream: torch.cuda.Stream | None = None
+        self.failure: str | None = None
+        self.replays = 0
+        self.eager: dict[str, int] = {}
+        self.capture_seconds = 0.0
+
+    @contextmanager
+    def standing_in(self, backbone: torch.nn.Module) -> Iterator[None]:
+        """Swap the backbone's layer list for the stand-in while a packed forward runs."""
+        original = backbone.layers
+        backbone.layers = torch.nn.ModuleList([_StandIn(self)])
+        try:
+            yield
+        finally:
+            backbone.layers = original
+
+    def run(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        why = self._why_eager(hidden, kwargs)
+        if why is None:
+            try:
+                return self._replay(hidden, kwargs)
+            except Exception as exc:  # noqa: BLE001 - a graph that cannot be captured leaves the eager path
+                self.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                self.enabled = False
+                torch.cuda.synchronize()
+                why = "capture failed"
+        self.eager[why] = self.eager.get(why, 0) + 1
+        for layer in self.layers:
+            out = layer(hidden, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def _why_eager(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> str | None:
+        if not self.enabled:
+            return "disabled" if self.failure is None else "capture failed"
+        if not (hidden.is_cuda and torch.is_grad_enabled()):
+            return "no gradient or not CUDA"
+        if kwargs.get("cu_seq_lens_q") is None or not kwargs.get("packed_seq_lengths"):
+            return "not a packed row"
+        embeddings = kwargs.get("position_embeddings")
+        if not (isinstance(embeddings, tuple) and len(embeddings) == 2
+                and all(isinstance(e, torch.Tensor) and e.dim() == 3 and e.shape[:2] == hidden.shape[:2]
+                        for e in embeddings)):
+            return "unexpected rotary tables"
+        if any(isinstance(v, torch.Tensor) for k, v in kwargs.items() if k not in _OWN_KWARGS):
+            return "extra tensor argument"
+        if self.adapters and self._adapter_state() != self.adapter_state:
+            return "adapters switched"
+        return None
+
+    def _adapter_state(self) -> tuple[Any, ...]:
+        """What a captured graph bakes in about the PEFT adapters (the first adapter layer speaks for all)."""
+        first = self.adapters[0]
+        return (bool(getattr(first, "disable_adapters", False)), bool(getattr(first, "merged", False)),
+                tuple(getattr(first, "active_adapters", ()) or ()))
+
+    def _replay(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        row = PaddedRow.of(kwargs["packed_seq_lengths"])
+        cos, sin = kwargs["position_embeddings"]
+        extra = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
+        key = (row.bucket, row.slots, hidden.dtype, cos.dtype, hidden.requires_grad, self.layers[0].training,
+               torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"), tuple(sorted(extra.items())))
+        graph = self.graphs.get(key)
+        if graph is None:
+            start = time.perf_counter()
+            if self.pool is None:
+                self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
+            # autocast's cast cache would keep bf16 copies of the adapters made before the capture: off inside
+            with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False):
+                graph = _StackGraph(self.stack, self.trainable, row, hidden, cos, sin, extra, self.pool,
+                                    self.stream, self.warmup)
+            self.graphs[key] = graph
+            self.capture_seconds += time.perf_counter() - start
+        self.replays += 1
+        return _Replay.apply(graph, row, hidden, cos, sin, *self.params)
+
+    def summary(self) -> str:
+        if self.failure is not None and not self.graphs:
+            return f"off: capture failed: {self.failure}"
+        text = (f"on: {len(self.graphs)} bucket(s) captured in {self.capture_seconds:.1f} s, {self.replays} "
+                f"replays")
+        if self.eager:
+            text += ", eager: " + ", ".join(f"{why} x{n}" for why, n in sorted(self.eager.items()))
+        if self.failure is not None:
+            text += f"; capture failed later: {self.failure}"
+        return text

@@ -1,0 +1,152 @@
+"""CUDA graphs over the decoder layers (harness.model._graphs): the bucketing and padding, checked on the CPU
+against the unpadded forward, and the graphs themselves against eager training on a GPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.model import _fastpath as fp
+from harness.model import _graphs as gr
+from tests.model.test_fastpath import CUDA, padded_batch, tiny_llama, with_lora
+
+
+def test_buckets_cover_the_row_with_bounded_padding():
+    previous = 0
+    for tokens in range(1, 20000, 7):
+        b = gr.bucket_tokens(tokens)
+        assert b >= tokens and b >= previous and b % gr.MIN_BUCKET == 0
+        assert b - tokens < max(tokens / 4, gr.MIN_BUCKET)   # padding: at most a fifth of a row > 2k tokens
+        previous = b
+    sizes = {gr.bucket_tokens(t) for t in range(1000, 8193)}
+    assert sizes == {1024, 1536, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192}   # captures for 8 x 1024
+    assert [gr.sequence_slots(n) for n in (1, 8, 9, 16, 17)] == [8, 8, 16, 16, 32]
+
+
+def test_padded_row_keeps_the_real_boundaries_and_makes_no_empty_sequence():
+    for lengths in [(24, 17, 6), (500,) * 8, (1,), (1000, 3, 3, 3, 3, 3, 3, 3, 3)]:
+        row = gr.PaddedRow.of(lengths)
+        cu = row.cu_seq_lens()
+        assert len(cu) == row.slots + 2 and cu[-1] == row.bucket
+        assert cu[:len(lengths) + 1] == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+        assert all(b > a for a, b in zip(cu, cu[1:]))
+    with pytest.raises(ValueError, match="do not fit"):
+        gr.PaddedRow((10, 10), 21, 8).cu_seq_lens()
+
+
+def _packed_inputs(model, lengths):
+    """Hidden states and rotary tables of one packed row, as the backbone hands them to its layers."""
+    backbone = fp.backbone_of(fp.unwrap(model))
+    ids, mask = padded_batch(lengths=lengths)
+    row = fp.pack_from_mask(mask)
+    hidden = backbone.embed_tokens(ids.reshape(-1)[row.index].unsqueeze(0))
+    cos, sin = backbone.rotary_emb(hidden, position_ids=row.position_ids)
+    return backbone, row, hidden, cos, sin
+
+
+def test_padded_layers_equal_the_unpadded_forward_and_gradients():
+    """What a graph replays (the real tokens plus padding sequences in a bucket) is what the backbone computes:
+    same outputs on the real tokens, same adapter gradients."""
+    model = with_lora(tiny_llama(layers=3), dropout=0.0).train()
+    session = fp.FastSession(fp.FastPath(checkpointing="none"), "cpu")
+    session.patch_model(model)
+    try:
+        backbone, row, hidden, cos, sin = _packed_inputs(model, (24, 17, 6))
+        layers = fp.decoder_layers(backbone)
+        params = [p for layer in layers for p in layer.parameters() if p.requires_grad]
+        weights = torch.randn(1, sum(row.lengths), hidden.shape[-1], generator=torch.Generator().manual_seed(3))
+
+        def grads_of(out):
+            return torch.autograd.grad((out * weights).sum(), params)
+
+        plain = gr.run_layers(layers, hidden, cos, sin, row.cu_seq_lens, row.max_length, {})
+        padded_row = gr.PaddedRow.of(row.lengths)
+        cu = torch.tensor(padded_row.cu_seq_lens(), dtype=torch.int32)
+        b = padded_row.bucket
+        padded = gr.run_layers(layers, gr.pad_tokens(hidden, b), gr.pad_tokens(cos, b), gr.pad_tokens(sin, b), cu,
+                               b, {})[:, :padded_row.tokens]
+        torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+        for g_padded, g_plain in zip(grads_of(padded), grads_of(plain), strict=True):
+            torch.testing.assert_close(g_padded, g_plain, atol=1e-6, rtol=1e-4)
+    finally:
+        session.close()
+
+
+def test_off_on_cpu_says_why_and_layers_run_eagerly_when_graphs_cannot_replay():
+    model = with_lora(tiny_llama()).train()
+    session = fp.FastSession(fp.FastPath(checkpointing="none", cuda_graphs=True), "cpu")
+    session.patch_model(model)
+    ids, mask = padded_batch()
+    reference = model(input_ids=ids, attention_mask=mask).logits
+    plan = session.plan(model, [24, 17, 6], micro_batch=3, accumulation=1)
+    with session.training(model, plan):
+        assert session._graphs is None
+    assert session.report.cuda_graphs == "off: needs CUDA"
+    # forced on, a CPU forward cannot replay: the stand-in runs the real layers, with the same result
+    backbone = fp.backbone_of(fp.unwrap(model))
+    layers = list(backbone.layers)
+    graphs = gr.LayerGraphs(layers)
+    graphs.enabled = True
+    session._graphs = graphs
+    try:
+        stood_in = model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        session._graphs = None
+        session.close()
+    assert list(backbone.layers) == layers   # the layer list is back
+    real = mask.bool()
+    torch.testing.assert_close(stood_in[real], reference[real], atol=2e-5, rtol=1e-4)
+    assert graphs.eager == {"no gradient or not CUDA": 1} and graphs.replays == 0
+    assert graphs.summary() == "on: 0 bucket(s) captured in 0.0 s, 0 replays, eager: no gradient or not CUDA x1"
+
+
+def test_graphs_blocked_for_checkpointed_plans_and_unknown_model_types():
+    model = with_lora(tiny_llama()).train()
+    session = fp.FastSession(fp.FastPath(checkpointing="full", cuda_graphs=True), "cpu")
+    session.patch_model(model)
+    try:
+        session.device = torch.device("cuda")   # as if on a GPU: the next reasons are checked in order
+        fp._KERNEL.name = "varlen"
+        plan = fp.MemoryPlan(layers=2, checkpointed_layers=2, fold=1, tokens_per_micro_batch=10,
+                             activation_bytes_per_token_layer=1.0, budget_gib=1.0, estimated_peak_gib=1.0, fits=True)
+        assert session._graphs_blocked(model, plan) == "the memory plan checkpoints 2 layer(s)"
+        plan.checkpointed_layers = 0
+        assert session._graphs_blocked(model, plan) is None
+        fp.unwrap(model).config.model_type = "gemma3"
+        assert session._graphs_blocked(model, plan).startswith("model type 'gemma3' is not one of")
+    finally:
+        fp._KERNEL.name = "per_sequence"
+        fp.unwrap(model).config.model_type = "llama"
+        session.device = torch.device("cpu")
+        session.close()
+
+
+@CUDA
+def test_graphed_training_equals_eager_training_with_accumulation():
+    """Loss and accumulated adapter gradients of graphed micro-batches (several buckets, two micro-batches per
+    optimizer step) equal those of the eager fast path."""
+    def train(graphs: bool):
+        model = with_lora(tiny_llama(layers=3), dropout=0.0).to("cuda").train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        session = fp.FastSession(fp.FastPath(checkpointing="none", cuda_graphs=graphs), "cuda")
+        session.patch_model(model)
+        losses, grads = [], []
+        with session.training(model, None):
+            for lengths in [(24, 17, 6), (200, 3), (24, 17, 6), (90, 90, 90, 90)]:
+                ids, mask = (t.cuda() for t in padded_batch(lengths=lengths))
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+                loss.backward()
+                losses.append(float(loss))
+                if len(losses) % 2 == 0:
+                    grads.append([p.grad.clone() for p in params])
+                    model.zero_grad(set_to_none=False)
+        session.close()
+        return losses, grads, session.report.cuda_graphs
+
+    eager_losses, eager_grads, _ = train(False)
+    losses, grads, report = train(True)
+    assert report.startswith("on:") and "replays" in report, report
+    assert losses == pytest.approx(eager_losses, rel=2e-2)
+    for step_eager, step in zip(eager_grads, grads, strict=True):
+        for a, b in zip(step_eager, step, strict=True):
+            torch.testing.assert_close(b, a, atol=2e-2, rtol=5e-2)
