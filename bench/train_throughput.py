@@ -992,6 +992,9 @@ def section_ours(b: Bench) -> None:
         variants.append(("ours-unbounded", b.ours_fast(liger, None)))
     lean = FastPath().lean_lora   # the other choice than the default's, for the record
     variants.append(("ours-no-lean-lora" if lean else "ours-lean-lora", b.ours_fast(liger, budget, lean_lora=not lean)))
+    graphs = FastPath().cuda_graphs
+    variants.append(("ours-no-cuda-graphs" if graphs else "ours-cuda-graphs",
+                     b.ours_fast(liger, budget, cuda_graphs=not graphs)))
     if b.args.compile_variant:
         variants.append(("ours-compile", b.ours_fast(liger, budget, compile=True)))
     b.announce("ours", len(variants))
