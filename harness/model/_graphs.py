@@ -110,6 +110,17 @@ def pad_tokens(x: torch.Tensor, bucket: int) -> torch.Tensor:
 
 
 @contextmanager
+def _refusing_syncs() -> Iterator[None]:
+    """PyTorch raises on any operation that synchronises with the GPU (`.item()`, `nonzero`, copies to the host)."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
+@contextmanager
 def _capturing(graph: torch.cuda.CUDAGraph, pool: Any, stream: torch.cuda.Stream) -> Iterator[None]:
     """Capture into `graph` on `stream` (torch.cuda.graph without its garbage collection and cache emptying,
     which cost ~0.1 s per capture in a trainer's process)."""
@@ -163,8 +174,11 @@ class _StackGraph:
             return out, ([x] if wants_input_grad else []) + list(views.values())
 
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):   # lazy initialisation (cuBLAS workspaces, kernel choices) outside the capture
+        with torch.cuda.stream(stream), _refusing_syncs():
+            # eager warm-up: lazy initialisation (cuBLAS workspaces, kernel choices) happens outside the capture, and
+            # an operation that waits for the GPU (which a capture cannot hold) raises here, before any capture
+            # starts: a capture that fails half-way leaves the CUDA random generator unusable for the process
+            for _ in range(max(1, warmup)):
                 out, wrt = forward()
                 torch.autograd.grad(out, wrt, torch.zeros_like(out))
                 del out, wrt

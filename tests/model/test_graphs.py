@@ -150,3 +150,31 @@ def test_graphed_training_equals_eager_training_with_accumulation():
     for step_eager, step in zip(eager_grads, grads, strict=True):
         for a, b in zip(step_eager, step, strict=True):
             torch.testing.assert_close(b, a, atol=2e-2, rtol=5e-2)
+
+
+@CUDA
+def test_a_layer_that_waits_for_the_gpu_is_refused_before_any_capture_and_training_goes_on():
+    """An operation a capture cannot hold (a host sync) raises in the eager warm-up, so no capture is left half-done
+    (which would leave the CUDA random generator unusable): training goes on eagerly, dropout included."""
+    model = with_lora(tiny_llama(layers=2), dropout=0.1).to("cuda").train()
+    mlp = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))[1].mlp
+    original = mlp.forward
+
+    def syncing(x):
+        float(x.detach().float().abs().max())
+        return original(x)
+
+    mlp.forward = syncing
+    session = fp.FastSession(fp.FastPath(checkpointing="none"), "cuda")
+    session.patch_model(model)
+    losses = []
+    with session.training(model, None):
+        for lengths in [(24, 17, 6), (30, 9)]:
+            ids, mask = (t.cuda() for t in padded_batch(lengths=lengths))
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+            loss.backward()
+            losses.append(float(loss))
+    session.close()
+    assert session.report.cuda_graphs.startswith("off: capture failed: RuntimeError: called a synchronizing")
+    assert all(torch.isfinite(torch.tensor(losses)))
