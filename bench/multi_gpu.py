@@ -5,6 +5,7 @@ against the same trial on one GPU, and (where Ray is installed) the Ray executor
     python bench/multi_gpu.py --out reports/gpu/multi_gpu.json                          # every part, ~8 min
     python bench/multi_gpu.py --parts sweep --one-gpu-json /root/sweep_1gpu.json --out A.json  # reuse a 1-GPU run
     python bench/multi_gpu.py --parts ddp --merge A.json --out reports/gpu/multi_gpu.json      # parts one by one
+    python bench/multi_gpu.py --parts ray --ray-plan full --merge A.json --out B.json     # the whole plan by Ray
     python bench/multi_gpu.py --analyse reports/gpu/multi_gpu.json --out reports/gpu/multi_gpu.json  # no run
     python bench/multi_gpu.py --tiny --out /tmp/multi_gpu.json      # CPU check: tiny Llama, fake GPU ids, gloo
 
@@ -27,9 +28,14 @@ Parts (`--parts`, comma-separated; each part's failure is recorded in the JSON a
   `ddp_speedup` = the two trials' recorded tokens/s (real tokens of all ranks over the training time);
   `ddp_speedup_steady` the same over the steps after `--warmup-steps`; the loss curves and their mean relative
   difference; whether both trials counted the same tokens (a DDP count of rank 0 alone would be half).
-* ray — `ray start --head` with two GPU resources on this machine, then a small plan run by
-  `tunegate run --executor ray --ray-address HOST:PORT` and by the local executor: item outputs compared.
-  Recorded as skipped where Ray is not installed.
+* ray — `ray start --head` with two GPU resources on this machine, then a plan run by
+  `tunegate run --executor ray --ray-address HOST:PORT` and by the local executor. `--ray-plan small` (default):
+  baseline and two 10-step LoRA trials, every item output compared (`results_identical`). `--ray-plan full`:
+  the sweep part's plan (`--plan`; `--tiny`: the sweep bench's tiny plan) by Ray, against the local executor's
+  run with the sweep's two-GPU options — the sweep part's own two-GPU run (its store) when that part runs in the
+  same invocation, else a run here: per-trial statuses, gate verdicts (`verdicts_identical`, the headline:
+  GPU runs are not bit-identical across processes, so differing item outputs are counted, not failed on) and
+  the wall seconds of each. Recorded as skipped where Ray is not installed.
 
 Everything goes to `--out` after each part (device, versions, date, raw times, per-step data), so a part that
 runs out of time leaves the earlier parts' numbers behind; `--budget` (seconds) bounds the whole invocation.
@@ -55,9 +61,12 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from functools import cache
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+from unittest.mock import patch
 
 import yaml
 
@@ -70,6 +79,7 @@ GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
 PARTS = ("sweep", "ddp", "ray")
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 TARGET_SPEEDUP, TARGET_LOSS_REL_DIFF = 1.8, 0.02
+HEAD_STOP_MARGIN = 60.0  # seconds kept after the ray run: the head drains for up to 30 s on SIGTERM, then the JSON
 SUITE = "mg_tiny"
 
 
@@ -183,10 +193,11 @@ def gpu_ids_arg(ids: list[str]) -> str:
 
 
 def tunegate_run(tag: str, plan: Path, store_url: str, cwd: Path, clock: Clock, *options: str,
-                 env: dict[str, str] | None = None) -> dict[str, Any]:
+                 env: dict[str, str] | None = None, margin: float = 15.0) -> dict[str, Any]:
+    """`tunegate run PLAN --store URL OPTIONS` in `cwd`, within what the clock leaves less `margin` seconds."""
     cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *options]
     log = cwd / f"{tag.replace(' ', '-').replace(':', '')}.log"
-    code, seconds = run_logged(tag, cmd, cwd=cwd, env=env or child_env(), timeout=clock.left(), log=log)
+    code, seconds = run_logged(tag, cmd, cwd=cwd, env=env or child_env(), timeout=clock.left(margin), log=log)
     return {"command": cmd[2:], "exit_code": code, "timed_out": code is None, "wall_seconds": round(seconds, 2),
             "log": str(log)} | ({} if code == 0 else {"log_tail": tail(log)})
 
@@ -604,29 +615,17 @@ def part_ray(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
         return {"skipped": "ray not installed"}
     root = work / "ray"
     root.mkdir(parents=True, exist_ok=True)
+    return (ray_full_plan if args.ray_plan == "full" else ray_small_plan)(args, root, clock)
+
+
+def ray_small_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[str, Any]:
+    """`--ray-plan small`: baseline and two short LoRA trials by the local executor and by Ray, item outputs
+    compared (all must be identical)."""
     plan = write_ray_plan(root, args)
     env = child_env({"TUNEGATE_SUITES": str(write_suite(root / "suites"))})
-    gpus = gpu_ids_arg(args.gpu_ids[:2])
     local = tunegate_run("ray: local executor", plan, f"sqlite:///{root / 'local.db'}", root / "local", clock,
-                         "--gpus", gpus, env=env)
-    port = free_port()
-    temp = Path(tempfile.mkdtemp(prefix="raymg", dir="/tmp"))  # short: Ray's socket paths must stay short
-    ray_bin = Path(sys.executable).parent / "ray"
-    head = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port", str(port), "--num-gpus", "2",
-            "--num-cpus", str(os.cpu_count() or 2), "--temp-dir", str(temp), "--include-dashboard=false",
-            "--disable-usage-stats", "--block"]
-    if "RAY_AUTH_TOKEN" not in os.environ:  # Ray's token authentication: the head and the driver share this one
-        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    say(f"[ray] $ {' '.join(head)}")
-    head_log = root / "ray-head.log"
-    cluster = subprocess.Popen(head, env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    try:
-        address = wait_for_head(head_log, port, timeout=min(90.0, clock.left()), cluster=cluster)
-        ray_run = tunegate_run("ray: ray executor", plan, f"sqlite:///{root / 'ray.db'}", root / "ray", clock,
-                               "--executor", "ray", "--ray-address", address, env=env)
-    finally:
-        stop_group(cluster)
+                         "--gpus", gpu_ids_arg(args.gpu_ids[:2]), env=env)
+    head, address, ray_run = run_by_ray(plan, root, env, clock)
     outs = {}
     for name, url in (("local", f"sqlite:///{root / 'local.db'}"), ("ray", f"sqlite:///{root / 'ray.db'}")):
         run = latest_run(url, "multi-gpu-ray")
@@ -634,8 +633,8 @@ def part_ray(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
                       "trials": {t.name: t.status for t in Store(url).trials(run.id)}}
     differ = sorted(k for k in outs["local"]["outputs"].keys() | outs["ray"]["outputs"].keys()
                     if outs["local"]["outputs"].get(k) != outs["ray"]["outputs"].get(k))
-    result = {"head_command": head, "address": address, "local": local | {"trials": outs["local"]["trials"]},
-              "ray": ray_run | {"trials": outs["ray"]["trials"]},
+    result = {"ray_plan": "small", "head_command": head, "address": address,
+              "local": local | {"trials": outs["local"]["trials"]}, "ray": ray_run | {"trials": outs["ray"]["trials"]},
               "outputs_compared": len(outs["local"]["outputs"]), "outputs_differing": len(differ),
               "outputs_differing_examples": differ[:10],
               "results_identical": not differ and outs["local"]["trials"] == outs["ray"]["trials"]}
@@ -645,6 +644,117 @@ def part_ray(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
         raise PartFailed(f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
                          "(ray executor; None: timed out)", result)
     return result
+
+
+def ray_full_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[str, Any]:
+    """`--ray-plan full`: the sweep part's plan (--plan; --tiny: sweep_throughput.py's tiny plan) by Ray, against
+    the local executor's run of the same plan with the sweep's two-GPU options: the sweep part's two-GPU run where
+    that part ran in this invocation (its store is read), else a run here. Verdict identity is the headline; GPU
+    runs are not bit-identical across processes, so differing item outputs are counted, not failed on."""
+    bench = sweep_bench()
+    sweep = args.ran.get("sweep") or {}
+    two = sweep.get("two_gpus") or {}
+    reuse = "error" not in sweep and bool(two.get("store")) and two.get("run_id") is not None
+    if reuse:
+        plan = Path(sweep["plan"])
+    elif args.tiny:
+        with patch.dict(os.environ):  # tiny_plan points TUNEGATE_SUITES of this process at its suites: undone
+            plan = bench.tiny_plan(root / "plan")
+    else:
+        plan = args.plan.resolve()
+    # sweep_throughput.tiny_plan writes its suites beside the plan; the GPU plan's suites are the repository's
+    env = child_env({"TUNEGATE_SUITES": str(plan.parent / "suites")} if args.tiny else None)
+    name = yaml.safe_load(plan.read_text())["name"]
+    if reuse:
+        local = {"source": "the sweep part's two-GPU run of this invocation", "command": two["command"],
+                 "exit_code": two["exit_code"], "wall_seconds": two["wall_seconds"], "store": two["store"],
+                 "run_id": two["run_id"]}
+    else:
+        url = f"sqlite:///{root / 'local.db'}"
+        local = {"source": "run here", "store": url} | tunegate_run(
+            "ray: local executor", plan, url, root / "local", clock, *bench.PATHS["workers"],
+            "--gpus", gpu_ids_arg(args.gpu_ids[:2]), env=env)
+    head, address, ray_run = run_by_ray(plan, root, env, clock)
+    ray_run["store"] = f"sqlite:///{root / 'ray.db'}"
+    result: dict[str, Any] = {"ray_plan": "full", "plan": str(plan), "head_command": head, "address": address,
+                              "local": local, "ray": ray_run}
+    policy = gate_policy(plan)
+    try:
+        for side in (local, ray_run):
+            if side.get("run_id") is None:
+                side["run_id"] = latest_run(side["store"], name).id
+            side |= run_results(side["store"], side["run_id"], policy)
+    except RuntimeError as exc:  # a run that never started: what the two commands said is kept
+        raise PartFailed(str(exc), result) from exc
+    outs = {label: side.pop("outputs") for label, side in (("local", local), ("ray", ray_run))}
+    differ = sorted(k for k in outs["local"].keys() | outs["ray"].keys() if outs["local"].get(k) != outs["ray"].get(k))
+    verdicts_differing = {t: {"local": local["verdicts"].get(t), "ray": ray_run["verdicts"].get(t)}
+                          for t in sorted(local["verdicts"].keys() | ray_run["verdicts"].keys())
+                          if local["verdicts"].get(t) != ray_run["verdicts"].get(t)}
+    result |= {
+        "wall_seconds": {"local": local["wall_seconds"], "ray": ray_run["wall_seconds"]},
+        "statuses_identical": local["trials"] == ray_run["trials"],
+        "verdicts_compared": len(local["verdicts"].keys() | ray_run["verdicts"].keys()),
+        "verdicts_identical": not verdicts_differing, "verdicts_differing": verdicts_differing,
+        "outputs_compared": len(outs["local"].keys() | outs["ray"].keys()), "outputs_differing": len(differ),
+        "outputs_differing_examples": differ[:10],
+        "results_identical": not differ and local["trials"] == ray_run["trials"],
+    }
+    say(f"ray (full plan {name}): verdicts identical: {result['verdicts_identical']} "
+        f"({result['verdicts_compared']} compared); trial statuses identical: {result['statuses_identical']}; "
+        f"{len(differ)} of {result['outputs_compared']} item outputs differ; wall local {local['wall_seconds']}s "
+        f"({local['source']}), ray {ray_run['wall_seconds']}s")
+    if local["exit_code"] != 0 or ray_run["exit_code"] != 0:
+        raise PartFailed(f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
+                         "(ray executor; None: timed out)", result)
+    return result
+
+
+def run_by_ray(plan: Path, root: Path, env: dict[str, str], clock: Clock) -> tuple[list[str], str, dict[str, Any]]:
+    """`ray start --head` with two GPU resources on this machine, `tunegate run PLAN --executor ray` against it
+    (store root/ray.db), then the head stopped. Returns the head's command, its address and the run's record."""
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="raymg", dir="/tmp"))  # short: Ray's socket paths must stay short
+    ray_bin = Path(sys.executable).parent / "ray"
+    head = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port", str(port), "--num-gpus", "2",
+            "--num-cpus", str(os.cpu_count() or 2), "--temp-dir", str(temp), "--include-dashboard=false",
+            "--disable-usage-stats", "--block"]
+    if "RAY_AUTH_TOKEN" not in os.environ:  # Ray's token authentication: the head and the driver share this one
+        env = env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    say(f"[ray] $ {' '.join(head)}")
+    head_log = root / "ray-head.log"
+    with head_log.open("w") as log:
+        cluster = subprocess.Popen(head, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        address = wait_for_head(head_log, port, timeout=min(90.0, clock.left()), cluster=cluster)
+        ray_run = tunegate_run("ray: ray executor", plan, f"sqlite:///{root / 'ray.db'}", root / "ray", clock,
+                               "--executor", "ray", "--ray-address", address, env=env, margin=HEAD_STOP_MARGIN)
+    finally:
+        stop_group(cluster)
+    return head, address, ray_run
+
+
+def run_results(store_url: str, run_id: int, policy: str | None) -> dict[str, Any]:
+    """A run's trial statuses, gate verdicts (as the sweep bench extracts them) and item outputs."""
+    trials = {t.name: t.status for t in Store(store_url).trials(run_id)}
+    return {"trials": trials, "verdicts": sweep_bench().verdicts(store_url, run_id, policy, list(trials)),
+            "outputs": item_outputs(store_url, run_id)}
+
+
+def gate_policy(plan: Path) -> str | None:
+    """The plan's gate policy, relative to the plan's folder (as sweep_throughput.py resolves it)."""
+    policy = (yaml.safe_load(plan.read_text()) or {}).get("gate")
+    return str((plan.parent / policy).resolve()) if policy and not Path(policy).is_absolute() else policy
+
+
+@cache
+def sweep_bench() -> ModuleType:
+    """bench/sweep_throughput.py as a module: its tiny plan, its paths' `tunegate run` options, its verdicts."""
+    spec = importlib.util.spec_from_file_location("sweep_throughput", SWEEP_BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_ray_plan(root: Path, args: argparse.Namespace) -> Path:
@@ -745,7 +855,7 @@ HEADLINES = {  # top-level key -> (part, key in the part's result)
     "trials_saw_one_gpu": ("sweep", "trials_saw_one_gpu"), "ddp_speedup": ("ddp", "ddp_speedup"),
     "ddp_speedup_steady": ("ddp", "ddp_speedup_steady"), "loss_curve_rel_diff": ("ddp", "loss_curve_rel_diff"),
     "loss_curves": ("ddp", "loss_curves"), "ray_results_identical": ("ray", "results_identical"),
-    "sweep_analysis": ("sweep", "analysis"),
+    "ray_verdicts_identical": ("ray", "verdicts_identical"), "sweep_analysis": ("sweep", "analysis"),
 }
 
 
@@ -781,7 +891,11 @@ def write_json(report: dict[str, Any], out: Path) -> None:
 
 def estimate(part: str, args: argparse.Namespace) -> str:
     """A rough time for a part on two H200s (a CPU in --tiny mode), printed before it starts."""
+    reuse = "sweep" in args.part_list[:args.part_list.index(part)] if part in args.part_list else False
+    local = "the local side is the sweep part's two-GPU run" if reuse else "plus a local run of the plan"
     if args.tiny:
+        if part == "ray" and args.ray_plan == "full":
+            return f"~2-4 min on a 2-core CPU (the tiny sweep plan by Ray; {local})"
         return {"sweep": "~2-4 min on a 2-core CPU", "ddp": "~1-2 min", "ray": "~1-2 min"}[part]
     if part == "sweep":
         if args.one_gpu_json:
@@ -794,7 +908,12 @@ def estimate(part: str, args: argparse.Namespace) -> str:
     if part == "ddp":
         return ("~4 min: model build ~15s, one-GPU trial ~120s (start-up, 100 steps of ~29k tokens, eval), "
                 "two-GPU trial ~90s")
-    return "~1-2 min" if importlib.util.find_spec("ray") else "0s (ray not installed: skipped)"
+    if importlib.util.find_spec("ray") is None:
+        return "0s (ray not installed: skipped)"
+    if args.ray_plan == "full":  # Ray runs one trial per GPU at a time where the workers run several
+        return (f"~3-6 min for --plan by Ray, two trials at once ({local}{'' if reuse else ', ~2.5 min'}); "
+                "the head's start and stop ~1 min")
+    return "~1-2 min"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -809,6 +928,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ddp-accum", type=int, help=f"accumulation G of the two-GPU trial (default {DDP_GPU.accum}; "
                                                  "the one-GPU trial accumulates 2G)")
     p.add_argument("--warmup-steps", type=int, help="steps left out of ddp_speedup_steady (default 3; tiny 1)")
+    p.add_argument("--ray-plan", choices=("small", "full"), default="small",
+                   help="what the ray part runs by Ray and by the local executor: 'small' (baseline and two short "
+                        "LoRA trials; every item output must match) or 'full' (the sweep part's --plan, compared "
+                        "with the sweep part's two-GPU run when that part runs in the same invocation)")
     p.add_argument("--ray-model", default="smollm2-135m", help="the model of the ray part's small plan")
     p.add_argument("--tokenizer", default="smollm2-135m", help="tokenizer of the ddp model (alias, .gguf or folder)")
     p.add_argument("--tiny", action="store_true", help="CPU check: tiny random Llama, fake GPU ids, gloo ranks")
@@ -864,6 +987,7 @@ def main(argv: list[str] | None = None) -> int:
         "env": {k: os.environ.get(k) for k in (*MULTICAST_OFF, "CUDA_VISIBLE_DEVICES")}, "parts": {},
     }
     args.gpu_count = report["device"]["count"]
+    args.ran = {}  # the results of the parts run by this invocation (the ray part reuses the sweep part's run)
     for earlier in args.merge:
         report["parts"] |= json.loads(earlier.read_text()).get("parts", {})
     say(f"multi_gpu on {report['device']['count']} x {', '.join(report['device']['names'])}: parts "
@@ -884,7 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
             interrupted = isinstance(exc, Interrupted)
             say(f"== {part}: FAILED: {result['error']}")
         result["seconds"] = round(time.perf_counter() - started, 1)
-        report["parts"][part] = result
+        report["parts"][part] = args.ran[part] = result
         write_report(report, args.out)
         say(f"== {part}: done in {result['seconds']}s; wrote {args.out}")
         if interrupted:
@@ -892,7 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
     write_report(report, args.out)
     say(json.dumps({k: report[k] for k in ("sweep_speedup", "ddp_speedup", "ddp_speedup_steady",
                                            "loss_curve_rel_diff", "verdicts_identical", "trials_saw_one_gpu",
-                                           "ray_results_identical", "targets", "errors")}, default=str))
+                                           "ray_results_identical", "ray_verdicts_identical", "targets",
+                                           "errors")}, default=str))
     return 0
 
 

@@ -1,6 +1,6 @@
-"""bench/multi_gpu.py as a command: the data-parallel part and the sweep part in tiny mode on this CPU machine
-(two gloo ranks and two fake GPU ids), and a part that fails being recorded in the JSON instead of ending the
-invocation."""
+"""bench/multi_gpu.py as a command: the data-parallel part, the sweep part and the ray part (small plan and the
+whole sweep plan) in tiny mode on this CPU machine (two gloo ranks and two fake GPU ids), and a part that fails
+being recorded in the JSON instead of ending the invocation."""
 from __future__ import annotations
 
 import json
@@ -98,15 +98,50 @@ def assert_analysis_fits_the_trials(report: dict) -> None:
     assert analysis["reading"].startswith("One GPU: ")
 
 
+RAY_MISSING = "Ray is not installed in this environment (pip install 'ray>=2.9'): the ray part records itself skipped"
+
+
 @pytest.mark.slow
-def test_ray_part_in_tiny_mode(tmp_path: Path):
+@pytest.mark.parametrize("plan", ["small", "full"])
+def test_ray_part_in_tiny_mode(tmp_path: Path, plan: str):
     """A Ray head with two (fake) GPU resources started and stopped by the bench; the ray executor's item
-    outputs are the local executor's."""
-    pytest.importorskip("ray")
+    outputs are the local executor's: the small plan, or the whole tiny sweep plan (six trials, one continuing
+    another) with its gate verdicts, the local run made here by the sweep's two-GPU options."""
+    pytest.importorskip("ray", reason=RAY_MISSING)
     out = tmp_path / "multi_gpu.json"
-    run_bench("multi_gpu.py", "--tiny", "--parts", "ray", "--work", str(tmp_path / "work"), "--out", str(out))
+    run_bench("multi_gpu.py", "--tiny", "--parts", "ray", "--ray-plan", plan, "--work", str(tmp_path / "work"),
+              "--out", str(out))
     report = json.loads(out.read_text())
     ray = report["parts"]["ray"]
-    assert report["errors"] == {} and report["ray_results_identical"] is True
-    assert ray["outputs_compared"] == 6 and ray["ray"]["exit_code"] == 0
-    assert set(ray["ray"]["trials"].values()) == {"finished"}
+    assert report["errors"] == {} and report["ray_results_identical"] is True and ray["ray_plan"] == plan
+    assert ray["ray"]["exit_code"] == 0 and set(ray["ray"]["trials"].values()) == {"finished"}
+    if plan == "small":
+        assert ray["outputs_compared"] == 6 and report["ray_verdicts_identical"] is None
+        return
+    trials = {"baseline", "prompt", "lora-a", "lora-b", "dpo", "dpo-sft"}
+    assert set(ray["ray"]["trials"]) == set(ray["local"]["trials"]) == trials
+    assert ray["local"]["source"] == "run here" and ray["local"]["exit_code"] == 0
+    assert "--executor" in ray["local"]["command"] and "workers" in ray["local"]["command"]
+    assert ray["verdicts_compared"] == 5 and set(ray["ray"]["verdicts"]) == trials - {"baseline"}
+    assert report["ray_verdicts_identical"] is True and ray["verdicts_differing"] == {}
+    assert ray["outputs_compared"] == 6 * 6 and ray["outputs_differing"] == 0  # 3 + 3 items per trial, CPU
+    assert ray["wall_seconds"] == {"local": ray["local"]["wall_seconds"], "ray": ray["ray"]["wall_seconds"]}
+
+
+@pytest.mark.slow
+def test_ray_full_plan_reuses_the_sweep_parts_two_gpu_run(tmp_path: Path):
+    """`--parts sweep,ray --ray-plan full`: Ray runs the plan the sweep part ran and is compared with that part's
+    two-GPU run (its store read, no third local run)."""
+    pytest.importorskip("ray", reason=RAY_MISSING)
+    out = tmp_path / "multi_gpu.json"
+    run_bench("multi_gpu.py", "--tiny", "--parts", "sweep,ray", "--ray-plan", "full", "--work",
+              str(tmp_path / "work"), "--out", str(out))
+    report = json.loads(out.read_text())
+    sweep, ray = report["parts"]["sweep"], report["parts"]["ray"]
+    assert report["errors"] == {} and ray["plan"] == sweep["plan"]
+    assert ray["local"]["source"] == "the sweep part's two-GPU run of this invocation"
+    assert ray["local"]["store"] == sweep["two_gpus"]["store"] and not (tmp_path / "work" / "ray" / "local").exists()
+    assert ray["wall_seconds"]["local"] == sweep["two_gpus"]["wall_seconds"]
+    assert ray["local"]["verdicts"] == sweep["verdicts"]["two_gpus"] and report["ray_verdicts_identical"] is True
+    assert ray["statuses_identical"] and set(ray["ray"]["trials"].values()) == {"finished"}
+    assert_analysis_fits_the_trials(report)
