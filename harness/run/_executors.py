@@ -5,7 +5,8 @@
                      (harness/run/_workers.py; the GPU default);
 * `PoolExecutor`   — one fresh worker process per trial, each pinned to its own GPU set with
                      CUDA_VISIBLE_DEVICES (`--executor process`; also the launcher of data-parallel trials);
-* `RayExecutor`    — each trial a Ray task (`num_gpus` = the trial's GPUs), for users past one box.
+* `RayExecutor`    — each trial a Ray task (`num_gpus`: a share of one GPU, `trials_per_gpu` to a GPU, or the
+                     trial's GPUs when it spans several), for users past one box.
 
 Every trial is a `TrialUnit` that the worker runs with `harness.runner.run_trial`, which writes its
 own status and results to the store (SQLite in WAL mode takes concurrent writers; use PostgreSQL
@@ -229,14 +230,21 @@ def _ray_trial(unit_json: str) -> dict[str, Any]:
         return dataclasses.asdict(run_here(unit, Console(file=log, width=120)))
 
 
+def ray_gpus(gpus_per_trial: int, trials_per_gpu: int) -> float:
+    """The GPUs a trial's Ray task asks for: a 1/trials_per_gpu share of one GPU for a one-GPU trial (Ray then
+    packs that many on each GPU, as the local workers do), whole GPUs for a data-parallel one."""
+    return float(gpus_per_trial) if gpus_per_trial > 1 else 1.0 / max(1, trials_per_gpu)
+
+
 class RayExecutor(Executor):
     """Each trial a Ray task on a Ray cluster (an existing one at `address`, or a local one started here).
     Ray places the task on a node with the trial's GPUs free and pins it to them; the run folder and the
     store must be reachable from every node (a shared filesystem and a PostgreSQL store)."""
     name = "ray"
 
-    def __init__(self, store: Store, console: Console, address: str | None = None) -> None:
+    def __init__(self, store: Store, console: Console, address: str | None = None, trials_per_gpu: int = 1) -> None:
         super().__init__(store, console)
+        self.trials_per_gpu = trials_per_gpu
         try:
             import ray
         except ImportError:
@@ -260,7 +268,8 @@ class RayExecutor(Executor):
         use_gpus = self.max_gpus_per_trial() > 0
         refs = {}
         for unit in units:
-            options = {"num_cpus": 1, "num_gpus": unit.gpus_per_trial if use_gpus else 0, "max_retries": 0}
+            gpus = ray_gpus(unit.gpus_per_trial, self.trials_per_gpu) if use_gpus else 0
+            options = {"num_cpus": 1, "num_gpus": gpus, "max_retries": 0}
             refs[self.task.options(**options).remote(unit.to_json())] = unit
         pending = list(refs)
         while pending:

@@ -204,8 +204,6 @@ def make_executor(kind: str, *, store: Store, console: Console, devices: list[st
     """`local`: serially in this process on a CPU, persistent workers on GPUs; `workers`: persistent workers (on
     a CPU too); `process`: one fresh process per trial (pinned to its GPUs); `ray`: Ray tasks.
     `trials_per_gpu` None: as many as the memory estimate fits (`auto_trials_per_gpu`)."""
-    if kind == "ray":
-        return RayExecutor(store, console, ray_address)
     if kind not in EXECUTORS:
         raise UserError(f"unknown executor '{kind}': use {', '.join(EXECUTORS)}", field="--executor")
     if kind == "process":  # on a CPU: one process at a time, every GPU hidden from it
@@ -216,6 +214,10 @@ def make_executor(kind: str, *, store: Store, console: Console, devices: list[st
         trials_per_gpu = auto_trials_per_gpu(free_memory_gib(devices) if devices else 0.0,
                                              per_trial_gib or DEFAULT_TRIAL_GIB, os.cpu_count() or 1,
                                              len(devices)) if devices else 1
+    if kind == "ray":   # the cluster's GPUs are taken to be like this machine's: --trials-per-gpu says otherwise
+        console.print(f"[dim]Ray: {trials_per_gpu} one-GPU trial(s) at a time per GPU "
+                      f"(num_gpus={1 / trials_per_gpu:.3g} each)[/]")
+        return RayExecutor(store, console, ray_address, trials_per_gpu)
     console.print(f"[dim]{trials_per_gpu} trial(s) at a time per {'GPU' if devices else 'CPU worker pool'}, "
                   f"persistent workers[/]")
     return WorkerExecutor(store, console, devices, trials_per_gpu, warm)

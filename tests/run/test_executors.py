@@ -27,6 +27,7 @@ from harness.run import (
     outcome_from_store,
     parse_gpus,
     phases,
+    ray_gpus,
     worker_command,
     worker_env,
 )
@@ -242,6 +243,11 @@ def test_process_pool_pins_each_worker_to_its_device(env: dict[str, Any], tiny_m
     assert (Path(trials["lora"].folder) / "unit.json").exists()
 
 
+def test_ray_tasks_ask_for_a_share_of_a_gpu_or_whole_gpus():
+    assert [ray_gpus(1, k) for k in (1, 2, 4)] == [1.0, 0.5, 0.25]
+    assert ray_gpus(2, 4) == 2.0 and ray_gpus(1, 0) == 1.0
+
+
 @pytest.mark.slow
 def test_ray_executor_runs_trials_as_ray_tasks(env: dict[str, Any], tiny_model_dir: Path):
     ray = pytest.importorskip("ray")
@@ -249,11 +255,13 @@ def test_ray_executor_runs_trials_as_ray_tasks(env: dict[str, Any], tiny_model_d
                       [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4)],
                       train=env["train"], name="ray")
     store = Store(str(env["root"] / "ray.db"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # one GPU declared to Ray (this machine may have none): two one-GPU trials share it, a half each, as
+    # --trials-per-gpu 2 asks; on a machine without CUDA they then run on the CPU
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        executor = RayExecutor(store, quiet())
-        assert executor.max_gpus_per_trial() == 0
-        outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="ray")
+        executor = RayExecutor(store, quiet(), trials_per_gpu=2)
+        assert executor.max_gpus_per_trial() == 1
+        outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="ray", trials_per_gpu=2)
         pids = {t.name: t for t in store.trials(outcome.run_id)}
     finally:
         ray.shutdown()
