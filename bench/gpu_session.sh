@@ -49,14 +49,17 @@ train8b)  # ~5 min
     --out /root/train_throughput.json > "$OUT/train_8b.log" 2>&1
   tail -n 12 "$OUT/train_8b.log"; cp /root/train_throughput.json "$OUT/"
   ;;
-ray)      # ~6-9 min: the default model converted once; `ray start --head --num-gpus 2` on this host, the 12-trial
-          # plan by the local executor (~2.5 min) and by Ray (two trials at once; not measured yet): statuses,
+ray)      # ~3-9 min: the default model converted once; `ray start --head --num-gpus 2` on this host, the 12-trial
+          # plan by Ray (one-GPU trials packed per GPU as the local workers are) against the local executor's run
+          # (the sweeps step's two-GPU run when it ran in this lease, else a run here, ~2.5 min): statuses,
           # verdicts, item outputs and walls compared
   export PATH=/root/site/bin:$PATH   # the bundle's console scripts (ray)
   python -c "from harness.model._load import local_folder; print('model:', local_folder('smollm2-135m', 'cuda'))"
+  # merged into the sweeps step's report when it ran in this lease (its two-GPU run is then the local side)
+  base=/root/multi_gpu.json; [ -f "$base" ] || base=reports/gpu/multi_gpu.json
   timeout 560 python bench/multi_gpu.py --parts ray --ray-plan full --budget 540 \
-    --merge reports/gpu/multi_gpu.json --work "$W/multi" --out "$OUT/multi_gpu.json" > "$OUT/multi_gpu_ray.log" 2>&1
-  tail -n 8 "$OUT/multi_gpu_ray.log"
+    --merge "$base" --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_ray.log" 2>&1
+  tail -n 8 "$OUT/multi_gpu_ray.log"; cp /root/multi_gpu.json "$OUT/multi_gpu.json" 2>/dev/null
   ;;
 peer)     # ~18 min in the background on GPU 0: the sweep peer (a process per trial)
   setsid nohup python bench/sweep_throughput.py --paths peer --gpus 0, --work "$W/peer" --out /root/peer.json \

@@ -646,13 +646,20 @@ def ray_small_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[s
     return result
 
 
+def store_on_disk(url: str | None) -> bool:
+    """Whether a SQLite store URL names a file on this machine."""
+    return bool(url) and url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).is_file()
+
+
 def ray_full_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[str, Any]:
     """`--ray-plan full`: the sweep part's plan (--plan; --tiny: sweep_throughput.py's tiny plan) by Ray, against
     the local executor's run of the same plan with the sweep's two-GPU options: the sweep part's two-GPU run where
     that part ran in this invocation (its store is read), else a run here. Verdict identity is the headline; GPU
     runs are not bit-identical across processes, so differing item outputs are counted, not failed on."""
     bench = sweep_bench()
-    sweep = args.ran.get("sweep") or {}
+    sweep, source = args.ran.get("sweep") or {}, "the sweep part's two-GPU run of this invocation"
+    if not sweep and store_on_disk(((args.merged.get("sweep") or {}).get("two_gpus") or {}).get("store")):
+        sweep, source = args.merged["sweep"], "the two-GPU run of the merged report's sweep part (its store is here)"
     two = sweep.get("two_gpus") or {}
     reuse = "error" not in sweep and bool(two.get("store")) and two.get("run_id") is not None
     if reuse:
@@ -666,7 +673,7 @@ def ray_full_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[st
     env = child_env({"TUNEGATE_SUITES": str(plan.parent / "suites")} if args.tiny else None)
     name = yaml.safe_load(plan.read_text())["name"]
     if reuse:
-        local = {"source": "the sweep part's two-GPU run of this invocation", "command": two["command"],
+        local = {"source": source, "command": two["command"],
                  "exit_code": two["exit_code"], "wall_seconds": two["wall_seconds"], "store": two["store"],
                  "run_id": two["run_id"]}
     else:
@@ -990,6 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     args.ran = {}  # the results of the parts run by this invocation (the ray part reuses the sweep part's run)
     for earlier in args.merge:
         report["parts"] |= json.loads(earlier.read_text()).get("parts", {})
+    args.merged = dict(report["parts"])   # or a merged report's sweep run, when its store is on this machine
     say(f"multi_gpu on {report['device']['count']} x {', '.join(report['device']['names'])}: parts "
         f"{', '.join(args.part_list)}; GPU ids {args.gpus}; work folder {work}; budget {args.budget:.0f}s")
     runners: dict[str, Callable[[argparse.Namespace, Path, Clock], dict[str, Any]]] = {
