@@ -97,4 +97,6 @@ def test_multi_gpu_sweep_analysis_is_the_one_its_trial_records_give():
     assert analysis["best_possible_speedup"] == round(sweep["one_gpu"]["wall_seconds"] / bounds["two_gpus"], 3)
     assert analysis["bound_speedup"] == round(bounds["one_gpu"] / bounds["two_gpus"], 3)
     assert analysis["measured_speedup"] == multi["sweep_speedup"] < analysis["best_possible_speedup"]
-    assert analysis["reading"].startswith("One GPU: ") and "critical path (qlora" in analysis["reading"]
+    reading = analysis["reading"]
+    assert reading.startswith("One GPU: ") and f"beats {analysis['best_possible_speedup']:.2f}x" in reading
+    assert all(by in ("critical_path", "trial_seconds_per_slot") for by in analysis["bound_by"].values())
