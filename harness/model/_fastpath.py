@@ -40,13 +40,13 @@ import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from harness.model._graphs import GRAPH_MODEL_TYPES, LayerGraphs
+from harness.model._graphs import GRAPH_MODEL_TYPES, LayerGraphs, bucket_tokens
 from harness.model._lean_lora import lean_lora
 
 ATTENTION_NAME = "tunegate_varlen"
@@ -590,18 +590,41 @@ class MemoryModel:
     fixed_bytes: int        # weights, gradients, optimizer state
     budget_bytes: int       # 0: no budget (CPU)
 
-    def peak(self, tokens: int, checkpointed: int) -> float:
+    def activations(self, tokens: int, checkpointed: int) -> float:
+        """Bytes the decoder layers keep for backward (a checkpointed layer keeps its input, and one layer's
+        worth is recomputed at a time)."""
         kept = self.layers - checkpointed
-        activations = tokens * (kept * self.act_bytes + checkpointed * self.boundary_bytes +
-                                (self.act_bytes if checkpointed else 0))
+        return tokens * (kept * self.act_bytes + checkpointed * self.boundary_bytes +
+                         (self.act_bytes if checkpointed else 0))
+
+    def peak(self, tokens: int, checkpointed: int) -> float:
         head = min(tokens, 4096) * min(self.vocab, 32768) * 2 + tokens * self.hidden * 16  # chunked LM head, repad
-        return self.fixed_bytes + activations + head + 0.05 * self.budget_bytes + 128 * 2**20
+        return (self.fixed_bytes + self.activations(tokens, checkpointed) + head + 0.05 * self.budget_bytes
+                + 128 * 2**20)
 
     def layers_to_checkpoint(self, tokens: int) -> int:
         """The fewest layers to checkpoint for a micro-batch of `tokens` tokens to fit (all when none fits)."""
         if not self.budget_bytes:
             return 0
         return next((k for k in range(self.layers + 1) if self.peak(tokens, k) <= self.budget_bytes), self.layers)
+
+
+def graph_length_limit(memory: MemoryModel, longest: int) -> tuple[int, MemoryModel] | None:
+    """With per-micro-batch checkpointing: the longest padded length whose micro-batches replay as CUDA graphs
+    (none checkpointed), and the memory model of the others, which run eagerly beside the graphs' memory pool
+    (the activations of that length, kept for the run). The longest length that fits without checkpointing and
+    still leaves the longest micro-batch room with every layer checkpointed; None when none does."""
+    sizes, b = [], bucket_tokens(1)
+    while b <= bucket_tokens(longest):
+        sizes.append(b)
+        b = bucket_tokens(b + 1)
+    for b in reversed(sizes):
+        if memory.peak(b, 0) > memory.budget_bytes:
+            continue
+        beside = replace(memory, fixed_bytes=memory.fixed_bytes + int(memory.activations(b, 0)))
+        if longest <= b or beside.peak(longest, memory.layers) <= memory.budget_bytes:
+            return b, beside
+    return None
 
 
 def plan_memory(*, layers: int, hidden: int, vocab: int, act_bytes: float, boundary_bytes: int, fixed_bytes: int,
@@ -763,21 +786,46 @@ class FastSession:
         layers = decoder_layers(backbone_of(unwrap(model)))
         with ExitStack() as stack:
             self._lora_forward(stack, model)
-            if plan is not None and plan.checkpointed_layers:
-                per_micro_batch = plan.memory.layers_to_checkpoint if plan.per_micro_batch and plan.memory else None
-                stack.enter_context(checkpointing(layers, plan.checkpointed_layers, per_micro_batch))
+            graphs, checkpointed, per_micro_batch = self._graph_plan(model, plan, layers)
+            if checkpointed:
+                stack.enter_context(checkpointing(layers, checkpointed, per_micro_batch))
             if self.fast.compile:
                 self.report.compile = stack.enter_context(compiled_layers(layers))
             if "fused_linear_cross_entropy" in self.fast.liger_kernels:
                 self.report.liger_loss_head = (stack.enter_context(liger_loss_head(model)) if self.sft
                                                else "off: SFT only (this loss needs per-token log-probabilities)")
-            if self.fast.cuda_graphs:
-                blocked = self._graphs_blocked(model, plan)
-                if blocked:
-                    self.report.cuda_graphs = f"off: {blocked}"
-                else:
-                    stack.enter_context(self._graphed(layers))
+            if graphs is not None:
+                stack.enter_context(self._graphed(graphs))
             yield
+
+    def _graph_plan(self, model: Any, plan: MemoryPlan | None, layers: Sequence[torch.nn.Module]
+                    ) -> tuple[LayerGraphs | None, int, Callable[[int], int] | None]:
+        """The CUDA graphs of this run (None: off, the reason reported), and the checkpointing beside them: how
+        many layers to wrap and, per micro-batch, how many of them to checkpoint. With per-micro-batch
+        checkpointing the micro-batches up to `graph_length_limit` replay as graphs (no layer checkpointed) and
+        the longer ones run eagerly, checkpointed as the graphs' memory pool beside them requires."""
+        checkpointed = plan.checkpointed_layers if plan is not None else 0
+        per_micro_batch = plan.memory.layers_to_checkpoint if plan and plan.per_micro_batch and plan.memory else None
+        if not self.fast.cuda_graphs:
+            return None, checkpointed, per_micro_batch
+        blocked = self._graphs_blocked(model, plan)
+        if blocked:
+            self.report.cuda_graphs = f"off: {blocked}"
+            return None, checkpointed, per_micro_batch
+        if not checkpointed:
+            return LayerGraphs(layers), 0, None
+        limit = graph_length_limit(plan.memory, plan.tokens_per_micro_batch)
+        if limit is None:
+            self.report.cuda_graphs = (f"off: no padded length fits {plan.budget_gib:.1f} GiB beside the longest "
+                                       f"micro-batch ({plan.tokens_per_micro_batch} tokens) checkpointed")
+            return None, checkpointed, per_micro_batch
+        longest, beside = limit
+        graphs = LayerGraphs(layers, max_bucket=longest)
+
+        def layers_to_checkpoint(tokens: int) -> int:   # none while a graph is captured (its micro-batch fits)
+            return 0 if graphs.capturing else beside.layers_to_checkpoint(tokens)
+
+        return graphs, beside.layers_to_checkpoint(plan.tokens_per_micro_batch), layers_to_checkpoint
 
     def _graphs_blocked(self, model: Any, plan: MemoryPlan | None) -> str | None:
         """Why the decoder layers cannot be replayed as CUDA graphs in this run (None: they can)."""
@@ -790,8 +838,8 @@ class FastSession:
             return "needs the padding-free forward with the varlen attention kernel"
         if self.fast.compile:
             return "torch.compile is on"
-        if plan is not None and plan.checkpointed_layers:
-            return f"the memory plan checkpoints {plan.checkpointed_layers} layer(s)"
+        if plan is not None and plan.checkpointed_layers and not (plan.per_micro_batch and plan.memory):
+            return f"the memory plan checkpoints {plan.checkpointed_layers} layer(s) of every micro-batch"
         if any(getattr(layer, "gradient_checkpointing", False) for layer in layers):
             return "the model's gradient checkpointing is on"
         if model_type not in GRAPH_MODEL_TYPES:
@@ -802,8 +850,7 @@ class FastSession:
         return None
 
     @contextmanager
-    def _graphed(self, layers: Sequence[torch.nn.Module]) -> Iterator[None]:
-        graphs = LayerGraphs(layers)
+    def _graphed(self, graphs: LayerGraphs) -> Iterator[None]:
         graphs.enabled = True
         self._graphs = graphs
         try:

@@ -241,8 +241,10 @@ class _StandIn(torch.nn.Module):
 class LayerGraphs:
     """CUDA graphs for the decoder layers of one model, per bucket; `enabled` is switched on for training."""
 
-    def __init__(self, layers: Sequence[torch.nn.Module], warmup: int = 1) -> None:
+    def __init__(self, layers: Sequence[torch.nn.Module], warmup: int = 1, max_bucket: int | None = None) -> None:
         self.layers = list(layers)
+        self.max_bucket = max_bucket   # longer micro-batches run eagerly (checkpointed, say)
+        self.capturing = False
         self.stack = _Stack(self.layers)
         self.trainable = [(name, p) for name, p in self.stack.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.trainable]
@@ -300,6 +302,8 @@ class LayerGraphs:
             return "extra tensor argument"
         if self.adapters and self._adapter_state() != self.adapter_state:
             return "adapters switched"
+        if self.max_bucket is not None and PaddedRow.of(kwargs["packed_seq_lengths"]).bucket > self.max_bucket:
+            return f"longer than {self.max_bucket} tokens (checkpointed)"
         return None
 
     def _adapter_state(self) -> tuple[Any, ...]:
@@ -320,10 +324,14 @@ class LayerGraphs:
             if self.pool is None:
                 self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
             # autocast's cast cache would keep bf16 copies of the adapters made before the capture: off inside
-            with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                                enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False):
-                graph = _StackGraph(self.stack, self.trainable, row, hidden, cos, sin, extra, self.pool,
-                                    self.stream, self.warmup)
+            self.capturing = True
+            try:
+                with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                    enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False):
+                    graph = _StackGraph(self.stack, self.trainable, row, hidden, cos, sin, extra, self.pool,
+                                        self.stream, self.warmup)
+            finally:
+                self.capturing = False
             self.graphs[key] = graph
             self.capture_seconds += time.perf_counter() - start
         self.replays += 1
@@ -334,6 +342,8 @@ class LayerGraphs:
             return f"off: capture failed: {self.failure}"
         text = (f"on: {len(self.graphs)} bucket(s) captured in {self.capture_seconds:.1f} s, {self.replays} "
                 f"replays")
+        if self.max_bucket is not None:
+            text += f" (micro-batches up to {self.max_bucket} tokens)"
         if self.eager:
             text += ", eager: " + ", ".join(f"{why} x{n}" for why, n in sorted(self.eager.items()))
         if self.failure is not None:

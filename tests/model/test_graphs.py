@@ -2,6 +2,8 @@
 against the unpadded forward, and the graphs themselves against eager training on a GPU."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -99,18 +101,55 @@ def test_off_on_cpu_says_why_and_layers_run_eagerly_when_graphs_cannot_replay():
     assert graphs.summary() == "on: 0 bucket(s) captured in 0.0 s, 0 replays, eager: no gradient or not CUDA x1"
 
 
-def test_graphs_blocked_for_checkpointed_plans_and_unknown_model_types():
+def _memory(budget_gib: float) -> fp.MemoryModel:
+    gib = 2**30
+    return fp.MemoryModel(layers=16, hidden=2048, vocab=32000, act_bytes=140_000, boundary_bytes=4096,
+                          fixed_bytes=3 * gib, budget_bytes=int(budget_gib * gib))
+
+
+def test_graph_length_limit_leaves_the_longest_micro_batch_room_checkpointed():
+    longest = 7468
+    for budget in (14.0, 16.26, 19.0, 30.0):
+        memory = _memory(budget)
+        limit = fp.graph_length_limit(memory, longest)
+        assert limit is not None, budget
+        b, beside = limit
+        assert memory.peak(b, 0) <= memory.budget_bytes           # a graphed micro-batch needs no checkpointing
+        assert beside.fixed_bytes == memory.fixed_bytes + int(memory.activations(b, 0))   # the pool is reserved
+        assert longest <= b or beside.peak(longest, memory.layers) <= memory.budget_bytes
+        bigger = gr.bucket_tokens(b + 1)
+        if bigger <= gr.bucket_tokens(longest):   # the next length up breaks one of the two conditions
+            above = dataclasses.replace(memory, fixed_bytes=memory.fixed_bytes + int(memory.activations(bigger, 0)))
+            assert memory.peak(bigger, 0) > memory.budget_bytes or \
+                above.peak(longest, memory.layers) > memory.budget_bytes
+    assert fp.graph_length_limit(_memory(30.0), longest)[0] == gr.bucket_tokens(longest)   # all graphed
+    assert fp.graph_length_limit(_memory(3.5), longest) is None   # not even the shortest length fits
+
+
+def test_graphs_beside_per_micro_batch_checkpointing_and_blocked_otherwise():
     model = with_lora(tiny_llama()).train()
-    session = fp.FastSession(fp.FastPath(checkpointing="full", cuda_graphs=True), "cpu")
+    session = fp.FastSession(fp.FastPath(checkpointing="auto", cuda_graphs=True), "cpu")
     session.patch_model(model)
+    layers = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))
     try:
         session.device = torch.device("cuda")   # as if on a GPU: the next reasons are checked in order
         fp._KERNEL.name = "varlen"
-        plan = fp.MemoryPlan(layers=2, checkpointed_layers=2, fold=1, tokens_per_micro_batch=10,
-                             activation_bytes_per_token_layer=1.0, budget_gib=1.0, estimated_peak_gib=1.0, fits=True)
-        assert session._graphs_blocked(model, plan) == "the memory plan checkpoints 2 layer(s)"
-        plan.checkpointed_layers = 0
+        memory = _memory(16.26)
+        plan = fp.MemoryPlan(layers=16, checkpointed_layers=4, fold=1, tokens_per_micro_batch=7468,
+                             activation_bytes_per_token_layer=memory.act_bytes, budget_gib=16.26,
+                             estimated_peak_gib=15.9, fits=True, per_micro_batch=False, memory=memory)
+        assert session._graphs_blocked(model, plan) == "the memory plan checkpoints 4 layer(s) of every micro-batch"
+        plan.per_micro_batch = True
         assert session._graphs_blocked(model, plan) is None
+        graphs, wrapped, per_micro_batch = session._graph_plan(model, plan, layers)
+        longest, beside = fp.graph_length_limit(memory, 7468)
+        assert graphs.max_bucket == longest and wrapped == beside.layers_to_checkpoint(7468) >= 4
+        assert per_micro_batch(7468) == wrapped and per_micro_batch(1000) == beside.layers_to_checkpoint(1000)
+        graphs.capturing = True
+        assert per_micro_batch(longest) == 0   # what a graph captures is never checkpointed
+        plan.checkpointed_layers = 0
+        graphs, wrapped, per_micro_batch = session._graph_plan(model, plan, layers)
+        assert graphs.max_bucket is None and wrapped == 0 and per_micro_batch is None
         fp.unwrap(model).config.model_type = "gemma3"
         assert session._graphs_blocked(model, plan).startswith("model type 'gemma3' is not one of")
     finally:
