@@ -28,8 +28,10 @@ Every technique here changes speed or memory, never the loss beyond float roundi
   (`MemoryModel.layers_to_checkpoint`), so shorter ones run without recomputation.
 * **CUDA graphs** (`cuda_graphs`, on by default): the decoder layers of each packed micro-batch replay as one
   captured forward and backward graph per padded length (`harness.model._graphs`), so a step is no longer bound by
-  the CPU launching its ~4,000 kernels one by one. Off, with the reason in `FastReport.cuda_graphs`, where a graph
-  cannot apply (checkpointed layers, torch.compile, DDP, model types other than Llama/Mistral/Qwen2/Qwen3).
+  the CPU launching its ~4,000 kernels one by one. With per-micro-batch checkpointing, the micro-batches short
+  enough to need none replay as graphs and longer ones run eagerly (`graph_length_limit`). Off, with the reason in
+  `FastReport.cuda_graphs`, where a graph cannot apply (every micro-batch checkpointed, torch.compile, DDP, model
+  types other than Llama/Mistral/Qwen2/Qwen3).
 * **torch.compile** (`compile`, off by default): regional compilation of the decoder layers.
 """
 from __future__ import annotations
@@ -819,8 +821,8 @@ class FastSession:
             self.report.cuda_graphs = (f"off: no padded length fits {plan.budget_gib:.1f} GiB beside the longest "
                                        f"micro-batch ({plan.tokens_per_micro_batch} tokens) checkpointed")
             return None, checkpointed, per_micro_batch
-        longest, beside = limit
-        graphs = LayerGraphs(layers, max_bucket=longest)
+        graph_tokens, beside = limit
+        graphs = LayerGraphs(layers, max_bucket=graph_tokens)
 
         def layers_to_checkpoint(tokens: int) -> int:   # none while a graph is captured (its micro-batch fits)
             return 0 if graphs.capturing else beside.layers_to_checkpoint(tokens)

@@ -207,6 +207,8 @@ class _Replay(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, graph: _StackGraph, row: PaddedRow, hidden: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        # `params` (the trainable parameters, which the graph reads in place) are inputs so that autograd hands
+        # the gradients backward returns to their accumulators
         graph.load(row, hidden, cos, sin)
         graph.fwd.replay()
         ctx.graph, ctx.tokens = graph, row.tokens
