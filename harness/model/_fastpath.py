@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -52,6 +53,7 @@ from harness.model._graphs import GRAPH_MODEL_TYPES, LayerGraphs, bucket_tokens
 from harness.model._lean_lora import lean_lora
 
 ATTENTION_NAME = "tunegate_varlen"
+CUDA_GRAPHS_ENV = "TUNEGATE_CUDA_GRAPHS"   # 0/false/off: the default fast path without CUDA graphs
 SEQ_LENGTHS_KWARG = "packed_seq_lengths"  # python tuple of sequence lengths, so no device sync is needed
 GIB = 2**30
 LIGER_KERNELS = ("rms_norm", "swiglu", "rope", "fused_linear_cross_entropy")
@@ -100,8 +102,12 @@ class FastPath:
 
     @classmethod
     def for_device(cls, device: str) -> FastPath | None:
-        """The default: everything on for CUDA; the plain TRL path on CPU (float32, no kernels to gain from)."""
-        return cls() if device == "cuda" else None
+        """The default: everything on for CUDA; the plain TRL path on CPU (float32, no kernels to gain from).
+        `TUNEGATE_CUDA_GRAPHS=0` (in the environment of the run, which its workers inherit) turns CUDA graphs off."""
+        if device != "cuda":
+            return None
+        graphs = os.environ.get(CUDA_GRAPHS_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+        return cls(cuda_graphs=graphs)
 
 
 @dataclass

@@ -12,6 +12,16 @@ from harness.model import _graphs as gr
 from tests.model.test_fastpath import CUDA, padded_batch, tiny_llama, with_lora
 
 
+def test_default_fast_path_has_graphs_unless_the_environment_turns_them_off(monkeypatch):
+    monkeypatch.delenv(fp.CUDA_GRAPHS_ENV, raising=False)
+    assert fp.FastPath.for_device("cuda").cuda_graphs and fp.FastPath.for_device("cpu") is None
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(fp.CUDA_GRAPHS_ENV, off)
+        assert fp.FastPath.for_device("cuda") == fp.FastPath(cuda_graphs=False)
+    monkeypatch.setenv(fp.CUDA_GRAPHS_ENV, "1")
+    assert fp.FastPath.for_device("cuda").cuda_graphs
+
+
 def test_buckets_cover_the_row_with_bounded_padding():
     previous = 0
     for tokens in range(1, 20000, 7):
