@@ -1,5 +1,5 @@
-"""bench/multi_gpu.py as a command: the data-parallel part, the sweep part with the whole plan by Ray, and the
-ray part's small plan, in tiny mode on this CPU machine (two gloo ranks and two fake GPU ids), and a part that fails
+"""bench/multi_gpu.py as a command: the data-parallel part, and the sweep part with the whole plan by Ray, in
+tiny mode on this CPU machine (two gloo ranks and two fake GPU ids), and a part that fails
 being recorded in the JSON instead of ending the invocation."""
 from __future__ import annotations
 
@@ -116,20 +116,3 @@ def assert_analysis_fits_the_trials(report: dict) -> None:
     assert analysis["best_possible_speedup"] == round(
         sweep["one_gpu"]["wall_seconds"] / analysis["bound_seconds"]["two_gpus"], 3)
     assert analysis["reading"].startswith("One GPU: ")
-
-
-RAY_MISSING = "Ray is not installed in this environment (pip install 'ray>=2.9'): the ray part records itself skipped"
-
-
-@pytest.mark.slow
-def test_ray_part_in_tiny_mode(tmp_path: Path):
-    """A Ray head with two (fake) GPU resources started and stopped by the bench; the ray executor's item
-    outputs are the local executor's (the small plan; the whole plan is in the sweep test)."""
-    pytest.importorskip("ray", reason=RAY_MISSING)
-    out = tmp_path / "multi_gpu.json"
-    run_bench("multi_gpu.py", "--tiny", "--parts", "ray", "--work", str(tmp_path / "work"), "--out", str(out))
-    report = json.loads(out.read_text())
-    ray = report["parts"]["ray"]
-    assert report["errors"] == {} and report["ray_results_identical"] is True and ray["ray_plan"] == "small"
-    assert ray["ray"]["exit_code"] == 0 and set(ray["ray"]["trials"].values()) == {"finished"}
-    assert ray["outputs_compared"] == 6 and report["ray_verdicts_identical"] is None
