@@ -104,9 +104,12 @@ def run_layers(layers: Sequence[torch.nn.Module], hidden: torch.Tensor, cos: tor
     return hidden
 
 
-def pad_tokens(x: torch.Tensor, bucket: int) -> torch.Tensor:
-    """[1, T, ...] -> [1, bucket, ...], zeros after the real tokens."""
-    return torch.cat([x, x.new_zeros((x.shape[0], bucket - x.shape[1], *x.shape[2:]))], dim=1)
+def fill_padded(static: torch.Tensor, real: torch.Tensor) -> None:
+    """Copy a packed row's [1, T, ...] into the first T positions of a bucket's [1, bucket, ...] buffer, and
+    zeros after them."""
+    t = real.shape[1]
+    static[:, :t].copy_(real)
+    static[:, t:].zero_()
 
 
 @contextmanager
@@ -158,7 +161,7 @@ class _StackGraph:
 
     def __init__(self, stack: _Stack, trainable: list[tuple[str, torch.nn.Parameter]], row: PaddedRow,
                  hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, extra: dict[str, Any],
-                 pool: Any, stream: torch.cuda.Stream, warmup: int) -> None:
+                 pool: Any, stream: torch.cuda.Stream) -> None:
         b = row.bucket
         self.hidden = torch.zeros((1, b, hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device)
         self.cos = torch.zeros((1, b, cos.shape[-1]), dtype=cos.dtype, device=cos.device)
@@ -178,10 +181,9 @@ class _StackGraph:
             # eager warm-up: lazy initialisation (cuBLAS workspaces, kernel choices) happens outside the capture, and
             # an operation that waits for the GPU (which a capture cannot hold) raises here, before any capture
             # starts: a capture that fails half-way leaves the CUDA random generator unusable for the process
-            for _ in range(max(1, warmup)):
-                out, wrt = forward()
-                torch.autograd.grad(out, wrt, torch.zeros_like(out))
-                del out, wrt
+            out, wrt = forward()
+            torch.autograd.grad(out, wrt, torch.zeros_like(out))
+            del out, wrt
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
         self.fwd, self.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
@@ -194,10 +196,8 @@ class _StackGraph:
         self.param_grads = list(grads[1:] if wants_input_grad else grads)
 
     def load(self, row: PaddedRow, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-        t = row.tokens
         for static, real in ((self.hidden.detach(), hidden), (self.cos, cos), (self.sin, sin)):
-            static[:, :t].copy_(real)
-            static[:, t:].zero_()
+            fill_padded(static, real)
         self.cu.copy_(torch.tensor(row.cu_seq_lens(), dtype=torch.int32), non_blocking=True)
 
 
@@ -243,7 +243,7 @@ class _StandIn(torch.nn.Module):
 class LayerGraphs:
     """CUDA graphs for the decoder layers of one model, per bucket; `enabled` is switched on for training."""
 
-    def __init__(self, layers: Sequence[torch.nn.Module], warmup: int = 1, max_bucket: int | None = None) -> None:
+    def __init__(self, layers: Sequence[torch.nn.Module], max_bucket: int | None = None) -> None:
         self.layers = list(layers)
         self.max_bucket = max_bucket   # longer micro-batches run eagerly (checkpointed, say)
         self.capturing = False
@@ -252,7 +252,6 @@ class LayerGraphs:
         self.params = [p for _, p in self.trainable]
         self.adapters = [m for layer in self.layers for m in layer.modules() if hasattr(m, "disable_adapters")]
         self.adapter_state = self._adapter_state() if self.adapters else ()
-        self.warmup = warmup
         self.enabled = False
         self.graphs: dict[tuple[Any, ...], _StackGraph] = {}
         self.pool: Any = None
@@ -274,9 +273,12 @@ class LayerGraphs:
 
     def run(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         why = self._why_eager(hidden, kwargs)
+        row = PaddedRow.of(kwargs["packed_seq_lengths"]) if why is None else None
+        if row is not None and self.max_bucket is not None and row.bucket > self.max_bucket:
+            why = f"longer than {self.max_bucket} tokens (checkpointed)"
         if why is None:
             try:
-                return self._replay(hidden, kwargs)
+                return self._replay(row, hidden, kwargs)
             except Exception as exc:  # noqa: BLE001 - a graph that cannot be captured leaves the eager path
                 self.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
                 self.enabled = False
@@ -304,8 +306,6 @@ class LayerGraphs:
             return "extra tensor argument"
         if self.adapters and self._adapter_state() != self.adapter_state:
             return "adapters switched"
-        if self.max_bucket is not None and PaddedRow.of(kwargs["packed_seq_lengths"]).bucket > self.max_bucket:
-            return f"longer than {self.max_bucket} tokens (checkpointed)"
         return None
 
     def _adapter_state(self) -> tuple[Any, ...]:
@@ -314,8 +314,7 @@ class LayerGraphs:
         return (bool(getattr(first, "disable_adapters", False)), bool(getattr(first, "merged", False)),
                 tuple(getattr(first, "active_adapters", ()) or ()))
 
-    def _replay(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        row = PaddedRow.of(kwargs["packed_seq_lengths"])
+    def _replay(self, row: PaddedRow, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         cos, sin = kwargs["position_embeddings"]
         extra = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
         key = (row.bucket, row.slots, hidden.dtype, cos.dtype, hidden.requires_grad, self.layers[0].training,
@@ -331,7 +330,7 @@ class LayerGraphs:
                 with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
                                     enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False):
                     graph = _StackGraph(self.stack, self.trainable, row, hidden, cos, sin, extra, self.pool,
-                                        self.stream, self.warmup)
+                                        self.stream)
             finally:
                 self.capturing = False
             self.graphs[key] = graph
