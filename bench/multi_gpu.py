@@ -685,7 +685,7 @@ def ray_full_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[st
     ray_run["store"] = f"sqlite:///{root / 'ray.db'}"
     result: dict[str, Any] = {"ray_plan": "full", "plan": str(plan), "head_command": head, "address": address,
                               "local": local, "ray": ray_run}
-    policy = gate_policy(plan)
+    policy = sweep_bench().gate_policy(plan)
     try:
         for side in (local, ray_run):
             if side.get("run_id") is None:
@@ -748,15 +748,10 @@ def run_results(store_url: str, run_id: int, policy: str | None) -> dict[str, An
             "outputs": item_outputs(store_url, run_id)}
 
 
-def gate_policy(plan: Path) -> str | None:
-    """The plan's gate policy, relative to the plan's folder (as sweep_throughput.py resolves it)."""
-    policy = (yaml.safe_load(plan.read_text()) or {}).get("gate")
-    return str((plan.parent / policy).resolve()) if policy and not Path(policy).is_absolute() else policy
-
-
 @cache
 def sweep_bench() -> ModuleType:
-    """bench/sweep_throughput.py as a module: its tiny plan, its paths' `tunegate run` options, its verdicts."""
+    """bench/sweep_throughput.py as a module: its tiny plan, its paths' `tunegate run` options, its gate policy and
+    verdicts."""
     spec = importlib.util.spec_from_file_location("sweep_throughput", SWEEP_BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

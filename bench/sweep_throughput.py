@@ -166,6 +166,12 @@ def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int
             "log_tail": log.read_text(errors="replace").splitlines()[-15:]}
 
 
+def gate_policy(plan: Path) -> str | None:
+    """The plan's gate policy file, a relative path taken from the plan's folder."""
+    policy = (yaml.safe_load(plan.read_text()) or {}).get("gate")
+    return str((plan.parent / policy).resolve()) if policy and not Path(policy).is_absolute() else policy
+
+
 def verdicts(store_url: str, run_id: int, policy: str | None, trials: list[str]) -> dict[str, Any]:
     store = Store(store_url)
     out = {}
@@ -239,9 +245,7 @@ def main() -> None:
     plan = tiny_plan(root) if args.tiny else args.plan.resolve()
     gpus = None if args.gpus in ("", "auto") else args.gpus
     gpu_index = int(gpus.split(",")[0]) if gpus and gpus.split(",")[0].isdigit() else None
-    policy = yaml.safe_load(plan.read_text()).get("gate")
-    if policy and not Path(policy).is_absolute():
-        policy = str((plan.parent / policy).resolve())
+    policy = gate_policy(plan)
     result: dict[str, Any] = {"plan": str(plan), "date": datetime.now(UTC).isoformat(timespec="seconds"),
                               **device_info(), "paths": {}}
     if args.note:
