@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.arms._data import Example, Preference
 from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._load import default_device, load_model
+from harness.model._overlap import overlap_args, overlapped_trainer
 
 # transformers 5.2x renamed gradient_checkpointing; the old name is the one transformers 5.17 (our GPU host) knows
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
@@ -250,10 +251,13 @@ def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir:
                          for ex in rows]
         plan = session.plan(model, _token_lengths(tok, conversations, arm.max_length), arm.batch_size,
                             arm.grad_accum, forced_checkpointing=arm.gradient_checkpointing)
-        args = SFTConfig(**_common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True),
-                         completion_only_loss=True, eos_token=eos)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                             callbacks=[log, *callbacks])
+        # overlapped steps (harness.model._overlap): TRL's SFTTrainer, its per-step host syncs moved off the step
+        overlapped = session.overlaps is None
+        trainer_class = overlapped_trainer(SFTTrainer) if overlapped else SFTTrainer
+        args = SFTConfig(**_common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True)
+                         | (overlap_args(device) if overlapped else {}), completion_only_loss=True, eos_token=eos)
+        trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                                callbacks=[log, *callbacks])
         return _run(trainer, log, tok, out_dir, session, plan)
     finally:
         session.close()

@@ -30,8 +30,13 @@ Every technique here changes speed or memory, never the loss beyond float roundi
   captured forward and backward graph per padded length (`harness.model._graphs`), so a step is no longer bound by
   the CPU launching its ~4,000 kernels one by one. With per-micro-batch checkpointing, the micro-batches short
   enough to need none replay as graphs and longer ones run eagerly (`graph_length_limit`). Off, with the reason in
-  `FastReport.cuda_graphs`, where a graph cannot apply (every micro-batch checkpointed, torch.compile, DDP, model
-  types other than Llama/Mistral/Qwen2/Qwen3).
+  `FastReport.cuda_graphs`, where a graph cannot apply (every micro-batch checkpointed, torch.compile, model
+  types other than Llama/Mistral/Qwen2/Qwen3). Under data parallel (DDP) the replay hands autograd the adapter
+  gradients at once, and DDP's hooks all-reduce them as for any other backward.
+* **Overlapped steps** (`overlap`, on by default; SFT): a step never waits for the GPU, so the CPU prepares the
+  next step while the GPU runs this one (`harness.model._overlap`): the packing is worked out on the host by the
+  data collator, TRL's loss head selects the labelled positions by host-side indices, and the metrics and the
+  per-step log are read from the device a step late without waiting.
 * **torch.compile** (`compile`, off by default): regional compilation of the decoder layers.
 """
 from __future__ import annotations
@@ -51,6 +56,7 @@ import torch.nn.functional as F
 
 from harness.model._graphs import GRAPH_MODEL_TYPES, LayerGraphs, bucket_tokens
 from harness.model._lean_lora import lean_lora
+from harness.model._overlap import PACK_KEY, HostPack, host_indexed_head, to_device
 
 ATTENTION_NAME = "tunegate_varlen"
 CUDA_GRAPHS_ENV = "TUNEGATE_CUDA_GRAPHS"   # 0/false/off: the default fast path without CUDA graphs
@@ -84,6 +90,9 @@ class FastPath:
     # the decoder layers of each packed micro-batch replayed as CUDA graphs, one per padded length
     # (harness.model._graphs): the steps are bound by the CPU that launches their kernels otherwise
     cuda_graphs: bool = True
+    # SFT steps that never wait for the GPU (harness.model._overlap): the CPU queues step n+1 while the GPU runs
+    # step n
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         if self.liger is None:
@@ -137,6 +146,7 @@ class FastReport:
     lean_lora: str = "off"
     compile: str = "off"
     cuda_graphs: str = "off"
+    overlap: str = "off"
     plan: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -325,6 +335,12 @@ def pack_from_mask(mask: torch.Tensor) -> PackedRow | None:
                      cu_seq_lens=cu.to(device, non_blocking=True), lengths=tuple(lengths))
 
 
+def host_row(pack: HostPack, device: torch.device) -> PackedRow:
+    """The packed row a HostPack describes, its tensors copied to `device` without waiting."""
+    return PackedRow(index=to_device(pack.index, device), position_ids=to_device(pack.position_ids, device),
+                     cu_seq_lens=to_device(pack.cu_seq_lens, device), lengths=pack.lengths)
+
+
 def packed_kwargs(row: PackedRow) -> dict[str, Any]:
     """Keyword arguments for a backbone forward over one packed row (transformers' FlashAttention kwargs)."""
     return {"position_ids": row.position_ids, "attention_mask": None, "cu_seq_lens_q": row.cu_seq_lens,
@@ -336,13 +352,19 @@ def packed_kwargs(row: PackedRow) -> dict[str, Any]:
 def padding_free(backbone: torch.nn.Module,
                  graphs: Callable[[], LayerGraphs | None] | None = None) -> Iterator[None]:
     """While active, a training-mode forward of `backbone` with a 2D attention mask runs on one packed row
-    (its decoder layers replayed as CUDA graphs when `graphs` gives enabled ones)."""
+    (its decoder layers replayed as CUDA graphs when `graphs` gives enabled ones). The packing comes from the
+    batch's HostPack (keyword PACK_KEY, from the overlapped path's collator) when there is one, else from the mask."""
     original = backbone.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
+        pack = kwargs.pop(PACK_KEY, None)
         if not _unpack_candidate(backbone, args, kwargs):
             return original(*args, **kwargs)
-        row = pack_from_mask(kwargs["attention_mask"])
+        mask = kwargs["attention_mask"]
+        if isinstance(pack, HostPack) and pack.shape == tuple(mask.shape):
+            row = host_row(pack, mask.device)
+        else:
+            row = pack_from_mask(mask)
         if row is None:
             return original(*args, **kwargs)
         mask = kwargs.pop("attention_mask")
@@ -722,6 +744,19 @@ class FastSession:
         self._liger: ExitStack | None = None   # Liger's patches, undone on close (or when its kernels fail)
         self._graphs: LayerGraphs | None = None   # while training with CUDA graphs
 
+    @property
+    def overlaps(self) -> str | None:
+        """Why this session's SFT steps cannot be overlapped (None: they can, `OverlappedSteps` trains them)."""
+        if not self.fast.overlap:
+            return "off"
+        if not self.sft:
+            return "off: SFT only (DPO's trainer builds its own batches)"
+        if not self.fast.padding_free:
+            return "off: needs the padding-free forward"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            return "off: single process only (data parallel gathers its metrics every step)"
+        return None
+
     def patch_model(self, model: Any) -> None:
         causal_lm = unwrap(model)
         backbone = backbone_of(causal_lm)
@@ -802,6 +837,11 @@ class FastSession:
             if "fused_linear_cross_entropy" in self.fast.liger_kernels:
                 self.report.liger_loss_head = (stack.enter_context(liger_loss_head(model)) if self.sft
                                                else "off: SFT only (this loss needs per-token log-probabilities)")
+            self.report.overlap = self.overlaps or "on"
+            if self.overlaps is None and not self.report.liger_loss_head.startswith("on"):
+                causal_lm = unwrap(model)
+                head = stack.enter_context(host_indexed_head(causal_lm, backbone_of(causal_lm)))
+                self.report.overlap = f"on (loss head by host-side indices: {head})"
             if graphs is not None:
                 stack.enter_context(self._graphed(graphs))
             yield
@@ -852,9 +892,6 @@ class FastSession:
             return "the model's gradient checkpointing is on"
         if model_type not in GRAPH_MODEL_TYPES:
             return f"model type {model_type!r} is not one of {', '.join(sorted(GRAPH_MODEL_TYPES))}"
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_world_size() > 1:
-            return "distributed (DDP) training"
         return None
 
     @contextmanager

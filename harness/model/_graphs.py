@@ -198,7 +198,9 @@ class _StackGraph:
     def load(self, row: PaddedRow, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
         for static, real in ((self.hidden.detach(), hidden), (self.cos, cos), (self.sin, sin)):
             fill_padded(static, real)
-        self.cu.copy_(torch.tensor(row.cu_seq_lens(), dtype=torch.int32), non_blocking=True)
+        bounds = torch.tensor(row.cu_seq_lens(), dtype=torch.int32)
+        # from pinned memory: a copy from pageable memory would make the host wait for the GPU
+        self.cu.copy_(bounds.pin_memory() if self.cu.is_cuda else bounds, non_blocking=True)
 
 
 class _Replay(torch.autograd.Function):
