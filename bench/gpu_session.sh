@@ -33,7 +33,8 @@ sweeps)   # ~5 min
     --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_sweep.log" 2>&1
   tail -n 6 "$OUT/multi_gpu_sweep.log"; cp /root/multi_gpu.json "$OUT/multi_gpu.json" 2>/dev/null
   ;;
-ddp)      # ~4 min
+ddp)      # ~4 min: merged into the sweeps step's report when it ran in this lease, else into the committed one
+  [ -f /root/multi_gpu.json ] || cp reports/gpu/multi_gpu.json /root/multi_gpu.json
   timeout 330 python bench/multi_gpu.py --parts ddp --merge /root/multi_gpu.json --budget 310 \
     --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_ddp.log" 2>&1
   tail -n 12 "$OUT/multi_gpu_ddp.log"; cp /root/multi_gpu.json "$OUT/multi_gpu.json" 2>/dev/null
