@@ -1242,7 +1242,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ours-attention", choices=["auto", "per_sequence"], default="auto")
     p.add_argument("--compile-variant", action="store_true", help="also time ours with torch.compile (`ours` section)")
     p.add_argument("--scaling-batches", default="2,4,8,16,32", help="batch sizes of the `scaling` section")
-    p.add_argument("--steps-8b", type=int, help="optimizer steps per 8B run (default 8; smoke 3)")
+    p.add_argument("--steps-8b", type=int, help="optimizer steps per 8B run (default 20; smoke 3)")
     p.add_argument("--batch-8b", type=int, default=4, help="examples per optimizer step at 8B shape")
     p.add_argument("--tokenizer", default=os.environ.get("TUNEGATE_BENCH_TOKENIZER", "smollm2-135m"),
                    help="tokenizer spec (alias, .gguf or folder); only its vocabulary and chat template are used")
@@ -1258,12 +1258,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--merge needs --out (the JSON to add to)")
     if args.smoke:
         args.batch, args.batch_8b = 4, 2
-    defaults = {"steps": (4, 30), "warmup": (1, 5), "why_steps": (3, 15), "steps_8b": (3, 8)}
+    defaults = {"steps": (4, 30), "warmup": (1, 5), "why_steps": (3, 15), "steps_8b": (3, 20)}
     for name, (smoke, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else full)
     args.why_warmup = 1 if args.smoke else 3
-    args.warmup_8b = 1 if args.smoke else 2
+    args.warmup_8b = 1 if args.smoke else 5   # the first steps capture CUDA graphs and compile Liger's kernels
     if args.ours_micro_batch and (args.ours_micro_batch <= 0 or args.batch % args.ours_micro_batch):
         p.error(f"--ours-micro-batch {args.ours_micro_batch} must divide --batch {args.batch}")
     if args.ours_liger not in ("default", "measured", "none"):

@@ -184,16 +184,17 @@ def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
 class _DeferredLog:
     """A step's log, copied off the device without waiting; read once `ready` has passed."""
 
-    loss_sum: torch.Tensor            # host copy of the loss summed since the last log
+    loss_sum: torch.Tensor            # host copy of the loss summed since the last log (mean over processes)
     grad_norm: torch.Tensor | float | None
-    metrics: torch.Tensor | None      # host copy of [micro-batches, 3]: label tokens, entropy sum, top-1 hits
-    num_tokens: list[int]             # TRL's running token count at that step
+    metrics: torch.Tensor | None      # host copy of [micro-batches, 4] (METRIC_COLUMNS, summed over processes)
     learning_rate: float | None
     steps: int
     global_step: int
     epoch: float | None
-    tokens_seen: int
     ready: Any                        # a CUDA event (None on CPU: the copies were synchronous)
+
+
+METRIC_COLUMNS = ("label_tokens", "entropy_sum", "top1_hits", "real_tokens")   # per micro-batch, on the device
 
 
 def _off_device(t: torch.Tensor) -> torch.Tensor:
@@ -205,8 +206,10 @@ def _off_device(t: torch.Tensor) -> torch.Tensor:
 
 class OverlappedSteps:
     """Mixed into TRL's SFTTrainer (`overlapped_trainer`): the per-step host syncs of the plain SFT loss (TRL's
-    metrics and token count, the Trainer's loss log) moved off the step. Applies to a single process training
-    with TRL's own token-mean loss; any other configuration (or a batch without a HostPack) runs TRL's code."""
+    metrics and token count, the Trainer's token count and loss log) moved off the step. The values are kept on
+    the device, summed over the processes of a data-parallel run by collectives (which do not make the host
+    wait), and read when the step is logged, a step late. Applies to TRL's own token-mean loss; any other
+    configuration (or a batch without a HostPack) runs TRL's code."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -215,15 +218,17 @@ class OverlappedSteps:
         self._deferred: list[_DeferredLog] = []
 
     def _overlaps(self) -> bool:
-        args = self.args
-        return (self.accelerator.num_processes == 1 and self.compute_loss_func is None
-                and self.label_smoother is None and getattr(args, "loss_type", "nll") == "nll"
-                and not getattr(self, "aux_loss_enabled", False))
+        return (self.compute_loss_func is None and self.label_smoother is None
+                and getattr(self.args, "loss_type", "nll") == "nll" and not getattr(self, "aux_loss_enabled", False))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         pack = inputs.get(PACK_KEY)
         if return_outputs or not isinstance(pack, HostPack) or not self._overlaps():
+            if self.model.training and isinstance(inputs.get("attention_mask"), torch.Tensor):
+                # the Trainer does not count tokens in an overlapped run (include_num_input_tokens_seen="no")
+                self.state.num_input_tokens_seen += int(self.accelerator.gather(
+                    inputs["attention_mask"].sum()).sum())
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         mode = "train" if self.model.training else "eval"
@@ -233,14 +238,19 @@ class OverlappedSteps:
         count = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = -outputs.log_probs.sum() / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes
+            loss = loss * self.accelerator.num_processes   # as TRL: DDP averages the gradients over processes
+        labelled = mask.sum().float()
         self._device_metrics[mode].append(torch.stack([
-            mask.sum().float(), outputs.entropy.detach().float().sum(), outputs.is_top1.float().sum()]))
-        if mode == "train":
-            self._total_train_tokens += pack.tokens
-            self.state.num_input_tokens_seen += pack.tokens
-        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            labelled, outputs.entropy.detach().float().sum(), outputs.is_top1.float().sum(),
+            labelled.new_full((), float(pack.tokens))]))
         return loss
+
+    def _summed_over_processes(self, rows: torch.Tensor) -> torch.Tensor:
+        """[micro-batches, k] of this process -> the same summed over every process (an all-gather)."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return rows
+        return self.accelerator.gather(rows.contiguous()).view(world, *rows.shape).sum(0)
 
     def _maybe_log_save_evaluate(self, tr_loss: torch.Tensor, grad_norm: Any, model: Any, trial: Any, epoch: Any,
                                  ignore_keys_for_eval: Any, start_time: float, learning_rate: float | None = None,
@@ -256,10 +266,13 @@ class OverlappedSteps:
                                          learning_rate=learning_rate, **kwargs)
 
     def _defer_log(self, tr_loss: torch.Tensor, grad_norm: Any, learning_rate: float | None) -> None:
-        loss_sum = _off_device(tr_loss)
+        loss_sum = tr_loss.detach().clone()
+        if self.accelerator.num_processes > 1:   # the Trainer logs the mean over processes
+            loss_sum = self.accelerator.gather(loss_sum).float().mean()
+        loss_sum = _off_device(loss_sum)
         tr_loss -= tr_loss   # as the Trainer does once it has read the loss
         pending = self._device_metrics["train"]
-        metrics = _off_device(torch.stack(pending)) if pending else None
+        metrics = _off_device(self._summed_over_processes(torch.stack(pending))) if pending else None
         pending.clear()
         norm = _off_device(grad_norm) if isinstance(grad_norm, torch.Tensor) else grad_norm
         ready = None
@@ -269,54 +282,56 @@ class OverlappedSteps:
         self._deferred.append(_DeferredLog(
             loss_sum=loss_sum, grad_norm=norm, metrics=metrics,
             learning_rate=learning_rate if learning_rate is not None else self._get_learning_rate(),
-            num_tokens=list(self._metrics["train"].get("num_tokens", [])),
             steps=self.state.global_step - self._globalstep_last_logged, global_step=self.state.global_step,
-            epoch=self.state.epoch, tokens_seen=self.state.num_input_tokens_seen, ready=ready))
+            epoch=self.state.epoch, ready=ready))
         self._globalstep_last_logged = self.state.global_step
         self.store_flos()
 
+    def _metric_rows(self, mode: str, rows: list[list[float]]) -> int:
+        """TRL's per-micro-batch entropy and token accuracy from summed rows; returns the real tokens."""
+        tokens = 0
+        for labelled, entropy, top1, real in rows:
+            self._metrics[mode]["entropy"].append(entropy / labelled if labelled > 0 else 0.0)
+            self._metrics[mode]["mean_token_accuracy"].append(top1 / labelled if labelled > 0 else 0.0)
+            tokens += round(real)
+        return tokens
+
     def _flush_logs(self, start_time: float | None, keep: int = 0) -> None:
-        """Log the deferred steps but the last `keep`, each as the Trainer would have at its own step (the state
-        says that step)."""
+        """Log the deferred steps but the last `keep`, in order, each as the Trainer would have at its own step
+        (the state says that step while it is logged)."""
         while len(self._deferred) > keep:
             entry = self._deferred.pop(0)
             if entry.ready is not None:
                 entry.ready.synchronize()
             loss_sum = float(entry.loss_sum)
             if entry.metrics is not None:
-                for valid, entropy, correct in entry.metrics.tolist():
-                    self._metrics["train"]["entropy"].append(entropy / valid if valid > 0 else 0.0)
-                    self._metrics["train"]["mean_token_accuracy"].append(correct / valid if valid > 0 else 0.0)
+                tokens = self._metric_rows("train", entry.metrics.tolist())
+                self.state.num_input_tokens_seen += tokens
+                self._total_train_tokens += tokens
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             logs: dict[str, float] = {"loss": loss_sum / max(entry.steps, 1)}
             if entry.grad_norm is not None:
                 logs["grad_norm"] = float(entry.grad_norm)
             logs["learning_rate"] = entry.learning_rate
             # what the Trainer adds when it counts tokens itself (include_num_input_tokens_seen)
-            logs["num_input_tokens_seen"] = entry.tokens_seen
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
             if start_time is not None:
-                seen = entry.tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
+                seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
                 logs |= speed_metrics("train", start_time, num_tokens=seen)
-            if entry.num_tokens:
-                self._metrics["train"]["num_tokens"] = entry.num_tokens
-            else:
-                self._metrics["train"].pop("num_tokens", None)
             self._total_loss_scalar += loss_sum
             state = self.state
-            now = (state.global_step, state.epoch, state.num_input_tokens_seen)
-            state.global_step, state.epoch, state.num_input_tokens_seen = (entry.global_step, entry.epoch,
-                                                                           entry.tokens_seen)
+            now = (state.global_step, state.epoch)
+            state.global_step, state.epoch = entry.global_step, entry.epoch
             try:
                 self.log(logs, start_time)
             finally:
-                state.global_step, state.epoch, state.num_input_tokens_seen = now
+                state.global_step, state.epoch = now
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         pending = self._device_metrics.get(mode)
         if mode == "eval" and pending:   # evaluation logs at once (training's are read with their step)
-            for valid, entropy, correct in torch.stack(pending).tolist():
-                self._metrics[mode]["entropy"].append(entropy / valid if valid > 0 else 0.0)
-                self._metrics[mode]["mean_token_accuracy"].append(correct / valid if valid > 0 else 0.0)
+            self._metric_rows(mode, self._summed_over_processes(torch.stack(pending)).tolist())
             pending.clear()
         super().log(logs, start_time)
 

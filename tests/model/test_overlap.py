@@ -131,3 +131,31 @@ def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path):
                                                                                           ("o", over_logs))}
     assert final["o"] == pytest.approx(final["p"], rel=1e-6)
     assert plain.tokens_per_second > 0 and over.tokens_per_second > 0
+
+
+@pytest.mark.slow
+def test_overlapped_data_parallel_run_logs_the_sums_over_processes(tiny_model_dir, tmp_path):
+    """Two processes (gloo on the CPU): the overlapped run gathers its metrics, tokens and loss over the processes
+    as TRL and the Trainer do every step."""
+    import json
+    import subprocess
+    import sys
+
+    from harness.run._executors import free_port
+
+    runs = {}
+    for overlap in ("0", "1"):
+        out = tmp_path / f"logs-{overlap}.json"
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+               "--multi_gpu", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
+               "-m", "tests.support.overlap_ddp", str(tiny_model_dir), str(out), overlap]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[overlap] = json.loads(out.read_text())
+    plain, over = runs["0"], runs["1"]
+    assert over["fastpath"]["overlap"].startswith("on") and plain["fastpath"]["overlap"] == "off"
+    rows = {k: [r for r in v["logs"] if "loss" in r] for k, v in runs.items()}
+    assert [r["step"] for r in rows["1"]] == [r["step"] for r in rows["0"]] == [1, 2, 3]
+    for key in ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens", "num_input_tokens_seen"):
+        assert [r[key] for r in rows["1"]] == pytest.approx([r[key] for r in rows["0"]], rel=1e-5), key
+    assert [s["tokens"] for s in over["steps"]] == [s["tokens"] for s in plain["steps"]]
