@@ -51,8 +51,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -621,12 +619,10 @@ def profiler_callback(first_step: int, steps: int, device: str) -> Any:
                 activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
                 self.prof = profile(activities=activities, record_shapes=False)
                 self.prof.__enter__()
-                self.sites = SyncSites(device)
                 self.started = time.perf_counter()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.prof is not None and self.table is None and state.global_step >= first_step + steps:
-                sites = self.sites.close(steps)
                 if device == "cuda":
                     torch.cuda.synchronize()
                 wall_ms = (time.perf_counter() - self.started) * 1000 / steps
@@ -634,31 +630,8 @@ def profiler_callback(first_step: int, steps: int, device: str) -> Any:
                 self.table = top_ops(self.prof, device, steps) | {"wall_ms_per_step": wall_ms}
                 if device == "cuda":
                     self.table["device_busy_share"] = self.table["kernel_ms_per_step"] / wall_ms
-                    self.table["sync_sites_per_step"] = sites
 
     return Profiled()
-
-
-class SyncSites:
-    """Where the host waits for the GPU: PyTorch's sync debug mode warns at every operation that synchronises
-    (`.item()`, `nonzero`, blocking copies), and the warnings name the Python line that ran it."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.catcher = warnings.catch_warnings(record=True)
-        self.caught = self.catcher.__enter__()
-        warnings.simplefilter("always")
-        if device == "cuda":
-            torch.cuda.set_sync_debug_mode("warn")
-
-    def close(self, steps: int) -> dict[str, float]:
-        """Syncs per step by `folder/file.py:line` of the operation, most first."""
-        if self.device == "cuda":
-            torch.cuda.set_sync_debug_mode("default")
-        self.catcher.__exit__(None, None, None)
-        counts = Counter("/".join(Path(w.filename).parts[-2:]) + f":{w.lineno}" for w in self.caught
-                         if "synchroniz" in str(w.message))
-        return {site: n / steps for site, n in counts.most_common(20)}
 
 
 SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",

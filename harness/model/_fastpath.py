@@ -14,11 +14,13 @@ Every technique here changes speed or memory, never the loss beyond float roundi
 * **Liger kernels** (`apply_liger`, `liger_loss_head`), chosen one by one (`FastPath.liger`): fused RMSNorm,
   SwiGLU and RoPE Triton kernels in the decoder, and Liger's fused linear cross-entropy in place of TRL's chunked
   LM head (CUDA only). On by default (`DEFAULT_LIGER_KERNELS`) are only the kernels the training bench
-  (`bench/train_throughput.py`, section `liger`) measured to pay on the GPU: RMSNorm, SwiGLU and RoPE. The patches Liger
-  makes to the modeling module are undone when the session ends.
+  (`bench/train_throughput.py`, section `liger`) measured to pay on the GPU: RMSNorm, SwiGLU and RoPE. The
+  patches Liger makes to the modeling module are undone when the session ends.
 * **Lean LoRA** (`lean_lora`, opt-in): each LoRA linear layer's forward and backward as one autograd node
-  (`harness.model._lean_lora`), meant for steps bound by the CPU that launches kernels rather than by the GPU;
-  measured not to pay on the H200 (its Python costs what PEFT's modules did), so off by default.
+  (`harness.model._lean_lora`), meant for steps bound by the CPU that launches kernels rather than by the GPU.
+  Off by default: without graphs its Python cost what PEFT's modules did; with graphs it ran 1.07x the default
+  with Liger's kernels but 0.49x without them, where the activations it saves left graphs fewer micro-batches
+  under the memory budget.
 * **bf16 LoRA inputs** (`lora_bf16_inputs`): PEFT casts each LoRA input to the adapter's fp32 dtype before
   dropout; under bf16 autocast the matmul runs in bf16 anyway, so the cast only costs bandwidth and memory.
 * **Memory plan** (`plan_memory`): the bytes each decoder layer saves per token are measured on the device
@@ -79,9 +81,8 @@ class FastPath:
     attention: Literal["auto", "per_sequence"] = "auto"   # auto: the varlen kernel if its self-check passes
     liger: tuple[str, ...] | None = None   # Liger kernels by name (LIGER_KERNELS); None: DEFAULT_LIGER_KERNELS
     lora_bf16_inputs: bool = True
-    # each LoRA linear layer as one autograd node (harness.model._lean_lora): off by default, as it did not pay on
-    # the H200 (the 13:25 run of the training bench: with it 25,342 tok/s, without 26,231): its
-    # Python forward and backward cost about what PEFT's modules and autograd nodes did
+    # each LoRA linear layer as one autograd node (harness.model._lean_lora): off by default, its gain depends on
+    # memory (the 20:01 and 20:05 runs of the training bench: 0.49x the default without Liger, 1.07x with it)
     lean_lora: bool = False
     checkpointing: Literal["auto", "none", "full"] = "auto"
     fold_accumulation: bool = True

@@ -112,6 +112,18 @@ def fill_padded(static: torch.Tensor, real: torch.Tensor) -> None:
     static[:, t:].zero_()
 
 
+def release_cache_for(needed: int, device: torch.device) -> bool:
+    """Give the caching allocator's unused blocks back to the device when fewer than ~2x `needed` bytes are free
+    there: a capture allocates from its own pool, which cannot use blocks cached for other streams (the warm-up's,
+    earlier eager steps'). Found on an H200 when a one-GPU trial of ~29k-token micro-batches held 84 GiB cached and
+    its capture ran out of memory. Returns whether it emptied the cache."""
+    free, _ = torch.cuda.mem_get_info(device)
+    if free >= 2 * needed:
+        return False
+    torch.cuda.empty_cache()
+    return True
+
+
 @contextmanager
 def _refusing_syncs() -> Iterator[None]:
     """PyTorch raises on any operation that synchronises with the GPU (`.item()`, `nonzero`, copies to the host)."""
@@ -181,11 +193,14 @@ class _StackGraph:
             # eager warm-up: lazy initialisation (cuBLAS workspaces, kernel choices) happens outside the capture, and
             # an operation that waits for the GPU (which a capture cannot hold) raises here, before any capture
             # starts: a capture that fails half-way leaves the CUDA random generator unusable for the process
+            before = torch.cuda.memory_allocated(hidden.device)
             out, wrt = forward()
+            needed = torch.cuda.memory_allocated(hidden.device) - before   # what the capture will keep
             torch.autograd.grad(out, wrt, torch.zeros_like(out))
             del out, wrt
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
+        release_cache_for(needed, hidden.device)
         self.fwd, self.bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
         with _capturing(self.fwd, pool, stream):
             self.out, wrt = forward()
