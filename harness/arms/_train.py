@@ -252,7 +252,7 @@ def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir:
         plan = session.plan(model, _token_lengths(tok, conversations, arm.max_length), arm.batch_size,
                             arm.grad_accum, forced_checkpointing=arm.gradient_checkpointing)
         # overlapped steps (harness.model._overlap): TRL's SFTTrainer, its per-step host syncs moved off the step
-        overlapped = session.overlaps is None
+        overlapped = session.overlap_blocked is None
         trainer_class = overlapped_trainer(SFTTrainer) if overlapped else SFTTrainer
         args = SFTConfig(**_common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True)
                          | (overlap_args(device) if overlapped else {}), completion_only_loss=True, eos_token=eos)

@@ -746,7 +746,7 @@ class FastSession:
         self._graphs: LayerGraphs | None = None   # while training with CUDA graphs
 
     @property
-    def overlaps(self) -> str | None:
+    def overlap_blocked(self) -> str | None:
         """Why this session's SFT steps cannot be overlapped (None: they can, `OverlappedSteps` trains them)."""
         if not self.fast.overlap:
             return "off"
@@ -836,8 +836,8 @@ class FastSession:
             if "fused_linear_cross_entropy" in self.fast.liger_kernels:
                 self.report.liger_loss_head = (stack.enter_context(liger_loss_head(model)) if self.sft
                                                else "off: SFT only (this loss needs per-token log-probabilities)")
-            self.report.overlap = self.overlaps or "on"
-            if self.overlaps is None and not self.report.liger_loss_head.startswith("on"):
+            self.report.overlap = self.overlap_blocked or "on"
+            if self.overlap_blocked is None and not self.report.liger_loss_head.startswith("on"):
                 causal_lm = unwrap(model)
                 head = stack.enter_context(host_indexed_head(causal_lm, backbone_of(causal_lm)))
                 self.report.overlap = f"on (loss head by host-side indices: {head})"

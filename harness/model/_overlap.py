@@ -11,8 +11,9 @@ next piece of work. The stops, and what replaces each here:
   for the GPU, forward and backward): `host_indexed_head` selects them by the positions the collator found;
 * TRL's entropy and token-accuracy metrics and its token count (`.item()` per micro-batch), the Trainer's token
   count (`include_num_input_tokens_seen`), its NaN filter (`torch.isnan(loss) or ...`) and the per-step loss
-  log (`loss.item()`): `OverlappedSteps` keeps the metrics on the device, counts tokens on the host, and logs each
-  step one step late, from copies made without waiting;
+  log (`loss.item()`): `OverlappedSteps` keeps the metrics and the token counts (from the host-side packing) on
+  the device, sums them over the processes of a data-parallel run by collectives, and logs each step one step
+  late, from copies made without waiting;
 * the batch's copy to the GPU: pinned memory, copied without blocking (`accelerator_config.non_blocking`).
 
 So the CPU prepares step n+1 while the GPU runs step n, and the GPU's queue never runs dry. Nothing here changes a
@@ -217,14 +218,14 @@ class OverlappedSteps:
         self._device_metrics: dict[str, list[torch.Tensor]] = {"train": [], "eval": []}
         self._deferred: list[_DeferredLog] = []
 
-    def _overlaps(self) -> bool:
+    def _overlap_applies(self) -> bool:
         return (self.compute_loss_func is None and self.label_smoother is None
                 and getattr(self.args, "loss_type", "nll") == "nll" and not getattr(self, "aux_loss_enabled", False))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         pack = inputs.get(PACK_KEY)
-        if return_outputs or not isinstance(pack, HostPack) or not self._overlaps():
+        if return_outputs or not isinstance(pack, HostPack) or not self._overlap_applies():
             if self.model.training and isinstance(inputs.get("attention_mask"), torch.Tensor):
                 # the Trainer does not count tokens in an overlapped run (include_num_input_tokens_seen="no")
                 self.state.num_input_tokens_seen += int(self.accelerator.gather(
@@ -255,7 +256,8 @@ class OverlappedSteps:
     def _maybe_log_save_evaluate(self, tr_loss: torch.Tensor, grad_norm: Any, model: Any, trial: Any, epoch: Any,
                                  ignore_keys_for_eval: Any, start_time: float, learning_rate: float | None = None,
                                  **kwargs: Any) -> None:
-        if self._overlaps() and self.control.should_log and self.state.global_step > self._globalstep_last_logged:
+        due = self.control.should_log and self.state.global_step > self._globalstep_last_logged
+        if due and self._overlap_applies():
             self._defer_log(tr_loss, grad_norm, learning_rate)
             self._flush_logs(start_time, keep=1)   # the earlier steps': the GPU has finished them or is about to
             self.control.should_log = False
