@@ -219,7 +219,10 @@ class OverlappedSteps:
         self._deferred: list[_DeferredLog] = []
 
     def _overlap_applies(self) -> bool:
-        return (self.compute_loss_func is None and self.label_smoother is None
+        """TRL's plain token-mean SFT loss, and the TRL internals this class keeps up (`_metrics`,
+        `_total_train_tokens`, as in TRL 1.16): otherwise TRL's own code runs."""
+        return (hasattr(self, "_metrics") and hasattr(self, "_total_train_tokens")
+                and self.compute_loss_func is None and self.label_smoother is None
                 and getattr(self.args, "loss_type", "nll") == "nll" and not getattr(self, "aux_loss_enabled", False))
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
@@ -315,11 +318,6 @@ class OverlappedSteps:
             if entry.grad_norm is not None:
                 logs["grad_norm"] = float(entry.grad_norm)
             logs["learning_rate"] = entry.learning_rate
-            # what the Trainer adds when it counts tokens itself (include_num_input_tokens_seen)
-            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
-            if start_time is not None:
-                seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
-                logs |= speed_metrics("train", start_time, num_tokens=seen)
             self._total_loss_scalar += loss_sum
             state = self.state
             now = (state.global_step, state.epoch)
@@ -335,6 +333,11 @@ class OverlappedSteps:
         if mode == "eval" and pending:   # evaluation logs at once (training's are read with their step)
             self._metric_rows(mode, self._summed_over_processes(torch.stack(pending)).tolist())
             pending.clear()
+        if self.args.include_num_input_tokens_seen == "no":   # what the Trainer adds when it counts tokens itself
+            logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
+            if start_time is not None:
+                seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)
+                logs |= speed_metrics("train", start_time, num_tokens=seen)
         super().log(logs, start_time)
 
 

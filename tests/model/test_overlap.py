@@ -88,13 +88,15 @@ def test_host_indexed_head_equals_trls_head_in_loss_metrics_and_gradients():
         torch.testing.assert_close(our_grads[name], grad, atol=1e-6, rtol=1e-4)
 
 
-def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path):
+def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path, monkeypatch):
     """The same per-step rows and TRL metrics with and without overlap (the rows of a step are written a step
-    late; the values are that step's)."""
+    late; the values are that step's), and when the overlapped trainer falls back to TRL's code (a loss or a TRL
+    it does not know: the tokens are then counted from the mask)."""
     from transformers import TrainerCallback
 
     from harness.arms._train import sft_with_model
     from harness.model._load import load_model
+    from harness.model._overlap import OverlappedSteps
     from harness.plan import LoraArm
 
     class Logs(TrainerCallback):
@@ -107,16 +109,25 @@ def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path):
     arm = LoraArm(name="l", type="lora", max_steps=4, batch_size=3, grad_accum=2, dropout=0.0, lr=5e-3,
                   max_length=64)
     examples = _examples(12, seed=3)
-    runs = {}
-    for overlap in (False, True):
+    def run(overlap: bool):
         logs = Logs()
         model, tok = load_model(str(tiny_model_dir), "cpu")
         model.train()
-        result = sft_with_model(arm, model, tok, examples, tmp_path / str(overlap), "cpu",
+        result = sft_with_model(arm, model, tok, examples, tmp_path / str(len(runs)), "cpu",
                                 fast=fp.FastPath(checkpointing="none", fold_accumulation=False, overlap=overlap),
                                 progress=False, callbacks=(logs,))
-        runs[overlap] = (result, logs.rows)
+        return result, logs.rows
+
+    runs = {}
+    runs[False] = run(False)
+    runs[True] = run(True)
+    monkeypatch.setattr(OverlappedSteps, "_overlap_applies", lambda self: False)
+    fallback, fallback_logs = run(True)
     (plain, plain_logs), (over, over_logs) = runs[False], runs[True]
+    assert [s["tokens"] for s in fallback.steps] == [s["tokens"] for s in plain.steps]
+    assert [s["loss"] for s in fallback.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
+    assert [r.get("num_input_tokens_seen") for r in fallback_logs if "loss" in r] == \
+        [r.get("num_input_tokens_seen") for r in plain_logs if "loss" in r]
     assert plain.fastpath["overlap"] == "off" and over.fastpath["overlap"].startswith("on (loss head by host")
     assert [s["step"] for s in over.steps] == [s["step"] for s in plain.steps] == [1, 2, 3, 4]
     assert [s["tokens"] for s in over.steps] == [s["tokens"] for s in plain.steps]
