@@ -62,6 +62,7 @@ from harness.model._overlap import PACK_KEY, HostPack, host_indexed_head, to_dev
 
 ATTENTION_NAME = "tunegate_varlen"
 CUDA_GRAPHS_ENV = "TUNEGATE_CUDA_GRAPHS"   # 0/false/off: the default fast path without CUDA graphs
+OVERLAP_ENV = "TUNEGATE_OVERLAP"           # 0/false/off: without overlapped steps (each step's row logged at once)
 SEQ_LENGTHS_KWARG = "packed_seq_lengths"  # python tuple of sequence lengths, so no device sync is needed
 GIB = 2**30
 LIGER_KERNELS = ("rms_norm", "swiglu", "rope", "fused_linear_cross_entropy")
@@ -113,11 +114,15 @@ class FastPath:
     @classmethod
     def for_device(cls, device: str) -> FastPath | None:
         """The default: everything on for CUDA; the plain TRL path on CPU (float32, no kernels to gain from).
-        `TUNEGATE_CUDA_GRAPHS=0` (in the environment of the run, which its workers inherit) turns CUDA graphs off."""
+        `TUNEGATE_CUDA_GRAPHS=0` and `TUNEGATE_OVERLAP=0` (in the environment of the run, which its workers
+        inherit) turn CUDA graphs and overlapped steps off."""
         if device != "cuda":
             return None
-        graphs = os.environ.get(CUDA_GRAPHS_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
-        return cls(cuda_graphs=graphs)
+
+        def on(name: str) -> bool:
+            return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
+
+        return cls(cuda_graphs=on(CUDA_GRAPHS_ENV), overlap=on(OVERLAP_ENV))
 
 
 @dataclass

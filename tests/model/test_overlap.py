@@ -38,6 +38,14 @@ def test_host_packing_equals_the_packing_read_from_the_mask(side):
     assert torch.equal(pack.predicting, rows * mask.shape[1] + cols)
 
 
+def test_default_fast_path_overlaps_unless_the_environment_turns_it_off(monkeypatch):
+    monkeypatch.delenv(fp.OVERLAP_ENV, raising=False)
+    monkeypatch.delenv(fp.CUDA_GRAPHS_ENV, raising=False)
+    assert fp.FastPath.for_device("cuda").overlap
+    monkeypatch.setenv(fp.OVERLAP_ENV, "off")
+    assert fp.FastPath.for_device("cuda") == fp.FastPath(overlap=False)
+
+
 def test_host_packing_refuses_holes_and_empty_batches_and_keeps_the_collators_settings():
     mask = torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0]])
     assert pack_on_host(mask) is None and pack_on_host(torch.zeros(2, 3, dtype=torch.long)) is None
