@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from harness.model._graphs import GRAPH_MODEL_TYPES, LayerGraphs, bucket_tokens
 from harness.model._lean_lora import lean_lora
-from harness.model._overlap import PACK_KEY, HostPack, host_indexed_head, to_device
+from harness.model._overlap import PACK_KEY, HostPack, forward_swapped, host_indexed_head, packed_layout, to_device
 
 ATTENTION_NAME = "tunegate_varlen"
 CUDA_GRAPHS_ENV = "TUNEGATE_CUDA_GRAPHS"   # 0/false/off: the default fast path without CUDA graphs
@@ -326,19 +326,13 @@ def pack_from_mask(mask: torch.Tensor) -> PackedRow | None:
     rows = stats.tolist()   # the one device->host copy per forward
     if any(r[1] > 1 for r in rows):
         raise ValueError("padding-free forward needs the real tokens of each row to be contiguous")
-    index, positions, lengths = [], [], []
-    for row, (n, _, start) in enumerate(rows):
-        if n:
-            index.append(torch.arange(row * width + start, row * width + start + n))
-            positions.append(torch.arange(n))
-            lengths.append(n)
-    if not lengths:
+    layout = packed_layout([(start, n) for n, _, start in rows], width)
+    if layout is None:
         return None
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    index, position_ids, cu, lengths = layout
     device = mask.device
-    return PackedRow(index=torch.cat(index).to(device, non_blocking=True),
-                     position_ids=torch.cat(positions).unsqueeze(0).to(device, non_blocking=True),
-                     cu_seq_lens=cu.to(device, non_blocking=True), lengths=tuple(lengths))
+    return PackedRow(index=index.to(device, non_blocking=True), position_ids=position_ids.to(device, non_blocking=True),
+                     cu_seq_lens=cu.to(device, non_blocking=True), lengths=lengths)
 
 
 def host_row(pack: HostPack, device: torch.device) -> PackedRow:
@@ -507,12 +501,8 @@ def liger_loss_head(model: Any) -> Iterator[str]:
         loss = total / (count.clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
         return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=zeros, is_top1=zeros, label_mask=mask)
 
-    causal_lm.forward = forward
-    try:
+    with forward_swapped(causal_lm, forward, previous):
         yield "on: fused_linear_cross_entropy (loss head)"
-    finally:
-        if causal_lm.__dict__.get("forward") is forward:
-            causal_lm.forward = previous
 
 
 @contextmanager

@@ -68,6 +68,23 @@ class HostPack:
         return HostPack(shape=self.shape, lengths=self.lengths, **pinned)
 
 
+def packed_layout(rows: list[tuple[int, int]], width: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]] | None:
+    """The packed row of a [B, width] batch whose row b has `n` real tokens from column `start` (rows[b] =
+    (start, n)): the flat positions (in B*width) of the real tokens, position ids restarting at 0 per sequence
+    [1, T], the sequence boundaries (int32), and the lengths of the non-empty rows; None when no row has a token."""
+    index, positions, lengths = [], [], []
+    for row, (start, n) in enumerate(rows):
+        if n:
+            index.append(torch.arange(row * width + start, row * width + start + n))
+            positions.append(torch.arange(n))
+            lengths.append(n)
+    if not lengths:
+        return None
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    return torch.cat(index), torch.cat(positions).unsqueeze(0), cu, tuple(lengths)
+
+
 def pack_on_host(mask: torch.Tensor, labels: torch.Tensor | None = None) -> HostPack | None:
     """The packing of a batch from its host-side attention mask [B, L] (and labels [B, L]); None when a row's real
     tokens are not contiguous or the batch has none (the forward then works it out itself)."""
@@ -75,28 +92,24 @@ def pack_on_host(mask: torch.Tensor, labels: torch.Tensor | None = None) -> Host
         return None
     mask = mask.bool()
     batch, width = mask.shape
-    index, positions, lengths = [], [], []
+    rows = []
     for row in range(batch):
         real = mask[row].nonzero().flatten()
-        if real.numel() == 0:
-            continue
-        start, n = int(real[0]), int(real.numel())
-        if int(real[-1]) - start + 1 != n:
+        start, n = (int(real[0]), int(real.numel())) if real.numel() else (0, 0)
+        if n and int(real[-1]) - start + 1 != n:
             return None
-        index.append(torch.arange(row * width + start, row * width + start + n))
-        positions.append(torch.arange(n))
-        lengths.append(n)
-    if not lengths:
+        rows.append((start, n))
+    layout = packed_layout(rows, width)
+    if layout is None:
         return None
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    index, position_ids, cu, lengths = layout
     predicting = shifted = None
     if labels is not None and labels.shape == mask.shape and width > 1:
         rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
         predicting = rows * width + cols
         shifted = rows * (width - 1) + cols
-    return HostPack(shape=(batch, width), lengths=tuple(lengths), index=torch.cat(index),
-                    position_ids=torch.cat(positions).unsqueeze(0), cu_seq_lens=cu, predicting=predicting,
-                    predicting_shifted=shifted)
+    return HostPack(shape=(batch, width), lengths=lengths, index=index, position_ids=position_ids, cu_seq_lens=cu,
+                    predicting=predicting, predicting_shifted=shifted)
 
 
 class HostPacking:
@@ -173,9 +186,16 @@ def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
                                    log_sum_sq_probs=log_sum_sq_probs, mean_logits=mean_logits, is_top1=is_top1,
                                    label_mask=mask)
 
+    with forward_swapped(model, forward, previous):
+        yield "on"
+
+
+@contextmanager
+def forward_swapped(model: Any, forward: Callable[..., Any], previous: Callable[..., Any]) -> Iterator[None]:
+    """`model.forward` is `forward` for the duration, then `previous` again (unless something replaced it since)."""
     model.forward = forward
     try:
-        yield "on"
+        yield
     finally:
         if model.__dict__.get("forward") is forward:
             model.forward = previous
