@@ -58,7 +58,15 @@ import torch.nn.functional as F
 
 from harness.model._graphs import GRAPH_MODEL_TYPES, LayerGraphs, bucket_tokens
 from harness.model._lean_lora import lean_lora
-from harness.model._overlap import PACK_KEY, HostPack, forward_swapped, host_indexed_head, packed_layout, to_device
+from harness.model._overlap import (
+    PACK_KEY,
+    HostPack,
+    forward_swapped,
+    host_indexed_head,
+    packed_layout,
+    row_spans,
+    to_device,
+)
 
 ATTENTION_NAME = "tunegate_varlen"
 CUDA_GRAPHS_ENV = "TUNEGATE_CUDA_GRAPHS"   # 0/false/off: the default fast path without CUDA graphs
@@ -319,14 +327,10 @@ class PackedRow:
 def pack_from_mask(mask: torch.Tensor) -> PackedRow | None:
     """Describe the packed row for a 2D attention mask whose real tokens are contiguous in each row
     (None when the batch has no real token at all)."""
-    mask = mask.bool()
-    width = mask.shape[1]
-    runs = mask[:, :1].int() + (mask[:, 1:] & ~mask[:, :-1]).sum(1, keepdim=True).int()
-    stats = torch.cat([mask.sum(1, keepdim=True).int(), runs, mask.int().argmax(1, keepdim=True).int()], 1)
-    rows = stats.tolist()   # the one device->host copy per forward
-    if any(r[1] > 1 for r in rows):
+    spans = row_spans(mask)   # from a mask on the GPU: the one device->host copy per forward
+    if spans is None:
         raise ValueError("padding-free forward needs the real tokens of each row to be contiguous")
-    layout = packed_layout([(start, n) for n, _, start in rows], width)
+    layout = packed_layout(spans, mask.shape[1])
     if layout is None:
         return None
     index, position_ids, cu, lengths = layout

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -61,11 +61,8 @@ class HostPack:
 
     def pin_memory(self) -> HostPack:
         """Called by the DataLoader (pin_memory=True) on every value of the batch."""
-        pinned = {k: getattr(self, k).pin_memory() for k in ("index", "position_ids", "cu_seq_lens")}
-        for k in ("predicting", "predicting_shifted"):
-            value = getattr(self, k)
-            pinned[k] = value.pin_memory() if value is not None else None
-        return HostPack(shape=self.shape, lengths=self.lengths, **pinned)
+        tensors = ("index", "position_ids", "cu_seq_lens", "predicting", "predicting_shifted")
+        return replace(self, **{k: v.pin_memory() for k in tensors if (v := getattr(self, k)) is not None})
 
 
 def packed_layout(rows: list[tuple[int, int]], width: int
@@ -85,21 +82,26 @@ def packed_layout(rows: list[tuple[int, int]], width: int
     return torch.cat(index), torch.cat(positions).unsqueeze(0), cu, tuple(lengths)
 
 
+def row_spans(mask: torch.Tensor) -> list[tuple[int, int]] | None:
+    """(start, n) of each row's real tokens in a 2D attention mask ((0, 0) for an empty row); None when a row's
+    real tokens are not contiguous. Reads the mask back to the host once."""
+    mask = mask.bool()
+    runs = mask[:, :1].int() + (mask[:, 1:] & ~mask[:, :-1]).sum(1, keepdim=True).int()
+    stats = torch.cat([mask.sum(1, keepdim=True).int(), runs, mask.int().argmax(1, keepdim=True).int()], 1)
+    rows = stats.tolist()
+    if any(r[1] > 1 for r in rows):
+        return None
+    return [(start if n else 0, n) for n, _, start in rows]
+
+
 def pack_on_host(mask: torch.Tensor, labels: torch.Tensor | None = None) -> HostPack | None:
     """The packing of a batch from its host-side attention mask [B, L] (and labels [B, L]); None when a row's real
     tokens are not contiguous or the batch has none (the forward then works it out itself)."""
     if mask.dim() != 2 or mask.is_cuda:
         return None
-    mask = mask.bool()
     batch, width = mask.shape
-    rows = []
-    for row in range(batch):
-        real = mask[row].nonzero().flatten()
-        start, n = (int(real[0]), int(real.numel())) if real.numel() else (0, 0)
-        if n and int(real[-1]) - start + 1 != n:
-            return None
-        rows.append((start, n))
-    layout = packed_layout(rows, width)
+    spans = row_spans(mask)
+    layout = packed_layout(spans, width) if spans is not None else None
     if layout is None:
         return None
     index, position_ids, cu, lengths = layout
