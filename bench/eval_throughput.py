@@ -179,7 +179,8 @@ def run_dtype(model: Any, tok: Any, dtype_name: str, args: argparse.Namespace, d
 
 def profiled(fn: Callable[[], Any], device: str) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
-    from train_throughput import top_ops
+
+    from harness.model._profile import top_ops
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -6,6 +6,9 @@
 #   bash bench/gpu_session.sh sweeps   # the default model converted once; the 12-trial plan on GPU 0 alone,
 #                                      # then on GPUs 0 and 1 (bench/multi_gpu.py --parts sweep)
 #   bash bench/gpu_session.sh ddp      # one LoRA trial on one GPU and data parallel on two (multi_gpu --parts ddp)
+#   bash bench/gpu_session.sh ddpprof  # the same with torch.profiler over five steps of every rank (diagnosis)
+#   bash bench/gpu_session.sh pytest   # the CUDA-only tests under pytest (bundle.sh ... pytest==9.2.0
+#                                      # pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0)
 #   bash bench/gpu_session.sh train    # the 1.07B training bench on GPU 0: stock peers, ours, profiles
 #   bash bench/gpu_session.sh train8b  # the 8B-shape rows of the training bench, merged into the same JSON
 #   bash bench/gpu_session.sh ray      # the Ray part of multi_gpu.py on the 12-trial plan (--ray-plan full: by Ray
@@ -38,6 +41,19 @@ ddp)      # ~4 min: merged into the sweeps step's report when it ran in this lea
   timeout 330 python bench/multi_gpu.py --parts ddp --merge /root/multi_gpu.json --budget 310 \
     --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_ddp.log" 2>&1
   tail -n 12 "$OUT/multi_gpu_ddp.log"; cp /root/multi_gpu.json "$OUT/multi_gpu.json" 2>/dev/null
+  ;;
+ddpprof)  # ~4 min: the ddp part with torch.profiler over steps 20-24 of both trials, every rank (not merged: the
+          # profiled steps run slower)
+  timeout 330 python bench/multi_gpu.py --parts ddp --ddp-profile 20:5 --budget 310 --work "$W/multi-prof" \
+    --out "$OUT/multi_gpu_ddp_profile.json" > "$OUT/multi_gpu_ddp_profile.log" 2>&1
+  tail -n 4 "$OUT/multi_gpu_ddp_profile.log"
+  ;;
+pytest)   # ~2 min: the CUDA-only tests (skipped in CI), under pytest on this GPU; needs pytest in the bundle
+  timeout 280 python -m pytest -q -rs -p no:cacheprovider tests/model/test_graphs.py tests/model/test_overlap.py \
+    "tests/model/test_fastpath.py::test_varlen_kernel_and_liger_on_cuda" \
+    "tests/arms/test_arms.py::test_qlora_trains_on_a_4bit_base" --junitxml "$OUT/pytest_cuda.xml" \
+    > "$OUT/pytest_cuda.log" 2>&1; echo "pytest exit $?"
+  tail -n 15 "$OUT/pytest_cuda.log"
   ;;
 train)    # ~5 min: merged into the committed JSON (its `why` and `liger` sections keep their own dates)
   cp reports/perf/train_throughput.json /root/train_throughput.json
@@ -75,5 +91,5 @@ merge)    # waits (up to ~9 min) for the peer, then merges it with the default p
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
     --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 3
   ;;
-*) echo "usage: bash bench/gpu_session.sh sweeps|ddp|train|train8b|ray|peer|merge" >&2; exit 2 ;;
+*) echo "usage: bash bench/gpu_session.sh sweeps|ddp|ddpprof|pytest|train|train8b|ray|peer|merge" >&2; exit 2 ;;
 esac

@@ -459,7 +459,8 @@ def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
     model = build_model(root / "model", settings, tok, "cpu" if args.tiny else None)
     train = write_rows(root / "train.jsonl", tok, settings.steps * settings.batch * settings.accum * 2,
                        settings.min_words, settings.max_words, settings.seed)
-    env = child_env({"TUNEGATE_SUITES": str(write_suite(root / "suites"))})
+    env = child_env({"TUNEGATE_SUITES": str(write_suite(root / "suites"))}
+                    | ({"TUNEGATE_PROFILE": args.ddp_profile} if args.ddp_profile else {}))
     store_url = f"sqlite:///{root / 'store.db'}"
     trials: dict[str, dict[str, Any]] = {}
     for label, gpus, accum in (("one_gpu", 1, 2 * settings.accum), ("two_gpus", 2, settings.accum)):
@@ -468,10 +469,13 @@ def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
                            env=env)
         try:
             trials[label] = ran | read_trial(store_url, f"multi-gpu-{label}", args.warmup_steps)
+            if args.ddp_profile:
+                trials[label]["profiles"] = read_profiles(Path(trials[label]["folder"]))
         except Exception as exc:  # noqa: BLE001 - no trial to read (the run did not start): the next one still runs
             trials[label] = ran | {"status": "not run", "error": f"{type(exc).__name__}: {exc}"}
     one, two = trials["one_gpu"], trials["two_gpus"]
-    result: dict[str, Any] = {"settings": asdict(settings) | {"global_batch": 2 * settings.batch * settings.accum},
+    result: dict[str, Any] = {"settings": asdict(settings) | {"global_batch": 2 * settings.batch * settings.accum,
+                                                              "profiled_steps": args.ddp_profile},
                               "model": model, "data": {"rows": settings.steps * settings.batch * settings.accum * 2,
                                                        "file": str(train)},
                               "trials": trials}
@@ -496,6 +500,25 @@ def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
         f"{result['ddp_speedup']}x (steady {result['ddp_speedup_steady']}x); loss curves differ by "
         f"{result['loss_curve_rel_diff']} on average; same tokens: {result['same_tokens']}")
     return result
+
+
+PROFILE_KEYS = ("first_step", "steps", "wall_ms_per_step", "kernel_ms_per_step", "device_busy_share",
+                "nccl_ms_per_step", "cpu_total_ms_per_step", "kernel_launches_per_step", "graph_launches_per_step",
+                "syncs_per_step")
+
+
+def read_profiles(folder: Path, top: int = 10) -> dict[str, Any]:
+    """Each rank's `TUNEGATE_PROFILE` table from a trial's folder (harness.model._profile), its top ops cut to
+    `top`: rank -> table."""
+    out: dict[str, Any] = {}
+    for path in sorted(folder.glob("profile*.json")):
+        table = json.loads(path.read_text())
+        out[str(table.get("rank", 0))] = {k: table.get(k) for k in PROFILE_KEYS} | {
+            "kernels": [{k: row[k] for k in ("name", "calls_per_step", "self_ms_per_step", "share")}
+                        for row in table.get("kernels", [])[:top]],
+            "cpu_ops": [{k: row[k] for k in ("name", "calls_per_step", "self_ms_per_step")}
+                        for row in table.get("cpu_ops", table.get("ops", []))[:top]]}
+    return out
 
 
 class PartFailed(Exception):
@@ -929,6 +952,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ddp-batch", type=int, help=f"micro-batch per process B (default {DDP_GPU.batch})")
     p.add_argument("--ddp-accum", type=int, help=f"accumulation G of the two-GPU trial (default {DDP_GPU.accum}; "
                                                  "the one-GPU trial accumulates 2G)")
+    p.add_argument("--ddp-profile", metavar="FIRST:COUNT",
+                   help="profile optimizer steps FIRST.. of both ddp trials (TUNEGATE_PROFILE; every rank) and keep "
+                        "the tables in the JSON; the profiled steps run slower, so the speedups are then indicative")
     p.add_argument("--warmup-steps", type=int, help="steps left out of ddp_speedup_steady (default 3; tiny 1)")
     p.add_argument("--ray-plan", choices=("small", "full"), default="small",
                    help="what the ray part runs by Ray and by the local executor: 'small' (baseline and two short "

@@ -67,6 +67,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from harness.model import LIGER_KERNELS, FastPath
+from harness.model._profile import step_profiler
 
 # dense bf16 tensor-core peak, FLOP/s, by device name fragment (NVIDIA data sheets)
 PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12, "A100": 312.0e12,
@@ -600,77 +601,6 @@ def guarded(name: str, fn: Callable[[], RunStats], config: dict[str, Any] | None
 # --------------------------------------------------------------------------------------------- profile
 
 
-def profiler_callback(first_step: int, steps: int, device: str) -> Any:
-    """A TrainerCallback that records torch.profiler over steps [first_step, first_step + steps), and the wall
-    time of those steps (so the table says how much of a step the GPU was busy)."""
-    from torch.profiler import ProfilerActivity, profile
-    from transformers import TrainerCallback
-
-    class Profiled(TrainerCallback):
-        def __init__(self) -> None:
-            self.prof: Any = None
-            self.table: dict[str, Any] | None = None
-            self.started = 0.0
-
-        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if state.global_step == first_step and self.prof is None:
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-                self.prof = profile(activities=activities, record_shapes=False)
-                self.prof.__enter__()
-                self.started = time.perf_counter()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.prof is not None and self.table is None and state.global_step >= first_step + steps:
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                wall_ms = (time.perf_counter() - self.started) * 1000 / steps
-                self.prof.__exit__(None, None, None)
-                self.table = top_ops(self.prof, device, steps) | {"wall_ms_per_step": wall_ms}
-                if device == "cuda":
-                    self.table["device_busy_share"] = self.table["kernel_ms_per_step"] / wall_ms
-
-    return Profiled()
-
-
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
-               "aten::nonzero", "Memcpy DtoH")
-
-
-def top_ops(prof: Any, device: str, steps: int, limit: int = 25) -> dict[str, Any]:
-    """The top-`limit` ops by self device time (CPU time on a CPU) per step and the total; on a GPU also the top
-    ops by self CPU time, the kernel launches per step and the host-device synchronisations per step."""
-    def attr(evt: Any, *names: str) -> float:
-        for n in names:
-            if hasattr(evt, n):
-                return float(getattr(evt, n))
-        return 0.0
-
-    def table(events: list[Any], key: tuple[str, ...]) -> list[dict[str, Any]]:
-        total = sum(attr(e, *key) for e in events)
-        rows = sorted(events, key=lambda e: attr(e, *key), reverse=True)[:limit]
-        return [{"name": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": attr(e, *key) / 1000 / steps,
-                 "share": attr(e, *key) / total if total else 0.0,
-                 "self_cpu_ms_per_step": attr(e, "self_cpu_time_total") / 1000 / steps} for e in rows]
-
-    events = list(prof.key_averages())
-    key = ("self_device_time_total", "self_cuda_time_total") if device == "cuda" else ("self_cpu_time_total",)
-    total = sum(attr(e, *key) for e in events)
-    out: dict[str, Any] = {"sorted_by": key[0], "steps": steps, "total_ms_per_step": total / 1000 / steps,
-                           "ops": table(events, key)}
-    if device == "cuda":
-        kernels = [e for e in events if "CUDA" in str(getattr(e, "device_type", ""))]
-        out["kernel_ms_per_step"] = sum(attr(e, *key) for e in kernels) / 1000 / steps   # GPU busy time
-        out["kernels"] = table(kernels, key)
-        out["cpu_ops"] = table(events, ("self_cpu_time_total",))
-        out["cpu_total_ms_per_step"] = sum(attr(e, "self_cpu_time_total") for e in events) / 1000 / steps
-        out["kernel_launches_per_step"] = sum(e.count for e in events if e.key in ("cudaLaunchKernel",
-                                              "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")) / steps
-        out["syncs_per_step"] = {name: sum(e.count for e in events if name in e.key) / steps for name in SYNC_EVENTS}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -1031,12 +961,12 @@ def section_profile(b: Bench) -> None:
     prof = Settings(**(asdict(b.settings) | {"steps": first + steps + 1}))
     b.announce("profile (peer and ours, torch.profiler)", 2)
     tables: dict[str, Any] = {}
-    peer_cb = profiler_callback(first, steps, b.device)
+    peer_cb = step_profiler(first, steps, b.device)
     guarded("trl-no-gc (profiled)", lambda: run_trl("trl-no-gc-profiled", b.load, b.tok, chat_dataset(b.examples),
                                                     prof, b.device, b.flops, flags={"gradient_checkpointing": False},
                                                     callbacks=(peer_cb,)))
     tables["trl-no-gc"] = peer_cb.table
-    ours_cb = profiler_callback(first, steps, b.device)
+    ours_cb = step_profiler(first, steps, b.device)
     fast = b.ours_fast(b.ours_liger(), b.memory_budget(b.report["runs"]))
 
     def profiled_ours() -> RunStats:

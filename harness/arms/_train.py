@@ -29,6 +29,7 @@ from harness.arms._data import Example, Preference
 from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._load import default_device, load_model
 from harness.model._overlap import overlap_args, overlapped_trainer
+from harness.model._profile import profile_steps, step_profiler, write_profile
 
 # transformers 5.2x renamed gradient_checkpointing; the old name is the one transformers 5.17 (our GPU host) knows
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
@@ -338,6 +339,10 @@ def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession |
     trainer.remove_callback(ProgressCallback)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    steps = profile_steps()   # TUNEGATE_PROFILE=FIRST:COUNT: torch.profiler over those steps (harness.model._profile)
+    profiler = step_profiler(*steps, trainer.args.device.type) if steps is not None else None
+    if profiler is not None:
+        trainer.add_callback(profiler)
     accelerator = getattr(trainer, "accelerator", None)
     if accelerator is not None and accelerator.num_processes > 1:
         # data parallel: the ranks finish loading at different times, and the first collective sets up NCCL;
@@ -353,6 +358,7 @@ def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession |
         if session is not None:
             session.close()   # undo the kernels and the attention switch before the weights are saved
     seconds = time.perf_counter() - started
+    write_profile(profiler, out_dir, trainer.args.process_index, trainer.args.world_size)
     folder = out_dir / "adapter"
     if trainer.is_world_process_zero():  # data parallel (accelerate launch): one rank writes the weights
         trainer.model.save_pretrained(str(folder))

@@ -69,7 +69,7 @@ from harness.model._overlap import (
 )
 
 ATTENTION_NAME = "tunegate_varlen"
-CUDA_GRAPHS_ENV = "TUNEGATE_CUDA_GRAPHS"   # 0/false/off: the default fast path without CUDA graphs
+CUDA_GRAPHS_ENV = "TUNEGATE_CUDA_GRAPHS"   # 0/false/off: without CUDA graphs; always: graphs host-bound or not
 OVERLAP_ENV = "TUNEGATE_OVERLAP"           # 0/false/off: without overlapped steps (each step's row logged at once)
 SEQ_LENGTHS_KWARG = "packed_seq_lengths"  # python tuple of sequence lengths, so no device sync is needed
 GIB = 2**30
@@ -100,6 +100,9 @@ class FastPath:
     # the decoder layers of each packed micro-batch replayed as CUDA graphs, one per padded length
     # (harness.model._graphs): the steps are bound by the CPU that launches their kernels otherwise
     cuda_graphs: bool = True
+    # ... only for the padded lengths whose timed eager forward was bound by the host (harness.model._graphs):
+    # where the device was the bottleneck, a graph only adds its padding. False: every padded length
+    graphs_where_host_bound: bool = True
     # SFT steps that never wait for the GPU (harness.model._overlap): the CPU queues step n+1 while the GPU runs
     # step n
     overlap: bool = True
@@ -123,14 +126,16 @@ class FastPath:
     def for_device(cls, device: str) -> FastPath | None:
         """The default: everything on for CUDA; the plain TRL path on CPU (float32, no kernels to gain from).
         `TUNEGATE_CUDA_GRAPHS=0` and `TUNEGATE_OVERLAP=0` (in the environment of the run, which its workers
-        inherit) turn CUDA graphs and overlapped steps off."""
+        inherit) turn CUDA graphs and overlapped steps off; `TUNEGATE_CUDA_GRAPHS=always` replays every padded
+        length as a graph, host-bound or not."""
         if device != "cuda":
             return None
 
         def on(name: str) -> bool:
             return os.environ.get(name, "1").strip().lower() not in ("0", "false", "off", "no")
 
-        return cls(cuda_graphs=on(CUDA_GRAPHS_ENV), overlap=on(OVERLAP_ENV))
+        always = os.environ.get(CUDA_GRAPHS_ENV, "").strip().lower() == "always"
+        return cls(cuda_graphs=on(CUDA_GRAPHS_ENV), graphs_where_host_bound=not always, overlap=on(OVERLAP_ENV))
 
 
 @dataclass
@@ -859,14 +864,14 @@ class FastSession:
             self.report.cuda_graphs = f"off: {blocked}"
             return None, checkpointed, per_micro_batch
         if not checkpointed:
-            return LayerGraphs(layers), 0, None
+            return LayerGraphs(layers, time_eager=self.fast.graphs_where_host_bound), 0, None
         limit = graph_length_limit(plan.memory, plan.tokens_per_micro_batch)
         if limit is None:
             self.report.cuda_graphs = (f"off: no padded length fits {plan.budget_gib:.1f} GiB beside the longest "
                                        f"micro-batch ({plan.tokens_per_micro_batch} tokens) checkpointed")
             return None, checkpointed, per_micro_batch
         graph_tokens, beside = limit
-        graphs = LayerGraphs(layers, max_bucket=graph_tokens)
+        graphs = LayerGraphs(layers, max_bucket=graph_tokens, time_eager=self.fast.graphs_where_host_bound)
 
         def layers_to_checkpoint(tokens: int) -> int:   # none while a graph is captured (its micro-batch fits)
             return 0 if graphs.capturing else beside.layers_to_checkpoint(tokens)

@@ -20,6 +20,13 @@ A graph needs fixed shapes and fixed addresses, and a packed row's length change
   copies of the parameter gradients are handed to autograd (the graph's own buffers are overwritten by its next
   replay, so autograd must not keep them as `.grad` when micro-batches accumulate).
 
+* **Only where the host is the bottleneck** (`time_eager`, the default): the first micro-batch of each padded
+  length runs eagerly, timed (the host's seconds launching its layers' forward against the device's seconds
+  running it, read back a micro-batch later without waiting). A graph saves the host's launches but computes
+  the padding too, so a padded length whose eager forward kept the device busy GRAPH_GPU_BOUND times longer than
+  the host took to launch it stays eager: on an H200 a data-parallel trial of the 1.07B shape (~29k-token
+  micro-batches per GPU) replayed 13% padding for launches that were already hidden behind the device's work.
+
 Everything outside the decoder layers (embedding, rotary tables, final norm, loss head, optimizer) runs eagerly as
 before. Where a graph cannot be used for a forward (no gradient, not CUDA, an argument it was not captured with,
 more sequences than slots...) the layers run eagerly, which is always correct; `LayerGraphs.summary` says how
@@ -41,6 +48,7 @@ GRAPH_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 MIN_SLOTS = 8
 BUCKET_BITS = 3             # 2**(BUCKET_BITS-1) buckets per power of two: at most 1/2**(BUCKET_BITS-1) padding
 MIN_BUCKET = 512
+GRAPH_GPU_BOUND = 2.0       # eager forward: device seconds / host launch seconds at or above which no graph is made
 # kwargs the backbone passes its layers that the graph supplies itself (from the packed row)
 _OWN_KWARGS = frozenset({"attention_mask", "position_embeddings", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
                          "max_length_q", "max_length_k", "cache_position", "use_cache", "packed_seq_lengths"})
@@ -110,6 +118,25 @@ def fill_padded(static: torch.Tensor, real: torch.Tensor) -> None:
     t = real.shape[1]
     static[:, :t].copy_(real)
     static[:, t:].zero_()
+
+
+def gpu_bound(host_seconds: float, device_seconds: float, ratio: float = GRAPH_GPU_BOUND) -> bool:
+    """Did an eager forward keep the device busy `ratio` times longer than the host took to launch it? Then the
+    launches were hidden behind the device's work, and a graph would only add its padding."""
+    return device_seconds >= ratio * max(host_seconds, 1e-6)
+
+
+@dataclass
+class _EagerTiming:
+    """One timed eager forward of a padded length: the host's launch seconds and the device's events."""
+
+    host_seconds: float
+    start: Any   # torch.cuda.Event
+    end: Any
+
+    def device_seconds(self) -> float | None:
+        """The device's seconds, or None while it is still running (never waits)."""
+        return self.start.elapsed_time(self.end) / 1000 if self.end.query() else None
 
 
 def release_cache_for(needed: int, device: torch.device) -> bool:
@@ -260,9 +287,14 @@ class _StandIn(torch.nn.Module):
 class LayerGraphs:
     """CUDA graphs for the decoder layers of one model, per bucket; `enabled` is switched on for training."""
 
-    def __init__(self, layers: Sequence[torch.nn.Module], max_bucket: int | None = None) -> None:
+    def __init__(self, layers: Sequence[torch.nn.Module], max_bucket: int | None = None,
+                 time_eager: bool = True) -> None:
         self.layers = list(layers)
         self.max_bucket = max_bucket   # longer micro-batches run eagerly (checkpointed, say)
+        self.time_eager = time_eager   # graph a padded length only where its timed eager forward was host-bound
+        self.timings: dict[tuple[Any, ...], _EagerTiming] = {}
+        self.device_bound: dict[tuple[Any, ...], float] = {}   # padded lengths left eager: device/host ratio
+        self.timed_first = False   # the process's first forward (lazy initialisation) is timed again
         self.capturing = False
         self.stack = _Stack(self.layers)
         self.trainable = [(name, p) for name, p in self.stack.named_parameters() if p.requires_grad]
@@ -293,9 +325,14 @@ class LayerGraphs:
         row = PaddedRow.of(kwargs["packed_seq_lengths"]) if why is None else None
         if row is not None and self.max_bucket is not None and row.bucket > self.max_bucket:
             why = f"longer than {self.max_bucket} tokens (checkpointed)"
+        key = self._key(row, hidden, kwargs) if why is None else None
+        if key is not None and self.time_eager and key not in self.graphs:
+            why = self._eager_verdict(key)
+            if why == "timing the eager forward":
+                return self._timed_eager(key, hidden, kwargs)
         if why is None:
             try:
-                return self._replay(row, hidden, kwargs)
+                return self._replay(row, key, hidden, kwargs)
             except Exception as exc:  # noqa: BLE001 - a graph that cannot be captured leaves the eager path
                 self.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
                 self.enabled = False
@@ -306,6 +343,47 @@ class LayerGraphs:
             out = layer(hidden, **kwargs)
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
+
+    def _eager_verdict(self, key: tuple[Any, ...]) -> str | None:
+        """For a padded length with no graph yet: time it eagerly (no timing yet), wait for the timing (still
+        running on the device), stay eager (device-bound), or None: capture it."""
+        if key in self.device_bound:
+            return "device-bound (eager hides the launches; a graph adds padding)"
+        timing = self.timings.get(key)
+        if timing is None:
+            return "timing the eager forward"
+        device = timing.device_seconds()
+        if device is None:
+            return "eager timing still on the device"
+        del self.timings[key]
+        if not self.timed_first:   # lazy initialisation (cuBLAS, the allocator) slowed the host: time it again
+            self.timed_first = True
+            return "timing the eager forward"
+        if gpu_bound(timing.host_seconds, device):
+            self.device_bound[key] = device / max(timing.host_seconds, 1e-6)
+            return "device-bound (eager hides the launches; a graph adds padding)"
+        return None
+
+    def _timed_eager(self, key: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        why = "timing the eager forward"
+        self.eager[why] = self.eager.get(why, 0) + 1
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        began = time.perf_counter()
+        for layer in self.layers:
+            out = layer(hidden, **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        host = time.perf_counter() - began
+        end.record()
+        self.timings[key] = _EagerTiming(host, start, end)
+        return hidden
+
+    def _key(self, row: PaddedRow, hidden: torch.Tensor, kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        """What a graph is captured for: the padded length and everything the capture bakes in."""
+        cos, _ = kwargs["position_embeddings"]
+        extra = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
+        return (row.bucket, row.slots, hidden.dtype, cos.dtype, hidden.requires_grad, self.layers[0].training,
+                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"), tuple(sorted(extra.items())))
 
     def _why_eager(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> str | None:
         if not self.enabled:
@@ -331,11 +409,10 @@ class LayerGraphs:
         return (bool(getattr(first, "disable_adapters", False)), bool(getattr(first, "merged", False)),
                 tuple(getattr(first, "active_adapters", ()) or ()))
 
-    def _replay(self, row: PaddedRow, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    def _replay(self, row: PaddedRow, key: tuple[Any, ...], hidden: torch.Tensor,
+                kwargs: dict[str, Any]) -> torch.Tensor:
         cos, sin = kwargs["position_embeddings"]
         extra = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
-        key = (row.bucket, row.slots, hidden.dtype, cos.dtype, hidden.requires_grad, self.layers[0].training,
-               torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"), tuple(sorted(extra.items())))
         graph = self.graphs.get(key)
         if graph is None:
             start = time.perf_counter()
@@ -362,6 +439,10 @@ class LayerGraphs:
                 f"replays")
         if self.max_bucket is not None:
             text += f" (micro-batches up to {self.max_bucket} tokens)"
+        if self.device_bound:
+            ratios = ", ".join(f"{r:.1f}x" for r in self.device_bound.values())
+            text += (f", {len(self.device_bound)} padded length(s) left eager: the device was busy {ratios} the "
+                     "host's launch time")
         if self.eager:
             text += ", eager: " + ", ".join(f"{why} x{n}" for why, n in sorted(self.eager.items()))
         if self.failure is not None:

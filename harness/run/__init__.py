@@ -84,6 +84,7 @@ if TYPE_CHECKING:
         free_memory_gib,
         parse_trials_per_gpu,
         serve,
+        stop_all,
     )
 
 _EXPORTS = {
@@ -142,6 +143,7 @@ _EXPORTS = {
     "score_together": "harness.run._shared_eval",
     "serve": "harness.run._workers",
     "stamp": "harness.run._provenance",
+    "stop_all": "harness.run._workers",
     "versions": "harness.run._provenance",
     "visible_gpus": "harness.run._devices",
     "worker_command": "harness.run._executors",

@@ -186,6 +186,23 @@ def test_full_fine_tune_saves_a_model(tiny_model_dir: Path, data: dict[str, Any]
     assert (result.folder / "config.json").exists() and not (result.folder / "adapter_config.json").exists()
 
 
+def test_profile_env_writes_the_profiled_steps_table(tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """TUNEGATE_PROFILE=FIRST:COUNT profiles those optimizer steps of a training and writes profile.json beside
+    the adapter; a malformed value is refused before training, naming the variable."""
+    from harness.arms import train_sft
+
+    arm = LoraArm(name="prof", type="lora", r=4, max_steps=3, batch_size=2, max_length=128)
+    monkeypatch.setenv("TUNEGATE_PROFILE", "1:2")
+    trained(train_sft(arm, str(tiny_model_dir), data["examples"], tmp_path, "cpu"), 3)
+    table = json.loads((tmp_path / "profile.json").read_text())
+    assert table["first_step"] == 1 and table["steps"] == 2 and table["world_size"] == 1
+    assert table["wall_ms_per_step"] > 0 and table["ops"] and table["ops"][0]["self_ms_per_step"] > 0
+    monkeypatch.setenv("TUNEGATE_PROFILE", "ten")
+    with pytest.raises(UserError, match="TUNEGATE_PROFILE"):
+        train_sft(arm, str(tiny_model_dir), data["examples"], tmp_path / "bad", "cpu")
+
+
 @pytest.fixture(scope="module")
 def sft_adapter(tiny_model_dir: Path, data: dict[str, Any]) -> Path:
     from harness.arms import train_sft

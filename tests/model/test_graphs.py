@@ -115,6 +115,38 @@ def test_off_on_cpu_says_why_and_layers_run_eagerly_when_graphs_cannot_replay():
     assert graphs.summary() == "on: 0 bucket(s) captured in 0.0 s, 0 replays, eager: no gradient or not CUDA x1"
 
 
+def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeypatch):
+    """Each padded length is first timed eagerly (the process's first timing twice: lazy initialisation slows its
+    host side); it is captured only where the device was not GRAPH_GPU_BOUND times busier than the host."""
+    assert gr.gpu_bound(0.010, 0.021) and not gr.gpu_bound(0.010, 0.015)
+
+    class Timing:   # what the CUDA events would read back: None while the device still runs the forward
+        def __init__(self, host, device):
+            self.host_seconds, self.device = host, device
+
+        def device_seconds(self):
+            return self.device
+
+    graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
+    host_bound, device_bound = ("a",), ("b",)
+    assert graphs._eager_verdict(host_bound) == "timing the eager forward"
+    graphs.timings[host_bound] = Timing(0.010, None)
+    assert graphs._eager_verdict(host_bound) == "eager timing still on the device"
+    graphs.timings[host_bound].device = 0.012
+    assert graphs._eager_verdict(host_bound) == "timing the eager forward"   # the first timing is not trusted
+    graphs.timings[host_bound] = Timing(0.010, 0.012)
+    assert graphs._eager_verdict(host_bound) is None                        # capture it
+    graphs.timings[device_bound] = Timing(0.010, 0.050)
+    verdict = graphs._eager_verdict(device_bound)
+    assert verdict.startswith("device-bound") and graphs._eager_verdict(device_bound) == verdict
+    assert "1 padded length(s) left eager: the device was busy 5.0x the host's launch time" in graphs.summary()
+
+    monkeypatch.setenv(fp.CUDA_GRAPHS_ENV, "always")
+    assert fp.FastPath.for_device("cuda") == fp.FastPath(graphs_where_host_bound=False)
+    monkeypatch.delenv(fp.CUDA_GRAPHS_ENV)
+    assert fp.FastPath.for_device("cuda").graphs_where_host_bound
+
+
 def _memory(budget_gib: float) -> fp.MemoryModel:
     gib = 2**30
     return fp.MemoryModel(layers=16, hidden=2048, vocab=32000, act_bytes=140_000, boundary_bytes=4096,
@@ -180,7 +212,8 @@ def test_graphed_training_equals_eager_training_with_accumulation():
     def train(graphs: bool):
         model = with_lora(tiny_llama(layers=3), dropout=0.0).to("cuda").train()
         params = [p for p in model.parameters() if p.requires_grad]
-        session = fp.FastSession(fp.FastPath(checkpointing="none", cuda_graphs=graphs), "cuda")
+        session = fp.FastSession(fp.FastPath(checkpointing="none", cuda_graphs=graphs,
+                                             graphs_where_host_bound=False), "cuda")
         session.patch_model(model)
         losses, grads = [], []
         with session.training(model, None):
@@ -203,6 +236,32 @@ def test_graphed_training_equals_eager_training_with_accumulation():
     for step_eager, step in zip(eager_grads, grads, strict=True):
         for a, b in zip(step_eager, step, strict=True):
             torch.testing.assert_close(b, a, atol=2e-2, rtol=5e-2)
+
+
+@CUDA
+def test_timed_padded_lengths_train_as_eager_training_does():
+    """With the eager forwards timed first (the default), a tiny model's host-bound padded length is captured
+    after its timings and replays from then on, with the eager fast path's losses."""
+    def train(graphs: bool):
+        model = with_lora(tiny_llama(layers=3), dropout=0.0).to("cuda").train()
+        session = fp.FastSession(fp.FastPath(checkpointing="none", cuda_graphs=graphs), "cuda")
+        session.patch_model(model)
+        losses = []
+        with session.training(model, None):
+            for _ in range(6):
+                ids, mask = (t.cuda() for t in padded_batch(lengths=(24, 17, 6)))
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+                loss.backward()
+                torch.cuda.synchronize()   # each timing is read back by the next micro-batch
+                losses.append(float(loss))
+        session.close()
+        return losses, session.report.cuda_graphs
+
+    eager, _ = train(False)
+    losses, report = train(True)
+    assert "timing the eager forward x2" in report and "1 bucket(s) captured" in report, report
+    assert losses == pytest.approx(eager, rel=2e-2)
 
 
 @CUDA

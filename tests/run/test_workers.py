@@ -247,3 +247,18 @@ def test_a_continuing_trial_starts_once_its_parent_has_trained_not_when_it_is_sc
     assert parent["phases"]["eval:tiny_json"] > 0                       # which came after its training
     child = manifests(store, outcome.run_id)["dpo-sft"]
     assert child["training"]["init_adapter"] == str(Path(trials["lora"].folder) / "adapter")
+
+
+@pytest.mark.slow
+def test_a_continuing_trial_goes_ahead_of_the_trials_still_queued(env: dict[str, Any], tiny_model_dir: Path):
+    """One worker: the DPO trial that continues the LoRA trial is queued when the LoRA trial has trained, ahead of
+    the baseline queued from the start (the chain is the sweep's longest path)."""
+    plan = write_plan(env["root"] / "ahead.yaml", tiny_model_dir,
+                      [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4),
+                       train_arm("dpo-sft", "dpo", from_arm="lora", lr=1e-3)],
+                      train=env["train"], prefs=env["prefs"], name="ahead", suites=["tiny_json"])
+    store = Store(str(env["root"] / "ahead.db"))
+    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="workers", trials_per_gpu=1)
+    assert sorted(outcome.finished) == ["baseline", "dpo-sft", "lora"], outcome.failed
+    started = {t.name: t.started_at for t in store.trials(outcome.run_id)}
+    assert started["lora"] < started["dpo-sft"] < started["baseline"], started
