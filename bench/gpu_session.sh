@@ -49,7 +49,7 @@ ddpprof)  # ~4 min: the ddp part with torch.profiler over steps 20-24 of both tr
   tail -n 4 "$OUT/multi_gpu_ddp_profile.log"
   ;;
 pytest)   # ~2 min: the CUDA-only tests (skipped in CI), under pytest on this GPU; needs pytest in the bundle
-  timeout 280 python -m pytest -q -rs -p no:cacheprovider tests/model/test_graphs.py tests/model/test_overlap.py \
+  CUDA_VISIBLE_DEVICES=0 timeout 280 python -m pytest -q -rs -p no:cacheprovider tests/model/test_graphs.py tests/model/test_overlap.py \
     "tests/model/test_fastpath.py::test_varlen_kernel_and_liger_on_cuda" \
     "tests/arms/test_arms.py::test_qlora_trains_on_a_4bit_base" --junitxml "$OUT/pytest_cuda.xml" \
     > "$OUT/pytest_cuda.log" 2>&1; echo "pytest exit $?"

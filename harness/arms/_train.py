@@ -174,6 +174,9 @@ def _common_args(arm: Any, out_dir: Path, device: str, n_rows: int, *, fold: int
         # the model is not a bare transformers model (a PEFT wrapper), a per-step CPU cost; every adapter weight
         # takes part in every forward here, so there is nothing to find.
         args["ddp_find_unused_parameters"] = False
+    # Data parallel: DDP broadcasts rank 0's buffers before every forward by default; a causal LM's buffers (the
+    # rotary tables) are the same on every rank, so the broadcast only adds a collective to each step.
+    args["ddp_broadcast_buffers"] = False
     return args
 
 

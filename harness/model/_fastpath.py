@@ -413,8 +413,9 @@ def attention_implementation(model: Any, name: str) -> Iterator[None]:
         model.set_attn_implementation(before)
 
 
-def liger_available() -> tuple[bool, str]:
-    if not torch.cuda.is_available():
+def liger_available(device: torch.device | str | None = None) -> tuple[bool, str]:
+    """Can Liger's Triton kernels run (on `device`, when given: a CPU model on a GPU host cannot use them)?"""
+    if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
         return False, "needs CUDA (Triton kernels)"
     try:
         from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN  # noqa: F401
@@ -447,6 +448,11 @@ def restoring_patches(model: torch.nn.Module) -> Iterator[None]:
 LAYER_KERNELS = ("rms_norm", "swiglu", "rope")
 
 
+def _model_device(model: torch.nn.Module) -> torch.device | None:
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else None
+
+
 def apply_liger(model: torch.nn.Module, kernels: Sequence[str] = LAYER_KERNELS) -> str:
     """Liger's decoder kernels among `kernels` (rms_norm, swiglu, rope) on `model` (a transformers CausalLM);
     returns what happened. The fused linear cross-entropy is not applied here (`liger_loss_head` does it, in place
@@ -454,7 +460,7 @@ def apply_liger(model: torch.nn.Module, kernels: Sequence[str] = LAYER_KERNELS) 
     chosen = [k for k in LAYER_KERNELS if k in kernels]
     if not chosen:
         return "off: none requested"
-    ok, why = liger_available()
+    ok, why = liger_available(_model_device(model))
     if not ok:
         return f"off: {why}"
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
@@ -480,7 +486,7 @@ def liger_loss_head(model: Any) -> Iterator[str]:
     if previous is None:
         yield "off: the model has no fused LM head (not a TRL SFT model)"
         return
-    ok, why = liger_available()
+    ok, why = liger_available(_model_device(causal_lm))
     if not ok:
         yield f"off: {why}"
         return

@@ -48,7 +48,10 @@ GRAPH_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 MIN_SLOTS = 8
 BUCKET_BITS = 3             # 2**(BUCKET_BITS-1) buckets per power of two: at most 1/2**(BUCKET_BITS-1) padding
 MIN_BUCKET = 512
-GRAPH_GPU_BOUND = 2.0       # eager forward: device seconds / host launch seconds at or above which no graph is made
+# eager forward: device seconds / host launch seconds at or above which no graph is made. With overlapped steps
+# an eager step takes max(host, device) and a graph's takes the device's time plus the padding's (up to 1/4), so
+# eager wins once the device is the bottleneck; the margin covers the backward, whose host side is lighter.
+GRAPH_GPU_BOUND = 1.25
 # kwargs the backbone passes its layers that the graph supplies itself (from the packed row)
 _OWN_KWARGS = frozenset({"attention_mask", "position_embeddings", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
                          "max_length_q", "max_length_k", "cache_position", "use_cache", "packed_seq_lengths"})

@@ -178,3 +178,6 @@ def test_overlapped_data_parallel_run_logs_the_sums_over_processes(tiny_model_di
     for key in ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens", "num_input_tokens_seen"):
         assert [r[key] for r in rows["1"]] == pytest.approx([r[key] for r in rows["0"]], rel=1e-5), key
     assert [s["tokens"] for s in over["steps"]] == [s["tokens"] for s in plain["steps"]]
+    # the Trainer's floating-point operations, summed over the processes a step late instead of with a host sync
+    flos = {k: [r["total_flos"] for r in v["logs"] if "total_flos" in r] for k, v in runs.items()}
+    assert flos["1"] == pytest.approx(flos["0"]) and flos["1"] and flos["1"][0] > 0
