@@ -277,7 +277,8 @@ def test_a_layer_that_waits_for_the_gpu_is_refused_before_any_capture_and_traini
         return original(x)
 
     mlp.forward = syncing
-    session = fp.FastSession(fp.FastPath(checkpointing="none", graphs_where_host_bound=False), "cuda")
+    # no Liger kernels (their SwiGLU would replace the syncing MLP forward), every padded length graphed
+    session = fp.FastSession(fp.FastPath(checkpointing="none", liger=(), graphs_where_host_bound=False), "cuda")
     session.patch_model(model)
     losses = []
     with session.training(model, None):

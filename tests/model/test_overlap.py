@@ -3,6 +3,8 @@ the host-side packing equals the one read from the mask, the host-indexed loss h
 logs the same rows (loss, grad norm, learning rate, tokens, entropy, token accuracy) as TRL's own trainer."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -168,7 +170,9 @@ def test_overlapped_data_parallel_run_logs_the_sums_over_processes(tiny_model_di
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--multi_gpu", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
                "-m", "tests.support.overlap_ddp", str(tiny_model_dir), str(out), overlap]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        # the CPU ranks over gloo this test is about, on a GPU host too (CUDA hidden from them)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})
         assert done.returncode == 0, done.stderr[-3000:]
         runs[overlap] = json.loads(out.read_text())
     plain, over = runs["0"], runs["1"]
