@@ -31,7 +31,8 @@ Every technique here changes speed or memory, never the loss beyond float roundi
 * **CUDA graphs** (`cuda_graphs`, on by default): the decoder layers of each packed micro-batch replay as one
   captured forward and backward graph per padded length (`harness.model._graphs`), so a step is no longer bound by
   the CPU launching its ~4,000 kernels one by one. With per-micro-batch checkpointing, the micro-batches short
-  enough to need none replay as graphs and longer ones run eagerly (`graph_length_limit`). Off, with the reason in
+  enough to need none replay as graphs and longer ones run eagerly (`graph_length_limit`). A padded length whose
+  timed eager forward was bound by the device stays eager (`graphs_where_host_bound`). Off, with the reason in
   `FastReport.cuda_graphs`, where a graph cannot apply (every micro-batch checkpointed, torch.compile, model
   types other than Llama/Mistral/Qwen2/Qwen3). Under data parallel (DDP) the replay hands autograd the adapter
   gradients at once, and DDP's hooks all-reduce them as for any other backward.

@@ -24,7 +24,8 @@ A graph needs fixed shapes and fixed addresses, and a packed row's length change
   length runs eagerly, timed (the host's seconds launching its layers' forward against the device's seconds
   running it, read back a micro-batch later without waiting). A graph saves the host's launches but computes
   the padding too, so a padded length whose eager forward kept the device busy GRAPH_GPU_BOUND times longer than
-  the host took to launch it stays eager: on an H200 a data-parallel trial of the 1.07B shape (~29k-token
+  the host took to launch it stays eager (and so do longer ones, untimed; shorter ones than a host-bound length are
+  captured untimed): on an H200 a data-parallel trial of the 1.07B shape (~29k-token
   micro-batches per GPU) replayed 13% padding for launches that were already hidden behind the device's work.
 
 Everything outside the decoder layers (embedding, rotary tables, final norm, loss head, optimizer) runs eagerly as
@@ -35,6 +36,7 @@ tests check against the unpadded forward.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -121,6 +123,9 @@ def fill_padded(static: torch.Tensor, real: torch.Tensor) -> None:
     t = real.shape[1]
     static[:, :t].copy_(real)
     static[:, t:].zero_()
+
+
+DEVICE_BOUND = "device-bound (eager hides the launches; a graph adds padding)"
 
 
 def gpu_bound(host_seconds: float, device_seconds: float, ratio: float = GRAPH_GPU_BOUND) -> bool:
@@ -298,6 +303,10 @@ class LayerGraphs:
         self.timings: dict[tuple[Any, ...], _EagerTiming] = {}
         self.device_bound: dict[tuple[Any, ...], float] = {}   # padded lengths left eager: device/host ratio
         self.timed_first = False   # the process's first forward (lazy initialisation) is timed again
+        # a row's launches do not grow with its length, its device work does: a padded length longer than one that
+        # was device-bound is device-bound too, one shorter than a host-bound one host-bound (neither is timed)
+        self.device_bound_from = math.inf
+        self.host_bound_upto = 0
         self.capturing = False
         self.stack = _Stack(self.layers)
         self.trainable = [(name, p) for name, p in self.stack.named_parameters() if p.requires_grad]
@@ -350,8 +359,11 @@ class LayerGraphs:
     def _eager_verdict(self, key: tuple[Any, ...]) -> str | None:
         """For a padded length with no graph yet: time it eagerly (no timing yet), wait for the timing (still
         running on the device), stay eager (device-bound), or None: capture it."""
-        if key in self.device_bound:
-            return "device-bound (eager hides the launches; a graph adds padding)"
+        bucket = key[0]
+        if key in self.device_bound or bucket >= self.device_bound_from:
+            return DEVICE_BOUND
+        if bucket <= self.host_bound_upto:   # shorter than a host-bound length: less device work, same launches
+            return None
         timing = self.timings.get(key)
         if timing is None:
             return "timing the eager forward"
@@ -364,7 +376,9 @@ class LayerGraphs:
             return "timing the eager forward"
         if gpu_bound(timing.host_seconds, device):
             self.device_bound[key] = device / max(timing.host_seconds, 1e-6)
-            return "device-bound (eager hides the launches; a graph adds padding)"
+            self.device_bound_from = min(self.device_bound_from, bucket)
+            return DEVICE_BOUND
+        self.host_bound_upto = max(self.host_bound_upto, bucket)
         return None
 
     def _timed_eager(self, key: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

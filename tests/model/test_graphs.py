@@ -128,7 +128,7 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
             return self.device
 
     graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
-    host_bound, device_bound = ("a",), ("b",)
+    host_bound, device_bound = (2048, 8), (8192, 8)   # (padded length, sequence slots, ...)
     assert graphs._eager_verdict(host_bound) == "timing the eager forward"
     graphs.timings[host_bound] = Timing(0.010, None)
     assert graphs._eager_verdict(host_bound) == "eager timing still on the device"
@@ -136,9 +136,13 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     assert graphs._eager_verdict(host_bound) == "timing the eager forward"   # the first timing is not trusted
     graphs.timings[host_bound] = Timing(0.010, 0.012)
     assert graphs._eager_verdict(host_bound) is None                        # capture it
+    assert graphs._eager_verdict((1024, 8)) is None                         # shorter: captured untimed
+    assert graphs._eager_verdict((4096, 8)) == "timing the eager forward"   # longer: timed
     graphs.timings[device_bound] = Timing(0.010, 0.050)
     verdict = graphs._eager_verdict(device_bound)
-    assert verdict.startswith("device-bound") and graphs._eager_verdict(device_bound) == verdict
+    assert verdict == gr.DEVICE_BOUND and graphs._eager_verdict(device_bound) == verdict
+    assert graphs._eager_verdict((16384, 16)) == gr.DEVICE_BOUND              # longer: eager untimed
+    assert graphs._eager_verdict((4096, 8)) == "timing the eager forward"   # between the two: still timed
     assert "1 padded length(s) left eager: the device was busy 5.0x the host's launch time" in graphs.summary()
 
     monkeypatch.setenv(fp.CUDA_GRAPHS_ENV, "always")
