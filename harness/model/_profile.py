@@ -98,7 +98,10 @@ def top_ops(prof: Any, device: str, steps: int, limit: int = 25) -> dict[str, An
     out: dict[str, Any] = {"sorted_by": key[0], "steps": steps, "total_ms_per_step": total / 1000 / steps,
                            "ops": table(events, key)}
     if device == "cuda":
-        kernels = [e for e in events if "CUDA" in str(getattr(e, "device_type", ""))]
+        # kernels only: a record_function's range also shows on the device's timeline (DDP's forward, NCCL's
+        # all_reduce), over kernels counted already
+        kernels = [e for e in events if "CUDA" in str(getattr(e, "device_type", ""))
+                   and not getattr(e, "is_user_annotation", False)]
         out["kernel_ms_per_step"] = sum(attr(e, *key) for e in kernels) / 1000 / steps   # GPU busy time
         out["nccl_ms_per_step"] = sum(attr(e, *key) for e in kernels if "nccl" in e.key.lower()) / 1000 / steps
         out["kernels"] = table(kernels, key)
