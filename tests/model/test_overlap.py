@@ -185,3 +185,49 @@ def test_overlapped_data_parallel_run_logs_the_sums_over_processes(tiny_model_di
     # the Trainer's floating-point operations, summed over the processes a step late instead of with a host sync
     flos = {k: [r["total_flos"] for r in v["logs"] if "total_flos" in r] for k, v in runs.items()}
     assert flos["1"] == pytest.approx(flos["0"]) and flos["1"] and flos["1"][0] > 0
+
+
+def test_overlapped_evaluation_logs_what_trls_evaluation_logs(tiny_model_dir, tmp_path):
+    """`trainer.evaluate()` mid-training (not something tunegate's trials do, but a Trainer the overlapped class
+    is mixed into can): the eval loss, entropy and token accuracy equal TRL's own trainer's, and training after it
+    logs the same rows."""
+    from peft import get_peft_model
+    from transformers import set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    from harness.arms._train import _common_args, _eos_for_template, _sft_dataset, lora_config
+    from harness.model._load import load_model
+    from harness.model._overlap import overlap_args, overlapped_trainer
+    from harness.plan import LoraArm
+
+    arm = LoraArm(name="l", type="lora", max_steps=2, batch_size=3, dropout=0.0, lr=5e-3, max_length=64)
+    train, held_out = _examples(9, seed=5), _examples(7, seed=6)
+
+    def run(overlap: bool) -> tuple[dict[str, float], dict[str, float], list[float]]:
+        model, tok = load_model(str(tiny_model_dir), "cpu")
+        model.train()
+        session = fp.FastSession(fp.FastPath(checkpointing="none", fold_accumulation=False, overlap=overlap), "cpu")
+        session.patch_model(model)
+        set_seed(arm.seed)
+        model = get_peft_model(model, lora_config(arm))
+        args = SFTConfig(**_common_args(arm, tmp_path / str(overlap), "cpu", len(train), fast=True)
+                         | (overlap_args("cpu") if overlap else {}), completion_only_loss=True,
+                         eos_token=_eos_for_template(tok), per_device_eval_batch_size=3)
+        trainer_class = overlapped_trainer(SFTTrainer) if overlap else SFTTrainer
+        trainer = trainer_class(model=model, args=args, train_dataset=_sft_dataset(train),
+                                eval_dataset=_sft_dataset(held_out), processing_class=tok)
+        try:
+            with session.training(trainer.model, None):
+                before = trainer.evaluate()
+                trainer.train()
+                after = trainer.evaluate()
+        finally:
+            session.close()
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        return before, after, losses
+
+    plain, over = run(False), run(True)
+    for (p, o) in zip(plain[:2], over[:2], strict=True):
+        for key in ("eval_loss", "eval_entropy", "eval_mean_token_accuracy"):
+            assert o[key] == pytest.approx(p[key], rel=1e-5), key
+    assert over[2] == pytest.approx(plain[2], rel=1e-5) and len(over[2]) == 2
