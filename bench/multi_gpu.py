@@ -382,9 +382,19 @@ def run_timing(run: dict[str, Any], parents: dict[str, str]) -> dict[str, Any]:
     path, chain = critical_path(times, parents)
     outside = float(run["wall_seconds"]) - span
     per_slot = total / slots
+    split: dict[str, float] = {}
+    phases = [t.get("phases") or {} for t in (run.get("trials") or {}).values()]
+    for key, name in (("start_imports", "worker_imports_seconds_max"), ("start_waiting", "worker_waiting_seconds_max")):
+        values = [float(p[key]) for p in phases if key in p]   # a worker's start-up: its imports, its wait for a job
+        if values:
+            split[name] = round(max(values), 2)
+    if run.get("started_at"):   # the command's own start (bench/sweep_throughput.py records it): before and after
+        before = min(t.start for t in times.values()) - datetime.fromisoformat(run["started_at"]).timestamp()
+        split |= {"before_first_trial_seconds": round(before, 2),
+                  "after_last_trial_seconds": round(outside - before, 2)}
     return {
         "wall_seconds": run["wall_seconds"], "trials_timed": len(times), "trials_span_seconds": round(span, 2),
-        "outside_trials_seconds": round(outside, 2),
+        "outside_trials_seconds": round(outside, 2), **split,
         "worker_start_seconds_max": round(max(t.worker_start for t in times.values()), 2),
         "trial_seconds_total": round(total, 2), "slots": slots,
         "worker_processes": len({t.pid for t in times.values() if t.pid is not None}),
@@ -423,10 +433,14 @@ def sweep_reading(one: dict[str, Any], two: dict[str, Any], numbers: dict[str, A
                 if r["bound_by"] == "critical_path" else
                 f"the trial seconds per slot ({r['trial_seconds_total']:.1f}s / {r['slots']} = "
                 f"{r['trial_seconds_per_slot']:.1f}s)")
-        return (f"{label}: {r['wall_seconds']:.1f}s wall = {r['outside_trials_seconds']:.1f}s outside the trials "
-                f"+ {r['trials_span_seconds']:.1f}s from the first trial's start to the last one's end, "
+        imports = (f", of which imports up to {r['worker_imports_seconds_max']:.1f}s and waiting for the driver up "
+                   f"to {r['worker_waiting_seconds_max']:.1f}s" if "worker_imports_seconds_max" in r else "")
+        split = (f" ({r['before_first_trial_seconds']:.1f}s before the first, {r['after_last_trial_seconds']:.1f}s "
+                 "after the last)" if "before_first_trial_seconds" in r else "")
+        return (f"{label}: {r['wall_seconds']:.1f}s wall = {r['outside_trials_seconds']:.1f}s outside the trials"
+                f"{split} + {r['trials_span_seconds']:.1f}s from the first trial's start to the last one's end, "
                 f"most trials at once: {r['slots']} (a worker's start-up before its first trial: up to "
-                f"{r['worker_start_seconds_max']:.1f}s); bound {r['bound_seconds']:.1f}s, set by {term}")
+                f"{r['worker_start_seconds_max']:.1f}s{imports}); bound {r['bound_seconds']:.1f}s, set by {term}")
 
     share = two["outside_trials_seconds"] / two["bound_seconds"] if two["bound_seconds"] else 0.0
     growth = two["trial_seconds_total"] / one["trial_seconds_total"] - 1 if one["trial_seconds_total"] else 0.0

@@ -146,6 +146,7 @@ def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int
         cmd += ["--gpus", f"{gpus}," if gpus.isdigit() else gpus]
     print(f"[{name}] $ {' '.join(cmd)}", flush=True)
     log = root / name / "run.log"
+    started_at = datetime.now(UTC).isoformat()   # the sweep analysis splits the time outside the trials with it
     started = time.perf_counter()
     with GpuSampler(gpu_index) as sampler, log.open("w") as out:
         proc = subprocess.run(cmd, cwd=root / name, stdout=out, stderr=subprocess.STDOUT)
@@ -161,7 +162,7 @@ def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int
                           "train_seconds": t.train_seconds, "started_at": t.started_at, "finished_at": t.finished_at,
                           "pid": (manifest.get("process") or {}).get("pid"),
                           "cuda_visible_devices": manifest.get("cuda_visible_devices")}
-    return {"wall_seconds": round(wall, 2), "exit_code": proc.returncode, "command": cmd[2:],
+    return {"wall_seconds": round(wall, 2), "started_at": started_at, "exit_code": proc.returncode, "command": cmd[2:],
             "gpu_utilization": sampler.summary(), "run_id": run.id, "store": store_url, "trials": trials,
             "log_tail": log.read_text(errors="replace").splitlines()[-15:]}
 

@@ -40,9 +40,19 @@ _TRIALS_IN_THIS_PROCESS = 0
 EXECUTOR_FILES = ("worker.log", "unit.json")  # what an executor writes into a trial's folder before the trial starts
 
 
+_READY_AT: float | None = None   # a persistent worker's age when its imports were done (`mark_ready`)
+
+
 def _process_age() -> float:
     """Seconds since this process started (interpreter start and imports, for the first trial it runs)."""
     return max(0.0, time.time() - psutil.Process().create_time())
+
+
+def mark_ready() -> None:
+    """A persistent worker has imported everything and waits for its first job: its first trial's 'start' phase
+    is then split into the imports (`start_imports`) and the wait for the driver (`start_waiting`)."""
+    global _READY_AT
+    _READY_AT = _process_age()
 
 
 def run_trial(unit: TrialUnit, console: Console | None = None,
@@ -91,6 +101,8 @@ class _TrialJob:
         # phases of this trial, in seconds: 'start' is the process's start-up and imports when this is the first
         # trial a process runs (0 for a persistent worker's later trials), then load, train, eval:<suite>, store
         self.phases: dict[str, float] = {"start": _process_age() if _TRIALS_IN_THIS_PROCESS == 0 else 0.0}
+        if _TRIALS_IN_THIS_PROCESS == 0 and _READY_AT is not None:
+            self.phases |= {"start_imports": _READY_AT, "start_waiting": max(0.0, self.phases["start"] - _READY_AT)}
         self.trials_before = _TRIALS_IN_THIS_PROCESS
         _TRIALS_IN_THIS_PROCESS += 1
 
@@ -135,7 +147,7 @@ class _TrialJob:
         manifest = json.loads((self.folder / "manifest.json").read_text())
         self.training = manifest.get("training") or {}
         self.base_model = manifest.get("base_model") or self.base_model
-        self.phases = (manifest.get("phases") or {}) | {"start": self.phases["start"]}
+        self.phases = (manifest.get("phases") or {}) | {k: v for k, v in self.phases.items() if k.startswith("start")}
 
     def _start(self) -> str | None:
         """Claim the trial's folder; None, or why the trial cannot run there. A rerun (resume after a kill,

@@ -48,6 +48,7 @@ from harness.run._executors import (
     run_here,
     worker_env,
 )
+from harness.run._trial import mark_ready
 from harness.run._units import TrialResult, TrialUnit
 from harness.store._store import Store
 
@@ -410,6 +411,7 @@ def serve(reply_fd: int) -> int:
 
     _exit_with_parent()
     keep_models_loaded()
+    mark_ready()
     with os.fdopen(reply_fd, "w") as replies:
         for line in sys.stdin:
             job = json.loads(line)

@@ -73,6 +73,18 @@ def test_the_bound_of_each_run_and_the_speedups_it_allows(bench: ModuleType):
     assert "set by the critical path (a -> c, 45.0s)" in a["reading"] and "1.83x" in a["reading"]
 
 
+def test_the_time_outside_the_trials_is_split_where_the_command_start_is_known(bench: ModuleType):
+    run = one_gpu() | {"started_at": (T0 + timedelta(seconds=4)).isoformat()}
+    run["trials"]["a"]["phases"] |= {"start_imports": 6.5, "start_waiting": 1.5}
+    a = bench.sweep_analysis(run, two_gpus(), {})
+    assert a["worker_imports_seconds_max"] == {"one_gpu": 6.5, "two_gpus": None}
+    assert "up to 8.0s, of which imports up to 6.5s and waiting for the driver up to 1.5s" in a["reading"]
+    # one GPU: started at 4 s, first trial at 10 s, last trial ended at 80 s, the command at 4 + 110 s
+    assert a["before_first_trial_seconds"] == {"one_gpu": 6.0, "two_gpus": None}
+    assert a["after_last_trial_seconds"] == {"one_gpu": 34.0, "two_gpus": None}
+    assert "40.0s outside the trials (6.0s before the first, 34.0s after the last)" in a["reading"]
+
+
 def test_a_parent_without_training_phases_counts_to_its_end(bench: ModuleType):
     """b has no train phases: c, continuing b, waits for b's end (15 s) and the chain is 15 + 20 s."""
     a = bench.sweep_analysis(one_gpu(), two_gpus(), {"c": "b"})

@@ -83,6 +83,11 @@ def test_one_worker_runs_every_trial_and_reads_the_model_once(env: dict[str, Any
     last = max(found.values(), key=lambda m: m["process"]["trials_before"])
     assert last["process"]["model_reads_from_disk"] == {str(tiny_model_dir): 1}  # kept loaded, copied per trial
     assert sum(m["phases"]["start"] > 0 for m in found.values()) == 1  # only the first trial paid the imports
+    first = min(found.values(), key=lambda m: m["process"]["trials_before"])["phases"]
+    # ... split into the worker's imports and its wait for the driver's first job
+    assert first["start_imports"] > 0 and first["start_waiting"] >= 0
+    assert first["start_imports"] + first["start_waiting"] == pytest.approx(first["start"], abs=0.05)
+    assert all("start_imports" not in m["phases"] for m in found.values() if m["process"]["trials_before"])
     # started before the run had a folder, the worker's own log moved into it with its first trial
     assert (Path(store.get_run(outcome.run_id).folder) / "workers" / "cpu.0.log").is_file()
     assert list((env["root"] / "runs" / ".workers").glob("*.log")) == []
