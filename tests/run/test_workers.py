@@ -267,3 +267,15 @@ def test_a_continuing_trial_goes_ahead_of_the_trials_still_queued(env: dict[str,
     assert sorted(outcome.finished) == ["baseline", "dpo-sft", "lora"], outcome.failed
     started = {t.name: t.started_at for t in store.trials(outcome.run_id)}
     assert started["lora"] < started["dpo-sft"] < started["baseline"], started
+
+
+def test_the_driver_side_of_a_run_does_not_import_torch():
+    """The driver (the CLI, the runner, the worker pool) starts fast: torch, transformers and TRL load only in the
+    worker processes that run trials."""
+    import subprocess
+    import sys
+
+    code = ("import sys, harness.cli, harness.run._runner, harness.run._workers; "
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
