@@ -141,6 +141,7 @@ class _EagerTiming:
     host_seconds: float
     start: Any   # torch.cuda.Event
     end: Any
+    first: bool = False   # the first forward timed in this run: lazy initialisation slowed its host side
 
     def device_seconds(self) -> float | None:
         """The device's seconds, or None while it is still running (never waits)."""
@@ -302,7 +303,7 @@ class LayerGraphs:
         self.time_eager = time_eager   # graph a padded length only where its timed eager forward was host-bound
         self.timings: dict[tuple[Any, ...], _EagerTiming] = {}
         self.device_bound: dict[tuple[Any, ...], float] = {}   # padded lengths left eager: device/host ratio
-        self.timed_first = False   # the process's first forward (lazy initialisation) is timed again
+        self.timed_any = False   # the first timing (lazy initialisation: cuBLAS, the allocator) is not trusted
         # a row's launches do not grow with its length, its device work does: a padded length longer than one that
         # was device-bound is device-bound too, one shorter than a host-bound one host-bound (neither is timed)
         self.device_bound_from = math.inf
@@ -371,8 +372,7 @@ class LayerGraphs:
         if device is None:
             return "eager timing still on the device"
         del self.timings[key]
-        if not self.timed_first:   # lazy initialisation (cuBLAS, the allocator) slowed the host: time it again
-            self.timed_first = True
+        if timing.first:   # lazy initialisation slowed the host side of this one: time the length again
             return "timing the eager forward"
         if gpu_bound(timing.host_seconds, device):
             self.device_bound[key] = device / max(timing.host_seconds, 1e-6)
@@ -392,7 +392,8 @@ class LayerGraphs:
             hidden = out[0] if isinstance(out, tuple) else out
         host = time.perf_counter() - began
         end.record()
-        self.timings[key] = _EagerTiming(host, start, end)
+        self.timings[key] = _EagerTiming(host, start, end, first=not self.timed_any)
+        self.timed_any = True
         return hidden
 
     def _key(self, row: PaddedRow, hidden: torch.Tensor, kwargs: dict[str, Any]) -> tuple[Any, ...]:

@@ -121,8 +121,8 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     assert gr.gpu_bound(0.010, 0.013) and not gr.gpu_bound(0.010, 0.011)
 
     class Timing:   # what the CUDA events would read back: None while the device still runs the forward
-        def __init__(self, host, device):
-            self.host_seconds, self.device = host, device
+        def __init__(self, host, device, first=False):
+            self.host_seconds, self.device, self.first = host, device, first
 
         def device_seconds(self):
             return self.device
@@ -130,7 +130,7 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
     host_bound, device_bound = (2048, 8), (8192, 8)   # (padded length, sequence slots, ...)
     assert graphs._eager_verdict(host_bound) == "timing the eager forward"
-    graphs.timings[host_bound] = Timing(0.010, None)
+    graphs.timings[host_bound] = Timing(0.010, None, first=True)
     assert graphs._eager_verdict(host_bound) == "eager timing still on the device"
     graphs.timings[host_bound].device = 0.012
     assert graphs._eager_verdict(host_bound) == "timing the eager forward"   # the first timing is not trusted
