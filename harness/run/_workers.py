@@ -407,7 +407,7 @@ def _exit_with_parent() -> None:
 def serve(reply_fd: int) -> int:
     """The worker's loop: read jobs from stdin, run each, answer with one JSON line on `reply_fd`."""
     from harness.run._shared_eval import score_together  # worker side only: the driver never loads torch or PEFT
-    from harness.run._trial import mark_ready
+    from harness.run._trial import mark_ready  # heavy (torch, TRL, PEFT): the driver imports this module too
 
     _exit_with_parent()
     keep_models_loaded()
