@@ -188,8 +188,8 @@ class Worker:
 
 
 def stop_all(workers: Sequence[Worker]) -> list[int | None]:
-    """Stop the workers together: every one is asked first, then each is waited for, so their exits (a CUDA
-    context's teardown each, ~1 s on a GPU host) overlap instead of adding up at the end of a sweep."""
+    """Stop the workers together: every one is asked first, then each is waited for, so their exits (each tears
+    down its CUDA context and its libraries) overlap instead of adding up at the end of a sweep."""
     for worker in workers:
         worker.ask_to_stop()
     return [worker.stop() for worker in workers]
