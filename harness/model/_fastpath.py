@@ -449,9 +449,9 @@ def restoring_patches(model: torch.nn.Module) -> Iterator[None]:
 LAYER_KERNELS = ("rms_norm", "swiglu", "rope")
 
 
-def _model_device(model: torch.nn.Module) -> torch.device | None:
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else None
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's weights are (its first parameter's device)."""
+    return next(model.parameters()).device
 
 
 def apply_liger(model: torch.nn.Module, kernels: Sequence[str] = LAYER_KERNELS) -> str:
@@ -461,7 +461,7 @@ def apply_liger(model: torch.nn.Module, kernels: Sequence[str] = LAYER_KERNELS) 
     chosen = [k for k in LAYER_KERNELS if k in kernels]
     if not chosen:
         return "off: none requested"
-    ok, why = liger_available(_model_device(model))
+    ok, why = liger_available(model_device(model))
     if not ok:
         return f"off: {why}"
     from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN, _apply_liger_kernel_to_instance
@@ -487,7 +487,7 @@ def liger_loss_head(model: Any) -> Iterator[str]:
     if previous is None:
         yield "off: the model has no fused LM head (not a TRL SFT model)"
         return
-    ok, why = liger_available(_model_device(causal_lm))
+    ok, why = liger_available(model_device(causal_lm))
     if not ok:
         yield f"off: {why}"
         return

@@ -26,10 +26,6 @@ def chat_prompt(tok: Any, messages: list[dict[str, str]]) -> str:
     return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
-
-
 MAX_DEVICE_BATCH = 512   # a larger batch decodes no faster once the GPU is busy, and pads more
 MEMORY_SHARE = 0.5       # of the free device memory at the time of the call (other trials may share the GPU)
 
@@ -38,7 +34,7 @@ def device_batch_size(model: Any, n_prompts: int, longest_prompt: int, max_new_t
                       cpu_default: int) -> int:
     """The generation batch for this device: on CPU the suite's `batch_size`; on a CUDA GPU as many sequences
     as the KV cache and the last step's logits fit in half the free memory (capped at MAX_DEVICE_BATCH)."""
-    device = _device(model)
+    device = fastpath.model_device(model)
     if device.type != "cuda" or n_prompts == 0:
         return cpu_default
     free, _total = torch.cuda.mem_get_info(device)
@@ -65,7 +61,7 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
     `adapter_names` (one per prompt) runs each prompt through its own LoRA adapter of a PEFT model holding
     several, in the same batches (PEFT mixed-adapter inference). `device_batch` sizes the batch for the device
     (`device_batch_size`) instead of using `batch_size`."""
-    device = _device(model)
+    device = fastpath.model_device(model)
     encoded = tok(list(prompts), add_special_tokens=False)["input_ids"] if prompts else []
     if device_batch and encoded:
         batch_size = device_batch_size(model, len(encoded), max(map(len, encoded)), max_new_tokens, batch_size)
@@ -174,7 +170,7 @@ def scoring_mode(model: Any) -> str:
     need more than backbone + LM head; see `packable`)."""
     if not packable(model):
         return "full"
-    device = _device(model)
+    device = fastpath.model_device(model)
     if device.type == "cpu":
         return "packed"
 
@@ -240,7 +236,7 @@ def _right_padded(batch: list[tuple[int, ...]], device: torch.device) -> tuple[t
 
 def _full_logprobs(model: Any, batch: list[tuple[int, ...]], rows: list[int], targets: list[int]) -> torch.Tensor:
     """Right-padded forward of the whole model (any architecture); log-softmax only at the needed rows."""
-    ids, mask = _right_padded(batch, _device(model))
+    ids, mask = _right_padded(batch, fastpath.model_device(model))
     logits = model(input_ids=ids, attention_mask=mask).logits
     return _target_logprobs(logits.reshape(-1, logits.shape[-1]), torch.tensor(rows, device=logits.device),
                             torch.tensor(targets, device=logits.device))
@@ -250,7 +246,7 @@ def _padded_logprobs(model: Any, batch: list[tuple[int, ...]], rows: list[int], 
     """Right-padded backbone forward; the LM head and log-softmax only at the needed rows."""
 
     causal_lm = fastpath.unwrap(model)
-    ids, mask = _right_padded(batch, _device(model))
+    ids, mask = _right_padded(batch, fastpath.model_device(model))
     hidden = fastpath.backbone_of(causal_lm)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     return _target_logprobs(hidden.reshape(-1, hidden.shape[-1]), torch.tensor(rows, device=ids.device),
                             torch.tensor(targets, device=ids.device), head=causal_lm.get_output_embeddings())
@@ -260,7 +256,7 @@ def _packed_logprobs(model: Any, batch: list[tuple[int, ...]], rows: list[int], 
     """The batch as one packed row through the backbone; the LM head only at the needed rows."""
 
     causal_lm = fastpath.unwrap(model)
-    device = _device(model)
+    device = fastpath.model_device(model)
     lengths = [len(k) for k in batch]
     row = fastpath.PackedRow(index=torch.arange(sum(lengths)), lengths=tuple(lengths),
                              position_ids=torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).to(device),

@@ -126,6 +126,7 @@ def fill_padded(static: torch.Tensor, real: torch.Tensor) -> None:
 
 
 DEVICE_BOUND = "device-bound (eager hides the launches; a graph adds padding)"
+TIMING = "timing the eager forward"
 
 
 def gpu_bound(host_seconds: float, device_seconds: float, ratio: float = GRAPH_GPU_BOUND) -> bool:
@@ -341,7 +342,7 @@ class LayerGraphs:
         key = self._key(row, hidden, kwargs) if why is None else None
         if key is not None and self.time_eager and key not in self.graphs:
             why = self._eager_verdict(key)
-            if why == "timing the eager forward":
+            if why == TIMING:
                 return self._timed_eager(key, hidden, kwargs)
         if why is None:
             try:
@@ -351,6 +352,10 @@ class LayerGraphs:
                 self.enabled = False
                 torch.cuda.synchronize()
                 why = "capture failed"
+        return self._eager(why, hidden, kwargs)
+
+    def _eager(self, why: str, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The real layers, one by one, counted under `why`."""
         self.eager[why] = self.eager.get(why, 0) + 1
         for layer in self.layers:
             out = layer(hidden, **kwargs)
@@ -367,13 +372,13 @@ class LayerGraphs:
             return None
         timing = self.timings.get(key)
         if timing is None:
-            return "timing the eager forward"
+            return TIMING
         device = timing.device_seconds()
         if device is None:
             return "eager timing still on the device"
         del self.timings[key]
         if timing.first:   # lazy initialisation slowed the host side of this one: time the length again
-            return "timing the eager forward"
+            return TIMING
         if gpu_bound(timing.host_seconds, device):
             self.device_bound[key] = device / max(timing.host_seconds, 1e-6)
             self.device_bound_from = min(self.device_bound_from, bucket)
@@ -382,14 +387,10 @@ class LayerGraphs:
         return None
 
     def _timed_eager(self, key: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        why = "timing the eager forward"
-        self.eager[why] = self.eager.get(why, 0) + 1
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         began = time.perf_counter()
-        for layer in self.layers:
-            out = layer(hidden, **kwargs)
-            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = self._eager(TIMING, hidden, kwargs)
         host = time.perf_counter() - began
         end.record()
         self.timings[key] = _EagerTiming(host, start, end, first=not self.timed_any)

@@ -322,7 +322,7 @@ class OverlappedSteps:
         if self.accelerator.num_processes == 1:
             return flos
         mine = torch.full((1,), flos, dtype=torch.float64, device=self.accelerator.device)
-        return _off_device(self.accelerator.gather(mine).sum())
+        return _off_device(self._summed_over_processes(mine))
 
     def _metric_rows(self, mode: str, rows: list[list[float]]) -> int:
         """TRL's per-micro-batch entropy and token accuracy from summed rows; returns the real tokens."""

@@ -100,8 +100,9 @@ class _TrialJob:
         global _TRIALS_IN_THIS_PROCESS
         # phases of this trial, in seconds: 'start' is the process's start-up and imports when this is the first
         # trial a process runs (0 for a persistent worker's later trials), then load, train, eval:<suite>, store
-        self.phases: dict[str, float] = {"start": _process_age() if _TRIALS_IN_THIS_PROCESS == 0 else 0.0}
-        if _TRIALS_IN_THIS_PROCESS == 0 and _READY_AT is not None:
+        first = _TRIALS_IN_THIS_PROCESS == 0
+        self.phases: dict[str, float] = {"start": _process_age() if first else 0.0}
+        if first and _READY_AT is not None:
             self.phases |= {"start_imports": _READY_AT, "start_waiting": max(0.0, self.phases["start"] - _READY_AT)}
         self.trials_before = _TRIALS_IN_THIS_PROCESS
         _TRIALS_IN_THIS_PROCESS += 1
