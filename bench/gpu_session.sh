@@ -5,6 +5,7 @@
 #
 #   bash bench/gpu_session.sh sweeps   # the default model converted once; the 12-trial plan on GPU 0 alone,
 #                                      # then on GPUs 0 and 1 (bench/multi_gpu.py --parts sweep)
+#   bash bench/gpu_session.sh startup  # a worker's start-up in stages, one process alone and 8 at once (diagnosis)
 #   bash bench/gpu_session.sh ddp      # one LoRA trial on one GPU and data parallel on two (multi_gpu --parts ddp)
 #   bash bench/gpu_session.sh ddpprof  # the same with torch.profiler over five steps of every rank (diagnosis)
 #   bash bench/gpu_session.sh pytest   # the CUDA-only tests under pytest (bundle.sh ... pytest==9.2.0
@@ -35,6 +36,10 @@ sweeps)   # ~5 min
   timeout 280 python bench/multi_gpu.py --parts sweep --one-gpu-json /root/workers.json --budget 260 \
     --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_sweep.log" 2>&1
   tail -n 6 "$OUT/multi_gpu_sweep.log"; cp /root/multi_gpu.json "$OUT/multi_gpu.json" 2>/dev/null
+  ;;
+startup)  # ~1 min: bench/worker_startup.py on GPU 0 (8 processes: a two-GPU sweep's workers)
+  CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/worker_startup.py --processes 8 --out "$OUT/worker_startup.json" \
+    > "$OUT/worker_startup.log" 2>&1; tail -n 5 "$OUT/worker_startup.log"
   ;;
 ddp)      # ~4 min: merged into the sweeps step's report when it ran in this lease, else into the committed one
   [ -f /root/multi_gpu.json ] || cp reports/gpu/multi_gpu.json /root/multi_gpu.json
@@ -91,5 +96,5 @@ merge)    # waits (up to ~9 min) for the peer, then merges it with the default p
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
     --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 3
   ;;
-*) echo "usage: bash bench/gpu_session.sh sweeps|ddp|ddpprof|pytest|train|train8b|ray|peer|merge" >&2; exit 2 ;;
+*) echo "usage: bash bench/gpu_session.sh sweeps|startup|ddp|ddpprof|pytest|train|train8b|ray|peer|merge" >&2; exit 2 ;;
 esac
