@@ -22,7 +22,13 @@ from harness.run._executors import Executor, PoolExecutor, RayExecutor, SerialEx
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
 from harness.run._units import TrialResult, TrialUnit, can_share
-from harness.run._workers import WarmWorkers, WorkerExecutor, auto_trials_per_gpu, free_memory_gib
+from harness.run._workers import (
+    WarmWorkers,
+    WorkerExecutor,
+    auto_trials_per_gpu,
+    free_memory_gib,
+    spare_workers,
+)
 from harness.store._store import Store
 
 
@@ -51,8 +57,10 @@ class Runner:
 
     def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None,
             executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None,
-            trials_per_gpu: int | None = None, device_batch: bool = True, shared_eval: bool = False) -> RunOutcome:
-        """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `device_batch` False keeps
+            trials_per_gpu: int | None = None, device_batch: bool = True, shared_eval: bool = False,
+            spares: int | None = None) -> RunOutcome:
+        """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `spares`: worker processes
+        beyond the slots for trials that continue another (None: auto, `spare_workers`); `device_batch` False keeps
         each suite's own generation batch size on a GPU too; `shared_eval` (persistent workers) scores the trained
         LoRA adapters together, in mixed-adapter batches, instead of each right after its training. Off by default:
         on an H200 with the 135M default model the mixed batches decoded slower than separate trials running side
@@ -69,7 +77,9 @@ class Runner:
         cpu_only = self.device == "cpu" or gpus == []
         devices = [] if cpu_only else plan_devices(gpus)
         local_device = "cpu" if cpu_only else (self.device or default_device())
-        warm = self._warm_workers(executor, devices, trials_per_gpu)
+        continuing = len(parents_continued(arms))
+        warm = self._warm_workers(executor, devices, trials_per_gpu,   # auto spares: on GPUs, at most one each
+                                  min(continuing, len(devices)) if spares is None else spares)
         try:
             checked_gpus = None if executor == "ray" else len(devices)
             checked = preflight(plan, doc, arms, device=local_device, n_gpus=checked_gpus)
@@ -77,7 +87,7 @@ class Runner:
             runner = make_executor(executor, store=self.store, console=self.console, devices=devices,
                                    explicit_gpus=gpus is not None, ray_address=ray_address,
                                    trials_per_gpu=trials_per_gpu, per_trial_gib=max(known) if known else None,
-                                   warm=warm)
+                                   warm=warm, continuing=continuing, spares=spares)
         finally:
             if warm is not None:
                 warm.close()   # what the executor did not adopt (all of them, if the checks failed)
@@ -118,14 +128,16 @@ class Runner:
         self.store.finish_run(run_id, "failed" if outcome.failed else "finished")
         return outcome
 
-    def _warm_workers(self, executor: str, devices: list[str], trials_per_gpu: int | None) -> WarmWorkers | None:
+    def _warm_workers(self, executor: str, devices: list[str], trials_per_gpu: int | None,
+                      spares: int) -> WarmWorkers | None:
         """Start the persistent workers now, while the plan is checked, where the run will use them: as many per
-        GPU as it could use (the memory estimate may later settle on fewer), or the CPU workers asked for."""
+        GPU as it could use (the memory estimate may later settle on fewer), or the CPU workers asked for, and
+        the `spares` it could use."""
         if not (executor == "workers" or (executor == "local" and devices)):
             return None
         per_device = trials_per_gpu or (auto_trials_per_gpu(1e9, 0.0, os.cpu_count() or 1, len(devices))
                                         if devices else 1)
-        return WarmWorkers(devices, per_device, self.runs_dir.resolve() / ".workers")
+        return WarmWorkers(devices, per_device, self.runs_dir.resolve() / ".workers", spares)
 
     def _open_run(self, plan: Plan, resume: bool, n_trials: int) -> tuple[int, Path]:
 
@@ -158,6 +170,12 @@ class Runner:
             n += 1
             folder = (self.runs_dir / f"{name}-{run_id}.{n}").resolve()
         return folder
+
+
+def parents_continued(arms: list[Any]) -> set[str]:
+    """The trials of `arms` that another trial of `arms` continues (DPO `from_arm`)."""
+    names = {a.name for a in arms}
+    return {a.from_arm for a in arms if a.type == "dpo" and getattr(a, "from_arm", None) in names}
 
 
 def longest_first(units: list[TrialUnit], arms: dict[str, Any], rows: dict[str, int] | None = None) -> list[TrialUnit]:
@@ -200,27 +218,32 @@ EXECUTORS = ("local", "workers", "process", "ray")
 
 def make_executor(kind: str, *, store: Store, console: Console, devices: list[str], explicit_gpus: bool = False,
                   ray_address: str | None = None, trials_per_gpu: int | None = None,
-                  per_trial_gib: float | None = None, warm: WarmWorkers | None = None) -> Executor:
+                  per_trial_gib: float | None = None, warm: WarmWorkers | None = None, continuing: int = 0,
+                  spares: int | None = None) -> Executor:
     """`local`: serially in this process on a CPU, persistent workers on GPUs; `workers`: persistent workers (on
     a CPU too); `process`: one fresh process per trial (pinned to its GPUs); `ray`: Ray tasks.
-    `trials_per_gpu` None: as many as the memory estimate fits (`auto_trials_per_gpu`)."""
+    `trials_per_gpu` None: as many as the memory estimate fits (`auto_trials_per_gpu`). Persistent workers get
+    `spares` extra workers (None: `spare_workers` for `continuing` trials that continue another)."""
     if kind not in EXECUTORS:
         raise UserError(f"unknown executor '{kind}': use {', '.join(EXECUTORS)}", field="--executor")
     if kind == "process":  # on a CPU: one process at a time, every GPU hidden from it
         return PoolExecutor(store, console, devices or ["cpu0"])
     if kind == "local" and not devices:
         return SerialExecutor(store, console, devices)
+    free_gib = free_memory_gib(devices) if devices and (trials_per_gpu is None or spares is None) else 0.0
     if trials_per_gpu is None:
-        trials_per_gpu = auto_trials_per_gpu(free_memory_gib(devices) if devices else 0.0,
-                                             per_trial_gib or DEFAULT_TRIAL_GIB, os.cpu_count() or 1,
+        trials_per_gpu = auto_trials_per_gpu(free_gib, per_trial_gib or DEFAULT_TRIAL_GIB, os.cpu_count() or 1,
                                              len(devices)) if devices else 1
     if kind == "ray":   # the cluster's GPUs are taken to be like this machine's: --trials-per-gpu says otherwise
         console.print(f"[dim]Ray: {trials_per_gpu} one-GPU trial(s) at a time per GPU "
                       f"(num_gpus={1 / trials_per_gpu:.3g} each)[/]")
         return RayExecutor(store, console, ray_address, trials_per_gpu)
+    if spares is None:
+        spares = spare_workers(devices, trials_per_gpu, continuing, free_gib, per_trial_gib or DEFAULT_TRIAL_GIB)
+    spare_note = f", {spares} spare worker(s) for trials that continue another" if spares else ""
     console.print(f"[dim]{trials_per_gpu} trial(s) at a time per {'GPU' if devices else 'CPU worker pool'}, "
-                  f"persistent workers[/]")
-    return WorkerExecutor(store, console, devices, trials_per_gpu, warm)
+                  f"persistent workers{spare_note}[/]")
+    return WorkerExecutor(store, console, devices, trials_per_gpu, warm, spares)
 
 
 DEFAULT_TRIAL_GIB = 2.0  # a trial the estimator has no figure for (evaluation-only arms of a small model)

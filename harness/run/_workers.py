@@ -6,9 +6,11 @@ trials (`keep_models_loaded`: every trial gets a device-side copy of it instead 
 driver hands each free slot the next trial as one JSON line on the worker's stdin; the worker runs it
 exactly as a one-off worker would (`run_trial`: status, curves, artifacts and scores go to the store) and
 answers on a pipe of its own (and, before the answer, says when the trial has trained: a trial that continues
-it, DPO after SFT, is queued then instead of after the evaluation). With `--shared-eval`, trained LoRA adapters
-whose evaluation was deferred are then scored together, several adapters per pass (`harness/run/_shared_eval.py`),
-spread over the slots. The workers are started while the driver checks the plan (`WarmWorkers`).
+it, DPO after SFT, starts then instead of after the evaluation, on a spare worker when no slot is free, see
+`spare_workers`). A free worker on the GPU with the fewest trials running takes the next trial (`Dispatch`).
+With `--shared-eval`, trained LoRA adapters whose evaluation was deferred are then scored together, several
+adapters per pass (`harness/run/_shared_eval.py`), spread over the slots. The workers are started while the
+driver checks the plan (`WarmWorkers`).
 
 A worker that dies (a segfault, the OOM killer, kill -9) is replaced by a fresh one; the trial it held is
 recorded as failed with the exit code and the tail of its log, and the sweep goes on. A CUDA out-of-memory
@@ -67,6 +69,19 @@ def auto_trials_per_gpu(free_gib: float, per_trial_gib: float, cpus: int, n_gpus
     return max(1, min(fit, cores, MAX_AUTO_TRIALS_PER_GPU))
 
 
+def spare_workers(devices: Sequence[str], trials_per_gpu: int, continuing: int, free_gib: float,
+                  per_trial_gib: float) -> int:
+    """Worker processes beyond the slots, for trials that continue another (DPO after SFT): one per such parent,
+    at most one per GPU, and only where the free memory fits one trial more than the slots (`auto_trials_per_gpu`'s
+    rule without its caps). A continuing trial is on the sweep's longest path: it starts as soon as its parent has
+    trained, on a spare when every slot is busy, instead of waiting for a slot while the parent is scored. None on
+    CPU workers (their slots are the cores)."""
+    if not devices or continuing < 1:
+        return 0
+    fit = math.floor(free_gib * HEADROOM / max(per_trial_gib + CONTEXT_GIB, 0.1))
+    return min(continuing, len(devices)) if fit > trials_per_gpu else 0
+
+
 def parse_trials_per_gpu(text: str | None) -> int | None:
     """`--trials-per-gpu`: 'auto' (None) or a positive count."""
     if text is None or text.strip().lower() == "auto":
@@ -97,8 +112,9 @@ def free_memory_gib(devices: Sequence[str]) -> float:
 class Worker:
     """One long-lived worker process on one device set; runs one job (a trial, or a shared evaluation) at a time."""
 
-    def __init__(self, slot: str, devices: list[str], threads: int | None = None) -> None:
+    def __init__(self, slot: str, devices: list[str], threads: int | None = None, spare: bool = False) -> None:
         self.slot, self.devices, self.threads = slot, devices, threads
+        self.spare = spare   # runs only trials that continue another (`spare_workers`)
         self.proc: subprocess.Popen[str] | None = None
         self.replies: IO[str] | None = None
         self.jobs = 0
@@ -206,18 +222,24 @@ def worker_slots(devices: Sequence[str], per_device: int) -> list[tuple[str, lis
         [(f"cpu.{k}", []) for k in range(per_device)]
 
 
+def spare_slots(devices: Sequence[str], spares: int) -> list[tuple[str, list[str]]]:
+    """(slot name, devices) of the spare workers: one GPU each, in turn (CPU spares: none visible)."""
+    return [(f"gpu{devices[k % len(devices)]}.spare{k}", [devices[k % len(devices)]]) if devices
+            else (f"cpu.spare{k}", []) for k in range(spares)]
+
+
 class WarmWorkers:
     """Worker processes started before the run's checks, so that their imports (torch, transformers, TRL, PEFT:
     ~18 s on a GPU host) overlap the driver's own start (plan checks, token counts, the store). As many as the
-    run could use are started (`per_device` on each device); the executor adopts those it needs, `close` ends
-    the rest. Their start-up output goes to `log_dir` (the run's folder does not exist yet)."""
+    run could use are started (`per_device` on each device, and `spares`); the executor adopts those it needs,
+    `close` ends the rest. Their start-up output goes to `log_dir` (the run's folder does not exist yet)."""
 
-    def __init__(self, devices: Sequence[str], per_device: int, log_dir: Path) -> None:
-        slots = worker_slots(devices, per_device)
+    def __init__(self, devices: Sequence[str], per_device: int, log_dir: Path, spares: int = 0) -> None:
+        slots = worker_slots(devices, per_device) + spare_slots(devices, spares)
         threads = worker_threads(len(slots))
         self.idle: dict[str, Worker] = {}
         for slot, slot_devices in slots:
-            worker = Worker(slot, slot_devices, threads)
+            worker = Worker(slot, slot_devices, threads, spare=".spare" in slot)
             worker.start(log_dir / f"{slot}-{os.getpid()}.log")
             self.idle[slot] = worker
 
@@ -238,6 +260,82 @@ class WarmWorkers:
         self.idle.clear()
 
 
+Job = tuple[str, list[TrialUnit]]
+
+
+class Dispatch:
+    """Who runs which job next, for worker threads that each ask `next_for(worker)` when free.
+
+    Trials that continue another (`follow`) go before the queue. A free worker on the device with the fewest jobs
+    running takes the next job (ties: the slots' order), so two GPUs share the work evenly when fewer trials than
+    slots are left. A spare worker takes only continuing trials, and only when no slot is free for them while the
+    queue waits; a slot takes a continuing trial when the queue is empty (no process more than needed)."""
+
+    def __init__(self, jobs: list[Job], workers: Sequence[Worker], spares: Sequence[Worker] = ()) -> None:
+        self.queue: deque[Job] = deque(jobs)
+        self.following: deque[Job] = deque()
+        self.order = {id(w): k for k, w in enumerate([*workers, *spares])}
+        self.free: list[Worker] = []
+        self.assigned: dict[int, Job] = {}
+        self.load: dict[tuple[str, ...], int] = {}
+        self.running = 0
+        self.cond = threading.Condition()
+
+    def next_for(self, worker: Worker) -> Job | None:
+        """Block until `worker` is given a job (returned) or nothing is left to do (None)."""
+        with self.cond:
+            self.free.append(worker)
+            self._assign()
+            self.cond.wait_for(lambda: id(worker) in self.assigned or self._finished())
+            if id(worker) not in self.assigned:
+                self.free.remove(worker)
+                return None
+            return self.assigned.pop(id(worker))
+
+    def follow(self, jobs: list[Job]) -> None:
+        """Continuing trials, ready now: before the queue."""
+        with self.cond:
+            self.following.extend(jobs)
+            self._assign()
+
+    def done(self, worker: Worker, follow: list[Job]) -> None:
+        """`worker` finished its job; `follow`: continuing trials that were waiting for it."""
+        with self.cond:
+            self.running -= 1
+            key = tuple(worker.devices)
+            self.load[key] -= 1
+            self.following.extend(follow)
+            self._assign()
+
+    def _finished(self) -> bool:
+        return not self.queue and not self.following and self.running == 0
+
+    def _assign(self) -> None:
+        while (pick := self._pick()) is not None:
+            worker, source = pick
+            self.free.remove(worker)
+            self.assigned[id(worker)] = source.popleft()
+            self.running += 1
+            key = tuple(worker.devices)
+            self.load[key] = self.load.get(key, 0) + 1
+        self.cond.notify_all()
+
+    def _pick(self) -> tuple[Worker, deque[Job]] | None:
+        slots = [w for w in self.free if not w.spare]
+        spares = [w for w in self.free if w.spare]
+        if self.following:
+            # a slot when the queue is empty or no spare is free; else a spare, leaving the slots to the queue
+            candidates = slots if (slots and (not self.queue or not spares)) else spares
+            source = self.following
+        elif self.queue:
+            candidates, source = slots, self.queue
+        else:
+            return None
+        if not candidates:
+            return None
+        return min(candidates, key=lambda w: (self.load.get(tuple(w.devices), 0), self.order[id(w)])), source
+
+
 class WorkerExecutor(Executor):
     """Persistent workers, `trials_per_gpu` per GPU; with shared evaluation, deferred adapters scored together last.
     A data-parallel trial (gpus_per_trial > 1) runs after the others through a one-off `accelerate` launcher."""
@@ -245,14 +343,19 @@ class WorkerExecutor(Executor):
     shares_evaluation = True
 
     def __init__(self, store: Store, console: Console, devices: Sequence[str], trials_per_gpu: int,
-                 warm: WarmWorkers | None = None) -> None:
+                 warm: WarmWorkers | None = None, spares: int = 0) -> None:
         super().__init__(store, console)
         self.devices = list(devices)  # none: CPU workers (every GPU hidden from them)
         self.trials_per_gpu = trials_per_gpu
         slots = worker_slots(self.devices, trials_per_gpu)
-        threads = worker_threads(len(slots))
-        self.workers = [(warm.take(slot, slot_devices) if warm else None) or Worker(slot, slot_devices, threads)
-                        for slot, slot_devices in slots]
+        extra = spare_slots(self.devices, spares)
+        threads = worker_threads(len(slots) + len(extra))
+
+        def adopt(slot: str, slot_devices: list[str], spare: bool) -> Worker:
+            return (warm.take(slot, slot_devices) if warm else None) or Worker(slot, slot_devices, threads, spare)
+
+        self.workers = [adopt(slot, slot_devices, False) for slot, slot_devices in slots]
+        self.spares = [adopt(slot, slot_devices, True) for slot, slot_devices in extra]
         if warm is not None:
             warm.close()   # started for a larger run than this one turned out to be
 
@@ -322,30 +425,19 @@ class WorkerExecutor(Executor):
     def _drain(self, jobs: list[tuple[str, list[TrialUnit]]], finish: Any, grouped: bool = False,
                ready: Callable[[str], list[TrialUnit]] | None = None) -> None:
         """Hand the jobs to the workers, one job per free worker, until none is left and none is running. For a
-        single trial, `finish` returns the trials that were waiting for it; they join the queue, or join it
-        earlier, when the worker says the trial has trained (`ready` returns them then)."""
-        queue = deque(jobs)
-        cond = threading.Condition()
-        running = 0
+        single trial, `finish` returns the trials that were waiting for it; they are handed out first, or earlier,
+        when the worker says the trial has trained (`ready` returns them then). See `Dispatch` for who takes what."""
+        spares = [] if grouped else self.spares
+        dispatch = Dispatch(jobs, self.workers, spares)
 
         def loop(worker: Worker) -> None:
-            nonlocal running
-
             def trained(trial: str) -> None:   # the worker says a trial has trained: its followers may start
                 follow = ready(trial) if ready is not None else []
                 if follow:
-                    with cond:   # ahead of the queue: a trial that continues another is on the sweep's longest path
-                        queue.extendleft(("trial", [u]) for u in reversed(follow))
-                        cond.notify_all()
+                    dispatch.follow([("trial", [u]) for u in follow])
 
-            while True:
-                with cond:
-                    cond.wait_for(lambda: queue or running == 0)
-                    if not queue:
-                        cond.notify_all()
-                        return
-                    kind, units = queue.popleft()
-                    running += 1
+            while (job := dispatch.next_for(worker)) is not None:
+                kind, units = job
                 if not grouped:
                     self.console.print(escape(f"  {units[0].trial}: started on {worker.slot}"), highlight=False)
                 results = worker.submit(kind, units, trained)
@@ -355,19 +447,16 @@ class WorkerExecutor(Executor):
                                                   Path(u.folder) / "worker.log") for u in units]
                     worker.stop()
                 follow = finish(units, results, worker) if grouped else finish(units[0], results[0], worker)
-                with cond:
-                    queue.extendleft(("trial", [u]) for u in reversed(follow or []))
-                    running -= 1
-                    cond.notify_all()
+                dispatch.done(worker, [("trial", [u]) for u in follow or []])
 
-        threads = [threading.Thread(target=loop, args=(w,), name=w.slot, daemon=True) for w in self.workers]
+        threads = [threading.Thread(target=loop, args=(w,), name=w.slot, daemon=True) for w in self.workers + spares]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
 
     def close(self) -> None:
-        stop_all(self.workers)
+        stop_all(self.workers + self.spares)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,13 @@ def test_process_pool_pins_each_worker_to_its_device(env: dict[str, Any], tiny_m
     manifests = check_run(store, outcome.run_id, {"baseline", "lora"})
     assert {m["cuda_visible_devices"] for m in manifests.values()} == {"0", "1"}
     trials = {t.name: t for t in store.trials(outcome.run_id)}
-    assert trials["baseline"].started_at < trials["lora"].finished_at
-    assert trials["lora"].started_at < trials["baseline"].finished_at  # they overlapped
+    # both processes were up at once: each started (its 'start' phase is its age when its trial began) before the
+    # other's trial ended (their trials' own intervals may not overlap: a tiny baseline can end while the other
+    # process is still importing)
+    spawned = {n: datetime.fromisoformat(t.started_at).timestamp() - manifests[n]["phases"]["start"]
+               for n, t in trials.items()}
+    assert spawned["lora"] < datetime.fromisoformat(trials["baseline"].finished_at).timestamp()
+    assert spawned["baseline"] < datetime.fromisoformat(trials["lora"].finished_at).timestamp()
     assert (Path(trials["lora"].folder) / "unit.json").exists()
 
 

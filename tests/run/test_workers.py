@@ -279,3 +279,81 @@ def test_the_driver_side_of_a_run_does_not_import_torch():
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def _blocked(dispatch: Any, worker: Any) -> tuple[threading.Thread, list[Any]]:
+    """`next_for(worker)` in a thread; the list gets its answer. Joined briefly: still alive means it waits."""
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(dispatch.next_for(worker)), daemon=True)
+    thread.start()
+    thread.join(0.3)
+    return thread, got
+
+
+def test_dispatch_gives_continuing_trials_to_a_spare_only_while_the_queue_holds_the_slots():
+    from harness.run._workers import Dispatch, Worker
+
+    slot, spare = Worker("cpu.0", []), Worker("cpu.spare0", [], spare=True)
+    dispatch = Dispatch([("trial", ["A"]), ("trial", ["B"])], [slot], [spare])
+    assert dispatch.next_for(slot) == ("trial", ["A"])
+    waiting, got = _blocked(dispatch, spare)
+    assert waiting.is_alive() and got == []        # a queued trial is not a spare's
+    dispatch.follow([("trial", ["F"])])           # A has trained: F continues it, the slot is busy
+    waiting.join(5)
+    assert got == [("trial", ["F"])]
+    dispatch.done(slot, [])
+    assert dispatch.next_for(slot) == ("trial", ["B"])
+    dispatch.done(spare, [])
+    dispatch.done(slot, [])
+    assert dispatch.next_for(slot) is None and dispatch.next_for(spare) is None
+
+
+def test_dispatch_prefers_a_free_slot_when_the_queue_is_empty_and_the_least_busy_device():
+    from harness.run._workers import Dispatch, Worker
+
+    gpu0a, gpu0b, gpu1a = Worker("gpu0.0", ["0"]), Worker("gpu0.1", ["0"]), Worker("gpu1.0", ["1"])
+    spare = Worker("gpu0.spare0", ["0"], spare=True)
+    dispatch = Dispatch([("trial", ["A"])], [gpu0a, gpu0b, gpu1a], [spare])
+    assert dispatch.next_for(gpu0a) == ("trial", ["A"])     # GPU 0 now runs one trial
+    waiters = {w.slot: _blocked(dispatch, w) for w in (gpu0b, spare, gpu1a)}
+    dispatch.follow([("trial", ["F"])])
+    waiters["gpu1.0"][0].join(5)
+    # the queue is empty: a slot, not the spare; of the free slots, the one on the GPU running nothing
+    assert waiters["gpu1.0"][1] == [("trial", ["F"])]
+    assert waiters["gpu0.1"][1] == [] and waiters["gpu0.spare0"][1] == []
+    dispatch.done(gpu0a, [])
+    dispatch.done(gpu1a, [])
+    for thread, got in waiters.values():
+        thread.join(5)
+        assert not thread.is_alive()
+    assert waiters["gpu0.1"][1] == [None] and waiters["gpu0.spare0"][1] == [None]
+
+
+def test_spare_workers_only_on_gpus_for_continuing_trials_where_memory_fits_one_more():
+    from harness.run._workers import spare_workers
+
+    assert spare_workers(["0", "1"], 4, continuing=1, free_gib=139, per_trial_gib=2) == 1
+    assert spare_workers(["0", "1"], 4, continuing=3, free_gib=139, per_trial_gib=2) == 2   # one per GPU at most
+    assert spare_workers(["0"], 4, continuing=0, free_gib=139, per_trial_gib=2) == 0        # nothing continues
+    assert spare_workers([], 1, continuing=1, free_gib=0, per_trial_gib=2) == 0             # CPU workers
+    assert spare_workers(["0"], 2, continuing=1, free_gib=80, per_trial_gib=30) == 0        # memory fits 2 only
+
+
+@pytest.mark.slow
+def test_a_continuing_trial_runs_on_a_spare_worker_while_its_parent_is_scored(env: dict[str, Any],
+                                                                             tiny_model_dir: Path):
+    """One slot and one spare: the DPO trial starts on the spare once the LoRA trial has trained (the slot is busy
+    scoring it); the baseline waits for the slot."""
+    plan = write_plan(env["root"] / "spare.yaml", tiny_model_dir,
+                      [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4),
+                       train_arm("dpo-sft", "dpo", from_arm="lora", lr=1e-3)],
+                      train=env["train"], prefs=env["prefs"], name="spare", suites=["tiny_json"])
+    store = Store(str(env["root"] / "spare.db"))
+    outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, executor="workers", trials_per_gpu=1,
+                                                                        spares=1)
+    assert sorted(outcome.finished) == ["baseline", "dpo-sft", "lora"], outcome.failed
+    trials = {t.name: t for t in store.trials(outcome.run_id)}
+    pids = {name: m["process"]["pid"] for name, m in manifests(store, outcome.run_id).items()}
+    assert trials["dpo-sft"].started_at < trials["lora"].finished_at <= trials["baseline"].started_at
+    assert pids["dpo-sft"] != pids["lora"] == pids["baseline"]
+    assert serving_children() == []
