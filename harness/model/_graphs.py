@@ -25,8 +25,9 @@ A graph needs fixed shapes and fixed addresses, and a packed row's length change
   running it, read back a micro-batch later without waiting). A graph saves the host's launches but computes
   the padding too, so a padded length whose eager forward kept the device busy GRAPH_GPU_BOUND times longer than
   the host took to launch it stays eager (and so do longer ones, untimed; shorter ones than a host-bound length are
-  captured untimed): on an H200 a data-parallel trial of the 1.07B shape (~29k-token
-  micro-batches per GPU) replayed 13% padding for launches that were already hidden behind the device's work.
+  captured untimed; and a length whose ratio, scaled from a timed one by its tokens, is 1.5x past the threshold
+  either way is not timed: each timing costs an eager micro-batch): on an H200 a data-parallel trial of the 1.07B
+  shape (~29k-token micro-batches per GPU) replayed 13% padding for launches already hidden behind the device's work.
 
 Everything outside the decoder layers (embedding, rotary tables, final norm, loss head, optimizer) runs eagerly as
 before. Where a graph cannot be used for a forward (no gradient, not CUDA, an argument it was not captured with,
@@ -54,6 +55,9 @@ MIN_BUCKET = 512
 # an eager step takes max(host, device) and a graph's takes the device's time plus the padding's (up to 1/4), so
 # eager wins once the device is the bottleneck; the margin covers the backward, whose host side is lighter.
 GRAPH_GPU_BOUND = 1.25
+# a padded length's device time grows with its tokens while its launches do not: a timed length with ratio r
+# predicts r * L / L0 at length L; lengths predicted this many times past GRAPH_GPU_BOUND, either way, are not timed
+EXTRAPOLATION_MARGIN = 1.5
 # kwargs the backbone passes its layers that the graph supplies itself (from the packed row)
 _OWN_KWARGS = frozenset({"attention_mask", "position_embeddings", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
                          "max_length_q", "max_length_k", "cache_position", "use_cache", "packed_seq_lengths"})
@@ -306,7 +310,8 @@ class LayerGraphs:
         self.device_bound: dict[tuple[Any, ...], float] = {}   # padded lengths left eager: device/host ratio
         self.timed_any = False   # the first timing (lazy initialisation: cuBLAS, the allocator) is not trusted
         # a row's launches do not grow with its length, its device work does: a padded length longer than one that
-        # was device-bound is device-bound too, one shorter than a host-bound one host-bound (neither is timed)
+        # was device-bound is device-bound too, one shorter than a host-bound one host-bound (neither is timed), and
+        # so is one whose ratio, scaled by its length, is EXTRAPOLATION_MARGIN times past the threshold
         self.device_bound_from = math.inf
         self.host_bound_upto = 0
         self.capturing = False
@@ -379,11 +384,14 @@ class LayerGraphs:
         del self.timings[key]
         if timing.first:   # lazy initialisation slowed the host side of this one: time the length again
             return TIMING
+        ratio = device / max(timing.host_seconds, 1e-6)
         if gpu_bound(timing.host_seconds, device):
-            self.device_bound[key] = device / max(timing.host_seconds, 1e-6)
-            self.device_bound_from = min(self.device_bound_from, bucket)
+            self.device_bound[key] = ratio
+            self.device_bound_from = min(self.device_bound_from, bucket,
+                                         math.ceil(bucket * GRAPH_GPU_BOUND * EXTRAPOLATION_MARGIN / ratio))
             return DEVICE_BOUND
-        self.host_bound_upto = max(self.host_bound_upto, bucket)
+        self.host_bound_upto = max(self.host_bound_upto, bucket,
+                                   math.floor(bucket * GRAPH_GPU_BOUND / (EXTRAPOLATION_MARGIN * ratio)))
         return None
 
     def _timed_eager(self, key: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

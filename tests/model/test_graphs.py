@@ -142,8 +142,16 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     verdict = graphs._eager_verdict(device_bound)
     assert verdict == gr.DEVICE_BOUND and graphs._eager_verdict(device_bound) == verdict
     assert graphs._eager_verdict((16384, 16)) == gr.DEVICE_BOUND              # longer: eager untimed
-    assert graphs._eager_verdict((4096, 8)) == "timing the eager forward"   # between the two: still timed
+    # device time scales with the tokens: 5.0x at 8192 predicts 1.9x at 3072, 1.5 times the threshold: eager untimed
+    assert graphs._eager_verdict((4096, 8)) == gr.DEVICE_BOUND and graphs._eager_verdict((3072, 8)) == gr.DEVICE_BOUND
+    assert graphs._eager_verdict((2560, 8)) == "timing the eager forward"   # predicted 1.6x: too close, timed
     assert "1 padded length(s) left eager: the device was busy 5.0x the host's launch time" in graphs.summary()
+    # strongly host-bound (0.3x at 2048): lengths up to 1.25 / (1.5 * 0.3) = 2.8x longer are captured untimed
+    graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
+    graphs.timings[host_bound] = Timing(0.010, 0.003)
+    assert graphs._eager_verdict(host_bound) is None
+    assert graphs._eager_verdict((4096, 8)) is None and graphs._eager_verdict((5120, 8)) is None
+    assert graphs._eager_verdict((6144, 8)) == "timing the eager forward"
 
     monkeypatch.setenv(fp.CUDA_GRAPHS_ENV, "always")
     assert fp.FastPath.for_device("cuda") == fp.FastPath(graphs_where_host_bound=False)
