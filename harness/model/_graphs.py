@@ -369,30 +369,33 @@ class LayerGraphs:
 
     def _eager_verdict(self, key: tuple[Any, ...]) -> str | None:
         """For a padded length with no graph yet: time it eagerly (no timing yet), wait for the timing (still
-        running on the device), stay eager (device-bound), or None: capture it."""
+        running on the device), stay eager (device-bound), or None: capture it. Every timing the device has
+        finished is read first, so a length first seen after another was timed may be decided without a timing."""
+        self._settle_timings()
         bucket = key[0]
         if key in self.device_bound or bucket >= self.device_bound_from:
             return DEVICE_BOUND
-        if bucket <= self.host_bound_upto:   # shorter than a host-bound length: less device work, same launches
+        if bucket <= self.host_bound_upto:   # shorter than a host-bound length (or predicted host-bound)
             return None
-        timing = self.timings.get(key)
-        if timing is None:
-            return TIMING
-        device = timing.device_seconds()
-        if device is None:
-            return "eager timing still on the device"
-        del self.timings[key]
-        if timing.first:   # lazy initialisation slowed the host side of this one: time the length again
-            return TIMING
-        ratio = device / max(timing.host_seconds, 1e-6)
-        if gpu_bound(timing.host_seconds, device):
-            self.device_bound[key] = ratio
-            self.device_bound_from = min(self.device_bound_from, bucket,
-                                         math.ceil(bucket * GRAPH_GPU_BOUND * EXTRAPOLATION_MARGIN / ratio))
-            return DEVICE_BOUND
-        self.host_bound_upto = max(self.host_bound_upto, bucket,
-                                   math.floor(bucket * GRAPH_GPU_BOUND / (EXTRAPOLATION_MARGIN * ratio)))
-        return None
+        return "eager timing still on the device" if key in self.timings else TIMING
+
+    def _settle_timings(self) -> None:
+        """Read back the timings the device has finished (never waits) and move the bounds they give."""
+        for key, timing in list(self.timings.items()):
+            device = timing.device_seconds()
+            if device is None:
+                continue
+            del self.timings[key]
+            if timing.first:   # lazy initialisation slowed the host side of this one: the length is timed again
+                continue
+            bucket, ratio = key[0], device / max(timing.host_seconds, 1e-6)
+            if gpu_bound(timing.host_seconds, device):
+                self.device_bound[key] = ratio
+                self.device_bound_from = min(self.device_bound_from, bucket,
+                                             math.ceil(bucket * GRAPH_GPU_BOUND * EXTRAPOLATION_MARGIN / ratio))
+            else:
+                self.host_bound_upto = max(self.host_bound_upto, bucket,
+                                           math.floor(bucket * GRAPH_GPU_BOUND / (EXTRAPOLATION_MARGIN * ratio)))
 
     def _timed_eager(self, key: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

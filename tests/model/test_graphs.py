@@ -152,6 +152,10 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     assert graphs._eager_verdict(host_bound) is None
     assert graphs._eager_verdict((4096, 8)) is None and graphs._eager_verdict((5120, 8)) is None
     assert graphs._eager_verdict((6144, 8)) == "timing the eager forward"
+    # a length first seen while another's timing is pending: the finished timing is read first, and decides it
+    graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
+    graphs.timings[host_bound] = Timing(0.010, 0.003)
+    assert graphs._eager_verdict((4096, 8)) is None and graphs.timings == {}
 
     monkeypatch.setenv(fp.CUDA_GRAPHS_ENV, "always")
     assert fp.FastPath.for_device("cuda") == fp.FastPath(graphs_where_host_bound=False)
