@@ -308,6 +308,7 @@ class LayerGraphs:
         self.time_eager = time_eager   # graph a padded length only where its timed eager forward was host-bound
         self.timings: dict[tuple[Any, ...], _EagerTiming] = {}
         self.device_bound: dict[tuple[Any, ...], float] = {}   # padded lengths left eager: device/host ratio
+        self.host_bound: dict[int, float] = {}   # timed padded lengths captured: device/host ratio
         self.timed_any = False   # the first timing (lazy initialisation: cuBLAS, the allocator) is not trusted
         # a row's launches do not grow with its length, its device work does: a padded length longer than one that
         # was device-bound is device-bound too, one shorter than a host-bound one host-bound (neither is timed), and
@@ -394,6 +395,7 @@ class LayerGraphs:
                 self.device_bound_from = min(self.device_bound_from, bucket,
                                              math.ceil(bucket * GRAPH_GPU_BOUND * EXTRAPOLATION_MARGIN / ratio))
             else:
+                self.host_bound[bucket] = ratio
                 self.host_bound_upto = max(self.host_bound_upto, bucket,
                                            math.floor(bucket * GRAPH_GPU_BOUND / (EXTRAPOLATION_MARGIN * ratio)))
 
@@ -473,6 +475,9 @@ class LayerGraphs:
             ratios = ", ".join(f"{r:.1f}x" for r in self.device_bound.values())
             text += (f", {len(self.device_bound)} padded length(s) left eager: the device was busy {ratios} the "
                      "host's launch time")
+        if self.host_bound:
+            timed = sorted(self.host_bound.items())
+            text += ", timed host-bound: " + ", ".join(f"{b} tokens {r:.2f}x" for b, r in timed)
         if self.eager:
             text += ", eager: " + ", ".join(f"{why} x{n}" for why, n in sorted(self.eager.items()))
         if self.failure is not None:

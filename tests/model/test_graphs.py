@@ -156,6 +156,7 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
     graphs.timings[host_bound] = Timing(0.010, 0.003)
     assert graphs._eager_verdict((4096, 8)) is None and graphs.timings == {}
+    assert "timed host-bound: 2048 tokens 0.30x" in graphs.summary()
 
     monkeypatch.setenv(fp.CUDA_GRAPHS_ENV, "always")
     assert fp.FastPath.for_device("cuda") == fp.FastPath(graphs_where_host_bound=False)
