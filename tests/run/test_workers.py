@@ -357,3 +357,25 @@ def test_a_continuing_trial_runs_on_a_spare_worker_while_its_parent_is_scored(en
     assert trials["dpo-sft"].started_at < trials["lora"].finished_at <= trials["baseline"].started_at
     assert pids["dpo-sft"] != pids["lora"] == pids["baseline"]
     assert serving_children() == []
+
+
+@pytest.mark.slow
+def test_worker_startup_bench_times_each_stage_alone_and_together(tmp_path: Path):
+    """bench/worker_startup.py on the CPU: every stage timed in a fresh interpreter, alone and two at once, and the
+    modules that dominate the imports named (the GPU run is committed as reports/gpu/worker_startup.json)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "startup.json"
+    subprocess.run([sys.executable, str(repo / "bench" / "worker_startup.py"), "--processes", "2", "--model", "",
+                    "--out", str(out)], check=True, capture_output=True, text=True, timeout=600,
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    report = json.loads(out.read_text())
+    stages = ("imports", "trl", "cuda", "model")
+    assert report["alone"]["imports"] > 0 and all(report["alone"][s] >= 0 for s in stages)
+    assert len(report["together"]) == 2 and report["slowest_together"]["imports"] > 0
+    assert report["ratio"]["imports"] == round(report["slowest_together"]["imports"] / report["alone"]["imports"], 2)
+    assert report["top_imports"][0]["module"] == "harness.run._trial"
+    committed = json.loads((repo / "reports" / "gpu" / "worker_startup.json").read_text())
+    assert committed["device"].startswith("NVIDIA H") and committed["processes"] == 8
