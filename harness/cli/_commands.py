@@ -73,6 +73,9 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
         gpus: Annotated[Optional[str], typer.Option(help="GPUs to use: all (default), none, a count (4) or ids (0,2,3).")] = None,
         trials_per_gpu: Annotated[str, typer.Option(help="Trials at once on each GPU: auto (from free memory and the "
                                                          "memory estimate) or a count.")] = "auto",
+        spare_workers: Annotated[str, typer.Option(help="Persistent workers beyond the slots for trials that continue "
+                                                        "another (DPO after SFT): auto (one per GPU where memory "
+                                                        "fits) or a count; 0: none.")] = "auto",
         eval_batch: Annotated[str, typer.Option(help="device: on a GPU, size generation batches from free memory | "
                                                      "suite: each suite's batch_size.")] = "device",
         shared_eval: Annotated[bool, typer.Option(help="Persistent workers: score the trained LoRA adapters together "
@@ -83,18 +86,19 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
     from harness.run._devices import parse_gpus  # heavy: the runner pulls torch; keeps `tunegate --help` fast
     from harness.run._preflight import dry_run as plan_table  # heavy: torch via the runner
     from harness.run._runner import Runner  # heavy: torch via the runner
-    from harness.run._workers import parse_trials_per_gpu  # heavy: torch via the workers
+    from harness.run._workers import parse_spare_workers, parse_trials_per_gpu  # heavy: torch via the workers
 
     if eval_batch not in ("device", "suite"):
         raise UserError(f"'{eval_batch}' is not an eval batch rule: use device or suite", field="--eval-batch")
     per_gpu = parse_trials_per_gpu(trials_per_gpu)
+    spares = parse_spare_workers(spare_workers)
     if dry_run:
         console.print(plan_table(plan, console, executor=executor, gpus=parse_gpus(gpus)))
         return
     outcome = Runner(_store(store), console).run(plan, resume=resume, only=only, executor=executor,
                                                  gpus=parse_gpus(gpus), ray_address=ray_address,
                                                  trials_per_gpu=per_gpu, device_batch=eval_batch == "device",
-                                                 shared_eval=shared_eval)
+                                                 shared_eval=shared_eval, spares=spares)
     print_run_comparison(_store(store), outcome.run_id)
     raise typer.Exit(1 if outcome.failed else 0)
 

@@ -82,8 +82,10 @@ if TYPE_CHECKING:
         WorkerExecutor,
         auto_trials_per_gpu,
         free_memory_gib,
+        parse_spare_workers,
         parse_trials_per_gpu,
         serve,
+        spare_workers,
         stop_all,
     )
 
@@ -134,6 +136,7 @@ _EXPORTS = {
     "out_of_memory": "harness.run._trial",
     "outcome_from_store": "harness.run._executors",
     "parse_gpus": "harness.run._devices",
+    "parse_spare_workers": "harness.run._workers",
     "parse_trials_per_gpu": "harness.run._workers",
     "phases": "harness.run._runner",
     "plan_devices": "harness.run._devices",
@@ -142,6 +145,7 @@ _EXPORTS = {
     "run_trial": "harness.run._trial",
     "score_together": "harness.run._shared_eval",
     "serve": "harness.run._workers",
+    "spare_workers": "harness.run._workers",
     "stamp": "harness.run._provenance",
     "stop_all": "harness.run._workers",
     "versions": "harness.run._provenance",

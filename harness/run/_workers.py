@@ -91,6 +91,15 @@ def parse_trials_per_gpu(text: str | None) -> int | None:
     return int(text)
 
 
+def parse_spare_workers(text: str | None) -> int | None:
+    """`--spare-workers`: 'auto' (None) or a count >= 0."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    if not text.strip().isdigit():
+        raise UserError(f"'{text}' is not a count: use auto or a whole number >= 0", field="--spare-workers")
+    return int(text)
+
+
 def free_memory_gib(devices: Sequence[str]) -> float:
     """The least free memory (GiB) over `devices` (ids as CUDA_VISIBLE_DEVICES spells them), or 0. NVML answers
     where it can (an index is taken as NVML's only under CUDA_DEVICE_ORDER=PCI_BUS_ID or on a one-GPU machine:

@@ -48,6 +48,12 @@ def test_plan_path_that_is_a_folder(tmp_path: Path) -> None:
     assert f"{tmp_path}: is a folder, not a file" in line
 
 
+@pytest.mark.parametrize("option", ["--spare-workers", "--trials-per-gpu"])
+def test_worker_counts_that_are_not_counts(tmp_path: Path, option: str) -> None:
+    line = one_line_exit_2(tunegate("run", str(plan_file(tmp_path)), option, "-1", "--store", str(tmp_path / "s.db")))
+    assert "'-1' is not a count" in line and option in line
+
+
 @pytest.mark.parametrize("raw", [b"\x00\x01\xff\xfebinary\x00", b"name: caf\xe9\n"], ids=["binary", "latin-1"])
 def test_plan_that_is_not_utf8(tmp_path: Path, raw: bytes) -> None:
     bad = tmp_path / "plan.yaml"

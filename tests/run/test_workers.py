@@ -379,3 +379,11 @@ def test_worker_startup_bench_times_each_stage_alone_and_together(tmp_path: Path
     assert report["top_imports"][0]["module"] == "harness.run._trial"
     committed = json.loads((repo / "reports" / "gpu" / "worker_startup.json").read_text())
     assert committed["device"].startswith("NVIDIA H") and committed["processes"] == 8
+
+
+def test_spare_workers_option_reads_auto_or_a_count():
+    from harness.run import parse_spare_workers
+
+    assert parse_spare_workers("auto") is None and parse_spare_workers("0") == 0 and parse_spare_workers("2") == 2
+    with pytest.raises(UserError, match="spare-workers"):
+        parse_spare_workers("-1")
