@@ -40,7 +40,7 @@ GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
 PATHS = {  # name -> `tunegate run` options
     "peer": ["--executor", "process", "--eval-batch", "suite"],      # one fresh process per trial, suite batches
     "workers": ["--executor", "workers", "--trials-per-gpu", "auto"],  # what `local` picks on a GPU
-    "workers-no-spare": ["--executor", "workers", "--trials-per-gpu", "auto", "--spare-workers", "0"],  # ablation
+    "workers-spare": ["--executor", "workers", "--trials-per-gpu", "auto", "--spare-workers", "auto"],  # opt-in
 }
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "nvidia-ml-py", "liger-kernel")
 
@@ -233,7 +233,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", type=Path, default=GPU_PLAN)
     ap.add_argument("--paths", default="peer,workers",
-                    help="which paths to run (comma-separated: peer, workers, workers-no-spare)")
+                    help="which paths to run (comma-separated: peer, workers, workers-spare)")
     ap.add_argument("--gpus", default="0", help="the GPU the run uses (--gpus of tunegate run); 'none' on a CPU")
     ap.add_argument("--merge", type=Path, action="append", default=[],
                     help="a JSON written by an earlier invocation whose paths are merged into this one's")

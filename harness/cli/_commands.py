@@ -74,8 +74,9 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
         trials_per_gpu: Annotated[str, typer.Option(help="Trials at once on each GPU: auto (from free memory and the "
                                                          "memory estimate) or a count.")] = "auto",
         spare_workers: Annotated[str, typer.Option(help="Persistent workers beyond the slots for trials that continue "
-                                                        "another (DPO after SFT): auto (one per GPU where memory "
-                                                        "fits) or a count; 0: none.")] = "auto",
+                                                        "another (DPO after SFT), started as soon as the parent has "
+                                                        "trained: auto (one per GPU where memory fits) or a count "
+                                                        "(default 0: none).")] = "0",
         eval_batch: Annotated[str, typer.Option(help="device: on a GPU, size generation batches from free memory | "
                                                      "suite: each suite's batch_size.")] = "device",
         shared_eval: Annotated[bool, typer.Option(help="Persistent workers: score the trained LoRA adapters together "

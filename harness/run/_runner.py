@@ -58,9 +58,10 @@ class Runner:
     def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None,
             executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None,
             trials_per_gpu: int | None = None, device_batch: bool = True, shared_eval: bool = False,
-            spares: int | None = None) -> RunOutcome:
+            spares: int | None = 0) -> RunOutcome:
         """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `spares`: worker processes
-        beyond the slots for trials that continue another (None: auto, `spare_workers`); `device_batch` False keeps
+        beyond the slots for trials that continue another (None: auto, `spare_workers`; off by default: on one
+        H200 a spare made the 12-trial GPU plan slower, README); `device_batch` False keeps
         each suite's own generation batch size on a GPU too; `shared_eval` (persistent workers) scores the trained
         LoRA adapters together, in mixed-adapter batches, instead of each right after its training. Off by default:
         on an H200 with the 135M default model the mixed batches decoded slower than separate trials running side
@@ -219,7 +220,7 @@ EXECUTORS = ("local", "workers", "process", "ray")
 def make_executor(kind: str, *, store: Store, console: Console, devices: list[str], explicit_gpus: bool = False,
                   ray_address: str | None = None, trials_per_gpu: int | None = None,
                   per_trial_gib: float | None = None, warm: WarmWorkers | None = None, continuing: int = 0,
-                  spares: int | None = None) -> Executor:
+                  spares: int | None = 0) -> Executor:
     """`local`: serially in this process on a CPU, persistent workers on GPUs; `workers`: persistent workers (on
     a CPU too); `process`: one fresh process per trial (pinned to its GPUs); `ray`: Ray tasks.
     `trials_per_gpu` None: as many as the memory estimate fits (`auto_trials_per_gpu`). Persistent workers get

@@ -6,10 +6,10 @@ trials (`keep_models_loaded`: every trial gets a device-side copy of it instead 
 driver hands each free slot the next trial as one JSON line on the worker's stdin; the worker runs it
 exactly as a one-off worker would (`run_trial`: status, curves, artifacts and scores go to the store) and
 answers on a pipe of its own (and, before the answer, says when the trial has trained: a trial that continues
-it, DPO after SFT, starts then instead of after the evaluation, on a spare worker when no slot is free, see
-`spare_workers`). A free worker on the GPU with the fewest trials running takes the next trial (`Dispatch`).
-With `--shared-eval`, trained LoRA adapters whose evaluation was deferred are then scored together, several
-adapters per pass (`harness/run/_shared_eval.py`), spread over the slots. The workers are started while the
+it, DPO after SFT, starts then instead of after the evaluation; with `--spare-workers`, on a spare worker when no
+slot is free, see `spare_workers`). A free worker on the GPU with the fewest trials running takes the next trial
+(`Dispatch`). With `--shared-eval`, trained LoRA adapters whose evaluation was deferred are then scored together,
+several adapters per pass (`harness/run/_shared_eval.py`), spread over the slots. The workers are started while the
 driver checks the plan (`WarmWorkers`).
 
 A worker that dies (a segfault, the OOM killer, kill -9) is replaced by a fresh one; the trial it held is
@@ -75,7 +75,9 @@ def spare_workers(devices: Sequence[str], trials_per_gpu: int, continuing: int, 
     at most one per GPU, and only where the free memory fits one trial more than the slots (`auto_trials_per_gpu`'s
     rule without its caps). A continuing trial is on the sweep's longest path: it starts as soon as its parent has
     trained, on a spare when every slot is busy, instead of waiting for a slot while the parent is scored. None on
-    CPU workers (their slots are the cores)."""
+    CPU workers (their slots are the cores). `--spare-workers auto` asks for this count; the default is none: on one
+    H200, where the 12-trial GPU plan keeps the GPU busy, a fifth process slowed the other trials more than the
+    continuing trial gained (README, Multi-GPU)."""
     if not devices or continuing < 1:
         return 0
     fit = math.floor(free_gib * HEADROOM / max(per_trial_gib + CONTEXT_GIB, 0.1))
