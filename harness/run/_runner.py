@@ -79,8 +79,8 @@ class Runner:
         devices = [] if cpu_only else plan_devices(gpus)
         local_device = "cpu" if cpu_only else (self.device or default_device())
         continuing = len(parents_continued(arms))
-        warm = self._warm_workers(executor, devices, trials_per_gpu,   # auto spares: on GPUs, at most one each
-                                  min(continuing, len(devices)) if spares is None else spares)
+        warm = self._warm_workers(executor, devices, trials_per_gpu,   # auto spares: as if memory were no bound
+                                  spare_workers(devices, 0, continuing, 1e9, 0.0) if spares is None else spares)
         try:
             checked_gpus = None if executor == "ray" else len(devices)
             checked = preflight(plan, doc, arms, device=local_device, n_gpus=checked_gpus)

@@ -60,11 +60,16 @@ MAX_AUTO_TRIALS_PER_GPU = 4  # beyond this, processes mostly queue for the same 
 MIN_SHARED_GROUP = 2
 
 
+def trials_that_fit(free_gib: float, per_trial_gib: float) -> int:
+    """How many trials fit in `free_gib` of a GPU: the memory estimator's per-trial figure plus a CUDA context
+    each, with headroom."""
+    return math.floor(free_gib * HEADROOM / max(per_trial_gib + CONTEXT_GIB, 0.1))
+
+
 def auto_trials_per_gpu(free_gib: float, per_trial_gib: float, cpus: int, n_gpus: int) -> int:
-    """How many trials to run at once on each GPU: as many as fit in the free memory (the memory estimator's
-    per-trial figure plus a CUDA context each, with headroom), at most one per CPU core, at most
-    MAX_AUTO_TRIALS_PER_GPU."""
-    fit = math.floor(free_gib * HEADROOM / max(per_trial_gib + CONTEXT_GIB, 0.1))
+    """How many trials to run at once on each GPU: as many as fit in the free memory (`trials_that_fit`), at most
+    one per CPU core, at most MAX_AUTO_TRIALS_PER_GPU."""
+    fit = trials_that_fit(free_gib, per_trial_gib)
     cores = max(1, cpus // max(n_gpus, 1))
     return max(1, min(fit, cores, MAX_AUTO_TRIALS_PER_GPU))
 
@@ -72,16 +77,15 @@ def auto_trials_per_gpu(free_gib: float, per_trial_gib: float, cpus: int, n_gpus
 def spare_workers(devices: Sequence[str], trials_per_gpu: int, continuing: int, free_gib: float,
                   per_trial_gib: float) -> int:
     """Worker processes beyond the slots, for trials that continue another (DPO after SFT): one per such parent,
-    at most one per GPU, and only where the free memory fits one trial more than the slots (`auto_trials_per_gpu`'s
-    rule without its caps). A continuing trial is on the sweep's longest path: it starts as soon as its parent has
-    trained, on a spare when every slot is busy, instead of waiting for a slot while the parent is scored. None on
-    CPU workers (their slots are the cores). `--spare-workers auto` asks for this count; the default is none: on one
-    H200, where the 12-trial GPU plan keeps the GPU busy, a fifth process slowed the other trials more than the
-    continuing trial gained (README, Multi-GPU)."""
+    at most one per GPU, and only where the free memory fits one trial more than the slots (`trials_that_fit`). A
+    continuing trial is on the sweep's longest path: it starts as soon as its parent has trained, on a spare when
+    every slot is busy, instead of waiting for a slot while the parent is scored. None on CPU workers (their slots
+    are the cores). `--spare-workers auto` asks for this count; the default is none: on one H200, where the
+    12-trial GPU plan keeps the GPU busy, a fifth process slowed the other trials more than the continuing trial
+    gained (README, Multi-GPU)."""
     if not devices or continuing < 1:
         return 0
-    fit = math.floor(free_gib * HEADROOM / max(per_trial_gib + CONTEXT_GIB, 0.1))
-    return min(continuing, len(devices)) if fit > trials_per_gpu else 0
+    return min(continuing, len(devices)) if trials_that_fit(free_gib, per_trial_gib) > trials_per_gpu else 0
 
 
 def parse_trials_per_gpu(text: str | None) -> int | None:
@@ -246,11 +250,12 @@ class WarmWorkers:
     `close` ends the rest. Their start-up output goes to `log_dir` (the run's folder does not exist yet)."""
 
     def __init__(self, devices: Sequence[str], per_device: int, log_dir: Path, spares: int = 0) -> None:
-        slots = worker_slots(devices, per_device) + spare_slots(devices, spares)
+        slots = [(*s, False) for s in worker_slots(devices, per_device)] + \
+            [(*s, True) for s in spare_slots(devices, spares)]
         threads = worker_threads(len(slots))
         self.idle: dict[str, Worker] = {}
-        for slot, slot_devices in slots:
-            worker = Worker(slot, slot_devices, threads, spare=".spare" in slot)
+        for slot, slot_devices, spare in slots:
+            worker = Worker(slot, slot_devices, threads, spare)
             worker.start(log_dir / f"{slot}-{os.getpid()}.log")
             self.idle[slot] = worker
 
