@@ -1,6 +1,6 @@
 """Expert scenarios written from the seed criteria (tests/fixtures/advisor_scenarios/*.yaml): each is
 an answers file plus the option, method and rules a careful engineer expects, and the row of the
-README's decision table ("## How the advisor decides") it encodes."""
+advisor's decision table (docs/advisor.md, "## The decision table") it encodes."""
 from __future__ import annotations
 
 import re
@@ -28,9 +28,9 @@ def answers_of(path: Path) -> Answers:
     return answers_from_dict(scenario(path)["answers"])
 
 
-def readme_rows() -> dict[int, str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("## How the advisor decides", 1)[1].split("\n## ", 1)[0]
+def table_rows() -> dict[int, str]:
+    text = (ROOT / "docs" / "advisor.md").read_text(encoding="utf-8")
+    section = text.split("## The decision table", 1)[1].split("\n## ", 1)[0]
     return {int(m.group(1)): m.group(0) for m in re.finditer(r"^\| (\d+) \|.*$", section, re.M)}
 
 
@@ -49,14 +49,14 @@ def test_scenario(path: Path) -> None:
         assert "{" not in f.reason and "}" not in f.reason, f.reason
 
 
-def test_scenarios_cover_options_unknowns_and_the_readme_table() -> None:
+def test_scenarios_cover_options_unknowns_and_the_decision_table() -> None:
     assert len(FIXTURES) >= 40
     data = [scenario(p) for p in FIXTURES]
     assert {d["expect"]["option"] for d in data} == set(OPTIONS)
     assert {"qlora", "rag+qlora", "lora+dpo", "qlora+dpo", "dpo"} <= {d["expect"]["method"] for d in data}
     said_unknown = {k for d in data for k, v in d["answers"].items() if v == "unknown"}
     assert said_unknown == set(Answers.model_fields), set(Answers.model_fields) - said_unknown
-    rows = readme_rows()
+    rows = table_rows()
     assert {d["row"] for d in data} == set(rows), set(rows) ^ {d["row"] for d in data}
     rule_ids = {r.id for r in default_rules().rules}
     for d in data:
@@ -66,8 +66,8 @@ def test_scenarios_cover_options_unknowns_and_the_readme_table() -> None:
                 assert f"`{rule}`" in rows[d["row"]] or any(f"`{rule}`" in r for r in rows.values()), rule
 
 
-def test_every_rule_is_in_the_readme_table() -> None:
-    table = "\n".join(readme_rows().values())
+def test_every_rule_is_in_the_decision_table() -> None:
+    table = "\n".join(table_rows().values())
     missing = [r.id for r in default_rules().rules if f"`{r.id}`" not in table and not r.id.startswith("audit-")]
     assert not missing
 
