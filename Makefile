@@ -1,11 +1,12 @@
-# Quickstart: `make demo` (set-up + the demo on the default model) and `make test` (set-up + all tests).
+# Quickstart: `make demo` (set-up + the demo on the default model) and `make test` (set-up + all tests);
+# `make lint` (set-up + ruff's linter and format check, configured in pyproject.toml).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export TUNEGATE_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: setup system-deps demo test test-fast clean
+.PHONY: setup system-deps demo lint test test-fast clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +31,10 @@ system-deps:
 	   { ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql chromium chromium-driver >/dev/null; \
 	fi
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: setup system-deps
 	$(PY) -m pytest -q
