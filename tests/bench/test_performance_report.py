@@ -40,8 +40,9 @@ def test_a_changed_result_changes_the_page_and_check_fails(tmp_path: Path) -> No
     data = json.loads(path.read_text(encoding="utf-8"))
     data["vs_best_stock"]["throughput_ratio"] = 9.876
     path.write_text(json.dumps(data), encoding="utf-8")
-    check = subprocess.run([sys.executable, str(SCRIPT), "--reports", str(reports), "--check"],
-                           capture_output=True, text=True, cwd=REPO)
+    check = subprocess.run(
+        [sys.executable, str(SCRIPT), "--reports", str(reports), "--check"], capture_output=True, text=True, cwd=REPO
+    )
     assert check.returncode == 1, check.stderr
     assert "out of date" in check.stderr
     run_bench("performance_report.py", "--reports", str(reports))
@@ -50,8 +51,12 @@ def test_a_changed_result_changes_the_page_and_check_fails(tmp_path: Path) -> No
 
 def test_a_new_result_file_is_listed_with_its_device_and_date(tmp_path: Path) -> None:
     reports = copy_reports(tmp_path)
-    new = {"bench": "new_bench", "date": "2026-12-02T10:00:00+00:00", "device": {"name": "Some GPU"},
-           "versions": {"torch": "9.9.9"}}
+    new = {
+        "bench": "new_bench",
+        "date": "2026-12-02T10:00:00+00:00",
+        "device": {"name": "Some GPU"},
+        "versions": {"torch": "9.9.9"},
+    }
     (reports / "bench" / "new_bench.json").write_text(json.dumps(new), encoding="utf-8")
     run_bench("performance_report.py", "--reports", str(reports))
     page = (reports / "PERFORMANCE.md").read_text(encoding="utf-8")
@@ -61,8 +66,9 @@ def test_a_new_result_file_is_listed_with_its_device_and_date(tmp_path: Path) ->
 def test_a_file_that_is_not_json_is_one_line_and_exit_2(tmp_path: Path) -> None:
     reports = copy_reports(tmp_path)
     (reports / "perf" / "broken.json").write_text('{"bench": "x",\n  "date": }\n', encoding="utf-8")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--reports", str(reports)],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--reports", str(reports)], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "broken.json:2: not valid JSON" in lines[0], result.stderr
