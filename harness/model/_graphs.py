@@ -26,8 +26,9 @@ A graph needs fixed shapes and fixed addresses, and a packed row's length change
   the padding too, so a padded length whose eager forward kept the device busy GRAPH_GPU_BOUND times longer than
   the host took to launch it stays eager (and so do longer ones, untimed; shorter ones than a host-bound length are
   captured untimed; and a length whose ratio, scaled from a timed one by its tokens, is 1.5x past the threshold
-  either way is not timed: each timing costs an eager micro-batch): on an H200 a data-parallel trial of the 1.07B
-  shape (~29k-token micro-batches per GPU) replayed 13% padding for launches already hidden behind the device's work.
+  either way is not timed: each timing costs an eager micro-batch). Large micro-batches (a data-parallel trial of a
+  1B model, tens of thousands of tokens per GPU) are device-bound: replaying them as graphs would only add padding
+  for launches already hidden behind the device's work.
 
 Everything outside the decoder layers (embedding, rotary tables, final norm, loss head, optimizer) runs eagerly as
 before. Where a graph cannot be used for a forward (no gradient, not CUDA, an argument it was not captured with,
@@ -156,8 +157,8 @@ class _EagerTiming:
 def release_cache_for(needed: int, device: torch.device) -> bool:
     """Give the caching allocator's unused blocks back to the device when fewer than ~2x `needed` bytes are free
     there: a capture allocates from its own pool, which cannot use blocks cached for other streams (the warm-up's,
-    earlier eager steps'). Found on an H200 when a one-GPU trial of ~29k-token micro-batches held 84 GiB cached and
-    its capture ran out of memory. Returns whether it emptied the cache."""
+    earlier eager steps'), so a trial whose large eager micro-batches left most of the device's memory cached would
+    otherwise run out of memory in the capture. Returns whether it emptied the cache."""
     free, _ = torch.cuda.mem_get_info(device)
     if free >= 2 * needed:
         return False

@@ -2,14 +2,15 @@
 
 PEFT computes `base(x) + lora_B(lora_A(dropout(x))) * scaling` as six modules and ops, which under bf16 autocast
 become about eight kernels forward and ten backward, and as many autograd nodes. At the sizes the fast path
-trains (a 1B model on ~4k tokens a step) a step is bound by the CPU that launches them, not by the GPU
-(reports/perf/train_profile.json: ~4,000 launches a step, the GPU busy 37% of it). `LoraLinear` computes the
+trains (a 1B model on a few thousand tokens a step) a step can be bound by the CPU that launches them, not by the
+GPU (the profiles in reports/perf/train_profile.json count the launches). `LoraLinear` computes the
 same thing with one node and fewer ops: the scaled low-rank product is added into the base output by one
 `addmm_`, dropout's mask is kept for the backward (as PEFT's does), and the adapter gradients come back in
 the adapters' dtype (fp32). Same arithmetic as PEFT up to float rounding; the weights stay PEFT's, so saving
-and loading the adapter is unchanged. Measured on the H200 it did not pay (25,342 vs 26,231 tok/s without
-it: the Python of its forward and backward, ~28 ms of CPU a step over 112 layers under the profiler, costs
-what PEFT's modules and autograd nodes did), so `FastPath.lean_lora` is off by default.
+and loading the adapter is unchanged. The Python of its forward and backward costs about what PEFT's modules and
+autograd nodes do, and its larger saved activations leave less memory for CUDA graphs, so it is not consistently
+faster in the training bench (`ours-lean-lora` in reports/PERFORMANCE.md) and `FastPath.lean_lora` is off by
+default.
 
 It applies to a plain `nn.Linear` base with one active vanilla LoRA adapter (no DoRA or other variant, no
 adapter bias, not merged, base weights frozen) under autocast or with every tensor in one dtype; any other call

@@ -316,8 +316,8 @@ class OverlappedSteps:
 
     def _flos_over_processes(self) -> torch.Tensor | float:
         """The Trainer's `store_flos` without its wait: under data parallel it sums the processes' counts with a
-        broadcast and `.item()`, a host sync every logged step (found in an H200 profile of a two-GPU trial); here
-        the sum stays on the device until the step is logged."""
+        broadcast and `.item()`, a host sync every logged step; here the sum stays on the device until the step is
+        logged."""
         flos, self.current_flos = float(self.current_flos), 0
         if self.accelerator.num_processes == 1:
             return flos

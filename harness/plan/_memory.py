@@ -26,9 +26,9 @@ trained the way tunegate trains (and `bench/memory_probe.py` measures):
 * CUDA context (~0.5 GiB) and caching-allocator slack (~5%) are added to `total_gib`; they are
   not part of `allocated_gib`, which is what `torch.cuda.max_memory_allocated` measures.
 
-Measured with `bench/memory_probe.py` on an H100 (reports/gpu/memory_table.json:
-135M and 1.2B Llama shapes, LoRA / QLoRA / full, seq 512-1024, batch 4-8, with and without
-gradient checkpointing) the estimate is 0.97-1.11x the measured peak in all 27 configurations.
+`bench/memory_probe.py` checks the estimate against the peak of real training steps (135M and 1.2B Llama
+shapes, LoRA / QLoRA / full, with and without gradient checkpointing; reports/gpu/memory_table.json, and
+tests/advisor/test_advisor_memory.py holds today's estimate to within 20% of every committed row).
 
 The model is given either as `ModelDims` (or any Hugging Face config with the usual attribute
 names) or as a parameter count, which picks the nearest of the reference Llama-family shapes.

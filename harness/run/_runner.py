@@ -60,12 +60,11 @@ class Runner:
             trials_per_gpu: int | None = None, device_batch: bool = True, shared_eval: bool = False,
             spares: int | None = 0) -> RunOutcome:
         """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `spares`: worker processes
-        beyond the slots for trials that continue another (None: auto, `spare_workers`; off by default: on one
-        H200 a spare made the 12-trial GPU plan slower, README); `device_batch` False keeps
-        each suite's own generation batch size on a GPU too; `shared_eval` (persistent workers) scores the trained
-        LoRA adapters together, in mixed-adapter batches, instead of each right after its training. Off by default:
-        on an H200 with the 135M default model the mixed batches decoded slower than separate trials running side
-        by side (reports/perf/sweep_throughput.json)."""
+        beyond the slots for trials that continue another (None: auto, `spare_workers`; off by default: a spare
+        process slows the other trials on its GPU, docs/gpu.md); `device_batch` False keeps each suite's own
+        generation batch size on a GPU too; `shared_eval` (persistent workers) scores the trained LoRA adapters
+        together, in mixed-adapter batches, instead of each right after its training. Off by default: for a small
+        model the mixed batches decode slower than separate trials running side by side."""
 
         plan, doc = load_plan(plan_path)
         arms = trials(plan)

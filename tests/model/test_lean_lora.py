@@ -132,7 +132,7 @@ def test_a_model_without_lora_layers_is_left_alone():
 def test_fast_session_applies_the_lean_node_only_when_asked():
     from harness.model import _fastpath as fp
 
-    assert fp.FastPath().lean_lora is False   # measured not to pay on the H200: opt-in
+    assert fp.FastPath().lean_lora is False   # not consistently faster in the training bench: opt-in
     model = with_lora(tiny_llama()).train()
     for lean in (False, True):
         session = fp.FastSession(fp.FastPath(checkpointing="none", lean_lora=lean), "cpu")
