@@ -255,6 +255,7 @@ def train_section(data: dict[str, Any]) -> list[str]:
                 for k, v in why["variants"].items()
             ),
         )
+    out += profile_table(data)
     s8 = data.get("shape_8b")
     if s8:
         st = s8["settings"]
@@ -583,33 +584,93 @@ def memory_section(data: dict[str, Any]) -> list[str]:
 
 
 def plan_section(data: dict[str, Any]) -> list[str]:
-    suite, metric = "json_extract", "exact_match"
-    comps = {c["trial"]: c for c in data["comparisons"] if c["suite"] == suite and c["metric"] == metric}
+    task = ("json_extract", "exact_match")
+    retention = ("general_knowledge", "choice_accuracy")
+    safety = ("safety_harmful", "refusal")
+    comps = {(c["trial"], c["suite"], c["metric"]): c for c in data["comparisons"]}
+
+    def value(t: dict[str, Any], suite: str, metric: str) -> str:
+        m = t["metrics"].get(suite, {}).get(metric)
+        return num(m["value"], 3) if m else "—"
+
+    def delta(t: dict[str, Any], suite: str, metric: str) -> str:
+        c = comps.get((t["trial"], suite, metric))
+        return f"{signed(c['delta'])} [{signed(c['ci_low'])}, {signed(c['ci_high'])}]" if c else "—"
+
     out = [
         "## The GPU plan's results (`reports/gpu/plan_run.json`)",
         "",
         f"`examples/gpu/plan.yaml` on {device_of(data)} (the store itself: `reports/gpu/plan_run.db`, the app's "
-        f"screenshots are taken from it). `{suite}` {metric} on held-out items, each arm against the baseline "
-        "with its paired 95% interval:",
+        f"screenshots are taken from it). Each arm against the baseline on the same held-out items, with paired 95% "
+        f"intervals: `{task[0]}` {task[1]} (the task), `{retention[0]}` {retention[1]} (retention) and "
+        f"`{safety[0]}` {safety[1]} (safety):",
         "",
     ]
-    rows = []
-    for t in data["trials"]:
-        m = t["metrics"].get(suite, {}).get(metric)
-        c = comps.get(t["trial"])
-        rows.append(
-            (
-                f"`{t['trial']}`",
-                t["type"],
-                num(m["value"], 3) if m else "—",
-                f"{signed(c['delta'])} [{signed(c['ci_low'])}, {signed(c['ci_high'])}]" if c else "—",
-                num(t["train_seconds"], 1),
-                num(t["peak_memory_gib"], 2),
-            )
+    rows = [
+        (
+            f"`{t['trial']}`",
+            t["type"],
+            value(t, *task),
+            delta(t, *task),
+            delta(t, *retention),
+            value(t, *safety),
+            num(t["train_seconds"], 1),
+            num(t["peak_memory_gib"], 2),
         )
-    out += table(("trial", "arm", metric, "Δ vs baseline, 95% CI", "train s", "peak GiB"), rows, "llrlrr")
+        for t in data["trials"]
+    ]
+    out += table(
+        ("trial", "arm", task[1], "Δ task, 95% CI", "Δ retention, 95% CI", safety[1], "train s", "peak GiB"),
+        rows,
+        "llrllrrr",
+    )
+    scored = [t for t in data["trials"] if t["metrics"].get(task[0], {}).get(task[1])]
+    best = max(scored, key=lambda t: t["metrics"][task[0]][task[1]]["value"])
+    moved = [
+        c["trial"]
+        for c in data["comparisons"]
+        if (c["suite"], c["metric"]) == retention and (c["ci_low"] > 0 or c["ci_high"] < 0)
+    ]
     beat = sum(v["beat_baseline"] for v in data["verdicts"])
-    return out + [f"{beat} of {len(data['verdicts'])} candidates beat the baseline on the primary metric.", ""]
+    return out + [
+        f"{beat} of {len(data['verdicts'])} candidates beat the baseline on the primary metric; the highest "
+        f"{task[1]} is `{best['trial']}`'s ({num(best['metrics'][task[0]][task[1]]['value'], 3)}). Arms whose "
+        f"change in {retention[0]} has a 95% interval that excludes zero: "
+        f"{', '.join(f'`{m}`' for m in moved) if moved else 'none'}.",
+        "",
+    ]
+
+
+def profile_table(data: dict[str, Any]) -> list[str]:
+    profiles = data.get("profiles")
+    if not profiles:
+        return []
+    out = [
+        "**Where a step's time goes** (`profiles`: torch.profiler over a few steps of each run; host-device "
+        "synchronisations are the waits the overlapped steps remove):",
+        "",
+    ]
+    return out + table(
+        (
+            "run",
+            "wall ms a step",
+            "device busy",
+            "kernel launches a step",
+            "graph replays a step",
+            "`cudaStreamSynchronize` a step",
+        ),
+        (
+            (
+                f"`{k}`",
+                num(p["wall_ms_per_step"], 1),
+                pct(p["device_busy_share"], 0),
+                num(p["kernel_launches_per_step"]),
+                num(p["graph_launches_per_step"], 1),
+                num(p["syncs_per_step"].get("cudaStreamSynchronize"), 1),
+            )
+            for k, p in profiles.items()
+        ),
+    )
 
 
 def app_section(data: dict[str, Any]) -> list[str]:
