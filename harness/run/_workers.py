@@ -18,8 +18,8 @@ error inside a trial is caught by the trial itself and recorded as that trial's 
 changes what a finished trial means, so `--resume` works as with any executor.
 
 This module is the driver side: the worker processes, the warm pool and the executor. The capacity rules are in
-`harness/run/_capacity.py`, who takes which job in `harness/run/_dispatch.py`, and the worker's own loop (`python
--m harness.run --serve REPLY_FD`) in `harness/run/_worker_loop.py`.
+`harness/run/_capacity.py`, who takes which job in `harness/run/_dispatch.py`, and the worker's own loop
+(`python -m harness.run --serve REPLY_FD`) in `harness/run/_worker_loop.py`.
 """
 
 from __future__ import annotations
