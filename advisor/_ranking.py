@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from advisor._rulebook import FACTS, OPTIONS, RuleBook, holds
 from advisor.questions import NO_LIMIT, Answers, show
-from harness.plan import estimate_training_memory
+from harness.plan import Method, estimate_training_memory
 
 
 class _Figures(string.Formatter):
@@ -46,10 +46,8 @@ def memory_facts(answers: Answers, seq_len: int = 1024) -> dict[str, Any]:
     if answers.model_params_b is None:
         return unknown | {"est_lora_gib": None, "est_qlora_gib": None, "est_full_gib": None}
     n = answers.model_params_b * 1e9
-    est = {
-        m: estimate_training_memory(n, m, seq_len=seq_len, batch_size=4, grad_checkpointing=True)  # type: ignore[arg-type]
-        for m in ("lora", "qlora", "full")
-    }
+    methods: tuple[Method, ...] = ("lora", "qlora", "full")
+    est = {m: estimate_training_memory(n, m, seq_len=seq_len, batch_size=4, grad_checkpointing=True) for m in methods}
     facts: dict[str, Any] = {f"est_{m}_gib": round(e.total_gib, 2) for m, e in est.items()}
     if not answers.gpu_count or answers.vram_gib_per_gpu is None:
         return facts | unknown

@@ -34,8 +34,9 @@ TINY_SHAPE = LlamaShape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads
 def llama_config(
     shape: Any, *, vocab: int, tied: bool, tok: Any = None, max_positions: int = 4096, **extra: Any
 ) -> Any:
-    """A `LlamaConfig` of `shape` (anything with a LlamaShape's fields); with a tokenizer, its pad and bos ids and `<|im_end|>` as eos (the chat
-    template's end of turn). `extra` goes to the config as is (e.g. `attn_implementation`)."""
+    """A `LlamaConfig` of `shape` (anything with a LlamaShape's fields); with a tokenizer, its pad and bos ids
+    and `<|im_end|>` as eos (the chat template's end of turn). `extra` goes to the config as is (e.g.
+    `attn_implementation`)."""
     from transformers import LlamaConfig
 
     ids = (
