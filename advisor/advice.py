@@ -7,11 +7,12 @@ from typing import Any, cast
 from pydantic import BaseModel, Field
 from rich.console import Console
 
+from advisor._rulebook import RuleBook
 from advisor.audit import AuditReport, audit_dataset
 from advisor.errors import AdvisorInputError
 from advisor.hardware import HardwareReport, probe_hardware
 from advisor.questions import Answers, coerce_answers
-from advisor.rules import Recommendation, RuleBook, load_rules, recommend
+from advisor.rules import Recommendation, load_rules, recommend
 
 
 class Override(BaseModel):

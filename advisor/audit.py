@@ -151,7 +151,7 @@ class AuditReport(BaseModel):
         return (self.exact_duplicate_rows + self.near_duplicate_rows) / self.rows if self.rows else 0.0
 
     def facts(self) -> dict[str, Any]:
-        """The audit as facts for the rule engine (see advisor.rules.FACTS)."""
+        """The audit as facts for the rule engine (see advisor._rulebook.FACTS)."""
         return {"audited": True, "audit_rows": self.rows, "audit_unique_rows": self.unique_rows,
                 "duplicate_fraction": round(self.duplicate_fraction, 4),
                 "contamination_fraction": self.overlap.contamination_fraction if self.overlap else None,

@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
+from bench._common import REPO
 
 ARMS = {"baseline": 0.40, "prompt": 0.55, "lora": 0.70}  # share of items each arm gets right
 PAGES = ("overview", "comparison", "drilldown", "training", "safety", "gate")

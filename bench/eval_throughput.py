@@ -28,19 +28,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
+from bench._common import REPO, TINY_SHAPE, llama_config, say
 from harness.model import _generate as gen
 
 TOLERANCE = {"float32": (1e-3, 1e-4), "bfloat16": (0.25, 2e-2)}   # (absolute, relative)
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
@@ -115,14 +112,11 @@ def load(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
     if not args.smoke:
         model, tok = load_model(args.model, device)
         return model, tok, args.model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tok = load_tokenizer(args.tokenizer)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    config = llama_config(TINY_SHAPE, vocab=len(tok), tied=True, tok=tok, max_positions=1024)
     return LlamaForCausalLM(config).eval(), tok, "tiny random Llama (smoke)"
 
 

@@ -18,11 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
+from bench._common import GPU_PLAN, REPO, TINY_SHAPE, llama_config
 from harness.analysis import write_run_report
 from harness.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
-GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
 TITLE = "GPU plan run"
 
 
@@ -30,16 +30,13 @@ TITLE = "GPU plan run"
 def tiny_model(folder: Path) -> Path:
     """A 2-layer random Llama with the default model's tokenizer (seconds to build, no download)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from harness.model import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    config = llama_config(TINY_SHAPE, vocab=len(tok), tied=True, tok=tok, max_positions=512)
     LlamaForCausalLM(config).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

@@ -16,6 +16,7 @@ import gc
 import json
 import platform
 import tempfile
+import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -24,6 +25,8 @@ from typing import Any
 
 import torch
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
+from bench._common import llama_config
 from harness.plan import GIB, Method, ModelDims, estimate_training_memory
 
 SHAPES: dict[str, ModelDims] = {
@@ -43,28 +46,19 @@ def has_bitsandbytes() -> bool:
     return torch.cuda.is_available()
 
 
-def llama_config(dims: ModelDims) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(hidden_size=dims.hidden, intermediate_size=dims.intermediate,
-                       num_hidden_layers=dims.layers, num_attention_heads=dims.heads,
-                       num_key_value_heads=dims.kv_heads, vocab_size=dims.vocab,
-                       tie_word_embeddings=dims.tied_embeddings, max_position_embeddings=4096,
-                       attn_implementation="sdpa")  # type: ignore[call-arg]
-
-
 def build_model(dims: ModelDims, method: str, device: str, saved: dict[str, str], name: str) -> Any:
     from transformers import LlamaForCausalLM
 
     model: Any
 
     dtype = torch.bfloat16
+    config = llama_config(dims, vocab=dims.vocab, tied=dims.tied_embeddings, attn_implementation="sdpa")
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
         if name not in saved:   # quantisation happens on load, so save the random weights once
             folder = tempfile.mkdtemp(prefix=f"probe-{name}-")
-            LlamaForCausalLM(llama_config(dims)).to(dtype).save_pretrained(folder)  # type: ignore[arg-type]
+            LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
             saved[name] = folder
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                    bnb_4bit_compute_dtype=dtype)
@@ -72,7 +66,7 @@ def build_model(dims: ModelDims, method: str, device: str, saved: dict[str, str]
                                                  device_map={"": 0}, attn_implementation="sdpa")
     else:
         with torch.device(device):
-            model = LlamaForCausalLM(llama_config(dims)).to(dtype)  # type: ignore[arg-type]
+            model = LlamaForCausalLM(config).to(dtype)
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 

@@ -70,12 +70,12 @@ from unittest.mock import patch
 
 import yaml
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
+from bench._common import GPU_PLAN, REPO, item_outputs, llama_config, say
 from harness.run import versions as harness_versions
 from harness.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP_BENCH = REPO / "bench" / "sweep_throughput.py"
-GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
 PARTS = ("sweep", "ddp", "ray")
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 TARGET_SPEEDUP, TARGET_LOSS_REL_DIFF = 1.8, 0.02
@@ -108,10 +108,6 @@ DDP_GPU = DdpSettings(hidden=2048, intermediate=8192, layers=16, heads=32, kv_he
                       max_length=1024, min_words=780, max_words=980)
 DDP_TINY = DdpSettings(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, steps=3, batch=2, accum=1,
                        max_length=128, min_words=20, max_words=60)
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ plumbing
@@ -160,13 +156,7 @@ def run_logged(tag: str, cmd: list[str], *, cwd: Path, env: dict[str, str], time
 
     def stop() -> None:
         timed_out.set()
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-                return
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        kill_group(proc, term_wait=10)
 
     timer = threading.Timer(timeout, stop)
     timer.start()
@@ -211,12 +201,6 @@ def latest_run(store_url: str, plan_name: str) -> Any:
     if not runs:
         raise RuntimeError(f"no run of plan '{plan_name}' in {store_url}: `tunegate run` did not start it")
     return max(runs, key=lambda r: r.id)
-
-
-def item_outputs(store_url: str, run_id: int) -> dict[str, str]:
-    store = Store(store_url)
-    return {f"{t.name}/{suite.name}/{row['item']}": row["output"]
-            for t in store.trials(run_id) for ev, suite in store.evaluations(t.id) for row in store.item_rows(ev.id)}
 
 
 # --------------------------------------------------------------------------------------------- part: sweep
@@ -543,16 +527,6 @@ class PartFailed(Exception):
         self.partial = partial
 
 
-def llama_config(settings: DdpSettings, tok: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(hidden_size=settings.hidden, intermediate_size=settings.intermediate,
-                       num_hidden_layers=settings.layers, num_attention_heads=settings.heads,
-                       num_key_value_heads=settings.kv_heads, vocab_size=len(tok), tie_word_embeddings=True,
-                       max_position_embeddings=4096, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
-
-
 def build_model(folder: Path, settings: DdpSettings, tok: Any, device: str | None) -> dict[str, Any]:
     """A randomly initialised Llama (seeded) saved with the tokenizer: bf16 when built on a GPU, else float32."""
     import torch
@@ -566,7 +540,7 @@ def build_model(folder: Path, settings: DdpSettings, tok: Any, device: str | Non
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(llama_config(settings, tok))
+            model = LlamaForCausalLM(llama_config(settings, vocab=len(tok), tied=True, tok=tok))
     finally:
         torch.set_default_dtype(previous)
     n_params = sum(p.numel() for p in model.parameters())
@@ -835,16 +809,22 @@ def wait_for_head(log: Path, port: int, timeout: float, cluster: subprocess.Pope
     raise RuntimeError(f"the Ray head did not start within {timeout:.0f}s (log: {log})")
 
 
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """Stop the Ray head and everything it started (its own process group; not `ray stop`, which would stop
-    every Ray cluster of this machine)."""
-    for sig, wait in ((signal.SIGTERM, 35), (signal.SIGKILL, 5)):  # on SIGTERM Ray drains for up to 30 s
+def kill_group(proc: subprocess.Popen[Any], term_wait: float) -> None:
+    """Stop a process started in its own session and everything in its group: SIGTERM, up to `term_wait` seconds
+    for it to end, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, 5)):
         try:
             os.killpg(proc.pid, sig)
             proc.wait(timeout=wait)
             return
         except (ProcessLookupError, subprocess.TimeoutExpired):
             continue
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the Ray head and everything it started (its own process group; not `ray stop`, which would stop
+    every Ray cluster of this machine)."""
+    kill_group(proc, term_wait=35)  # on SIGTERM Ray drains for up to 30 s
 
 
 # ------------------------------------------------------------------------------------------------ the JSON

@@ -32,11 +32,11 @@ from typing import Any
 
 import yaml
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
+from bench._common import GPU_PLAN, REPO, item_outputs
 from harness.gate import decide
 from harness.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
-GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
 PATHS = {  # name -> `tunegate run` options
     "peer": ["--executor", "process", "--eval-batch", "suite"],      # one fresh process per trial, suite batches
     "workers": ["--executor", "workers", "--trials-per-gpu", "auto"],  # what `local` picks on a GPU
@@ -185,16 +185,6 @@ def verdicts(store_url: str, run_id: int, policy: str | None, trials: list[str])
             out[name] = d.verdict
         except Exception as exc:  # noqa: BLE001 - a missing trial is a verdict of its own here
             out[name] = f"error: {exc}"
-    return out
-
-
-def item_outputs(store_url: str, run_id: int) -> dict[str, str]:
-    store = Store(store_url)
-    out = {}
-    for t in store.trials(run_id):
-        for ev, suite in store.evaluations(t.id):
-            for row in store.item_rows(ev.id):
-                out[f"{t.name}/{suite.name}/{row['item']}"] = row["output"]
     return out
 
 

@@ -60,12 +60,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
+from bench._common import REPO, llama_config, say
 from harness.model import LIGER_KERNELS, FastPath
 from harness.model._profile import step_profiler
 
@@ -140,10 +141,6 @@ class RunStats:
     fastpath: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
     error: str | None = None
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -268,15 +265,9 @@ def composition(batches: list[dict[str, int]], content_tokens: int | None) -> di
 # ----------------------------------------------------------------------------------------------- models
 
 
-def llama_config(shape: Shape, tok: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                       num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                       num_key_value_heads=shape.kv_heads, vocab_size=shape.vocab or len(tok),
-                       tie_word_embeddings=shape.tied, max_position_embeddings=4096,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                       eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), attn_implementation="sdpa")
+def shape_config(shape: Shape, tok: Any) -> Any:
+    """The bench model's config: `shape` with the tokenizer's ids (its vocabulary when the shape names none)."""
+    return llama_config(shape, vocab=shape.vocab or len(tok), tied=shape.tied, tok=tok, attn_implementation="sdpa")
 
 
 def build_random_llama(config: Any, device: str, dtype: torch.dtype, nf4: bool = False, seed: int = 0) -> Any:
@@ -1035,7 +1026,7 @@ def section_8b(b: Bench) -> None:
     1B shape, and ours within the best of those peers' memory; the model is built anew (same seed) for each run."""
     a = b.args
     shape = SHAPES["smoke" if a.smoke else "8b"]
-    config = llama_config(shape, b.tok)
+    config = shape_config(shape, b.tok)
     settings = Settings(**(asdict(b.settings) | {"shape": "smoke" if a.smoke else "8b", "steps": a.steps_8b,
                                                  "warmup": a.warmup_8b, "batch": a.batch_8b}))
     examples = synthetic_examples(b.tok, settings.steps * settings.batch, settings.min_words, settings.max_words, 1)
@@ -1208,7 +1199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = Settings(shape="smoke" if args.smoke else "1b", steps=args.steps, warmup=args.warmup,
                         batch=args.batch, max_length=128 if args.smoke else 1024,
                         min_words=5 if args.smoke else 40, max_words=60 if args.smoke else 900, lr=2e-4)
-    config = llama_config(shape, tok)
+    config = shape_config(shape, tok)
     examples = synthetic_examples(tok, settings.steps * settings.batch, settings.min_words, settings.max_words,
                                   settings.seed)
     fresh: dict[str, Any] = {

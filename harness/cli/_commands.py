@@ -87,7 +87,7 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
     from harness.run._devices import parse_gpus  # heavy: the runner pulls torch; keeps `tunegate --help` fast
     from harness.run._preflight import dry_run as plan_table  # heavy: torch via the runner
     from harness.run._runner import Runner  # heavy: torch via the runner
-    from harness.run._workers import parse_spare_workers, parse_trials_per_gpu  # heavy: torch via the workers
+    from harness.run._capacity import parse_spare_workers, parse_trials_per_gpu  # with the runner, off the fast paths
 
     if eval_batch not in ("device", "suite"):
         raise UserError(f"'{eval_batch}' is not an eval batch rule: use device or suite", field="--eval-batch")

@@ -17,18 +17,13 @@ from harness.plan._load import load_plan, plan_hash
 from harness.plan._parts import TRAINED
 from harness.plan._schema import Plan
 from harness.plan._sweep import trials
+from harness.run._capacity import auto_trials_per_gpu, free_memory_gib, spare_workers
 from harness.run._devices import plan_devices
 from harness.run._executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
 from harness.run._units import TrialResult, TrialUnit, can_share
-from harness.run._workers import (
-    WarmWorkers,
-    WorkerExecutor,
-    auto_trials_per_gpu,
-    free_memory_gib,
-    spare_workers,
-)
+from harness.run._workers import WarmWorkers, WorkerExecutor
 from harness.store._store import Store
 
 

@@ -17,20 +17,19 @@ recorded as failed with the exit code and the tail of its log, and the sweep goe
 error inside a trial is caught by the trial itself and recorded as that trial's failure. Nothing here
 changes what a finished trial means, so `--resume` works as with any executor.
 
-The worker entry point is `python -m harness.run --serve REPLY_FD`.
+This module is the driver side: the worker processes, the warm pool and the executor. The capacity rules are in
+`harness/run/_capacity.py`, who takes which job in `harness/run/_dispatch.py`, and the worker's own loop
+(`python -m harness.run --serve REPLY_FD`) in `harness/run/_worker_loop.py`.
 """
+
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
@@ -38,90 +37,19 @@ from typing import IO, Any
 from rich.console import Console
 from rich.markup import escape
 
-from harness._nvml import visible_nvml_gpus
-from harness.errors import UserError
-from harness.model._load import keep_models_loaded
+from harness.run._dispatch import Dispatch
 from harness.run._executors import (
     Done,
     Executor,
     PoolExecutor,
     SerialExecutor,
     outcome_from_store,
-    run_here,
     worker_env,
 )
 from harness.run._units import TrialResult, TrialUnit
 from harness.store._store import Store
 
-GIB = 1024**3
-CONTEXT_GIB = 0.75          # what a CUDA context, the allocator's slack and the libraries take per process
-HEADROOM = 0.85             # plan for this share of the free memory
-MAX_AUTO_TRIALS_PER_GPU = 4  # beyond this, processes mostly queue for the same GPU
 MIN_SHARED_GROUP = 2
-
-
-def trials_that_fit(free_gib: float, per_trial_gib: float) -> int:
-    """How many trials fit in `free_gib` of a GPU: the memory estimator's per-trial figure plus a CUDA context
-    each, with headroom."""
-    return math.floor(free_gib * HEADROOM / max(per_trial_gib + CONTEXT_GIB, 0.1))
-
-
-def auto_trials_per_gpu(free_gib: float, per_trial_gib: float, cpus: int, n_gpus: int) -> int:
-    """How many trials to run at once on each GPU: as many as fit in the free memory (`trials_that_fit`), at most
-    one per CPU core, at most MAX_AUTO_TRIALS_PER_GPU."""
-    fit = trials_that_fit(free_gib, per_trial_gib)
-    cores = max(1, cpus // max(n_gpus, 1))
-    return max(1, min(fit, cores, MAX_AUTO_TRIALS_PER_GPU))
-
-
-def spare_workers(devices: Sequence[str], trials_per_gpu: int, continuing: int, free_gib: float,
-                  per_trial_gib: float) -> int:
-    """Worker processes beyond the slots, for trials that continue another (DPO after SFT): one per such parent,
-    at most one per GPU, and only where the free memory fits one trial more than the slots (`trials_that_fit`). A
-    continuing trial is on the sweep's longest path: it starts as soon as its parent has trained, on a spare when
-    every slot is busy, instead of waiting for a slot while the parent is scored. None on CPU workers (their slots
-    are the cores). `--spare-workers auto` asks for this count; the default is none: on one H200, where the
-    12-trial GPU plan keeps the GPU busy, a fifth process slowed the other trials more than the continuing trial
-    gained (README, Multi-GPU)."""
-    if not devices or continuing < 1:
-        return 0
-    return min(continuing, len(devices)) if trials_that_fit(free_gib, per_trial_gib) > trials_per_gpu else 0
-
-
-def parse_trials_per_gpu(text: str | None) -> int | None:
-    """`--trials-per-gpu`: 'auto' (None) or a positive count."""
-    if text is None or text.strip().lower() == "auto":
-        return None
-    if not text.strip().isdigit() or int(text) < 1:
-        raise UserError(f"'{text}' is not a count: use auto or a whole number >= 1", field="--trials-per-gpu")
-    return int(text)
-
-
-def parse_spare_workers(text: str | None) -> int | None:
-    """`--spare-workers`: 'auto' (None) or a count >= 0."""
-    if text is None or text.strip().lower() == "auto":
-        return None
-    if not text.strip().isdigit():
-        raise UserError(f"'{text}' is not a count: use auto or a whole number >= 0", field="--spare-workers")
-    return int(text)
-
-
-def free_memory_gib(devices: Sequence[str]) -> float:
-    """The least free memory (GiB) over `devices` (ids as CUDA_VISIBLE_DEVICES spells them), or 0. NVML answers
-    where it can (an index is taken as NVML's only under CUDA_DEVICE_ORDER=PCI_BUS_ID or on a one-GPU machine:
-    `select_visible`), so the driver need not import torch and start CUDA."""
-    nvml = visible_nvml_gpus()
-    if nvml is not None:
-        frees = [nvml[d].free / GIB for d in devices if d in nvml]
-        return min(frees) if frees else 0.0
-    import torch
-
-    if not torch.cuda.is_available():
-        return 0.0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    order = [d.strip() for d in visible.split(",")] if visible else [str(i) for i in range(torch.cuda.device_count())]
-    frees = [torch.cuda.mem_get_info(order.index(d))[0] / GIB for d in devices if d in order]
-    return min(frees) if frees else 0.0
 
 
 class Worker:
@@ -129,7 +57,7 @@ class Worker:
 
     def __init__(self, slot: str, devices: list[str], threads: int | None = None, spare: bool = False) -> None:
         self.slot, self.devices, self.threads = slot, devices, threads
-        self.spare = spare   # runs only trials that continue another (`spare_workers`)
+        self.spare = spare  # runs only trials that continue another (`spare_workers`)
         self.proc: subprocess.Popen[str] | None = None
         self.replies: IO[str] | None = None
         self.jobs = 0
@@ -142,17 +70,24 @@ class Worker:
         cmd = [sys.executable, "-m", "harness.run", "--serve", str(write_fd)]
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                                         env=worker_env(self.devices, threads=self.threads), pass_fds=(write_fd,),
-                                         text=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=worker_env(self.devices, threads=self.threads),
+                pass_fds=(write_fd,),
+                text=True,
+            )
         os.close(write_fd)
         self.replies = os.fdopen(read_fd, "r")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def submit(self, kind: str, units: list[TrialUnit],
-               on_trained: Callable[[str], None] | None = None) -> list[TrialResult] | None:
+    def submit(
+        self, kind: str, units: list[TrialUnit], on_trained: Callable[[str], None] | None = None
+    ) -> list[TrialResult] | None:
         """Run one job; None when the process died before answering (it is then gone: start a new one).
         `on_trained(trial)` is called when the worker says a trial has trained (its evaluation still to come)."""
         log = Path(units[0].folder).parent / "workers" / f"{self.slot}.log"
@@ -160,13 +95,13 @@ class Worker:
             self.stop()
             self.start(log)
         elif self.log != log:
-            self.move_log(log)   # started before the run had a folder (WarmWorkers)
+            self.move_log(log)  # started before the run had a folder (WarmWorkers)
         assert self.proc is not None and self.proc.stdin is not None and self.replies is not None
         try:
             self.proc.stdin.write(json.dumps({"kind": kind, "units": [asdict(u) for u in units]}) + "\n")
             self.proc.stdin.flush()
             line = self.replies.readline()
-            while line and (reply := json.loads(line)) and isinstance(reply, dict):   # an event before the result
+            while line and (reply := json.loads(line)) and isinstance(reply, dict):  # an event before the result
                 if reply.get("event") == "trained" and on_trained is not None:
                     on_trained(reply["trial"])
                 line = self.replies.readline()
@@ -233,25 +168,29 @@ def worker_threads(slots: int) -> int | None:
 
 def worker_slots(devices: Sequence[str], per_device: int) -> list[tuple[str, list[str]]]:
     """(slot name, devices) of every worker: `per_device` on each GPU, or `per_device` CPU workers."""
-    return [(f"gpu{d}.{k}", [d]) for k in range(per_device) for d in devices] or \
-        [(f"cpu.{k}", []) for k in range(per_device)]
+    return [(f"gpu{d}.{k}", [d]) for k in range(per_device) for d in devices] or [
+        (f"cpu.{k}", []) for k in range(per_device)
+    ]
 
 
 def spare_slots(devices: Sequence[str], spares: int) -> list[tuple[str, list[str]]]:
     """(slot name, devices) of the spare workers: one GPU each, in turn (CPU spares: none visible)."""
-    return [(f"gpu{devices[k % len(devices)]}.spare{k}", [devices[k % len(devices)]]) if devices
-            else (f"cpu.spare{k}", []) for k in range(spares)]
+    return [
+        (f"gpu{devices[k % len(devices)]}.spare{k}", [devices[k % len(devices)]]) if devices else (f"cpu.spare{k}", [])
+        for k in range(spares)
+    ]
 
 
 class WarmWorkers:
-    """Worker processes started before the run's checks, so that their imports (torch, transformers, TRL, PEFT:
-    ~18 s on a GPU host) overlap the driver's own start (plan checks, token counts, the store). As many as the
+    """Worker processes started before the run's checks, so that their imports (torch, transformers, TRL, PEFT,
+    which take seconds) overlap the driver's own start (plan checks, token counts, the store). As many as the
     run could use are started (`per_device` on each device, and `spares`); the executor adopts those it needs,
     `close` ends the rest. Their start-up output goes to `log_dir` (the run's folder does not exist yet)."""
 
     def __init__(self, devices: Sequence[str], per_device: int, log_dir: Path, spares: int = 0) -> None:
-        slots = [(*s, False) for s in worker_slots(devices, per_device)] + \
-            [(*s, True) for s in spare_slots(devices, spares)]
+        slots = [(*s, False) for s in worker_slots(devices, per_device)] + [
+            (*s, True) for s in spare_slots(devices, spares)
+        ]
         threads = worker_threads(len(slots))
         self.idle: dict[str, Worker] = {}
         for slot, slot_devices, spare in slots:
@@ -276,90 +215,22 @@ class WarmWorkers:
         self.idle.clear()
 
 
-Job = tuple[str, list[TrialUnit]]
-
-
-class Dispatch:
-    """Who runs which job next, for worker threads that each ask `next_for(worker)` when free.
-
-    Trials that continue another (`follow`) go before the queue. A free worker on the device with the fewest jobs
-    running takes the next job (ties: the slots' order), so two GPUs share the work evenly when fewer trials than
-    slots are left. A spare worker takes only continuing trials, and only when no slot is free for them while the
-    queue waits; a slot takes a continuing trial when the queue is empty (no process more than needed)."""
-
-    def __init__(self, jobs: list[Job], workers: Sequence[Worker], spares: Sequence[Worker] = ()) -> None:
-        self.queue: deque[Job] = deque(jobs)
-        self.following: deque[Job] = deque()
-        self.order = {id(w): k for k, w in enumerate([*workers, *spares])}
-        self.free: list[Worker] = []
-        self.assigned: dict[int, Job] = {}
-        self.load: dict[tuple[str, ...], int] = {}
-        self.running = 0
-        self.cond = threading.Condition()
-
-    def next_for(self, worker: Worker) -> Job | None:
-        """Block until `worker` is given a job (returned) or nothing is left to do (None)."""
-        with self.cond:
-            self.free.append(worker)
-            self._assign()
-            self.cond.wait_for(lambda: id(worker) in self.assigned or self._finished())
-            if id(worker) not in self.assigned:
-                self.free.remove(worker)
-                return None
-            return self.assigned.pop(id(worker))
-
-    def follow(self, jobs: list[Job]) -> None:
-        """Continuing trials, ready now: before the queue."""
-        with self.cond:
-            self.following.extend(jobs)
-            self._assign()
-
-    def done(self, worker: Worker, follow: list[Job]) -> None:
-        """`worker` finished its job; `follow`: continuing trials that were waiting for it."""
-        with self.cond:
-            self.running -= 1
-            key = tuple(worker.devices)
-            self.load[key] -= 1
-            self.following.extend(follow)
-            self._assign()
-
-    def _finished(self) -> bool:
-        return not self.queue and not self.following and self.running == 0
-
-    def _assign(self) -> None:
-        while (pick := self._pick()) is not None:
-            worker, source = pick
-            self.free.remove(worker)
-            self.assigned[id(worker)] = source.popleft()
-            self.running += 1
-            key = tuple(worker.devices)
-            self.load[key] = self.load.get(key, 0) + 1
-        self.cond.notify_all()
-
-    def _pick(self) -> tuple[Worker, deque[Job]] | None:
-        slots = [w for w in self.free if not w.spare]
-        spares = [w for w in self.free if w.spare]
-        if self.following:
-            # a slot when the queue is empty or no spare is free; else a spare, leaving the slots to the queue
-            candidates = slots if (slots and (not self.queue or not spares)) else spares
-            source = self.following
-        elif self.queue:
-            candidates, source = slots, self.queue
-        else:
-            return None
-        if not candidates:
-            return None
-        return min(candidates, key=lambda w: (self.load.get(tuple(w.devices), 0), self.order[id(w)])), source
-
-
 class WorkerExecutor(Executor):
     """Persistent workers, `trials_per_gpu` per GPU; with shared evaluation, deferred adapters scored together last.
     A data-parallel trial (gpus_per_trial > 1) runs after the others through a one-off `accelerate` launcher."""
+
     name = "workers"
     shares_evaluation = True
 
-    def __init__(self, store: Store, console: Console, devices: Sequence[str], trials_per_gpu: int,
-                 warm: WarmWorkers | None = None, spares: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        console: Console,
+        devices: Sequence[str],
+        trials_per_gpu: int,
+        warm: WarmWorkers | None = None,
+        spares: int = 0,
+    ) -> None:
         super().__init__(store, console)
         self.devices = list(devices)  # none: CPU workers (every GPU hidden from them)
         self.trials_per_gpu = trials_per_gpu
@@ -373,7 +244,7 @@ class WorkerExecutor(Executor):
         self.workers = [adopt(slot, slot_devices, False) for slot, slot_devices in slots]
         self.spares = [adopt(slot, slot_devices, True) for slot, slot_devices in extra]
         if warm is not None:
-            warm.close()   # started for a larger run than this one turned out to be
+            warm.close()  # started for a larger run than this one turned out to be
 
     def max_gpus_per_trial(self) -> int:
         return len(self.devices)
@@ -388,7 +259,7 @@ class WorkerExecutor(Executor):
         single = [u for u in units if u.gpus_per_trial <= 1]
         parallel = [u for u in units if u.gpus_per_trial > 1]
         trained: list[TrialUnit] = []
-        released: set[str] = set()   # trials whose followers were queued when they had trained
+        released: set[str] = set()  # trials whose followers were queued when they had trained
         lock = threading.Lock()
 
         def ready(trial: str) -> list[TrialUnit]:
@@ -402,8 +273,11 @@ class WorkerExecutor(Executor):
             with lock:
                 if result.status == "trained":
                     trained.append(unit)
-                    self.console.print(f"  [cyan]{escape(unit.trial)}: trained[/] on {worker.slot}; scored with "
-                                       "the other adapters at the end", highlight=False)
+                    self.console.print(
+                        f"  [cyan]{escape(unit.trial)}: trained[/] on {worker.slot}; scored with "
+                        "the other adapters at the end",
+                        highlight=False,
+                    )
                 else:
                     self.report(unit, result, f" ({worker.slot})")
                     done(result)
@@ -438,8 +312,13 @@ class WorkerExecutor(Executor):
         self._drain([("group", g) for g in groups], lambda g, results, _w: finish_group(g, results), grouped=True)
         return out
 
-    def _drain(self, jobs: list[tuple[str, list[TrialUnit]]], finish: Any, grouped: bool = False,
-               ready: Callable[[str], list[TrialUnit]] | None = None) -> None:
+    def _drain(
+        self,
+        jobs: list[tuple[str, list[TrialUnit]]],
+        finish: Any,
+        grouped: bool = False,
+        ready: Callable[[str], list[TrialUnit]] | None = None,
+    ) -> None:
         """Hand the jobs to the workers, one job per free worker, until none is left and none is running. For a
         single trial, `finish` returns the trials that were waiting for it; they are handed out first, or earlier,
         when the worker says the trial has trained (`ready` returns them then). See `Dispatch` for who takes what."""
@@ -447,7 +326,7 @@ class WorkerExecutor(Executor):
         dispatch = Dispatch(jobs, self.workers, spares)
 
         def loop(worker: Worker) -> None:
-            def trained(trial: str) -> None:   # the worker says a trial has trained: its followers may start
+            def trained(trial: str) -> None:  # the worker says a trial has trained: its followers may start
                 follow = ready(trial) if ready is not None else []
                 if follow:
                     dispatch.follow([("trial", [u]) for u in follow])
@@ -459,8 +338,12 @@ class WorkerExecutor(Executor):
                 results = worker.submit(kind, units, trained)
                 if results is None:  # the process died: its trials fail with the reason, a new worker takes over
                     code = worker.exit_code()
-                    results = [outcome_from_store(self.store, u, f"worker process died (exit code {code})",
-                                                  Path(u.folder) / "worker.log") for u in units]
+                    results = [
+                        outcome_from_store(
+                            self.store, u, f"worker process died (exit code {code})", Path(u.folder) / "worker.log"
+                        )
+                        for u in units
+                    ]
                     worker.stop()
                 follow = finish(units, results, worker) if grouped else finish(units[0], results[0], worker)
                 dispatch.done(worker, [("trial", [u]) for u in follow or []])
@@ -473,66 +356,3 @@ class WorkerExecutor(Executor):
 
     def close(self) -> None:
         stop_all(self.workers + self.spares)
-
-
-@contextmanager
-def _output_to(log: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (Python's and the C libraries') to `log` for the duration."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with log.open("a") as out:
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def _exit_with_parent() -> None:
-    """A worker ends when its driver does (kill -9 included), so a resumed run never races an orphaned worker.
-    (PR_SET_PDEATHSIG would fire when the driver *thread* that started the worker ends, so it is not used.)"""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def serve(reply_fd: int) -> int:
-    """The worker's loop: read jobs from stdin, run each, answer with one JSON line on `reply_fd`."""
-    from harness.run._shared_eval import score_together  # worker side only: the driver never loads torch or PEFT
-    from harness.run._trial import mark_ready  # heavy (torch, TRL, PEFT): the driver imports this module too
-
-    _exit_with_parent()
-    keep_models_loaded()
-    mark_ready()
-    with os.fdopen(reply_fd, "w") as replies:
-        for line in sys.stdin:
-            job = json.loads(line)
-            units = [TrialUnit(**u) for u in job["units"]]
-            log = Path(units[0].folder) / "worker.log" if job["kind"] == "trial" else \
-                Path(units[0].folder).parent / "shared-eval.log"
-            with _output_to(log):
-                console = Console(file=sys.stdout, width=120, force_terminal=False)
-                if job["kind"] == "trial":
-                    def trained(trial: str = units[0].trial) -> None:   # a trial that continues it may start
-                        replies.write(json.dumps({"event": "trained", "trial": trial}) + "\n")
-                        replies.flush()
-
-                    results = [run_here(units[0], console, trained)]
-                else:
-                    results = score_together(units, console)
-            replies.write(json.dumps([asdict(r) for r in results]) + "\n")
-            replies.flush()
-    return 0

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from advisor._rulebook import FACTS, OPTIONS, AllOf, AnyOf, Clause, Not, holds, truth
 from advisor.errors import AdvisorInputError
 from advisor.questions import Answers
-from advisor.rules import FACTS, OPTIONS, AllOf, AnyOf, Clause, Not, holds, load_rules, recommend, truth
+from advisor.rules import load_rules, recommend
 
 
 def test_default_rules_load_and_cite_sources() -> None:

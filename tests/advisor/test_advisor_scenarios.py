@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from harness.errors import YamlDoc
+from advisor._rulebook import OPTIONS, AllOf, AnyOf, Clause, Not
 from advisor.planner import write_plan
 from advisor.questions import Answers, answers_from_dict
-from advisor.rules import OPTIONS, AllOf, AnyOf, Clause, Not, default_rules, recommend
+from advisor.rules import default_rules, recommend
+from harness.errors import YamlDoc
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "advisor_scenarios").glob("*.yaml"))

@@ -9,7 +9,12 @@ import math
 import pytest
 import torch
 
+from harness.model import _attention as attn
 from harness.model import _fastpath as fp
+from harness.model import _liger as liger
+from harness.model import _memory_plan as memplan
+from harness.model import _packing as packing
+from harness.model import _parts as parts
 from tests.support.bench import run_bench
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -97,9 +102,9 @@ def test_varlen_attention_function_is_block_diagonal_causal_attention():
     k = torch.randn(1, 2, total, 16, generator=g)
     v = torch.randn(1, 2, total, 16, generator=g)
     cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
-    fp.select_attention_kernel("cpu")
-    out, _ = fp.varlen_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.25, cu_seq_lens_q=cu,
-                                         max_length_q=9, **{fp.SEQ_LENGTHS_KWARG: lengths})
+    attn.select_attention_kernel("cpu")
+    out, _ = attn.varlen_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.25, cu_seq_lens_q=cu,
+                                         max_length_q=9, **{attn.SEQ_LENGTHS_KWARG: lengths})
     # reference: explicit masked softmax in float64, each query head reading kv head h // 2
     doc = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths))
     pos = torch.arange(total)
@@ -146,8 +151,8 @@ def test_varlen_kernel_adapter_speaks_both_torch_signatures(monkeypatch, signatu
 
     fake, seen = _fake_varlen(signature)
     monkeypatch.setattr(varlen, "varlen_attn", fake)
-    call = fp._varlen_caller()
-    assert fp._self_check(call, torch.device("cpu")) < 2e-2     # the start-up check accepts a correct kernel
+    call = attn._varlen_caller()
+    assert attn._self_check(call, torch.device("cpu")) < 2e-2     # the start-up check accepts a correct kernel
     assert seen == ({"causal": True} if signature == "2.10" else {"window": (-1, 0)})
     if signature == "2.10":  # no scale argument there: a non-default scale cannot be honoured
         q = torch.randn(10, 4, 16, dtype=torch.bfloat16)
@@ -157,14 +162,14 @@ def test_varlen_kernel_adapter_speaks_both_torch_signatures(monkeypatch, signatu
     def wrong(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1)):
         return query * 0.5   # a kernel that computes something else is refused
     monkeypatch.setattr(varlen, "varlen_attn", wrong)
-    assert fp._self_check(fp._varlen_caller(), torch.device("cpu")) > 0.5
+    assert attn._self_check(attn._varlen_caller(), torch.device("cpu")) > 0.5
 
 
 def test_rows_with_holes_in_the_mask_are_refused():
     mask = torch.tensor([[1, 0, 1, 0], [1, 1, 0, 0]])
     with pytest.raises(ValueError, match="contiguous"):
-        fp.pack_from_mask(mask)
-    row = fp.pack_from_mask(torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))
+        packing.pack_from_mask(mask)
+    row = packing.pack_from_mask(torch.tensor([[0, 1, 1, 0], [1, 1, 1, 1], [0, 0, 0, 0]]))
     assert row.lengths == (2, 4) and row.index.tolist() == [1, 2, 4, 5, 6, 7]
     assert row.position_ids.tolist() == [[0, 1, 0, 1, 2, 3]] and row.cu_seq_lens.tolist() == [0, 2, 6]
 
@@ -253,7 +258,7 @@ def test_bf16_lora_inputs_change_nothing_under_autocast():
 def test_compiled_layers_give_the_same_loss_and_gradients():
     model = with_lora(tiny_llama()).train()
     ids, mask = padded_batch()
-    layers = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))
+    layers = parts.decoder_layers(parts.backbone_of(parts.unwrap(model)))
 
     def run():
         model.zero_grad()
@@ -277,7 +282,7 @@ def test_compiled_layers_give_the_same_loss_and_gradients():
 def test_checkpointed_layers_recompute_and_give_the_same_gradients():
     model = with_lora(tiny_llama()).train()
     ids, mask = padded_batch()
-    layers = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))
+    layers = parts.decoder_layers(parts.backbone_of(parts.unwrap(model)))
     calls = []
     hook = layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))   # runs inside the layer
 
@@ -288,7 +293,7 @@ def test_checkpointed_layers_recompute_and_give_the_same_gradients():
 
     plain = grads()
     plain_calls = len(calls)
-    with fp.checkpointing(layers, 1):
+    with memplan.checkpointing(layers, 1):
         checkpointed = grads()
     hook.remove()
     assert plain_calls == 1 and len(calls) - plain_calls == 2    # forward, then the recompute in backward
@@ -299,7 +304,7 @@ def test_checkpointed_layers_recompute_and_give_the_same_gradients():
 
 def test_checkpointing_per_micro_batch_only_where_its_tokens_need_it():
     model = with_lora(tiny_llama()).train()
-    layers = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))
+    layers = parts.decoder_layers(parts.backbone_of(parts.unwrap(model)))
     calls = []
     hook = layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
     seen = []
@@ -308,7 +313,7 @@ def test_checkpointing_per_micro_batch_only_where_its_tokens_need_it():
         seen.append(tokens)
         return 1 if tokens > 40 else 0
 
-    with fp.checkpointing(layers, 1, per_micro_batch=need):
+    with memplan.checkpointing(layers, 1, per_micro_batch=need):
         for width in (8, 32):   # 2 x 8 = 16 tokens: kept; 2 x 32 = 64 tokens: recomputed in backward
             ids, mask = padded_batch(lengths=(width, width))
             calls.clear()
@@ -319,53 +324,53 @@ def test_checkpointing_per_micro_batch_only_where_its_tokens_need_it():
 
 
 def test_memory_model_checkpoints_per_micro_batch_what_its_tokens_need():
-    memory = fp.MemoryModel(layers=16, hidden=2048, vocab=49152, act_bytes=150_000, boundary_bytes=4096,
-                            fixed_bytes=3 * fp.GIB, budget_bytes=8 * fp.GIB)
-    worst = fp.plan_memory(budget_bytes=8 * fp.GIB, tokens_for_fold={1: 4000}, layers=16, hidden=2048, vocab=49152,
-                           act_bytes=150_000, boundary_bytes=4096, fixed_bytes=3 * fp.GIB)
+    memory = memplan.MemoryModel(layers=16, hidden=2048, vocab=49152, act_bytes=150_000, boundary_bytes=4096,
+                                 fixed_bytes=3 * memplan.GIB, budget_bytes=8 * memplan.GIB)
+    worst = memplan.plan_memory(budget_bytes=8 * memplan.GIB, tokens_for_fold={1: 4000}, layers=16, hidden=2048,
+                                vocab=49152, act_bytes=150_000, boundary_bytes=4096, fixed_bytes=3 * memplan.GIB)
     assert worst.per_micro_batch and worst.checkpointed_layers == memory.layers_to_checkpoint(4000) > 0
     assert memory.layers_to_checkpoint(500) == 0                       # a short micro-batch keeps everything
     assert 0 < memory.layers_to_checkpoint(2000) < worst.checkpointed_layers
-    assert memory.peak(2000, memory.layers_to_checkpoint(2000)) <= 8 * fp.GIB
+    assert memory.peak(2000, memory.layers_to_checkpoint(2000)) <= 8 * memplan.GIB
     assert memory.layers_to_checkpoint(10**7) == 16                    # nothing fits: all of them
-    assert fp.MemoryModel(16, 2048, 49152, 150_000, 4096, 0, 0).layers_to_checkpoint(10**7) == 0  # no budget
+    assert memplan.MemoryModel(16, 2048, 49152, 150_000, 4096, 0, 0).layers_to_checkpoint(10**7) == 0  # no budget
 
 
 def test_memory_plan_prefers_no_checkpointing_then_larger_micro_batches():
     common = {"layers": 16, "hidden": 2048, "vocab": 49152, "act_bytes": 150_000, "boundary_bytes": 4096,
-              "fixed_bytes": 3 * fp.GIB}
+              "fixed_bytes": 3 * memplan.GIB}
     tokens = {1: 4000, 2: 8000, 4: 16000}
-    roomy = fp.plan_memory(budget_bytes=72 * fp.GIB, tokens_for_fold=tokens, **common)
+    roomy = memplan.plan_memory(budget_bytes=72 * memplan.GIB, tokens_for_fold=tokens, **common)
     assert (roomy.checkpointed_layers, roomy.fold, roomy.fits) == (0, 4, True)
-    middle = fp.plan_memory(budget_bytes=28 * fp.GIB, tokens_for_fold=tokens, **common)
+    middle = memplan.plan_memory(budget_bytes=28 * memplan.GIB, tokens_for_fold=tokens, **common)
     assert (middle.checkpointed_layers, middle.fold) == (0, 2)
-    tight = fp.plan_memory(budget_bytes=8 * fp.GIB, tokens_for_fold=tokens, **common)
+    tight = memplan.plan_memory(budget_bytes=8 * memplan.GIB, tokens_for_fold=tokens, **common)
     assert tight.fold == 1 and 0 < tight.checkpointed_layers < 16 and tight.fits
     # one layer fewer checkpointed would not fit
-    fewer = fp.plan_memory(budget_bytes=8 * fp.GIB, tokens_for_fold={1: 4000}, mode="none", **common)
+    fewer = memplan.plan_memory(budget_bytes=8 * memplan.GIB, tokens_for_fold={1: 4000}, mode="none", **common)
     assert fewer.estimated_peak_gib > 8 and tight.estimated_peak_gib <= 8
-    hopeless = fp.plan_memory(budget_bytes=3 * fp.GIB, tokens_for_fold=tokens, **common)
+    hopeless = memplan.plan_memory(budget_bytes=3 * memplan.GIB, tokens_for_fold=tokens, **common)
     assert (hopeless.checkpointed_layers, hopeless.fits) == (16, False)
-    forced = fp.plan_memory(budget_bytes=72 * fp.GIB, tokens_for_fold=tokens, mode="full", **common)
+    forced = memplan.plan_memory(budget_bytes=72 * memplan.GIB, tokens_for_fold=tokens, mode="full", **common)
     assert (forced.checkpointed_layers, forced.fold) == (16, 1)
 
 
 def test_activation_probe_measures_bytes_saved_per_token():
     model = with_lora(tiny_llama(), dropout=0.1)
-    small, large = fp.activation_bytes_per_token(model, 64), fp.activation_bytes_per_token(model, 256)
+    small, large = memplan.activation_bytes_per_token(model, 64), memplan.activation_bytes_per_token(model, 256)
     assert large == pytest.approx(small, rel=0.1)            # linear in tokens
     # at least the MLP's gate and up outputs (2 x 128 floats) and the LoRA dropout masks/outputs are kept
     assert large > 2 * 128 * 4 + 7 * 64
     model.eval()
     rng = torch.get_rng_state()
-    fp.activation_bytes_per_token(model, 32)
+    memplan.activation_bytes_per_token(model, 32)
     assert torch.equal(rng, torch.get_rng_state())          # the probe's dropout leaves the RNG as it was
     assert not model.training                               # and the model's mode too
 
 
 def test_token_bound_of_a_micro_batch():
-    assert fp.max_tokens_per_micro_batch([5, 100, 7, 60, 3], 2) == 160
-    assert fp.max_tokens_per_micro_batch([5], 4) == 5
+    assert memplan.max_tokens_per_micro_batch([5, 100, 7, 60, 3], 2) == 160
+    assert memplan.max_tokens_per_micro_batch([5], 4) == 5
 
 
 # ------------------------------------------------------------------------------------ kernels, session
@@ -377,7 +382,7 @@ def test_restoring_patches_undoes_module_and_instance_patches():
 
     model = tiny_llama()
     rope, norm_cls = modeling_llama.apply_rotary_pos_emb, modeling_llama.LlamaRMSNorm
-    with fp.restoring_patches(model):
+    with liger.restoring_patches(model):
         modeling_llama.apply_rotary_pos_emb = lambda *a, **k: None
         modeling_llama.LlamaRMSNorm = torch.nn.Identity
         modeling_llama.added_by_patch = True
@@ -391,8 +396,8 @@ def test_restoring_patches_undoes_module_and_instance_patches():
 
 def test_kernels_off_on_cpu_say_why():
     model = tiny_llama()
-    assert fp.apply_liger(model).startswith("off: needs CUDA")
-    assert fp.select_attention_kernel("cpu") == ("per_sequence", "varlen_attn needs CUDA")
+    assert liger.apply_liger(model).startswith("off: needs CUDA")
+    assert attn.select_attention_kernel("cpu") == ("per_sequence", "varlen_attn needs CUDA")
     assert fp.FastPath.for_device("cpu") is None and fp.FastPath.for_device("cuda") == fp.FastPath()
 
 
@@ -402,19 +407,19 @@ def test_session_restores_the_model():
     session.patch_model(model)
     plan = session.plan(model, [20, 30, 40], micro_batch=2, accumulation=1)
     assert plan.checkpointed_layers == 2 and session.report.plan["mode"] == "full"
-    layers = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))
+    layers = parts.decoder_layers(parts.backbone_of(parts.unwrap(model)))
     with session.training(model, plan):
         assert all("forward" in layer.__dict__ for layer in layers)
-        assert fp.unwrap(model).config._attn_implementation == fp.ATTENTION_NAME
+        assert parts.unwrap(model).config._attn_implementation == attn.ATTENTION_NAME
     session.close()
     assert all("forward" not in layer.__dict__ for layer in layers)
-    assert fp.unwrap(model).config._attn_implementation == "sdpa"
-    assert "forward" not in fp.backbone_of(fp.unwrap(model)).__dict__
+    assert parts.unwrap(model).config._attn_implementation == "sdpa"
+    assert "forward" not in parts.backbone_of(parts.unwrap(model)).__dict__
 
 
 @CUDA
 def test_varlen_kernel_and_liger_on_cuda():
-    name, note = fp.select_attention_kernel("cuda")
+    name, note = attn.select_attention_kernel("cuda")
     assert name == "varlen", note
     model = tiny_llama().to("cuda", torch.bfloat16).train()
     ids, mask = (t.cuda() for t in padded_batch())

@@ -7,8 +7,12 @@ import dataclasses
 import pytest
 import torch
 
+from harness.model import _attention as attn
 from harness.model import _fastpath as fp
 from harness.model import _graphs as gr
+from harness.model import _memory_plan as memplan
+from harness.model import _packing as packing
+from harness.model import _parts as parts
 from tests.model.test_fastpath import CUDA, padded_batch, tiny_llama, with_lora
 
 
@@ -47,9 +51,9 @@ def test_padded_row_keeps_the_real_boundaries_and_makes_no_empty_sequence():
 
 def _packed_inputs(model, lengths):
     """Hidden states and rotary tables of one packed row, as the backbone hands them to its layers."""
-    backbone = fp.backbone_of(fp.unwrap(model))
+    backbone = parts.backbone_of(parts.unwrap(model))
     ids, mask = padded_batch(lengths=lengths)
-    row = fp.pack_from_mask(mask)
+    row = packing.pack_from_mask(mask)
     hidden = backbone.embed_tokens(ids.reshape(-1)[row.index].unsqueeze(0))
     cos, sin = backbone.rotary_emb(hidden, position_ids=row.position_ids)
     return backbone, row, hidden, cos, sin
@@ -63,7 +67,7 @@ def test_padded_layers_equal_the_unpadded_forward_and_gradients():
     session.patch_model(model)
     try:
         backbone, row, hidden, cos, sin = _packed_inputs(model, (24, 17, 6))
-        layers = fp.decoder_layers(backbone)
+        layers = parts.decoder_layers(backbone)
         params = [p for layer in layers for p in layer.parameters() if p.requires_grad]
         weights = torch.randn(1, sum(row.lengths), hidden.shape[-1], generator=torch.Generator().manual_seed(3))
 
@@ -98,7 +102,7 @@ def test_off_on_cpu_says_why_and_layers_run_eagerly_when_graphs_cannot_replay():
         assert session._graphs is None
     assert session.report.cuda_graphs == "off: needs CUDA"
     # forced on, a CPU forward cannot replay: the stand-in runs the real layers, with the same result
-    backbone = fp.backbone_of(fp.unwrap(model))
+    backbone = parts.backbone_of(parts.unwrap(model))
     layers = list(backbone.layers)
     graphs = gr.LayerGraphs(layers)
     graphs.enabled = True
@@ -127,7 +131,7 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
         def device_seconds(self):
             return self.device
 
-    graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
+    graphs = gr.LayerGraphs(list(parts.backbone_of(parts.unwrap(tiny_llama())).layers))
     host_bound, device_bound = (2048, 8), (8192, 8)   # (padded length, sequence slots, ...)
     assert graphs._eager_verdict(host_bound) == "timing the eager forward"
     graphs.timings[host_bound] = Timing(0.010, None, first=True)
@@ -147,13 +151,13 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     assert graphs._eager_verdict((2560, 8)) == "timing the eager forward"   # predicted 1.6x: too close, timed
     assert "1 padded length(s) left eager: the device was busy 5.0x the host's launch time" in graphs.summary()
     # strongly host-bound (0.3x at 2048): lengths up to 1.25 / (1.5 * 0.3) = 2.8x longer are captured untimed
-    graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
+    graphs = gr.LayerGraphs(list(parts.backbone_of(parts.unwrap(tiny_llama())).layers))
     graphs.timings[host_bound] = Timing(0.010, 0.003)
     assert graphs._eager_verdict(host_bound) is None
     assert graphs._eager_verdict((4096, 8)) is None and graphs._eager_verdict((5120, 8)) is None
     assert graphs._eager_verdict((6144, 8)) == "timing the eager forward"
     # a length first seen while another's timing is pending: the finished timing is read first, and decides it
-    graphs = gr.LayerGraphs(list(fp.backbone_of(fp.unwrap(tiny_llama())).layers))
+    graphs = gr.LayerGraphs(list(parts.backbone_of(parts.unwrap(tiny_llama())).layers))
     graphs.timings[host_bound] = Timing(0.010, 0.003)
     assert graphs._eager_verdict((4096, 8)) is None and graphs.timings == {}
     assert "timed host-bound: 2048 tokens 0.30x" in graphs.summary()
@@ -164,9 +168,9 @@ def test_graphs_only_where_the_timed_eager_forward_was_bound_by_the_host(monkeyp
     assert fp.FastPath.for_device("cuda").graphs_where_host_bound
 
 
-def _memory(budget_gib: float) -> fp.MemoryModel:
+def _memory(budget_gib: float) -> memplan.MemoryModel:
     gib = 2**30
-    return fp.MemoryModel(layers=16, hidden=2048, vocab=32000, act_bytes=140_000, boundary_bytes=4096,
+    return memplan.MemoryModel(layers=16, hidden=2048, vocab=32000, act_bytes=140_000, boundary_bytes=4096,
                           fixed_bytes=3 * gib, budget_bytes=int(budget_gib * gib))
 
 
@@ -174,7 +178,7 @@ def test_graph_length_limit_leaves_the_longest_micro_batch_room_checkpointed():
     longest = 7468
     for budget in (14.0, 16.26, 19.0, 30.0):
         memory = _memory(budget)
-        limit = fp.graph_length_limit(memory, longest)
+        limit = memplan.graph_length_limit(memory, longest)
         assert limit is not None, budget
         b, beside = limit
         assert memory.peak(b, 0) <= memory.budget_bytes           # a graphed micro-batch needs no checkpointing
@@ -185,27 +189,27 @@ def test_graph_length_limit_leaves_the_longest_micro_batch_room_checkpointed():
             above = dataclasses.replace(memory, fixed_bytes=memory.fixed_bytes + int(memory.activations(bigger, 0)))
             assert memory.peak(bigger, 0) > memory.budget_bytes or \
                 above.peak(longest, memory.layers) > memory.budget_bytes
-    assert fp.graph_length_limit(_memory(30.0), longest)[0] == gr.bucket_tokens(longest)   # all graphed
-    assert fp.graph_length_limit(_memory(3.5), longest) is None   # not even the shortest length fits
+    assert memplan.graph_length_limit(_memory(30.0), longest)[0] == gr.bucket_tokens(longest)   # all graphed
+    assert memplan.graph_length_limit(_memory(3.5), longest) is None   # not even the shortest length fits
 
 
 def test_graphs_beside_per_micro_batch_checkpointing_and_blocked_otherwise():
     model = with_lora(tiny_llama()).train()
     session = fp.FastSession(fp.FastPath(checkpointing="auto", cuda_graphs=True), "cpu")
     session.patch_model(model)
-    layers = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))
+    layers = parts.decoder_layers(parts.backbone_of(parts.unwrap(model)))
     try:
         session.device = torch.device("cuda")   # as if on a GPU: the next reasons are checked in order
-        fp._KERNEL.name = "varlen"
+        attn._KERNEL.name = "varlen"
         memory = _memory(16.26)
-        plan = fp.MemoryPlan(layers=16, checkpointed_layers=4, fold=1, tokens_per_micro_batch=7468,
+        plan = memplan.MemoryPlan(layers=16, checkpointed_layers=4, fold=1, tokens_per_micro_batch=7468,
                              activation_bytes_per_token_layer=memory.act_bytes, budget_gib=16.26,
                              estimated_peak_gib=15.9, fits=True, per_micro_batch=False, memory=memory)
         assert session._graphs_blocked(model, plan) == "the memory plan checkpoints 4 layer(s) of every micro-batch"
         plan.per_micro_batch = True
         assert session._graphs_blocked(model, plan) is None
         graphs, wrapped, per_micro_batch = session._graph_plan(model, plan, layers)
-        longest, beside = fp.graph_length_limit(memory, 7468)
+        longest, beside = memplan.graph_length_limit(memory, 7468)
         assert graphs.max_bucket == longest and wrapped == beside.layers_to_checkpoint(7468) >= 4
         assert per_micro_batch(7468) == wrapped and per_micro_batch(1000) == beside.layers_to_checkpoint(1000)
         graphs.capturing = True
@@ -213,11 +217,11 @@ def test_graphs_beside_per_micro_batch_checkpointing_and_blocked_otherwise():
         plan.checkpointed_layers = 0
         graphs, wrapped, per_micro_batch = session._graph_plan(model, plan, layers)
         assert graphs.max_bucket is None and wrapped == 0 and per_micro_batch is None
-        fp.unwrap(model).config.model_type = "gemma3"
+        parts.unwrap(model).config.model_type = "gemma3"
         assert session._graphs_blocked(model, plan).startswith("model type 'gemma3' is not one of")
     finally:
-        fp._KERNEL.name = "per_sequence"
-        fp.unwrap(model).config.model_type = "llama"
+        attn._KERNEL.name = "per_sequence"
+        parts.unwrap(model).config.model_type = "llama"
         session.device = torch.device("cpu")
         session.close()
 
@@ -286,7 +290,7 @@ def test_a_layer_that_waits_for_the_gpu_is_refused_before_any_capture_and_traini
     """An operation a capture cannot hold (a host sync) raises in the eager warm-up, so no capture is left half-done
     (which would leave the CUDA random generator unusable): training goes on eagerly, dropout included."""
     model = with_lora(tiny_llama(layers=2), dropout=0.1).to("cuda").train()
-    mlp = fp.decoder_layers(fp.backbone_of(fp.unwrap(model)))[1].mlp
+    mlp = parts.decoder_layers(parts.backbone_of(parts.unwrap(model)))[1].mlp
     original = mlp.forward
 
     def syncing(x):

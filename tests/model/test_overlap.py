@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from harness.model import _fastpath as fp
+from harness.model import _packing as packing
+from harness.model import _parts as parts
 from harness.model._overlap import PACK_KEY, HostPack, HostPacking, host_indexed_head, pack_on_host
 from tests.model.test_fastpath import _examples, padded_batch, tiny_llama, with_lora
 
@@ -28,7 +30,7 @@ def test_host_packing_equals_the_packing_read_from_the_mask(side):
     if side == "left":
         ids, mask = ids.flip(1), mask.flip(1)
     pack = pack_on_host(mask, _labels(ids, mask))
-    row = fp.pack_from_mask(mask)
+    row = packing.pack_from_mask(mask)
     assert pack is not None and pack.shape == tuple(mask.shape) and pack.lengths == row.lengths
     assert pack.tokens == int(mask.sum())
     for name in ("index", "position_ids", "cu_seq_lens"):
@@ -83,8 +85,8 @@ def test_host_indexed_head_equals_trls_head_in_loss_metrics_and_gradients():
             return out, grads
 
         trl_out, trl_grads = run()
-        causal_lm = fp.unwrap(model)
-        with host_indexed_head(causal_lm, fp.backbone_of(causal_lm)) as state:
+        causal_lm = parts.unwrap(model)
+        with host_indexed_head(causal_lm, parts.backbone_of(causal_lm)) as state:
             assert state == "on"
             ours, our_grads = run(**{PACK_KEY: pack_on_host(mask, labels)})
     finally:

@@ -12,9 +12,9 @@ import pytest
 from harness._nvml import NvmlGpu, nvml_gpus, select_visible, visible_nvml_gpus
 from harness.model._load import default_device
 from harness.plan._schema import Plan
+from harness.run._capacity import free_memory_gib
 from harness.run._devices import visible_gpus
 from harness.run._preflight import gpu_capacity_gib
-from harness.run._workers import free_memory_gib
 from tests.support import REPO
 
 GIB = 1024**3
@@ -112,6 +112,7 @@ def test_asking_nvml_does_not_import_torch() -> None:
     out = run_python("import sys\n"
                      "import harness.model._load, harness.run._devices, harness.run._preflight\n"
                      "import harness.run._provenance, harness.run._workers\n"
+                     "import harness.run._capacity, harness.run._dispatch\n"
                      "from harness._nvml import visible_nvml_gpus\n"
                      "visible_nvml_gpus()\n"
                      "print('torch' in sys.modules)")

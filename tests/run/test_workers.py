@@ -275,7 +275,7 @@ def test_the_driver_side_of_a_run_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, harness.cli, harness.run._runner, harness.run._workers; "
+    code = ("import sys, harness.cli, harness.run._runner, harness.run._workers, harness.run._dispatch; "
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert done.stdout.strip() == "[]", done.stdout
@@ -291,7 +291,8 @@ def _blocked(dispatch: Any, worker: Any) -> tuple[threading.Thread, list[Any]]:
 
 
 def test_dispatch_gives_continuing_trials_to_a_spare_only_while_the_queue_holds_the_slots():
-    from harness.run._workers import Dispatch, Worker
+    from harness.run._dispatch import Dispatch
+    from harness.run._workers import Worker
 
     slot, spare = Worker("cpu.0", []), Worker("cpu.spare0", [], spare=True)
     dispatch = Dispatch([("trial", ["A"]), ("trial", ["B"])], [slot], [spare])
@@ -309,7 +310,8 @@ def test_dispatch_gives_continuing_trials_to_a_spare_only_while_the_queue_holds_
 
 
 def test_dispatch_prefers_a_free_slot_when_the_queue_is_empty_and_the_least_busy_device():
-    from harness.run._workers import Dispatch, Worker
+    from harness.run._dispatch import Dispatch
+    from harness.run._workers import Worker
 
     gpu0a, gpu0b, gpu1a = Worker("gpu0.0", ["0"]), Worker("gpu0.1", ["0"]), Worker("gpu1.0", ["1"])
     spare = Worker("gpu0.spare0", ["0"], spare=True)
@@ -330,7 +332,7 @@ def test_dispatch_prefers_a_free_slot_when_the_queue_is_empty_and_the_least_busy
 
 
 def test_spare_workers_only_on_gpus_for_continuing_trials_where_memory_fits_one_more():
-    from harness.run._workers import spare_workers
+    from harness.run._capacity import spare_workers
 
     assert spare_workers(["0", "1"], 4, continuing=1, free_gib=139, per_trial_gib=2) == 1
     assert spare_workers(["0", "1"], 4, continuing=3, free_gib=139, per_trial_gib=2) == 2   # one per GPU at most
