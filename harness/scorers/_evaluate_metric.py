@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ def _offline() -> bool:
 
 def _evaluate() -> Any:
     try:
-        import evaluate
+        import evaluate  # heavy: imports datasets, pyarrow and pandas; the optional extra tunegate[evaluate]
     except ImportError:
         raise ScorerParamError(f"the evaluate scorer needs Hugging Face evaluate: {INSTALL}") from None
     return evaluate
@@ -77,8 +76,8 @@ def _number(value: Any) -> float | None:
         value = value[0]
     if hasattr(value, "item") and getattr(value, "size", 1) == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return float(value) if isinstance(value, bool) else None
+    if not isinstance(value, (int, float)):  # bools are ints
+        return None
     return float(value) if math.isfinite(value) else None
 
 
@@ -198,7 +197,7 @@ def evaluate_metric(key: str, path: str | None = None, name: str | None = None, 
         identity |= {"path": path, "sha256": _content_hash(where)}
         try:
             module = _load(str(where), True, config_name, None, identity["sha256"])
-        except Exception as exc:
+        except Exception as exc:  # the metric's script raised while loading
             raise ScorerParamError(f"loading evaluate metric {script} failed: {type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else ''}", param="path") from None
     else:
@@ -215,17 +214,13 @@ def evaluate_metric(key: str, path: str | None = None, name: str | None = None, 
                    f"reachable? {type(exc).__name__})")
             raise ScorerParamError(f"evaluate metric '{name}' cannot be loaded: {why}; load it once online, or "
                                    "give a local script or folder as 'path'", param="name") from None
-        except Exception as exc:
+        except Exception as exc:  # the Hub's script raised while loading
             raise ScorerParamError(f"loading evaluate metric '{name}' failed: {type(exc).__name__}: "
                                    f"{str(exc).splitlines()[0] if str(exc) else ''}", param="name") from None
         script_file = Path(getattr(inspect.getmodule(type(module)), "__file__", None) or "")
         identity |= {"name": name, "revision": revision,
                      "sha256": _content_hash(script_file) if script_file.is_file() else None}
     identity["module"] = module.name
-    try:
-        json.dumps(args)
-    except TypeError:
-        raise ScorerParamError("the evaluate scorer's 'args' must be plain YAML values", param="args") from None
     return EvaluateMetric(module, label, key, args, per_item, binary, identity)
 
 
