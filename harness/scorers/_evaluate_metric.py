@@ -85,22 +85,27 @@ class EvaluateMetric:
     """The `evaluate` scorer. harness.evaluation calls `item_scores` (per-item metrics) or `corpus_score`
     (corpus-level ones) once for the whole suite; calling the scorer on one item computes that item alone."""
 
-    def __init__(self, module: Any, label: str, key: str, args: dict[str, Any], per_item: bool, binary: bool,
-                 identity: dict[str, Any]) -> None:
-        self.module, self.label, self.key, self.args = module, label, key, args
+    def __init__(self, module: Any, label: str, key: str, args: dict[str, Any], inputs: dict[str, str],
+                 per_item: bool, binary: bool, identity: dict[str, Any]) -> None:
+        self.module, self.label, self.key, self.args, self.inputs = module, label, key, args, inputs
         self.per_item, self.binary, self.identity = per_item, binary, identity
-        self.references = "references" in _features(module)
+        self.references = "references" in _features(module) and "references" not in inputs
 
     def check_item(self, item: Any) -> tuple[str, str] | None:
         ref = item.reference
         if self.references and (ref is None or (isinstance(ref, list) and not ref)):
             return "reference", f"evaluate metric '{self.label}' compares with references: every item needs one"
+        for field in self.inputs.values():
+            if item_field(item, field) is None:
+                return field, f"evaluate metric '{self.label}' takes '{field}' as an input: every item needs it"
         return None
 
     def _compute(self, outputs: Sequence[str], items: Sequence[Any]) -> Any:
         inputs: dict[str, Any] = {"predictions": list(outputs)}
         if self.references:
             inputs["references"] = [item.reference for item in items]
+        for name, field in self.inputs.items():
+            inputs[name] = [item_field(item, field) for item in items]
         where = f"item '{items[0].id}'" if len(items) == 1 else f"the {len(items)} items"
         try:
             result = self.module.compute(**inputs, **self.args)
@@ -149,6 +154,17 @@ class EvaluateMetric:
         return self._checked(self._compute([output], [item]), item)
 
 
+def item_field(item: Any, field: str) -> Any:
+    """An item's `prompt`, `reference` or `id`, or a value under its meta (`meta.source`, `meta.a.b`); None if
+    absent."""
+    if not field.startswith("meta."):
+        return getattr(item, field)
+    value: Any = item.meta
+    for part in field.split(".")[1:]:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def _metric(params: dict[str, Any]) -> str:
     """`<metric>/<key>`: the Hub name (its last part) or the script or folder's name, then the result key;
     `metric` overrides it."""
@@ -161,12 +177,14 @@ def _metric(params: dict[str, Any]) -> str:
 
 @scorer("evaluate", binary=False, metric=_metric)
 def evaluate_metric(key: str, path: str | None = None, name: str | None = None, args: dict[str, Any] | None = None,
-                    config_name: str | None = None, revision: str | None = None, per_item: bool = True,
-                    higher_is_better: bool = True, binary: bool = False, metric: str | None = None,
-                    suite_dir: str | None = None) -> EvaluateMetric:
+                    inputs: dict[str, str] | None = None, config_name: str | None = None, revision: str | None = None,
+                    per_item: bool = True, higher_is_better: bool = True, binary: bool = False,
+                    metric: str | None = None, suite_dir: str | None = None) -> EvaluateMetric:
     """A Hugging Face `evaluate` metric: `path` (a local script or folder, relative to the suite folder) or `name`
     (a Hub metric such as bertscore, or owner/metric); `key` picks the value from what `compute` returns; `args`
-    are passed to `compute`; `config_name` (and for a Hub name `revision`) to `evaluate.load`. `per_item: false`
+    are passed to `compute`, and `inputs` maps further `compute` inputs to item fields (`{sources: meta.source}`:
+    one value per item, as predictions); each item's `reference` goes in as `references` where the metric takes
+    them. `config_name` (and for a Hub name `revision`) go to `evaluate.load`. `per_item: false`
     declares a corpus-level metric; `binary: true` declares 0/1 item scores (McNemar's test applies);
     `higher_is_better: false` a metric that should fall. `metric` names the stored metric (default
     `<metric>/<key>`). The metric's identity (Hub name or script content hash, evaluate's version, args) is part of
@@ -177,9 +195,15 @@ def evaluate_metric(key: str, path: str | None = None, name: str | None = None, 
     if binary and not per_item:
         raise ScorerParamError("a corpus-level metric (per_item: false) has no item scores to be binary",
                                param="binary")
+    inputs = dict(inputs or {})
+    for input_name, field in inputs.items():
+        if input_name == "predictions" or not (field in ("prompt", "reference", "id") or
+                                               (field.startswith("meta.") and len(field) > len("meta."))):
+            raise ScorerParamError(f"input '{input_name}: {field}': give a compute input other than predictions, and "
+                                   "an item field: prompt, reference, id or meta.<key>", param="inputs")
     evaluate = _evaluate()
     args = dict(args or {})
-    identity: dict[str, Any] = {"evaluate": evaluate.__version__, "key": key, "args": args,
+    identity: dict[str, Any] = {"evaluate": evaluate.__version__, "key": key, "args": args, "inputs": inputs,
                                 "config_name": config_name, "per_item": per_item}
     if path is not None:
         where = Path(path)
@@ -221,7 +245,7 @@ def evaluate_metric(key: str, path: str | None = None, name: str | None = None, 
         identity |= {"name": name, "revision": revision,
                      "sha256": _content_hash(script_file) if script_file.is_file() else None}
     identity["module"] = module.name
-    return EvaluateMetric(module, label, key, args, per_item, binary, identity)
+    return EvaluateMetric(module, label, key, args, inputs, per_item, binary, identity)
 
 
 def is_evaluate(s: Any) -> bool:

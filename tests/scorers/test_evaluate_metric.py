@@ -245,6 +245,42 @@ def test_a_metric_that_misbehaves_on_items_is_named_with_the_fix(tmp_path: Path)
         "reference", "evaluate metric 'metrics/match' compares with references: every item needs one")
 
 
+# A metric with a further input besides predictions and references (as SARI takes `sources`).
+EDITED = '''import datasets
+import evaluate
+
+
+class Edited(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(description="1 where the prediction changed its source", citation="",
+                                   inputs_description="", features=datasets.Features({
+                                       "sources": datasets.Value("string"), "predictions": datasets.Value("string"),
+                                       "references": datasets.Value("string")}))
+
+    def _compute(self, sources, predictions, references):
+        return {"edited": [float(p != s) for s, p in zip(sources, predictions)]}
+'''
+
+
+def test_further_compute_inputs_come_from_item_fields(tmp_path: Path) -> None:
+    path = write_suite(tmp_path / "edits", "  - evaluate: {path: metrics/edited.py, key: edited, binary: true,\n"
+                                           "               inputs: {sources: meta.source}}\n")
+    (path.parent / "metrics" / "edited.py").write_text(EDITED)
+    items = path.parent / "items.jsonl"
+    items.write_text("".join(json.dumps({"id": f"e{i}", "prompt": f"fix: {src}", "reference": src.capitalize(),
+                                         "meta": {"source": src}}) + "\n" for i, src in enumerate(["abc", "def"])))
+    suite = load(path)
+    result = score(suite, ["Abc", "def"])
+    assert [r.scores["edited/edited"] for r in result.items] == [1.0, 0.0]
+    items.write_text(items.read_text() + json.dumps({"id": "e9", "prompt": "p", "reference": "r"}) + "\n")
+    with pytest.raises(UserError) as err:
+        load(path)
+    assert (err.value.line, err.value.field) == (3, "meta.source") and "takes 'meta.source'" in err.value.message
+    path.write_text(path.read_text().replace("meta.source", "meta."))
+    with pytest.raises(UserError, match="an item field: prompt, reference, id or meta.<key>"):
+        load(path)
+
+
 def test_tunegate_eval_scores_a_tiny_model_with_evaluate_metrics(tiny_model_dir: Path, tmp_path: Path) -> None:
     path = write_suite(tmp_path / "evs", SCORERS)
     path.write_text(path.read_text() + "generation: {max_new_tokens: 4, batch_size: 12}\n")
