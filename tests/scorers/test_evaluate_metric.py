@@ -138,6 +138,11 @@ def test_stored_results_mark_the_corpus_metric_and_pair_the_others(suite: Any, s
     assert by_metric["length/chars"].verdict == "better"  # shorter is better, and the tuned answers are shorter
     pooled = by_metric["pooled/overlap"]
     assert pooled.stats is None and pooled.problem is not None and "corpus-level" in pooled.problem
+    from harness.store import results_frame
+
+    frame = results_frame(store)
+    assert frame.set_index(["trial", "metric"])["corpus"].to_dict() == {
+        (t, m): m == "pooled/overlap" for t in ("baseline", "lora") for m in suite.scorer_names}
 
 
 def test_the_gate_refuses_item_based_rules_on_a_corpus_metric(suite: Any, store: Store, tmp_path: Path) -> None:
