@@ -65,6 +65,11 @@ def _load(source: str, local: bool, config_name: str | None, revision: str | Non
                          download_config=download)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
 def _features(module: Any) -> set[str]:
     features = module.info.features
     return {name for f in (features if isinstance(features, list) else [features]) for name in f}
@@ -109,9 +114,9 @@ class EvaluateMetric:
         where = f"item '{items[0].id}'" if len(items) == 1 else f"the {len(items)} items"
         try:
             result = self.module.compute(**inputs, **self.args)
-        except Exception as exc:
+        except Exception as exc:  # the metric's own code raised
             raise UserError(f"evaluate metric '{self.label}' raised {type(exc).__name__} on {where}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}", field="scorers.params") from exc
+                            f"{_first_line(exc)}", field="scorers.params") from exc
         if not isinstance(result, dict) or self.key not in result:
             have = ", ".join(map(str, result)) if isinstance(result, dict) else type(result).__name__
             raise UserError(f"evaluate metric '{self.label}' gave no '{self.key}' (it gave: {have}); set 'key' to "
@@ -192,6 +197,9 @@ def evaluate_metric(key: str, path: str | None = None, name: str | None = None, 
     if (path is None) == (name is None):
         raise ScorerParamError("the evaluate scorer needs exactly one of 'path' (a local metric script or folder) or "
                                "'name' (a Hugging Face Hub metric)", param="path" if path else "name")
+    if len(_metric({"metric": metric, "path": path, "name": name, "key": key})) > 100:
+        raise ScorerParamError("the stored metric name is longer than 100 characters; give a shorter 'metric'",
+                               param="metric")
     if binary and not per_item:
         raise ScorerParamError("a corpus-level metric (per_item: false) has no item scores to be binary",
                                param="binary")
@@ -223,7 +231,7 @@ def evaluate_metric(key: str, path: str | None = None, name: str | None = None, 
             module = _load(str(where), True, config_name, None, identity["sha256"])
         except Exception as exc:  # the metric's script raised while loading
             raise ScorerParamError(f"loading evaluate metric {script} failed: {type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''}", param="path") from None
+                                   f"{_first_line(exc)}", param="path") from None
     else:
         assert name is not None
         if name.count("/") > 1 or name.startswith((".", "/")):
@@ -240,7 +248,7 @@ def evaluate_metric(key: str, path: str | None = None, name: str | None = None, 
                                    "give a local script or folder as 'path'", param="name") from None
         except Exception as exc:  # the Hub's script raised while loading
             raise ScorerParamError(f"loading evaluate metric '{name}' failed: {type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0] if str(exc) else ''}", param="name") from None
+                                   f"{_first_line(exc)}", param="name") from None
         script_file = Path(getattr(inspect.getmodule(type(module)), "__file__", None) or "")
         identity |= {"name": name, "revision": revision,
                      "sha256": _content_hash(script_file) if script_file.is_file() else None}

@@ -4,6 +4,7 @@ suite version following the metric's identity; one end-to-end `tunegate eval` on
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,18 @@ def test_bad_evaluate_params_name_the_suite_line_and_field(tmp_path: Path, score
         assert err.value.line == line and err.value.field == field and err.value.file == path.resolve()
 
 
+def registry_spec(name: str, **params: Any) -> Any:
+    return suite_registry.ScorerSpec(name=name, params=params)
+
+
+def test_without_the_extra_the_suite_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "evaluate", None)  # `import evaluate` raises ImportError, as when not installed
+    path = write_suite(tmp_path / "evs", "  - exact_match\n  - evaluate: {path: metrics/length.py, key: chars}\n")
+    with pytest.raises(UserError) as err:
+        load(path)
+    assert "pip install 'tunegate[evaluate]'" in err.value.message and err.value.line == 5
+
+
 def test_a_metric_that_misbehaves_on_items_is_named_with_the_fix(tmp_path: Path) -> None:
     suite = load(write_suite(tmp_path / "evs", "  - evaluate: {path: metrics/match, key: mean}\n"
                                                "  - evaluate: {path: metrics/pooled.py, key: nope, per_item: false}\n"))
@@ -245,6 +258,16 @@ def test_a_metric_that_misbehaves_on_items_is_named_with_the_fix(tmp_path: Path)
     missing = registry.build(suite.spec.scorers[1], base_dir=suite.path.parent)
     with pytest.raises(UserError, match=r"gave no 'nope' \(it gave: overlap\)"):
         missing.fn.corpus_score(["x"], [item])
+    # a number over several items that one item alone cannot give: the error names the fix
+    (suite.path.parent / "metrics" / "spread.py").write_text(LENGTH.replace(
+        'return {"chars": sum(len(p) for p in predictions) / len(predictions)}',
+        'return {"spread": max(map(len, predictions)) - min(map(len, predictions)) if len(predictions) > 1 '
+        'else float("nan")}'))
+    spread = registry.build(registry_spec("evaluate", path="metrics/spread.py", key="spread"),
+                            base_dir=suite.path.parent)
+    with pytest.raises(UserError, match=r"gave spread=nan on item 'q00', not a finite number; a metric defined only "
+                                        r"over the whole suite needs per_item: false"):
+        spread.fn.item_scores(["a", "bb"], suite.items[:2])
     no_refs = item.model_copy(update={"reference": None})
     assert first.check_item(no_refs) == (
         "reference", "evaluate metric 'metrics/match' compares with references: every item needs one")
