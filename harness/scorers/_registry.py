@@ -19,6 +19,7 @@ from harness.errors import dotted
 
 ScoreFn = Callable[[str, Any], float]
 ItemCheck = Callable[[Any], "tuple[str, str] | None"]
+MetricNamer = Callable[[dict[str, Any]], str]  # a scorer's params -> the metric its scores are stored under
 
 
 class ScorerParamError(ValueError):
@@ -43,7 +44,7 @@ class MetricKind:
 class Registered:
     factory: Callable[..., ScoreFn]
     kind: MetricKind
-    metric: Callable[[dict[str, Any]], str] | None = None  # params -> the metric name, where not the scorer's
+    metric: MetricNamer | None = None  # where the metric is not named like the scorer
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,7 @@ _BOOL = TypeAdapter(bool)
 
 
 def scorer(name: str, *, binary: bool, higher_is_better: bool = True,
-           metric: Callable[[dict[str, Any]], str] | None = None,
-           ) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
+           metric: MetricNamer | None = None) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
     """Register a factory `params -> (output, item) -> float` under `name`, with its metric's direction and
     whether it scores 0/1 per item; `metric(params)`, if given, names the metric its scores are stored under."""
     def register(factory: Callable[..., ScoreFn]) -> Callable[..., ScoreFn]:
