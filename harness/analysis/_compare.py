@@ -3,7 +3,7 @@
 Only results of the same suite version (content hash) are paired; items pair by their id, and an
 item with no score on either side (a failed scorer) is left out and counted. Which way is better, and
 whether a metric is 0/1 per item, is read from the stored metric rows (the scorer registry only for rows
-written before the store kept them).
+written before the store kept them). A corpus-level metric (one value per evaluation) is listed, not paired.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def kind_of(metric: str, row: Metric | None) -> MetricKind:
         return registered
     return MetricKind(
         higher_is_better=registered.higher_is_better if row.higher_is_better is None else row.higher_is_better,
-        binary=registered.binary if row.binary is None else row.binary)
+        binary=registered.binary if row.binary is None else row.binary, corpus=bool(row.corpus))
 
 
 def metric_kind(store: Store, evaluation_id: int, metric: str) -> MetricKind:
@@ -110,6 +110,10 @@ def compare_trials(store: Store, baseline: Trial, candidate: Trial) -> list[Comp
                        baseline_version=match[1].version if match else versions[-1], candidate_version=suite.version)
             if match is None:
                 out.append(Comparison(**row, stats=None, problem="suite versions differ",
+                                      kind=kind_of(metric, metric_row)))
+                continue
+            if metric_row.corpus:  # one value per evaluation: nothing to pair item by item
+                out.append(Comparison(**row, stats=None, problem="corpus-level metric: no per-item scores to pair",
                                       kind=kind_of(metric, metric_row)))
                 continue
             paired = paired_scores(store, match[0].id, ev.id, metric)

@@ -38,7 +38,7 @@ def run_report(store: Store, run_ref: str, baseline: str = "baseline") -> dict[s
         metrics: dict[str, dict[str, Any]] = {}
         for ev, suite in store.evaluations(t.id):
             metrics[suite.name] = {m: {"value": _num(v.value), "stderr": _num(v.stderr), "n": v.n,
-                                       "primary": m == suite.primary_metric}
+                                       "primary": m == suite.primary_metric} | ({"corpus": True} if v.corpus else {})
                                    for m, v in store.metrics(ev.id).items()}
         rows.append({"trial": t.name, "type": t.arm_type, "status": t.status, "error": t.error,
                      "config": t.config, "train_seconds": _num(t.train_seconds),

@@ -134,8 +134,9 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
             with tracing.attributes(trial_id=trial_id), judge.using_store(st):
                 result = evaluate(model, tok, s)
             st.save_evaluation(trial_id, result)
-            console.print(f"{safe(s.name)}: " + ", ".join(f"{m}={v[0]:.3f}±{v[1]:.3f} (n={v[2]})"
-                                                          for m, v in result.metrics.items()))
+            console.print(f"{safe(s.name)}: " + ", ".join(
+                f"{m}={v[0]:.3f} (corpus-level, n={v[2]})" if m in result.corpus
+                else f"{m}={v[0]:.3f}±{v[1]:.3f} (n={v[2]})" for m, v in result.metrics.items()))
             unscored += [_unscored(s.name, m, result) for m in s.scorer_names if m not in result.metrics]
     except BaseException:
         if run_id is not None:

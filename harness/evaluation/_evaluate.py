@@ -10,6 +10,7 @@ from harness.evaluation import _lmeval as lmeval
 from harness.evaluation._results import ItemResult, Shaper, SuiteResult, shape_all
 from harness.evaluation._suite import Suite
 from harness.model import _generate as gen
+from harness.scorers import _evaluate_metric as hf_metric
 from harness.scorers import _judge as judge
 from harness.scorers import _registry as scorers
 
@@ -34,10 +35,16 @@ def evaluate(model: Any, tok: Any, suite: Suite, *, shaper: Shaper | None = None
             outputs = gen.generate(model, tok, prompts, max_new_tokens=suite.spec.generation.max_new_tokens,
                                    batch_size=suite.spec.generation.batch_size,
                                    progress=_traced(span, progress), device_batch=device_batch)
-    items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if not judge.is_judge(s)})
+    items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if _per_item(s)})
              for item, prompt, out in zip(suite.items, prompts, outputs)]
     judge.score_items(built, items, suite.items)  # judge scorers: one batched, cached pass per suite
-    return SuiteResult(suite, items, time.perf_counter() - started)
+    corpus = hf_metric.score_items(built, items, suite.items)  # evaluate metrics: one compute over the suite
+    return SuiteResult(suite, items, time.perf_counter() - started, corpus=corpus)
+
+
+def _per_item(s: scorers.Scorer) -> bool:
+    """Whether a scorer is called item by item (judges and evaluate metrics score the whole suite at once)."""
+    return not judge.is_judge(s) and not hf_metric.is_evaluate(s)
 
 
 def _traced(span: tracing.Span, progress: Callable[[int], None] | None) -> Callable[[int], None] | None:
@@ -101,8 +108,9 @@ def evaluate_adapters(model: Any, tok: Any, suite: Suite, adapters: Sequence[str
     results = {}
     for k, name in enumerate(adapters):
         mine = outputs[k * len(prompts):(k + 1) * len(prompts)]
-        items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if not judge.is_judge(s)})
+        items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if _per_item(s)})
                  for item, prompt, out in zip(suite.items, prompts, mine, strict=True)]
         judge.score_items(built, items, suite.items)
-        results[name] = SuiteResult(suite, items, seconds)
+        corpus = hf_metric.score_items(built, items, suite.items)
+        results[name] = SuiteResult(suite, items, seconds, corpus=corpus)
     return results

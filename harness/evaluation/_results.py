@@ -38,11 +38,15 @@ class SuiteResult:
     seconds: float
     metrics: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name -> (mean, stderr, n)
     kinds: dict[str, MetricKind] = field(default_factory=dict)  # name -> direction and 0/1-ness, stored with it
+    corpus: dict[str, float] = field(default_factory=dict)  # corpus-level metrics: name -> the suite's value
 
     def __post_init__(self) -> None:
         for spec in self.suite.spec.scorers:
-            self.kinds.setdefault(spec if isinstance(spec, str) else spec.name, scorers.kind(spec))
+            self.kinds.setdefault(spec if isinstance(spec, str) else spec.metric, scorers.kind(spec))
         for name in self.suite.scorer_names:
+            if name in self.corpus:  # one value for the suite, over every item; no per-item spread to estimate
+                self.metrics[name] = (self.corpus[name], 0.0, len(self.items))
+                continue
             values = [v for r in self.items if (v := r.scores.get(name)) is not None]
             if values:  # n counts the items that got a score; failed ones are left out, never zeroed
                 mean, se = mean_stderr(values)

@@ -6,6 +6,7 @@ and items, stored with every result so the gate never compares results of differ
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import cache
 from pathlib import Path
@@ -24,9 +25,26 @@ SUITES_DIR = suites_dir()
 
 
 class ScorerSpec(BaseModel):
+    """A scorer as a suite names it: `- exact_match`, `- name: numeric` with `params:`, or the short form
+    `- evaluate: {path: ..., key: ...}` (the scorer's name as the one key, its params as the value)."""
     model_config = ConfigDict(extra="forbid")
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def short_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and len(data) == 1:
+            (key, value), = data.items()
+            if key not in ("name", "params") and isinstance(value, dict | None):
+                return {"name": key, "params": value or {}}
+        return data
+
+    @property
+    def metric(self) -> str:
+        """The metric this scorer's scores are stored under (its name, or e.g. the evaluate scorer's
+        `<metric>/<key>`)."""
+        return scorers.metric_name(self)
 
 
 class GenerationConfig(BaseModel):
@@ -61,7 +79,11 @@ class SuiteSpec(BaseModel):
             self.scorers = [ScorerSpec(name="choice_accuracy")]
         if not self.scorers:
             raise ValueError("a generate suite needs at least one scorer")
-        names = [s.name for s in self.scorers]  # type: ignore[union-attr]
+        names = [s.metric for s in self.scorers]  # type: ignore[union-attr]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"two scorers store their scores as metric '{twice[0]}'; give one a distinct 'metric'"
+                             " param (evaluate scorers) or drop the repeat")
         if self.primary is None:
             self.primary = names[0]
         elif self.primary not in names:
@@ -111,7 +133,7 @@ class Suite(BaseModel):
 
     @property
     def scorer_names(self) -> list[str]:
-        return [s.name for s in self.spec.scorers]  # type: ignore[union-attr]
+        return [s.metric for s in self.spec.scorers]  # type: ignore[union-attr]
 
 
 def search_dirs() -> list[Path]:
@@ -156,7 +178,8 @@ def _load(path: Path) -> Suite:
             built.append(scorers.build(s, base_dir=path.parent))  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as exc:
             param = getattr(exc, "param", None)
-            loc = ("scorers", i, "params", param) if param else ("scorers", i)
+            short = ("scorers", i, s.name) in doc.lines  # the short form, `- evaluate: {...}`
+            loc = ("scorers", i, s.name if short else "params", param) if param else ("scorers", i)
             msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes str()
             raise UserError(msg, file=path, line=doc.line_of(loc), field=dotted(loc)) from None
     items_path = (path.parent / spec.items).resolve()
@@ -183,5 +206,9 @@ def _load(path: Path) -> Suite:
         items.append(item)
     if not items:
         raise UserError("suite has no items", file=items_path)
-    digest = hashlib.sha256(path.read_bytes() + b"\0" + items_path.read_bytes()).hexdigest()[:16]
+    content = path.read_bytes() + b"\0" + items_path.read_bytes()
+    identities = [sc.fn.identity for sc in built if hasattr(sc.fn, "identity")]
+    if identities:  # what a scorer loaded from outside the suite's files (an evaluate metric's script and version)
+        content += b"\0" + json.dumps(identities, sort_keys=True, default=str).encode()
+    digest = hashlib.sha256(content).hexdigest()[:16]
     return Suite(spec=spec, items=items, path=path, version=digest)

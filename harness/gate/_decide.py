@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,9 @@ def evaluate_rule(store: Store, policy: Policy, rule: Rule, candidate: Trial, ba
                          f"scored on version {', '.join(s.version for _, s in evals)}")
         evals = pinned
     ev, suite = max(evals, key=lambda pair: pair[0].id)
+    corpus = store.metrics(ev.id).get(rule.metric)
+    if corpus is not None and corpus.corpus:
+        return _corpus_rule(rule, corpus.value, ev.id, suite.version, error)
     scores = store.item_scores(ev.id, rule.metric)
     if not scores:
         return error(f"metric '{rule.metric}' was not scored on suite '{rule.suite}' "
@@ -245,4 +249,29 @@ def evaluate_rule(store: Store, policy: Policy, rule: Rule, candidate: Trial, ba
             verdict = "excludes 0" if ok else ("lies below 0: the change is negative: FAILED" if best < 0
                                                  else "does not exclude 0: no clear improvement: FAILED")
             checks.append(f"gain 95% interval [{worst:+.3f}, {best:+.3f}] {verdict}")
+    return RuleResult(rule.label, bool(passed), False, "; ".join(checks), evidence, rule._safety)
+
+
+def _corpus_rule(rule: Rule, value: float, evaluation_id: int, version: str,
+                 error: Callable[[str], RuleResult]) -> RuleResult:
+    """A rule on a corpus-level metric (one value for the suite, no item scores): a floor or ceiling on that
+    value; anything item-based (a paired comparison, an interval over items) is refused."""
+    item_based = [what for what, asked in (("max_drop", rule.max_drop is not None),
+                                           ("require_improvement", rule.require_improvement),
+                                           ("judge_on: interval", rule.judge_on == "interval")) if asked]
+    if item_based:
+        return error(f"'{rule.metric}' on suite '{rule.suite}' is a corpus-level metric (one value for the suite, no "
+                     f"per-item scores), so {' and '.join(item_based)} cannot apply; judge it with min/max on its "
+                     "value, or score it per item (per_item: true)")
+    evidence = {"suite_version": version, "candidate_evaluation_id": evaluation_id, "corpus": True,
+                "candidate_value": value}
+    checks, passed = [], True
+    if rule.min is not None:
+        ok = value >= rule.min
+        passed &= ok
+        checks.append(f"corpus value {value:.3f} {'≥' if ok else '<'} floor {rule.min:g}{'' if ok else ': FAILED'}")
+    if rule.max is not None:
+        ok = value <= rule.max
+        passed &= ok
+        checks.append(f"corpus value {value:.3f} {'≤' if ok else '>'} ceiling {rule.max:g}{'' if ok else ': FAILED'}")
     return RuleResult(rule.label, bool(passed), False, "; ".join(checks), evidence, rule._safety)

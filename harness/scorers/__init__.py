@@ -1,7 +1,10 @@
 """Scorers: one registry, and the modules that register into it (text, structured, instructions, choice,
-python, safety, judge). Importing this package registers every built-in scorer."""
+python, safety, judge, Hugging Face evaluate metrics). Importing this package registers every built-in scorer."""
 from harness.scorers._choice import (
     choice_accuracy,
+)
+from harness.scorers._evaluate_metric import (
+    evaluate_metric,
 )
 from harness.scorers._instructions import (
     BulletCount,
@@ -182,6 +185,7 @@ __all__ = [
     "compare_pairwise",
     "complied",
     "constraints_of",
+    "evaluate_metric",
     "exact_match",
     "harmbench_to_suite",
     "instructions",

@@ -1,6 +1,8 @@
 """The scorer registry: `@scorer(name, binary=..., higher_is_better=...)` registers a factory; `build(spec)` checks
 its params against the signature. A factory that takes a `binary` or `higher_is_better` parameter lets the suite
-author declare it (the python scorer does); `kind(spec)` is what a scorer's metric is, without building it."""
+author declare it (the python scorer does), one that takes `per_item` lets them declare a corpus-level metric (the
+evaluate scorer does); `kind(spec)` is what a scorer's metric is, without building it. A scorer's scores are stored
+under its name, or under the name its registered `metric` function gives for the spec's params."""
 from __future__ import annotations
 
 import difflib
@@ -17,6 +19,7 @@ from harness.errors import dotted
 
 ScoreFn = Callable[[str, Any], float]
 ItemCheck = Callable[[Any], "tuple[str, str] | None"]
+MetricNamer = Callable[[dict[str, Any]], str]  # a scorer's params -> the metric its scores are stored under
 
 
 class ScorerParamError(ValueError):
@@ -30,15 +33,18 @@ class ScorerParamError(ValueError):
 @dataclass(frozen=True)
 class MetricKind:
     """How to read a metric: which way is better (as lm-evaluation-harness's `higher_is_better`), and whether
-    every item scores 0 or 1 (then McNemar's test and Wilson intervals apply)."""
+    every item scores 0 or 1 (then McNemar's test and Wilson intervals apply). A corpus-level metric has one value
+    for the whole suite and no per-item scores, so nothing item-based (paired intervals, McNemar, flips) applies."""
     higher_is_better: bool = True
     binary: bool = False
+    corpus: bool = False
 
 
 @dataclass(frozen=True)
 class Registered:
     factory: Callable[..., ScoreFn]
     kind: MetricKind
+    metric: MetricNamer | None = None  # where the metric is not named like the scorer
 
 
 @dataclass(frozen=True)
@@ -63,18 +69,28 @@ _KIND_PARAMS = ("higher_is_better", "binary")  # a factory taking these lets the
 _BOOL = TypeAdapter(bool)
 
 
-def scorer(name: str, *, binary: bool,
-           higher_is_better: bool = True) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
+def scorer(name: str, *, binary: bool, higher_is_better: bool = True,
+           metric: MetricNamer | None = None) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
     """Register a factory `params -> (output, item) -> float` under `name`, with its metric's direction and
-    whether it scores 0/1 per item."""
+    whether it scores 0/1 per item; `metric(params)`, if given, names the metric its scores are stored under."""
     def register(factory: Callable[..., ScoreFn]) -> Callable[..., ScoreFn]:
-        _REGISTRY[name] = Registered(factory, MetricKind(higher_is_better=higher_is_better, binary=binary))
+        _REGISTRY[name] = Registered(factory, MetricKind(higher_is_better=higher_is_better, binary=binary), metric)
         return factory
     return register
 
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def metric_name(spec: Any) -> str:
+    """The metric a scorer's scores are stored under: its name, or what its registered `metric` function gives
+    for the spec's params (the evaluate scorer's `<metric>/<key>`)."""
+    name = spec if isinstance(spec, str) else spec.name
+    registered = _REGISTRY.get(name)
+    if registered is None or registered.metric is None or isinstance(spec, str):
+        return name
+    return registered.metric(dict(spec.params))
 
 
 def kind(spec: Any) -> MetricKind:
@@ -92,6 +108,8 @@ def kind(spec: Any) -> MetricKind:
             default = accepted[key].default
             value = params.get(key, getattr(registered.kind, key) if default is inspect.Parameter.empty else default)
             declared[key] = _BOOL.validate_python(value)
+    if "per_item" in accepted:
+        declared["corpus"] = not _BOOL.validate_python(params.get("per_item", accepted["per_item"].default))
     return MetricKind(**{**vars(registered.kind), **declared})
 
 
@@ -130,7 +148,7 @@ def build(spec: Any, *, base_dir: str | Path | None = None) -> Scorer:
         where = dotted(err["loc"])
         raise ScorerParamError(f"scorer '{name}' parameter '{where}': {err['msg']}", param=param) from None
     metric = kind(spec)
-    return Scorer(name, fn, metric.binary, metric.higher_is_better)
+    return Scorer(metric_name(spec), fn, metric.binary, metric.higher_is_better)
 
 
 @cache

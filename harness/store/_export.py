@@ -42,7 +42,8 @@ def results_frame(store: Store, runs: Sequence[str] | None = None, level: str = 
             if level == "metrics":
                 for m in s.scalars(select(Metric).where(Metric.evaluation_id == ev.id).order_by(Metric.metric)):
                     rows.append(base | {"metric": m.metric, "primary": m.metric == suite.primary_metric,
-                                        "value": m.value, "stderr": m.stderr, "n": m.n})
+                                        "value": m.value, "stderr": m.stderr, "n": m.n,
+                                        "corpus": bool(m.corpus)})  # corpus-level: the suite's value, no items
                 continue
             per_item: dict[int, dict[str, Any]] = {}
             for item, o in s.execute(select(ItemRow, Output).join(Output, Output.item_id == ItemRow.id)

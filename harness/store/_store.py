@@ -250,7 +250,8 @@ class Store:
             kinds = result.kinds
             s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n,
                              higher_is_better=kinds[m].higher_is_better if m in kinds else None,
-                             binary=kinds[m].binary if m in kinds else None)
+                             binary=kinds[m].binary if m in kinds else None,
+                             corpus=getattr(kinds[m], "corpus", False) if m in kinds else None)
                       for m, (mean, se, n) in _aggregates(result).items())
             s.flush()
             return ev.id

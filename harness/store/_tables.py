@@ -148,7 +148,8 @@ class Score(Base):
 
 class Metric(Base):
     """Aggregate of one metric over one evaluation: mean, standard error, item count, and how to read it
-    (NULL in rows written before revision 0003: readers ask the scorer registry then)."""
+    (NULL in rows written before revision 0003: readers ask the scorer registry then). A corpus-level metric
+    (`corpus`, from revision 0007; NULL before: per-item) has the suite's value, stderr 0 and no item scores."""
     __tablename__ = "metrics"
     __table_args__ = (UniqueConstraint("evaluation_id", "metric"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -159,6 +160,7 @@ class Metric(Base):
     n: Mapped[int] = mapped_column(Integer)
     higher_is_better: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     binary: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # every item scores 0 or 1
+    corpus: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # one value for the suite, no item scores
 
 
 class JudgeCall(Base):
@@ -216,4 +218,4 @@ class EvaluationLike(Protocol):
     items: Sequence[Any]   # ItemResult: item_id, prompt, output, scores
     seconds: float
     metrics: dict[str, tuple[float, float, int]]
-    kinds: Mapping[str, Any]  # name -> MetricKind (higher_is_better, binary); a metric not in it is stored NULL
+    kinds: Mapping[str, Any]  # name -> MetricKind (higher_is_better, binary, corpus); one not in it is stored NULL
