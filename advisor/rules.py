@@ -36,7 +36,7 @@ from rich.text import Text
 
 from advisor.errors import AdvisorInputError
 from advisor.questions import NO_LIMIT, Answers, implied_by, show
-from harness.errors import YamlDoc
+from harness.base import YamlDoc
 from harness.plan import estimate_training_memory
 
 Option = Literal["prompting", "rag", "lora", "qlora", "hybrid_rag_lora", "dpo", "full"]

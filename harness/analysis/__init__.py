@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         run_report_markdown,
         write_run_report,
     )
-    from harness.analysis._stats import (
+    from harness.base._stats import (
         AdjustedP,
         PairedDelta,
         compare,
@@ -43,30 +43,30 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS = {
-    "AdjustedP": "harness.analysis._stats",
+    "AdjustedP": "harness.base._stats",
     "Comparison": "harness.analysis._compare",
     "Flips": "harness.analysis._flips",
     "Paired": "harness.analysis._compare",
-    "PairedDelta": "harness.analysis._stats",
-    "compare": "harness.analysis._stats",
+    "PairedDelta": "harness.base._stats",
+    "compare": "harness.base._stats",
     "compare_trials": "harness.analysis._compare",
     "flips": "harness.analysis._flips",
-    "holm": "harness.analysis._stats",
-    "holm_table": "harness.analysis._stats",
+    "holm": "harness.base._stats",
+    "holm_table": "harness.base._stats",
     "kind_of": "harness.analysis._compare",
     "latest_evaluations": "harness.analysis._compare",
     "matching_evaluation": "harness.analysis._compare",
-    "mcnemar_exact": "harness.analysis._stats",
-    "mean_stderr": "harness.analysis._stats",
+    "mcnemar_exact": "harness.base._stats",
+    "mean_stderr": "harness.base._stats",
     "metric_kind": "harness.analysis._compare",
-    "multiple_comparison_note": "harness.analysis._stats",
-    "paired_bootstrap": "harness.analysis._stats",
+    "multiple_comparison_note": "harness.base._stats",
+    "paired_bootstrap": "harness.base._stats",
     "paired_scores": "harness.analysis._compare",
     "run_report": "harness.analysis._run_report",
     "run_report_markdown": "harness.analysis._run_report",
     "trial_flips": "harness.analysis._flips",
     "verdict": "harness.analysis._compare",
-    "wilson": "harness.analysis._stats",
+    "wilson": "harness.base._stats",
     "write_run_report": "harness.analysis._run_report",
 }
 __all__ = sorted(_EXPORTS)

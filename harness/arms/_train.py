@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness.arms._data import Example, Preference
+from harness.base._data import Example, Preference
 from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._load import default_device, load_model
 from harness.model._overlap import overlap_args, overlapped_trainer

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from harness.plan._kinds import NEEDS_TRAIN_DATA, SFT
+from harness.base._kinds import NEEDS_TRAIN_DATA, SFT
 from harness.plan._parts import DpoArm, Loc, Range
 from harness.plan._sweep import expand, trials
 

@@ -33,7 +33,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.run._devices import DevicePool
 from harness.run._units import TrialResult, TrialUnit
 from harness.store._store import Store

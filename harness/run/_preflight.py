@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from harness._nvml import visible_nvml_gpus
-from harness.arms._data import load_examples, load_preferences
+from harness.base._data import load_examples, load_preferences
 from harness.arms._prompting import describe, embedding_folder, load_documents
-from harness.errors import UserError, YamlDoc
+from harness.base._errors import UserError, YamlDoc
 from harness.evaluation import _suite as suite_registry
 from harness.model._load import cache_root, resolve
 from harness.plan._load import arm_line, load_plan

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import UserError, ensure_folder
+from harness.base._errors import UserError, ensure_folder
 from harness.model._load import default_device
 from harness.plan._load import load_plan, plan_hash
 from harness.plan._parts import TRAINED

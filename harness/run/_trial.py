@@ -18,10 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import tracing
 from harness.arms._artifacts import load_trial_model, trial_base
-from harness.arms._data import file_sha256, load_examples, load_preferences
+from harness.base._data import file_sha256, load_examples, load_preferences
 from harness.arms._prompting import shaper_for
 from harness.arms._train import TrainingFailed, train_dpo, train_sft
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._evaluate import evaluate
 from harness.model._load import DISK_LOADS, default_device, resolve

@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from harness._nvml import visible_nvml_gpus
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.model._load import keep_models_loaded
 from harness.run._executors import (
     Done,

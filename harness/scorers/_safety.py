@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
-from harness.arms._data import read_jsonl
+from harness.base._data import read_jsonl
 from harness.bundled import suites_dir
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.scorers._registry import ScoreFn, scorer
 
 LABELS_PATH = suites_dir() / "refusal_labels" / "labelled.jsonl"

@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from harness.errors import UserError, ensure_folder
+from harness.base._errors import UserError, ensure_folder
 from harness.store._store import Store
 from harness.ui import views
 from harness.ui._charts import num, svg_forest, svg_intervals, svg_lines

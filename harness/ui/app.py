@@ -21,7 +21,7 @@ from advisor import advise
 from advisor.errors import AdvisorInputError
 from advisor.planner import plan_yaml, write_plan
 from advisor.questions import QUESTIONS, Answers, should_ask
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.plan import Plan
 from harness.store import Store, store_url
 from harness.ui import views

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness.errors import YamlDoc
+from harness.base import YamlDoc
 from advisor.planner import write_plan
 from advisor.questions import Answers, answers_from_dict
 from advisor.rules import OPTIONS, AllOf, AnyOf, Clause, Not, default_rules, recommend

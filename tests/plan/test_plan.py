@@ -6,8 +6,8 @@ from typing import get_args
 
 import pytest
 
-from harness.errors import UserError
-from harness.plan import ARM_KINDS, Arm, Plan, Range, cross_check, expand, load_plan, trials
+from harness.base import ARM_KINDS, UserError
+from harness.plan import Arm, Plan, Range, cross_check, expand, load_plan, trials
 from tests.support.tiny_plans import REPO, write_data
 
 HEAD = "name: p\nmodel: smollm2-135m\ndata:\n  train: {train}\n"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from harness.errors import UserError
+from harness.base import UserError
 from harness.run import (
     DevicePool,
     PoolExecutor,

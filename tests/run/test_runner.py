@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from harness.arms import file_sha256
-from harness.errors import UserError
+from harness.base import file_sha256
+from harness.base import UserError
 from harness.run import Runner, memory_estimate, model_shape
 from harness.store import Store
 from tests.support.bench import run_bench
@@ -254,7 +254,8 @@ def test_model_shape_and_memory_estimate(tiny_model_dir: Path, tmp_path: Path, m
 def test_gpu_plan_smoke_version_keeps_every_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """bench/gpu_plan_report.py --smoke runs the GPU plan's own trials, shrunk for a CPU."""
     from harness.evaluation import _suite as registry
-    from harness.plan import TRAINED, load_plan, trials
+    from harness.base import TRAINED
+    from harness.plan import load_plan, trials
 
     path = Path(run_bench("gpu_plan_report.py", "--smoke-plan", str(tmp_path)).stdout.strip().splitlines()[-1])
     assert path == tmp_path / "plan.yaml"
