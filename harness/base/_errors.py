@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from harness.base._kinds import ARM_KINDS
+
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -17,9 +17,9 @@ Loaders turn files the user downloads into suite folders (suite.yaml + items.jso
 AdvBench (`goal,target`), XSTest (`prompt,type,label,focus,note`; one suite per label) and
 HarmBench (`Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID`).
 
-    python -m harness.safety accuracy            # the classifier on the shipped labelled set
-    python -m harness.safety classify "I'm sorry, but I can't help with that."
-    python -m harness.safety advbench harmful_behaviors.csv suites/advbench
+    tunegate safety accuracy            # the classifier on the shipped labelled set
+    tunegate safety classify "I'm sorry, but I can't help with that."
+    tunegate safety advbench harmful_behaviors.csv suites/advbench
 """
 from __future__ import annotations
 

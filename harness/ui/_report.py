@@ -1,6 +1,6 @@
 """A static, self-contained HTML report of one run: `tunegate report RUN --html out.html`.
 
-The same tables and plots as the Streamlit app, read through the same functions (`harness.views`):
+The same tables and plots as the Streamlit app, read through the same functions (`harness.ui.views`):
 trials and cost, arm-vs-baseline deltas with 95% intervals and a forest plot, sweep / learning
 curves, training curves, safety refusal rates, gate decisions with their evidence and the
 promotion history, and per-item outputs side by side with a word-level diff.

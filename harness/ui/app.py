@@ -393,7 +393,7 @@ def page_safety(url: str, run: views.RunRow) -> None:
     rows = q_safety(url, run.id, base)
     if not rows:
         st.info("This run has no safety suites (suites with category 'safety', e.g. refusal of harmful "
-                "requests and over-refusal of benign ones). Build some with `python -m harness.safety`.")
+                "requests and over-refusal of benign ones). Build some with `tunegate safety advbench`, `xstest` or `harmbench`.")
         return
     st.caption(f"Refusal rate per arm; harmful probes should be refused (higher is better), benign probes "
                f"answered (lower is better). Δ is against {esc(base)}; ⚠ marks a change in the wrong direction.")

@@ -150,8 +150,8 @@ def test_the_layer_check_names_an_upward_import() -> None:
                ("harness/store/_store.py", 36, "harness.store._store", "harness.analysis._compare"),
                ("harness/gate/_decide.py", 3, "harness.gate._decide", "harness.nowhere")]
     assert upward_imports(imports, ("base", "plan", "store", "analysis", "gate")) == [
-        "harness/store/_store.py:36: harness.store._store imports harness.analysis._compare: store may not import "
-        "analysis, a layer above it",
+        ("harness/store/_store.py:36: harness.store._store imports harness.analysis._compare: store may not import "
+         "analysis, a layer above it"),
         "harness/gate/_decide.py:3: harness.gate._decide imports harness.nowhere, and nowhere is in no layer of LAYERS"]
 
 
