@@ -1,4 +1,4 @@
-"""Running a plan: preflight, one trial as a unit of work, devices, executors and the driver.
+"""Running a plan: preflight, one trial as a job, devices, executors and the driver.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
 from __future__ import annotations
@@ -23,8 +23,8 @@ _EXPORTS = {
     "longest_first": "harness.run._runner",
     "make_executor": "harness.run._runner",
     "phases": "harness.run._runner",
-    "TrialResult": "harness.run._units",
-    "TrialUnit": "harness.run._units",
+    "TrialResult": "harness.run._jobs",
+    "TrialJob": "harness.run._jobs",
     "WorkerExecutor": "harness.run._workers",
     "auto_trials_per_gpu": "harness.run._workers",
     "parse_spare_workers": "harness.run._workers",

@@ -50,7 +50,7 @@ from harness.run._executors import (
     run_here,
     worker_env,
 )
-from harness.run._units import TrialResult, TrialUnit
+from harness.run._jobs import TrialJob, TrialResult
 from harness.store._store import Store
 
 GIB = 1024**3
@@ -151,7 +151,7 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def submit(self, kind: str, units: list[TrialUnit],
+    def submit(self, kind: str, units: list[TrialJob],
                on_trained: Callable[[str], None] | None = None) -> list[TrialResult] | None:
         """Run one job; None when the process died before answering (it is then gone: start a new one).
         `on_trained(trial)` is called when the worker says a trial has trained (its evaluation still to come)."""
@@ -276,7 +276,7 @@ class WarmWorkers:
         self.idle.clear()
 
 
-Job = tuple[str, list[TrialUnit]]
+Job = tuple[str, list[TrialJob]]
 
 
 class Dispatch:
@@ -378,26 +378,26 @@ class WorkerExecutor(Executor):
     def max_gpus_per_trial(self) -> int:
         return len(self.devices)
 
-    def run(self, units: list[TrialUnit], done: Done) -> None:
+    def run(self, units: list[TrialJob], done: Done) -> None:
         self.run_phases([units], done)
 
-    def run_phases(self, phases: list[list[TrialUnit]], done: Done) -> None:
+    def run_phases(self, phases: list[list[TrialJob]], done: Done) -> None:
         """Every phase's trials in one queue: a trial that continues another (`after`) starts as soon as that one
         has trained, not when the whole first phase has; trained adapters are scored together at the end."""
         units = [u for phase in phases for u in phase]
         single = [u for u in units if u.gpus_per_trial <= 1]
         parallel = [u for u in units if u.gpus_per_trial > 1]
-        trained: list[TrialUnit] = []
+        trained: list[TrialJob] = []
         released: set[str] = set()   # trials whose followers were queued when they had trained
         lock = threading.Lock()
 
-        def ready(trial: str) -> list[TrialUnit]:
+        def ready(trial: str) -> list[TrialJob]:
             """A trial has trained (its evaluation goes on): the trials that continue it may start now."""
             with lock:
                 released.add(trial)
             return [u for u in single if u.after == trial]
 
-        def finish(unit: TrialUnit, result: TrialResult, worker: Worker) -> list[TrialUnit]:
+        def finish(unit: TrialJob, result: TrialResult, worker: Worker) -> list[TrialJob]:
             """Record one trial's end; return the trials that were waiting for it (none if queued already)."""
             with lock:
                 if result.status == "trained":
@@ -422,15 +422,15 @@ class WorkerExecutor(Executor):
         elif parallel:  # no GPU: the launcher runs the data-parallel ranks on the CPU
             SerialExecutor(self.store, self.console).run(parallel, done)
 
-    def _score_trained(self, trained: list[TrialUnit]) -> list[tuple[TrialUnit, TrialResult]]:
+    def _score_trained(self, trained: list[TrialJob]) -> list[tuple[TrialJob, TrialResult]]:
         if not trained:
             return []
         n_groups = max(1, min(len(self.workers), len(trained) // MIN_SHARED_GROUP))
         groups = [trained[k::n_groups] for k in range(n_groups)]
-        out: list[tuple[TrialUnit, TrialResult]] = []
+        out: list[tuple[TrialJob, TrialResult]] = []
         lock = threading.Lock()
 
-        def finish_group(group: list[TrialUnit], results: list[TrialResult]) -> None:
+        def finish_group(group: list[TrialJob], results: list[TrialResult]) -> None:
             by_trial = {r.trial: r for r in results}
             with lock:
                 out.extend((u, by_trial.get(u.trial) or TrialResult(u.trial, "failed", "no result")) for u in group)
@@ -438,8 +438,8 @@ class WorkerExecutor(Executor):
         self._drain([("group", g) for g in groups], lambda g, results, _w: finish_group(g, results), grouped=True)
         return out
 
-    def _drain(self, jobs: list[tuple[str, list[TrialUnit]]], finish: Any, grouped: bool = False,
-               ready: Callable[[str], list[TrialUnit]] | None = None) -> None:
+    def _drain(self, jobs: list[tuple[str, list[TrialJob]]], finish: Any, grouped: bool = False,
+               ready: Callable[[str], list[TrialJob]] | None = None) -> None:
         """Hand the jobs to the workers, one job per free worker, until none is left and none is running. For a
         single trial, `finish` returns the trials that were waiting for it; they are handed out first, or earlier,
         when the worker says the trial has trained (`ready` returns them then). See `Dispatch` for who takes what."""
@@ -520,7 +520,7 @@ def serve(reply_fd: int) -> int:
     with os.fdopen(reply_fd, "w") as replies:
         for line in sys.stdin:
             job = json.loads(line)
-            units = [TrialUnit(**u) for u in job["units"]]
+            units = [TrialJob(**u) for u in job["units"]]
             log = Path(units[0].folder) / "worker.log" if job["kind"] == "trial" else \
                 Path(units[0].folder).parent / "shared-eval.log"
             with _output_to(log):
