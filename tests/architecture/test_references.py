@@ -54,8 +54,8 @@ def _defined(body: list[ast.stmt] | ast.Module, name: str) -> ast.AST | str | No
     for node in body.body if isinstance(body, ast.Module) else body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
             found = node
-        elif (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)) or (
-            isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == name
+        elif (isinstance(node, ast.Assign) and name in _target_names(node.targets)) or (
+            isinstance(node, ast.AnnAssign) and name in _target_names([node.target])
         ):
             found = "value"
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -71,6 +71,17 @@ def _defined(body: list[ast.stmt] | ast.Module, name: str) -> ast.AST | str | No
         elif isinstance(node, ast.Try):
             found = _defined(node.body, name) or found
     return found
+
+
+def _target_names(targets: list[ast.expr]) -> set[str]:
+    """The names an assignment binds (`A = ...`, `A, B = ...`)."""
+    out: set[str] = set()
+    for target in targets:
+        if isinstance(target, ast.Name):
+            out.add(target.id)
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            out |= _target_names(target.elts)
+    return out
 
 
 def _exports(tree: ast.Module) -> dict[str, str]:
