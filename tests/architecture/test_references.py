@@ -1,7 +1,8 @@
 """Names quoted in the source and the docs still exist: every dotted `harness.`/`advisor.` name (a module, or a
 module's attribute), every `python -m MODULE` and every quoted `tunegate COMMAND` in harness/, advisor/, bench/,
 app.py, the README files and docs/ resolves. Checked on the source (modules and their attributes are looked up
-in the files' syntax trees), so nothing heavy is imported; the failure lists every stale reference as file:line."""
+in the files' syntax trees; of the package only the CLI's typer app is imported, for its commands); the failure
+lists every stale reference as file:line."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from harness.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("harness", "advisor")
-# Markdown under reports/ records past runs as they were; runs/ is generated output.
-SKIP = ("reports", "runs", "tests", ".venv", "build", "dist")
+# Markdown under reports/ records past runs as they were; runs/, build/ and dist/ are generated; hidden folders
+# (.venv, caches) are not the project's.
+SKIP = ("reports", "runs", "tests", "build", "dist")
 DOTTED = re.compile(r"(?<![\w./-])(?<!-m )((?:harness|advisor)(?:\.[A-Za-z_]\w*)+)")
 PYTHON_M = re.compile(r"\bpython3? -m ([A-Za-z_][\w.]*)")
 TUNEGATE = re.compile(r"(?<![\w/.-])tunegate ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?")
@@ -29,7 +31,10 @@ def sources() -> list[Path]:
     """The files whose references are checked: Python under harness/, advisor/, bench/, app.py, and Markdown."""
     out = [ROOT / "app.py"]
     for pattern in ("harness/**/*.py", "advisor/**/*.py", "bench/**/*.py", "**/*.md"):
-        out += [p for p in ROOT.glob(pattern) if not set(p.relative_to(ROOT).parts[:-1]) & set(SKIP)]
+        for path in ROOT.glob(pattern):
+            folders = path.relative_to(ROOT).parts[:-1]
+            if not any(f in SKIP or f.startswith(".") for f in folders):
+                out.append(path)
     return sorted(set(out))
 
 
