@@ -8,7 +8,7 @@
 * `RayExecutor`    — each trial a Ray task (`num_gpus`: a share of one GPU, `trials_per_gpu` to a GPU, or the
                      trial's GPUs when it spans several), for users past one box.
 
-Every trial is a `TrialJob` that the worker runs with `harness.run._trial.run_trial`, which writes its
+Each trial goes to its worker as a job (a `TrialJob`), run by `harness.run._trial.run_trial`, which writes its
 own status and results to the store (SQLite in WAL mode takes concurrent writers; use PostgreSQL
 when the workers are on other machines). A trial with `gpus_per_trial > 1` is data parallel: its
 worker is started with `accelerate launch --num_processes N --multi_gpu`, rank 0 records the results.
