@@ -8,7 +8,7 @@ look like labels.
 Rows may be chat `{"messages": [...]}`, alpaca `{"instruction", "input", "output"}`,
 `{"prompt", "completion"}` or preference `{"prompt", "chosen", "rejected"}`. The reader is
 deliberately tolerant: a row it cannot read is counted in `bad_rows` rather than stopping the
-audit (the harness's strict loader, `harness.data.load_rows`, rejects such files at training time).
+audit (the harness's strict loader, `harness.base._data.load_rows`, rejects such files at training time).
 """
 from __future__ import annotations
 

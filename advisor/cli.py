@@ -17,7 +17,7 @@ from advisor.errors import AdvisorInputError
 from advisor.hardware import probe_hardware
 from advisor.planner import save_plan, write_plan
 from advisor.questions import Answers, ask_answers, load_answers
-from harness.errors import UserError
+from harness.base import UserError
 from harness.plan import Plan
 
 

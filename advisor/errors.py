@@ -1,8 +1,8 @@
-"""The advisor's input error. Its YAML files (answers, rules) load through harness.errors.YamlDoc, the one
+"""The advisor's input error. Its YAML files (answers, rules) load through harness.base._errors.YamlDoc, the one
 YAML-with-line-numbers loader of the project."""
 from __future__ import annotations
 
-from harness.errors import UserError
+from harness.base import UserError
 
 
 class AdvisorInputError(UserError):

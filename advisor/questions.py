@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.prompt import Prompt
 
 from advisor.errors import AdvisorInputError
-from harness.errors import YamlDoc, dotted
+from harness.base import YamlDoc, dotted
 
 TaskType = Literal["style_format", "domain_knowledge", "classification_extraction", "reasoning",
                    "summarization", "open_qa"]

@@ -34,7 +34,7 @@ from advisor._rulebook import OPTIONS, Option, RuleBook
 from advisor._whatif import Changer, UnknownImpact, changers, unknown_impacts
 from advisor.errors import AdvisorInputError
 from advisor.questions import Answers
-from harness.errors import YamlDoc
+from harness.base._errors import YamlDoc
 
 RULES_PATH = Path(__file__).with_name("rules.yaml")
 CONFIDENCE_SCALE = 6.0

@@ -4,7 +4,7 @@
     python bench/app_load.py --items 300 --out /tmp/load.json  # quick check
 
 Builds a synthetic run in a fresh SQLite store through the store's own API: one generate suite of
-N items (written as suite.yaml + items.jsonl and loaded by `harness.suites.load`), three arms
+N items (written as suite.yaml + items.jsonl and loaded by `harness.evaluation.load`), three arms
 (baseline, prompt, lora) whose outputs are right for 40%, 55% and 70% of the items, scored by the
 real `exact_match` and `json_valid` scorers, saved with `Store.save_evaluation`, plus logged training
 steps for the lora arm. Then it times, with Streamlit's AppTest (the app's script run end to end,

@@ -4,9 +4,9 @@
     python bench/eval_throughput.py --model /root/model/SmolLM2-135M-Instruct.Q4_1.gguf
     python bench/eval_throughput.py --smoke                          # CPU, tiny random model (the tests run this)
 
-Generation: `harness.generate.generate` (sorted, left-padded batches, greedy) against a naive loop that
+Generation: `harness.model._generate.generate` (sorted, left-padded batches, greedy) against a naive loop that
 calls `model.generate` once per item, on the same prompts; the outputs must be identical.
-Log-likelihood: `harness.generate.loglikelihood` (shared forwards for identical inputs, padding-free
+Log-likelihood: `harness.model._generate.loglikelihood` (shared forwards for identical inputs, padding-free
 packed rows, LM head only at continuation tokens) against lm-eval's HF backend (`HFLM` wrapping the same
 in-memory model, same batch size) on the same multiple-choice requests; the values must agree within a
 tolerance (float32: 1e-3 absolute + 1e-4 relative; bfloat16 numbers are reported, not asserted, unless

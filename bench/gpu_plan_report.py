@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke-plan", type=Path, metavar="FOLDER",
                         help="only write the smoke plan (FOLDER/plan.yaml), its model and suites; print its path")
     args = parser.parse_args(argv)
-    from harness.errors import UserError
+    from harness.base import UserError
 
     try:
         if args.smoke_plan:

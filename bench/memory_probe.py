@@ -1,4 +1,4 @@
-"""Measure the peak GPU memory of real training steps and compare it with advisor.memory's estimate.
+"""Measure the peak GPU memory of real training steps and compare it with harness.plan.estimate_training_memory.
 
     python bench/memory_probe.py --out reports/gpu/memory_table.json          # on a CUDA GPU
     python bench/memory_probe.py --smoke --out /tmp/memory_smoke.json         # anywhere, tiny model
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
              **versions(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "smoke": args.smoke, "qlora_measured": with_qlora,
              "note": "measured_gib = torch.cuda.max_memory_allocated over model build + steps; "
-                     "estimated_gib = advisor.memory allocated_gib (no CUDA context)",
+                     "estimated_gib = harness.plan.estimate_training_memory allocated_gib (no CUDA context)",
              "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2) + "\n")

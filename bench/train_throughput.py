@@ -159,7 +159,7 @@ def word_list(tok: Any, n: int = 4000) -> list[str]:
 
 def synthetic_examples(tok: Any, count: int, min_words: int, max_words: int, seed: int) -> list[Any]:
     """Prompt/answer pairs whose total length is uniform in [min_words, max_words] words."""
-    from harness.arms import Example, Message
+    from harness.base import Example, Message
 
     rng = random.Random(seed)
     words = word_list(tok)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.analysis._stats import PairedDelta, compare
+from harness.base._stats import PairedDelta, compare
 from harness.scorers import _registry as scorers
 from harness.scorers._registry import MetricKind
 from harness.store._store import Store

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError, ensure_folder
+from harness.base._errors import UserError, ensure_folder
 from harness.model._load import load_model, local_folder, resolve
-from harness.plan._kinds import TRAINED, UNTRAINED
+from harness.base._kinds import TRAINED, UNTRAINED
 from harness.store._store import Store
 
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.arms._data import Example, detect_format, load_examples, read_jsonl
-from harness.errors import UserError
+from harness.base._data import Example, detect_format, load_examples, read_jsonl
+from harness.base._errors import UserError
 from harness.evaluation._results import Shaper
-from harness.plan._kinds import TRAINED
+from harness.base._kinds import TRAINED
 
 TEXT_KEYS = ("text", "content", "passage", "document", "body")
 

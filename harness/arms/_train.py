@@ -4,7 +4,7 @@ Config in, artifacts out: `train_sft(arm, base_spec, examples, out_dir)` returns
 model) folder and a per-step log. The model's own chat template is used for training exactly as
 for inference, and the loss covers the completion only.
 
-On a CUDA GPU training takes the fast path (`harness.fastpath`) by default: padding-free forward
+On a CUDA GPU training takes the fast path (`harness.model._fastpath`) by default: padding-free forward
 with per-sequence FlashAttention, the Liger kernels that pay (`DEFAULT_LIGER_KERNELS`), bf16 LoRA inputs, and
 activation checkpointing only where the memory plan needs it. The batches, the loss and TRL's loss
 code are those of the plain path; only how the forward runs changes. On CPU the plain TRL path runs
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness.arms._data import Example, Preference
+from harness.base._data import Example, Preference
 from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._load import default_device, load_model
 from harness.model._overlap import overlap_args, overlapped_trainer
@@ -166,7 +166,7 @@ def _common_args(arm: Any, out_dir: Path, device: str, n_rows: int, *, fold: int
         "dataloader_num_workers": 0,
         "max_length": arm.max_length, "logging_first_step": True,
     } | ({"warmup_steps": 0} if steps_per_epoch < 2 else {})
-    # The fast path checkpoints layers itself, per its memory plan (harness.fastpath.checkpointing); the plain
+    # The fast path checkpoints layers itself, per its memory plan (harness.model._memory_plan.checkpointing); the plain
     # path checkpoints only when the arm asks (TRL's own default would recompute every layer, which costs time).
     args["gradient_checkpointing"] = False if fast else bool(arm.gradient_checkpointing)
     if arm.type != "full":

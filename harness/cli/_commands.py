@@ -16,13 +16,13 @@ from advisor.cli import advise_command
 from harness import tracing, ui
 from harness.cli._console import _f, console, err_console, print_decision, print_run_comparison, printable, safe
 from harness.cli._safety import app as safety_app
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.redact import redact
 from harness.evaluation._suite import load
 from harness.gate._decide import decide
 from harness.gate._outputs import to_junit, to_markdown
 from harness.model._load import load_model, resolve
-from harness.plan._kinds import UNTRAINED
+from harness.base._kinds import UNTRAINED
 from harness.scorers import _judge_client as judge
 from harness.store._engine import store_url
 from harness.store._export import export_results as write

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.scorers._safety import (
     HARMBENCH_TEXT_CATEGORIES,
     LABELS_PATH,

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import tracing
-from harness.analysis._stats import mean_stderr
-from harness.errors import UserError, YamlDoc
+from harness.base._stats import mean_stderr
+from harness.base._errors import UserError, YamlDoc
 from harness.evaluation._lmeval_config import ID_FIELDS, LmEvalConfig, _local_manager, _local_yaml_paths, include_dirs
 from harness.evaluation._results import ItemResult, SuiteResult
 from harness.evaluation._suite import SuiteItem

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.bundled import suites_dir
-from harness.errors import UserError, YamlDoc
+from harness.base._errors import UserError, YamlDoc
 
 LOCAL_TASKS = suites_dir() / "lmeval" / "tasks"
 ID_FIELDS = ("id", "doc_id", "idx", "question_id")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness.analysis._stats import mean_stderr
+from harness.base._stats import mean_stderr
 from harness.evaluation._suite import Suite
 from harness.scorers import _registry as scorers
 from harness.scorers._registry import MetricKind

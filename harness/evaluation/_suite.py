@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from harness.arms._data import Message, read_jsonl
+from harness.base._data import Message, read_jsonl
 from harness.bundled import suites_dir
-from harness.errors import UserError, YamlDoc, dotted, from_validation
+from harness.base._errors import UserError, YamlDoc, dotted, from_validation
 from harness.evaluation import _lmeval_config as lmeval_config
 from harness.evaluation._lmeval_config import LmEvalConfig
 from harness.scorers import _registry as scorers

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis._compare import matching_evaluation, metric_kind, paired_scores
-from harness.analysis._stats import paired_bootstrap, wilson
-from harness.errors import UserError
+from harness.base._stats import paired_bootstrap, wilson
+from harness.base._errors import UserError
 from harness.gate._policy import CONFIDENCE, Policy, Rule, RuleResult, load_policy
 from harness.store._store import Store
 from harness.store._tables import Trial, now

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from harness.errors import UserError, YamlDoc
+from harness.base._errors import UserError, YamlDoc
 
 Target = Literal["baseline", "promoted"]
 CONFIDENCE = 0.95

@@ -7,7 +7,7 @@ choice in practice; the tests check that every batch size gives the same outputs
 
 Log-likelihood: requests that feed the model the same tokens (e.g. one-token answers to one
 question) share one forward pass; each batch runs padding-free as one packed row with
-per-sequence attention (`harness.fastpath`), and the vocabulary projection and log-softmax run
+per-sequence attention (`harness.model._fastpath`), and the vocabulary projection and log-softmax run
 only at the continuation's positions instead of over every position of every sequence.
 """
 

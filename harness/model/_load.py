@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness._nvml import visible_nvml_gpus_before_torch
-from harness.errors import UserError
+from harness.base._errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
 

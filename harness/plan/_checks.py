@@ -5,9 +5,9 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from harness.plan._kinds import NEEDS_TRAIN_DATA, SFT
+from harness.base._kinds import NEEDS_TRAIN_DATA, SFT
 from harness.plan._parts import DpoArm, Loc, Range
-from harness.plan._sweep import expand, trials
+from harness.plan._sweep import expand, trial_arms
 
 if TYPE_CHECKING:
     from harness.plan._schema import Plan
@@ -83,7 +83,7 @@ def cross_check(plan: Plan) -> list[tuple[Loc, str]]:
         problems = _check_sweep(plan, names)
         if problems:
             return problems
-    expanded = trials(plan)
+    expanded = trial_arms(plan)
     by_name = {a.name: a for a in expanded}
     swept = set(plan.sweep.arms) if plan.sweep else set()
     for i, arm in enumerate(plan.arms):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from harness.errors import UserError, YamlDoc, dotted
+from harness.base._errors import UserError, YamlDoc, dotted
 from harness.plan._checks import cross_check
 from harness.plan._parts import RagArm
 from harness.plan._schema import Plan

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from harness.plan._kinds import SFT, SftKind
+from harness.base._kinds import SFT, SftKind
 
 Method = SftKind  # what the estimate covers: the supervised fine-tuning kinds
 DType = Literal["bf16", "fp16", "fp32"]

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.plan._kinds import TRAINED as TRAINED  # re-exported for harness/run until it imports _kinds
-from harness.plan._kinds import Baseline, Dora, Dpo, Full, Lora, Prompt, Qlora, Rag
+from harness.base._kinds import TRAINED as TRAINED  # re-exported for harness/run until it imports _kinds
+from harness.base._kinds import Baseline, Dora, Dpo, Full, Lora, Prompt, Qlora, Rag
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Loc = tuple[Any, ...]

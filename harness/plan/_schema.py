@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from harness.errors import dotted
+from harness.base._errors import dotted
 from harness.plan._checks import cross_check
 from harness.plan._parts import NAME, Arm, DataSpec, Sweep
 

@@ -70,6 +70,6 @@ def expand(plan: Plan) -> list[tuple[int, Any]]:
     return out
 
 
-def trials(plan: Plan) -> list[Any]:
+def trial_arms(plan: Plan) -> list[Any]:
     """The plan's arms with the sweep expanded: one arm per trial."""
     return [arm for _, arm in expand(plan)]

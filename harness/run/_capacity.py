@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 
 from harness._nvml import visible_nvml_gpus
-from harness.errors import UserError
+from harness.base._errors import UserError
 
 GIB = 1024**3
 CONTEXT_GIB = 0.75  # what a CUDA context, the allocator's slack and the libraries take per process

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Sequence
 
 from harness._nvml import visible_nvml_gpus
-from harness.errors import UserError
+from harness.base._errors import UserError
 
 
 def parse_gpus(text: str | None) -> list[str] | None:

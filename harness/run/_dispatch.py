@@ -7,12 +7,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from harness.run._units import TrialUnit
+from harness.run._jobs import TrialJob
 
 if TYPE_CHECKING:
     from harness.run._workers import Worker
 
-Job = tuple[str, list[TrialUnit]]
+Job = tuple[str, list[TrialJob]]
 
 
 class Dispatch:

@@ -1,4 +1,4 @@
-"""Where trials run. The executors share one interface, `run(units, done)` (and `close()`):
+"""Where trials run. The executors share one interface, `run(jobs, done)` (and `close()`):
 
 * `SerialExecutor` — one trial after another in this process (the CPU default);
 * `WorkerExecutor` — persistent worker processes, several per GPU, that keep the base model loaded
@@ -8,7 +8,7 @@
 * `RayExecutor`    — each trial a Ray task (`num_gpus`: a share of one GPU, `trials_per_gpu` to a GPU, or the
                      trial's GPUs when it spans several), for users past one box.
 
-Every trial is a `TrialUnit` that the worker runs with `harness.runner.run_trial`, which writes its
+Each trial goes to its worker as a job (a `TrialJob`), run by `harness.run._trial.run_trial`, which writes its
 own status and results to the store (SQLite in WAL mode takes concurrent writers; use PostgreSQL
 when the workers are on other machines). A trial with `gpus_per_trial > 1` is data parallel: its
 worker is started with `accelerate launch --num_processes N --multi_gpu`, rank 0 records the results.
@@ -33,9 +33,9 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.run._devices import DevicePool
-from harness.run._units import TrialResult, TrialUnit
+from harness.run._jobs import TrialJob, TrialResult
 from harness.store._store import Store
 
 Done = Callable[[TrialResult], None]
@@ -48,23 +48,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker_command(unit_file: str | Path, num_processes: int = 1, *, port: int | None = None,
+def worker_command(job_file: str | Path, num_processes: int = 1, *, port: int | None = None,
                    python: str = sys.executable) -> list[str]:
     """The command that runs one trial: a plain worker, or `accelerate launch` for data parallel training with
     one process per GPU (torch.distributed; on a machine without CUDA the processes train on the CPU over gloo)."""
     if num_processes <= 1:
-        return [python, "-m", "harness.run", str(unit_file)]
+        return [python, "-m", "harness.run", str(job_file)]
     return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1",
             "--multi_gpu", "--main_process_port", str(port or free_port()),
-            "--dynamo_backend", "no", "-m", "harness.run", str(unit_file)]
+            "--dynamo_backend", "no", "-m", "harness.run", str(job_file)]
 
 
-def run_here(unit: TrialUnit, console: Console, on_trained: Callable[[], None] | None = None) -> TrialResult:
+def run_here(job: TrialJob, console: Console, on_trained: Callable[[], None] | None = None) -> TrialResult:
     """Run one trial in this process. The training stack is imported here, where a trial runs, so a driver that
     only schedules workers starts in a second instead of importing torch, TRL and PEFT it never uses."""
     from harness.run._trial import run_trial  # heavy (torch, TRL, PEFT): only in processes that run trials
 
-    return run_trial(unit, console, on_trained)
+    return run_trial(job, console, on_trained)
 
 
 def worker_env(devices: Sequence[str] | None, base: dict[str, str] | None = None,
@@ -90,36 +90,36 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def launch_worker(unit: TrialUnit, devices: Sequence[str] | None, store: Store) -> TrialResult:
-    """Run one unit in a fresh process (pinned to `devices`) and read its outcome back from the store."""
-    folder = Path(unit.folder)
+def launch_worker(job: TrialJob, devices: Sequence[str] | None, store: Store) -> TrialResult:
+    """Run one job in a fresh process (pinned to `devices`) and read its outcome back from the store."""
+    folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
-    unit_file = folder / "unit.json"
-    unit_file.write_text(unit.to_json())
-    n = unit.gpus_per_trial if devices else 1
-    cmd = worker_command(unit_file, n)
+    job_file = folder / "unit.json"
+    job_file.write_text(job.to_json())
+    n = job.gpus_per_trial if devices else 1
+    cmd = worker_command(job_file, n)
     log = folder / "worker.log"
     with log.open("a") as out:
         out.write(f"$ CUDA_VISIBLE_DEVICES={','.join(devices or [])} {' '.join(cmd)}\n")
         out.flush()
         proc = subprocess.run(cmd, env=worker_env(devices), stdout=out, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if os.name == "posix" else None)
-    return outcome_from_store(store, unit, f"worker exited with code {proc.returncode}", log)
+    return outcome_from_store(store, job, f"worker exited with code {proc.returncode}", log)
 
 
-def outcome_from_store(store: Store, unit: TrialUnit, crash: str, log: Path | None = None) -> TrialResult:
+def outcome_from_store(store: Store, job: TrialJob, crash: str, log: Path | None = None) -> TrialResult:
     """What the worker recorded; if it died before recording anything, mark the trial failed with `crash`."""
-    trial = store.get_trial(f"{unit.run_id}/{unit.trial}")
+    trial = store.get_trial(f"{job.run_id}/{job.trial}")
     if trial.status == "finished":
-        return TrialResult(unit.trial, "finished")
+        return TrialResult(job.trial, "finished")
     if trial.status == "failed" and trial.error:
-        return TrialResult(unit.trial, "failed", trial.error)
+        return TrialResult(job.trial, "failed", trial.error)
     reason = crash
     if log is not None and log.exists():
         tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-3:]
         reason += f" before recording a result ({log}): " + " | ".join(tail)[-400:]
     store.update_trial(trial.id, status="failed", error=reason)
-    return TrialResult(unit.trial, "failed", reason)
+    return TrialResult(job.trial, "failed", reason)
 
 
 class Executor(ABC):
@@ -129,13 +129,13 @@ class Executor(ABC):
         self.store, self.console = store, console
 
     @abstractmethod
-    def run(self, units: list[TrialUnit], done: Done) -> None:
-        """Run every unit; call `done` once per unit with its result, as each one ends."""
+    def run(self, jobs: list[TrialJob], done: Done) -> None:
+        """Run every job; call `done` once per job with its result, as each one ends."""
 
     def max_gpus_per_trial(self) -> int:
         return 1
 
-    def run_phases(self, phases: list[list[TrialUnit]], done: Done) -> None:
+    def run_phases(self, phases: list[list[TrialJob]], done: Done) -> None:
         """Run the phases in order (a DPO trial that continues an SFT trial is in a later phase than it)."""
         for phase in phases:
             self.run(phase, done)
@@ -143,11 +143,11 @@ class Executor(ABC):
     def close(self) -> None:
         """Release what the executor holds (worker processes); called once the run's last phase is done."""
 
-    def report(self, unit: TrialUnit, result: TrialResult, where: str = "") -> None:
+    def report(self, job: TrialJob, result: TrialResult, where: str = "") -> None:
         if result.status == "finished":
-            self.console.print(f"  [green]{unit.trial}: finished[/]{escape(where)}", highlight=False)
+            self.console.print(f"  [green]{job.trial}: finished[/]{escape(where)}", highlight=False)
         else:
-            self.console.print(f"  [red]{unit.trial}: failed[/]{escape(where)} — {escape(result.error or '')}",
+            self.console.print(f"  [red]{job.trial}: failed[/]{escape(where)} — {escape(result.error or '')}",
                                highlight=False)
 
 
@@ -162,16 +162,16 @@ class SerialExecutor(Executor):
     def max_gpus_per_trial(self) -> int:
         return max(len(self.devices), 1)
 
-    def run(self, units: list[TrialUnit], done: Done) -> None:
-        for unit in units:
-            if unit.gpus_per_trial > 1 and self.devices:
-                result = launch_worker(unit, self.devices[:unit.gpus_per_trial], self.store)
-                self.report(unit, result, f" (log: {Path(unit.folder) / 'worker.log'})")
+    def run(self, jobs: list[TrialJob], done: Done) -> None:
+        for job in jobs:
+            if job.gpus_per_trial > 1 and self.devices:
+                result = launch_worker(job, self.devices[:job.gpus_per_trial], self.store)
+                self.report(job, result, f" (log: {Path(job.folder) / 'worker.log'})")
             else:
                 try:
-                    result = run_here(unit, self.console)
+                    result = run_here(job, self.console)
                 except Exception as exc:  # noqa: BLE001 - the trial could not even start: record why
-                    result = outcome_from_store(self.store, unit, f"{type(exc).__name__}: {exc}")
+                    result = outcome_from_store(self.store, job, f"{type(exc).__name__}: {exc}")
             done(result)
 
 
@@ -180,54 +180,54 @@ class PoolExecutor(Executor):
     name = "pool"
 
     def __init__(self, store: Store, console: Console, devices: Sequence[str],
-                 launch: Callable[[TrialUnit, list[str]], TrialResult] | None = None) -> None:
+                 launch: Callable[[TrialJob, list[str]], TrialResult] | None = None) -> None:
         super().__init__(store, console)
         if not devices:
             raise UserError("the process pool needs at least one GPU id", field="--gpus")
         self.devices = list(devices)
-        self.launch = launch or (lambda unit, ids: launch_worker(unit, ids, self.store))
+        self.launch = launch or (lambda job, ids: launch_worker(job, ids, self.store))
 
     def max_gpus_per_trial(self) -> int:
         return len(self.devices)
 
-    def run(self, units: list[TrialUnit], done: Done) -> None:
+    def run(self, jobs: list[TrialJob], done: Done) -> None:
         pool = DevicePool(self.devices)
 
-        def work(unit: TrialUnit, ticket: int) -> tuple[TrialResult, list[str]]:
-            ids = pool.acquire(unit.gpus_per_trial, ticket)
+        def work(job: TrialJob, ticket: int) -> tuple[TrialResult, list[str]]:
+            ids = pool.acquire(job.gpus_per_trial, ticket)
             try:
-                self.console.print(escape(f"  {unit.trial}: started on GPU {','.join(ids)} "
-                                          f"(log: {Path(unit.folder) / 'worker.log'})"), highlight=False)
-                return self.launch(unit, ids), ids
+                self.console.print(escape(f"  {job.trial}: started on GPU {','.join(ids)} "
+                                          f"(log: {Path(job.folder) / 'worker.log'})"), highlight=False)
+                return self.launch(job, ids), ids
             finally:
                 pool.release(ids)
 
         with ThreadPoolExecutor(max_workers=len(self.devices), thread_name_prefix="trial") as threads:
-            futures = {threads.submit(work, unit, pool.ticket()): unit for unit in units}
+            futures = {threads.submit(work, job, pool.ticket()): job for job in jobs}
             for future in as_completed(futures):
-                unit = futures[future]
+                job = futures[future]
                 try:
                     result, ids = future.result()
                     where = f" (GPU {','.join(ids)})"
                 except Exception as exc:  # noqa: BLE001 - launching failed: record it, go on
-                    result = outcome_from_store(self.store, unit, f"could not start the worker: {exc}")
+                    result = outcome_from_store(self.store, job, f"could not start the worker: {exc}")
                     where = ""
-                self.report(unit, result, where)
+                self.report(job, result, where)
                 done(result)
 
 
-def _ray_trial(unit_json: str) -> dict[str, Any]:
-    """The Ray task: run one unit on the node Ray chose, writing to the shared store."""
+def _ray_trial(job_json: str) -> dict[str, Any]:
+    """The Ray task: run one job on the node Ray chose, writing to the shared store."""
 
     import ray
 
-    unit = TrialUnit.from_json(unit_json)
+    job = TrialJob.from_json(job_json)
     gpu_ids = [str(int(g)) for g in ray.get_gpu_ids()]
-    Path(unit.folder).mkdir(parents=True, exist_ok=True)
-    if unit.gpus_per_trial > 1 and gpu_ids:
-        return dataclasses.asdict(launch_worker(unit, gpu_ids, Store(unit.store_url)))
-    with (Path(unit.folder) / "worker.log").open("a") as log:
-        return dataclasses.asdict(run_here(unit, Console(file=log, width=120)))
+    Path(job.folder).mkdir(parents=True, exist_ok=True)
+    if job.gpus_per_trial > 1 and gpu_ids:
+        return dataclasses.asdict(launch_worker(job, gpu_ids, Store(job.store_url)))
+    with (Path(job.folder) / "worker.log").open("a") as log:
+        return dataclasses.asdict(run_here(job, Console(file=log, width=120)))
 
 
 def ray_gpus(gpus_per_trial: int, trials_per_gpu: int) -> float:
@@ -263,35 +263,35 @@ class RayExecutor(Executor):
         nodes = [n for n in self.ray.nodes() if n.get("Alive")]
         return int(max((n.get("Resources", {}).get("GPU", 0) for n in nodes), default=0))
 
-    def run(self, units: list[TrialUnit], done: Done) -> None:
+    def run(self, jobs: list[TrialJob], done: Done) -> None:
         ray = self.ray
         use_gpus = self.max_gpus_per_trial() > 0
         refs = {}
-        for unit in units:
-            gpus = ray_gpus(unit.gpus_per_trial, self.trials_per_gpu) if use_gpus else 0
+        for job in jobs:
+            gpus = ray_gpus(job.gpus_per_trial, self.trials_per_gpu) if use_gpus else 0
             options = {"num_cpus": 1, "num_gpus": gpus, "max_retries": 0}
-            refs[self.task.options(**options).remote(unit.to_json())] = unit
+            refs[self.task.options(**options).remote(job.to_json())] = job
         pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            unit = refs[ready[0]]
+            job = refs[ready[0]]
             try:
                 result = TrialResult(**ray.get(ready[0]))
             except ray.exceptions.RayError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                result = outcome_from_store(self.store, unit, f"ray task failed: {first}",
-                                            Path(unit.folder) / "worker.log")
-            self.report(unit, result, f" (ray; log: {Path(unit.folder) / 'worker.log'})")
+                result = outcome_from_store(self.store, job, f"ray task failed: {first}",
+                                            Path(job.folder) / "worker.log")
+            self.report(job, result, f" (ray; log: {Path(job.folder) / 'worker.log'})")
             done(result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Worker entry point: run the unit described by a JSON file; the trial's outcome goes to the store."""
+    """Worker entry point: run the job described by a JSON file; the trial's outcome goes to the store."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m harness.run UNIT.json", file=sys.stderr)
         return 2
-    unit = TrialUnit.from_json(Path(args[0]).read_text())
-    result = run_here(unit, Console(width=120))
+    job = TrialJob.from_json(Path(args[0]).read_text())
+    result = run_here(job, Console(width=120))
     return 0 if result.status in ("finished", "failed", "worker") else 1
 

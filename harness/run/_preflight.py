@@ -11,16 +11,16 @@ from rich.console import Console
 from rich.table import Table
 
 from harness._nvml import visible_nvml_gpus
-from harness.arms._data import load_examples, load_preferences
 from harness.arms._prompting import describe, embedding_folder, load_documents
-from harness.errors import UserError, YamlDoc
+from harness.base._data import load_examples, load_preferences
+from harness.base._errors import UserError, YamlDoc
 from harness.evaluation import _suite as suite_registry
 from harness.model._load import cache_root, resolve
 from harness.plan._load import arm_line, load_plan
 from harness.plan._memory import ALL_LINEAR, estimate_training_memory
 from harness.plan._parts import TRAINED, RagArm
 from harness.plan._schema import Plan
-from harness.plan._sweep import trials
+from harness.plan._sweep import trial_arms
 from harness.run._devices import plan_devices
 
 GIB = 1024**3
@@ -178,7 +178,7 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
     shape = model_shape(plan.model)
     capacity = gpu_capacity_gib(plan) if check_memory else None
     checked = Checked(shape, capacity, rows=rows)
-    by_name = {a.name: a for a in trials(plan)}
+    by_name = {a.name: a for a in trial_arms(plan)}
     for arm in arms:
         if arm.type not in TRAINED:
             continue
@@ -212,7 +212,7 @@ def dry_run(plan_path: str | Path, console: Console, *, executor: str = "local",
     """The trials a run would execute, each with its memory estimate; nothing is trained."""
 
     plan, doc = load_plan(plan_path)
-    arms = trials(plan)
+    arms = trial_arms(plan)
     devices = plan_devices(gpus)
     # a dry run plans for the GPU the trials will get, so device checks (qlora needs CUDA) are left out
     checked = preflight(plan, doc, arms, device="cuda", n_gpus=None if executor == "ray" else len(devices),

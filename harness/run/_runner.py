@@ -11,18 +11,19 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import UserError, ensure_folder
+from harness.base._errors import UserError, ensure_folder
 from harness.model._load import default_device
 from harness.plan._load import load_plan, plan_hash
 from harness.plan._parts import TRAINED
 from harness.plan._schema import Plan
-from harness.plan._sweep import trials
+from harness.plan._sweep import trial_arms
 from harness.run._capacity import auto_trials_per_gpu, free_memory_gib, spare_workers
 from harness.run._devices import plan_devices
 from harness.run._executors import Executor, PoolExecutor, RayExecutor, SerialExecutor
+from harness.run._jobs import TrialJob, TrialResult, can_share
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
-from harness.run._units import TrialResult, TrialUnit, can_share
+from harness.run._jobs import TrialResult, TrialJob, can_share
 from harness.run._workers import WarmWorkers, WorkerExecutor
 from harness.store._store import Store
 
@@ -62,7 +63,7 @@ class Runner:
         model the mixed batches decode slower than separate trials running side by side."""
 
         plan, doc = load_plan(plan_path)
-        arms = trials(plan)
+        arms = trial_arms(plan)
         if only:
             unknown = [n for n in only if n not in {a.name for a in arms}]
             if unknown:
@@ -90,7 +91,7 @@ class Runner:
             check_gpus_per_trial(plan, doc, arms, runner.max_gpus_per_trial())
         run_id, folder = self._open_run(plan, resume, len(arms))
 
-        units: list[TrialUnit] = []
+        jobs: list[TrialJob] = []
         outcome = RunOutcome(run_id, [], {}, [])
         url = absolute_store_url(self.store.url)
         for arm in arms:
@@ -99,7 +100,7 @@ class Runner:
                 outcome.skipped.append(arm.name)
                 self.console.print(f"  [dim]{arm.name}: finished earlier, skipped[/]")
                 continue
-            units.append(TrialUnit(url, run_id, arm.name, str(folder / arm.name),
+            jobs.append(TrialJob(url, run_id, arm.name, str(folder / arm.name),
                                    getattr(arm, "gpus_per_trial", 1) if arm.type in TRAINED else 1,
                                    "cpu" if cpu_only else self.device, device_batch=device_batch))
 
@@ -110,14 +111,14 @@ class Runner:
                 outcome.failed[result.trial] = result.error or "failed"
 
         by_name = {a.name: a for a in arms}
-        for unit in units:
-            unit.after = getattr(by_name[unit.trial], "from_arm", None) if by_name[unit.trial].type == "dpo" else None
+        for job in jobs:
+            job.after = getattr(by_name[job.trial], "from_arm", None) if by_name[job.trial].type == "dpo" else None
         if shared_eval and getattr(runner, "shares_evaluation", False):
-            shareable = [u for u in units if u.gpus_per_trial <= 1 and can_share(by_name[u.trial])]
-            for unit in shareable if len(shareable) > 1 else []:
-                unit.defer_eval = True  # trained now, scored together with the other adapters at the end
+            shareable = [u for u in jobs if u.gpus_per_trial <= 1 and can_share(by_name[u.trial])]
+            for job in shareable if len(shareable) > 1 else []:
+                job.defer_eval = True  # trained now, scored together with the other adapters at the end
         try:
-            runner.run_phases(phases(longest_first(units, by_name, checked.rows), plan), done)
+            runner.run_phases(phases(longest_first(jobs, by_name, checked.rows), plan), done)
         finally:
             runner.close()
         self.store.finish_run(run_id, "failed" if outcome.failed else "finished")
@@ -173,23 +174,23 @@ def parents_continued(arms: list[Any]) -> set[str]:
     return {a.from_arm for a in arms if a.type == "dpo" and getattr(a, "from_arm", None) in names}
 
 
-def longest_first(units: list[TrialUnit], arms: dict[str, Any], rows: dict[str, int] | None = None) -> list[TrialUnit]:
+def longest_first(jobs: list[TrialJob], arms: dict[str, Any], rows: dict[str, int] | None = None) -> list[TrialJob]:
     """The order trials are handed out in (longest-processing-time first, so a sweep does not end waiting on one
     long trial started last): trials another trial continues, then trained arms (the most optimizer steps first;
     `rows`: the examples in the plan's train and preference files), then retrieval arms (they embed a corpus),
     then the rest. Stable: ties keep the plan's order."""
-    continued = {u.after for u in units if u.after}
+    continued = {u.after for u in jobs if u.after}
 
-    def rank(unit: TrialUnit) -> tuple[int, float]:
-        arm = arms[unit.trial]
-        if unit.trial in continued:
+    def rank(job: TrialJob) -> tuple[int, float]:
+        arm = arms[job.trial]
+        if job.trial in continued:
             return 0, 0.0
         if arm.type in TRAINED:
             n = (rows or {}).get("preference" if arm.type == "dpo" else "train", 1000)
             return 1, -expected_steps(arm, n)
         return (2 if arm.type == "rag" else 3), 0.0
 
-    return sorted(units, key=rank)
+    return sorted(jobs, key=rank)
 
 
 def expected_steps(arm: Any, n_rows: int) -> float:
@@ -200,11 +201,11 @@ def expected_steps(arm: Any, n_rows: int) -> float:
     return float(arm.epochs) * math.ceil(max(n_rows, 1) * float(arm.data_fraction) / per_step)
 
 
-def phases(units: list[TrialUnit], plan: Plan) -> list[list[TrialUnit]]:
+def phases(jobs: list[TrialJob], plan: Plan) -> list[list[TrialJob]]:
     """Units in dependency order: DPO trials that continue an SFT trial run after everything else."""
-    dependent = {a.name for a in trials(plan) if a.type == "dpo" and getattr(a, "from_arm", None)}
-    first = [u for u in units if u.trial not in dependent]
-    second = [u for u in units if u.trial in dependent]
+    dependent = {a.name for a in trial_arms(plan) if a.type == "dpo" and getattr(a, "from_arm", None)}
+    first = [u for u in jobs if u.trial not in dependent]
+    second = [u for u in jobs if u.trial in dependent]
     return [p for p in (first, second) if p]
 
 

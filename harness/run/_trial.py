@@ -1,4 +1,4 @@
-"""One trial as a unit of work: train (if the arm trains), score every suite, write everything to the store."""
+"""One trial as a job: train (if the arm trains), score every suite, write everything to the store."""
 from __future__ import annotations
 
 import gc
@@ -18,18 +18,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import tracing
 from harness.arms._artifacts import load_trial_model, trial_base
-from harness.arms._data import file_sha256, load_examples, load_preferences
 from harness.arms._prompting import shaper_for
 from harness.arms._train import TrainingFailed, train_dpo, train_sft
-from harness.errors import UserError
+from harness.base._data import file_sha256, load_examples, load_preferences
+from harness.base._errors import UserError
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._evaluate import evaluate
 from harness.model._load import DISK_LOADS, default_device, resolve
 from harness.plan._parts import TRAINED, RagArm
 from harness.plan._schema import Plan
-from harness.plan._sweep import trials
+from harness.plan._sweep import trial_arms
+from harness.run._jobs import TrialJob, TrialResult
 from harness.run._provenance import device_name, git_sha, stamp, versions
-from harness.run._units import TrialResult, TrialUnit
 from harness.scorers import _judge_client as judge
 from harness.store._store import Store
 
@@ -55,12 +55,12 @@ def mark_ready() -> None:
     _READY_AT = _process_age()
 
 
-def run_trial(unit: TrialUnit, console: Console | None = None,
+def run_trial(job: TrialJob, console: Console | None = None,
               on_trained: Callable[[], None] | None = None) -> TrialResult:
     """Train (if needed) and score one trial, writing status, curves, artifacts and scores to the store.
     `on_trained` is called once the adapter and the manifest are on disk, before the evaluation (a trial that
     continues this one may start then)."""
-    return _TrialJob(unit, console or Console(), on_trained).run()
+    return _TrialExecution(job, console or Console(), on_trained).run()
 
 
 def has_trained(trial: Any) -> bool:
@@ -75,26 +75,26 @@ def has_trained(trial: Any) -> bool:
         return False
 
 
-class _TrialJob:
-    def __init__(self, unit: TrialUnit, console: Console, on_trained: Callable[[], None] | None = None) -> None:
+class _TrialExecution:
+    def __init__(self, job: TrialJob, console: Console, on_trained: Callable[[], None] | None = None) -> None:
 
-        self.unit, self.console, self.on_trained = unit, console, on_trained
-        self.store = Store(unit.store_url)
+        self.job, self.console, self.on_trained = job, console, on_trained
+        self.store = Store(job.store_url)
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = os.environ.get("LOCAL_RANK")
-        self.device = unit.device or default_device()
+        self.device = job.device or default_device()
         if local_rank is not None and self.device == "cuda":
             import torch
 
             torch.cuda.set_device(int(local_rank))
-        run = self.store.get_run(unit.run_id)
+        run = self.store.get_run(job.run_id)
         self.plan = Plan.model_validate(run.plan)
-        matches = [a for a in trials(self.plan) if a.name == unit.trial]
+        matches = [a for a in trial_arms(self.plan) if a.name == job.trial]
         if not matches:
-            raise UserError(f"run {unit.run_id} has no trial '{unit.trial}'")
+            raise UserError(f"run {job.run_id} has no trial '{job.trial}'")
         self.arm = matches[0]
-        self.trial = self.store.get_trial(f"{unit.run_id}/{unit.trial}")
-        self.folder = Path(unit.folder)
+        self.trial = self.store.get_trial(f"{job.run_id}/{job.trial}")
+        self.folder = Path(job.folder)
         self.base_model = self.plan.model
         self.training: dict[str, Any] = {}
         global _TRIALS_IN_THIS_PROCESS
@@ -114,7 +114,7 @@ class _TrialJob:
     def run(self) -> TrialResult:
         arm = self.arm
         trained_earlier = self.trial.status == "trained" and (self.folder / "adapter").exists()
-        if trained_earlier and self.unit.defer_eval:
+        if trained_earlier and self.job.defer_eval:
             return TrialResult(arm.name, "trained")
         if self.main and not trained_earlier and (problem := self._start()):
             self.store.update_trial(self.trial.id, status="failed", error=problem, finished_at=stamp())
@@ -128,7 +128,7 @@ class _TrialJob:
                 self._reload_manifest()
                 self.store.update_trial(self.trial.id, status="running", error=None)
             self._write_manifest(finished=False)
-            if self.unit.defer_eval:
+            if self.job.defer_eval:
                 self.store.update_trial(self.trial.id, status="trained", error=None)
                 return TrialResult(arm.name, "trained")
             if self.on_trained is not None and arm.type in TRAINED:
@@ -172,7 +172,7 @@ class _TrialJob:
         self.console.rule(f"[bold]{self.arm.name}[/] ({self.arm.type})")
 
     def _owner(self) -> dict[str, Any]:
-        return {"run_id": self.unit.run_id, "trial": self.arm.name, "store": self.store.where}
+        return {"run_id": self.job.run_id, "trial": self.arm.name, "store": self.store.where}
 
     def _owns_folder(self) -> bool:
         for name in (OWNER_MARK, "manifest.json"):
@@ -204,7 +204,7 @@ class _TrialJob:
         init: Path | None = None
         if arm.type == "dpo":
             if arm.from_arm:
-                parent = self.store.get_trial(f"{self.unit.run_id}/{arm.from_arm}")
+                parent = self.store.get_trial(f"{self.job.run_id}/{arm.from_arm}")
                 if parent.status not in ("finished", "trained") and not has_trained(parent):
                     raise TrainingFailed(f"from_arm '{arm.from_arm}' has not finished (status {parent.status})")
                 parent_weights = Path(parent.folder) / "adapter"
@@ -246,9 +246,9 @@ class _TrialJob:
         for name in plan.suites:
             suite = suite_registry.load(name)
             with _progress(self.console, f"{arm.name} · {suite.name}", len(suite.items)) as advance, \
-                    tracing.attributes(run_id=self.unit.run_id, trial=arm.name), judge.using_store(self.store):
+                    tracing.attributes(run_id=self.job.run_id, trial=arm.name), judge.using_store(self.store):
                 result = evaluate(model, tok, suite, shaper=shaper, progress=advance,
-                                  device_batch=self.unit.device_batch)
+                                  device_batch=self.job.device_batch)
             self.phases[f"eval:{suite.name}"] = result.seconds
             started = time.perf_counter()
             self.store.save_evaluation(self.trial.id, result)
@@ -266,7 +266,7 @@ class _TrialJob:
         artifacts = sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*")
                            if p.is_file() and "checkpoints" not in p.parts and p.name != "manifest.json")
         manifest = {
-            "plan": plan.name, "run_id": self.unit.run_id, "trial": arm.name,
+            "plan": plan.name, "run_id": self.job.run_id, "trial": arm.name,
             "arm": json.loads(arm.model_dump_json()), "resolved_plan": json.loads(plan.model_dump_json()),
             "model": plan.model, "model_source": resolve(plan.model).source, "base_model": self.base_model,
             "device": self.device, "device_name": device_name(self.device),

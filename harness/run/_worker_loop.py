@@ -19,7 +19,7 @@ from rich.console import Console
 
 from harness.model._load import keep_models_loaded
 from harness.run._executors import run_here
-from harness.run._units import TrialUnit
+from harness.run._jobs import TrialJob
 
 
 @contextmanager
@@ -67,7 +67,7 @@ def serve(reply_fd: int) -> int:
     with os.fdopen(reply_fd, "w") as replies:
         for line in sys.stdin:
             job = json.loads(line)
-            units = [TrialUnit(**u) for u in job["units"]]
+            units = [TrialJob(**u) for u in job["units"]]
             log = (
                 Path(units[0].folder) / "worker.log"
                 if job["kind"] == "trial"

@@ -46,7 +46,7 @@ from harness.run._executors import (
     outcome_from_store,
     worker_env,
 )
-from harness.run._units import TrialResult, TrialUnit
+from harness.run._jobs import TrialJob, TrialResult
 from harness.store._store import Store
 
 MIN_SHARED_GROUP = 2
@@ -86,7 +86,7 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def submit(
-        self, kind: str, units: list[TrialUnit], on_trained: Callable[[str], None] | None = None
+        self, kind: str, units: list[TrialJob], on_trained: Callable[[str], None] | None = None
     ) -> list[TrialResult] | None:
         """Run one job; None when the process died before answering (it is then gone: start a new one).
         `on_trained(trial)` is called when the worker says a trial has trained (its evaluation still to come)."""
@@ -249,26 +249,26 @@ class WorkerExecutor(Executor):
     def max_gpus_per_trial(self) -> int:
         return len(self.devices)
 
-    def run(self, units: list[TrialUnit], done: Done) -> None:
+    def run(self, units: list[TrialJob], done: Done) -> None:
         self.run_phases([units], done)
 
-    def run_phases(self, phases: list[list[TrialUnit]], done: Done) -> None:
+    def run_phases(self, phases: list[list[TrialJob]], done: Done) -> None:
         """Every phase's trials in one queue: a trial that continues another (`after`) starts as soon as that one
         has trained, not when the whole first phase has; trained adapters are scored together at the end."""
         units = [u for phase in phases for u in phase]
         single = [u for u in units if u.gpus_per_trial <= 1]
         parallel = [u for u in units if u.gpus_per_trial > 1]
-        trained: list[TrialUnit] = []
+        trained: list[TrialJob] = []
         released: set[str] = set()  # trials whose followers were queued when they had trained
         lock = threading.Lock()
 
-        def ready(trial: str) -> list[TrialUnit]:
+        def ready(trial: str) -> list[TrialJob]:
             """A trial has trained (its evaluation goes on): the trials that continue it may start now."""
             with lock:
                 released.add(trial)
             return [u for u in single if u.after == trial]
 
-        def finish(unit: TrialUnit, result: TrialResult, worker: Worker) -> list[TrialUnit]:
+        def finish(unit: TrialJob, result: TrialResult, worker: Worker) -> list[TrialJob]:
             """Record one trial's end; return the trials that were waiting for it (none if queued already)."""
             with lock:
                 if result.status == "trained":
@@ -296,15 +296,15 @@ class WorkerExecutor(Executor):
         elif parallel:  # no GPU: the launcher runs the data-parallel ranks on the CPU
             SerialExecutor(self.store, self.console).run(parallel, done)
 
-    def _score_trained(self, trained: list[TrialUnit]) -> list[tuple[TrialUnit, TrialResult]]:
+    def _score_trained(self, trained: list[TrialJob]) -> list[tuple[TrialJob, TrialResult]]:
         if not trained:
             return []
         n_groups = max(1, min(len(self.workers), len(trained) // MIN_SHARED_GROUP))
         groups = [trained[k::n_groups] for k in range(n_groups)]
-        out: list[tuple[TrialUnit, TrialResult]] = []
+        out: list[tuple[TrialJob, TrialResult]] = []
         lock = threading.Lock()
 
-        def finish_group(group: list[TrialUnit], results: list[TrialResult]) -> None:
+        def finish_group(group: list[TrialJob], results: list[TrialResult]) -> None:
             by_trial = {r.trial: r for r in results}
             with lock:
                 out.extend((u, by_trial.get(u.trial) or TrialResult(u.trial, "failed", "no result")) for u in group)
@@ -314,10 +314,10 @@ class WorkerExecutor(Executor):
 
     def _drain(
         self,
-        jobs: list[tuple[str, list[TrialUnit]]],
+        jobs: list[tuple[str, list[TrialJob]]],
         finish: Any,
         grouped: bool = False,
-        ready: Callable[[str], list[TrialUnit]] | None = None,
+        ready: Callable[[str], list[TrialJob]] | None = None,
     ) -> None:
         """Hand the jobs to the workers, one job per free worker, until none is left and none is running. For a
         single trial, `finish` returns the trials that were waiting for it; they are handed out first, or earlier,

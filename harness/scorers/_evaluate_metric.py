@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.scorers._registry import ScorerParamError, scorer
 
 INSTALL = "pip install 'tunegate[evaluate]'"

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from harness.analysis._stats import paired_bootstrap, wilson
-from harness.errors import UserError
+from harness.base._stats import paired_bootstrap, wilson
+from harness.base._errors import UserError
 from harness.scorers._judge_client import _STORE, Judge, JudgeConfig
 from harness.scorers._judge_verdicts import PairCase, PairVerdict, RubricCase, RubricVerdict
 from harness.scorers._registry import scorer

@@ -112,7 +112,7 @@ class OpenAIBackend:
 
 
 class LocalBackend:
-    """A Hugging Face model in this process, greedy, through harness.generate."""
+    """A Hugging Face model in this process, greedy, through harness.model._generate."""
 
     def __init__(self, config: JudgeConfig, model: Any = None, tok: Any = None) -> None:
         self.config = config

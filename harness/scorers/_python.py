@@ -11,7 +11,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.scorers._registry import ScoreFn, ScorerParamError, scorer
 
 

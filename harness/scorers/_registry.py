@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError, validate_call
 
-from harness.errors import dotted
+from harness.base._errors import dotted
 
 ScoreFn = Callable[[str, Any], float]
 ItemCheck = Callable[[Any], "tuple[str, str] | None"]

@@ -17,9 +17,9 @@ Loaders turn files the user downloads into suite folders (suite.yaml + items.jso
 AdvBench (`goal,target`), XSTest (`prompt,type,label,focus,note`; one suite per label) and
 HarmBench (`Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID`).
 
-    python -m harness.safety accuracy            # the classifier on the shipped labelled set
-    python -m harness.safety classify "I'm sorry, but I can't help with that."
-    python -m harness.safety advbench harmful_behaviors.csv suites/advbench
+    tunegate safety accuracy            # the classifier on the shipped labelled set
+    tunegate safety classify "I'm sorry, but I can't help with that."
+    tunegate safety advbench harmful_behaviors.csv suites/advbench
 """
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ from typing import Any
 
 import yaml
 
-from harness.arms._data import read_jsonl
+from harness.base._data import read_jsonl
 from harness.bundled import suites_dir
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.scorers._registry import ScoreFn, scorer
 
 LABELS_PATH = suites_dir() / "refusal_labels" / "labelled.jsonl"

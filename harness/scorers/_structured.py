@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.scorers._registry import ScoreFn, ScorerParamError, _with_check, scorer
 from harness.scorers._text import _needs_reference
 

@@ -12,7 +12,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError
 
-from harness.errors import UserError, ensure_folder
+from harness.base._errors import UserError, ensure_folder
 
 DEFAULT_STORE = "runs/tunegate.db"
 DEFAULT_TIMEOUT_S = 60.0

@@ -9,7 +9,7 @@ from sqlalchemy import (
     select,
 )
 
-from harness.errors import UserError, ensure_folder
+from harness.base._errors import UserError, ensure_folder
 from harness.store._store import Store
 from harness.store._tables import Evaluation, ItemRow, Metric, ModelRow, Output, Run, Score, SuiteRow, Trial
 

@@ -31,9 +31,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from harness.analysis._stats import mean_stderr
-from harness.errors import UserError
-from harness.plan._kinds import UNSHAPED
+from harness.base._stats import mean_stderr
+from harness.base._errors import UserError
+from harness.base._kinds import UNSHAPED
 from harness.redact import redact, redact_json
 from harness.store import migrations
 from harness.store._engine import _timeout, display_url, make_engine, store_url

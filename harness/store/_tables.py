@@ -214,7 +214,7 @@ class Promotion(Base):
 
 class EvaluationLike(Protocol):
     """What save_evaluation needs; harness.evaluation.SuiteResult is one."""
-    suite: Any        # harness.suites.Suite
+    suite: Any        # harness.evaluation._suite.Suite
     items: Sequence[Any]   # ItemResult: item_id, prompt, output, scores
     seconds: float
     metrics: dict[str, tuple[float, float, int]]

@@ -1,6 +1,6 @@
 """A static, self-contained HTML report of one run: `tunegate report RUN --html out.html`.
 
-The same tables and plots as the Streamlit app, read through the same functions (`harness.views`):
+The same tables and plots as the Streamlit app, read through the same functions (`harness.ui.views`):
 trials and cost, arm-vs-baseline deltas with 95% intervals and a forest plot, sweep / learning
 curves, training curves, safety refusal rates, gate decisions with their evidence and the
 promotion history, and per-item outputs side by side with a word-level diff.
@@ -25,7 +25,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from harness.errors import UserError, ensure_folder
+from harness.base._errors import UserError, ensure_folder
 from harness.store._store import Store
 from harness.ui import views
 from harness.ui._charts import num, svg_forest, svg_intervals, svg_lines

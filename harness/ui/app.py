@@ -16,7 +16,7 @@ import os
 
 import streamlit as st
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.store._engine import store_url
 from harness.ui._pages._advisor import page_advisor
 from harness.ui._pages._common import esc

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from advisor._rulebook import OPTIONS, AllOf, AnyOf, Clause, Not
+from harness.base import YamlDoc
 from advisor.planner import write_plan
 from advisor.questions import Answers, answers_from_dict
 from advisor.rules import default_rules, recommend
-from harness.errors import YamlDoc
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "advisor_scenarios").glob("*.yaml"))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from harness.analysis import _stats as stats
-from harness.analysis import (
+from harness.analysis import flips
+from harness.base import _stats as stats
+from harness.base import (
     compare,
-    flips,
     holm,
     holm_table,
     mcnemar_exact,

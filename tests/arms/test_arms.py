@@ -11,14 +11,12 @@ import pytest
 from harness.arms import (
     embedding_folder,
     load_documents,
-    load_examples,
-    load_preferences,
     prompt_shaper,
     rag_shaper,
     shaper_for,
     with_shots,
 )
-from harness.errors import UserError
+from harness.base import UserError, load_examples, load_preferences
 from harness.evaluation import shape_all
 from harness.plan import DoraArm, DpoArm, FullArm, LoraArm, PromptArm, QloraArm, RagArm
 from tests.support.tiny_plans import write_data

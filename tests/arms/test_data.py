@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.arms import detect_format, load_examples, load_preferences, load_rows
-from harness.errors import UserError
+from harness.base import UserError, detect_format, load_examples, load_preferences, load_rows
 from tests.support import write_jsonl
 
 ROWS = {

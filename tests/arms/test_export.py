@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from harness.arms import export_trial
-from harness.errors import UserError
+from harness.base import UserError
 from harness.arms import load_trial_model
 from harness.run import Runner
 from harness.store import Store

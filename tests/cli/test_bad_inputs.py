@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.arms._data import MAX_ROW_BYTES, load_examples, read_jsonl
-from harness.errors import UserError, YamlDoc
+from harness.base._data import MAX_ROW_BYTES, load_examples, read_jsonl
+from harness.base import UserError, YamlDoc
 from harness.evaluation import _suite as suites
 from harness.gate._policy import load_policy
 from harness.plan._load import load_plan

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.analysis import mean_stderr
-from harness.errors import UserError
+from harness.base import UserError, mean_stderr
 from harness.evaluation import LOCAL_TASKS
 from harness.evaluation import _suite as suites
 

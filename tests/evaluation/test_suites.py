@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from harness import scorers
-from harness.errors import UserError
+from harness.base import UserError
 from harness.evaluation import _suite as suites
 
 SHIPPED = {  # name -> (kind, category, primary metric, item count)

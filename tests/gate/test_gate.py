@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from harness.errors import UserError
+from harness.base import UserError
 from harness.gate import ERROR, PROMOTE, REJECT, decide, load_policy, to_junit, to_markdown
 from harness.store import Store
 from tests.support import storekit as kit

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from harness import scorers as J
-from harness.analysis import paired_bootstrap
+from harness.base import paired_bootstrap
 from harness.llm_client import ChatClient, ChatError, Retry, public_headers, retry_after
 from harness.redact import redact
 

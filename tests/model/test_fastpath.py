@@ -440,7 +440,7 @@ def test_varlen_kernel_and_liger_on_cuda():
 def _examples(n: int, seed: int = 0):
     import random
 
-    from harness.arms import Example, Message
+    from harness.base import Example, Message
 
     rng = random.Random(seed)
     words = ["alpha", "beta", "gamma", "delta", "apple", "river", "stone", "cloud", "green", "quick", "lazy", "fox", "dog", "house", "tree"]
@@ -465,7 +465,8 @@ def test_train_sft_fast_path_matches_the_plain_path(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_path):
-    from harness.arms import Message, Preference, train_dpo, train_sft
+    from harness.arms import train_dpo, train_sft
+    from harness.base import Message, Preference
     from harness.plan import DpoArm, LoraArm
 
     examples = _examples(8, seed=1)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
+from harness.base import UserError
 from harness.model import ALIASES, DEFAULT_MODEL, load_model, local_folder, resolve
 
 

@@ -6,8 +6,8 @@ from typing import get_args
 
 import pytest
 
-from harness.errors import UserError
-from harness.plan import ARM_KINDS, Arm, Plan, Range, cross_check, expand, load_plan, trials
+from harness.base import ARM_KINDS, UserError
+from harness.plan import Arm, Plan, Range, cross_check, expand, load_plan, trial_arms
 from tests.support.tiny_plans import REPO, write_data
 
 HEAD = "name: p\nmodel: smollm2-135m\ndata:\n  train: {train}\n"
@@ -69,7 +69,7 @@ def test_dpo_from_a_swept_arm_must_name_one_trial(tmp_path: Path):
     assert "lora-r8, lora-r16" in str(err)
     path.write_text(path.read_text().replace("from_arm: lora\n", "from_arm: lora-r16\n"))
     plan, _ = load_plan(path)
-    assert [a.name for a in trials(plan)] == ["base", "lora-r8", "lora-r16", "dpo"]
+    assert [a.name for a in trial_arms(plan)] == ["base", "lora-r8", "lora-r16", "dpo"]
 
 
 def test_dpo_from_a_non_sft_arm_is_refused(tmp_path: Path):
@@ -120,7 +120,7 @@ def test_a_baseline_only_plan_needs_no_data(tmp_path: Path):
     path = tmp_path / "plan.yaml"
     path.write_text("name: p\narms:\n  - name: b\n    type: baseline\nsuites: [json_extract]\n")
     plan, _ = load_plan(path)
-    assert plan.data.train is None and [a.name for a in trials(plan)] == ["b"]
+    assert plan.data.train is None and [a.name for a in trial_arms(plan)] == ["b"]
 
 
 def test_relative_paths_fall_back_to_the_plan_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -147,10 +147,10 @@ def test_grid_sweep_expands_every_combination_with_stable_names(tmp_path: Path):
     body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: [8, 16, 32]\n"
                    "    lr: [2.0e-4, 5.0e-4]\n")
     plan, _ = load_plan(plan_file(tmp_path, body))
-    names = [a.name for a in trials(plan)]
+    names = [a.name for a in trial_arms(plan)]
     assert names == ["base", "lora-r8-lr0.0002", "lora-r8-lr0.0005", "lora-r16-lr0.0002", "lora-r16-lr0.0005",
                      "lora-r32-lr0.0002", "lora-r32-lr0.0005"]
-    swept = {a.name: a for a in trials(plan)}
+    swept = {a.name: a for a in trial_arms(plan)}
     assert swept["lora-r32-lr0.0005"].r == 32 and swept["lora-r32-lr0.0005"].lr == 5e-4
     assert swept["lora-r32-lr0.0005"].alpha == 32  # unswept fields keep the arm's value
     assert [i for i, _ in expand(plan)] == [0, 1, 1, 1, 1, 1, 1]
@@ -160,28 +160,28 @@ def test_sweep_over_target_modules_and_data_fraction(tmp_path: Path):
     body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n"
                    "    target_modules: [[q_proj, v_proj], all-linear]\n    data_fraction: [0.25, 1.0]\n")
     plan, _ = load_plan(plan_file(tmp_path, body))
-    names = [a.name for a in trials(plan)][1:]
+    names = [a.name for a in trial_arms(plan)][1:]
     assert names == ["lora-target_modulesq_v-data_fraction0.25", "lora-target_modulesq_v-data_fraction1",
                      "lora-target_modulesall-linear-data_fraction0.25", "lora-target_modulesall-linear-data_fraction1"]
-    assert trials(plan)[1].target_modules == ["q_proj", "v_proj"] and trials(plan)[1].data_fraction == 0.25
+    assert trial_arms(plan)[1].target_modules == ["q_proj", "v_proj"] and trial_arms(plan)[1].data_fraction == 0.25
 
 
 def test_random_search_over_lists_samples_without_repeats_and_is_seeded(tmp_path: Path):
     body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 4\n  seed: 3\n  params:\n"
                    "    r: [4, 8, 16, 32]\n    lr: [1.0e-4, 2.0e-4, 5.0e-4]\n")
     plan, _ = load_plan(plan_file(tmp_path, body))
-    first = [a.name for a in trials(plan)]
+    first = [a.name for a in trial_arms(plan)]
     assert len(first) == 5 and len(set(first)) == 5
-    assert first == [a.name for a in trials(load_plan(plan_file(tmp_path, body))[0])]
+    assert first == [a.name for a in trial_arms(load_plan(plan_file(tmp_path, body))[0])]
     other = Plan.model_validate(plan.model_dump() | {"sweep": plan.sweep.model_dump() | {"seed": 4}})
-    assert [a.name for a in trials(other)] != first
+    assert [a.name for a in trial_arms(other)] != first
 
 
 def test_random_search_over_ranges(tmp_path: Path):
     body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 5\n  params:\n"
                    "    lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n    r: {low: 4, high: 64, integer: true}\n")
     plan, _ = load_plan(plan_file(tmp_path, body))
-    swept = trials(plan)[1:]
+    swept = trial_arms(plan)[1:]
     assert len(swept) == 5
     assert all(1e-5 <= a.lr <= 1e-3 and 4 <= a.r <= 64 and isinstance(a.r, int) for a in swept)
     assert len({a.lr for a in swept}) == 5
@@ -208,8 +208,8 @@ def test_sweep_several_arms_at_once(tmp_path: Path):
     body = ("arms:\n  - name: lora\n    type: lora\n  - name: dora\n    type: dora\nsuites: [json_extract]\n"
             "sweep:\n  arm: [lora, dora]\n  params:\n    r: [4, 8]\n")
     plan, _ = load_plan(plan_file(tmp_path, body))
-    assert [a.name for a in trials(plan)] == ["lora-r4", "lora-r8", "dora-r4", "dora-r8"]
-    assert [a.type for a in trials(plan)] == ["lora", "lora", "dora", "dora"]
+    assert [a.name for a in trial_arms(plan)] == ["lora-r4", "lora-r8", "dora-r4", "dora-r8"]
+    assert [a.type for a in trial_arms(plan)] == ["lora", "lora", "dora", "dora"]
 
 
 def test_sweep_name_clash_is_refused(tmp_path: Path):
@@ -236,7 +236,7 @@ EXAMPLE_PLANS = sorted(p for p in (REPO / "examples").glob("*/*.yaml") if "\narm
 @pytest.mark.parametrize("path", EXAMPLE_PLANS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_shipped_example_plans_load(path: Path):
     plan, _ = load_plan(path)
-    assert trials(plan)
+    assert trial_arms(plan)
 
 
 def test_example_plans_are_found():
@@ -246,9 +246,9 @@ def test_example_plans_are_found():
 
 def test_gpu_plan_has_every_arm_and_a_sweep():
     plan, _ = load_plan(REPO / "examples" / "gpu" / "plan.yaml")
-    names = [a.name for a in trials(plan)]
-    kinds = {a.type for a in trials(plan)}
+    names = [a.name for a in trial_arms(plan)]
+    kinds = {a.type for a in trial_arms(plan)}
     assert {"baseline", "prompt", "rag", "lora", "qlora", "dpo"} <= kinds
-    assert len(names) >= 6 and sum(a.type == "lora" for a in trials(plan)) == 6
+    assert len(names) >= 6 and sum(a.type == "lora" for a in trial_arms(plan)) == 6
     assert {"json_extract", "general_knowledge"} <= set(plan.suites)
     assert Path(plan.data.preference or "").name == "json_extract_prefs.jsonl"

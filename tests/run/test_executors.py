@@ -13,15 +13,15 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from harness.errors import UserError
+from harness.base import UserError
 from harness.run import (
     DevicePool,
     PoolExecutor,
     RayExecutor,
     Runner,
     SerialExecutor,
+    TrialJob,
     TrialResult,
-    TrialUnit,
     WorkerExecutor,
     longest_first,
     make_executor,
@@ -78,8 +78,8 @@ def test_worker_env_pins_devices():
 
 
 def test_unit_round_trips_as_json():
-    unit = TrialUnit("sqlite:////x/s.db", 3, "lora-r8", "/runs/x/lora-r8", 2, None)
-    assert TrialUnit.from_json(unit.to_json()) == unit
+    unit = TrialJob("sqlite:////x/s.db", 3, "lora-r8", "/runs/x/lora-r8", 2, None)
+    assert TrialJob.from_json(unit.to_json()) == unit
 
 
 def test_make_executor_picks_by_devices(store: Store):
@@ -110,7 +110,7 @@ class FakeLaunch:
         self.log: list[dict[str, Any]] = []
         self.ended: dict[str, float] = {}
 
-    def __call__(self, unit: TrialUnit, ids: list[str]) -> TrialResult:
+    def __call__(self, unit: TrialJob, ids: list[str]) -> TrialResult:
         with self.lock:
             assert not self.held & set(ids), f"{unit.trial} got devices {ids} that are in use ({self.held})"
             self.held |= set(ids)
@@ -123,8 +123,8 @@ class FakeLaunch:
         return TrialResult(unit.trial, "finished")
 
 
-def units(sizes: list[int]) -> list[TrialUnit]:
-    return [TrialUnit("sqlite:///x.db", 1, f"t{i}", f"/tmp/t{i}", k) for i, k in enumerate(sizes)]
+def units(sizes: list[int]) -> list[TrialJob]:
+    return [TrialJob("sqlite:///x.db", 1, f"t{i}", f"/tmp/t{i}", k) for i, k in enumerate(sizes)]
 
 
 def test_pool_runs_one_trial_per_gpu_and_never_shares_a_device(store: Store):
@@ -171,12 +171,12 @@ def test_dependent_dpo_trials_run_in_a_later_phase(tmp_path: Path):
                       [train_arm("dpo", "dpo", from_arm="lora-r4"), train_arm("lora"), {"name": "b", "type": "baseline"}],
                       train=train, prefs=prefs, suites=["json_extract"], sweep={"arm": "lora", "params": {"r": [4, 8]}})
     plan, _ = load_plan(path)
-    us = [TrialUnit("u", 1, name, "/f") for name in ("dpo", "lora-r4", "lora-r8", "b")]
+    us = [TrialJob("u", 1, name, "/f") for name in ("dpo", "lora-r4", "lora-r8", "b")]
     assert [[u.trial for u in p] for p in phases(us, plan)] == [["lora-r4", "lora-r8", "b"], ["dpo"]]
 
 
 def test_trials_are_handed_out_longest_first(tmp_path: Path):
-    from harness.plan import load_plan, trials
+    from harness.plan import load_plan, trial_arms
 
     train, prefs = write_data(tmp_path)
     arms = [{"name": "b", "type": "baseline"}, {"name": "r", "type": "rag", "k": 1},
@@ -184,12 +184,12 @@ def test_trials_are_handed_out_longest_first(tmp_path: Path):
             train_arm("dpo", "dpo", from_arm="short", max_steps=1)]
     path = write_plan(tmp_path / "p.yaml", "smollm2-135m", arms, train=train, prefs=prefs, suites=["json_extract"])
     plan, _ = load_plan(path)
-    by_name = {a.name: a for a in trials(plan)}
-    us = [TrialUnit("u", 1, a["name"], "/f", after="short" if a["name"] == "dpo" else None) for a in arms]
+    by_name = {a.name: a for a in trial_arms(plan)}
+    us = [TrialJob("u", 1, a["name"], "/f", after="short" if a["name"] == "dpo" else None) for a in arms]
     # the trial DPO continues first (its follower waits on it), then trained arms by steps, retrieval, the rest
     assert [u.trial for u in longest_first(us, by_name)] == ["short", "long", "dpo", "r", "b"]
     # steps from the data: 3 epochs of 40 rows at batch 2 (60 steps) outrank max_steps 9; of 2 rows (3 steps), not
-    epochs = TrialUnit("u", 1, "epochs", "/f")
+    epochs = TrialJob("u", 1, "epochs", "/f")
     by_name["epochs"] = by_name["long"].model_copy(update={"name": "epochs", "max_steps": None, "epochs": 3.0})
     assert [u.trial for u in longest_first([us[3], epochs], by_name, {"train": 40})] == ["epochs", "long"]
     assert [u.trial for u in longest_first([us[3], epochs], by_name, {"train": 2})] == ["long", "epochs"]
@@ -201,7 +201,7 @@ def test_a_worker_that_dies_before_recording_is_marked_failed(store: Store, tmp_
     store.update_trial(trial.id, status="running")
     log = tmp_path / "worker.log"
     log.write_text("loading\nRuntimeError: CUDA error: an illegal memory access\n")
-    unit = TrialUnit(store.url, run_id, "t", str(tmp_path))
+    unit = TrialJob(store.url, run_id, "t", str(tmp_path))
     result = outcome_from_store(store, unit, "worker exited with code -9", log)
     assert result.status == "failed" and "code -9" in (result.error or "") and "illegal memory" in (result.error or "")
     assert store.get_trial(f"{run_id}/t").status == "failed"

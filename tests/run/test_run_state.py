@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.plan._load import load_plan, plan_hash
-from harness.run._trial import OWNER_MARK, TrialUnit, run_trial
+from harness.run._trial import OWNER_MARK, TrialJob, run_trial
 from harness.store import Store
 from tests.support.storekit import tunegate
 from tests.support.tiny_plans import REPO, write_data, write_plan, write_suites
@@ -62,12 +62,12 @@ def test_a_new_run_records_its_folder_in_the_same_transaction(store: Store, tmp_
     assert seen == [run_id] and store.get_run(run_id).folder == str(tmp_path / f"r-{run_id}")
 
 
-def _unit(store: Store, tmp_path: Path, model: Path, folder: Path) -> TrialUnit:
+def _unit(store: Store, tmp_path: Path, model: Path, folder: Path) -> TrialJob:
     plan, _ = load_plan(_plan(tmp_path, model))
     run_id = store.create_run(plan.name, json.loads(plan.model_dump_json()), plan_hash(plan), plan.model,
                               str(folder.parent))
     store.ensure_trial(run_id, "baseline", "baseline", "baseline", {})
-    return TrialUnit(store.url, run_id, "baseline", str(folder), device="cpu")
+    return TrialJob(store.url, run_id, "baseline", str(folder), device="cpu")
 
 
 def test_a_trial_never_cleans_a_folder_it_did_not_write(store: Store, tmp_path: Path, tiny_model_dir: Path,

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from harness.arms import file_sha256
-from harness.errors import UserError
+from harness.base import UserError, file_sha256
 from harness.run import Runner, memory_estimate, model_shape
 from harness.store import Store
 from tests.support.bench import run_bench
@@ -253,16 +252,17 @@ def test_model_shape_and_memory_estimate(tiny_model_dir: Path, tmp_path: Path, m
 
 def test_gpu_plan_smoke_version_keeps_every_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """bench/gpu_plan_report.py --smoke runs the GPU plan's own trials, shrunk for a CPU."""
+    from harness.base import TRAINED
     from harness.evaluation import _suite as registry
-    from harness.plan import TRAINED, load_plan, trials
+    from harness.plan import load_plan, trial_arms
 
     path = Path(run_bench("gpu_plan_report.py", "--smoke-plan", str(tmp_path)).stdout.strip().splitlines()[-1])
     assert path == tmp_path / "plan.yaml"
     monkeypatch.setenv("TUNEGATE_SUITES", str(tmp_path / "suites"))
     smoke, _ = load_plan(path)
     gpu, _ = load_plan(REPO / "examples" / "gpu" / "plan.yaml")
-    assert [a.name for a in trials(smoke)] == [a.name for a in trials(gpu)]
-    assert all(a.max_steps == 1 and a.batch_size == 2 for a in trials(smoke) if a.type in TRAINED)
+    assert [a.name for a in trial_arms(smoke)] == [a.name for a in trial_arms(gpu)]
+    assert all(a.max_steps == 1 and a.batch_size == 2 for a in trial_arms(smoke) if a.type in TRAINED)
     assert smoke.suites == gpu.suites
     assert all(len(registry.load(s).items) == 4 for s in smoke.suites)
     assert Path(smoke.model, "config.json").exists()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from harness.errors import UserError
+from harness.base import UserError
 from harness.evaluation import evaluate, evaluate_adapters, load
 from harness.model import load_model
 from harness.run import Runner, auto_trials_per_gpu, parse_trials_per_gpu

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from harness.analysis import compare_trials
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._results import ItemResult, SuiteResult
 from harness.gate import ERROR, PROMOTE, REJECT, decide

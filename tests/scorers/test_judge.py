@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from harness import scorers as J
-from harness.errors import UserError
+from harness.base import UserError
 from harness.evaluation import _suite as suites
 from harness.store import Score
 from tests.support.servers.openai_compat import FORCE_HEADER, ChatServer

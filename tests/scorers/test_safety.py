@@ -12,7 +12,7 @@ import pytest
 
 from harness import scorers
 from harness.cli import _safety as safety_cli
-from harness.errors import UserError
+from harness.base import UserError
 from harness.evaluation import ItemResult, SuiteResult
 from harness.evaluation import _suite as suites
 from harness.scorers import (

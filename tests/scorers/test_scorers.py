@@ -13,7 +13,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from harness import scorers
-from harness.errors import UserError
+from harness.base import UserError
 from harness.evaluation import ScorerSpec, SuiteItem
 from harness.scorers import ScorerParamError, build, last_number
 

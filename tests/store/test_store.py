@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.orm import Session
 
-from harness.errors import UserError
+from harness.base import UserError
 from harness.store import Metric, Store, check_integrity, migrations
 from tests.support import storekit as kit
 from tests.support.storekit import (

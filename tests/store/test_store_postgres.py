@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
+from harness.base import UserError
 from harness.gate import ERROR, PROMOTE, REJECT, decide
 from harness.store import Store
 from tests.support import storekit as kit

@@ -180,7 +180,7 @@ def _hang_worker(url: str, marker: str, suite_path: str) -> None:
 # --- checks shared by the SQLite and PostgreSQL tests ---------------------------------------------------
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
-from harness.errors import UserError  # noqa: E402
+from harness.base import UserError  # noqa: E402
 from harness.store import (
     Evaluation,
     ItemRow,

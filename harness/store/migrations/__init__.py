@@ -22,7 +22,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
-from harness.errors import UserError
+from harness.base._errors import UserError
 from harness.store._engine import make_engine
 
 HERE = Path(__file__).resolve().parent

@@ -22,7 +22,7 @@ def run_on(connection) -> None:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     connection = config.attributes.get("connection")
-    if connection is not None:  # from harness.migrations.upgrade(): already inside its locked transaction
+    if connection is not None:  # from harness.store.migrations.upgrade(): already inside its locked transaction
         run_on(connection)
         return
     url = context.get_x_argument(as_dictionary=True).get("url") or store_url(None)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from harness.analysis._compare import compare_trials
-from harness.analysis._stats import multiple_comparison_note
+from harness.base._stats import multiple_comparison_note
 from harness.store._store import Store
 from harness.store._tables import (
     TrainStep,

@@ -116,7 +116,7 @@ def item_page(store: Store, run_id: int, suite: str, trials: list[str], *, basel
     """One page of a suite's items with every selected arm's output and scores.
 
     `flip` keeps items whose `metric` score moved between `baseline` and any other selected arm
-    ('lost': baseline right -> arm wrong; 'gained': the reverse (harness.flips, score >= 0.5 is
+    ('lost': baseline right -> arm wrong; 'gained': the reverse (harness.analysis.flips, score >= 0.5 is
     right); 'any flip'; 'changed': any difference). Items are those of the suite version the
     baseline was scored on; arms scored only on another version are listed in `other_version`. `search` is a case-insensitive substring of the prompt, an output, the item key or
     the item data (reference). Only the page's rows are read from the store."""

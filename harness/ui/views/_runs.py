@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from harness.plan._kinds import UNSHAPED
+from harness.base._kinds import UNSHAPED
 from harness.store._store import Store
 from harness.store._tables import (
     Evaluation,

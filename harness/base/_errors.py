@@ -9,7 +9,8 @@ from typing import Any, TypeVar, cast
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from harness.plan._kinds import ARM_KINDS
+from harness.base._kinds import ARM_KINDS
+
 M = TypeVar("M", bound=BaseModel)
 
 

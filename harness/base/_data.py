@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.errors import UserError, decode_utf8, from_validation
+from harness.base._errors import UserError, decode_utf8, from_validation
 
 Role = Literal["system", "user", "assistant"]
 

@@ -12,8 +12,8 @@ SHAREABLE = ("lora", "dpo")  # arm kinds whose adapter is plain LoRA on the plan
 
 
 @dataclass
-class TrialUnit:
-    """One trial as a unit of work: everything a worker needs, JSON-serialisable."""
+class TrialJob:
+    """One trial scheduled for a worker (a job): everything the worker needs, JSON-serialisable."""
     store_url: str
     run_id: int
     trial: str
@@ -28,7 +28,7 @@ class TrialUnit:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str) -> TrialUnit:
+    def from_json(cls, text: str) -> TrialJob:
         return cls(**json.loads(text))
 
 
