@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from harness._nvml import visible_nvml_gpus
-from harness.arms._data import load_examples, load_preferences
+from harness.arms._data import load_examples
+from harness.arms._dpo_data import load_pairs, pair_lengths, pair_tokenizer
 from harness.arms._prompting import describe, embedding_folder, load_documents
 from harness.errors import UserError, YamlDoc
 from harness.evaluation import _suite as suite_registry
@@ -150,7 +151,12 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
     if plan.data.train and any(a.type not in ("baseline", "dpo") for a in arms):
         rows["train"] = len(load_examples(plan.data.train, plan.data.format))
     if any(a.type == "dpo" for a in arms):
-        rows["preference"] = len(load_preferences(plan.data.preference or ""))
+        pairs = load_pairs(plan.data.preference or "")
+        rows["preference"] = len(pairs)
+        tok = pair_tokenizer(plan.model)
+        for arm in arms:
+            if arm.type == "dpo":   # over-long pairs are refused here, before any trial starts
+                pair_lengths(pairs, tok, arm.max_length, plan.data.preference or "", arm.truncation)
     for i, name in enumerate(plan.suites):
         try:
             suite_registry.load(name)
