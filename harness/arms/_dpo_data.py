@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.arms._data import Preference, load_preferences
 from harness.errors import UserError
+from harness.model._load import fix_tokenizer, load_tokenizer, resolve
 
 TRUNCATIONS = ("error", "keep_start")   # the DPO arm's `truncation`: refuse over-long pairs, or cut them as TRL
 
@@ -65,8 +66,6 @@ def load_pairs(path: str | Path) -> list[Preference]:
 def pair_tokenizer(spec: str) -> Any:
     """The tokenizer of a model spec, without converting a GGUF model's weights (its tokenizer is read from the
     GGUF file itself): for checking pair lengths before training."""
-    from harness.model._load import fix_tokenizer, load_tokenizer, resolve
-
     resolved = resolve(spec)
     if resolved.kind not in ("alias", "gguf"):
         return load_tokenizer(spec)

@@ -27,8 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.arms._data import Example, Preference
 from harness.arms._dpo_data import check_pairs, pair_lengths, pair_tokenizer, sequence_lengths, tokenize_pair
-from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._dpo import dpo_reference, fast_dpo_trainer
+from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._load import default_device, load_model
 from harness.model._overlap import overlap_args, overlapped_trainer
 from harness.model._profile import profile_steps, step_profiler, write_profile

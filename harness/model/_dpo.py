@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.model._fastpath import backbone_of, unwrap
 from harness.model._overlap import PACK_KEY, HostPack, OverlappedSteps, forward_swapped, pack_on_host, to_device
 
 REFERENCE_ENV = "TUNEGATE_DPO_REFERENCE"   # precomputed | adapter_off: how the fast path gets the reference
@@ -154,8 +155,6 @@ class FastDPOSteps(OverlappedSteps):
 
     def __init__(self, *args: Any, reference: str = DEFAULT_REFERENCE, fresh_adapter: bool = True,
                  packed: bool = True, log_late: bool = True, **kwargs: Any) -> None:
-        from harness.model._fastpath import backbone_of, unwrap
-
         self._reference = dpo_reference(reference)
         self._fresh_adapter = fresh_adapter   # the adapter starts at zero: the reference is the base model
         self._packed = packed
@@ -181,13 +180,17 @@ class FastDPOSteps(OverlappedSteps):
     def _overlap_applies(self) -> bool:
         return self._fast_applies()
 
+    def _is_peft(self) -> bool:
+        from peft import PeftModel
+
+        return isinstance(self.accelerator.unwrap_model(self.model), PeftModel)
+
     def _reference_context(self, model: Any) -> Any:
         """The adapter state the reference forward runs in: off for a fresh adapter, the "ref" copy otherwise (the
         model as it is for full fine-tuning: only the precomputed reference, before training, applies there)."""
-        from accelerate.utils import is_peft_model
         from trl.trainer.utils import use_adapter
 
-        if not is_peft_model(self.model):
+        if not self._is_peft():
             return nullcontext()
         unwrapped = self.accelerator.unwrap_model(model)
         name = "ref" if not self._fresh_adapter and "ref" in unwrapped.peft_config else None
@@ -211,10 +214,8 @@ class FastDPOSteps(OverlappedSteps):
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        from accelerate.utils import is_peft_model
-
         pack = inputs.pop(PACK_KEY, None)
-        reference_ready = self.precompute_ref_logps or (self.ref_model is None and is_peft_model(self.model))
+        reference_ready = self.precompute_ref_logps or (self.ref_model is None and self._is_peft())
         if (return_outputs or not isinstance(pack, HostPack) or pack.predicting is None
                 or not self._fast_applies() or not reference_ready):
             if self.model.training:

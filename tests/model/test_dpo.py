@@ -48,7 +48,7 @@ class _Logged:
         rows = self.rows = []
 
         class Callback(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kw):   # noqa: ANN001, ANN003
+            def on_log(self, args, state, control, logs=None, **kw):
                 if logs and "loss" in logs:
                     rows.append(dict(logs))
 
@@ -109,7 +109,7 @@ def test_fast_dpo_matches_trl_continuing_an_sft_adapter(tiny_model_dir, tmp_path
     _seed(0)
     adapter = train_sft(sft, str(tiny_model_dir), examples, tmp_path / "sft", "cpu", fast=None, progress=False).folder
     arm = DpoArm(name="d", type="dpo", max_steps=3, batch_size=2, dropout=0.0, lr=5e-3, max_length=64)
-    plain, plain_rows = _train(tiny_model_dir, tmp_path, "plain", arm, pairs, None, init=adapter)
+    _, plain_rows = _train(tiny_model_dir, tmp_path, "plain", arm, pairs, None, init=adapter)
     for reference in ("precomputed", "adapter_off"):
         fast, fast_rows = _train(tiny_model_dir, tmp_path, f"fast-{reference}", arm, pairs,
                                  fp.FastPath(checkpointing="none"), init=adapter, reference=reference)
