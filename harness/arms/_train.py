@@ -340,12 +340,11 @@ def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_d
         common = _common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True) | overlap_args(device)
         common.pop("max_length")
         args = DPOConfig(**common, **dpo_args, precompute_ref_log_probs=ref == "precomputed")
-        started = time.perf_counter()
         trainer = fast_dpo_trainer(DPOTrainer)(
             model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[log, *callbacks],
             reference=ref, fresh_adapter=init_adapter is None, packed=session.report.padding_free,
             log_late=fast.overlap)
-        reference_seconds = time.perf_counter() - started if ref == "precomputed" else 0.0
+        reference_seconds = trainer.reference_seconds
         result = _run(trainer, log, tok, out_dir, session, plan)
     finally:
         session.close()

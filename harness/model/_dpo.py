@@ -31,6 +31,7 @@ over the micro-batch's pairs (TRL's sigmoid loss does not read `label_smoothing`
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -159,6 +160,7 @@ class FastDPOSteps(OverlappedSteps):
         self._fresh_adapter = fresh_adapter   # the adapter starts at zero: the reference is the base model
         self._packed = packed
         self._log_late = log_late
+        self.reference_seconds = 0.0   # spent precomputing the reference (in the constructor, before training)
         model = kwargs.get("model", args[0] if args else None)
         self._causal_lm = unwrap(model)
         self._backbone = backbone_of(self._causal_lm)
@@ -199,6 +201,13 @@ class FastDPOSteps(OverlappedSteps):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         with preference_head(self._causal_lm, self._backbone, self._packed):
             return super().train(*args, **kwargs)
+
+    def _precompute_ref_logps(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return super()._precompute_ref_logps(*args, **kwargs)
+        finally:
+            self.reference_seconds += time.perf_counter() - started
 
     def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference log-probabilities of one batch (TRL's precompute calls this before training): through
