@@ -68,7 +68,8 @@ def step_logger(progress: bool = True) -> Any:
     from transformers import TrainerCallback
 
     class StepLog(TrainerCallback):
-        """Collects loss, lr, grad norm, real tokens, step time and peak memory per logged step; stops on divergence."""
+        """Collects loss, lr, grad norm, real tokens, step time and peak memory per logged step (and DPO's rewards/*
+        and logps/* metrics); stops on divergence."""
 
         def __init__(self) -> None:
             self.rows: list[dict[str, Any]] = []
@@ -111,7 +112,9 @@ def step_logger(progress: bool = True) -> Any:
             self.last_tokens, self.last_t = tokens, t
             self.rows.append({"step": state.global_step, "loss": loss, "lr": logs.get("learning_rate"),
                               "grad_norm": logs.get("grad_norm"), "tokens": step_tokens, "seconds": seconds,
-                              "tokens_per_second": step_tokens / seconds, "peak_memory_gib": peak_memory_gib()})
+                              "tokens_per_second": step_tokens / seconds, "peak_memory_gib": peak_memory_gib()}
+                             # DPO: TRL's reward and log-probability metrics, under TRL's names
+                             | {k: float(v) for k, v in logs.items() if k.startswith(("rewards/", "logps/"))})
             self.show(state)
             if not math.isfinite(loss) or loss > 1e4:
                 raise TrainingFailed(f"loss diverged at step {state.global_step} (loss={loss})")

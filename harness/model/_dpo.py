@@ -260,13 +260,16 @@ class FastDPOSteps(OverlappedSteps):
         n_chosen = chosen_positions(pack)
         total = int(pack.predicting.numel())
         chosen_rewards, rejected_rewards = self.beta * chosen_logratios, self.beta * rejected_logratios
-        const = chosen_logps.new_tensor
-        values = [const(float(chosen_logps.numel())), const(float(total)), entropy.float().sum(),
-                  const(float(n_chosen)), mean_logits[:n_chosen].float().sum(), const(float(total - n_chosen)),
+
+        def const(value: float) -> torch.Tensor:   # filled on the device: no host-to-device copy to wait for
+            return chosen_logps.new_full((), float(value), dtype=torch.float32)
+
+        values = [const(chosen_logps.numel()), const(total), entropy.float().sum(),
+                  const(n_chosen), mean_logits[:n_chosen].float().sum(), const(total - n_chosen),
                   mean_logits[n_chosen:].float().sum(), is_top1[:n_chosen].float().sum(),
                   chosen_rewards.float().sum(), rejected_rewards.float().sum(),
                   (chosen_rewards > rejected_rewards).float().sum(), (chosen_rewards - rejected_rewards).float().sum(),
-                  chosen_logps.float().sum(), rejected_logps.float().sum(), const(float(pack.tokens))]
+                  chosen_logps.float().sum(), rejected_logps.float().sum(), const(pack.tokens)]
         return torch.stack([v.float() for v in values])
 
     def _metric_rows(self, mode: str, rows: list[list[float]]) -> int:

@@ -93,6 +93,7 @@ def test_fast_dpo_matches_trl_from_the_base_model(tiny_model_dir, tmp_path, refe
     assert fast.fastpath["padding_free"] and fast.fastpath["plan"]["fold"] == 2
     assert fast.fastpath["dpo_reference"] == reference and fast.fastpath["overlap"] == "on"
     assert [s["tokens"] for s in fast.steps] == [s["tokens"] for s in plain.steps]
+    assert [s["rewards/accuracies"] for s in fast.steps] == [r["rewards/accuracies"] for r in plain_rows]
     assert (fast.folder / "adapter_config.json").exists()
 
 
