@@ -97,14 +97,14 @@ def tokenize_pair(tok: Any, pair: Preference) -> PairTokens:
 
 
 def pair_lengths(pairs: Sequence[Preference], tok: Any, max_length: int, file: str | Path,
-                 truncation: str = "error") -> list[PairTokens]:
-    """Each pair's token counts; a pair longer than `max_length` is an error unless `truncation` is keep_start,
-    and a prompt that fills `max_length` by itself is an error either way."""
+                 truncation: str = "error", counted: Sequence[PairTokens] | None = None) -> list[PairTokens]:
+    """Each pair's token counts (`counted`, when the pairs were tokenized already); a pair longer than
+    `max_length` is an error unless `truncation` is keep_start, and a prompt that fills `max_length` by itself is
+    an error either way."""
     if truncation not in TRUNCATIONS:
         raise ValueError(f"truncation: expected one of {TRUNCATIONS}, got {truncation!r}")
-    counted = []
-    for pair in pairs:
-        tokens = tokenize_pair(tok, pair)
+    out = list(counted) if counted is not None else [tokenize_pair(tok, pair) for pair in pairs]
+    for pair, tokens in zip(pairs, out, strict=True):
         line = pair.line or None
         if tokens.prompt >= max_length:
             raise UserError(f"the prompt alone is {tokens.prompt} tokens, max_length is {max_length}: no answer "
@@ -117,8 +117,7 @@ def pair_lengths(pairs: Sequence[Preference], tok: Any, max_length: int, file: s
                     raise UserError(f"prompt + {name} is {total} tokens, longer than the arm's max_length "
                                     f"{max_length}: shorten it, raise max_length, or set `truncation: keep_start` "
                                     "on the arm to cut over-long pairs as TRL does", file=file, line=line, field=name)
-        counted.append(tokens)
-    return counted
+    return out
 
 
 def sequence_lengths(tokens: Sequence[PairTokens], max_length: int) -> list[int]:

@@ -345,7 +345,7 @@ def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_d
         args = DPOConfig(**common, **dpo_args, precompute_ref_log_probs=ref == "precomputed")
         trainer = fast_dpo_trainer(DPOTrainer)(
             model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[log, *callbacks],
-            reference=ref, fresh_adapter=init_adapter is None, packed=session.report.padding_free,
+            fresh_adapter=init_adapter is None, packed=session.report.padding_free,
             log_late=fast.overlap)
         reference_seconds = trainer.reference_seconds
         result = _run(trainer, log, tok, out_dir, session, plan)

@@ -151,12 +151,13 @@ def preference_head(causal_lm: Any, backbone: torch.nn.Module, packed: bool) -> 
 
 class FastDPOSteps(OverlappedSteps):
     """Mixed into TRL's DPOTrainer (`fast_dpo_trainer`): the DPO loss over the completion tokens of packed pairs,
-    the reference as `reference` says, TRL's metrics kept on the device and logged a step late (or at once when
-    `log_late` is False). Settings this does not cover run TRL's own code."""
+    TRL's metrics kept on the device and logged a step late (or at once when `log_late` is False). The reference
+    is precomputed when the DPOConfig says `precompute_ref_log_probs` (through `compute_ref_log_probs`), else run
+    every step with the adapter off (`fresh_adapter`) or switched to TRL's frozen copy of it. Settings this does
+    not cover run TRL's own code."""
 
-    def __init__(self, *args: Any, reference: str = DEFAULT_REFERENCE, fresh_adapter: bool = True,
-                 packed: bool = True, log_late: bool = True, **kwargs: Any) -> None:
-        self._reference = dpo_reference(reference)
+    def __init__(self, *args: Any, fresh_adapter: bool = True, packed: bool = True, log_late: bool = True,
+                 **kwargs: Any) -> None:
         self._fresh_adapter = fresh_adapter   # the adapter starts at zero: the reference is the base model
         self._packed = packed
         self._log_late = log_late

@@ -153,10 +153,11 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
     if any(a.type == "dpo" for a in arms):
         pairs = load_pairs(plan.data.preference or "")
         rows["preference"] = len(pairs)
-        tok = pair_tokenizer(plan.model)
+        tok, counted = pair_tokenizer(plan.model), None
         for arm in arms:
             if arm.type == "dpo":   # over-long pairs are refused here, before any trial starts
-                pair_lengths(pairs, tok, arm.max_length, plan.data.preference or "", arm.truncation)
+                counted = pair_lengths(pairs, tok, arm.max_length, plan.data.preference or "", arm.truncation,
+                                       counted)
     for i, name in enumerate(plan.suites):
         try:
             suite_registry.load(name)
