@@ -30,6 +30,12 @@ Sections, run in this order (`--sections`, default why,stock,liger,ours,8b):
              GPU busy share of the step, kernel launches and host-device synchronisations per step.
   scaling    (opt-in) step time against tokens per step (batches of --scaling-batches), ours and TRL without
              checkpointing: the per-step cost that does not shrink with fewer tokens, and the cost per token.
+  dpo        (opt-in) DPO on preference pairs at the 1.07B and 8B (LoRA) shapes (`--dpo-shapes`): TRL's
+             DPOTrainer at its defaults, then flag by flag (gradient_checkpointing=False, precompute_ref_log_probs,
+             use_liger_kernel, Liger's fused loss, padding_free; a flag that fails is recorded), then ours with the
+             precomputed and the adapter-off reference within the best stock peer's peak memory; per shape
+             `vs_best_stock` (tokens/s and pairs/s, peak memory, loss and reward-accuracy differences), `targets`,
+             and with --dpo-profile torch.profiler tables of the best stock peer and ours (`dpo.1b`, `dpo.8b`).
 
 Per run: real (non-padding) tokens/s over the steps after warm-up, MFU, peak allocated memory (reset before
 each run, memory freed between runs), the loss per step, the configuration, or the failure. Top level:
@@ -1578,6 +1584,16 @@ def summary(report: dict[str, Any]) -> None:
             state = f"ERROR {s['error'][:120]}" if s.get("error") else (
                 f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
             say(f"8b {kind:5s} {name:33s} {state}")
+    for shape_name, part in report.get("dpo", {}).items():
+        for name, s in part.get("runs", {}).items():
+            state = f"ERROR {s['error'][:120]}" if s.get("error") else (
+                f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
+            say(f"dpo {shape_name} {name:38s} {state}")
+        vs = part.get("vs_best_stock", {})
+        if "throughput_ratio" in vs:
+            say(f"dpo {shape_name} ours vs best stock ({vs['peer']}): {vs['throughput_ratio']:.2f}x tokens/s, "
+                f"{vs['peak_memory_ratio'] or 0:.2f}x peak memory, loss rel diff {vs['loss_rel_diff'] or 0:.3%}, "
+                f"reward accuracy rel diff {vs['reward_accuracy_rel_diff'] or 0:.3%}")
     best = report.get("vs_best_stock")
     if best and "throughput_ratio" in best:
         say(f"\nours vs best stock ({best['peer']}): {best['throughput_ratio']:.2f}x tokens/s, "
