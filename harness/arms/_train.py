@@ -346,7 +346,7 @@ def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_d
         trainer = fast_dpo_trainer(DPOTrainer)(
             model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[log, *callbacks],
             fresh_adapter=init_adapter is None, packed=session.report.padding_free,
-            log_late=fast.overlap)
+            log_late=session.overlap_blocked is None)
         reference_seconds = trainer.reference_seconds
         result = _run(trainer, log, tok, out_dir, session, plan)
     finally:
