@@ -342,10 +342,10 @@ def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_d
         ref = "precomputed" if arm.type == "full" else dpo_reference(reference)
         common = _common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True) | overlap_args(device)
         common.pop("max_length")
-        args = DPOConfig(**common, **dpo_args, precompute_ref_log_probs=ref == "precomputed")
         trainer = fast_dpo_trainer(DPOTrainer)(
-            model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[log, *callbacks],
-            fresh_adapter=init_adapter is None, packed=session.report.padding_free,
+            model=model, args=DPOConfig(**common, **dpo_args), train_dataset=dataset, processing_class=tok,
+            callbacks=[log, *callbacks], fresh_adapter=init_adapter is None, precompute=ref == "precomputed",
+            packed=session.report.padding_free,
             log_late=session.overlap_blocked is None)
         reference_seconds = trainer.reference_seconds
         result = _run(trainer, log, tok, out_dir, session, plan)

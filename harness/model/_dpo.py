@@ -13,12 +13,13 @@ truncation) and TRL's loss, and changes how they run:
 * **completion-only log-probabilities** (`preference_logps`): TRL's chunked log-probability kernel
   (`trl.kernels.ChunkedLogProbFunction`) over the positions that predict a completion token, selected by the
   host-side indices, and summed per sequence: the values TRL sums, without the LM head over the prompt tokens;
-* **the reference** (`REFERENCES`): `"precomputed"` runs the reference once over the pairs before training (TRL's
-  `precompute_ref_log_probs`, through the same packed forward) and trains on those log-probabilities;
-  `"adapter_off"` runs the reference forward every step with the adapter switched off (PEFT's `disable_adapter`
-  through TRL's `use_adapter`). Neither keeps a second copy of the base weights. For DPO continuing an SFT adapter
-  the reference is that adapter as training starts: TRL keeps a frozen copy of the adapter weights ("ref"), which
-  the precomputed reference uses once and then drops, and the per-step reference switches to;
+* **the reference** (`REFERENCES`): `"precomputed"` runs the reference once over the pairs before training, through
+  the same packed forward without gradients, and trains on those log-probabilities (TRL's
+  `precompute_ref_log_probs` columns, without TRL's hash of every weight and its cache file); `"adapter_off"` runs
+  the reference forward every step with the adapter switched off (PEFT's `disable_adapter` through TRL's
+  `use_adapter`). Neither keeps a second copy of the base weights. For DPO continuing an SFT adapter the
+  reference is that adapter as training starts: the precomputed reference runs it before the first step; the
+  per-step reference switches to the frozen copy of the adapter weights TRL keeps ("ref", a LoRA's size);
 * **overlapped steps** (`harness.model._overlap.OverlappedSteps`): the metrics TRL logs (`rewards/chosen`,
   `rewards/rejected`, `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`, `logits/*`,
   `entropy`, `mean_token_accuracy`, `num_tokens`) are kept on the device per micro-batch as sums and logged a step
@@ -152,12 +153,12 @@ def preference_head(causal_lm: Any, backbone: torch.nn.Module, packed: bool) -> 
 class FastDPOSteps(OverlappedSteps):
     """Mixed into TRL's DPOTrainer (`fast_dpo_trainer`): the DPO loss over the completion tokens of packed pairs,
     TRL's metrics kept on the device and logged a step late (or at once when `log_late` is False). The reference
-    is precomputed when the DPOConfig says `precompute_ref_log_probs` (through `compute_ref_log_probs`), else run
-    every step with the adapter off (`fresh_adapter`) or switched to TRL's frozen copy of it. Settings this does
-    not cover run TRL's own code."""
+    is computed once before training with `precompute` (`_precompute_reference`; the DPOConfig leaves TRL's own
+    `precompute_ref_log_probs` off), else every step with the adapter off (`fresh_adapter`) or switched to TRL's
+    frozen copy of it ("ref"). Settings this does not cover run TRL's own code."""
 
-    def __init__(self, *args: Any, fresh_adapter: bool = True, packed: bool = True, log_late: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, fresh_adapter: bool = True, precompute: bool = False, packed: bool = True,
+                 log_late: bool = True, **kwargs: Any) -> None:
         self._fresh_adapter = fresh_adapter   # the adapter starts at zero: the reference is the base model
         self._packed = packed
         self._log_late = log_late
@@ -165,13 +166,50 @@ class FastDPOSteps(OverlappedSteps):
         model = kwargs.get("model", args[0] if args else None)
         self._causal_lm = unwrap(model)
         self._backbone = backbone_of(self._causal_lm)
-        super().__init__(*args, **kwargs)   # TRL precomputes the reference here (compute_ref_log_probs)
+        super().__init__(*args, **kwargs)
         self.data_collator = PreferencePacking(self.data_collator.collate)
         peft_config = getattr(self.model, "peft_config", {})
-        if "ref" in peft_config and (self._fresh_adapter or self.precompute_ref_logps):
-            # the copy TRL made of the adapter for the reference: not needed once the reference is computed, nor
-            # for a fresh adapter (whose reference is the base model with the adapter off)
+        if "ref" in peft_config and self._fresh_adapter:
+            # the copy TRL made of a fresh (zero) adapter for the reference: the adapter switched off is the same
             self.model.delete_adapter("ref")
+        if precompute:
+            self._precompute_reference()
+
+    def _precompute_reference(self) -> None:
+        """The reference log-probabilities of every training pair, once, before training (TRL's
+        `precompute_ref_log_probs`, whose columns `ref_chosen_logps` and `ref_rejected_logps` TRL's collator and
+        loss read): through the packed completion-only head, without TRL's hash of every weight and its cache
+        file. Settings this class does not cover precompute with TRL's own code."""
+        started = time.perf_counter()
+        dataset = self.train_dataset
+        batch = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+        if not self._fast_applies():
+            dataset = self._precompute_ref_logps(dataset, "train", batch)
+        else:
+            collate, device = self.data_collator.collate, self.accelerator.device
+            chosen: list[torch.Tensor] = []
+            rejected: list[torch.Tensor] = []
+            # the reference as training starts: a fresh adapter switched off, a continued one as it is now
+            reference = self._reference_context(self.model) if self._fresh_adapter else nullcontext()
+            ids = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
+            with torch.no_grad(), reference, self.accelerator.autocast():
+                for start in range(0, len(dataset), batch):
+                    part = ids[start:start + batch]
+                    host = collate([dict(zip(part, row, strict=True)) for row in zip(*part.values(), strict=True)])
+                    pack = preference_pack(host)
+                    if pack is None or pack.predicting is None:
+                        raise ValueError("a preference batch without completion tokens cannot be precomputed")
+                    (log_probs, *_) = preference_logps(
+                        self._causal_lm, self._backbone, to_device(host["input_ids"], device),
+                        to_device(host["attention_mask"], device), pack, ("log_probs",), packed=self._packed)
+                    c, r = sequence_sums(log_probs, pack).chunk(2, dim=0)
+                    chosen.append(c.float().cpu())
+                    rejected.append(r.float().cpu())
+            dataset = dataset.add_column("ref_chosen_logps", torch.cat(chosen).numpy()).add_column(
+                "ref_rejected_logps", torch.cat(rejected).numpy())
+        self.train_dataset = dataset
+        self.precompute_ref_logps = True
+        self.reference_seconds = time.perf_counter() - started
 
     def _fast_applies(self) -> bool:
         """TRL's sigmoid DPO loss without the extras this class does not reproduce, on a text model."""
@@ -202,25 +240,6 @@ class FastDPOSteps(OverlappedSteps):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         with preference_head(self._causal_lm, self._backbone, self._packed):
             return super().train(*args, **kwargs)
-
-    def _precompute_ref_logps(self, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return super()._precompute_ref_logps(*args, **kwargs)
-        finally:
-            self.reference_seconds += time.perf_counter() - started
-
-    def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference log-probabilities of one batch (TRL's precompute calls this before training): through
-        the packed completion-only head, in the reference's adapter state."""
-        host = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        pack = preference_pack(host)
-        if not self._fast_applies() or pack is None or pack.predicting is None or self.ref_model is not None:
-            return super().compute_ref_log_probs(model, inputs)
-        with torch.no_grad(), self._reference_context(self.model), self.accelerator.autocast():
-            (log_probs, *_) = preference_logps(self._causal_lm, self._backbone, inputs["input_ids"],
-                                               inputs["attention_mask"], pack, ("log_probs",), packed=self._packed)
-        return sequence_sums(log_probs, pack).chunk(2, dim=0)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
