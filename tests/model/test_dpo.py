@@ -165,7 +165,7 @@ def test_data_parallel_fast_dpo_logs_what_trl_logs(tiny_model_dir, tmp_path):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--multi_gpu", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
                "-m", "tests.support.dpo_ddp", str(tiny_model_dir), str(out), reference]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
                               env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})
         assert done.returncode == 0, done.stderr[-3000:]
         runs[reference] = json.loads(out.read_text())

@@ -20,7 +20,7 @@ class Logs(TrainerCallback):
     def __init__(self) -> None:
         self.rows: list[dict] = []
 
-    def on_log(self, args, state, control, logs=None, **kw):  # noqa: ANN001, ANN201
+    def on_log(self, args, state, control, logs=None, **kw):
         self.rows.append({"step": state.global_step, **(logs or {})})
 
 
