@@ -30,6 +30,12 @@ Sections, run in this order (`--sections`, default why,stock,liger,ours,8b):
              GPU busy share of the step, kernel launches and host-device synchronisations per step.
   scaling    (opt-in) step time against tokens per step (batches of --scaling-batches), ours and TRL without
              checkpointing: the per-step cost that does not shrink with fewer tokens, and the cost per token.
+  dpo        (opt-in) DPO on preference pairs at the 1.07B and 8B (LoRA) shapes (`--dpo-shapes`): TRL's
+             DPOTrainer at its defaults, then flag by flag (gradient_checkpointing=False, precompute_ref_log_probs,
+             use_liger_kernel, Liger's fused loss, padding_free; a flag that fails is recorded), then ours with the
+             precomputed and the adapter-off reference within the best stock peer's peak memory; per shape
+             `vs_best_stock` (tokens/s and pairs/s, peak memory, loss and reward-accuracy differences), `targets`,
+             and with --dpo-profile torch.profiler tables of the best stock peer and ours (`dpo.1b`, `dpo.8b`).
 
 Per run: real (non-padding) tokens/s over the steps after warm-up, MFU, peak allocated memory (reset before
 each run, memory freed between runs), the loss per step, the configuration, or the failure. Top level:
@@ -68,12 +74,13 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
 from bench._common import REPO, llama_config, say
 from harness.model import LIGER_KERNELS, FastPath
+from harness.model._dpo import DEFAULT_REFERENCE as DEFAULT_DPO_REFERENCE
 from harness.model._profile import step_profiler
 
 # dense bf16 tensor-core peak, FLOP/s, by device name fragment (NVIDIA data sheets)
 PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12, "A100": 312.0e12,
              "L40S": 362.1e12, "A10G": 70.0e12, "L4": 121.0e12}
-SECTIONS = ("why", "stock", "liger", "ours", "8b", "ablations", "profile", "scaling")
+SECTIONS = ("why", "stock", "liger", "ours", "8b", "ablations", "profile", "scaling", "dpo")
 DEFAULT_SECTIONS = ("why", "stock", "liger", "ours", "8b")
 # attention implementations tried for TRL's padding_free, in order: FlashAttention 2 (the flash-attn package),
 # the Hub kernel (the `kernels` package, downloads on first use), SDPA and flex attention (transformers turns
@@ -141,6 +148,7 @@ class RunStats:
     fastpath: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
     error: str | None = None
+    metrics: dict[str, list[float]] = field(default_factory=dict)   # DPO: TRL's logged rewards/logps per step
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -1084,9 +1092,293 @@ def section_8b(b: Bench) -> None:
     b.report["shape_8b"] = section
 
 
+# ------------------------------------------------------------------------------------------------- dpo
+# DPO (issue 32): TRL's DPOTrainer at its defaults and its best stock flags against ours (harness.arms
+# dpo_with_model on the fast path, harness.model._dpo), on the same pairs, weights, LoRA, order, seed and steps.
+
+DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+               "logps/rejected")
+DPO_MFU_FORMULA = ("(6 * N_frozen + 6 * N_lora) * real_tokens_per_second / peak_bf16_flops: the SFT count (4N + 6 "
+                   "N_lora) plus the reference forward (2N) per real token of chosen and rejected sequences, "
+                   "precomputed or not")
+
+
+def dpo_pairs(tok: Any, count: int, min_words: int, max_words: int, seed: int) -> list[Any]:
+    """Preference pairs: a synthetic prompt, its answer as chosen and another example's answer as rejected."""
+    from harness.base import Preference
+
+    examples = synthetic_examples(tok, 2 * count, min_words, max_words, seed)
+    out = []
+    for ex, other in zip(examples[:count], examples[count:], strict=True):
+        rejected = other.answer if other.answer != ex.answer else other.answer + " no"
+        out.append(Preference(prompt=ex.prompt, chosen=ex.answer, rejected=rejected))
+    return out
+
+
+def dpo_flops_per_token(config: Any, r: int) -> float:
+    return flops_per_token(config, r) + 2.0 * parameter_count(config)
+
+
+class MetricRows:
+    """A trainer callback keeping TRL's logged DPO metrics per step."""
+
+    def __new__(cls) -> Any:
+        from transformers import TrainerCallback
+
+        class Rows(TrainerCallback):
+            def __init__(self) -> None:
+                self.metrics: dict[str, list[float]] = {k: [] for k in DPO_METRICS}
+
+            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                       **kw: Any) -> None:
+                if logs and "loss" in logs:
+                    for key in DPO_METRICS:
+                        self.metrics[key].append(float(logs.get(key, float("nan"))))
+
+        return Rows()
+
+
+def dpo_stats(name: str, rows: list[dict[str, Any]], metrics: dict[str, list[float]], settings: Settings,
+              flops: float, device: str, peak: float, fastpath: dict[str, Any], wall: float,
+              reference_seconds: float) -> RunStats:
+    """RunStats of a DPO run: the reference computed up front counts, by the measured steps' share of the pairs,
+    in the measured time."""
+    stats = stats_from_rows(name, rows, settings.warmup, flops, device, peak, fastpath, wall)
+    measured = max(len(rows) - settings.warmup, 0) if len(rows) > settings.warmup else len(rows)
+    share = measured / max(len(rows), 1)
+    stats.measured_seconds += reference_seconds * share
+    stats.real_tokens_per_second = stats.measured_tokens / max(stats.measured_seconds, 1e-9)
+    device_peak = peak_flops(device)
+    stats.mfu = flops * stats.real_tokens_per_second / device_peak if device_peak else None
+    stats.metrics = {k: v[:len(rows)] for k, v in metrics.items()} | {
+        "pairs_per_second": [measured * settings.batch / max(stats.measured_seconds, 1e-9)],
+        "reference_seconds": [reference_seconds]}
+    return stats
+
+
+def dpo_lora(settings: Settings) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules="all-linear", task_type="CAUSAL_LM", bias="none")
+
+
+def run_trl_dpo(name: str, load: Callable[[str], Any], tok: Any, pairs: list[Any], settings: Settings, device: str,
+                flops: float, *, flags: dict[str, Any] | None = None, callbacks: tuple[Any, ...] = ()) -> RunStats:
+    """Stock TRL: DPOTrainer + PEFT LoRA, TRL's defaults plus `flags` (DPOConfig fields). A flag this TRL does not
+    honour (its padding_free for DPO, Liger's fused loss) fails the run with TRL's reason."""
+    from transformers.models.llama import modeling_llama
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from harness.arms import peak_memory_gib, quiet_libraries, step_logger
+    from harness.arms._train import _dpo_dataset
+
+    class TimedDPOTrainer(DPOTrainer):
+        reference_seconds = 0.0
+
+        def _precompute_ref_logps(self, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return super()._precompute_ref_logps(*args, **kwargs)
+            finally:
+                type(self).reference_seconds += time.perf_counter() - started
+
+    quiet_libraries()
+    started = time.perf_counter()
+    flags = dict(flags or {})
+    known = {f.name for f in fields(DPOConfig)}
+    unknown = sorted(set(flags) - known)
+    if unknown:
+        raise ValueError(f"DPOConfig has no field {unknown[0]!r} in this TRL")
+    log, metrics = step_logger(progress=False), MetricRows()
+    model = trainer = None
+    with restored(modeling_llama), tempfile.TemporaryDirectory() as out:
+        try:
+            model = load("sdpa")
+            base = {"output_dir": out, "per_device_train_batch_size": settings.batch,
+                    "max_length": settings.max_length, "max_steps": settings.steps, "learning_rate": settings.lr,
+                    "lr_scheduler_type": "linear", "warmup_steps": 0, "logging_steps": 1, "save_strategy": "no",
+                    "report_to": "none", "seed": settings.seed, "data_seed": settings.seed, "bf16": device == "cuda",
+                    "use_cpu": device == "cpu", "include_num_input_tokens_seen": "non_padding",
+                    "disable_tqdm": True, "beta": 0.1}
+            args = DPOConfig(**(base | flags))
+            trainer = TimedDPOTrainer(model=model, args=args, train_dataset=_dpo_dataset(pairs), processing_class=tok,
+                                      peft_config=dpo_lora(settings), callbacks=[log, metrics, *callbacks])
+            if flags.get("padding_free") and not getattr(trainer, "padding_free", False):
+                raise ValueError("this TRL turns padding_free off for DPOTrainer (it warns: 'temporarily unavailable "
+                                 "after a refactor') and trains padded")
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            trainer.train()
+            peak = peak_memory_gib()
+        finally:   # a failed configuration must leave the GPU empty for the next one
+            model = trainer = None
+            free_memory()
+    stats = dpo_stats(name, log.rows, metrics.metrics, settings, flops, device, peak, {},
+                      time.perf_counter() - started, TimedDPOTrainer.reference_seconds)
+    stats.config = {"stock_flags": flags, "gradient_checkpointing": bool(args.gradient_checkpointing),
+                    "precompute_ref_log_probs": bool(args.precompute_ref_log_probs)}
+    return stats
+
+
+def run_ours_dpo(name: str, build: Callable[[], tuple[Any, Any]], pairs: list[Any], settings: Settings, device: str,
+                 flops: float, fast: FastPath, reference: str, callbacks: tuple[Any, ...] = ()) -> RunStats:
+    """Our DPO path on a loaded (or built) model: harness.arms.dpo_with_model with the fast path."""
+    from harness.arms._train import dpo_with_model
+    from harness.plan import DpoArm
+
+    started = time.perf_counter()
+    model, tok = build()
+    metrics = MetricRows()
+    arm = DpoArm(name="bench-dpo", type="dpo", r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
+                 target_modules="all-linear", lr=settings.lr, max_steps=settings.steps, batch_size=settings.batch,
+                 max_length=settings.max_length, warmup_steps=0, scheduler="linear", seed=settings.seed, beta=0.1)
+    try:
+        model.train()
+        with tempfile.TemporaryDirectory() as out:
+            result = dpo_with_model(arm, model, tok, pairs, Path(out), device, fast=fast, progress=False,
+                                    callbacks=(metrics, *callbacks), reference=reference)
+    finally:
+        del model
+        free_memory()
+    stats = dpo_stats(name, result.steps, metrics.metrics, settings, flops, device, result.peak_memory_gib,
+                      result.fastpath, time.perf_counter() - started, result.fastpath.get("reference_seconds", 0.0))
+    stats.config = {"fast_path": asdict(fast), "reference": reference}
+    return stats
+
+
+def dpo_vs(ours: dict[str, Any], peer: dict[str, Any], first: int) -> dict[str, Any]:
+    """Ours against a DPO peer: throughput (real tokens/s, pairs/s beside it), peak memory, and over the same
+    steps the loss and the reward accuracy (sum of absolute differences over the sum of the peer's values)."""
+    comp = compare(ours, peer, first)
+    if "error" in comp:
+        return comp
+    n = min(first, len(ours["losses"]), len(peer["losses"]))
+    a, b = (r.get("metrics", {}).get("rewards/accuracies", [])[:n] for r in (ours, peer))
+    accuracy = (sum(abs(x - y) for x, y in zip(a, b, strict=False)) / max(sum(abs(y) for y in b), 1e-9)
+                if a and b else None)
+    pairs = [r.get("metrics", {}).get("pairs_per_second", [None])[0] for r in (ours, peer)]
+    return {"throughput_ratio": comp["throughput_ratio"], "pairs_per_second": {"ours": pairs[0], "peer": pairs[1]},
+            "peak_memory_ratio": comp["peak_memory_ratio"], "loss_rel_diff": comp["loss"].get("mean_rel_diff"),
+            "reward_accuracy_rel_diff": accuracy, "same_tokens": comp["same_tokens"], "steps_compared": n}
+
+
+def dpo_targets(best: dict[str, Any]) -> dict[str, Any]:
+    """Issue 32's targets against the best stock DPO configuration."""
+    if "throughput_ratio" not in best:
+        return {}
+    memory, loss, accuracy = best["peak_memory_ratio"], best["loss_rel_diff"], best["reward_accuracy_rel_diff"]
+    return {
+        "throughput_ratio": {"value": best["throughput_ratio"], "target": 1.5, "met": best["throughput_ratio"] >= 1.5},
+        "peak_memory_ratio": {"value": memory, "target": 1.0, "met": memory is not None and memory <= 1.0},
+        "loss_rel_diff": {"value": loss, "target": LOSS_CLOSE, "met": loss is not None and loss <= LOSS_CLOSE},
+        "reward_accuracy_rel_diff": {"value": accuracy, "target": LOSS_CLOSE,
+                                     "met": accuracy is not None and accuracy <= LOSS_CLOSE}}
+
+
+def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
+    """One shape of the dpo section: the stock peers, each adding a flag to the last one that ran, then ours with
+    each reference within the best stock peer's peak memory, then (with --dpo-profile) both profiled."""
+    from harness.model import load_model
+
+    a = b.args
+    shape = SHAPES["smoke" if a.smoke else shape_name]
+    config = llama_config(shape, b.tok)
+    settings = Settings(**(asdict(b.settings) | {"shape": "smoke" if a.smoke else shape_name, "steps": a.dpo_steps,
+                                                 "warmup": a.dpo_warmup, "batch": a.dpo_batch,
+                                                 "max_length": a.dpo_max_length or b.settings.max_length}))
+    pairs = dpo_pairs(b.tok, settings.steps * settings.batch, settings.min_words, settings.max_words, 3)
+    flops = dpo_flops_per_token(config, settings.r)
+    if shape_name == "1b" and b.folder is not None:
+        def load(attn: str = "sdpa") -> Any:
+            return b.load(attn)
+
+        def ours_model() -> tuple[Any, Any]:
+            return load_model(str(b.folder), b.device)
+    else:
+        def load(attn: str = "sdpa") -> Any:
+            model = build_random_llama(config, b.device, b.dtype)
+            if attn != "sdpa":
+                model.set_attn_implementation(attn)
+            return model
+
+        def ours_model() -> tuple[Any, Any]:
+            return load(), b.tok
+    per_run = 10.0 if a.smoke else (60.0 if shape_name == "1b" else 120.0)
+    b.announce(f"dpo {shape_name} ({shape.layers} layers): stock DPOTrainer peers and ours", 8, per_run)
+    runs: dict[str, Any] = {}
+
+    def trl(name: str, flags: dict[str, Any]) -> RunStats | None:
+        return b.run(name, lambda: run_trl_dpo(name, load, b.tok, pairs, settings, b.device, flops, flags=flags),
+                     config={"stock_flags": flags}, into=runs, estimate=per_run)
+
+    trl("peer", {})
+    base, prefix = {"gradient_checkpointing": False}, "trl-no-gc"
+    trl(prefix, base)
+    for label, flags in (("precompute", {"precompute_ref_log_probs": True}), ("liger", {"use_liger_kernel": True}),
+                         ("liger-fused-loss", {"use_liger_kernel": True,
+                                               "liger_kernel_config": {"fused_linear_cross_entropy": True}}),
+                         ("padding-free", {"padding_free": True})):
+        stats = trl(f"{prefix}-{label}", base | flags)
+        if stats is not None and not stats.error:
+            base, prefix = base | flags, f"{prefix}-{label}"
+    best = best_stock(runs)
+    budget = b.memory_budget(runs)
+    fast = b.ours_fast(b.ours_liger(), budget)
+    for reference in ("precomputed", "adapter_off"):
+        name = "ours" if reference == DEFAULT_DPO_REFERENCE else f"ours-{reference.replace('_', '-')}"
+        b.run(name, lambda n=name, r=reference: run_ours_dpo(n, ours_model, pairs, settings, b.device, flops, fast, r),
+              into=runs, estimate=per_run)
+    ours_names = [n for n in runs if n.startswith("ours")]
+    faster = max((n for n in ours_names if not runs[n].get("error")),
+                 key=lambda n: runs[n]["real_tokens_per_second"], default=None)
+    section: dict[str, Any] = {
+        "settings": asdict(settings), "parameters": parameter_count(config), "pairs": len(pairs),
+        "lora_parameters": lora_parameter_count(config, settings.r), "memory_budget_gib": budget,
+        "runs": runs, "best_stock": best, "best_stock_config": runs[best]["config"] if best else None,
+        "reference_faster": runs[faster]["config"]["reference"] if faster else None,
+        "comparisons": {f"{n}_vs_{p}": dpo_vs(runs[n], runs[p], a.loss_steps) for n in ours_names
+                        for p in runs if is_stock(p)},
+        "mfu_formula": DPO_MFU_FORMULA,
+        "note": "each stock configuration adds a flag to the last one that ran; a flag that fails is recorded with "
+                "its error; the reference computed up front counts in the measured time by the measured steps' "
+                "share of the pairs",
+    }
+    best_vs = dpo_vs(runs["ours"], runs[best], a.loss_steps) if best and "ours" in runs else {"error": "not run"}
+    section["vs_best_stock"] = {"peer": best, "ours": "ours"} | best_vs
+    section["targets"] = dpo_targets(best_vs)
+    if a.dpo_profile and best:
+        steps = 2 if a.smoke else 3
+        prof = Settings(**(asdict(settings) | {"steps": settings.warmup + steps + 1}))
+        tables: dict[str, Any] = {}
+        peer_cb, ours_cb = step_profiler(settings.warmup, steps, b.device), step_profiler(settings.warmup, steps,
+                                                                                          b.device)
+        flags = runs[best]["config"].get("stock_flags", {})
+        guarded(f"dpo {best} (profiled)", lambda: run_trl_dpo(best, load, b.tok, pairs[:prof.steps * prof.batch],
+                                                             prof, b.device, flops, flags=flags, callbacks=(peer_cb,)))
+        guarded("dpo ours (profiled)", lambda: run_ours_dpo("ours", ours_model, pairs[:prof.steps * prof.batch], prof,
+                                                            b.device, flops, fast, DEFAULT_DPO_REFERENCE,
+                                                            callbacks=(ours_cb,)))
+        tables[best], tables["ours"] = peer_cb.table, ours_cb.table
+        section["profiles"] = tables
+    return section
+
+
+def section_dpo(b: Bench) -> None:
+    out = b.report.setdefault("dpo", {})
+    for shape_name in b.args.dpo_shapes:
+        out[shape_name] = dpo_shape(b, shape_name)
+        say(f"dpo {shape_name}: " + json.dumps({k: v for k, v in out[shape_name]["vs_best_stock"].items()
+                                                if k != "pairs_per_second"}, default=str))
+
+
 SECTION_RUNNERS: dict[str, Callable[[Bench], None]] = {
     "why": section_why, "stock": section_stock, "liger": section_liger, "ours": section_ours,
-    "ablations": section_ablations, "profile": section_profile, "scaling": section_scaling, "8b": section_8b}
+    "ablations": section_ablations, "profile": section_profile, "scaling": section_scaling, "8b": section_8b,
+    "dpo": section_dpo}
 
 
 def finish(report: dict[str, Any], loss_steps: int) -> None:
@@ -1138,6 +1430,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-batches", default="2,4,8,16,32", help="batch sizes of the `scaling` section")
     p.add_argument("--steps-8b", type=int, help="optimizer steps per 8B run (default 20; smoke 3)")
     p.add_argument("--batch-8b", type=int, default=4, help="examples per optimizer step at 8B shape")
+    p.add_argument("--dpo-shapes", default="1b,8b", help="shapes of the `dpo` section (1b, 8b)")
+    p.add_argument("--dpo-steps", type=int, help="optimizer steps per DPO run (default 20; smoke 3)")
+    p.add_argument("--dpo-batch", type=int, default=4, help="preference pairs per optimizer step (smoke 2)")
+    p.add_argument("--dpo-max-length", type=int, help="max_length of the DPO runs (default: the SFT runs')")
+    p.add_argument("--dpo-profile", action="store_true", help="dpo: also profile the best stock peer and ours")
     p.add_argument("--tokenizer", default=os.environ.get("TUNEGATE_BENCH_TOKENIZER", "smollm2-135m"),
                    help="tokenizer spec (alias, .gguf or folder); only its vocabulary and chat template are used")
     p.add_argument("--time-budget", type=float, default=560.0, help="seconds; runs past it are skipped (recorded)")
@@ -1148,16 +1445,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--sections: unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
     args.padding_free_attn = [s.strip() for s in args.padding_free_attn.split(",") if s.strip()]
+    args.dpo_shapes = [s.strip() for s in args.dpo_shapes.split(",") if s.strip()]
+    if any(s not in ("1b", "8b") for s in args.dpo_shapes):
+        p.error(f"--dpo-shapes: expected 1b and/or 8b, got {','.join(args.dpo_shapes)}")
     if args.merge and args.out is None:
         p.error("--merge needs --out (the JSON to add to)")
     if args.smoke:
-        args.batch, args.batch_8b = 4, 2
-    defaults = {"steps": (4, 30), "warmup": (1, 5), "why_steps": (3, 15), "steps_8b": (3, 20)}
+        args.batch, args.batch_8b, args.dpo_batch = 4, 2, 2
+    defaults = {"steps": (4, 30), "warmup": (1, 5), "why_steps": (3, 15), "steps_8b": (3, 20), "dpo_steps": (3, 20)}
     for name, (smoke, full) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else full)
     args.why_warmup = 1 if args.smoke else 3
     args.warmup_8b = 1 if args.smoke else 5   # the first steps capture CUDA graphs and compile Liger's kernels
+    args.dpo_warmup = 1 if args.smoke else 5
     if args.ours_micro_batch and (args.ours_micro_batch <= 0 or args.batch % args.ours_micro_batch):
         p.error(f"--ours-micro-batch {args.ours_micro_batch} must divide --batch {args.batch}")
     if args.ours_liger not in ("default", "measured", "none"):
@@ -1219,7 +1520,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{settings.steps} steps x {settings.batch} examples, max length {settings.max_length}; "
         f"sections {', '.join(args.sections)}")
     needs_model = any(s in args.sections for s in ("why", "stock", "liger", "ours", "ablations", "profile",
-                                                    "scaling"))
+                                                    "scaling")) or ("dpo" in args.sections and "1b" in args.dpo_shapes)
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         folder = save_random_model(config, tok, device, dtype, Path(tmp)) if needs_model else None
         if needs_model:
@@ -1274,6 +1575,16 @@ def summary(report: dict[str, Any]) -> None:
             state = f"ERROR {s['error'][:120]}" if s.get("error") else (
                 f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
             say(f"8b {kind:5s} {name:33s} {state}")
+    for shape_name, part in report.get("dpo", {}).items():
+        for name, s in part.get("runs", {}).items():
+            state = f"ERROR {s['error'][:120]}" if s.get("error") else (
+                f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
+            say(f"dpo {shape_name} {name:38s} {state}")
+        vs = part.get("vs_best_stock", {})
+        if "throughput_ratio" in vs:
+            say(f"dpo {shape_name} ours vs best stock ({vs['peer']}): {vs['throughput_ratio']:.2f}x tokens/s, "
+                f"{vs['peak_memory_ratio'] or 0:.2f}x peak memory, loss rel diff {vs['loss_rel_diff'] or 0:.3%}, "
+                f"reward accuracy rel diff {vs['reward_accuracy_rel_diff'] or 0:.3%}")
     best = report.get("vs_best_stock")
     if best and "throughput_ratio" in best:
         say(f"\nours vs best stock ({best['peer']}): {best['throughput_ratio']:.2f}x tokens/s, "

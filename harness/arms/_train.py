@@ -26,6 +26,8 @@ from typing import Any, Literal
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from harness.base._data import Example, Preference
+from harness.arms._dpo_data import check_pairs, pair_lengths, pair_tokenizer, sequence_lengths, tokenize_pair
+from harness.model._dpo import dpo_reference, fast_dpo_trainer
 from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._load import default_device, load_model
 from harness.model._overlap import overlap_args, overlapped_trainer
@@ -66,7 +68,8 @@ def step_logger(progress: bool = True) -> Any:
     from transformers import TrainerCallback
 
     class StepLog(TrainerCallback):
-        """Collects loss, lr, grad norm, real tokens, step time and peak memory per logged step; stops on divergence."""
+        """Collects loss, lr, grad norm, real tokens, step time and peak memory per logged step (and DPO's rewards/*
+        and logps/* metrics); stops on divergence."""
 
         def __init__(self) -> None:
             self.rows: list[dict[str, Any]] = []
@@ -109,7 +112,9 @@ def step_logger(progress: bool = True) -> Any:
             self.last_tokens, self.last_t = tokens, t
             self.rows.append({"step": state.global_step, "loss": loss, "lr": logs.get("learning_rate"),
                               "grad_norm": logs.get("grad_norm"), "tokens": step_tokens, "seconds": seconds,
-                              "tokens_per_second": step_tokens / seconds, "peak_memory_gib": peak_memory_gib()})
+                              "tokens_per_second": step_tokens / seconds, "peak_memory_gib": peak_memory_gib()}
+                             # DPO: TRL's reward and log-probability metrics, under TRL's names
+                             | {k: float(v) for k, v in logs.items() if k.startswith(("rewards/", "logps/"))})
             self.show(state)
             if not math.isfinite(loss) or loss > 1e4:
                 raise TrainingFailed(f"loss diverged at step {state.global_step} (loss={loss})")
@@ -268,59 +273,90 @@ def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir:
 
 
 def train_dpo(arm: Any, base_spec: str, pairs: list[Preference], out_dir: Path, device: str | None = None,
-              init_adapter: Path | None = None, *, fast: Fast = "auto", progress: bool = True) -> TrainResult:
-    """Direct preference optimisation, from the base model or on top of an SFT adapter."""
+              init_adapter: Path | None = None, *, fast: Fast = "auto", progress: bool = True,
+              data_file: str | Path = "preference data", reference: str | None = None) -> TrainResult:
+    """Direct preference optimisation, from the base model or on top of an SFT adapter. The pairs are checked
+    (`harness.arms._dpo_data`: empty or identical answers, pairs longer than max_length unless the arm truncates)
+    before the model is loaded."""
     quiet_libraries()
     device = device or default_device()
     fast_path = resolve_fast(fast, device)
     _seed(arm.seed)
     rows = subset(pairs, arm.data_fraction, arm.seed)
+    check_pairs(rows, data_file)
+    pair_lengths(rows, pair_tokenizer(base_spec), arm.max_length, data_file, getattr(arm, "truncation", "error"))
     model, tok = _load(arm, base_spec, device, fast_path)
     return dpo_with_model(arm, model, tok, rows, out_dir, device, init_adapter=init_adapter, fast=fast_path,
-                          progress=progress)
+                          progress=progress, reference=reference)
+
+
+def _dpo_dataset(rows: list[Preference]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [m.model_dump() for m in p.prompt],
+                               "chosen": [{"role": "assistant", "content": p.chosen}],
+                               "rejected": [{"role": "assistant", "content": p.rejected}]} for p in rows])
 
 
 def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_dir: Path, device: str, *,
                    fast: FastPath | None, init_adapter: Path | None = None, progress: bool = True,
-                   callbacks: tuple[Any, ...] = ()) -> TrainResult:
-    """DPO of an already loaded model. The fast path does not merge accumulation steps here: TRL wraps the
-    adapter itself (with the frozen base as reference), so the batch size is fixed before it can be measured."""
-    from datasets import Dataset
+                   callbacks: tuple[Any, ...] = (), reference: str | None = None) -> TrainResult:
+    """DPO of an already loaded model. The plain path is TRL's DPOTrainer as shipped; the fast path
+    (`harness.model._dpo`) wraps the adapter itself so the memory plan can merge accumulation steps, packs the
+    chosen and rejected sequences, computes the log-probabilities over the completion tokens only, and takes the
+    reference from the same weights (`reference`: precomputed once, or the adapter switched off every step)."""
     from trl import DPOConfig, DPOTrainer
 
     peft_config = None if arm.type == "full" else lora_config(arm)
     if init_adapter is not None:
         from peft import PeftModel
 
-        # continue training the SFT adapter; TRL keeps a frozen copy of it as the reference
+        # continue training the SFT adapter; TRL keeps a frozen copy of it ("ref") as the reference
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
         peft_config = None
-    dataset = Dataset.from_list([{"prompt": [m.model_dump() for m in p.prompt],
-                                  "chosen": [{"role": "assistant", "content": p.chosen}],
-                                  "rejected": [{"role": "assistant", "content": p.rejected}]} for p in rows])
+    dataset = _dpo_dataset(rows)
     log = step_logger(progress)
-    session = FastSession(fast, device) if fast is not None else None
-    try:
-        if session is not None:
-            session.patch_model(model)
-        common = _common_args(arm, out_dir, device, len(rows), fast=session is not None)
+    dpo_args = {"beta": arm.beta, "max_length": arm.max_length, "truncation_mode": "keep_start"}
+    if fast is None:
+        common = _common_args(arm, out_dir, device, len(rows))
         common.pop("max_length")
-        args = DPOConfig(**common, beta=arm.beta, max_length=arm.max_length)
-        trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                             peft_config=peft_config, callbacks=[log, *callbacks])
-        if session is None:
-            return _run(trainer, log, tok, out_dir)
-        pair_lengths = [a + b for a, b in zip(
-            _token_lengths(tok, [[m.model_dump() for m in p.prompt] + [{"role": "assistant", "content": p.chosen}]
-                                 for p in rows], arm.max_length),
-            _token_lengths(tok, [[m.model_dump() for m in p.prompt] + [{"role": "assistant", "content": p.rejected}]
-                                 for p in rows], arm.max_length), strict=True)]
-        plan = session.plan(trainer.model, pair_lengths, arm.batch_size, 1,
+        trainer = DPOTrainer(model=model, args=DPOConfig(**common, **dpo_args), train_dataset=dataset,
+                             processing_class=tok, peft_config=peft_config, callbacks=[log, *callbacks])
+        return _run(trainer, log, tok, out_dir)
+
+    session = FastSession(fast, device, dpo=True)
+    try:
+        session.patch_model(model)
+        if peft_config is not None:
+            # what DPOTrainer does with a peft_config (same seed, so the same adapter initialisation), done here so
+            # the memory plan can measure the adapters' activations before the trainer's batch size is fixed
+            from peft import get_peft_model
+            from transformers import set_seed
+
+            set_seed(arm.seed)
+            model = get_peft_model(model, peft_config)
+        lengths = sequence_lengths([tokenize_pair(tok, p) for p in rows], arm.max_length)
+        plan = session.plan(model, lengths, arm.batch_size, arm.grad_accum,
                             forced_checkpointing=arm.gradient_checkpointing)
-        return _run(trainer, log, tok, out_dir, session, plan)
+        # the reference of full fine-tuning can only be computed before training (no adapter to switch off)
+        ref = "precomputed" if arm.type == "full" else dpo_reference(reference)
+        common = _common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True) | overlap_args(device)
+        common.pop("max_length")
+        trainer = fast_dpo_trainer(DPOTrainer)(
+            model=model, args=DPOConfig(**common, **dpo_args), train_dataset=dataset, processing_class=tok,
+            callbacks=[log, *callbacks], fresh_adapter=init_adapter is None, precompute=ref == "precomputed",
+            packed=session.report.padding_free,
+            log_late=session.overlap_blocked is None)
+        reference_seconds = trainer.reference_seconds
+        result = _run(trainer, log, tok, out_dir, session, plan)
     finally:
-        if session is not None:
-            session.close()
+        session.close()
+    # the precomputed reference is part of the training's cost: counted in its time and tokens/s
+    seconds = result.seconds + reference_seconds
+    tokens = result.tokens_per_second * result.seconds
+    result.fastpath |= {"dpo_reference": ref, "reference_seconds": reference_seconds}
+    result.seconds, result.tokens_per_second = seconds, tokens / max(seconds, 1e-9)
+    return result
 
 
 def _eos_for_template(tok: Any) -> str:

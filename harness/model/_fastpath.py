@@ -196,10 +196,11 @@ class FastSession:
     session.close()
     """
 
-    def __init__(self, fast: FastPath, device: str, *, sft: bool = False) -> None:
+    def __init__(self, fast: FastPath, device: str, *, sft: bool = False, dpo: bool = False) -> None:
         self.fast = fast
         self.device = torch.device(device)
-        self.sft = sft  # the loss is SFT's token mean (Liger's fused cross-entropy may replace its head)
+        self.sft = sft   # the loss is SFT's token mean (Liger's fused cross-entropy may replace its head)
+        self.dpo = dpo   # DPO hook: the trainer is harness.model._dpo's FastDPOSteps (overlapped steps of its own)
         self.report = FastReport()
         self._stack = ExitStack()
         self._liger: ExitStack | None = None  # Liger's patches, undone on close (or when its kernels fail)
@@ -210,8 +211,8 @@ class FastSession:
         """Why this session's SFT steps cannot be overlapped (None: they can, `OverlappedSteps` trains them)."""
         if not self.fast.overlap:
             return "off"
-        if not self.sft:
-            return "off: SFT only (DPO's trainer builds its own batches)"
+        if not self.sft and not self.dpo:
+            return "off: SFT and DPO only"
         if not self.fast.padding_free:
             return "off: needs the padding-free forward"
         return None
@@ -314,7 +315,7 @@ class FastSession:
                     else "off: SFT only (this loss needs per-token log-probabilities)"
                 )
             self.report.overlap = self.overlap_blocked or "on"
-            if self.overlap_blocked is None and not self.report.liger_loss_head.startswith("on"):
+            if self.sft and self.overlap_blocked is None and not self.report.liger_loss_head.startswith("on"):
                 causal_lm = unwrap(model)
                 head = stack.enter_context(host_indexed_head(causal_lm, backbone_of(causal_lm)))
                 self.report.overlap = f"on (loss head by host-side indices: {head})"

@@ -97,6 +97,9 @@ class DpoArm(TrainArm):
     beta: float = Field(default=0.1, gt=0)
     lr: float = Field(default=5e-6, gt=0, lt=1e3)
     from_arm: str | None = None  # an SFT arm or trial (lora/qlora/dora/full) whose weights DPO continues from
+    # a pair longer than max_length: "error" refuses it before training (file, line, field); "keep_start" cuts
+    # prompt + answer to max_length as TRL's DPOTrainer does
+    truncation: Literal["error", "keep_start"] = "error"
 
 
 Arm = Annotated[BaselineArm | PromptArm | RagArm | LoraArm | QloraArm | DoraArm | FullArm | DpoArm,

@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from harness._nvml import visible_nvml_gpus
+from harness.base._data import load_examples
+from harness.arms._dpo_data import load_pairs, pair_lengths, pair_tokenizer
 from harness.arms._prompting import describe, embedding_folder, load_documents
-from harness.base._data import load_examples, load_preferences
 from harness.base._errors import UserError, YamlDoc
 from harness.evaluation import _suite as suite_registry
 from harness.model._load import cache_root, resolve
@@ -150,7 +151,13 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
     if plan.data.train and any(a.type not in ("baseline", "dpo") for a in arms):
         rows["train"] = len(load_examples(plan.data.train, plan.data.format))
     if any(a.type == "dpo" for a in arms):
-        rows["preference"] = len(load_preferences(plan.data.preference or ""))
+        pairs = load_pairs(plan.data.preference or "")
+        rows["preference"] = len(pairs)
+        tok, counted = pair_tokenizer(plan.model), None
+        for arm in arms:
+            if arm.type == "dpo":   # over-long pairs are refused here, before any trial starts
+                counted = pair_lengths(pairs, tok, arm.max_length, plan.data.preference or "", arm.truncation,
+                                       counted)
     for i, name in enumerate(plan.suites):
         try:
             suite_registry.load(name)

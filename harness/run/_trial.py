@@ -18,9 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import tracing
 from harness.arms._artifacts import load_trial_model, trial_base
+from harness.base._data import file_sha256, load_examples
+from harness.arms._dpo_data import load_pairs
 from harness.arms._prompting import shaper_for
 from harness.arms._train import TrainingFailed, train_dpo, train_sft
-from harness.base._data import file_sha256, load_examples, load_preferences
 from harness.base._errors import UserError
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._evaluate import evaluate
@@ -213,9 +214,10 @@ class _TrialExecution:
                 else:
                     self.base_model = trial_base(plan.model, parent.folder)
                     init = parent_weights
-            prefs = load_preferences(plan.data.preference or "")
+            prefs = load_pairs(plan.data.preference or "")
             started = time.perf_counter()
-            result = train_dpo(arm, self.base_model, prefs, self.folder, self.device, init_adapter=init)
+            result = train_dpo(arm, self.base_model, prefs, self.folder, self.device, init_adapter=init,
+                               data_file=plan.data.preference or "")
         else:
             examples = load_examples(plan.data.train or "", plan.data.format)
             started = time.perf_counter()

@@ -480,7 +480,8 @@ def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_pa
 
     pairs = [Preference(prompt=[Message(role="user", content=e.prompt[0].content)], chosen=e.answer,
                         rejected=e.answer[::-1] or "no") for e in examples]
-    dpo = DpoArm(name="d", type="dpo", max_steps=2, batch_size=2, dropout=0.0, lr=1e-3, max_length=64)
+    dpo = DpoArm(name="d", type="dpo", max_steps=2, batch_size=2, dropout=0.0, lr=1e-3, max_length=64,
+                 truncation="keep_start")
     plain = train_dpo(dpo, str(tiny_model_dir), pairs, tmp_path / "dp", "cpu", fast=None, progress=False)
     fast = train_dpo(dpo, str(tiny_model_dir), pairs, tmp_path / "df", "cpu",
                      fast=fp.FastPath(checkpointing="full"), progress=False)

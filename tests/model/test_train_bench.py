@@ -85,3 +85,25 @@ def test_bench_tiny_mode_end_to_end(tmp_path):
     assert set(saved["liger_per_kernel"]["kernels"]) == {*LIGER_KERNELS, "all"}
     for kind in ("lora", "qlora"):
         assert saved["shape_8b"][kind]["runs"].keys() >= {"peer", "ours"}
+
+
+def test_dpo_section_smoke(tmp_path):
+    """The dpo section (issue 32) on CPU: stock DPOTrainer peers flag by flag (failing flags recorded with their
+    error), ours with each reference, and the comparison against the best stock peer over the same steps."""
+    out = tmp_path / "dpo.json"
+    run_bench("train_throughput.py", "--smoke", "--sections", "dpo", "--dpo-shapes", "8b", "--out", str(out))
+    section = json.loads(out.read_text())["dpo"]["8b"]
+    runs = section["runs"]
+    assert {"peer", "trl-no-gc", "trl-no-gc-precompute", "ours", "ours-adapter-off"} <= set(runs)
+    padding_free = next(r for n, r in runs.items() if n.endswith("padding-free"))
+    assert padding_free["error"] and "padding_free" in padding_free["error"]   # TRL 1.16 turns it off for DPO
+    for name in ("peer", "ours", "ours-adapter-off"):
+        run = runs[name]
+        assert run["error"] is None and run["real_tokens_per_second"] > 0 and len(run["losses"]) == 3
+        assert len(run["metrics"]["rewards/accuracies"]) == 3
+    assert runs["ours"]["fastpath"]["dpo_reference"] == "precomputed" and runs["ours"]["fastpath"]["overlap"] == "on"
+    best = section["vs_best_stock"]
+    assert best["peer"] == section["best_stock"] and best["same_tokens"] and best["loss_rel_diff"] < 1e-3
+    assert best["reward_accuracy_rel_diff"] is not None and best["pairs_per_second"]["ours"] > 0
+    assert set(section["targets"]) == {"throughput_ratio", "peak_memory_ratio", "loss_rel_diff",
+                                       "reward_accuracy_rel_diff"}

@@ -139,7 +139,7 @@ def test_stored_results_mark_the_corpus_metric_and_pair_the_others(suite: Any, s
     assert by_metric["length/chars"].verdict == "better"  # shorter is better, and the tuned answers are shorter
     pooled = by_metric["pooled/overlap"]
     assert pooled.stats is None and pooled.problem is not None and "corpus-level" in pooled.problem
-    from harness.store import results_frame
+    from harness.store._export import results_frame
 
     frame = results_frame(store)
     assert frame.set_index(["trial", "metric"])["corpus"].to_dict() == {
