@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from harness._lazy import lazy_getattr
 
 if TYPE_CHECKING:
+    from harness.gate._closeness import mean_interval
     from harness.gate._decide import (
         Decision,
         ERROR,
@@ -15,7 +16,6 @@ if TYPE_CHECKING:
         REJECT,
         decide,
         evaluate_rule,
-        mean_interval,
     )
     from harness.gate._outputs import (
         MARKDOWN_MARKER,
@@ -49,7 +49,7 @@ _EXPORTS = {
     "evaluate_rule": "harness.gate._decide",
     "fmt": "harness.gate._outputs",
     "load_policy": "harness.gate._policy",
-    "mean_interval": "harness.gate._decide",
+    "mean_interval": "harness.gate._closeness",
     "to_junit": "harness.gate._outputs",
     "to_markdown": "harness.gate._outputs",
 }
