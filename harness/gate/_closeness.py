@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.analysis._stats import paired_bootstrap, wilson
+from harness.analysis._stats import _BOOTSTRAP_CELLS, paired_bootstrap, wilson
 from harness.gate._policy import CONFIDENCE, Rule
 
 
@@ -129,13 +129,38 @@ class Flip:
     keys: tuple[str, ...]      # which ones (one choice that does it)
 
 
-def _walk(candidate: dict[str, float], up: bool, bounds: tuple[float, float]
+def draw_counts(n: int, resamples: int = 10_000, seed: int = 0) -> np.ndarray:
+    """How often the gate's bootstrap (paired_bootstrap: same seed, same blocks) draws each of n items."""
+    rng = np.random.default_rng(seed)
+    rows = max(1, _BOOTSTRAP_CELLS // n)
+    counts = np.zeros(n, dtype=np.int64)
+    for start in range(0, resamples, rows):
+        counts += np.bincount(rng.integers(0, n, size=(min(rows, resamples - start), n)).ravel(), minlength=n)
+    return counts
+
+
+def _walk(group: Sequence[RuleScores], up: bool, narrow: bool
           ) -> tuple[list[str], Callable[[int], dict[str, float]]]:
-    """The items in the order the search changes them (farthest move first; ties in the store's order), and
-    the candidate's scores with the first k of them changed."""
-    to = bounds[1] if up else bounds[0]
-    moves = [(abs(to - v), i, k) for i, (k, v) in enumerate(candidate.items()) if v != to]
-    order = [k for _, _, k in sorted(moves, key=lambda m: (-m[0], m[1]))]
+    """The items in the order the search changes them, and the candidate's scores with the first k changed.
+
+    Farthest move first (what moves a mean most); among equal moves, with `narrow` (the search helps a check
+    pass) one that brings the candidate's score toward the comparison model's first (a paired difference nearer
+    0 narrows a bootstrap interval, lifting its worst end), else one that takes it away first (widening it);
+    then the item the bootstrap draws most often, then the store's order."""
+    candidate = group[0].candidate
+    to = score_range(group)[1 if up else 0]
+    paired = next((s for s in group if s.paired), None)
+    base = dict(zip(paired.paired, paired.baseline)) if paired else {}
+    weight = draw_counts(len(paired.paired)) if paired else draw_counts(len(candidate))
+    position = {k: i for i, k in enumerate(paired.paired if paired else candidate)}
+    moves = []
+    for i, (k, v) in enumerate(candidate.items()):
+        if v == to:
+            continue
+        toward = k in base and abs(to - base[k]) < abs(v - base[k])
+        w = int(weight[position[k]]) if k in position else 0
+        moves.append((-abs(to - v), toward != narrow, -w, i, k))
+    order = [m[-1] for m in sorted(moves)]
 
     def state(k: int) -> dict[str, float]:
         changed = dict(candidate)
@@ -169,7 +194,7 @@ def to_fail(s: RuleScores) -> Flip | None:
     base = judge(s)
     best: Flip | None = None
     for index, check in enumerate(base):
-        order, state = _walk(s.candidate, not check.up, score_range([s]))
+        order, state = _walk([s], not check.up, narrow=False)
         k = _first(len(order), lambda k: not judge(s, state(k))[index].ok)
         if k is not None and (best is None or k < best.items):
             best = Flip(k, tuple(order[:k]))
@@ -186,7 +211,7 @@ def to_pass(group: Sequence[RuleScores]) -> Flip | None:
     if len(directions) != 1:
         return None
     up = directions.pop()
-    order, state = _walk(group[0].candidate, up, score_range(group))
+    order, state = _walk(group, up, narrow=True)
     k = _first(len(order), lambda k: _all_pass(group, state(k), up))
     if k is None or not _all_pass(group, state(k)):
         return None
