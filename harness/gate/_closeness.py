@@ -20,7 +20,11 @@ re-running the rule's own checks) where the rule's result differs.
   and for interval rules on 0/1 metrics judged by Wilson bounds (a function of the count alone). For rules
   judged on a bootstrap interval (`require_improvement`, `judge_on: interval` with `max_drop`, or `min`/`max`
   on a continuous metric) it is an upper bound: the items found do flip the rule (re-run with the same seed),
-  but another choice of as many items could move the interval more, since resampling draws items unequally.
+  but another choice of as many items could move the interval more, since resampling draws items unequally
+  and a difference's spread matters as well as its mean. Among equal moves the walk therefore takes first
+  those that narrow the interval (helping a check pass) or widen it (making one fail), then the items the
+  bootstrap draws most often; on small random 0/1 cases that finds the exhaustive minimum, on continuous
+  scores it is at times one item above it (tests/gate/test_closeness.py).
 - The decision: a promotion flips when any rule flips (the smallest count over rules); a rejection flips only
   when every failing rule passes and no passing rule fails, so rules on the same suite and metric are searched
   together (they share items) and the counts of independent groups add up.
@@ -221,6 +225,18 @@ def to_pass(group: Sequence[RuleScores]) -> Flip | None:
 def rule_flip(s: RuleScores) -> Flip | None:
     """How far the rule's result is from the other one: a passing rule from failing, a failing one from passing."""
     return to_fail(s) if all(c.ok for c in judge(s)) else to_pass([s])
+
+
+def phrase(verdict: str, flips: int | None) -> str:
+    """`PASS — 1 item from FAIL`: a result and how close it was (a rule's `pass`/`FAIL`, a decision's
+    `promote`/`reject`; an error has no count)."""
+    word = {"promote": "PASS", "pass": "PASS", "reject": "FAIL", "fail": "FAIL"}.get(verdict.lower())
+    if word is None:
+        return "ERROR"
+    other = "FAIL" if word == "PASS" else "PASS"
+    if flips is None:
+        return f"{word} — no change of items found that flips it"
+    return f"{word} — {flips} item{'' if flips == 1 else 's'} from {other}"
 
 
 def decision_flips(judged: Sequence[tuple[bool, RuleScores | None]], flips: Sequence[int | None],

@@ -44,3 +44,8 @@ def describe(keys: Iterable[str], candidate: Mapping[str, str], baseline: Mappin
     """`dtype (baseline float32, candidate bfloat16), gpu (...)`: the differing keys with both values."""
     return ", ".join(f"{k} (baseline {baseline.get(k, UNKNOWN) if baseline else UNKNOWN}, candidate "
                      f"{candidate.get(k, UNKNOWN) if candidate else UNKNOWN})" for k in keys)
+
+
+def recorded(numerics: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether a decision's numerics (side -> record) know anything beyond "unknown"."""
+    return any(v != UNKNOWN for record in numerics.values() for v in record.values())
