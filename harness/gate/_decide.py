@@ -114,7 +114,8 @@ def _numerics(policy: Policy, judged: list[tuple[RuleResult, RuleScores | None]]
         elif differ := differing(cand, base):
             keys.update(differ)
             problems.append(f"{r.name}: {describe(differ, cand, base)}")
-    numerics = {side: merged(records) for side, records in sides.items() if records}
+    every_key = {k for records in sides.values() for r in records for k in r}
+    numerics = {side: merged(records, every_key) for side, records in sides.items() if records}
     if problems and policy.require_same_numerics:
         results.append(RuleResult("same numerics", False, True, "require_same_numerics: baseline and candidate "
                                   f"must be scored under the same numerics: {'; '.join(problems)}"))

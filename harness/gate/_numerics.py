@@ -21,13 +21,14 @@ def numerics_of(evaluation: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in raw.items()}
 
 
-def merged(records: Iterable[Mapping[str, str]]) -> dict[str, str]:
-    """One side's records (one per suite it was judged on) as one: a key's value, or its values joined with
-    " | " where suites differ; a key missing from one record (or a record unknown) shows "unknown" among them."""
+def merged(records: Iterable[Mapping[str, str]], keys: Iterable[str] | None = None) -> dict[str, str]:
+    """One side's records (one per suite it was judged on) as one, over `keys` (default: every key they have):
+    a key's value, or its values joined with " | " where suites differ; "unknown" where a record lacks it.
+    No key at all: {"numerics": "unknown"}."""
     records = list(records)
     if not records:
         return {}
-    keys = sorted({k for r in records for k in r})
+    keys = sorted(set(keys) if keys is not None else {k for r in records for k in r})
     if not keys:
         return {"numerics": UNKNOWN}
     return {k: " | ".join(sorted({r.get(k, UNKNOWN) for r in records})) for k in keys}
