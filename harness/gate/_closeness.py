@@ -199,7 +199,7 @@ def to_fail(s: RuleScores) -> Flip | None:
     best: Flip | None = None
     for index, check in enumerate(base):
         order, state = _walk([s], not check.up, narrow=False)
-        k = _first(len(order), lambda k: not judge(s, state(k))[index].ok)
+        k = _first(len(order), lambda k, state=state, index=index: not judge(s, state(k))[index].ok)
         if k is not None and (best is None or k < best.items):
             best = Flip(k, tuple(order[:k]))
     return best

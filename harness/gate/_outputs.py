@@ -80,8 +80,8 @@ def to_markdown(decision: Decision) -> str:
     icon = {"promote": "✅ PROMOTE", "reject": "❌ REJECT", "error": "⚠️ ERROR"}[decision.verdict]
     close = "" if decision.verdict == "error" else f" · {phrase(decision.verdict, decision.flips_to_change)}"
     lines = [MARKDOWN_MARKER, f"### tunegate gate: {icon} (exit {decision.exit_code}){close}", "",
-             f"Policy {_code(decision.policy)} · candidate {_code(decision.candidate)} · compared with "
-             f"{_code(decision.baseline or '—')}", "",
+             (f"Policy {_code(decision.policy)} · candidate {_code(decision.candidate)} · compared with "
+              f"{_code(decision.baseline or '—')}"), "",
              "| rule | result | flips to change | candidate | compared with | Δ [95% CI] | n | detail |",
              "|---|---|---|---|---|---|---|---|"]
     for r in decision.rules:
