@@ -11,7 +11,7 @@ from rich.table import Table
 
 from harness.analysis._compare import compare_trials
 from harness.gate._closeness import phrase
-from harness.gate._numerics import recorded
+from harness.gate._numerics import UNKNOWN, numerics_of, recorded
 
 console = Console() if sys.stdout.isatty() else Console(width=max(120, int(os.environ.get("COLUMNS") or 0)))
 err_console = Console(stderr=True)
@@ -84,4 +84,16 @@ def print_numerics(decision: Any, out: Console) -> None:
         style = "yellow" if key in decision.numerics_differ else ""
         cells = [safe(key), safe(base.get(key, "—")), safe(cand.get(key, "—"))]
         table.add_row(*(f"[{style}]{c}[/]" if style else c for c in cells))
+    out.print(table)
+
+
+def print_numerics_by_trial(st: Any, run_id: int, out: Console | None = None) -> None:
+    """What each trial's suites were scored under, when the store recorded it for any of them."""
+    out = out or console
+    rows = [(t.name, suite.name, numerics_of(ev)) for t in st.trials(run_id) for ev, suite in st.evaluations(t.id)]
+    if not any(record for _, _, record in rows):
+        return
+    table = Table("trial", "suite", "numerics", title="scored under")
+    for trial, suite, record in rows:
+        table.add_row(safe(trial), safe(suite), safe(", ".join(f"{k}={v}" for k, v in record.items()) or UNKNOWN))
     out.print(table)

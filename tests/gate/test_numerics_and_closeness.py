@@ -196,3 +196,11 @@ def test_an_error_has_no_count(store: Store, suites, tmp_path: Path) -> None:
     assert d.exit_code == 2 and d.flips_to_change is None
     assert [r.flips_to_change is None for r in d.rules] == [False, True, False]
     assert json.loads(d.to_json())["flips_to_change"] is None and "ERROR — cannot decide" in terminal(d)
+
+
+def test_show_lists_what_each_suite_was_scored_under(store: Store, suites) -> None:
+    experiment(store, suites, task=kit.ones(N, range(3)), refusal=kit.ones(M, range(3)), base=None, cand=BF16)
+    result = kit.tunegate("show", "exp", "--store", store.url, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "dtype=" in line or "unknown" in line]
+    assert len(rows) == 4 and sum("dtype=bfloat16" in r for r in rows) == 2 and sum("unknown" in r for r in rows) == 2

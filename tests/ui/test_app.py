@@ -328,6 +328,10 @@ def test_gate_decisions_rules_and_promotions(app_run: RunStore, monkeypatch: pyt
     for d, rules in zip(decisions, tables):
         assert list(rules["rule"]) == [r["name"] for r in d.rules]
         assert list(rules["evidence"]) == [r["message"] for r in d.rules]
+        assert list(rules["flips to change"]) == ["—" if r.get("flips_to_change") is None else str(r["flips_to_change"])
+                                                  for r in d.rules]
+    promoted_decision = next(d for d in decisions if d.verdict == "promote")
+    assert f"PASS — {promoted_decision.flips_to_change} item" in at.success[0].value
     proms = frame(at, "model (trial)")
     promoted = st.promotions()
     assert len(proms) == len(promoted) == 1
