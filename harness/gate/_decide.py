@@ -242,11 +242,11 @@ def _evaluate(store: Store, policy: Policy, rule: Rule, candidate: Trial, baseli
     if len(values) < rule.min_items:
         return error(f"only {len(values)} items scored, the policy needs {rule.min_items}")
     kind = metric_kind(store, ev.id, rule.metric)
-    candidate = {k: float(v) for k, v in scores.items() if v is not None}
+    by_item = {k: float(v) for k, v in scores.items() if v is not None}
     if rule.min is not None or rule.max is not None:
         lo, hi = mean_interval(values, kind.binary)
         evidence |= {"candidate_ci_low": lo, "candidate_ci_high": hi}
-    judged = RuleScores(rule, policy.target(rule), candidate, binary=kind.binary, group=(ev.id, rule.metric))
+    scored = RuleScores(rule, policy.target(rule), by_item, binary=kind.binary, group=(ev.id, rule.metric))
     if rule.relative:
         target = policy.target(rule)
         if baseline is None:
@@ -273,10 +273,10 @@ def _evaluate(store: Store, policy: Policy, rule: Rule, candidate: Trial, baseli
                      "baseline_wins": st.a_wins, "compared_with": target}
         higher = kind.higher_is_better if rule.higher_is_better is None else rule.higher_is_better
         evidence["higher_is_better"] = higher
-        judged = replace(judged, paired=tuple(paired.keys), baseline=tuple(paired.baseline), higher=higher)
-    checks = judge(judged)
+        scored = replace(scored, paired=tuple(paired.keys), baseline=tuple(paired.baseline), higher=higher)
+    checks = judge(scored)
     passed = all(c.ok for c in checks)
-    flip = rule_flip(judged)
+    flip = rule_flip(scored)
     evidence["flip_items"] = list(flip.keys[:FLIP_KEYS_SHOWN]) if flip else []
     return RuleResult(rule.label, passed, False, "; ".join(c.text for c in checks), evidence, rule._safety,
-                      flips_to_change=flip.items if flip else None), judged
+                      flips_to_change=flip.items if flip else None), scored
