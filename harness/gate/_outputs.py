@@ -104,7 +104,7 @@ def to_markdown(decision: Decision) -> str:
         for key in sorted(set(base) | set(cand)):
             mark = " ⚠️" if key in decision.numerics_differ else ""
             lines.append(f"| {_md(key)}{mark} | {_md(base.get(key, '—'))} | {_md(cand.get(key, '—'))} |")
-        lines += ["", "</details>"]
+        lines += ["", "</details>", ""]
     if decision.decision_id is not None:
         lines.append(f"<sub>decision #{decision.decision_id}"
                      + (f" · promotion #{decision.promotion_id}" if decision.promotion_id else "")
