@@ -17,7 +17,9 @@ re-running the rule's own checks) where the rule's result differs.
 - A failing rule passes only when all its checks pass: its failing checks must all pull one way (else no
   count), the walk goes that way, and the count stands only if the checks pulling the other way still pass.
 - Exact for point rules (`min`, `max`, `max_drop` on the mean; a sum moves most by the largest moves first)
-  and for interval rules on 0/1 metrics judged by Wilson bounds (a function of the count alone). For rules
+  and for interval rules on 0/1 metrics judged by Wilson bounds (a function of the count alone), with one
+  exception: a failing rule on a continuous metric with checks pulling both ways (a floor and a ceiling) whose
+  farthest moves overshoot the other check gets no count, though smaller moves might fit. For rules
   judged on a bootstrap interval (`require_improvement`, `judge_on: interval` with `max_drop`, or `min`/`max`
   on a continuous metric) it is an upper bound: the items found do flip the rule (re-run with the same seed),
   but another choice of as many items could move the interval more, since resampling draws items unequally

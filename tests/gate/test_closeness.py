@@ -118,16 +118,18 @@ def test_a_metric_outside_0_1_moves_to_the_lowest_or_highest_score_seen() -> Non
 
 RULES_BOOTSTRAP: list[tuple[dict[str, Any], bool]] = [
     ({"require_improvement": True}, True), ({"max_drop": 0.1, "judge_on": "interval"}, True),
-    ({"require_improvement": True}, False), ({"min": 0.4, "judge_on": "interval"}, False),
+    ({"require_improvement": True}, False), ({"max_drop": 0.1, "judge_on": "interval"}, False),
+    ({"min": 0.4, "judge_on": "interval"}, False), ({"max": 0.6, "judge_on": "interval"}, False),
 ]
 
 
+@pytest.mark.parametrize("higher", [True, False])
 @pytest.mark.parametrize("spec,binary", RULES_BOOTSTRAP, ids=lambda x: str(x))
-def test_bootstrap_interval_rules_are_an_upper_bound(spec: dict[str, Any], binary: bool) -> None:
+def test_bootstrap_interval_rules_are_an_upper_bound(spec: dict[str, Any], binary: bool, higher: bool) -> None:
     """A bootstrap interval, re-run with the gate's seed after each change: never below the exhaustive minimum,
     and the items it names do flip the rule. On these 0/1 cases the search's order (toward or away from the
     comparison model's score, then the most drawn item) also finds the minimum itself."""
-    rng = random.Random(zlib.crc32(repr((spec, binary)).encode()))
+    rng = random.Random(zlib.crc32(repr((spec, binary, higher)).encode()))
     rule = Rule(suite="s", metric="m", **spec)
     found = 0
     for _ in range(8):
@@ -137,8 +139,8 @@ def test_bootstrap_interval_rules_are_an_upper_bound(spec: dict[str, Any], binar
         else:
             cand = [rng.choice([0.0, 0.3, 0.6, 1.0]) for _ in range(n)]
             base = [rng.choice([0.0, 0.4, 0.7, 1.0]) for _ in range(n)]
-        got, _ = check_against_brute(scores(rule, cand, base if rule.relative else None, binary=binary),
-                                     exact=binary)
+        got, _ = check_against_brute(scores(rule, cand, base if rule.relative else None, binary=binary,
+                                            higher=higher), exact=binary)
         found += got is not None
     assert found  # the cases exercise the search, not only rules nothing can flip
 
