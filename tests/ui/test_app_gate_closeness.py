@@ -1,6 +1,6 @@
 """The app's Gate page shows how close each decision was ("FAIL — 1 item from PASS", a flips column per rule)
 and the numerics both sides were scored under, with a warning naming the keys that differ (AppTest on a store
-filled from per-item scores)."""
+filled from per-item scores); the static HTML report shows the same closeness."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +9,7 @@ import pytest
 
 from harness.gate import decide
 from harness.store import Store
+from harness.ui._report import write_html
 from tests.support import storekit as kit
 from tests.ui.test_app import frame, open_page
 
@@ -46,3 +47,6 @@ def test_the_gate_page_shows_closeness_and_numerics(tmp_path: Path, monkeypatch:
     numerics = frame(at, "differs").set_index("numerics")
     assert (numerics.loc["dtype", "baseline"], numerics.loc["dtype", "candidate"]) == ("float32", "bfloat16")
     assert numerics.loc["dtype", "differs"] == "⚠️" and numerics.loc["gpu", "differs"] == ""
+
+    html = write_html(store, str(run), tmp_path / "report.html").read_text()
+    assert "FAIL — 1 item from PASS" in html and "<th>flips to change</th>" in html
