@@ -14,7 +14,16 @@ from rich.table import Table
 
 from advisor.cli import advise_command
 from harness import tracing, ui
-from harness.cli._console import _f, console, err_console, print_decision, print_run_comparison, printable, safe
+from harness.cli._console import (
+    _f,
+    console,
+    err_console,
+    print_decision,
+    print_numerics_by_trial,
+    print_run_comparison,
+    printable,
+    safe,
+)
 from harness.cli._safety import app as safety_app
 from harness.base._errors import UserError
 from harness.redact import redact
@@ -254,6 +263,7 @@ def show(run_ref: Annotated[str, typer.Argument(help="Run id or name.")], store:
                       _f(t.tokens_per_second, 0), _f(t.peak_memory_gib, 2), _f(t.final_loss, 3),
                       safe((t.error or "")[:60]))
     console.print(table)
+    print_numerics_by_trial(st, run.id)
     print_run_comparison(st, run.id)
 
 

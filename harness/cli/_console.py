@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.analysis._compare import compare_trials
+from harness.gate._closeness import phrase
+from harness.gate._numerics import UNKNOWN, numerics_of, recorded
 
 console = Console() if sys.stdout.isatty() else Console(width=max(120, int(os.environ.get("COLUMNS") or 0)))
 err_console = Console(stderr=True)
@@ -57,10 +59,41 @@ def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline", out: 
 def print_decision(decision: Any, out: Console | None = None) -> None:
     out = out or console
     color = {"promote": "green", "reject": "red", "error": "yellow"}[decision.verdict]
-    table = Table("rule", "result", "detail", title=safe(f"gate: {decision.candidate} vs {decision.baseline}"))
+    table = Table("rule", "result", "flips to change", "detail",
+                  title=safe(f"gate: {decision.candidate} vs {decision.baseline}"))
     for r in decision.rules:
         table.add_row(safe(r.name), "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
-                      safe(r.message))
+                      "—" if r.flips_to_change is None else str(r.flips_to_change), safe(r.message))
     out.print(table)
-    word = {"promote": "PASS — promote", "reject": "FAIL — reject", "error": "ERROR — cannot decide"}[decision.verdict]
-    out.print(f"[bold {color}]Gate: {word}[/] (exit {decision.exit_code}): {safe(decision.reason)}")
+    print_numerics(decision, out)
+    word = {"promote": "promote", "reject": "reject", "error": "cannot decide"}[decision.verdict]
+    out.print(f"[bold {color}]Gate: {safe(phrase(decision.verdict, decision.flips_to_change))} — {word}[/] "
+              f"(exit {decision.exit_code}): {safe(decision.reason)}")
+
+
+def print_numerics(decision: Any, out: Console) -> None:
+    """What baseline and candidate were scored under, a differing key in yellow."""
+    if not decision.numerics:
+        return
+    if not recorded(decision.numerics):
+        out.print("numerics: not recorded (scored before tunegate kept them)")
+        return
+    base, cand = decision.numerics.get("baseline", {}), decision.numerics.get("candidate", {})
+    table = Table("numerics", "baseline", "candidate", title="scored under")
+    for key in sorted(set(base) | set(cand)):
+        style = "yellow" if key in decision.numerics_differ else ""
+        cells = [safe(key), safe(base.get(key, "—")), safe(cand.get(key, "—"))]
+        table.add_row(*(f"[{style}]{c}[/]" if style else c for c in cells))
+    out.print(table)
+
+
+def print_numerics_by_trial(st: Any, run_id: int, out: Console | None = None) -> None:
+    """What each trial's suites were scored under, when the store recorded it for any of them."""
+    out = out or console
+    rows = [(t.name, suite.name, numerics_of(ev)) for t in st.trials(run_id) for ev, suite in st.evaluations(t.id)]
+    if not any(record for _, _, record in rows):
+        return
+    table = Table("trial", "suite", "numerics", title="scored under")
+    for trial, suite, record in rows:
+        table.add_row(safe(trial), safe(suite), safe(", ".join(f"{k}={v}" for k, v in record.items()) or UNKNOWN))
+    out.print(table)

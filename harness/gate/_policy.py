@@ -66,6 +66,7 @@ class Policy(BaseModel):
     name: str = "gate"
     baseline: str = "baseline"  # trial name in the candidate's run, unless --baseline is given
     compare_to: Target = "baseline"
+    require_same_numerics: bool = False  # baseline and candidate scored under different numerics: error (exit 2)
     rules: list[Rule] = Field(default_factory=list)
     safety: list[SafetyRule] = Field(default_factory=list)
 
@@ -91,6 +92,7 @@ class RuleResult:
     message: str
     evidence: dict[str, Any] = field(default_factory=dict)
     safety: bool = False
+    flips_to_change: int | None = None  # fewest item changes that flip the result (None: not item-based)
 
 
 def load_policy(path: str | Path) -> Policy:

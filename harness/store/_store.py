@@ -17,7 +17,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -239,7 +239,7 @@ class Store:
                 s.delete(old)
                 s.flush()
             ev = Evaluation(trial_id=trial_id, suite_id=suite_row.id, n_items=len(result.items),
-                            seconds=result.seconds)
+                            seconds=result.seconds, numerics=_numerics(getattr(result, "numerics", None)))
             s.add(ev)
             s.flush()
             for r in result.items:
@@ -593,6 +593,13 @@ def _aggregates(result: EvaluationLike) -> dict[str, tuple[float, float, int]]:
             mean, se = mean_stderr(values)
             out[metric] = (mean, se, len(values))
     return out
+
+
+def _numerics(record: Any) -> dict[str, str] | None:
+    """A suite result's numerics record as stored: text values, or NULL when it has none."""
+    if not isinstance(record, Mapping) or not record:
+        return None
+    return {str(k): "" if v is None else str(v) for k, v in record.items()}
 
 
 def _finite(v: float | None) -> float | None:

@@ -123,6 +123,9 @@ class Evaluation(Base):
     n_items: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[str] = mapped_column(String(40), default=now)
+    # what the scores were computed under: dtype, invariant mode, engine, library and kernel versions, GPU, ...
+    # (text values; NULL in rows written before revision 0005: read as "unknown")
+    numerics: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class Output(Base):
@@ -194,6 +197,8 @@ class GateDecision(Base):
     created_at: Mapped[str] = mapped_column(String(40), default=now)
     candidate_ref: Mapped[str] = mapped_column(Text, default="")
     decided_by: Mapped[str] = mapped_column(String(200), default="")
+    flips_to_change: Mapped[int | None] = mapped_column(Integer, nullable=True)  # fewest item changes to flip it
+    numerics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # candidate, baseline, differ
 
 
 class Promotion(Base):
@@ -219,3 +224,4 @@ class EvaluationLike(Protocol):
     seconds: float
     metrics: dict[str, tuple[float, float, int]]
     kinds: Mapping[str, Any]  # name -> MetricKind (higher_is_better, binary, corpus); one not in it is stored NULL
+    # and, read with getattr (optional): numerics, a flat dict[str, str] of what the scores were computed under

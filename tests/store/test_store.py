@@ -219,6 +219,37 @@ def test_metric_rows_from_before_0003_are_read_through_the_scorer_registry(tmp_p
     assert em.kind.binary and em.stats is not None and em.stats.mcnemar_p is not None and em.verdict == "better"
 
 
+def test_evaluations_from_before_0005_have_unknown_numerics(tmp_path: Path, suite) -> None:
+    from alembic import command
+
+    from harness.gate import decide
+
+    url = f"sqlite:///{tmp_path / 'old-numerics.db'}"
+    store = Store(url)
+    numerics = {"dtype": "bfloat16", "mode": "invariant", "gpu": "NVIDIA H200"}
+    run = kit.new_run(store)
+    result = kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})
+    result.numerics = numerics
+    kit.add_trial(store, run, "baseline", [result], arm_type="baseline")
+    lora = kit.add_trial(store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
+                                                                       "json_valid": kit.ones(12)})])
+    [(ev, _)] = store.evaluations(lora.id)
+    assert ev.numerics is None  # a result without a record stores NULL
+    store.dispose()
+    eng = create_engine(url)
+    with eng.begin() as c:
+        command.downgrade(migrations.config(c), "0004")  # the evaluations as a 0004 store wrote them
+    eng.dispose()
+    store = Store(url)  # upgraded again: the column is back, NULL on every old row
+    assert _alembic_diff(store) == []
+    assert all(ev.numerics is None for t in store.trials(run) for ev, _ in store.evaluations(t.id))
+    policy = kit.write_policy(tmp_path / "g.yaml", "rules:\n  - suite: task\n    metric: exact_match\n"
+                              "    max_drop: 0\n")
+    d = decide(store, policy, "exp/lora")
+    assert d.numerics == {"candidate": {"numerics": "unknown"}, "baseline": {"numerics": "unknown"}}
+    assert store.get_decision(d.decision_id).flips_to_change == d.flips_to_change == 1
+
+
 # --- bad files and locks ---------------------------------------------------------------------------
 def test_a_corrupted_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.db"

@@ -328,6 +328,15 @@ def test_gate_decisions_rules_and_promotions(app_run: RunStore, monkeypatch: pyt
     for d, rules in zip(decisions, tables):
         assert list(rules["rule"]) == [r["name"] for r in d.rules]
         assert list(rules["evidence"]) == [r["message"] for r in d.rules]
+        assert list(rules["flips to change"]) == [
+            "—" if r.get("flips_to_change") is None else str(r["flips_to_change"]) for r in d.rules]
+    for d, shown in ((next(d for d in decisions if d.verdict == v), box) for v, box in
+                     (("promote", at.success[0].value), ("reject", at.error[0].value))):
+        word, other = ("PASS", "FAIL") if d.verdict == "promote" else ("FAIL", "PASS")
+        flips = d.flips_to_change  # max_drop 1.0 cannot fail: the promotion has no count; the rejection has one
+        assert (flips is None) == (d.verdict == "promote")
+        items = f"{flips} item{'' if flips == 1 else 's'}"
+        assert (f"**{word}**" if flips is None else f"**{word} — {items} from {other}**") in shown
     proms = frame(at, "model (trial)")
     promoted = st.promotions()
     assert len(proms) == len(promoted) == 1

@@ -1,11 +1,13 @@
 """Gate decisions and the promotion history."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 
+from harness.gate._closeness import phrase
+from harness.gate._numerics import recorded
 from harness.store._store import Store
 from harness.store._tables import (
     GateDecision,
@@ -21,6 +23,7 @@ class RuleView:
     result: str      # pass | FAIL | error
     message: str
     evidence: dict[str, Any]
+    flips_to_change: int | None = None   # fewest item changes that flip the rule's result
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,23 @@ class DecisionView:
     created_at: str
     rules: list[RuleView]
     promoted: bool
+    flips_to_change: int | None = None    # fewest item changes that flip the verdict (older decisions: None)
+    numerics: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate / baseline -> key -> value
+    numerics_differ: list[str] = field(default_factory=list)
+
+    @property
+    def numerics_recorded(self) -> bool:
+        """Whether either side's numerics are known (decisions on rows scored before the store kept them: no)."""
+        return recorded(self.numerics)
+
+    @property
+    def closeness(self) -> str:
+        """`PASS — 1 item from FAIL`, or the verdict alone where the decision has no count."""
+        if self.verdict == "error":
+            return "ERROR"
+        if self.flips_to_change is None:
+            return {"promote": "PASS", "reject": "FAIL"}.get(self.verdict, self.verdict)
+        return phrase(self.verdict, self.flips_to_change)
 
 
 @dataclass(frozen=True)
@@ -73,11 +93,14 @@ def gate_decisions(store: Store, run_id: int | None = None, limit: int = 200) ->
     out = []
     for d in decisions:
         rules = [RuleView(str(r.get("name", "")), "error" if r.get("error") else ("pass" if r.get("passed") else "FAIL"),
-                          str(r.get("message", "")), dict(r.get("evidence") or {})) for r in d.rules or []]
+                          str(r.get("message", "")), dict(r.get("evidence") or {}), r.get("flips_to_change"))
+                 for r in d.rules or []]
+        numerics = dict(d.numerics or {})
+        differ = [str(k) for k in numerics.pop("differ", None) or []]
         out.append(DecisionView(d.id, d.verdict, d.exit_code, labels.get(d.candidate_trial_id, "?"),
                                 labels.get(d.baseline_trial_id) if d.baseline_trial_id else None, d.policy_path,
                                 str((d.policy or {}).get("name", "")), d.reason, d.created_at, rules,
-                                d.id in promoted))
+                                d.id in promoted, d.flips_to_change, numerics, differ))
     return out
 
 
