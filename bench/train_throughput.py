@@ -1226,7 +1226,7 @@ def run_trl_dpo(name: str, load: Callable[[str], Any], tok: Any, pairs: list[Any
 
 def run_ours_dpo(name: str, build: Callable[[], tuple[Any, Any]], pairs: list[Any], settings: Settings, device: str,
                  flops: float, fast: FastPath, reference: str, callbacks: tuple[Any, ...] = ()) -> RunStats:
-    """Our DPO path on a loaded (or built) model: harness.arms.dpo_with_model with the fast path."""
+    """Our DPO path on a loaded (or built) model: harness.arms._train.dpo_with_model with the fast path."""
     from harness.arms._train import dpo_with_model
     from harness.plan import DpoArm
 
