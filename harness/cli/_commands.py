@@ -193,15 +193,38 @@ def gate(policy: Annotated[Path, typer.Option(help="Gate policy YAML.")],
          store: StoreOpt = None) -> None:
     """Decide promotion: exit 0 promote, 1 reject, 2 error (missing or mismatched evidence)."""
 
-    decision = decide(_store(store), policy, candidate, baseline)
+    outputs = [(path, flag, render) for path, flag, render in (
+        (junit, "--junit", to_junit), (json_out, "--json", lambda d: d.to_json()), (markdown, "--markdown", to_markdown))
+        if path is not None]
+    for path, flag, _ in outputs:   # before anything is decided or recorded: a path it cannot write is exit 2
+        check_output_path(path, field=flag)
+    st = _store(store)
+    decision = decide(st, policy, candidate, baseline)
+    failed: list[str] = []
+    for path, flag, render in outputs:
+        try:
+            path.write_text(render(decision), encoding="utf-8")
+        except OSError as exc:
+            failed.append(f"{flag} {path}: {exc.strerror or exc}")
+    if failed:   # the audit row carries the exit code this process returns
+        reason = "the gate's output could not be written: " + "; ".join(failed)
+        if decision.decision_id is not None:
+            st.amend_gate_decision(decision.decision_id, verdict="error", exit_code=2, reason=reason)
+        decision.verdict, decision.exit_code, decision.reason = "error", 2, reason
     print_decision(decision)
-    if junit:
-        junit.write_text(to_junit(decision))
-    if json_out:
-        json_out.write_text(decision.to_json())
-    if markdown:
-        markdown.write_text(to_markdown(decision))
     raise typer.Exit(decision.exit_code)
+
+
+def check_output_path(path: Path, *, field: str) -> None:
+    """A file path this process can write: not a folder, in a folder that exists, writable. Otherwise one
+    UserError naming the option (exit 2)."""
+    if path.is_dir():
+        raise UserError("is a folder; give a file path", file=path, field=field)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"the folder {parent} does not exist", file=path, field=field)
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise UserError("cannot write here: permission denied", file=path, field=field)
 
 
 @app.command()

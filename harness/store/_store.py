@@ -439,6 +439,18 @@ class Store:
                                           reason=fields.get("reason", ""), kind="promote")
             return d.id, promotion
 
+    def amend_gate_decision(self, decision_id: int, *, verdict: str, exit_code: int, reason: str) -> None:
+        """A recorded decision the gate could not complete (an output file failed after recording): its row
+        takes the verdict and exit code the process returns, and a promotion it made is withdrawn, in one
+        transaction (a gate that did not exit 0 promoted nothing)."""
+        with self.session() as s:
+            self._lock_promotions(s)
+            d = _get(s, GateDecision, decision_id)
+            d.verdict, d.exit_code, d.reason = verdict, exit_code, reason
+            if exit_code != 0:
+                for p in s.scalars(select(Promotion).where(Promotion.decision_id == decision_id)):
+                    s.delete(p)
+
     def promote(self, trial_id: int, decision_id: int | None = None, *, evidence: dict[str, Any] | None = None,
                 reason: str = "") -> int:
         with self.session() as s:
