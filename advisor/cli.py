@@ -17,6 +17,7 @@ from advisor.errors import AdvisorInputError
 from advisor.hardware import probe_hardware
 from advisor.planner import save_plan, write_plan
 from advisor.questions import Answers, ask_answers, load_answers
+from harness.arms._data import load_preferences
 from harness.errors import UserError
 from harness.plan import Plan
 
@@ -61,6 +62,8 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
             raise AdvisorInputError("writing a plan needs the training file (--train) for its data.train",
                                     field="write")
         result = advise(answers, train, test, rules=rules)
+        if preference is not None:   # read as `tunegate run` reads it, before it goes into a plan
+            load_preferences(preference)
         plan: dict[str, Any] | None = None
         notes: list[str] = []
         if write is not None and train is not None:

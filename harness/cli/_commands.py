@@ -86,9 +86,11 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
     """Run a plan: every arm trained (if needed) and scored on every suite; results go to the store."""
     from harness.run._devices import parse_gpus  # heavy: the runner pulls torch; keeps `tunegate --help` fast
     from harness.run._preflight import dry_run as plan_table  # heavy: torch via the runner
-    from harness.run._runner import Runner  # heavy: torch via the runner
+    from harness.run._runner import EXECUTORS, Runner  # heavy: torch via the runner
     from harness.run._workers import parse_spare_workers, parse_trials_per_gpu  # heavy: torch via the workers
 
+    if executor not in EXECUTORS:   # the dry run refuses what the run would
+        raise UserError(f"unknown executor '{executor}': use {', '.join(EXECUTORS)}", field="--executor")
     if eval_batch not in ("device", "suite"):
         raise UserError(f"'{eval_batch}' is not an eval batch rule: use device or suite", field="--eval-batch")
     per_gpu = parse_trials_per_gpu(trials_per_gpu)

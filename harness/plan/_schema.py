@@ -5,7 +5,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 
 from harness.errors import dotted
 from harness.plan._checks import cross_check
-from harness.plan._parts import NAME, Arm, DataSpec, Sweep
+from harness.plan._parts import NAME, Arm, DataSpec, Seed, Sweep
 
 
 class Plan(BaseModel):
@@ -17,8 +17,8 @@ class Plan(BaseModel):
     suites: list[str] = Field(min_length=1)
     gate: str | None = None
     sweep: Sweep | None = None
-    memory_gib: float | None = Field(default=None, gt=0)  # GPU memory per device to plan for (default: measured)
-    seed: int = 0
+    memory_gib: float | None = Field(default=None, gt=0, le=1e6)  # GPU memory per device (default: measured)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def cross_checks(self, info: ValidationInfo) -> Plan:
