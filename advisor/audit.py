@@ -20,11 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from advisor.duplicates import NEAR_DUP_THRESHOLD, near_duplicate_pairs, normalize
 from advisor.pii import find_pii, redact
 from harness.arms._data import load_rows
+from harness.errors import printable
 
 WORDS_TO_TOKENS = 1.33      # rule of thumb for English: ~0.75 words per token
 MAX_LISTED = 20
@@ -151,7 +153,8 @@ class AuditReport(BaseModel):
                 "minority_class_share": self.labels.minority_share if self.labels else None}
 
     def render(self, console: Console) -> None:
-        table = Table(title=f"Dataset audit: {self.path}", title_justify="left", show_header=False)
+        table = Table(title=f"Dataset audit: {escape(printable(self.path))}", title_justify="left",
+                      show_header=False)
         table.add_column("check")
         table.add_column("result")
         table.add_row("rows", f"{self.rows} ({self.format}); {self.unique_rows} unique")

@@ -35,6 +35,15 @@ class UserError(Exception):
         return f"{where}{field}{self.message}"
 
 
+def printable(text: object, keep: str = "") -> str:
+    """`text` with control and other invisible characters (ESC, BEL, form feed, NUL, bidi overrides, lone
+    surrogates) written as backslash escapes (`\\x1b`), so text from a file, a name or the store cannot drive a
+    terminal (window titles, colours), break an XML file or hide in a Markdown comment. Characters in `keep`
+    (say "\\n") stay as they are."""
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(text))
+
+
 def ensure_folder(folder: str | Path, *, field: str | None = None) -> Path:
     """Create `folder` and its parents; a file in the way, or no permission, is one clear UserError."""
     folder = Path(folder)
