@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from harness.run._workers import (
     free_memory_gib,
     spare_workers,
 )
-from harness.store._store import Store
+from harness.store._store import Store, run_lock_stale_after
 
 
 @dataclass
@@ -94,8 +95,17 @@ class Runner:
                 warm.close()   # what the executor did not adopt (all of them, if the checks failed)
         if executor == "ray":
             check_gpus_per_trial(plan, doc, arms, runner.max_gpus_per_trial())
-        run_id, folder = self._open_run(plan, resume, len(arms))
+        try:
+            run_id, folder = self._open_run(plan, resume, len(arms))
+        except BaseException:
+            runner.close()   # the run is driven by another process (or cannot be resumed): its workers go
+            raise
+        with RunHeartbeat(self.store, run_id):
+            return self._drive(plan, arms, run_id, folder, runner, checked, cpu_only, device_batch, shared_eval)
 
+    def _drive(self, plan: Plan, arms: list[Any], run_id: int, folder: Path, runner: Executor, checked: Any,
+               cpu_only: bool, device_batch: bool, shared_eval: bool) -> RunOutcome:
+        """Every pending trial of the run, handed to the executor; the run's status at the end."""
         units: list[TrialUnit] = []
         outcome = RunOutcome(run_id, [], {}, [])
         url = absolute_store_url(self.store.url)
@@ -153,7 +163,9 @@ class Runner:
                                 "starting), so there is nothing to resume; run the plan without --resume",
                                 field="--resume")
             run_id, folder = existing.id, Path(existing.folder)
-            self.store.reopen_run(run_id)
+            took_over = self.store.claim_run(run_id)   # exit 2 while another process drives this run
+            if took_over:
+                self.console.print(f"[yellow]{escape(took_over)}[/]")
             self.console.print(f"[bold]Resuming run {run_id}[/] ({plan.name}) in {escape(str(folder))}")
         else:
             plan_dump = json.loads(plan.model_dump_json())
@@ -171,6 +183,33 @@ class Runner:
             n += 1
             folder = (self.runs_dir / f"{name}-{run_id}.{n}").resolve()
         return folder
+
+
+class RunHeartbeat:
+    """While the run is driven: a thread that refreshes the run's heartbeat in the store (its lock, see
+    `Store.claim_run`) every `every` seconds (default: a tenth of the stale timeout, at most 30 s)."""
+
+    def __init__(self, store: Store, run_id: int, every: float | None = None) -> None:
+        self.store, self.run_id = store, run_id
+        self.every = every if every is not None else min(30.0, run_lock_stale_after() / 10)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"run-{run_id}-heartbeat", daemon=True)
+
+    def __enter__(self) -> RunHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if not self.store.heartbeat(self.run_id):
+                    return   # another process took the run over
+            except UserError:
+                continue     # the store is busy or unreachable for a moment: try again at the next beat
 
 
 def parents_continued(arms: list[Any]) -> set[str]:
