@@ -36,9 +36,10 @@ StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store path or 
                                                  "(default: $TUNEGATE_STORE or runs/tunegate.db).")]
 
 
-def _store(store: str | None) -> Any:
-
-    return Store(store)
+def _store(store: str | None, *, must_exist: bool = False) -> Any:
+    """The store; `must_exist` for commands that only read it (or, like the gate, only judge what it holds): a
+    mistyped path is an error, never a new empty store."""
+    return Store(store, must_exist=must_exist)
 
 
 def _fail(exc: UserError) -> None:
@@ -200,7 +201,7 @@ def gate(policy: Annotated[Path, typer.Option(help="Gate policy YAML.")],
         if path is not None]
     for path, flag, _ in outputs:   # before anything is decided or recorded: a path it cannot write is exit 2
         check_output_path(path, field=flag)
-    st = _store(store)
+    st = _store(store, must_exist=True)
     decision = decide(st, policy, candidate, baseline)
     failed: list[str] = []
     for path, flag, render in outputs:
@@ -235,7 +236,7 @@ def report(run_ref: Annotated[str, typer.Argument(help="Run id or name.")],
            store: StoreOpt = None) -> None:
     """Write one self-contained HTML report of a run (tables, curves, per-item outputs)."""
 
-    path = write_html(_store(store), run_ref, html)
+    path = write_html(_store(store, must_exist=True), run_ref, html)
     console.print(f"report written: {path}")
 
 
@@ -244,7 +245,7 @@ def app_(store: StoreOpt = None, port: int = 8501,
          address: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 to share on the network).")] = "127.0.0.1") -> None:
     """Open the Streamlit comparison app on the store."""
 
-    env = os.environ | {"TUNEGATE_STORE": store_url(store)}
+    env = os.environ | {"TUNEGATE_STORE": store_url(store, must_exist=True)}
     cmd = [sys.executable, "-m", "streamlit", "run", str(Path(ui.__file__).with_name("app.py")), "--server.port", str(port),
            "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
@@ -257,7 +258,7 @@ def runs(name: Annotated[Optional[str], typer.Option(help="Filter by name (subst
          store: StoreOpt = None) -> None:
     """List runs in the store."""
     table = Table("id", "name", "model", "status", "created", "trials")
-    st = _store(store)
+    st = _store(store, must_exist=True)
     for r in st.runs(name, status):
         trials = st.trials(r.id)
         done = sum(t.status == "finished" for t in trials)
@@ -269,7 +270,7 @@ def runs(name: Annotated[Optional[str], typer.Option(help="Filter by name (subst
 @app.command()
 def show(run_ref: Annotated[str, typer.Argument(help="Run id or name.")], store: StoreOpt = None) -> None:
     """Print a run: its trials, their metrics, and each arm compared with the baseline."""
-    st = _store(store)
+    st = _store(store, must_exist=True)
     run = st.get_run(run_ref)
     table = Table("trial", "type", "status", "train s", "tok/s", "peak GiB", "final loss", "error",
                   title=f"run {run.id}: {safe(run.name)} ({safe(run.status)})")
@@ -289,7 +290,7 @@ def export(trial: Annotated[str, typer.Argument(help="A finished trained trial: 
     """Export a trial for serving: its adapter alone, or (--merge) base weights with the adapter merged in."""
     from harness.arms._artifacts import export_trial  # heavy: torch via the trial's model
 
-    done = export_trial(_store(store), trial, out, merge=merge)
+    done = export_trial(_store(store, must_exist=True), trial, out, merge=merge)
     console.print(f"exported {safe(done.trial)} ({done.kind}, base {safe(done.base_model)}) to {safe(done.folder)}")
 
 
@@ -301,14 +302,14 @@ def export_results(out: Annotated[Path, typer.Argument(help="Output file: .csv, 
                    store: StoreOpt = None) -> None:
     """Write results from the store as CSV, Parquet or JSON, for analysis elsewhere."""
 
-    console.print(f"{write(_store(store), out, runs=run_ref, level=level, fmt=fmt)} rows written to {out}")
+    console.print(f"{write(_store(store, must_exist=True), out, runs=run_ref, level=level, fmt=fmt)} rows written to {out}")
 
 
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why (recorded with the rollback).")] = "",
              store: StoreOpt = None) -> None:
     """Promote again the model promoted before the current one (recorded as a rollback)."""
-    st = _store(store)
+    st = _store(store, must_exist=True)
     p = st.rollback(reason)
 
     def label(trial_id: int | None) -> str:

@@ -1,11 +1,23 @@
 """The experiment plan's schema (pydantic; YAML errors name file, line, field); cross-checks run on validation."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from harness.errors import dotted
 from harness.plan._checks import cross_check
 from harness.plan._parts import NAME, Arm, DataSpec, Seed, Sweep
+
+
+def _suite_name(name: str) -> str:
+    """A plan names its suites: folders under the suite roots ($TUNEGATE_SUITES, the shipped suites), never a
+    path that could reach outside them."""
+    if not re.fullmatch(NAME, name) or ".." in name:
+        raise ValueError(f"'{name}' is not a suite name: give the name of a suite folder under the suite roots "
+                         "($TUNEGATE_SUITES or the shipped suites), not a path")
+    return name
 
 
 class Plan(BaseModel):
@@ -14,7 +26,7 @@ class Plan(BaseModel):
     model: str = "smollm2-135m"
     data: DataSpec = Field(default_factory=DataSpec)
     arms: list[Arm] = Field(min_length=1)
-    suites: list[str] = Field(min_length=1)
+    suites: list[Annotated[str, AfterValidator(_suite_name)]] = Field(min_length=1)
     gate: str | None = None
     sweep: Sweep | None = None
     memory_gib: float | None = Field(default=None, gt=0, le=1e6)  # GPU memory per device (default: measured)

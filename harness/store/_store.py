@@ -61,10 +61,11 @@ T = TypeVar("T")
 
 class Store:
     """Open (creating or upgrading) a store. `timeout` is how long a writer waits for a lock (seconds;
-    default $TUNEGATE_STORE_TIMEOUT or 60)."""
+    default $TUNEGATE_STORE_TIMEOUT or 60). `must_exist`: a SQLite file that is not there is a UserError, not
+    a new empty store (for commands that read)."""
 
-    def __init__(self, store: str | None = None, *, timeout: float | None = None) -> None:
-        self.url = store_url(store)
+    def __init__(self, store: str | None = None, *, timeout: float | None = None, must_exist: bool = False) -> None:
+        self.url = store_url(store, must_exist=must_exist)
         self.where = display_url(self.url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.timeout = _timeout(timeout)
