@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
@@ -12,12 +13,15 @@ from harness.plan._parts import NAME, Arm, DataSpec, Seed, Sweep
 
 
 def _suite_name(name: str) -> str:
-    """A plan names its suites: folders under the suite roots ($TUNEGATE_SUITES, the shipped suites), never a
-    path that could reach outside them."""
-    if not re.fullmatch(NAME, name) or ".." in name:
-        raise ValueError(f"'{name}' is not a suite name: give the name of a suite folder under the suite roots "
-                         "($TUNEGATE_SUITES or the shipped suites), not a path")
-    return name
+    """A plan's suite: the name of a suite folder under the suite roots ($TUNEGATE_SUITES, the shipped suites), or
+    an absolute path to one; never a relative path, which would be read from wherever the command runs, nor `..`."""
+    path = Path(name)
+    if re.fullmatch(NAME, name) and ".." not in name:
+        return name
+    if path.is_absolute() and ".." not in path.parts:
+        return name
+    raise ValueError(f"'{name}' is not a suite name: give the name of a suite folder under the suite roots "
+                     "($TUNEGATE_SUITES or the shipped suites), or an absolute path to one")
 
 
 class Plan(BaseModel):
