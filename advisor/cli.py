@@ -19,8 +19,8 @@ from advisor.planner import save_plan, write_plan
 from advisor.questions import Answers, ask_answers, load_answers
 from harness.arms._data import load_preferences
 from harness.errors import UserError, printable
-from harness.redact import redact
 from harness.plan import Plan
+from harness.redact import redact
 
 
 def _interactive_defaults(answers_file: Path | None) -> Answers:

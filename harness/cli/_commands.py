@@ -196,26 +196,33 @@ def gate(policy: Annotated[Path, typer.Option(help="Gate policy YAML.")],
          store: StoreOpt = None) -> None:
     """Decide promotion: exit 0 promote, 1 reject, 2 error (missing or mismatched evidence)."""
 
-    outputs = [(path, flag, render) for path, flag, render in (
-        (junit, "--junit", to_junit), (json_out, "--json", lambda d: d.to_json()), (markdown, "--markdown", to_markdown))
-        if path is not None]
-    for path, flag, _ in outputs:   # before anything is decided or recorded: a path it cannot write is exit 2
+    renderers = {"--junit": to_junit, "--json": lambda d: d.to_json(), "--markdown": to_markdown}
+    outputs = [(path, flag) for path, flag in ((junit, "--junit"), (json_out, "--json"), (markdown, "--markdown"))
+               if path is not None]
+    for path, flag in outputs:   # before anything is decided or recorded: a path it cannot write is exit 2
         check_output_path(path, field=flag)
     st = _store(store, must_exist=True)
     decision = decide(st, policy, candidate, baseline)
-    failed: list[str] = []
-    for path, flag, render in outputs:
-        try:
-            path.write_text(render(decision), encoding="utf-8")
-        except OSError as exc:
-            failed.append(f"{flag} {path}: {exc.strerror or exc}")
-    if failed:   # the audit row carries the exit code this process returns
+    failed = _write_outputs(decision, outputs, renderers)
+    if failed:   # the audit row carries the exit code this process returns, and so do the files that were written
         reason = "the gate's output could not be written: " + "; ".join(failed)
         if decision.decision_id is not None:
             st.amend_gate_decision(decision.decision_id, verdict="error", exit_code=2, reason=reason)
         decision.verdict, decision.exit_code, decision.reason = "error", 2, reason
+        _write_outputs(decision, outputs, renderers)
     print_decision(decision)
     raise typer.Exit(decision.exit_code)
+
+
+def _write_outputs(decision: Any, outputs: list[tuple[Path, str]], renderers: dict[str, Any]) -> list[str]:
+    """Write each output file; returns what could not be written ('--flag path: why')."""
+    failed = []
+    for path, flag in outputs:
+        try:
+            path.write_text(renderers[flag](decision), encoding="utf-8")
+        except OSError as exc:
+            failed.append(f"{flag} {path}: {exc.strerror or exc}")
+    return failed
 
 
 def check_output_path(path: Path, *, field: str) -> None:
@@ -223,7 +230,7 @@ def check_output_path(path: Path, *, field: str) -> None:
     UserError naming the option (exit 2)."""
     if path.is_dir():
         raise UserError("is a folder; give a file path", file=path, field=field)
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if not parent.is_dir():
         raise UserError(f"the folder {parent} does not exist", file=path, field=field)
     if not os.access(path if path.exists() else parent, os.W_OK):
@@ -302,7 +309,8 @@ def export_results(out: Annotated[Path, typer.Argument(help="Output file: .csv, 
                    store: StoreOpt = None) -> None:
     """Write results from the store as CSV, Parquet or JSON, for analysis elsewhere."""
 
-    console.print(f"{write(_store(store, must_exist=True), out, runs=run_ref, level=level, fmt=fmt)} rows written to {out}")
+    rows = write(_store(store, must_exist=True), out, runs=run_ref, level=level, fmt=fmt)
+    console.print(f"{rows} rows written to {out}")
 
 
 @app.command()

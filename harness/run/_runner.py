@@ -7,7 +7,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.markup import escape
@@ -195,7 +195,7 @@ class RunHeartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"run-{run_id}-heartbeat", daemon=True)
 
-    def __enter__(self) -> RunHeartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import re
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -582,7 +583,7 @@ def run_lock_stale_after() -> float:
         seconds = float(raw)
     except ValueError:
         raise UserError(f"TUNEGATE_RUN_LOCK_STALE_S must be a number of seconds, not '{raw}'") from None
-    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+    if not (math.isfinite(seconds) and seconds > 0):
         raise UserError(f"TUNEGATE_RUN_LOCK_STALE_S must be a positive number of seconds, not '{raw}'")
     return seconds
 
@@ -596,8 +597,8 @@ def _age_seconds(stamp: str | None) -> float | None:
     except ValueError:
         return None
     if then.tzinfo is None:
-        then = then.replace(tzinfo=timezone.utc)
-    return (datetime.now(timezone.utc) - then).total_seconds()
+        then = then.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds()
 
 
 def _redacted(text: str | None) -> str | None:

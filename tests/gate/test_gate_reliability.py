@@ -6,13 +6,20 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.gate import decide, to_junit, to_markdown
 from harness.store import Store
-from tests.gate.test_gate import M, N, POLICY, experiment, suites  # noqa: F401  (suites: a fixture)
+from tests.gate.test_gate import POLICY, M, N, experiment
 from tests.support import storekit as kit
+
+
+@pytest.fixture
+def suites(tmp_path: Path) -> dict[str, Any]:
+    return {"task": kit.make_suite(tmp_path / "suites", "task", N),
+            "harmful": kit.make_suite(tmp_path / "suites", "harmful", M, category="safety", scorers=("refusal",))}
 
 
 @pytest.fixture
@@ -53,7 +60,8 @@ def test_a_write_that_fails_after_recording_makes_the_row_say_error(filled, tmp_
     [row] = Store(str(db)).decisions()
     assert (row.verdict, row.exit_code) == ("error", 2) and "could not be written" in row.reason
     assert Store(str(db)).promotions() == [] and Store(str(db)).promoted_trial() is None
-    assert json.loads((tmp_path / "ok.json").read_text())["verdict"] == "promote"  # written before the failure
+    written = json.loads((tmp_path / "ok.json").read_text())   # rewritten: the file says what the exit code says
+    assert (written["verdict"], written["exit_code"]) == ("error", 2)
 
 
 def test_a_promotion_exits_0_with_a_row_that_says_0(filled, tmp_path: Path) -> None:

@@ -90,8 +90,7 @@ def _set(store: Store, run_id: int, **fields: object) -> None:
             setattr(row, key, value)
 
 
-def test_a_driver_on_another_host_holds_the_lock_until_its_heartbeat_is_stale(store: Store,
-                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_driver_on_another_host_holds_the_lock_until_stale(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = store.create_run("remote", {}, "h", "m", "/r")
     _set(store, run_id, driver_host="another-host.example", driver_pid=4242)   # heartbeat: now
     with pytest.raises(UserError, match="is being run by process 4242 on another-host.example; its last heartbeat"):
