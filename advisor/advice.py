@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel, Field
 from rich.console import Console
+from rich.markup import escape
 
 from advisor._rulebook import RuleBook
 from advisor.audit import AuditReport, audit_dataset
@@ -13,6 +14,7 @@ from advisor.errors import AdvisorInputError
 from advisor.hardware import HardwareReport, probe_hardware
 from advisor.questions import Answers, coerce_answers
 from advisor.rules import Recommendation, load_rules, recommend
+from harness.base._errors import printable
 
 
 class Override(BaseModel):
@@ -37,7 +39,7 @@ class AdviceResult(BaseModel):
             self.audit.render(console)
         for o in self.overrides:
             console.print(f"[yellow]Using the audited {o.field} = {o.audited} instead of the stated {o.stated}:[/] "
-                          f"{o.why}", highlight=False)
+                          f"{escape(printable(o.why))}", highlight=False)
         self.recommendation.render(console)
         size, gpus = self.answers.model_params_b, self.answers.gpu_count
         model = f"a {size:g}B-parameter base model" if size is not None else "a base model of unknown size"

@@ -19,10 +19,11 @@ from typing import Any
 
 from advisor.advice import AdviceResult
 from advisor.audit import audit_dataset
+from advisor.errors import AdvisorInputError
 from advisor.hardware import probe_hardware
 from advisor.questions import Answers
 from advisor.rules import recommend
-from harness.llm_client import ChatClient, ChatError, Retry, chat_url
+from harness.llm_client import ChatClient, ChatError, Retry, chat_url, check_base_url
 from harness.plan import estimate_training_memory
 
 MAX_TURNS = 6
@@ -57,6 +58,10 @@ class AgentConfig:
         base, model = env.get("TUNEGATE_ADVISOR_BASE_URL"), env.get("TUNEGATE_ADVISOR_MODEL")
         if not base or not model:
             return None
+        try:
+            check_base_url(base, named="TUNEGATE_ADVISOR_BASE_URL", key_variable="TUNEGATE_ADVISOR_API_KEY")
+        except ValueError as exc:
+            raise AdvisorInputError(str(exc), field="TUNEGATE_ADVISOR_BASE_URL") from None
         return cls(base_url=base, model=model, api_key=env.get("TUNEGATE_ADVISOR_API_KEY") or None)
 
 

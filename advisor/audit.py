@@ -6,13 +6,13 @@ personal data and secrets (advisor.pii, matched values redacted), and label bala
 look like labels.
 
 Rows may be chat `{"messages": [...]}`, alpaca `{"instruction", "input", "output"}`,
-`{"prompt", "completion"}` or preference `{"prompt", "chosen", "rejected"}`. The reader is
-deliberately tolerant: a row it cannot read is counted in `bad_rows` rather than stopping the
-audit (the harness's strict loader, `harness.base._data.load_rows`, rejects such files at training time).
+`{"prompt", "completion"}` or preference `{"prompt", "chosen", "rejected"}`, one format per file. Files are
+read with the reader `tunegate run` uses (`harness.base._data.load_rows`): bytes that are not UTF-8, a row that
+is not JSON or not of the file's format, or a file with no rows is one error naming file, line and field (exit
+2), never a silently skipped row or an empty audit.
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -20,10 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from advisor.duplicates import NEAR_DUP_THRESHOLD, near_duplicate_pairs, normalize
 from advisor.pii import find_pii, redact
+from harness.base._data import load_rows
+from harness.base._errors import printable
 
 WORDS_TO_TOKENS = 1.33      # rule of thumb for English: ~0.75 words per token
 MAX_LISTED = 20
@@ -62,24 +65,15 @@ def row_from_object(obj: dict[str, Any], line: int) -> Row | None:
     return None
 
 
-def read_rows(path: str | Path) -> tuple[list[Row], list[tuple[int, str]]]:
-    """(rows, bad rows as (line, why)) from a JSONL file in any of the four formats."""
-    rows, bad = [], []
-    with Path(path).open(encoding="utf-8", errors="replace") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                bad.append((line, f"invalid JSON: {exc.msg}"))
-                continue
-            row = row_from_object(obj, line) if isinstance(obj, dict) else None
-            if row is None:
-                bad.append((line, "not a messages / instruction / prompt-completion / preference row"))
-            else:
-                rows.append(row)
-    return rows, bad
+def read_rows(path: str | Path) -> list[Row]:
+    """The rows of a JSONL file in any of the four formats, read and validated as `tunegate run` reads them."""
+    _, rows = load_rows(path)
+    out = []
+    for line, row in rows:
+        found = row_from_object(row.model_dump(), line)
+        assert found is not None, line   # load_rows validated the row as one of the four formats
+        out.append(found)
+    return out
 
 
 class TokenStats(BaseModel):
@@ -135,7 +129,6 @@ class AuditReport(BaseModel):
     path: str
     format: str
     rows: int
-    bad_rows: list[tuple[int, str]] = Field(default_factory=list)
     unique_rows: int
     tokens: TokenStats | None
     exact_duplicate_groups: list[list[int]] = Field(default_factory=list)
@@ -160,11 +153,11 @@ class AuditReport(BaseModel):
                 "minority_class_share": self.labels.minority_share if self.labels else None}
 
     def render(self, console: Console) -> None:
-        table = Table(title=f"Dataset audit: {self.path}", title_justify="left", show_header=False)
+        table = Table(title=f"Dataset audit: {escape(printable(self.path))}", title_justify="left",
+                      show_header=False)
         table.add_column("check")
         table.add_column("result")
-        table.add_row("rows", f"{self.rows} ({self.format}); {self.unique_rows} unique"
-                      + (f"; {len(self.bad_rows)} unreadable" if self.bad_rows else ""))
+        table.add_row("rows", f"{self.rows} ({self.format}); {self.unique_rows} unique")
         if self.tokens:
             t = self.tokens
             table.add_row("tokens", f"p50 {t.p50}, p90 {t.p90}, p99 {t.p99}, max {t.max} ({t.counter}); "
@@ -253,7 +246,7 @@ def audit_dataset(train_path: str | Path, test_path: str | Path | None = None, t
     """Audit a training JSONL (and its overlap with a test JSONL). `tokenizer` is a Hugging Face
     tokenizer object or a local tokenizer folder; without one, lengths are a word-count estimate."""
     train_path = Path(train_path)
-    rows, bad = read_rows(train_path)
+    rows = read_rows(train_path)
     formats = Counter(r.format for r in rows)
     fmt = formats.most_common(1)[0][0] if len(formats) == 1 else ("mixed" if formats else "unknown")
 
@@ -270,7 +263,7 @@ def audit_dataset(train_path: str | Path, test_path: str | Path | None = None, t
 
     overlap = None
     if test_path is not None:
-        test_rows, _ = read_rows(test_path)
+        test_rows = read_rows(test_path)
         train_prompts = {normalize(r.prompt): r.line for r in rows if r.prompt.strip()}
         exact = [(train_prompts[normalize(t.prompt)], t.line) for t in test_rows
                  if normalize(t.prompt) in train_prompts]
@@ -283,7 +276,7 @@ def audit_dataset(train_path: str | Path, test_path: str | Path | None = None, t
 
     outputs = [r.output for r in rows if r.output is not None]
     return AuditReport(
-        path=str(train_path), format=fmt, rows=len(rows), bad_rows=bad[:MAX_LISTED * 5], unique_rows=len(unique),
+        path=str(train_path), format=fmt, rows=len(rows), unique_rows=len(unique),
         tokens=token_stats([r.text for r in rows], tokenizer, context_len) if rows else None,
         exact_duplicate_groups=groups[:MAX_LISTED * 5], exact_duplicate_rows=sum(len(g) - 1 for g in groups),
         near_duplicates=near[:MAX_LISTED * 5], near_duplicate_rows=near_rows, overlap=overlap,

@@ -17,8 +17,10 @@ from advisor.errors import AdvisorInputError
 from advisor.hardware import probe_hardware
 from advisor.planner import save_plan, write_plan
 from advisor.questions import Answers, ask_answers, load_answers
-from harness.base import UserError
+from harness.base._data import load_preferences
+from harness.base._errors import UserError, printable
 from harness.plan import Plan
+from harness.redact import redact
 
 
 def _interactive_defaults(answers_file: Path | None) -> Answers:
@@ -61,6 +63,8 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
             raise AdvisorInputError("writing a plan needs the training file (--train) for its data.train",
                                     field="write")
         result = advise(answers, train, test, rules=rules)
+        if preference is not None:   # read as `tunegate run` reads it, before it goes into a plan
+            load_preferences(preference)
         plan: dict[str, Any] | None = None
         notes: list[str] = []
         if write is not None and train is not None:
@@ -70,10 +74,10 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
             save_plan(write, plan, result.recommendation, notes)
         explanation = _explain(result, train, test, console) if explain else None
     except UserError as exc:   # one line, however narrow the terminal
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {_shown(exc)}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except OSError as exc:   # unreadable file, a folder given as a file, no permission ...
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {_shown(exc)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -86,12 +90,19 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
         return 0
     result.render(console)
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {_shown(note)}", highlight=False)
     if write is not None:
-        console.print(f"Plan written to [bold]{write}[/]: run it with `tunegate run {write}`", highlight=False)
+        console.print(f"Plan written to [bold]{_shown(write)}[/]: run it with `tunegate run {_shown(write)}`",
+                      highlight=False)
     if explanation:
-        console.print(f"\n[bold]Advisor's explanation:[/]\n{explanation}", highlight=False)
+        console.print(f"\n[bold]Advisor's explanation:[/]\n{_shown(explanation, keep=chr(10))}", highlight=False)
     return 0
+
+
+def _shown(text: object, keep: str = "") -> str:
+    """Text from a file, a file name or a model for the terminal: credentials redacted, control characters
+    (ESC, BEL: a window-title escape) shown as escapes, Rich markup shown literally."""
+    return escape(printable(redact(str(text)), keep=keep))
 
 
 def _explain(result: AdviceResult, train: Path | None, test: Path | None, console: Console) -> str | None:
@@ -101,10 +112,11 @@ def _explain(result: AdviceResult, train: Path | None, test: Path | None, consol
                       "skipping the explanation.[/]")
         return None
     try:
-        return explain(result, config, train_path=train, test_path=test).text
+        text = explain(result, config, train_path=train, test_path=test).text
     except AgentError as exc:
-        console.print(f"[yellow]explanation unavailable: {exc}[/]", highlight=False)
+        console.print(f"[yellow]explanation unavailable: {_shown(exc)}[/]", highlight=False)
         return None
+    return None if text is None else redact(text, [config.api_key or ""])
 
 
 def main(argv: list[str] | None = None) -> int:

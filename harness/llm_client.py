@@ -19,10 +19,25 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from harness.redact import MASK, redact
+
+
+def check_base_url(base_url: str, *, named: str, key_variable: str) -> None:
+    """Refuse a base URL that holds credentials (`https://user:password@host/v1`): httpx would send them as Basic
+    auth instead of the configured key, and the URL would be stored and printed with them. ValueError naming
+    `named` (where the URL came from) and the environment variable the key belongs in."""
+    try:
+        parts = urlsplit(base_url)
+        has_userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        has_userinfo = "@" in base_url.split("//", 1)[-1].split("/", 1)[0]
+    if has_userinfo:
+        raise ValueError(f"{named} must not hold credentials (user:password@host): remove them and put the key in "
+                         f"the environment variable {key_variable}")
 
 
 def chat_url(base_url: str) -> str:
@@ -60,6 +75,7 @@ class ChatClient:
     def __init__(self, base_url: str, *, api_key: str | None = None, headers: dict[str, str] | None = None,
                  timeout_s: float = 60.0, retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep,
                  transport: httpx.BaseTransport | None = None) -> None:
+        check_base_url(base_url, named="the base URL", key_variable="that holds the API key")
         self.url = chat_url(base_url)
         self.timeout_s, self.retry, self._sleep = timeout_s, retry, sleep
         self._secrets = [v for v in (api_key, *secret_headers(headers or {}).values()) if v]

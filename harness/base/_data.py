@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.base._errors import UserError, decode_utf8, from_validation
+from harness.base._errors import UserError, decode_utf8, from_validation, loads_json
 
 Role = Literal["system", "user", "assistant"]
 
@@ -108,8 +108,9 @@ memory spent on one example that training would truncate anyway."""
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; bad JSON, bytes that are not UTF-8 and oversized rows
-    name their line. A UTF-8 byte-order mark is accepted."""
+    """(line number, object) for each non-blank line; bad JSON, bytes that are not UTF-8, oversized rows,
+    integers of more than MAX_DIGITS digits and nesting too deep name their line. A UTF-8 byte-order mark is
+    accepted. The one JSONL reader: training, preference and test data, suite items, safety sets, the advisor."""
     path = Path(path)
     if path.is_dir():
         raise UserError("is a folder, not a data file", file=path)
@@ -126,11 +127,11 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = loads_json(text)
             except json.JSONDecodeError as exc:
                 raise UserError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=path, line=lineno) from None
-            except RecursionError:
-                raise UserError("invalid JSON: nested too deeply", file=path, line=lineno) from None
+            except ValueError as exc:   # an integer of too many digits, nesting too deep
+                raise UserError(f"invalid JSON: {exc}", file=path, line=lineno) from None
             if not isinstance(obj, dict):
                 raise UserError("each line must be a JSON object", file=path, line=lineno)
             yield lineno, obj

@@ -1,6 +1,7 @@
 """User-facing errors: every bad input names its file, line and field and exits 2."""
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,15 @@ class UserError(Exception):
             where += ": "
         field = f"field '{self.field}': " if self.field else ""
         return f"{where}{field}{self.message}"
+
+
+def printable(text: object, keep: str = "") -> str:
+    """`text` with control and other invisible characters (ESC, BEL, form feed, NUL, bidi overrides, lone
+    surrogates) written as backslash escapes (`\\x1b`), so text from a file, a name or the store cannot drive a
+    terminal (window titles, colours), break an XML file or hide in a Markdown comment. Characters in `keep`
+    (say "\\n") stay as they are."""
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(text))
 
 
 def ensure_folder(folder: str | Path, *, field: str | None = None) -> Path:
@@ -84,6 +94,85 @@ def decode_utf8(raw: bytes, path: str | Path, *, first_line: int = 1, error: typ
                     file=path, line=line) from None
 
 
+MAX_DEPTH = 64
+"""The deepest nesting of mappings and sequences a YAML document may have: deeper is refused before it is
+built (PyYAML's composer and constructor recurse once per level)."""
+MAX_ALIAS_NODES = 10_000
+"""How many nodes aliases (`*name`) may add to a YAML document when expanded: more is refused before anything
+walks the document (a few hundred bytes of nested aliases can otherwise expand to billions of nodes)."""
+MAX_DIGITS = 100
+"""The longest integer a YAML or JSON file may hold, in digits: no setting needs more, and Python refuses to
+parse integers of over 4,300 digits anyway."""
+
+
+def too_many_digits(text: str) -> bool:
+    """Whether the integer literal `text` has more than MAX_DIGITS digits (signs, prefixes and `_` aside)."""
+    return sum(c.isalnum() for c in text) > MAX_DIGITS
+
+
+def bounded_int(text: str) -> int:
+    """`int(text)` for a JSON reader's parse_int: a literal of more than MAX_DIGITS digits is a ValueError."""
+    if too_many_digits(text):
+        raise ValueError(f"a number of {len(text.lstrip('+-'))} digits; at most {MAX_DIGITS} are accepted")
+    return int(text)
+
+
+def loads_json(text: str) -> Any:
+    """`json.loads` with limits: integers of at most MAX_DIGITS digits, and nesting deeper than Python's
+    recursion allows refused. Raises ValueError (json.JSONDecodeError for bad syntax) with a message for the
+    user."""
+    try:
+        return json.loads(text, parse_int=bounded_int)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _check_shape(text: str, path: Path, error: type[UserError]) -> None:
+    """Refuse YAML nested more than MAX_DEPTH levels deep, from its events (PyYAML's parser does not recurse;
+    its composer and constructor do, once per level)."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise error(f"nested more than {MAX_DEPTH} levels deep", file=path,
+                                line=event.start_mark.line + 1)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # the composer reports it, with its line
+
+
+def _check_aliases(root: yaml.Node, path: Path, error: type[UserError]) -> None:
+    """Refuse a document whose aliases would expand to more than MAX_ALIAS_NODES extra nodes, or that refers to
+    itself (`&a [*a]`), counting each shared node once (linear in the document's size, never expanding it)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise error("an alias refers to the node that contains it (a recursive alias)", file=path,
+                        line=node.start_mark.line + 1)
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(v) for v in node.value)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    expanded = size(root)
+    if expanded - len(sizes) > MAX_ALIAS_NODES:
+        raise error(f"aliases (*name) expand this document to {expanded:,} nodes from {len(sizes):,}; at most "
+                    f"{MAX_ALIAS_NODES:,} nodes may come from aliases", file=path, line=root.start_mark.line + 1)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error naming both lines
     (PyYAML would keep the last one silently), and .nan/.inf are refused (no setting means "not a number")."""
@@ -116,20 +205,36 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return value
 
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if too_many_digits(str(node.value)):
+            error = self.error(f"a number of {len(str(node.value))} characters; at most {MAX_DIGITS} digits are "
+                               "accepted", line=node.start_mark.line + 1)
+            error.mark = node.start_mark  # type: ignore[attr-defined]  # the scalar's place, to name its key
+            raise error
+        value: int = super().construct_yaml_int(node)  # type: ignore[no-untyped-call]
+        return value
+
+
 UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", UniqueKeyLoader.construct_yaml_float)
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)
 
 
 class YamlDoc:
     """A YAML file parsed twice: into Python data (duplicate keys and .nan/.inf refused) and into nodes that
     know their line numbers, for error messages. The one loader for plans, policies, suites, answers and rules;
-    every problem is `error` (a UserError: one line naming file, line and field; exit 2)."""
+    every problem is `error` (a UserError: one line naming file, line and field; exit 2). Hostile input is
+    refused before it is built: nesting deeper than MAX_DEPTH, aliases that expand to more than MAX_ALIAS_NODES
+    nodes (or refer to themselves), integers of more than MAX_DIGITS digits."""
 
     def __init__(self, path: str | Path, *, error: type[UserError] = UserError) -> None:
         self.path, self.error = Path(path), error
         text = read_utf8(self.path, error=error)
         loader_cls = type("_Loader", (UniqueKeyLoader,), {"error": error})
+        _check_shape(text, self.path, error)
         try:
             self.node: yaml.Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
+            if self.node is not None:
+                _check_aliases(self.node, self.path, error)
             loader = loader_cls(text)
             try:
                 self.data: Any = loader.get_single_data()

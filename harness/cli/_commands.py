@@ -45,9 +45,10 @@ StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store path or 
                                                  "(default: $TUNEGATE_STORE or runs/tunegate.db).")]
 
 
-def _store(store: str | None) -> Any:
-
-    return Store(store)
+def _store(store: str | None, *, must_exist: bool = False) -> Any:
+    """The store; `must_exist` for commands that only read it (or, like the gate, only judge what it holds): a
+    mistyped path is an error, never a new empty store."""
+    return Store(store, must_exist=must_exist)
 
 
 def _fail(exc: UserError) -> None:
@@ -95,9 +96,11 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
     """Run a plan: every arm trained (if needed) and scored on every suite; results go to the store."""
     from harness.run._devices import parse_gpus  # heavy: the runner pulls torch; keeps `tunegate --help` fast
     from harness.run._preflight import dry_run as plan_table  # heavy: torch via the runner
-    from harness.run._runner import Runner  # heavy: torch via the runner
+    from harness.run._runner import EXECUTORS, Runner  # heavy: torch via the runner
     from harness.run._capacity import parse_spare_workers, parse_trials_per_gpu  # with the runner, off the fast paths
 
+    if executor not in EXECUTORS:   # the dry run refuses what the run would
+        raise UserError(f"unknown executor '{executor}': use {', '.join(EXECUTORS)}", field="--executor")
     if eval_batch not in ("device", "suite"):
         raise UserError(f"'{eval_batch}' is not an eval batch rule: use device or suite", field="--eval-batch")
     per_gpu = parse_trials_per_gpu(trials_per_gpu)
@@ -203,15 +206,45 @@ def gate(policy: Annotated[Path, typer.Option(help="Gate policy YAML.")],
          store: StoreOpt = None) -> None:
     """Decide promotion: exit 0 promote, 1 reject, 2 error (missing or mismatched evidence)."""
 
-    decision = decide(_store(store), policy, candidate, baseline)
+    renderers = {"--junit": to_junit, "--json": lambda d: d.to_json(), "--markdown": to_markdown}
+    outputs = [(path, flag) for path, flag in ((junit, "--junit"), (json_out, "--json"), (markdown, "--markdown"))
+               if path is not None]
+    for path, flag in outputs:   # before anything is decided or recorded: a path it cannot write is exit 2
+        check_output_path(path, field=flag)
+    st = _store(store, must_exist=True)
+    decision = decide(st, policy, candidate, baseline)
+    failed = _write_outputs(decision, outputs, renderers)
+    if failed:   # the audit row carries the exit code this process returns, and so do the files that were written
+        reason = "the gate's output could not be written: " + "; ".join(failed)
+        if decision.decision_id is not None:
+            st.amend_gate_decision(decision.decision_id, verdict="error", exit_code=2, reason=reason)
+        decision.verdict, decision.exit_code, decision.reason = "error", 2, reason
+        _write_outputs(decision, outputs, renderers)
     print_decision(decision)
-    if junit:
-        junit.write_text(to_junit(decision))
-    if json_out:
-        json_out.write_text(decision.to_json())
-    if markdown:
-        markdown.write_text(to_markdown(decision))
     raise typer.Exit(decision.exit_code)
+
+
+def _write_outputs(decision: Any, outputs: list[tuple[Path, str]], renderers: dict[str, Any]) -> list[str]:
+    """Write each output file; returns what could not be written ('--flag path: why')."""
+    failed = []
+    for path, flag in outputs:
+        try:
+            path.write_text(renderers[flag](decision), encoding="utf-8")
+        except OSError as exc:
+            failed.append(f"{flag} {path}: {exc.strerror or exc}")
+    return failed
+
+
+def check_output_path(path: Path, *, field: str) -> None:
+    """A file path this process can write: not a folder, in a folder that exists, writable. Otherwise one
+    UserError naming the option (exit 2)."""
+    if path.is_dir():
+        raise UserError("is a folder; give a file path", file=path, field=field)
+    parent = path.parent
+    if not parent.is_dir():
+        raise UserError(f"the folder {parent} does not exist", file=path, field=field)
+    if not os.access(path if path.exists() else parent, os.W_OK):
+        raise UserError("cannot write here: permission denied", file=path, field=field)
 
 
 @app.command()
@@ -220,7 +253,7 @@ def report(run_ref: Annotated[str, typer.Argument(help="Run id or name.")],
            store: StoreOpt = None) -> None:
     """Write one self-contained HTML report of a run (tables, curves, per-item outputs)."""
 
-    path = write_html(_store(store), run_ref, html)
+    path = write_html(_store(store, must_exist=True), run_ref, html)
     console.print(f"report written: {path}")
 
 
@@ -229,7 +262,7 @@ def app_(store: StoreOpt = None, port: int = 8501,
          address: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 to share on the network).")] = "127.0.0.1") -> None:
     """Open the Streamlit comparison app on the store."""
 
-    env = os.environ | {"TUNEGATE_STORE": store_url(store)}
+    env = os.environ | {"TUNEGATE_STORE": store_url(store, must_exist=True)}
     cmd = [sys.executable, "-m", "streamlit", "run", str(Path(ui.__file__).with_name("app.py")), "--server.port", str(port),
            "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]
@@ -242,7 +275,7 @@ def runs(name: Annotated[Optional[str], typer.Option(help="Filter by name (subst
          store: StoreOpt = None) -> None:
     """List runs in the store."""
     table = Table("id", "name", "model", "status", "created", "trials")
-    st = _store(store)
+    st = _store(store, must_exist=True)
     for r in st.runs(name, status):
         trials = st.trials(r.id)
         done = sum(t.status == "finished" for t in trials)
@@ -254,7 +287,7 @@ def runs(name: Annotated[Optional[str], typer.Option(help="Filter by name (subst
 @app.command()
 def show(run_ref: Annotated[str, typer.Argument(help="Run id or name.")], store: StoreOpt = None) -> None:
     """Print a run: its trials, their metrics, and each arm compared with the baseline."""
-    st = _store(store)
+    st = _store(store, must_exist=True)
     run = st.get_run(run_ref)
     table = Table("trial", "type", "status", "train s", "tok/s", "peak GiB", "final loss", "error",
                   title=f"run {run.id}: {safe(run.name)} ({safe(run.status)})")
@@ -275,7 +308,7 @@ def export(trial: Annotated[str, typer.Argument(help="A finished trained trial: 
     """Export a trial for serving: its adapter alone, or (--merge) base weights with the adapter merged in."""
     from harness.arms._artifacts import export_trial  # heavy: torch via the trial's model
 
-    done = export_trial(_store(store), trial, out, merge=merge)
+    done = export_trial(_store(store, must_exist=True), trial, out, merge=merge)
     console.print(f"exported {safe(done.trial)} ({done.kind}, base {safe(done.base_model)}) to {safe(done.folder)}")
 
 
@@ -287,14 +320,15 @@ def export_results(out: Annotated[Path, typer.Argument(help="Output file: .csv, 
                    store: StoreOpt = None) -> None:
     """Write results from the store as CSV, Parquet or JSON, for analysis elsewhere."""
 
-    console.print(f"{write(_store(store), out, runs=run_ref, level=level, fmt=fmt)} rows written to {out}")
+    rows = write(_store(store, must_exist=True), out, runs=run_ref, level=level, fmt=fmt)
+    console.print(f"{rows} rows written to {out}")
 
 
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why (recorded with the rollback).")] = "",
              store: StoreOpt = None) -> None:
     """Promote again the model promoted before the current one (recorded as a rollback)."""
-    st = _store(store)
+    st = _store(store, must_exist=True)
     p = st.rollback(reason)
 
     def label(trial_id: int | None) -> str:

@@ -10,17 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness.analysis._compare import compare_trials
+from harness.base._errors import printable
 from harness.gate._closeness import phrase
 from harness.gate._numerics import UNKNOWN, numerics_of, recorded
 
 console = Console() if sys.stdout.isatty() else Console(width=max(120, int(os.environ.get("COLUMNS") or 0)))
 err_console = Console(stderr=True)
-
-
-def printable(text: object) -> str:
-    """Control and other invisible characters (ANSI escapes, OSC window titles, bidi overrides) shown as
-    \\x1b-style escapes, so text from the store or the user cannot drive the terminal."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
 
 
 def safe(text: object) -> str:

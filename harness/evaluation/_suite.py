@@ -155,8 +155,9 @@ def find(name_or_path: str) -> Path:
     if p.is_dir() and (p / "suite.yaml").is_file():
         return p / "suite.yaml"
     for d in search_dirs():
-        if (d / name_or_path / "suite.yaml").is_file():
-            return d / name_or_path / "suite.yaml"
+        candidate = d / name_or_path / "suite.yaml"
+        if candidate.is_file() and candidate.resolve().is_relative_to(d.resolve()):   # a name never leaves its root
+            return candidate
     raise UserError(f"unknown suite '{name_or_path}'; known suites: {', '.join(available()) or 'none'}",
                     field="suites")
 

@@ -8,6 +8,7 @@ import socket
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from harness.base._errors import printable
 from harness.gate._closeness import phrase
 from harness.gate._decide import Decision
 from harness.gate._numerics import recorded
@@ -45,6 +46,10 @@ def to_junit(decision: Decision) -> str:
         else:
             ET.SubElement(case, "system-out").text = r.message
     ET.SubElement(suite, "system-out").text = f"{decision.verdict} (exit {decision.exit_code}): {decision.reason}"
+    for element in root.iter():   # XML 1.0 cannot hold control characters: every value shown as escapes
+        element.attrib = {k: printable(v) for k, v in element.attrib.items()}
+        if element.text is not None:
+            element.text = printable(element.text, keep="\n\t")
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 
@@ -55,13 +60,13 @@ _MD_PUNCTUATION = re.compile(r"([\\`*_\[\]<>|!&~#])")
 def _md(text: Any) -> str:
     """Plain text for Markdown (a table cell): the marks that start markup backslash-escaped, so a name or
     message can open no link, image, code span, HTML tag or table cell; on one line."""
-    return _MD_PUNCTUATION.sub(r"\\\1", " ".join(str(text).split()))
+    return _MD_PUNCTUATION.sub(r"\\\1", printable(" ".join(str(text).split())))
 
 
 def _code(text: Any) -> str:
     """Text as a Markdown code span that nothing in it can close: its fence is longer than any run of backticks
     inside (CommonMark), and `|` is escaped for GitHub's tables."""
-    flat = " ".join(str(text).split()).replace("|", "\\|")
+    flat = printable(" ".join(str(text).split())).replace("|", "\\|")
     fence = "`" * (max((len(run) for run in re.findall(r"`+", flat)), default=0) + 1)
     return f"{fence} {flat} {fence}"
 

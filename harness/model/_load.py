@@ -62,6 +62,13 @@ def resolve(spec: str) -> ResolvedModel:
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise UserError(f"GGUF file not found: {spec}", field="model")
+        try:
+            with path.open("rb") as f:
+                magic = f.read(4)
+        except OSError as exc:
+            raise UserError(f"cannot read the model file: {exc.strerror or exc}", file=spec, field="model") from None
+        if magic != b"GGUF":
+            raise UserError("not a GGUF file (it does not start with the GGUF magic bytes)", file=spec, field="model")
         return ResolvedModel(spec, "gguf", str(path.resolve()))
     if path.exists():
         if path.is_dir() and (path / "config.json").exists():

@@ -12,6 +12,13 @@ from harness.base._kinds import Baseline, Dora, Dpo, Full, Lora, Prompt, Qlora, 
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 Loc = tuple[Any, ...]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+"""A random seed: what numpy, torch and Python's random all accept (0 to 2**32 - 1)."""
+MAX_STEPS = 10_000_000
+"""The most optimizer steps (or warmup steps) a trial may ask for: far beyond any fine-tuning run, far below a
+number that would train until killed."""
+MAX_BATCH = 4096
+"""The largest batch size (and gradient accumulation): past it no fine-tuning batch fits in any GPU's memory."""
 
 
 class ArmBase(BaseModel):
@@ -28,7 +35,7 @@ class PromptArm(ArmBase):
     type: Prompt
     system: str | None = None
     k_shot: int = Field(default=3, ge=0, le=64)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class RagArm(ArmBase):
@@ -43,22 +50,22 @@ class RagArm(ArmBase):
 class TrainArm(ArmBase):
     """What every trained arm shares: LoRA shape, optimiser schedule, sequence length, data fraction."""
     r: int = Field(default=16, gt=0, le=1024)
-    alpha: int = Field(default=32, gt=0)
+    alpha: int = Field(default=32, gt=0, le=65536)
     dropout: float = Field(default=0.05, ge=0, lt=1)
     # "all-linear", or module names: a list, or one string of names ("q_proj" or "q_proj, v_proj")
     target_modules: str | list[str] = "all-linear"
     lr: float = Field(default=2e-4, gt=0, lt=1e3)
     epochs: float = Field(default=1.0, gt=0, le=100)
-    max_steps: int | None = Field(default=None, gt=0)
-    batch_size: int = Field(default=8, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    max_length: int = Field(default=512, ge=16)
-    warmup_steps: int = Field(default=0, ge=0)
+    max_steps: int | None = Field(default=None, gt=0, le=MAX_STEPS)
+    batch_size: int = Field(default=8, ge=1, le=MAX_BATCH)
+    grad_accum: int = Field(default=1, ge=1, le=MAX_BATCH)
+    max_length: int = Field(default=512, ge=16, le=2**20)
+    warmup_steps: int = Field(default=0, ge=0, le=MAX_STEPS)
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
     gradient_checkpointing: bool = False
     data_fraction: float = Field(default=1.0, gt=0, le=1)
     gpus_per_trial: int = Field(default=1, ge=1, le=64)  # >1: data parallel through `accelerate launch`
-    seed: int = 0
+    seed: Seed = 0
 
 
     @field_validator("target_modules", mode="before")
@@ -143,8 +150,8 @@ class Sweep(BaseModel):
     arm: str | list[str]
     method: Literal["grid", "random"] = "grid"
     params: dict[str, Any] = Field(min_length=1)  # field -> list of values, or a Range (random search)
-    n: int | None = Field(default=None, gt=0)  # random search: how many trials (default: every combination)
-    seed: int = 0
+    n: int | None = Field(default=None, gt=0, le=100_000)  # random search: trials (default: every combination)
+    seed: Seed = 0
 
     @property
     def arms(self) -> list[str]:

@@ -1,11 +1,27 @@
 """The experiment plan's schema (pydantic; YAML errors name file, line, field); cross-checks run on validation."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from harness.base._errors import dotted
 from harness.plan._checks import cross_check
-from harness.plan._parts import NAME, Arm, DataSpec, Sweep
+from harness.plan._parts import NAME, Arm, DataSpec, Seed, Sweep
+
+
+def _suite_name(name: str) -> str:
+    """A plan's suite: the name of a suite folder under the suite roots ($TUNEGATE_SUITES, the shipped suites), or
+    an absolute path to one; never a relative path, which would be read from wherever the command runs, nor `..`."""
+    path = Path(name)
+    if re.fullmatch(NAME, name) and ".." not in name:
+        return name
+    if path.is_absolute() and ".." not in path.parts:
+        return name
+    raise ValueError(f"'{name}' is not a suite name: give the name of a suite folder under the suite roots "
+                     "($TUNEGATE_SUITES or the shipped suites), or an absolute path to one")
 
 
 class Plan(BaseModel):
@@ -14,11 +30,11 @@ class Plan(BaseModel):
     model: str = "smollm2-135m"
     data: DataSpec = Field(default_factory=DataSpec)
     arms: list[Arm] = Field(min_length=1)
-    suites: list[str] = Field(min_length=1)
+    suites: list[Annotated[str, AfterValidator(_suite_name)]] = Field(min_length=1)
     gate: str | None = None
     sweep: Sweep | None = None
-    memory_gib: float | None = Field(default=None, gt=0)  # GPU memory per device to plan for (default: measured)
-    seed: int = 0
+    memory_gib: float | None = Field(default=None, gt=0, le=1e6)  # GPU memory per device (default: measured)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def cross_checks(self, info: ValidationInfo) -> Plan:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,9 +24,8 @@ from harness.run._executors import Executor, PoolExecutor, RayExecutor, SerialEx
 from harness.run._jobs import TrialJob, TrialResult, can_share
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
-from harness.run._jobs import TrialResult, TrialJob, can_share
 from harness.run._workers import WarmWorkers, WorkerExecutor
-from harness.store._store import Store
+from harness.store._store import Store, run_lock_stale_after
 
 
 @dataclass
@@ -89,8 +89,17 @@ class Runner:
                 warm.close()   # what the executor did not adopt (all of them, if the checks failed)
         if executor == "ray":
             check_gpus_per_trial(plan, doc, arms, runner.max_gpus_per_trial())
-        run_id, folder = self._open_run(plan, resume, len(arms))
+        try:
+            run_id, folder = self._open_run(plan, resume, len(arms))
+        except BaseException:
+            runner.close()   # the run is driven by another process (or cannot be resumed): its workers go
+            raise
+        with RunHeartbeat(self.store, run_id):
+            return self._drive(plan, arms, run_id, folder, runner, checked, cpu_only, device_batch, shared_eval)
 
+    def _drive(self, plan: Plan, arms: list[Any], run_id: int, folder: Path, runner: Executor, checked: Any,
+               cpu_only: bool, device_batch: bool, shared_eval: bool) -> RunOutcome:
+        """Every pending trial of the run, handed to the executor; the run's status at the end."""
         jobs: list[TrialJob] = []
         outcome = RunOutcome(run_id, [], {}, [])
         url = absolute_store_url(self.store.url)
@@ -101,8 +110,8 @@ class Runner:
                 self.console.print(f"  [dim]{arm.name}: finished earlier, skipped[/]")
                 continue
             jobs.append(TrialJob(url, run_id, arm.name, str(folder / arm.name),
-                                   getattr(arm, "gpus_per_trial", 1) if arm.type in TRAINED else 1,
-                                   "cpu" if cpu_only else self.device, device_batch=device_batch))
+                                 getattr(arm, "gpus_per_trial", 1) if arm.type in TRAINED else 1,
+                                 "cpu" if cpu_only else self.device, device_batch=device_batch))
 
         def done(result: TrialResult) -> None:
             if result.status == "finished":
@@ -148,7 +157,9 @@ class Runner:
                                 "starting), so there is nothing to resume; run the plan without --resume",
                                 field="--resume")
             run_id, folder = existing.id, Path(existing.folder)
-            self.store.reopen_run(run_id)
+            took_over = self.store.claim_run(run_id)   # exit 2 while another process drives this run
+            if took_over:
+                self.console.print(f"[yellow]{escape(took_over)}[/]")
             self.console.print(f"[bold]Resuming run {run_id}[/] ({plan.name}) in {escape(str(folder))}")
         else:
             plan_dump = json.loads(plan.model_dump_json())
@@ -166,6 +177,33 @@ class Runner:
             n += 1
             folder = (self.runs_dir / f"{name}-{run_id}.{n}").resolve()
         return folder
+
+
+class RunHeartbeat:
+    """While the run is driven: a thread that refreshes the run's heartbeat in the store (its lock, see
+    `Store.claim_run`) every `every` seconds (default: a tenth of the stale timeout, at most 30 s)."""
+
+    def __init__(self, store: Store, run_id: int, every: float | None = None) -> None:
+        self.store, self.run_id = store, run_id
+        self.every = every if every is not None else min(30.0, run_lock_stale_after() / 10)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"run-{run_id}-heartbeat", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if not self.store.heartbeat(self.run_id):
+                    return   # another process took the run over
+            except UserError:
+                continue     # the store is busy or unreachable for a moment: try again at the next beat
 
 
 def parents_continued(arms: list[Any]) -> set[str]:

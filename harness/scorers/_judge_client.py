@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness import tracing
-from harness.llm_client import ChatClient, ChatError, Retry, public_headers
+from harness.llm_client import ChatClient, ChatError, Retry, check_base_url, public_headers
 from harness.redact import redact
 from harness.scorers._judge_verdicts import (
     Call,
@@ -60,6 +60,9 @@ class JudgeConfig(BaseModel):
         if self.backend == "openai" and not base_url:
             raise ValueError(f"the judge needs an endpoint: set {ENV_BASE_URL} (e.g. https://api.openai.com/v1) "
                              "or judge.base_url")
+        if self.backend == "openai" and base_url:   # credentials in a URL would be stored with the suite's spec
+            check_base_url(base_url, named="judge.base_url" if self.base_url else ENV_BASE_URL,
+                           key_variable=self.api_key_env)
         if not model:
             raise ValueError(f"the judge needs a model: set {ENV_MODEL} or judge.model" if self.backend == "openai"
                              else "a local judge needs judge.model (a model spec: alias, folder or hub id)")

@@ -18,14 +18,32 @@ DEFAULT_STORE = "runs/tunegate.db"
 DEFAULT_TIMEOUT_S = 60.0
 
 
-def store_url(store: str | None = None) -> str:
+def store_url(store: str | None = None, *, must_exist: bool = False) -> str:
+    """The SQLAlchemy URL of a store path or URL (default $TUNEGATE_STORE or runs/tunegate.db). A new SQLite
+    store's folder is created; with `must_exist` (commands that only read), a SQLite file that is not there is a
+    UserError instead, and nothing is created."""
     store = store or os.environ.get("TUNEGATE_STORE") or DEFAULT_STORE
     if "://" in store:
+        if must_exist and store.startswith("sqlite"):
+            _check_exists(make_url(store).database, store)
         return store
     if Path(store).is_dir():
         raise UserError("is a folder; give the store's file (e.g. runs/tunegate.db)", file=store, field="--store")
-    ensure_folder(Path(store).parent, field="--store")
+    if must_exist:
+        _check_exists(store, store)
+    else:
+        ensure_folder(Path(store).parent, field="--store")
     return f"sqlite:///{store}"
+
+
+def _check_exists(database: str | None, shown: str) -> None:
+    if database in (None, "", ":memory:") or Path(database).is_file():
+        return
+    blocker = next((p for p in Path(database).parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"no store here: {blocker} is a file, not a folder", file=shown, field="--store")
+    raise UserError("no store here: the file does not exist (this command only reads a store, so it creates none); "
+                    "give --store the path of an existing store or set TUNEGATE_STORE", file=shown, field="--store")
 
 
 def display_url(url: str) -> str:

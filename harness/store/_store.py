@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import re
 import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -60,10 +62,11 @@ T = TypeVar("T")
 
 class Store:
     """Open (creating or upgrading) a store. `timeout` is how long a writer waits for a lock (seconds;
-    default $TUNEGATE_STORE_TIMEOUT or 60)."""
+    default $TUNEGATE_STORE_TIMEOUT or 60). `must_exist`: a SQLite file that is not there is a UserError, not
+    a new empty store (for commands that read)."""
 
-    def __init__(self, store: str | None = None, *, timeout: float | None = None) -> None:
-        self.url = store_url(store)
+    def __init__(self, store: str | None = None, *, timeout: float | None = None, must_exist: bool = False) -> None:
+        self.url = store_url(store, must_exist=must_exist)
         self.where = display_url(self.url)
         self.is_sqlite = self.url.startswith("sqlite")
         self.timeout = _timeout(timeout)
@@ -118,19 +121,57 @@ class Store:
         with self.session() as s:
             run = Run(name=name, plan=plan, plan_hash=plan_hash, base_model=base_model,
                       folder=folder if isinstance(folder, str) else "", git_sha=git_sha,
-                      driver_pid=os.getpid(), driver_host=socket.gethostname())
+                      driver_pid=os.getpid(), driver_host=socket.gethostname(), driver_heartbeat=now())
             s.add(run)
             s.flush()
             if not isinstance(folder, str):
                 run.folder = folder(run.id)
             return run.id
 
-    def reopen_run(self, run_id: int) -> None:
-        """A resumed run: running again, driven by this process."""
+    def reopen_run(self, run_id: int) -> str | None:
+        """A resumed run: running again, driven by this process, which takes the run's lock (`claim_run`)."""
+        return self.claim_run(run_id)
+
+    def claim_run(self, run_id: int, *, stale_after: float | None = None) -> str | None:
+        """Take the run's lock: this process drives it from now on (status running, its pid, host and a fresh
+        heartbeat), in one write transaction (SQLite's BEGIN IMMEDIATE, a row lock on PostgreSQL), so of two
+        processes resuming one run, one wins. While another live process drives the run, a UserError naming it
+        (exit 2). A driver that is gone (its pid dead on this host) or silent (no heartbeat for `stale_after`
+        seconds, default $TUNEGATE_RUN_LOCK_STALE_S or 600, from any host) loses the lock: the return value
+        then says whose lock was taken over; None when the run was not held."""
+        stale_after = run_lock_stale_after() if stale_after is None else stale_after
+        me, host = os.getpid(), socket.gethostname()
         with self.session() as s:
-            run = _get(s, Run, run_id)
+            run = s.scalars(select(Run).where(Run.id == run_id).with_for_update()).first()
+            if run is None:
+                raise UserError(f"no runs row {run_id} in the store")
+            took_over = None
+            holder = run.driver_pid, run.driver_host
+            if run.status == "running" and holder != (me, host) and run.driver_pid is not None:
+                age = _age_seconds(run.driver_heartbeat or run.created_at)
+                who = f"process {run.driver_pid} on {run.driver_host}"
+                if run.driver_host == host and not _process_alive(run.driver_pid):
+                    took_over = f"took over run {run_id} from {who}: that process is gone"
+                elif age is not None and age > stale_after:
+                    took_over = (f"took over run {run_id} from {who}: its last heartbeat is {age:.0f} s old "
+                                 f"(stale after {stale_after:g} s)")
+                else:
+                    beat = f"; its last heartbeat was {age:.0f} s ago" if age is not None else ""
+                    raise UserError(f"run {run_id} ({run.name}) is being run by {who}{beat}; wait for it to "
+                                    f"finish or stop it (a lock silent for {stale_after:g} s is taken over: "
+                                    "TUNEGATE_RUN_LOCK_STALE_S)", file=self.where, field="--resume")
             run.status, run.finished_at = "running", None
-            run.driver_pid, run.driver_host = os.getpid(), socket.gethostname()
+            run.driver_pid, run.driver_host, run.driver_heartbeat = me, host, now()
+            return took_over
+
+    def heartbeat(self, run_id: int) -> bool:
+        """This process still drives the run: refresh its heartbeat. False if another process took the run."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None or (run.driver_pid, run.driver_host) != (os.getpid(), socket.gethostname()):
+                return False
+            run.driver_heartbeat = now()
+            return True
 
     def update_run_folder(self, run_id: int, folder: str) -> None:
         with self.session() as s:
@@ -440,6 +481,18 @@ class Store:
                                           reason=fields.get("reason", ""), kind="promote")
             return d.id, promotion
 
+    def amend_gate_decision(self, decision_id: int, *, verdict: str, exit_code: int, reason: str) -> None:
+        """A recorded decision the gate could not complete (an output file failed after recording): its row
+        takes the verdict and exit code the process returns, and a promotion it made is withdrawn, in one
+        transaction (a gate that did not exit 0 promoted nothing)."""
+        with self.session() as s:
+            self._lock_promotions(s)
+            d = _get(s, GateDecision, decision_id)
+            d.verdict, d.exit_code, d.reason = verdict, exit_code, reason
+            if exit_code != 0:
+                for p in s.scalars(select(Promotion).where(Promotion.decision_id == decision_id)):
+                    s.delete(p)
+
     def promote(self, trial_id: int, decision_id: int | None = None, *, evidence: dict[str, Any] | None = None,
                 reason: str = "") -> int:
         with self.session() as s:
@@ -519,6 +572,34 @@ def _process_alive(pid: int) -> bool:
     except OSError:
         return True  # no /proc (macOS): the signal said it exists
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+DEFAULT_RUN_LOCK_STALE_S = 600.0
+
+
+def run_lock_stale_after() -> float:
+    """Seconds without a heartbeat after which a run's lock may be taken over ($TUNEGATE_RUN_LOCK_STALE_S)."""
+    raw = os.environ.get("TUNEGATE_RUN_LOCK_STALE_S", DEFAULT_RUN_LOCK_STALE_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise UserError(f"TUNEGATE_RUN_LOCK_STALE_S must be a number of seconds, not '{raw}'") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise UserError(f"TUNEGATE_RUN_LOCK_STALE_S must be a positive number of seconds, not '{raw}'")
+    return seconds
+
+
+def _age_seconds(stamp: str | None) -> float | None:
+    """Seconds since an ISO timestamp written by `now()` (None if there is none or it cannot be read)."""
+    if not stamp:
+        return None
+    try:
+        then = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=UTC)
+    return (datetime.now(UTC) - then).total_seconds()
 
 
 def _redacted(text: str | None) -> str | None:

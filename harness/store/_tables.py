@@ -38,6 +38,7 @@ class Run(Base):
     folder: Mapped[str] = mapped_column(Text, default="")
     driver_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)      # the process running it, and
     driver_host: Mapped[str | None] = mapped_column(String(255), nullable=True)  # its host: gone -> interrupted
+    driver_heartbeat: Mapped[str | None] = mapped_column(String(40), nullable=True)  # its last sign of life (lock)
     git_sha: Mapped[str] = mapped_column(String(64), default="")
     created_at: Mapped[str] = mapped_column(String(40), default=now)
     finished_at: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -186,5 +186,9 @@ def write_html(store: Store, run_ref: str, path: str | Path, max_items: int = 20
     if path.is_dir():
         raise UserError("is a folder; give the report's file name (e.g. runs/report.html)", file=path, field="--html")
     ensure_folder(path.parent, field="--html")
-    path.write_text(render(store, run_ref, max_items), encoding="utf-8")
+    html = render(store, run_ref, max_items)
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as exc:   # a folder in the way, no permission, a read-only or virtual file system (/proc)
+        raise UserError(f"cannot write the report: {exc.strerror or exc}", file=path, field="--html") from None
     return path

@@ -15,6 +15,7 @@ from rich.console import Console
 from advisor.advice import advise
 from advisor.agent import TOOLS, AgentConfig, AgentError, explain
 from advisor.cli import advise_command
+from advisor.errors import AdvisorInputError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,11 +145,20 @@ def test_overload_is_retried_and_errors_never_show_the_key(server) -> None:
 
     model, url = server([503, 503])
     with pytest.raises(AgentError) as err:
-        explain(result, AgentConfig(base_url=url.replace("://", "://alice:pw-123@"), model="m",
-                                    api_key="k-secret-123456", retries=1))
+        explain(result, AgentConfig(base_url=url, model="m", api_key="k-secret-123456", retries=1))
     message = str(err.value)
     assert "HTTP 503" in message and "after 2 attempts" in message and len(model.requests) == 2
-    assert "k-secret-123456" not in message and "pw-123" not in message and "alice" not in message
+    assert "k-secret-123456" not in message
+
+    # credentials in the URL: refused before any request (httpx would send them instead of the key)
+    model, url = server([{"role": "assistant", "content": "never asked"}])
+    with pytest.raises(ValueError, match="must not hold credentials") as refused:
+        explain(result, AgentConfig(base_url=url.replace("://", "://alice:pw-123@"), model="m", api_key="k"))
+    assert model.requests == [] and "pw-123" not in str(refused.value)
+    with pytest.raises(AdvisorInputError, match="TUNEGATE_ADVISOR_BASE_URL must not hold credentials.*"
+                                                "TUNEGATE_ADVISOR_API_KEY"):
+        AgentConfig.from_env({"TUNEGATE_ADVISOR_BASE_URL": url.replace("://", "://alice:pw-123@"),
+                              "TUNEGATE_ADVISOR_MODEL": "m"})
 
 
 def test_base_url_rule_is_the_judges() -> None:
@@ -177,3 +187,27 @@ def test_cli_explain_prints_the_models_prose(server, monkeypatch) -> None:
     assert code == 0
     assert "Recommendation: lora" in out.getvalue()
     assert "Because the format is stable, tune it." in out.getvalue()
+
+
+ECHOED = ("Sure. Your server said Authorization: Bearer sk-live-abcdef0123456789, the key plain-key-778899, "
+          "and Basic dXNlcjpwYXNzd29yZA==\x1b]0;pwned\x07.")
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cli_explain_redacts_what_the_model_echoes(server, monkeypatch, as_json: bool) -> None:
+    """Issue 31, item 6: a server echoing credentials (a bearer token, the configured key, Basic credentials) is
+    printed redacted, in the text and in --json; its control characters never reach the terminal."""
+    _, url = server([{"role": "assistant", "content": ECHOED}])
+    monkeypatch.setenv("TUNEGATE_ADVISOR_BASE_URL", url)
+    monkeypatch.setenv("TUNEGATE_ADVISOR_MODEL", "scripted")
+    monkeypatch.setenv("TUNEGATE_ADVISOR_API_KEY", "plain-key-778899")
+    out = StringIO()
+    code = advise_command(ROOT / "examples" / "demo" / "answers.yaml", False, None, None, None, as_json,
+                          Console(file=out, width=200), explain=True)
+    assert code == 0
+    printed = out.getvalue()
+    explanation = json.loads(printed)["explanation"] if as_json else printed
+    assert "Sure. Your server said" in explanation and "***" in explanation
+    for secret in ("sk-live-abcdef0123456789", "plain-key-778899", "dXNlcjpwYXNzd29yZA=="):
+        assert secret not in printed
+    assert "\x1b" not in printed and "\x07" not in printed

@@ -8,6 +8,7 @@ from advisor.advice import advise
 from advisor.audit import audit_dataset, read_rows
 from advisor.duplicates import near_duplicate_pairs
 from advisor.pii import find_pii, luhn_valid
+from harness.base._errors import UserError
 
 LONG = ("the warehouse in rotterdam ships refrigerated containers to hamburg every tuesday and the "
         "customs paperwork must be filed two days before departure by the logistics team lead")
@@ -103,24 +104,27 @@ def test_token_lengths_with_a_real_tokenizer(jsonl) -> None:
     assert tokens.over_context == 1
 
 
-def test_all_four_formats_and_bad_rows(jsonl) -> None:
-    path = jsonl("mixed.jsonl", [
+def test_all_four_formats_read_strictly(jsonl) -> None:
+    """Each format reads as `tunegate run` reads it; a row of another format, or that is not JSON, stops the
+    audit with its line (issue 31, item 4: no row is skipped silently)."""
+    examples = [
         {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                       {"role": "assistant", "content": "hello"}]},
         {"instruction": "Translate", "input": "bonjour", "output": "hello"},
         {"prompt": "2+2?", "completion": "4"},
         {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away"},
-        {"text": "no known keys"},
-    ])
-    (path.parent / "mixed.jsonl").write_text(path.read_text() + "{not json\n")
-    rows, bad = read_rows(path)
+    ]
+    rows = [read_rows(jsonl(f"f{i}.jsonl", [row]))[0] for i, row in enumerate(examples)]
     assert [r.format for r in rows] == ["messages", "alpaca", "prompt_completion", "preference"]
     assert rows[0].prompt == "be brief\nhi" and rows[0].output == "hello"
     assert rows[1].prompt == "Translate\nbonjour" and rows[3].output is None
     assert "Go away" in rows[3].text
-    assert [line for line, _ in bad] == [5, 6]
-    report = audit_dataset(path)
-    assert report.format == "mixed" and report.rows == 4 and len(report.bad_rows) == 2
+    with pytest.raises(UserError, match=r"mixed.jsonl:2: field 'messages': Field required"):
+        read_rows(jsonl("mixed.jsonl", examples))
+    bad = jsonl("bad.jsonl", examples[:1])
+    bad.write_text(bad.read_text() + "{not json\n")
+    with pytest.raises(UserError, match=r"bad.jsonl:2: invalid JSON"):
+        audit_dataset(bad)
 
 
 def test_preference_file_overrides_preference_pairs(jsonl) -> None:

@@ -13,6 +13,7 @@ from harness.base import UserError, YamlDoc
 from harness.evaluation import _suite as suites
 from harness.gate._policy import load_policy
 from harness.plan._load import load_plan
+from harness.store import Store
 from tests.support.storekit import tunegate
 from tests.support.tiny_plans import JSON_TRAIN
 
@@ -63,6 +64,7 @@ def test_plan_that_is_not_utf8(tmp_path: Path, raw: bytes) -> None:
 
 
 def test_gate_policy_that_is_a_folder_is_an_error_not_a_reject(tmp_path: Path) -> None:
+    Store(str(tmp_path / "s.db"))   # an existing store (read-only commands never create one)
     result = tunegate("gate", "--policy", str(tmp_path), "--candidate", "t1", "--store", str(tmp_path / "s.db"))
     assert result.returncode == 2, result.stdout + result.stderr  # 1 would read as "reject" in CI
     assert "is a folder, not a file" in result.stdout and "Traceback" not in result.stderr
@@ -71,6 +73,7 @@ def test_gate_policy_that_is_a_folder_is_an_error_not_a_reject(tmp_path: Path) -
 @pytest.mark.parametrize("args", [["show", "99999999999999999999999"],
                                   ["export", "t99999999999999999999999", "--out", "x"]])
 def test_ids_too_large_for_the_database_are_not_found(tmp_path: Path, args: list[str]) -> None:
+    Store(str(tmp_path / "s.db"))
     line = one_line_exit_2(tunegate(*args, "--store", str(tmp_path / "s.db"), cwd=tmp_path))
     assert "99999999999999999999999" in line and "in the store" in line
 
@@ -78,6 +81,7 @@ def test_ids_too_large_for_the_database_are_not_found(tmp_path: Path, args: list
 def test_gate_candidate_too_large_is_a_gate_error(tmp_path: Path) -> None:
     policy = tmp_path / "gate.yaml"
     policy.write_text("rules:\n  - {suite: s, metric: m, min: 0.5}\n")
+    Store(str(tmp_path / "s.db"))
     result = tunegate("gate", "--policy", str(policy), "--candidate", "t99999999999999999999999",
                       "--store", str(tmp_path / "s.db"))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
@@ -89,6 +93,7 @@ def test_files_in_the_way_of_outputs(tmp_path: Path) -> None:
     line = one_line_exit_2(tunegate("runs", "--store", str(blocker / "x.db")))
     assert f"{blocker} is a file" in line
     store = str(tmp_path / "s.db")
+    Store(store)
     line = one_line_exit_2(tunegate("report", "1", "--html", str(blocker / "r.html"), "--store", store))
     assert "is a file" in line or "no run" in line
     line = one_line_exit_2(tunegate("export-results", str(blocker / "r.csv"), "--store", store))
@@ -132,6 +137,7 @@ def test_bad_policy_values_are_errors_naming_line_and_field(tmp_path: Path, text
 def test_nan_policy_through_the_cli_is_exit_2_not_reject(tmp_path: Path) -> None:
     path = tmp_path / "gate.yaml"
     path.write_text("rules:\n  - {suite: s, metric: m, min: .nan}\n")
+    Store(str(tmp_path / "s.db"))
     result = tunegate("gate", "--policy", str(path), "--candidate", "t1", "--store", str(tmp_path / "s.db"))
     assert result.returncode == 2 and "not a finite number" in result.stdout
 

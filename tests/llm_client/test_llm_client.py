@@ -124,19 +124,27 @@ def test_client_errors_fail_at_once_and_are_redacted(scripted) -> None:
 
 
 def test_judge_never_stores_a_credential(store, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Userinfo in the base URL, a key header and the API key stay out of the judge_calls row."""
+    """A key header and the API key stay out of the judge_calls row; userinfo in the base URL is refused up front
+    (httpx would send it as Basic auth instead of the key, issue 31 item 6), naming the variable to use."""
     monkeypatch.setenv(J.ENV_API_KEY, "sk-live-0123456789")
     J.clear_memory_cache()
-    config = J.JudgeConfig(base_url="http://ops:pw-9876543@127.0.0.1:9/v1", model="m", retries=0, timeout_s=2,
+    with pytest.raises(ValueError, match="judge.base_url must not hold credentials.*TUNEGATE_JUDGE_API_KEY"):
+        J.Judge(J.JudgeConfig(base_url="http://ops:pw-9876543@127.0.0.1:9/v1", model="m"), store=store)
+    monkeypatch.setenv(J.ENV_BASE_URL, "http://ops@127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="TUNEGATE_JUDGE_BASE_URL must not hold credentials"):
+        J.Judge(J.JudgeConfig(model="m"), store=store)
+    with pytest.raises(ValueError, match="must not hold credentials"):
+        ChatClient("https://u:p@example.com/v1")
+    config = J.JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", retries=0, timeout_s=2,
                            headers={"X-Api-Key": "hdr-secret-42", "X-Team": "evals"})
     [verdict] = J.Judge(config, store=store).rubric("5: right. 1: wrong.", [J.RubricCase("q", "2+2?", "4")])
     assert verdict.call.status == "failed" and "connection error" in (verdict.call.error or "")
     [row] = store.judge_calls()
     stored = json.dumps({"request": row.request, "error": row.error})
-    for secret in ("pw-9876543", "ops:", "sk-live-0123456789", "hdr-secret-42"):
+    for secret in ("sk-live-0123456789", "hdr-secret-42"):
         assert secret not in stored and secret not in verdict.detail
     assert row.request["headers"] == {"X-Api-Key": "***", "X-Team": "evals"}
-    assert row.request["base_url"] == "http://***@127.0.0.1:9/v1"
+    assert row.request["base_url"] == "http://127.0.0.1:9/v1"
 
 
 def test_pairwise_interval_is_the_stats_paired_bootstrap() -> None:
