@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from harness.model import _fastpath as fp
+from harness.model._overlap import PACK_KEY
 from harness.model._dpo import (
     DPO_COLUMNS,
     PreferencePacking,
@@ -128,7 +129,7 @@ def test_preference_pack_selects_the_completion_positions():
     collate = PreferencePacking(DataCollatorForPreference(pad_token_id=0))
     batch = collate([{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
                      {"prompt_ids": [7, 8], "chosen_ids": [9], "rejected_ids": [10, 11]}])
-    pack = batch[fp.PACK_KEY]
+    pack = batch[PACK_KEY]
     assert pack.shape == (4, 5) and pack.lengths == (5, 3, 4, 4)
     # positions whose next token is a completion token: row 0 predicts 4, 5 from columns 2, 3; ...
     assert pack.predicting.tolist() == [2, 3, 5 + 1, 10 + 2, 15 + 1, 15 + 2]
