@@ -38,6 +38,7 @@ class SuiteResult:
     seconds: float
     metrics: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name -> (mean, stderr, n)
     kinds: dict[str, MetricKind] = field(default_factory=dict)  # name -> direction and 0/1-ness, stored with it
+    numerics: dict[str, str] | None = None  # what the scores' bits depend on (`harness.model._numerics.record`)
 
     def __post_init__(self) -> None:
         for spec in self.suite.spec.scorers:

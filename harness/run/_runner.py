@@ -58,14 +58,16 @@ class Runner:
     def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None,
             executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None,
             trials_per_gpu: int | None = None, device_batch: bool = True, shared_eval: bool = False,
-            spares: int | None = 0) -> RunOutcome:
+            spares: int | None = 0, eval_numerics: str = "invariant") -> RunOutcome:
         """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `spares`: worker processes
         beyond the slots for trials that continue another (None: auto, `spare_workers`; off by default: on one
         H200 a spare made the 12-trial GPU plan slower, README); `device_batch` False keeps
         each suite's own generation batch size on a GPU too; `shared_eval` (persistent workers) scores the trained
         LoRA adapters together, in mixed-adapter batches, instead of each right after its training. Off by default:
         on an H200 with the 135M default model the mixed batches decoded slower than separate trials running side
-        by side (reports/perf/sweep_throughput.json)."""
+        by side (reports/perf/sweep_throughput.json). `eval_numerics`: invariant (every score bit-identical
+        whatever shares its batch, `harness.model._invariant`) or fast (the batched path, whose last bits depend on
+        the batch)."""
 
         plan, doc = load_plan(plan_path)
         arms = trials(plan)
@@ -107,7 +109,8 @@ class Runner:
                 continue
             units.append(TrialUnit(url, run_id, arm.name, str(folder / arm.name),
                                    getattr(arm, "gpus_per_trial", 1) if arm.type in TRAINED else 1,
-                                   "cpu" if cpu_only else self.device, device_batch=device_batch))
+                                   "cpu" if cpu_only else self.device, device_batch=device_batch,
+                                   eval_numerics=eval_numerics))
 
         def done(result: TrialResult) -> None:
             if result.status == "finished":

@@ -81,7 +81,8 @@ def _shared_pass(jobs: list[_TrialJob], console: Console) -> list[TrialResult]:
         with _progress(console, label, len(suite.items) * len(jobs)) as advance, \
                 tracing.attributes(run_id=first.unit.run_id, trial="shared"), judge.using_store(store):
             by_name = evaluate_adapters(model, tok, suite, names, progress=advance,
-                                        device_batch=first.unit.device_batch)
+                                        device_batch=first.unit.device_batch,
+                                        numerics=first.unit.eval_numerics)
         for name, job in zip(names, jobs, strict=True):
             result = by_name[name]
             job.phases[f"eval:{suite.name}"] = result.seconds
