@@ -60,8 +60,13 @@ from harness.model import _generate as gen
 
 Progress = Callable[[int], None]
 
-LANES_CUDA, BUCKET_CUDA, SPAN_CUDA, HEAD_CHUNK_CUDA = 32, 64, 256, 64
+# A graphed decode step of a small model costs about the same at 8 or 64 lanes (it is a few hundred tiny kernels),
+# so the CUDA lanes are many and the prompt buckets coarse (fewer, fuller groups); $TUNEGATE_EVAL_LANES overrides
+# the lanes (e.g. fewer for a large model's KV cache; the numerics record keeps the value: scores made with other
+# lanes are other numerics).
+LANES_CUDA, BUCKET_CUDA, SPAN_CUDA, HEAD_CHUNK_CUDA = 64, 128, 256, 64
 LANES_CPU, BUCKET_CPU, SPAN_CPU, HEAD_CHUNK_CPU = 8, 16, 64, 16
+ENV_LANES = "TUNEGATE_EVAL_LANES"
 CHECK_EVERY = 8          # decode steps between looks at whether every lane has stopped (each look syncs the device)
 ENV_GRAPHS = "TUNEGATE_EVAL_GRAPHS"
 _ATTENTION = ("sdpa", "eager")   # implementations that take a 4D additive mask as given
@@ -82,9 +87,12 @@ class Shapes:
 
 
 def shapes_for(device: torch.device) -> Shapes:
+    lanes = os.environ.get(ENV_LANES, "")
     if device.type == "cuda":
-        return Shapes(LANES_CUDA, BUCKET_CUDA, SPAN_CUDA, HEAD_CHUNK_CUDA, os.environ.get(ENV_GRAPHS, "1") != "0")
-    return Shapes(LANES_CPU, BUCKET_CPU, SPAN_CPU, HEAD_CHUNK_CPU, False)
+        return Shapes(int(lanes) if lanes.isdigit() and int(lanes) > 0 else LANES_CUDA, BUCKET_CUDA, SPAN_CUDA,
+                      HEAD_CHUNK_CUDA, os.environ.get(ENV_GRAPHS, "1") != "0")
+    return Shapes(int(lanes) if lanes.isdigit() and int(lanes) > 0 else LANES_CPU, BUCKET_CPU, SPAN_CPU,
+                  HEAD_CHUNK_CPU, False)
 
 
 def supported(model: Any) -> str | None:
