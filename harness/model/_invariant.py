@@ -145,12 +145,12 @@ class _Decoder:
     """Greedy decoding of `lanes` rows over a cache of `length` positions: the state tensors every step reads and
     writes in place (so one captured graph serves every group of this length)."""
 
-    def __init__(self, causal_lm: Any, shapes: Shapes, length: int, max_new: int, stops: list[int],
+    def __init__(self, causal_lm: Any, shapes: Shapes, length: int, stops: list[int],
                  device: torch.device, dtype: torch.dtype) -> None:
         self.causal_lm, self.backbone = causal_lm, fastpath.backbone_of(causal_lm)
         self.head = causal_lm.get_output_embeddings()
         self.cache_kw = _cache_kwarg(self.backbone)
-        self.lanes, self.length, self.max_new, self.dtype = shapes.lanes, length, max_new, dtype
+        self.lanes, self.length, self.dtype = shapes.lanes, length, dtype
         self.cache = _FixedCache()
         self.cache.length = length
         lanes = shapes.lanes
@@ -159,7 +159,7 @@ class _Decoder:
         self.step_no = torch.zeros((1,), dtype=torch.long, device=device)
         self.base = torch.zeros((1,), dtype=torch.long, device=device)
         self.valid = torch.zeros((lanes, length), dtype=torch.bool, device=device)
-        self.out = torch.zeros((lanes, max_new + 2), dtype=torch.long, device=device)  # + the warm-up's writes
+        self.out = torch.zeros((lanes, length + 2), dtype=torch.long, device=device)  # + the warm-up's writes
         self.done = torch.zeros((lanes,), dtype=torch.bool, device=device)
         self.stops = torch.tensor(stops or [-1], dtype=torch.long, device=device)
         self.arange = torch.arange(length, device=device)
@@ -228,22 +228,47 @@ class _Decoder:
             self.step()
         self.graph = graph
 
-    def decode(self) -> torch.Tensor:
-        """Every lane's tokens (lanes, max_new) after `prefill`."""
-        for k in range(self.max_new - 1):
+    def decode(self, max_new: int) -> torch.Tensor:
+        """Every lane's first `max_new` tokens after `prefill`."""
+        for k in range(max_new - 1):
             if k % CHECK_EVERY == 0 and bool(self.done.all()):
                 break
             if self.graph is not None:
                 self.graph.replay()
             else:
                 self.step()
-        return self.out.cpu()
+        return self.out[:, :max_new].cpu()
 
 
 def attention_used(model: Any) -> str:
     """The attention implementation the fixed-shape path runs `model` with."""
     current = getattr(fastpath.unwrap(model).config, "_attn_implementation", None) or "sdpa"
     return current if current in _ATTENTION else "sdpa"
+
+
+KEPT_DECODERS = 4   # per model: the graphs and KV caches of the last few cache lengths, reused by later calls
+
+
+def _decoder(causal_lm: Any, shapes: Shapes, length: int, stops: list[int], device: torch.device,
+             dtype: torch.dtype) -> _Decoder:
+    """The decoder (state, cache and captured graph) for this shape, kept on the model between calls, so each
+    suite of a trial does not capture its graphs again. The key holds every parameter's address and the LoRA
+    layers' active/disabled adapters: a graph replays the kernels and tensors it was captured with, so loading or
+    switching an adapter must give a fresh one (a weight updated in place is read as it is at replay)."""
+    kept: dict[Any, Any] = causal_lm.__dict__.setdefault("_tunegate_decoders", {})
+    adapters = tuple((tuple(getattr(m, "active_adapters", ())), bool(getattr(m, "disable_adapters", False)))
+                     for m in causal_lm.modules() if hasattr(m, "lora_A"))
+    key = (shapes, length, tuple(stops), device, dtype, adapters,
+           tuple(p.data_ptr() for p in causal_lm.parameters()))
+    decoder = kept.get(key)
+    if decoder is None:
+        while len(kept) >= KEPT_DECODERS + 1:   # + the graph pool
+            kept.pop(next(k for k in kept if k != "pool"))
+        decoder = _Decoder(causal_lm, shapes, length, stops, device, dtype)
+        if shapes.graphs:
+            decoder.capture(kept.setdefault("pool", torch.cuda.graph_pool_handle()))
+        kept[key] = decoder
+    return decoder
 
 
 def _attention_ready(causal_lm: Any) -> Any:
@@ -271,25 +296,18 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
     by_bucket: dict[int, list[int]] = {}
     for i, seq in enumerate(encoded):
         by_bucket.setdefault(_round_up(len(seq), shapes.bucket), []).append(i)
-    decoders: dict[int, _Decoder] = {}
-    pool = torch.cuda.graph_pool_handle() if shapes.graphs else None
     tokens = groups = 0
     with _attention_ready(causal_lm):
         for bucket in sorted(by_bucket):
             length = _round_up(bucket + max_new_tokens, shapes.span)
-            decoder = decoders.get(length)
-            if decoder is None:
-                decoder = decoders[length] = _Decoder(causal_lm, shapes, length, max_new_tokens, stop_ids,
-                                                      device, dtype)
-                if shapes.graphs:
-                    decoder.capture(pool)
+            decoder = _decoder(causal_lm, shapes, length, stop_ids, device, dtype)
             members = by_bucket[bucket]
             for start in range(0, len(members), shapes.lanes):
                 idx = members[start:start + shapes.lanes]
                 rows = [encoded[i] for i in idx]
                 rows += [rows[-1]] * (shapes.lanes - len(rows))
                 decoder.prefill(rows, bucket, pad_id)
-                out = decoder.decode().tolist()
+                out = decoder.decode(max_new_tokens).tolist()
                 for row, new in zip(idx, out, strict=False):
                     new = new[:max_new_tokens]
                     cut = next((k for k, t in enumerate(new) if t in stops), len(new))
