@@ -243,11 +243,12 @@ def four_trials(args: argparse.Namespace, work: Path, model_spec: str, device: s
     procs = []
     for k, name in enumerate(names):
         spec = {"model": model_spec, "device": device, "adapter": adapters.get(name), "plan": str(args.plan),
-                "items": args.items, "max_new_cap": args.max_new_cap, "references": references[name], "out": str(work / f"trial{k}.json")}
-        (work / f"trial{k}.spec.json").write_text(json.dumps(spec))
+                "items": args.items, "max_new_cap": args.max_new_cap, "references": references[name],
+                "out": str(work / f"trial{k}.json")}
+        spec_file = work / f"trial{k}.spec.json"
+        spec_file.write_text(json.dumps(spec))
         env = os.environ | {"PYTHONPATH": str(REPO)}
-        procs.append((name, k, subprocess.Popen([sys.executable, __file__, "--worker", str(work / f"trial{k}.spec.json")],
-                                               env=env)))
+        procs.append((name, k, subprocess.Popen([sys.executable, __file__, "--worker", str(spec_file)], env=env)))
     results = {}
     for name, k, proc in procs:
         if proc.wait() != 0:

@@ -28,12 +28,18 @@ on any CUDA GPU, and fixed shapes are exactly what a CUDA graph needs, which is 
   stopped or max_new_tokens; an item's tokens past its own stop are discarded. On CUDA the decode step (the
   forward, the argmax, the bookkeeping of positions, mask and stops) is captured once per cache length into a
   `torch.cuda.CUDAGraph` and replayed: a small model's decode step is a few hundred kernel launches, which
-  eager PyTorch issues slower than the GPU runs them. `TUNEGATE_EVAL_GRAPHS=0` decodes eagerly (the same
-  step function).
+  eager PyTorch issues slower than the GPU runs them. The decoders (state, cache, graph) stay on the model for
+  later calls, keyed by the weights' addresses and the active adapters. `TUNEGATE_EVAL_GRAPHS=0` decodes
+  eagerly (the same step function).
+* **Attention** is `fixed_attention`, registered with transformers for the duration: the 4D mask as given, and
+  grouped-query heads read in place (transformers' SDPA path copies every key and value once per query head
+  whenever a mask is given, which over a whole fixed cache was most of a small model's decode step). Its
+  reductions are per (row, head), so the split-KV choice of fused decode kernels does not arise.
 * **Log-likelihood** (choice ranking, lm-eval loglikelihood requests): each distinct input (a sequence but its
   last token) is right-padded to its bucket, `lanes` inputs a forward through the backbone with an explicit
-  causal mask; the hidden states at continuation positions are gathered and projected `head_chunk` rows at a
-  time (the last chunk zero-filled), then a float32 log-softmax per row; sums in float64, in token order.
+  causal mask (eager on CUDA too: one forward per group has few launches to save); the hidden states at
+  continuation positions are gathered and projected `head_chunk` rows at a time (the last chunk zero-filled),
+  then a float32 log-softmax per row; sums in float64, in token order.
 * **Adapters.** PEFT's mixed-adapter batches run LoRA on sub-batches of varying size, so in this mode every
   forward is single-adapter: `evaluate_adapters` scores one adapter after another.
 
@@ -46,7 +52,6 @@ and the record says so.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -64,12 +69,12 @@ Progress = Callable[[int], None]
 # so the CUDA lanes are many and the prompt buckets coarse (fewer, fuller groups); $TUNEGATE_EVAL_LANES overrides
 # the lanes (e.g. fewer for a large model's KV cache; the numerics record keeps the value: scores made with other
 # lanes are other numerics).
-LANES_CUDA, BUCKET_CUDA, SPAN_CUDA, HEAD_CHUNK_CUDA = 64, 128, 256, 64
+LANES_CUDA, BUCKET_CUDA, SPAN_CUDA, HEAD_CHUNK_CUDA = 64, 128, 128, 64
 LANES_CPU, BUCKET_CPU, SPAN_CPU, HEAD_CHUNK_CPU = 8, 16, 64, 16
 ENV_LANES = "TUNEGATE_EVAL_LANES"
 CHECK_EVERY = 8          # decode steps between looks at whether every lane has stopped (each look syncs the device)
 ENV_GRAPHS = "TUNEGATE_EVAL_GRAPHS"
-_ATTENTION = ("sdpa", "eager")   # implementations that take a 4D additive mask as given
+ATTENTION_NAME = "tunegate_fixed"
 
 
 @dataclass(frozen=True)
@@ -240,12 +245,6 @@ class _Decoder:
         return self.out[:, :max_new].cpu()
 
 
-def attention_used(model: Any) -> str:
-    """The attention implementation the fixed-shape path runs `model` with."""
-    current = getattr(fastpath.unwrap(model).config, "_attn_implementation", None) or "sdpa"
-    return current if current in _ATTENTION else "sdpa"
-
-
 KEPT_DECODERS = 4   # per model: the graphs and KV caches of the last few cache lengths, reused by later calls
 
 
@@ -271,12 +270,37 @@ def _decoder(causal_lm: Any, shapes: Shapes, length: int, stops: list[int], devi
     return decoder
 
 
+def fixed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                    **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """Attention with a 4D additive mask, grouped-query heads read in place: transformers' SDPA path copies the
+    keys and values once per query head whenever a mask is given (`repeat_kv`), which over a whole fixed cache is
+    most of a small model's decode step. Two batched matmuls and a float32 softmax per (row, key/value head): each
+    row's result depends on that row alone. The same arithmetic as transformers' eager attention."""
+    b, heads, t, d = query.shape
+    kv_heads = key.shape[1]
+    group = heads // kv_heads               # repeat_kv's order: query head i reads key/value head i // group
+    q = query.reshape(b, kv_heads, group * t, d)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, :key.shape[-2]]
+        scores = (scores.view(b, kv_heads, group, t, -1) + mask[:, :, None]).view(b, kv_heads, group * t, -1)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, value).view(b, heads, t, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def attention_used(model: Any) -> str:
+    """The attention implementation the fixed-shape path runs `model` with (whatever the model's own is)."""
+    return ATTENTION_NAME
+
+
 def _attention_ready(causal_lm: Any) -> Any:
-    """A context in which the model's attention takes a 4D additive mask as given (SDPA unless eager is set)."""
-    current = getattr(causal_lm.config, "_attn_implementation", "sdpa")
-    if current in _ATTENTION:
-        return contextlib.nullcontext()
-    return fastpath.attention_implementation(causal_lm, "sdpa")
+    """A context in which the model's attention is `fixed_attention` (registered with transformers once)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, fixed_attention)
+    return fastpath.attention_implementation(causal_lm, ATTENTION_NAME)
 
 
 @torch.inference_mode()

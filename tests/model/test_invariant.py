@@ -75,7 +75,8 @@ def test_generation_is_bit_identical_whatever_shares_the_batch(bf16: tuple[Any, 
     assert any(expected) and len(set(expected)) > 1
     for size in BATCHES:
         seen: list[int] = []
-        got = chunked(lambda part: inv.generate(model, tok, part, max_new_tokens=12, progress=seen.append),
+        got = chunked(lambda part, seen=seen: inv.generate(model, tok, part, max_new_tokens=12,
+                                                            progress=seen.append),
                       prompts, size)
         assert got == expected, size
         assert sum(seen) == len(prompts)
