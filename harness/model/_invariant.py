@@ -52,6 +52,7 @@ and the record says so.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -113,7 +114,6 @@ def _round_up(n: int, step: int) -> int:
 
 def _cache_kwarg(backbone: torch.nn.Module) -> str:
     """The name the backbone's forward takes its KV cache by (`cache` in newer transformers)."""
-    import inspect
     return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 

@@ -132,7 +132,7 @@ class LocalBackend:
     def complete_many(self, requests: Sequence[Messages]) -> list[tuple[str | None, str | None]]:
         from harness.model import _generate as gen  # torch: only for a local judge model
         from harness.model import _invariant as inv  # torch: only for a local judge model
-        from harness.model._numerics import resolve_mode
+        from harness.model._numerics import resolve_mode  # with the local judge model: the evaluation's mode
 
         model, tok = self._loaded()
         with tracing.span("judge_call", as_type="generation", model=str(self.config.model),
