@@ -327,7 +327,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--items", type=int, help="items per suite (default all; smoke 4)")
     p.add_argument("--max-new-cap", type=int, help="cap on each suite's max_new_tokens (default none; smoke 6)")
     p.add_argument("--fast-items", type=int, help="fast-mode comparison: items per suite, base model only (default "
-                                                  "8; smoke 3): today's path at batch 1 is the slow part")
+                                                  "4; smoke 3): today's path at batch 1 is the slow part")
     p.add_argument("--trials", type=int, help="concurrent trial processes (default 4; smoke 2)")
     p.add_argument("--prompts", type=int, help="speed: generation prompts (default 64; smoke 6)")
     p.add_argument("--max-new-tokens", type=int, help="speed: new tokens (default 48; smoke 8)")
@@ -341,7 +341,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.adapter_steps = args.adapter_steps or (2 if smoke else 30)
     args.items = args.items or (4 if smoke else None)
     args.max_new_cap = args.max_new_cap or (6 if smoke else None)
-    args.fast_items = args.fast_items or (3 if smoke else 8)
+    args.fast_items = args.fast_items or (3 if smoke else 4)
     args.trials = args.trials or (2 if smoke else 4)
     args.prompts = args.prompts or (6 if smoke else 64)
     args.max_new_tokens = args.max_new_tokens or (8 if smoke else 48)

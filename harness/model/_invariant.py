@@ -55,6 +55,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -245,7 +246,7 @@ class _Decoder:
         return self.out[:, :max_new].cpu()
 
 
-KEPT_DECODERS = 4   # per model: the graphs and KV caches of the last few cache lengths, reused by later calls
+KEPT_DECODERS = 2   # per model: the graphs and KV caches of the last cache lengths, reused by later calls
 
 
 def _decoder(causal_lm: Any, shapes: Shapes, length: int, stops: list[int], device: torch.device,
@@ -265,7 +266,12 @@ def _decoder(causal_lm: Any, shapes: Shapes, length: int, stops: list[int], devi
             kept.pop(next(k for k in kept if k != "pool"))
         decoder = _Decoder(causal_lm, shapes, length, stops, device, dtype)
         if shapes.graphs:
-            decoder.capture(kept.setdefault("pool", torch.cuda.graph_pool_handle()))
+            try:
+                decoder.capture(kept.setdefault("pool", torch.cuda.graph_pool_handle()))
+            except RuntimeError as exc:   # an op that cannot be captured (a kernel library's host sync...)
+                decoder.graph = None      # the same step, eagerly
+                warnings.warn(f"tunegate: decode step not captured in a CUDA graph, decoding eagerly: {exc}",
+                              RuntimeWarning, stacklevel=2)
         kept[key] = decoder
     return decoder
 
