@@ -198,3 +198,21 @@ def test_cli_eval_numerics_option(tmp_path: Path) -> None:
         lines = [line for line in bad.stderr.splitlines() if line.strip()]
         assert bad.returncode == 2 and len(lines) == 1 and "Traceback" not in bad.stderr, bad.stderr
         assert "'exact' is not an eval numerics mode" in lines[0]
+
+
+def test_fixed_attention_equals_transformers_eager_attention_with_grouped_heads() -> None:
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    torch.manual_seed(0)
+    b, heads, kv_heads, t, length, d = 3, 6, 2, 5, 9, 8
+    query = torch.randn(b, heads, t, d)
+    key, value = torch.randn(b, kv_heads, length, d), torch.randn(b, kv_heads, length, d)
+    allowed = torch.rand(b, 1, t, length) > 0.3
+    allowed[..., 0] = True
+    mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = heads // kv_heads, False
+    ours, _ = inv.fixed_attention(module, query, key, value, mask, scaling=d ** -0.5)
+    theirs, _ = eager_attention_forward(module, query, key, value, mask, scaling=d ** -0.5)
+    assert ours.shape == theirs.shape == (b, t, heads, d)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
