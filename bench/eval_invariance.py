@@ -435,9 +435,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         add(totals, counts)
         say(f"    {key}: {counts}")
 
-    with scoring("base"):
-        say("  speed: generation, invariant vs fast vs naive")
-        rates = speed(shared, tok, args, device)
+    say("  speed: generation, invariant vs fast vs naive (the base model, freshly loaded: no PEFT wrapper)")
+    plain, _ = load(model_spec, device)
+    rates = speed(plain, tok, args, device)
     say(f"    tokens/s {json.dumps({k: round(v, 1) for k, v in rates['tokens_per_second'].items()})}")
     committed, committed_device = committed_bf16()
     ours = rates["tokens_per_second"]["invariant"]
