@@ -12,7 +12,9 @@ While it runs, NVML samples the GPU's utilisation at 4 Hz. Written: device, vers
 time, GPU utilisation (mean and the fraction of samples above 0), and per trial the phases its manifest
 recorded (start-up/imports, model load, train, each suite's eval, store writes); then `speedup` (peer wall /
 default wall), `gpu_utilization_mean` (default path, 0-1), the gate verdicts of both paths (identical?), and how
-many per-item outputs differ between the two (bf16 on a GPU: batch composition can flip a near-tie token).
+many per-item outputs differ between the two. Both paths score under `--eval-numerics` (default invariant, the
+default of `tunegate run`: every output bit-identical whatever shares its batch, so none should differ; with
+`fast`, batch composition can flip a near-tie token in bf16); the JSON records it as `eval_numerics`.
 """
 from __future__ import annotations
 
@@ -139,10 +141,12 @@ def tiny_plan(root: Path) -> Path:
     return root / "plan.yaml"
 
 
-def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int | None) -> dict[str, Any]:
+def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int | None,
+             eval_numerics: str = "invariant") -> dict[str, Any]:
     store_url = f"sqlite:///{root / name / 'store.db'}"
     (root / name).mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *PATHS[name]]
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *PATHS[name],
+           "--eval-numerics", eval_numerics]
     if gpus is not None:  # `tunegate run --gpus 1` is a count (the first GPU): one GPU id is written "1,"
         cmd += ["--gpus", f"{gpus}," if gpus.isdigit() else gpus]
     print(f"[{name}] $ {' '.join(cmd)}", flush=True)
@@ -228,6 +232,8 @@ def main() -> None:
     ap.add_argument("--merge", type=Path, action="append", default=[],
                     help="a JSON written by an earlier invocation whose paths are merged into this one's")
     ap.add_argument("--tiny", action="store_true", help="CPU check: a tiny random model and one-step trials")
+    ap.add_argument("--eval-numerics", default="invariant", choices=("invariant", "fast"),
+                    help="the evaluation numerics both paths score under (tunegate run --eval-numerics)")
     ap.add_argument("--work", type=Path, default=None, help="where stores and run folders go (default: a tmp dir)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--note", default=None, help="how the paths were measured (recorded as `how_measured`), e.g. "
@@ -240,13 +246,13 @@ def main() -> None:
     gpu_index = int(gpus.split(",")[0]) if gpus and gpus.split(",")[0].isdigit() else None
     policy = gate_policy(plan)
     result: dict[str, Any] = {"plan": str(plan), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                              **device_info(), "paths": {}}
+                              "eval_numerics": args.eval_numerics, **device_info(), "paths": {}}
     if args.note:
         result["how_measured"] = args.note
     for earlier in args.merge:
         result["paths"] |= json.loads(earlier.read_text())["paths"]
     for name in [p.strip() for p in args.paths.split(",") if p.strip()]:
-        measured = run_path(name, plan, root, gpus, gpu_index)
+        measured = run_path(name, plan, root, gpus, gpu_index, args.eval_numerics)
         measured["verdicts"] = verdicts(measured["store"], measured["run_id"], policy, list(measured["trials"]))
         measured["metrics"] = metrics(measured["store"], measured["run_id"])
         measured["outputs"] = item_outputs(measured["store"], measured["run_id"])

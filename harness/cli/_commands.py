@@ -43,6 +43,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # logs and CI output are read in wide windows: do not squeeze tables into 80 columns when not on a terminal
 StoreOpt = Annotated[Optional[str], typer.Option("--store", help="Store path or SQLAlchemy URL "
                                                  "(default: $TUNEGATE_STORE or runs/tunegate.db).")]
+EvalNumericsOpt = Annotated[Optional[str], typer.Option(
+    "--eval-numerics", help="invariant: every score bit-identical whatever shares its batch (docs/numerics.md) | "
+                            "fast: the batched path, whose last bits depend on the batch. Default: "
+                            "$TUNEGATE_EVAL_NUMERICS, else invariant.")]
+
+
+def _eval_numerics(value: str | None) -> str:
+    from harness.model._numerics import resolve_mode  # torch-free
+
+    return resolve_mode(value)
 
 
 def _store(store: str | None, *, must_exist: bool = False) -> Any:
@@ -91,6 +101,7 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
                                                      "suite: each suite's batch_size.")] = "device",
         shared_eval: Annotated[bool, typer.Option(help="Persistent workers: score the trained LoRA adapters together "
                                                      "in mixed-adapter batches (PEFT adapter_names) at the end.")] = False,
+        eval_numerics: EvalNumericsOpt = None,
         ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local one).")] = None,
         store: StoreOpt = None) -> None:
     """Run a plan: every arm trained (if needed) and scored on every suite; results go to the store."""
@@ -103,6 +114,7 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
         raise UserError(f"unknown executor '{executor}': use {', '.join(EXECUTORS)}", field="--executor")
     if eval_batch not in ("device", "suite"):
         raise UserError(f"'{eval_batch}' is not an eval batch rule: use device or suite", field="--eval-batch")
+    numerics = _eval_numerics(eval_numerics)
     per_gpu = parse_trials_per_gpu(trials_per_gpu)
     spares = parse_spare_workers(spare_workers)
     if dry_run:
@@ -111,7 +123,7 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
     outcome = Runner(_store(store), console).run(plan, resume=resume, only=only, executor=executor,
                                                  gpus=parse_gpus(gpus), ray_address=ray_address,
                                                  trials_per_gpu=per_gpu, device_batch=eval_batch == "device",
-                                                 shared_eval=shared_eval, spares=spares)
+                                                 shared_eval=shared_eval, spares=spares, eval_numerics=numerics)
     print_run_comparison(_store(store), outcome.run_id)
     raise typer.Exit(1 if outcome.failed else 0)
 
@@ -119,8 +131,10 @@ def run(plan: Annotated[Path, typer.Argument(help="Experiment plan YAML.")],
 @app.command("eval")
 def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folder, .gguf, hub id) or a trial RUN/TRIAL.")],
           suite: Annotated[list[str], typer.Option("--suite", "-s", help="Suite name or path (repeatable).")],
+          eval_numerics: EvalNumericsOpt = None,
           store: StoreOpt = None) -> None:
     """Score a model or a finished trial on suites; results land in the store."""
+    numerics = _eval_numerics(eval_numerics)
     from harness.arms._artifacts import load_trial_model  # heavy: torch via the trial's model
     from harness.evaluation._evaluate import evaluate  # heavy: torch via generation
 
@@ -144,7 +158,7 @@ def eval_(target: Annotated[str, typer.Argument(help="A model spec (alias, folde
     try:
         for s in suites:
             with tracing.attributes(trial_id=trial_id), judge.using_store(st):
-                result = evaluate(model, tok, s)
+                result = evaluate(model, tok, s, numerics=numerics)
             st.save_evaluation(trial_id, result)
             console.print(f"{safe(s.name)}: " + ", ".join(
                 f"{m}={v[0]:.3f} (corpus-level, n={v[2]})" if m in result.corpus

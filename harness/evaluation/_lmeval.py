@@ -117,9 +117,33 @@ def _build_tasks(manager: Any, specs: list[Any], suite: Suite) -> list[Any]:
     return built
 
 
+def _invariant_hflm(hflm: type) -> type:
+    """HFLM whose log-likelihood requests go through the fixed-shape scorer (`harness.model._invariant`), so
+    each request's (log-probability, is-greedy) is bit-identical whatever lm-eval batched it with."""
+    from harness.model import _invariant as inv  # torch
+
+    class InvariantHFLM(hflm):  # type: ignore[misc, valid-type]
+        def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
+                                  disable_tqdm: bool = False, override_bs: int | None = None
+                                  ) -> list[tuple[float, bool]]:
+            seqs = []
+            for _, context, continuation in requests:   # lm-eval's window: the last max_length + 1 tokens
+                whole = (context + continuation)[-(self.max_length + 1):]
+                seqs.append((whole, max(1, len(whole) - len(continuation))))
+            answers = inv.loglikelihood_tokens(self.model, seqs)
+            for (request, _, _), answer in zip(requests, answers, strict=True):
+                if request is not None:
+                    self.cache_hook.add_partial("loglikelihood", request, answer)
+            return answers
+
+    return InvariantHFLM
+
+
 def evaluate_suite(model: Any, tok: Any, suite: Suite, *,
-                   progress: Callable[[int], None] | None = None) -> SuiteResult:
-    """Run the suite's lm-eval tasks on an in-memory model; per-document results become items."""
+                   progress: Callable[[int], None] | None = None, invariant: bool = False) -> SuiteResult:
+    """Run the suite's lm-eval tasks on an in-memory model; per-document results become items. `invariant`:
+    log-likelihood requests through the fixed-shape scorer and `generate_until` at batch 1 (lm-eval's own
+    generation loop; a batch of one has no companions), so every document's result depends on it alone."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -129,7 +153,8 @@ def evaluate_suite(model: Any, tok: Any, suite: Suite, *,
     started = time.perf_counter()
     manager, specs = _task_specs(suite, cfg)
     tasks = _build_tasks(manager, specs, suite)
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.batch_size)
+    lm = (_invariant_hflm(HFLM) if invariant else HFLM)(pretrained=model, tokenizer=tok,
+                                                        batch_size=1 if invariant else cfg.batch_size)
     with tracing.span("lm_eval", suite=suite.name, suite_version=suite.version, tasks=cfg.tasks,
                       limit=cfg.limit) as span:
         out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=cfg.limit,

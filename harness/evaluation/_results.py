@@ -39,6 +39,7 @@ class SuiteResult:
     metrics: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # name -> (mean, stderr, n)
     kinds: dict[str, MetricKind] = field(default_factory=dict)  # name -> direction and 0/1-ness, stored with it
     corpus: dict[str, float] = field(default_factory=dict)  # corpus-level metrics: name -> the suite's value
+    numerics: dict[str, str] | None = None  # what the scores' bits depend on (`harness.model._numerics.record`)
 
     def __post_init__(self) -> None:
         for spec in self.suite.spec.scorers:

@@ -22,6 +22,7 @@ class TrialJob:
     device: str | None = None  # None: the worker picks (cuda when it sees a GPU, else cpu)
     defer_eval: bool = False   # train and save, mark 'trained'; a shared pass scores the adapter with others later
     device_batch: bool = True  # on a GPU, size generation batches from free memory (False: the suite's batch_size)
+    eval_numerics: str = "invariant"  # invariant: every score bit-identical whatever shares its batch | fast
     after: str | None = None   # the trial this one continues (DPO from an SFT trial): it starts once that one trained
 
     def to_json(self) -> str:

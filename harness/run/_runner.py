@@ -54,13 +54,15 @@ class Runner:
     def run(self, plan_path: str | Path, *, resume: bool = False, only: list[str] | None = None,
             executor: str = "local", gpus: list[str] | None = None, ray_address: str | None = None,
             trials_per_gpu: int | None = None, device_batch: bool = True, shared_eval: bool = False,
-            spares: int | None = 0) -> RunOutcome:
+            spares: int | None = 0, eval_numerics: str = "invariant") -> RunOutcome:
         """Run (or resume) a plan. `trials_per_gpu` None: auto (persistent workers); `spares`: worker processes
         beyond the slots for trials that continue another (None: auto, `spare_workers`; off by default: a spare
         process slows the other trials on its GPU, docs/gpu.md); `device_batch` False keeps each suite's own
         generation batch size on a GPU too; `shared_eval` (persistent workers) scores the trained LoRA adapters
         together, in mixed-adapter batches, instead of each right after its training. Off by default: for a small
-        model the mixed batches decode slower than separate trials running side by side."""
+        model the mixed batches decode slower than separate trials running side by side. `eval_numerics`: invariant
+        (every score bit-identical whatever shares its batch, `harness.model._invariant`) or fast (the batched
+        path, whose last bits depend on the batch)."""
 
         plan, doc = load_plan(plan_path)
         arms = trial_arms(plan)
@@ -95,10 +97,11 @@ class Runner:
             runner.close()   # the run is driven by another process (or cannot be resumed): its workers go
             raise
         with RunHeartbeat(self.store, run_id):
-            return self._drive(plan, arms, run_id, folder, runner, checked, cpu_only, device_batch, shared_eval)
+            return self._drive(plan, arms, run_id, folder, runner, checked, cpu_only, device_batch, shared_eval,
+                               eval_numerics)
 
     def _drive(self, plan: Plan, arms: list[Any], run_id: int, folder: Path, runner: Executor, checked: Any,
-               cpu_only: bool, device_batch: bool, shared_eval: bool) -> RunOutcome:
+               cpu_only: bool, device_batch: bool, shared_eval: bool, eval_numerics: str = "invariant") -> RunOutcome:
         """Every pending trial of the run, handed to the executor; the run's status at the end."""
         jobs: list[TrialJob] = []
         outcome = RunOutcome(run_id, [], {}, [])
@@ -111,7 +114,8 @@ class Runner:
                 continue
             jobs.append(TrialJob(url, run_id, arm.name, str(folder / arm.name),
                                  getattr(arm, "gpus_per_trial", 1) if arm.type in TRAINED else 1,
-                                 "cpu" if cpu_only else self.device, device_batch=device_batch))
+                                 "cpu" if cpu_only else self.device, device_batch=device_batch,
+                                 eval_numerics=eval_numerics))
 
         def done(result: TrialResult) -> None:
             if result.status == "finished":

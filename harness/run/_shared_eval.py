@@ -82,7 +82,8 @@ def _shared_pass(executions: list[_TrialExecution], console: Console) -> list[Tr
         with _progress(console, label, len(suite.items) * len(executions)) as advance, \
                 tracing.attributes(run_id=first.job.run_id, trial="shared"), judge.using_store(store):
             by_name = evaluate_adapters(model, tok, suite, names, progress=advance,
-                                        device_batch=first.job.device_batch)
+                                        device_batch=first.job.device_batch,
+                                        numerics=first.job.eval_numerics)
         for name, execution in zip(names, executions, strict=True):
             result = by_name[name]
             execution.phases[f"eval:{suite.name}"] = result.seconds

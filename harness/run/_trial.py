@@ -250,7 +250,7 @@ class _TrialExecution:
             with _progress(self.console, f"{arm.name} · {suite.name}", len(suite.items)) as advance, \
                     tracing.attributes(run_id=self.job.run_id, trial=arm.name), judge.using_store(self.store):
                 result = evaluate(model, tok, suite, shaper=shaper, progress=advance,
-                                  device_batch=self.job.device_batch)
+                                  device_batch=self.job.device_batch, numerics=self.job.eval_numerics)
             self.phases[f"eval:{suite.name}"] = result.seconds
             started = time.perf_counter()
             self.store.save_evaluation(self.trial.id, result)

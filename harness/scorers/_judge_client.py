@@ -134,14 +134,19 @@ class LocalBackend:
 
     def complete_many(self, requests: Sequence[Messages]) -> list[tuple[str | None, str | None]]:
         from harness.model import _generate as gen  # torch: only for a local judge model
+        from harness.model import _invariant as inv  # torch: only for a local judge model
+        from harness.model._numerics import resolve_mode  # with the local judge model: the evaluation's mode
 
         model, tok = self._loaded()
         with tracing.span("judge_call", as_type="generation", model=str(self.config.model),
                           input=[list(m) for m in requests], backend="local", n=len(requests)) as span:
             try:
                 prompts = [gen.chat_prompt(tok, list(m)) for m in requests]
-                texts = gen.generate(model, tok, prompts, max_new_tokens=self.config.max_tokens,
-                                     batch_size=self.config.batch_size)
+                if resolve_mode() == "invariant" and inv.supported(model) is None:
+                    texts = inv.generate(model, tok, prompts, max_new_tokens=self.config.max_tokens)
+                else:
+                    texts = gen.generate(model, tok, prompts, max_new_tokens=self.config.max_tokens,
+                                         batch_size=self.config.batch_size)
             except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a template the tokenizer lacks
                 error = f"{type(exc).__name__}: {exc}"
                 span.update(status="failed", error=error)
