@@ -39,6 +39,7 @@ def load_plan(path: str | Path) -> tuple[Plan, YamlDoc]:
                 why = "is a folder, not a file" if Path(arm.documents or "").is_dir() else "file not found"
                 raise UserError(f"{why}: {arm.documents}", file=doc.path,
                                 line=doc.line_of(("arms", i, "documents")), field=f"arms[{i}].documents")
+    plan.suites = [_resolve_path(s, base) or s if "/" in s else s for s in plan.suites]
     if plan.gate:
         plan.gate = _resolve_path(plan.gate, base)
     if plan.model.startswith((".", "/", "~")) or (base / plan.model).exists():

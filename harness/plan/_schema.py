@@ -13,15 +13,16 @@ from harness.plan._parts import NAME, Arm, DataSpec, Seed, Sweep
 
 
 def _suite_name(name: str) -> str:
-    """A plan's suite: the name of a suite folder under the suite roots ($TUNEGATE_SUITES, the shipped suites), or
-    an absolute path to one; never a relative path, which would be read from wherever the command runs, nor `..`."""
-    path = Path(name)
-    if re.fullmatch(NAME, name) and ".." not in name:
-        return name
-    if path.is_absolute() and ".." not in path.parts:
+    """A plan's suite: the name of a suite folder under the suite roots ($TUNEGATE_SUITES, the shipped suites), or a
+    path to a suite folder, absolute or relative (to the working directory, else the plan's folder: `load_plan`
+    makes it absolute); never one with `..`, which would read a suite from outside both."""
+    if ".." in Path(name).parts or ".." in name.split("/"):
+        raise ValueError(f"'{name}' leaves its folder ('..'): give the name of a suite folder under the suite roots "
+                         "($TUNEGATE_SUITES or the shipped suites), or a path to one without '..'")
+    if re.fullmatch(NAME, name) or Path(name).is_absolute() or "/" in name:
         return name
     raise ValueError(f"'{name}' is not a suite name: give the name of a suite folder under the suite roots "
-                     "($TUNEGATE_SUITES or the shipped suites), or an absolute path to one")
+                     "($TUNEGATE_SUITES or the shipped suites), or a path to one")
 
 
 class Plan(BaseModel):
