@@ -247,7 +247,7 @@ def four_trials(args: argparse.Namespace, work: Path, model_spec: str, device: s
                 "out": str(work / f"trial{k}.json")}
         spec_file = work / f"trial{k}.spec.json"
         spec_file.write_text(json.dumps(spec))
-        env = os.environ | {"PYTHONPATH": str(REPO)}
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
         procs.append((name, k, subprocess.Popen([sys.executable, __file__, "--worker", str(spec_file)], env=env)))
     results = {}
     for name, k, proc in procs:

@@ -406,6 +406,47 @@ def eval_section(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def invariance_section(data: dict[str, Any]) -> list[str]:
+    out = [
+        "## Batch-invariant evaluation (`reports/perf/eval_invariance.json`)",
+        "",
+        f"`bench/eval_invariance.py` on {device_of(data)}, model `{data['model']}` ({data['dtype']}) and two LoRA "
+        "adapters, on the GPU plan's suites: every item scored alone (the reference) and again beside other items "
+        "(7 at a time, the suite's own batch, device-sized, both adapters together, four processes at once on one "
+        "GPU), compared bit for bit. Speed: the 64 prompts and 48 new tokens of `bench/eval_throughput.py`.",
+        "",
+    ]
+    out += table(
+        ("", "compared", "differing"),
+        (
+            ("outputs (invariant mode)", num(data["outputs_compared"]), num(data["outputs_differing"])),
+            ("log-likelihoods (invariant mode)", num(data["loglik_compared"]), num(data["loglik_differing"])),
+        )
+        + tuple(
+            (f"fast mode, {name}: outputs / log-likelihoods",
+             f"{num(d['outputs_compared'])} / {num(d['loglik_compared'])}",
+             f"{num(d['outputs_differing'])} / {num(d['loglik_differing'])}")
+            for name, d in data["fast_mode"].items()
+        ),
+    )
+    speed = data["tokens_per_second"]
+    out += table(
+        ("path", "output tokens/s"),
+        [(name.replace("_", " "), num(value)) for name, value in speed.items()],
+    )
+    out += [
+        f"Invariant path: {ratio(data['speedup_vs_current_bf16'], 1)} the committed bf16 figure of "
+        f"`eval_throughput.json` ({num(data['committed_bf16_tokens_per_second'])} tokens/s, "
+        f"{data['committed_bf16_device']}), {ratio(data['speedup_vs_fast_same_run'], 1)} today's fast path "
+        f"measured in the same run; mean GPU utilisation while it generated "
+        f"{pct(data['gpu_utilization_mean'])} "
+        f"(NVML: {data['speed']['gpu_utilization_invariant']['samples']} samples over the "
+        f"{data['speed']['seconds']['invariant']:.2f} s the invariant path took).",
+        "",
+    ]
+    return out
+
+
 def sweep_section(data: dict[str, Any]) -> list[str]:
     paths = data["paths"]
     out = [
@@ -707,6 +748,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
     ("perf/qlora_8b.json", qlora_section),
     ("perf/train_profile.json", profile_section),
     ("perf/eval_throughput.json", eval_section),
+    ("perf/eval_invariance.json", invariance_section),
     ("perf/sweep_throughput.json", sweep_section),
     ("gpu/worker_startup.json", worker_section),
     ("gpu/memory_table.json", memory_section),
