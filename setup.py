@@ -1,5 +1,6 @@
 """Build hook: copy the built-in suites and the demo's files into the wheel (see harness/bundled.py).
 Everything else about the package is in pyproject.toml."""
+
 import shutil
 from pathlib import Path
 
@@ -14,8 +15,12 @@ class BuildPyWithData(build_py):
         super().run()
         for name, source in BUNDLED.items():
             target = Path(self.build_lib) / "harness" / "_bundled" / name
-            shutil.copytree(source, target, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "generate.py", "make_*.py"))
+            shutil.copytree(
+                source,
+                target,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "generate.py", "make_*.py"),
+            )
 
 
 setup(cmdclass={"build_py": BuildPyWithData})

@@ -6,19 +6,28 @@ Public API (imported lazily, so one part loads without the others):
     Answers, QUESTIONS, ask_answers, load_answers
     audit_dataset, probe_hardware, estimate_training_memory, write_plan
 """
+
 from __future__ import annotations
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "advise": "advisor.advice", "AdviceResult": "advisor.advice",
-    "recommend": "advisor.rules", "Recommendation": "advisor.rules", "load_rules": "advisor.rules",
-    "Answers": "advisor.questions", "QUESTIONS": "advisor.questions", "ask_answers": "advisor.questions",
+    "advise": "advisor.advice",
+    "AdviceResult": "advisor.advice",
+    "recommend": "advisor.rules",
+    "Recommendation": "advisor.rules",
+    "load_rules": "advisor.rules",
+    "Answers": "advisor.questions",
+    "QUESTIONS": "advisor.questions",
+    "ask_answers": "advisor.questions",
     "load_answers": "advisor.questions",
-    "audit_dataset": "advisor.audit", "AuditReport": "advisor.audit",
-    "probe_hardware": "advisor.hardware", "HardwareReport": "advisor.hardware",
-    "estimate_training_memory": "harness.plan._memory", "MemoryEstimate": "harness.plan._memory",
+    "audit_dataset": "advisor.audit",
+    "AuditReport": "advisor.audit",
+    "probe_hardware": "advisor.hardware",
+    "HardwareReport": "advisor.hardware",
+    "estimate_training_memory": "harness.plan._memory",
+    "MemoryEstimate": "harness.plan._memory",
     "write_plan": "advisor.planner",
     "AdvisorInputError": "advisor.errors",
     "advise_command": "advisor.cli",

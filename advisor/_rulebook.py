@@ -13,7 +13,7 @@ its condition is true (`holds`) - so an unknown fact adds nothing.
 from __future__ import annotations
 
 import string
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -93,12 +93,10 @@ def _condition_kind(value: Any) -> str:
 
 
 Condition = Annotated[
-    Union[
-        Annotated[Clause, Tag("clause")],
-        Annotated[AllOf, Tag("all")],
-        Annotated[AnyOf, Tag("any")],
-        Annotated[Not, Tag("not")],
-    ],
+    Annotated[Clause, Tag("clause")]
+    | Annotated[AllOf, Tag("all")]
+    | Annotated[AnyOf, Tag("any")]
+    | Annotated[Not, Tag("not")],
     Discriminator(_condition_kind),
 ]
 AllOf.model_rebuild()

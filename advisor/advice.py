@@ -1,4 +1,5 @@
 """One entry point for every front end: answers (+ optional files) -> recommendation, audit, hardware."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,8 @@ class Override(BaseModel):
 
 
 class AdviceResult(BaseModel):
-    stated: Answers                       # what the user said
-    answers: Answers                      # what the engine used (audit facts override counts)
+    stated: Answers  # what the user said
+    answers: Answers  # what the engine used (audit facts override counts)
     overrides: list[Override] = Field(default_factory=list)
     recommendation: Recommendation
     audit: AuditReport | None = None
@@ -38,8 +39,11 @@ class AdviceResult(BaseModel):
         if self.audit:
             self.audit.render(console)
         for o in self.overrides:
-            console.print(f"[yellow]Using the audited {o.field} = {o.audited} instead of the stated {o.stated}:[/] "
-                          f"{escape(printable(o.why))}", highlight=False)
+            console.print(
+                f"[yellow]Using the audited {o.field} = {o.audited} instead of the stated {o.stated}:[/] "
+                f"{escape(printable(o.why))}",
+                highlight=False,
+            )
         self.recommendation.render(console)
         size, gpus = self.answers.model_params_b, self.answers.gpu_count
         model = f"a {size:g}B-parameter base model" if size is not None else "a base model of unknown size"
@@ -53,14 +57,21 @@ def audit_overrides(answers: Answers, audit: AuditReport) -> tuple[Answers, list
     stated = getattr(answers, field)
     if stated == audit.unique_rows:
         return answers, []
-    why = (f"{audit.path} has {audit.rows} rows, {audit.unique_rows} after removing exact duplicates")
+    why = f"{audit.path} has {audit.rows} rows, {audit.unique_rows} after removing exact duplicates"
     changed = answers.model_copy(update={field: audit.unique_rows})
     return changed, [Override(field=field, stated=stated, audited=audit.unique_rows, why=why)]
 
 
-def advise(answers: Answers | dict[str, Any] | str | Path, train_path: str | Path | None = None,
-           test_path: str | Path | None = None, *, tokenizer: Any = None, context_len: int = 2048,
-           rules: RuleBook | str | Path | None = None, probe: bool = True) -> AdviceResult:
+def advise(
+    answers: Answers | dict[str, Any] | str | Path,
+    train_path: str | Path | None = None,
+    test_path: str | Path | None = None,
+    *,
+    tokenizer: Any = None,
+    context_len: int = 2048,
+    rules: RuleBook | str | Path | None = None,
+    probe: bool = True,
+) -> AdviceResult:
     """Run the audit (when a training file is given), the hardware probe and the rules."""
     stated = coerce_answers(answers)
     book = load_rules(rules) if isinstance(rules, (str, Path)) else rules
@@ -77,5 +88,11 @@ def advise(answers: Answers | dict[str, Any] | str | Path, train_path: str | Pat
             raise AdvisorInputError("no readable rows in the training file", file=train_path, field="train")
         effective, overrides = audit_overrides(stated, audit)
     rec = recommend(effective, audit.facts() if audit else None, book)
-    return AdviceResult(stated=stated, answers=effective, overrides=overrides, recommendation=rec, audit=audit,
-                        hardware=probe_hardware() if probe else None)
+    return AdviceResult(
+        stated=stated,
+        answers=effective,
+        overrides=overrides,
+        recommendation=rec,
+        audit=audit,
+        hardware=probe_hardware() if probe else None,
+    )

@@ -9,6 +9,7 @@ answers) in a bounded loop; its final message is the prose. Transient endpoint f
 (honouring Retry-After) by the shared client. The audit tool only reads the files the user passed
 to the advisor.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,9 @@ class AgentConfig:
         return chat_url(self.base_url)
 
     def client(self) -> ChatClient:
-        return ChatClient(self.base_url, api_key=self.api_key, timeout_s=self.timeout_s,
-                          retry=Retry(retries=self.retries))
+        return ChatClient(
+            self.base_url, api_key=self.api_key, timeout_s=self.timeout_s, retry=Retry(retries=self.retries)
+        )
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> AgentConfig | None:
@@ -66,22 +68,48 @@ class AgentConfig:
 
 
 def _fn(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": properties, "required": required, "additionalProperties": False}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": properties,
+                "required": required,
+                "additionalProperties": False,
+            },
+        },
+    }
 
 
 TOOLS: list[dict[str, Any]] = [
-    _fn("audit_dataset", "Audit the user's training JSONL: rows, token lengths, duplicates, train/test overlap, "
-        "PII, label balance.", {"train_path": {"type": "string"}, "test_path": {"type": "string"}}, ["train_path"]),
+    _fn(
+        "audit_dataset",
+        "Audit the user's training JSONL: rows, token lengths, duplicates, train/test overlap, PII, label balance.",
+        {"train_path": {"type": "string"}, "test_path": {"type": "string"}},
+        ["train_path"],
+    ),
     _fn("probe_hardware", "GPUs, CPU cores, RAM and free disk of the machine running the advisor.", {}, []),
-    _fn("estimate_memory", "Estimated peak GPU memory (GiB) for training a Llama-shaped model.", {
-        "params_billion": {"type": "number"},
-        "method": {"type": "string", "enum": ["lora", "qlora", "full", "dora"]},
-        "seq_len": {"type": "integer"}, "batch_size": {"type": "integer"}, "lora_r": {"type": "integer"},
-        "grad_checkpointing": {"type": "boolean"}}, ["params_billion", "method"]),
-    _fn("recommend", "Re-run the rule engine with some answers changed; returns primary, arms, confidence and "
-        "the rules that fired.", {"changes": {"type": "object", "description": "answer fields to change"}},
-        ["changes"]),
+    _fn(
+        "estimate_memory",
+        "Estimated peak GPU memory (GiB) for training a Llama-shaped model.",
+        {
+            "params_billion": {"type": "number"},
+            "method": {"type": "string", "enum": ["lora", "qlora", "full", "dora"]},
+            "seq_len": {"type": "integer"},
+            "batch_size": {"type": "integer"},
+            "lora_r": {"type": "integer"},
+            "grad_checkpointing": {"type": "boolean"},
+        },
+        ["params_billion", "method"],
+    ),
+    _fn(
+        "recommend",
+        "Re-run the rule engine with some answers changed; returns primary, arms, confidence and the rules that fired.",
+        {"changes": {"type": "object", "description": "answer fields to change"}},
+        ["changes"],
+    ),
 ]
 
 
@@ -113,33 +141,48 @@ class ToolBox:
         if name == "probe_hardware":
             return probe_hardware().model_dump(mode="json")
         if name == "estimate_memory":
-            est = estimate_training_memory(float(args["params_billion"]) * 1e9, args["method"],
-                                           seq_len=int(args.get("seq_len", 1024)),
-                                           batch_size=int(args.get("batch_size", 4)),
-                                           lora_r=int(args.get("lora_r", 16)),
-                                           grad_checkpointing=bool(args.get("grad_checkpointing", False)))
+            est = estimate_training_memory(
+                float(args["params_billion"]) * 1e9,
+                args["method"],
+                seq_len=int(args.get("seq_len", 1024)),
+                batch_size=int(args.get("batch_size", 4)),
+                lora_r=int(args.get("lora_r", 16)),
+                grad_checkpointing=bool(args.get("grad_checkpointing", False)),
+            )
             return est.model_dump()
         if name == "recommend":
             changed = Answers.model_validate(self.answers.model_dump() | dict(args.get("changes") or {}))
             rec = recommend(changed, with_changers=False)
-            return {"primary": rec.primary, "arms": rec.arms, "confidence": rec.confidence,
-                    "fired": [f.id for f in rec.fired]}
+            return {
+                "primary": rec.primary,
+                "arms": rec.arms,
+                "confidence": rec.confidence,
+                "fired": [f.id for f in rec.fired],
+            }
         raise ValueError(f"unknown tool {name!r}")
 
 
 def _system_prompt(result: AdviceResult) -> str:
     rec = result.recommendation
-    facts = {"primary": rec.primary, "arms": rec.arms, "confidence": rec.confidence,
-             "fired": [{"id": f.id, "reason": f.reason} for f in rec.fired],
-             "changers": [c.text for c in rec.changers], "answers": result.answers.model_dump()}
-    return ("You explain tunegate's recommendation to an engineering team. The rule engine's result below is "
-            "the source of truth: do not contradict it. Use the tools to check facts you cite. Reply in at most "
-            "200 words: the recommendation, the two or three reasons that matter most, what the experiment "
-            "plan will show, and what would change the advice.\n\nRule engine result:\n" + json.dumps(facts))
+    facts = {
+        "primary": rec.primary,
+        "arms": rec.arms,
+        "confidence": rec.confidence,
+        "fired": [{"id": f.id, "reason": f.reason} for f in rec.fired],
+        "changers": [c.text for c in rec.changers],
+        "answers": result.answers.model_dump(),
+    }
+    return (
+        "You explain tunegate's recommendation to an engineering team. The rule engine's result below is "
+        "the source of truth: do not contradict it. Use the tools to check facts you cite. Reply in at most "
+        "200 words: the recommendation, the two or three reasons that matter most, what the experiment "
+        "plan will show, and what would change the advice.\n\nRule engine result:\n" + json.dumps(facts)
+    )
 
 
-def run_agent(messages: list[dict[str, Any]], config: AgentConfig, tools: ToolBox,
-              client: ChatClient | None = None) -> AgentRun:
+def run_agent(
+    messages: list[dict[str, Any]], config: AgentConfig, tools: ToolBox, client: ChatClient | None = None
+) -> AgentRun:
     """The bounded tool-calling loop: ask, run any tool calls, send results back, until a final message."""
     own = client is None
     client = client or config.client()
@@ -148,8 +191,9 @@ def run_agent(messages: list[dict[str, Any]], config: AgentConfig, tools: ToolBo
         for turn in range(1, config.max_turns + 1):
             run.turns = turn
             try:
-                message = client.chat({"model": config.model, "messages": messages, "tools": TOOLS,
-                                       "tool_choice": "auto"}).message
+                message = client.chat(
+                    {"model": config.model, "messages": messages, "tools": TOOLS, "tool_choice": "auto"}
+                ).message
             except ChatError as exc:
                 raise AgentError(f"{client.redact(client.url)}: {exc}") from None
             calls = message.get("tool_calls") or []
@@ -166,20 +210,33 @@ def run_agent(messages: list[dict[str, Any]], config: AgentConfig, tools: ToolBo
                     output = tools.call(name, args)
                 except Exception as exc:  # a tool error goes back to the model, it does not end the run
                     output = {"error": f"{type(exc).__name__}: {exc}"}
-                run.tool_calls.append({"name": name, "arguments": call.get("function", {}).get("arguments"),
-                                       "ok": "error" not in output})
-                messages.append({"role": "tool", "tool_call_id": call.get("id", name),
-                                 "content": json.dumps(output, default=str)[:20000]})
+                run.tool_calls.append(
+                    {"name": name, "arguments": call.get("function", {}).get("arguments"), "ok": "error" not in output}
+                )
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call.get("id", name),
+                        "content": json.dumps(output, default=str)[:20000],
+                    }
+                )
         raise AgentError(f"no final answer after {config.max_turns} turns")
     finally:
         if own:
             client.close()
 
 
-def explain(result: AdviceResult, config: AgentConfig, train_path: Path | None = None,
-            test_path: Path | None = None, question: str = "Explain this recommendation.",
-            client: ChatClient | None = None) -> AgentRun:
+def explain(
+    result: AdviceResult,
+    config: AgentConfig,
+    train_path: Path | None = None,
+    test_path: Path | None = None,
+    question: str = "Explain this recommendation.",
+    client: ChatClient | None = None,
+) -> AgentRun:
     files = [Path(p) for p in (train_path, test_path) if p is not None]
-    messages: list[dict[str, Any]] = [{"role": "system", "content": _system_prompt(result)},
-                                      {"role": "user", "content": question}]
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": _system_prompt(result)},
+        {"role": "user", "content": question},
+    ]
     return run_agent(messages, config, ToolBox(result.answers, files), client)

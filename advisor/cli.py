@@ -1,4 +1,5 @@
 """`tunegate advise`: the command-line front end (the harness's typer CLI calls `advise_command`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,26 @@ def _check_plan(plan: dict[str, Any], console: Console) -> None:
     try:
         Plan.model_validate(plan)
     except ValidationError as exc:
-        console.print(f"[yellow]warning: the written plan does not validate: {exc.errors()[0]['msg']}[/]",
-                      highlight=False)
+        console.print(
+            f"[yellow]warning: the written plan does not validate: {exc.errors()[0]['msg']}[/]", highlight=False
+        )
 
 
-def advise_command(answers_file: Path | None, interactive: bool, train: Path | None, test: Path | None,
-                   write: Path | None, json_out: bool, console: Console, *, explain: bool = False,
-                   preference: Path | None = None, model: str | None = None,
-                   suites: list[str] | None = None, rules: Path | None = None) -> int:
+def advise_command(
+    answers_file: Path | None,
+    interactive: bool,
+    train: Path | None,
+    test: Path | None,
+    write: Path | None,
+    json_out: bool,
+    console: Console,
+    *,
+    explain: bool = False,
+    preference: Path | None = None,
+    model: str | None = None,
+    suites: list[str] | None = None,
+    rules: Path | None = None,
+) -> int:
     """Ask or load the answers, audit the files, recommend, optionally write a plan. Returns the exit code:
     0 on success, 2 for bad input (with a message naming file, line and field, no traceback)."""
     try:
@@ -53,30 +66,39 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
             try:
                 answers = ask_answers(console, _interactive_defaults(answers_file))
             except EOFError:
-                raise AdvisorInputError("no answer on standard input; pass --answers FILE when not in a "
-                                        "terminal") from None
+                raise AdvisorInputError(
+                    "no answer on standard input; pass --answers FILE when not in a terminal"
+                ) from None
         elif answers_file is not None:
             answers = load_answers(answers_file)
         else:
             raise AdvisorInputError("give an answers file (--answers FILE) or answer the questions interactively")
         if write is not None and train is None:
-            raise AdvisorInputError("writing a plan needs the training file (--train) for its data.train",
-                                    field="write")
+            raise AdvisorInputError(
+                "writing a plan needs the training file (--train) for its data.train", field="write"
+            )
         result = advise(answers, train, test, rules=rules)
-        if preference is not None:   # read as `tunegate run` reads it, before it goes into a plan
+        if preference is not None:  # read as `tunegate run` reads it, before it goes into a plan
             load_preferences(preference)
         plan: dict[str, Any] | None = None
         notes: list[str] = []
         if write is not None and train is not None:
-            plan = write_plan(result.recommendation, result.answers, train, suites, model=model,
-                              preference_path=preference, notes=notes)
+            plan = write_plan(
+                result.recommendation,
+                result.answers,
+                train,
+                suites,
+                model=model,
+                preference_path=preference,
+                notes=notes,
+            )
             _check_plan(plan, console)
             save_plan(write, plan, result.recommendation, notes)
         explanation = _explain(result, train, test, console) if explain else None
-    except UserError as exc:   # one line, however narrow the terminal
+    except UserError as exc:  # one line, however narrow the terminal
         console.print(f"[bold red]error:[/] {_shown(exc)}", highlight=False, soft_wrap=True)
         return exc.exit_code
-    except OSError as exc:   # unreadable file, a folder given as a file, no permission ...
+    except OSError as exc:  # unreadable file, a folder given as a file, no permission ...
         console.print(f"[bold red]error:[/] {_shown(exc)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
@@ -84,16 +106,21 @@ def advise_command(answers_file: Path | None, interactive: bool, train: Path | N
         return 130
 
     if json_out:
-        payload = result.model_dump(mode="json") | {"plan": plan, "plan_path": str(write) if write else None,
-                                                     "notes": notes, "explanation": explanation}
+        payload = result.model_dump(mode="json") | {
+            "plan": plan,
+            "plan_path": str(write) if write else None,
+            "notes": notes,
+            "explanation": explanation,
+        }
         console.print(json.dumps(payload, indent=2), markup=False, highlight=False, emoji=False, soft_wrap=True)
         return 0
     result.render(console)
     for note in notes:
         console.print(f"[yellow]note:[/] {_shown(note)}", highlight=False)
     if write is not None:
-        console.print(f"Plan written to [bold]{_shown(write)}[/]: run it with `tunegate run {_shown(write)}`",
-                      highlight=False)
+        console.print(
+            f"Plan written to [bold]{_shown(write)}[/]: run it with `tunegate run {_shown(write)}`", highlight=False
+        )
     if explanation:
         console.print(f"\n[bold]Advisor's explanation:[/]\n{_shown(explanation, keep=chr(10))}", highlight=False)
     return 0
@@ -108,8 +135,9 @@ def _shown(text: object, keep: str = "") -> str:
 def _explain(result: AdviceResult, train: Path | None, test: Path | None, console: Console) -> str | None:
     config = AgentConfig.from_env()
     if config is None:
-        console.print("[yellow]--explain needs TUNEGATE_ADVISOR_BASE_URL and TUNEGATE_ADVISOR_MODEL; "
-                      "skipping the explanation.[/]")
+        console.print(
+            "[yellow]--explain needs TUNEGATE_ADVISOR_BASE_URL and TUNEGATE_ADVISOR_MODEL; skipping the explanation.[/]"
+        )
         return None
     try:
         text = explain(result, config, train_path=train, test_path=test).text
@@ -123,21 +151,34 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m advisor`: the same command without the harness's CLI."""
     parser = argparse.ArgumentParser(prog="python -m advisor", description="Recommend prompting, RAG or fine-tuning.")
     parser.add_argument("--answers", "-a", type=Path, help="answers YAML (skip the questions)")
-    parser.add_argument("--interactive", "-i", action="store_true", help="ask the questions (default without --answers)")
+    parser.add_argument(
+        "--interactive", "-i", action="store_true", help="ask the questions (default without --answers)"
+    )
     parser.add_argument("--train", type=Path, help="training JSONL to audit")
     parser.add_argument("--test", type=Path, help="test JSONL, checked for overlap with train")
     parser.add_argument("--preference", type=Path, help="preference JSONL for a dpo arm")
     parser.add_argument("--write", "-w", type=Path, help="write the experiment plan YAML here")
-    parser.add_argument("--model", default=None,
-                        help="model spec for the plan (default: the known model of model_params_b's size)")
+    parser.add_argument(
+        "--model", default=None, help="model spec for the plan (default: the known model of model_params_b's size)"
+    )
     parser.add_argument("--rules", type=Path, help="rules YAML to use instead of advisor/rules.yaml")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--explain", action="store_true", help="ask the configured LLM to explain the result")
     args = parser.parse_args(argv)
     console = Console()
-    return advise_command(args.answers, args.interactive or args.answers is None, args.train, args.test, args.write,
-                          args.json, console, explain=args.explain, preference=args.preference, model=args.model,
-                          rules=args.rules)
+    return advise_command(
+        args.answers,
+        args.interactive or args.answers is None,
+        args.train,
+        args.test,
+        args.write,
+        args.json,
+        console,
+        explain=args.explain,
+        preference=args.preference,
+        model=args.model,
+        rules=args.rules,
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Near-duplicate text: word-bigram Jaccard similarity, found with MinHash LSH from `datasketch` and confirmed
 exactly. Bigrams rather than longer shingles because training rows are short: one changed word in a 25-word row
 still counts as a near copy, while templated rows that differ in several slots do not."""
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,7 @@ def shingles(text: str, n: int = 2) -> set[str]:
     words = normalize(text).split()
     if len(words) < n:
         return {" ".join(words)} if words else set()
-    return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 @lru_cache(maxsize=1)
@@ -47,14 +48,15 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a and b else 0.0
 
 
-def near_duplicate_pairs(texts_a: list[str], texts_b: list[str] | None = None,
-                         threshold: float = NEAR_DUP_THRESHOLD) -> list[tuple[int, int, float]]:
+def near_duplicate_pairs(
+    texts_a: list[str], texts_b: list[str] | None = None, threshold: float = NEAR_DUP_THRESHOLD
+) -> list[tuple[int, int, float]]:
     """Index pairs whose word-bigram Jaccard similarity is >= threshold, found with MinHash LSH and
     then confirmed on the exact shingle sets. Within one list (texts_b None) pairs are i < j;
     identical normalised texts are left out (they are exact duplicates)."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold * 0.9, num_perm=NUM_PERM)   # looser index, exact check after
+    lsh = MinHashLSH(threshold=threshold * 0.9, num_perm=NUM_PERM)  # looser index, exact check after
     sh_a = [shingles(t) for t in texts_a]
     mh_a = [_minhash(sh) if sh else None for sh in sh_a]
     for i, mh in enumerate(mh_a):

@@ -1,5 +1,6 @@
 """The advisor's input error. Its YAML files (answers, rules) load through harness.base._errors.YamlDoc, the one
 YAML-with-line-numbers loader of the project."""
+
 from __future__ import annotations
 
 from harness.base import UserError

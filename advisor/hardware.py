@@ -1,4 +1,5 @@
 """What this machine can train on: GPUs (through torch, when installed), CPU cores, RAM, free disk."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -22,7 +23,7 @@ class GpuInfo(BaseModel):
 
 class HardwareReport(BaseModel):
     gpus: list[GpuInfo] = Field(default_factory=list)
-    gpu_backend: str | None = None       # "cuda", or None when torch or CUDA is missing
+    gpu_backend: str | None = None  # "cuda", or None when torch or CUDA is missing
     torch_version: str | None = None
     cpu_count: int
     ram_gib: float
@@ -40,8 +41,10 @@ class HardwareReport(BaseModel):
 
     def summary(self) -> str:
         gpus = ", ".join(f"{g.name} ({g.memory_gib:.0f} GiB)" for g in self.gpus) or "no GPU"
-        return (f"{gpus}; {self.cpu_count} CPU cores; {self.ram_gib:.0f} GiB RAM "
-                f"({self.ram_available_gib:.0f} free); {self.disk_free_gib:.0f} GiB free disk at {self.disk_path}")
+        return (
+            f"{gpus}; {self.cpu_count} CPU cores; {self.ram_gib:.0f} GiB RAM "
+            f"({self.ram_available_gib:.0f} free); {self.disk_free_gib:.0f} GiB free disk at {self.disk_path}"
+        )
 
     def render(self, console: Console) -> None:
         console.print(f"[bold]This machine:[/] {self.summary()}", highlight=False)
@@ -51,7 +54,7 @@ def _cuda_gpus() -> tuple[list[GpuInfo], str | None, str | None]:
     if importlib.util.find_spec("torch") is None:
         return [], None, None
     version = importlib.metadata.version("torch")
-    if version.endswith("+cpu"):      # a CPU-only build: no need to pay for importing torch
+    if version.endswith("+cpu"):  # a CPU-only build: no need to pay for importing torch
         return [], None, version
     import torch
 
@@ -70,7 +73,13 @@ def probe_hardware(disk_path: str | Path = ".") -> HardwareReport:
     path = Path(disk_path).resolve()
     while not path.exists():
         path = path.parent
-    return HardwareReport(gpus=gpus, gpu_backend=backend, torch_version=torch_version,
-                          cpu_count=os.cpu_count() or psutil.cpu_count() or 1,
-                          ram_gib=round(vm.total / GIB, 1), ram_available_gib=round(vm.available / GIB, 1),
-                          disk_free_gib=round(shutil.disk_usage(path).free / GIB, 1), disk_path=str(path))
+    return HardwareReport(
+        gpus=gpus,
+        gpu_backend=backend,
+        torch_version=torch_version,
+        cpu_count=os.cpu_count() or psutil.cpu_count() or 1,
+        ram_gib=round(vm.total / GIB, 1),
+        ram_available_gib=round(vm.available / GIB, 1),
+        disk_free_gib=round(shutil.disk_usage(path).free / GIB, 1),
+        disk_path=str(path),
+    )

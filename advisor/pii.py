@@ -6,6 +6,7 @@ pulls in scikit-learn, textblob and faker. The patterns here cover emails, phone
 layouts), payment card numbers (13-19 digits that pass Luhn), IPv4 addresses (not loopback/unspecified), AWS
 access key ids and secret assignments, `sk-` API keys, GitHub and Slack tokens, private key blocks and
 `password=`/`api_key:`-style assignments. `redact` hides a matched value for a report."""
+
 from __future__ import annotations
 
 import re
@@ -17,12 +18,26 @@ _PII_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("api_key", re.compile(r"\bsk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_\-]{20,}")),
     ("github_token", re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b")),
     ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
-    ("secret_assignment", re.compile(
-        r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*[:=]\s*['\"]?[^\s'\",;]{8,}")),
+    (
+        "secret_assignment",
+        re.compile(
+            r"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token)\b\s*[:=]\s*['\"]?[^\s'\",;]{8,}"
+        ),
+    ),
     ("email", re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")),
     ("credit_card", re.compile(r"(?<![\d\-])(?:\d[ \-]?){12,18}\d(?![\d\-])")),
-    ("ipv4", re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])")),
-    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?|\d{1,4}[ .\-])(?:\d{2,4}[ .\-]){1,3}\d{2,4}(?![\w])")),
+    (
+        "ipv4",
+        re.compile(
+            r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])"
+        ),
+    ),
+    (
+        "phone",
+        re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,4}\)[ .\-]?|\d{1,4}[ .\-])(?:\d{2,4}[ .\-]){1,3}\d{2,4}(?![\w])"
+        ),
+    ),
 ]
 
 
@@ -68,5 +83,5 @@ def find_pii(text: str) -> list[tuple[str, str]]:
         for m in pattern.finditer(text):
             if _accept(kind, m.group()):
                 found.append((kind, m.group()))
-                text = text[:m.start()] + " " * (m.end() - m.start()) + text[m.end():]
+                text = text[: m.start()] + " " * (m.end() - m.start()) + text[m.end() :]
     return found

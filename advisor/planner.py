@@ -10,6 +10,7 @@ The plan's base model must be the model the answers describe: `model_params_b` a
 agree (within `SIZE_TOLERANCE`), or the planner picks the model from the answers, or it stops with
 an error naming the field.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,7 @@ from advisor.questions import Answers
 from advisor.rules import Recommendation
 
 DEFAULT_MODEL = "smollm2-135m"
-SIZE_TOLERANCE = 1.5     # a model within this factor of model_params_b is "the same size"
+SIZE_TOLERANCE = 1.5  # a model within this factor of model_params_b is "the same size"
 # public instruct models by size (billions of parameters), the sizes the memory estimator has shapes for
 MODELS_BY_SIZE: dict[str, float] = {
     "smollm2-135m": 0.135,
@@ -68,21 +69,30 @@ def choose_model(answers: Answers, model: str | None, notes: list[str]) -> str:
     if model:
         stated = model_size_b(model)
         if size is not None and stated is not None and not _same_size(size, stated):
-            raise AdvisorInputError(f"the plan's model {model} has {stated:g}B parameters but model_params_b is "
-                                    f"{size:g}; name a model of about {size:g}B (or leave the model out to pick "
-                                    "one) or correct model_params_b", field="model")
+            raise AdvisorInputError(
+                f"the plan's model {model} has {stated:g}B parameters but model_params_b is "
+                f"{size:g}; name a model of about {size:g}B (or leave the model out to pick "
+                "one) or correct model_params_b",
+                field="model",
+            )
         if size is not None and stated is None:
-            notes.append(f"could not tell the size of {model}; check that it is the {size:g}B model "
-                         "the memory rules assumed.")
+            notes.append(
+                f"could not tell the size of {model}; check that it is the {size:g}B model the memory rules assumed."
+            )
         return model
     if size is None:
-        notes.append(f"model_params_b is unknown: the plan uses the default {DEFAULT_MODEL} "
-                     f"({MODELS_BY_SIZE[DEFAULT_MODEL]:g}B) and the memory rules did not run.")
+        notes.append(
+            f"model_params_b is unknown: the plan uses the default {DEFAULT_MODEL} "
+            f"({MODELS_BY_SIZE[DEFAULT_MODEL]:g}B) and the memory rules did not run."
+        )
         return DEFAULT_MODEL
     name, known = min(MODELS_BY_SIZE.items(), key=lambda kv: abs(math.log(kv[1] / size)))
     if not _same_size(size, known):
-        raise AdvisorInputError(f"no model of about {size:g}B parameters is known to the advisor (nearest: {name}, "
-                                f"{known:g}B); name the base model to tune", field="model")
+        raise AdvisorInputError(
+            f"no model of about {size:g}B parameters is known to the advisor (nearest: {name}, "
+            f"{known:g}B); name the base model to tune",
+            field="model",
+        )
     return name
 
 
@@ -101,8 +111,11 @@ def _train_arm(name: str, kind: str, answers: Answers, max_length: int, tight_me
         arm |= {"r": 16, "alpha": 32, "dropout": 0.05, "lr": 2.0e-4}
     else:
         arm |= {"lr": 2.0e-5}
-    arm |= {"epochs": _epochs(answers.labelled_examples or 0), "batch_size": 8 if answers.gpu_count else 4,
-            "max_length": max_length}
+    arm |= {
+        "epochs": _epochs(answers.labelled_examples or 0),
+        "batch_size": 8 if answers.gpu_count else 4,
+        "max_length": max_length,
+    }
     if tight_memory:
         arm["gradient_checkpointing"] = True
     return arm
@@ -130,10 +143,19 @@ def _system_prompt(answers: Answers) -> str:
     }[answers.task_type]
 
 
-def write_plan(recommendation: Recommendation, answers: Answers, train_path: str | Path,
-               suites: list[str] | None = None, model: str | None = None, *,
-               name: str | None = None, gate: str | None = DEFAULT_GATE, preference_path: str | Path | None = None,
-               max_length: int = 512, notes: list[str] | None = None) -> dict[str, Any]:
+def write_plan(
+    recommendation: Recommendation,
+    answers: Answers,
+    train_path: str | Path,
+    suites: list[str] | None = None,
+    model: str | None = None,
+    *,
+    name: str | None = None,
+    gate: str | None = DEFAULT_GATE,
+    preference_path: str | Path | None = None,
+    max_length: int = 512,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
     """A plan dict for `tunegate run`. `notes`, when given, collects why arms were added or left out."""
     notes = notes if notes is not None else []
     model = choose_model(answers, model, notes)
@@ -161,19 +183,28 @@ def write_plan(recommendation: Recommendation, answers: Answers, train_path: str
             add({"name": "rag", "type": "rag", "k": 3})
             add(_train_arm(tuned, tuned, answers, max_length, tight))
             sft_arm = sft_arm or tuned
-            notes.append(f"hybrid_rag_lora is tested as its halves (rag and {tuned} arms); serve the tuned "
-                         "model with retrieval if both win.")
+            notes.append(
+                f"hybrid_rag_lora is tested as its halves (rag and {tuned} arms); serve the tuned "
+                "model with retrieval if both win."
+            )
         elif option == "dpo":
             if preference_path is None:
-                notes.append("dpo was recommended but no preference file was given (--preference); "
-                             "the dpo arm is left out.")
+                notes.append(
+                    "dpo was recommended but no preference file was given (--preference); the dpo arm is left out."
+                )
                 continue
-            dpo: dict[str, Any] = {"name": "dpo", "type": "dpo", "beta": 0.1, "lr": 5.0e-6,
-                                   "epochs": 1.0, "batch_size": 8 if answers.gpu_count else 4}
+            dpo: dict[str, Any] = {
+                "name": "dpo",
+                "type": "dpo",
+                "beta": 0.1,
+                "lr": 5.0e-6,
+                "epochs": 1.0,
+                "batch_size": 8 if answers.gpu_count else 4,
+            }
             if tight:
                 dpo["gradient_checkpointing"] = True
             sft = _sft_before_dpo(recommendation)
-            if sft_arm is None and sft is not None:   # only when the rules did not veto supervised tuning
+            if sft_arm is None and sft is not None:  # only when the rules did not veto supervised tuning
                 add(_train_arm(sft, sft, answers, max_length, tight))
                 sft_arm = sft
             if sft_arm is not None:
@@ -197,14 +228,18 @@ def write_plan(recommendation: Recommendation, answers: Answers, train_path: str
 
 def plan_yaml(plan: dict[str, Any], recommendation: Recommendation, notes: list[str] | None = None) -> str:
     """The plan as YAML with a header saying where it came from."""
-    header = [f"# Written by `tunegate advise`: primary recommendation {recommendation.primary} "
-              f"(confidence {recommendation.confidence:.0%}); arms test it against {', '.join(recommendation.arms[1:]) or 'the baseline'}."]
+    header = [
+        f"# Written by `tunegate advise`: primary recommendation {recommendation.primary} "
+        f"(confidence {recommendation.confidence:.0%}); arms test it against "
+        f"{', '.join(recommendation.arms[1:]) or 'the baseline'}."
+    ]
     header += [f"# note: {n}" for n in notes or []]
     return "\n".join(header) + "\n" + yaml.safe_dump(plan, sort_keys=False, width=110)
 
 
-def save_plan(path: str | Path, plan: dict[str, Any], recommendation: Recommendation,
-              notes: list[str] | None = None) -> Path:
+def save_plan(
+    path: str | Path, plan: dict[str, Any], recommendation: Recommendation, notes: list[str] | None = None
+) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(plan_yaml(plan, recommendation, notes), encoding="utf-8")

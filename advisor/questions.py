@@ -4,6 +4,7 @@
 (the Streamlit app) can be rendered from it; `Answers` validates whatever the form, the file or
 the terminal produced.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -17,10 +18,12 @@ from rich.prompt import Prompt
 from advisor.errors import AdvisorInputError
 from harness.base import YamlDoc, dotted
 
-TaskType = Literal["style_format", "domain_knowledge", "classification_extraction", "reasoning",
-                   "summarization", "open_qa"]
-SecondTask = Literal["none", "style_format", "domain_knowledge", "classification_extraction", "reasoning",
-                     "summarization", "open_qa"]
+TaskType = Literal[
+    "style_format", "domain_knowledge", "classification_extraction", "reasoning", "summarization", "open_qa"
+]
+SecondTask = Literal[
+    "none", "style_format", "domain_knowledge", "classification_extraction", "reasoning", "summarization", "open_qa"
+]
 Volatility = Literal["never", "yearly", "monthly", "weekly", "daily", "hourly"]
 Deployment = Literal["hosted", "on_premises", "edge"]
 TASK_TYPES: tuple[str, ...] = TaskType.__args__  # type: ignore[attr-defined]
@@ -29,9 +32,18 @@ NO_GPU_WORDS = {"none", "no", "cpu", "0"}
 UNKNOWN_WORDS = {"unknown", "?", "don't know", "dont know", "not sure", ""}
 NO_LIMIT_WORDS = {"none", "no limit", "no_limit", "unlimited"}
 NO_LIMIT = "no_limit"
-NUMBER_FIELDS = {"labelled_examples", "preference_pairs", "documents", "latency_budget_ms", "requests_per_day",
-                 "cost_budget_usd_per_1k_requests", "gpu_count", "vram_gib_per_gpu", "model_params_b",
-                 "quality_target"}
+NUMBER_FIELDS = {
+    "labelled_examples",
+    "preference_pairs",
+    "documents",
+    "latency_budget_ms",
+    "requests_per_day",
+    "cost_budget_usd_per_1k_requests",
+    "gpu_count",
+    "vram_gib_per_gpu",
+    "model_params_b",
+    "quality_target",
+}
 
 
 class Answers(BaseModel):
@@ -90,16 +102,20 @@ class Answers(BaseModel):
     @classmethod
     def hosted_needs_data_out(cls, value: bool | None, info: ValidationInfo) -> bool | None:
         if value and info.data.get("data_can_leave_premises") is False:
-            raise ValueError("a hosted model means the data leaves the premises; "
-                             "set data_can_leave_premises to true or this to false")
+            raise ValueError(
+                "a hosted model means the data leaves the premises; "
+                "set data_can_leave_premises to true or this to false"
+            )
         return value
 
     @field_validator("deployment_target")
     @classmethod
     def hosted_deployment_needs_data_out(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value == "hosted" and info.data.get("data_can_leave_premises") is False:
-            raise ValueError("a hosted deployment means the data leaves the premises; "
-                             "choose on_premises or edge, or set data_can_leave_premises to true")
+            raise ValueError(
+                "a hosted deployment means the data leaves the premises; "
+                "choose on_premises or edge, or set data_can_leave_premises to true"
+            )
         return value
 
     @field_validator("vram_gib_per_gpu")
@@ -143,7 +159,7 @@ class Question:
     type: Literal["int", "float", "optional_float", "bool", "choice"]
     help: str
     choices: tuple[str, ...] | None = None
-    skip_if: tuple[str, Any] | None = None   # not asked when answers[key] == value ("not_positive": not > 0)
+    skip_if: tuple[str, Any] | None = None  # not asked when answers[key] == value ("not_positive": not > 0)
 
     @property
     def default(self) -> Any:
@@ -154,44 +170,116 @@ class Question:
 
 
 QUESTIONS: tuple[Question, ...] = (
-    Question("task_type", "What kind of task is it?", "choice",
-             "style_format: tone, persona, output format; domain_knowledge: answers that need "
-             "specialist facts; classification_extraction: labels or fields out of text; reasoning: "
-             "multi-step problems; summarization; open_qa: questions over a knowledge base.", TASK_TYPES),
-    Question("second_task_type", "Does the task have a second aspect (e.g. a house style *and* domain facts)?",
-             "choice", "The second thing the answers must get right, or none.", SecondTask.__args__),  # type: ignore[attr-defined]
-    Question("labelled_examples", "How many good labelled examples (input -> ideal output) do you have?", "int",
-             "Count only examples you would be happy for the model to copy."),
-    Question("preference_pairs", "How many preference pairs (prompt, better answer, worse answer)?", "int",
-             "Rankings or thumbs-up/down turned into pairs; 0 if none."),
-    Question("documents", "How many reference documents do answers depend on?", "int",
-             "Manuals, policies, product pages, tickets... 0 if none."),
-    Question("knowledge_volatility", "How often do the facts the model needs change?", "choice",
-             "never, yearly, monthly, weekly, daily or hourly.", VOLATILITIES),
-    Question("citations_required", "Must each answer cite the source it came from?", "bool",
-             "Yes if users or auditors need to check where an answer came from."),
-    Question("latency_budget_ms", "Latency budget per request, in milliseconds?", "int",
-             "The p95 you can accept end to end, e.g. 200 for autocomplete, 5000 for a chat answer."),
-    Question("requests_per_day", "How many requests a day do you expect?", "int",
-             "At scale a short prompt on a small tuned model costs less per request; at low volume training "
-             "is not repaid."),
-    Question("cost_budget_usd_per_1k_requests", "Cost budget in USD per 1,000 requests ('no limit' if none)?",
-             "optional_float", "Serving cost you can accept; 'no limit' if it does not matter."),
-    Question("data_can_leave_premises", "May the data leave your premises?", "bool",
-             "No if contracts or law keep it on your own machines."),
-    Question("hosted_model_allowed", "May a hosted (third-party API) model be used?", "bool",
-             "Not asked when the data may not leave the premises.", skip_if=("data_can_leave_premises", False)),
-    Question("deployment_target", "Where will the model run in production?", "choice",
-             "hosted: a cloud service; on_premises: your own servers; edge: a device that may be offline.",
-             Deployment.__args__),  # type: ignore[attr-defined]
-    Question("gpu_count", "How many GPUs can you train on ('none' for CPU only)?", "int",
-             "GPUs on the machine that will train; 'none' or 0 for CPU only."),
-    Question("vram_gib_per_gpu", "Memory per GPU in GiB?", "float",
-             "e.g. 16 (T4), 24 (RTX 4090/A10), 40 or 80 (A100/H100).", skip_if=("gpu_count", "not_positive")),
-    Question("model_params_b", "Size of the base model to tune, in billions of parameters?", "float",
-             "SmolLM2-135M = 0.135, Llama-3.2-1B = 1.2, Llama-3.1-8B = 8."),
-    Question("quality_target", "Quality bar: target score on your main metric (0-1)?", "float",
-             "e.g. 0.9 exact match on the held-out suite."),
+    Question(
+        "task_type",
+        "What kind of task is it?",
+        "choice",
+        "style_format: tone, persona, output format; domain_knowledge: answers that need "
+        "specialist facts; classification_extraction: labels or fields out of text; reasoning: "
+        "multi-step problems; summarization; open_qa: questions over a knowledge base.",
+        TASK_TYPES,
+    ),
+    Question(
+        "second_task_type",
+        "Does the task have a second aspect (e.g. a house style *and* domain facts)?",
+        "choice",
+        "The second thing the answers must get right, or none.",
+        SecondTask.__args__,
+    ),  # type: ignore[attr-defined]
+    Question(
+        "labelled_examples",
+        "How many good labelled examples (input -> ideal output) do you have?",
+        "int",
+        "Count only examples you would be happy for the model to copy.",
+    ),
+    Question(
+        "preference_pairs",
+        "How many preference pairs (prompt, better answer, worse answer)?",
+        "int",
+        "Rankings or thumbs-up/down turned into pairs; 0 if none.",
+    ),
+    Question(
+        "documents",
+        "How many reference documents do answers depend on?",
+        "int",
+        "Manuals, policies, product pages, tickets... 0 if none.",
+    ),
+    Question(
+        "knowledge_volatility",
+        "How often do the facts the model needs change?",
+        "choice",
+        "never, yearly, monthly, weekly, daily or hourly.",
+        VOLATILITIES,
+    ),
+    Question(
+        "citations_required",
+        "Must each answer cite the source it came from?",
+        "bool",
+        "Yes if users or auditors need to check where an answer came from.",
+    ),
+    Question(
+        "latency_budget_ms",
+        "Latency budget per request, in milliseconds?",
+        "int",
+        "The p95 you can accept end to end, e.g. 200 for autocomplete, 5000 for a chat answer.",
+    ),
+    Question(
+        "requests_per_day",
+        "How many requests a day do you expect?",
+        "int",
+        "At scale a short prompt on a small tuned model costs less per request; at low volume training is not repaid.",
+    ),
+    Question(
+        "cost_budget_usd_per_1k_requests",
+        "Cost budget in USD per 1,000 requests ('no limit' if none)?",
+        "optional_float",
+        "Serving cost you can accept; 'no limit' if it does not matter.",
+    ),
+    Question(
+        "data_can_leave_premises",
+        "May the data leave your premises?",
+        "bool",
+        "No if contracts or law keep it on your own machines.",
+    ),
+    Question(
+        "hosted_model_allowed",
+        "May a hosted (third-party API) model be used?",
+        "bool",
+        "Not asked when the data may not leave the premises.",
+        skip_if=("data_can_leave_premises", False),
+    ),
+    Question(
+        "deployment_target",
+        "Where will the model run in production?",
+        "choice",
+        "hosted: a cloud service; on_premises: your own servers; edge: a device that may be offline.",
+        Deployment.__args__,
+    ),  # type: ignore[attr-defined]
+    Question(
+        "gpu_count",
+        "How many GPUs can you train on ('none' for CPU only)?",
+        "int",
+        "GPUs on the machine that will train; 'none' or 0 for CPU only.",
+    ),
+    Question(
+        "vram_gib_per_gpu",
+        "Memory per GPU in GiB?",
+        "float",
+        "e.g. 16 (T4), 24 (RTX 4090/A10), 40 or 80 (A100/H100).",
+        skip_if=("gpu_count", "not_positive"),
+    ),
+    Question(
+        "model_params_b",
+        "Size of the base model to tune, in billions of parameters?",
+        "float",
+        "SmolLM2-135M = 0.135, Llama-3.2-1B = 1.2, Llama-3.1-8B = 8.",
+    ),
+    Question(
+        "quality_target",
+        "Quality bar: target score on your main metric (0-1)?",
+        "float",
+        "e.g. 0.9 exact match on the held-out suite.",
+    ),
 )
 QUESTION_BY_KEY = {q.key: q for q in QUESTIONS}
 
@@ -230,9 +318,13 @@ def ask_answers(console: Console | None = None, defaults: Answers | dict[str, An
             setattr(current, q.key, implied_by(current).get(q.key, (None, None))[1])
             continue
         while True:
-            raw = Prompt.ask(f"[bold]{q.prompt}[/] ('unknown' if you do not know)", console=console,
-                             default=show(getattr(current, q.key)),
-                             choices=[*q.choices, "unknown"] if q.choices else None, show_choices=bool(q.choices))
+            raw = Prompt.ask(
+                f"[bold]{q.prompt}[/] ('unknown' if you do not know)",
+                console=console,
+                default=show(getattr(current, q.key)),
+                choices=[*q.choices, "unknown"] if q.choices else None,
+                show_choices=bool(q.choices),
+            )
             try:
                 validator.validate_assignment(current, q.key, raw.strip())
                 break

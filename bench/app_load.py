@@ -14,6 +14,7 @@ The peer is the drill-down page written the naive way: every item of the suite, 
 output, read with `Store.item_rows` and rendered with no pagination and no cache. The ratio is the
 peer's load time over the app's paginated drill-down (cold, and warm).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ from bench._common import REPO
 
 ARMS = {"baseline": 0.40, "prompt": 0.55, "lora": 0.70}  # share of items each arm gets right
 PAGES = ("overview", "comparison", "drilldown", "training", "safety", "gate")
-NAIVE_DRILLDOWN = '''
+NAIVE_DRILLDOWN = """
 import os
 import streamlit as st
 from harness.store import Store
@@ -55,7 +56,7 @@ for key, row in first.items():
         r = rows[t.name][key]
         col.code(r["output"], language=None)
         col.caption(" · ".join(f"{m}={v}" for m, v in r["scores"].items()))
-'''
+"""
 
 
 def build_store(folder: Path, n_items: int, seed: int = 0) -> tuple[str, float]:
@@ -69,15 +70,20 @@ def build_store(folder: Path, n_items: int, seed: int = 0) -> tuple[str, float]:
     suite_dir.mkdir(parents=True, exist_ok=True)
     (suite_dir / "suite.yaml").write_text(
         "name: synthetic_extract\nkind: generate\ncategory: task\nscorers: [exact_match, json_valid]\n"
-        "primary: exact_match\n")
+        "primary: exact_match\n"
+    )
     names = ["Ana", "Bo", "Chen", "Dara", "Eli", "Fen", "Gus", "Hana", "Ivo", "Jun"]
     cities = ["Oslo", "Pune", "Lima", "Kyiv", "Baku", "Riga", "Doha", "Accra"]
     items = []
     for i in range(n_items):
         name, city, age = rng.choice(names) + f" {i}", rng.choice(cities), rng.randint(18, 90)
-        items.append({"id": f"item-{i:05d}", "prompt": f"Extract name, age and city as compact JSON.\n"
-                      f"Text: {name}, {age}, lives in {city}.",
-                      "reference": json.dumps({"name": name, "age": age, "city": city}, separators=(",", ":"))})
+        items.append(
+            {
+                "id": f"item-{i:05d}",
+                "prompt": f"Extract name, age and city as compact JSON.\nText: {name}, {age}, lives in {city}.",
+                "reference": json.dumps({"name": name, "age": age, "city": city}, separators=(",", ":")),
+            }
+        )
     (suite_dir / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     suite = load(str(suite_dir))
     scorers = [build("exact_match"), build("json_valid")]
@@ -90,17 +96,38 @@ def build_store(folder: Path, n_items: int, seed: int = 0) -> tuple[str, float]:
         results = []
         for item in suite.items:
             ref = str(item.reference)
-            out = ref if rng.random() < right else (ref.replace("}", ", }") if rng.random() < 0.5 else
-                                                     f"Sure! Here is the JSON: {ref}")
-            results.append(ItemResult(item.id, f"<|im_start|>user\n{item.prompt}<|im_end|>\n", out,
-                                      {s.name: s(out, item) for s in scorers}))
+            out = (
+                ref
+                if rng.random() < right
+                else (ref.replace("}", ", }") if rng.random() < 0.5 else f"Sure! Here is the JSON: {ref}")
+            )
+            results.append(
+                ItemResult(
+                    item.id,
+                    f"<|im_start|>user\n{item.prompt}<|im_end|>\n",
+                    out,
+                    {s.name: s(out, item) for s in scorers},
+                )
+            )
         store.save_evaluation(trial.id, SuiteResult(suite, results, 1.0))
         if arm == "lora":
-            store.add_train_steps(trial.id, [{"step": s, "loss": 2.0 / s, "lr": 2e-4, "grad_norm": 1.0,
-                                              "tokens_per_second": 900.0, "peak_memory_gib": 3.1}
-                                             for s in range(1, 101)])
-            store.update_trial(trial.id, train_seconds=120.0, tokens_per_second=900.0, peak_memory_gib=3.1,
-                               final_loss=0.02)
+            store.add_train_steps(
+                trial.id,
+                [
+                    {
+                        "step": s,
+                        "loss": 2.0 / s,
+                        "lr": 2e-4,
+                        "grad_norm": 1.0,
+                        "tokens_per_second": 900.0,
+                        "peak_memory_gib": 3.1,
+                    }
+                    for s in range(1, 101)
+                ],
+            )
+            store.update_trial(
+                trial.id, train_seconds=120.0, tokens_per_second=900.0, peak_memory_gib=3.1, final_loss=0.02
+            )
         store.update_trial(trial.id, status="finished")
     store.finish_run(run_id, "finished")
     seconds = time.perf_counter() - started
@@ -169,12 +196,21 @@ def main(argv: list[str] | None = None) -> int:
         store_mib = Path(store_path).stat().st_size / 2**20
     app_cold, app_warm = pages["drilldown"]["cold_s"], pages["drilldown"]["warm_s"]
     result = {
-        "benchmark": "app_load", "items": args.items, "arms": list(ARMS), "store_mib": round(store_mib, 1),
-        "build_seconds": round(build_seconds, 2), "pages": pages,
-        "peer": {"name": "naive un-paginated drill-down (Store.item_rows, every item, no cache)",
-                 "seconds": round(peer_s, 3), "elements": peer_elements},
-        "ratio_cold": round(peer_s / app_cold, 2), "ratio_warm": round(peer_s / app_warm, 2),
-        "python": platform.python_version(), "cpus": os.cpu_count(),
+        "benchmark": "app_load",
+        "items": args.items,
+        "arms": list(ARMS),
+        "store_mib": round(store_mib, 1),
+        "build_seconds": round(build_seconds, 2),
+        "pages": pages,
+        "peer": {
+            "name": "naive un-paginated drill-down (Store.item_rows, every item, no cache)",
+            "seconds": round(peer_s, 3),
+            "elements": peer_elements,
+        },
+        "ratio_cold": round(peer_s / app_cold, 2),
+        "ratio_warm": round(peer_s / app_warm, 2),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

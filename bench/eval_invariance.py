@@ -29,6 +29,7 @@ as eval_throughput counts them), with NVML GPU utilisation sampled during the in
 The JSON holds the device, versions, date, the numerics record and every number; the exit status is 1 when an
 output or log-likelihood differs in the invariant mode.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,10 +78,19 @@ def tiny_model(folder: Path, tokenizer: str) -> Path:
 
     tok = load_tokenizer(tokenizer)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
@@ -157,7 +167,7 @@ def pieces(suite: Any, size: int | None) -> list[Any]:
     """The suite as sub-suites of `size` items (None: whole): each scored by its own call, with its own companions."""
     if size is None:
         return [suite]
-    return [suite.model_copy(update={"items": suite.items[k:k + size]}) for k in range(0, len(suite.items), size)]
+    return [suite.model_copy(update={"items": suite.items[k : k + size]}) for k in range(0, len(suite.items), size)]
 
 
 def scored(results: list[Any]) -> dict[str, str]:
@@ -176,33 +186,58 @@ def loglik_requests(suite: Any, outputs: dict[str, str], tok: Any) -> list[tuple
     return out
 
 
-def logliks(model: Any, tok: Any, requests: list[tuple[str, tuple[str, str]]], size: int | None, mode: str,
-            batch: int) -> dict[str, float]:
+def logliks(
+    model: Any, tok: Any, requests: list[tuple[str, tuple[str, str]]], size: int | None, mode: str, batch: int
+) -> dict[str, float]:
     """Log-likelihoods of `requests`, `size` items' requests per call (None: all in one call)."""
     keys, pairs = [k for k, _ in requests], [p for _, p in requests]
     step = len(pairs) if size is None else size
     values: list[float] = []
     for k in range(0, len(pairs), max(step, 1)):
-        part = pairs[k:k + step]
-        values += inv.loglikelihood(model, tok, part) if mode == "invariant" else \
-            gen.loglikelihood(model, tok, part, batch_size=batch)
+        part = pairs[k : k + step]
+        values += (
+            inv.loglikelihood(model, tok, part)
+            if mode == "invariant"
+            else gen.loglikelihood(model, tok, part, batch_size=batch)
+        )
     return dict(zip(keys, values, strict=True))
 
 
-def score_model(model: Any, tok: Any, suites: list[Any], size: int | None, mode: str, device_batch: bool,
-                references: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+def score_model(
+    model: Any,
+    tok: Any,
+    suites: list[Any],
+    size: int | None,
+    mode: str,
+    device_batch: bool,
+    references: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
     """Every suite's outputs and log-likelihoods, the items scored `size` at a time (None: the whole suite)."""
     out: dict[str, Any] = {}
     for suite in suites:
         parts = pieces(suite, size)
-        if mode == "fast" and size is not None:   # the fast path batches by the suite's batch_size
-            parts = [p.model_copy(update={"spec": p.spec.model_copy(update={
-                "generation": p.spec.generation.model_copy(update={"batch_size": size})})}) for p in parts]
+        if mode == "fast" and size is not None:  # the fast path batches by the suite's batch_size
+            parts = [
+                p.model_copy(
+                    update={
+                        "spec": p.spec.model_copy(
+                            update={"generation": p.spec.generation.model_copy(update={"batch_size": size})}
+                        )
+                    }
+                )
+                for p in parts
+            ]
         outputs = scored([evaluate(model, tok, p, numerics=mode, device_batch=device_batch) for p in parts])
         ref = (references or {}).get(suite.name, {}).get("outputs", outputs)
         per = 1 if suite.spec.kind != "multiple_choice" else max(len(i.choices or []) for i in suite.items)
-        ll = logliks(model, tok, loglik_requests(suite, ref, tok), None if size is None else size * per, mode,
-                     size or suite.spec.generation.batch_size)
+        ll = logliks(
+            model,
+            tok,
+            loglik_requests(suite, ref, tok),
+            None if size is None else size * per,
+            mode,
+            size or suite.spec.generation.batch_size,
+        )
         out[suite.name] = {"outputs": outputs, "logliks": ll}
     return out
 
@@ -216,7 +251,7 @@ def compare(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, int]:
             counts["outputs_differing"] += mine["outputs"].get(key) != value
         for key, value in ref["logliks"].items():
             counts["loglik_compared"] += 1
-            counts["loglik_differing"] += mine["logliks"].get(key) != value   # bit for bit
+            counts["loglik_differing"] += mine["logliks"].get(key) != value  # bit for bit
     return counts
 
 
@@ -233,18 +268,32 @@ def worker(spec_file: Path) -> None:
     spec = json.loads(spec_file.read_text())
     model, tok = load(spec["model"], spec["device"], spec.get("adapter"))
     suites = plan_suites(Path(spec["plan"]), spec["items"], spec["max_new_cap"])
-    Path(spec["out"]).write_text(json.dumps(score_model(model, tok, suites, None, "invariant", True,
-                                                        spec["references"])))
+    Path(spec["out"]).write_text(
+        json.dumps(score_model(model, tok, suites, None, "invariant", True, spec["references"]))
+    )
 
 
-def four_trials(args: argparse.Namespace, work: Path, model_spec: str, device: str, adapters: dict[str, str],
-                references: dict[str, Any]) -> dict[str, Any]:
-    names = ["base", "adapter-a", "adapter-b", "base"][:args.trials]
+def four_trials(
+    args: argparse.Namespace,
+    work: Path,
+    model_spec: str,
+    device: str,
+    adapters: dict[str, str],
+    references: dict[str, Any],
+) -> dict[str, Any]:
+    names = ["base", "adapter-a", "adapter-b", "base"][: args.trials]
     procs = []
     for k, name in enumerate(names):
-        spec = {"model": model_spec, "device": device, "adapter": adapters.get(name), "plan": str(args.plan),
-                "items": args.items, "max_new_cap": args.max_new_cap, "references": references[name],
-                "out": str(work / f"trial{k}.json")}
+        spec = {
+            "model": model_spec,
+            "device": device,
+            "adapter": adapters.get(name),
+            "plan": str(args.plan),
+            "items": args.items,
+            "max_new_cap": args.max_new_cap,
+            "references": references[name],
+            "out": str(work / f"trial{k}.json"),
+        }
         spec_file = work / f"trial{k}.spec.json"
         spec_file.write_text(json.dumps(spec))
         env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
@@ -281,27 +330,43 @@ def speed(model: Any, tok: Any, args: argparse.Namespace, device: str) -> dict[s
     def tokens(outputs: list[str]) -> int:
         return sum(len(x) for x in tok(outputs, add_special_tokens=False)["input_ids"]) if outputs else 0
 
-    inv.generate(model, tok, prompts[:2], max_new_tokens=4)                       # warm-ups
+    inv.generate(model, tok, prompts[:2], max_new_tokens=4)  # warm-ups
     gen.generate(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)
     naive_generate(model, tok, prompts[:1], 4)
     gpu = 0 if device == "cuda" else None
     with GpuSampler(gpu, period=0.05) as sampler:
         ours, t_ours = timed(lambda: inv.generate(model, tok, prompts, max_new_tokens=new), device)
-    fast, t_fast = timed(lambda: gen.generate(model, tok, prompts, max_new_tokens=new, batch_size=args.batch_size),
-                         device)
-    fast_dev, t_dev = timed(lambda: gen.generate(model, tok, prompts, max_new_tokens=new,
-                                                 batch_size=args.batch_size, device_batch=True), device)
-    naive, t_naive = timed(lambda: naive_generate(model, tok, prompts[:args.naive_prompts], new), device)
-    rates = {"invariant": tokens(ours) / t_ours, f"fast_batch_{args.batch_size}": tokens(fast) / t_fast,
-             "fast_device_batch": tokens(fast_dev) / t_dev, "naive_loop": tokens(naive) / t_naive}
+    fast, t_fast = timed(
+        lambda: gen.generate(model, tok, prompts, max_new_tokens=new, batch_size=args.batch_size), device
+    )
+    fast_dev, t_dev = timed(
+        lambda: gen.generate(model, tok, prompts, max_new_tokens=new, batch_size=args.batch_size, device_batch=True),
+        device,
+    )
+    naive, t_naive = timed(lambda: naive_generate(model, tok, prompts[: args.naive_prompts], new), device)
+    rates = {
+        "invariant": tokens(ours) / t_ours,
+        f"fast_batch_{args.batch_size}": tokens(fast) / t_fast,
+        "fast_device_batch": tokens(fast_dev) / t_dev,
+        "naive_loop": tokens(naive) / t_naive,
+    }
     util = sampler.summary()
     util.pop("trace", None)
-    return {"prompts": len(prompts), "max_new_tokens": new, "naive_prompts": args.naive_prompts,
-            "seconds": {"invariant": t_ours, "fast": t_fast, "fast_device_batch": t_dev, "naive_loop": t_naive},
-            "output_tokens": {"invariant": tokens(ours), "fast": tokens(fast), "fast_device_batch": tokens(fast_dev),
-                              "naive_loop": tokens(naive)},
-            "tokens_per_second": rates, "gpu_utilization_invariant": util,
-            "invariant_equals_fast": sum(a == b for a, b in zip(ours, fast, strict=True))}
+    return {
+        "prompts": len(prompts),
+        "max_new_tokens": new,
+        "naive_prompts": args.naive_prompts,
+        "seconds": {"invariant": t_ours, "fast": t_fast, "fast_device_batch": t_dev, "naive_loop": t_naive},
+        "output_tokens": {
+            "invariant": tokens(ours),
+            "fast": tokens(fast),
+            "fast_device_batch": tokens(fast_dev),
+            "naive_loop": tokens(naive),
+        },
+        "tokens_per_second": rates,
+        "gpu_utilization_invariant": util,
+        "invariant_equals_fast": sum(a == b for a, b in zip(ours, fast, strict=True)),
+    }
 
 
 def committed_bf16() -> tuple[float | None, str | None]:
@@ -326,8 +391,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter-lr", type=float, default=1e-3)
     p.add_argument("--items", type=int, help="items per suite (default all; smoke 4)")
     p.add_argument("--max-new-cap", type=int, help="cap on each suite's max_new_tokens (default none; smoke 6)")
-    p.add_argument("--fast-items", type=int, help="fast-mode comparison: items per suite, base model only (default "
-                                                  "4; smoke 3): today's path at batch 1 is the slow part")
+    p.add_argument(
+        "--fast-items",
+        type=int,
+        help="fast-mode comparison: items per suite, base model only (default "
+        "4; smoke 3): today's path at batch 1 is the slow part",
+    )
     p.add_argument("--trials", type=int, help="concurrent trial processes (default 4; smoke 2)")
     p.add_argument("--prompts", type=int, help="speed: generation prompts (default 64; smoke 6)")
     p.add_argument("--max-new-tokens", type=int, help="speed: new tokens (default 48; smoke 8)")
@@ -370,8 +439,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         adapter_source = "given"
     else:
         texts = training_texts(args.plan, tok)
-        folders = [str(train_adapter(model, tok, texts, work / f"adapter-{k}", k + 1, args.adapter_steps,
-                                     args.adapter_lr)) for k in range(2)]
+        folders = [
+            str(train_adapter(model, tok, texts, work / f"adapter-{k}", k + 1, args.adapter_steps, args.adapter_lr))
+            for k in range(2)
+        ]
         adapter_source = f"trained here: {args.adapter_steps} AdamW steps, lr {args.adapter_lr}, r 8"
     adapters = {"adapter-a": folders[0], "adapter-b": folders[1]}
     from peft import PeftModel
@@ -383,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def scoring(name: str) -> Any:
         """A context with `shared` scoring as `name` (adapters disabled for the base model)."""
         import contextlib
+
         if name == "base":
             return shared.disable_adapter()
         shared.set_adapter(name)
@@ -401,8 +473,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if config == "batch-own":
                     got: dict[str, Any] = {}
                     for s in suites:
-                        got |= score_model(shared, tok, [s], s.spec.generation.batch_size, "invariant", False,
-                                           references[name])
+                        got |= score_model(
+                            shared, tok, [s], s.spec.generation.batch_size, "invariant", False, references[name]
+                        )
                 else:
                     got = score_model(shared, tok, suites, size, "invariant", device_batch, references[name])
                 counts = compare(references[name], got)
@@ -411,11 +484,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 say(f"    {config}: {counts}")
             if name != "base":
                 continue
-            few = [s.model_copy(update={"items": s.items[:args.fast_items]}) for s in suites]
+            few = [s.model_copy(update={"items": s.items[: args.fast_items]}) for s in suites]
             fast_ref = score_model(shared, tok, few, 1, "fast", False, references[name])
             for config, size, device_batch in (("batch-7", 7, False), ("device", None, True)):
-                counts = compare(fast_ref, score_model(shared, tok, few, size, "fast", device_batch,
-                                                       references[name]))
+                counts = compare(fast_ref, score_model(shared, tok, few, size, "fast", device_batch, references[name]))
                 fast_totals.setdefault(config, {})
                 add(fast_totals[config], counts)
                 say(f"    fast mode {config}: {counts}")
@@ -443,30 +515,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ours = rates["tokens_per_second"]["invariant"]
     fast_default = rates["tokens_per_second"]["fast_device_batch"]
     report: dict[str, Any] = {
-        "bench": "eval_invariance", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device_info(device), "versions": versions(), "model": model_spec, "dtype": "bfloat16",
-        "numerics": _numerics.record(shared, "invariant", inv.shapes_for(torch.device(device)).describe(),
-                                     attention=inv.attention_used(shared)),
+        "bench": "eval_invariance",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device_info(device),
+        "versions": versions(),
+        "model": model_spec,
+        "dtype": "bfloat16",
+        "numerics": _numerics.record(
+            shared, "invariant", inv.shapes_for(torch.device(device)).describe(), attention=inv.attention_used(shared)
+        ),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"},
         "adapters": {"folders": adapters, "source": adapter_source},
-        "suites": {s.name: {"kind": s.spec.kind, "items": len(s.items), "batch_size": s.spec.generation.batch_size,
-                            "max_new_tokens": s.spec.generation.max_new_tokens} for s in suites},
-        "configurations": list(CONFIGS), **totals, "per_configuration": per_config, "fast_mode": fast_totals,
-        "tokens_per_second": rates["tokens_per_second"], "speed": rates,
-        "committed_bf16_tokens_per_second": committed, "committed_bf16_device": committed_device,
+        "suites": {
+            s.name: {
+                "kind": s.spec.kind,
+                "items": len(s.items),
+                "batch_size": s.spec.generation.batch_size,
+                "max_new_tokens": s.spec.generation.max_new_tokens,
+            }
+            for s in suites
+        },
+        "configurations": list(CONFIGS),
+        **totals,
+        "per_configuration": per_config,
+        "fast_mode": fast_totals,
+        "tokens_per_second": rates["tokens_per_second"],
+        "speed": rates,
+        "committed_bf16_tokens_per_second": committed,
+        "committed_bf16_device": committed_device,
         "speedup_vs_current_bf16": round(ours / committed, 2) if committed else None,
         "speedup_vs_fast_same_run": round(ours / max(fast_default, 1e-9), 2),
         "gpu_utilization_mean": rates["gpu_utilization_invariant"].get("mean"),
     }
     report["seconds"] = time.monotonic() - t0
     out = args.out or REPO / ("runs" if args.smoke else "reports") / "perf" / (
-        f"eval_invariance-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+        f"eval_invariance-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    say(f"outputs differing {report['outputs_differing']}/{report['outputs_compared']}, log-likelihoods differing "
-        f"{report['loglik_differing']}/{report['loglik_compared']}; fast mode: {json.dumps(fast_totals)}")
-    say(f"speedup vs committed bf16 {report['speedup_vs_current_bf16']}x, vs fast path here "
-        f"{report['speedup_vs_fast_same_run']}x; GPU utilisation {report['gpu_utilization_mean']}")
+    say(
+        f"outputs differing {report['outputs_differing']}/{report['outputs_compared']}, log-likelihoods differing "
+        f"{report['loglik_differing']}/{report['loglik_compared']}; fast mode: {json.dumps(fast_totals)}"
+    )
+    say(
+        f"speedup vs committed bf16 {report['speedup_vs_current_bf16']}x, vs fast path here "
+        f"{report['speedup_vs_fast_same_run']}x; GPU utilisation {report['gpu_utilization_mean']}"
+    )
     say(f"wrote {out}")
     return report
 

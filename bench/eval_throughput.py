@@ -15,6 +15,7 @@ tolerance (float32: 1e-3 absolute + 1e-4 relative; bfloat16 numbers are reported
 Each dtype in --dtypes is timed separately. The JSON (reports/perf/) holds the device, versions, date,
 every timing, the speed-ups and the checks; the exit status is 1 when a check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from 
 from bench._common import REPO, TINY_SHAPE, llama_config, say
 from harness.model import _generate as gen
 
-TOLERANCE = {"float32": (1e-3, 1e-4), "bfloat16": (0.25, 2e-2)}   # (absolute, relative)
+TOLERANCE = {"float32": (1e-3, 1e-4), "bfloat16": (0.25, 2e-2)}  # (absolute, relative)
 
 
 def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
@@ -56,8 +57,18 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
 def prompts_for(tok: Any, words: list[str], n: int, seed: int) -> list[str]:
     """Chat prompts of 5-80 words (varied lengths, as in real suites)."""
     rng = random.Random(seed)
-    return [gen.chat_prompt(tok, [{"role": "user", "content": "Continue this list of words: "
-                                   + " ".join(rng.choices(words, k=rng.randint(5, 80)))}]) for _ in range(n)]
+    return [
+        gen.chat_prompt(
+            tok,
+            [
+                {
+                    "role": "user",
+                    "content": "Continue this list of words: " + " ".join(rng.choices(words, k=rng.randint(5, 80))),
+                }
+            ],
+        )
+        for _ in range(n)
+    ]
 
 
 def choice_requests(words: list[str], questions: int, seed: int) -> list[tuple[str, str]]:
@@ -84,9 +95,15 @@ def naive_generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int
     with torch.inference_mode():
         for prompt in prompts:
             ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]], device=device)
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tok.pad_token_id)
-            new = out[0, ids.shape[1]:].tolist()
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+            )
+            new = out[0, ids.shape[1] :].tolist()
             cut = next((k for k, t in enumerate(new) if t in stops), len(new))
             outputs.append(tok.decode(new[:cut], skip_special_tokens=True))
     return outputs
@@ -120,11 +137,18 @@ def load(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
     return LlamaForCausalLM(config).eval(), tok, "tiny random Llama (smoke)"
 
 
-def run_dtype(model: Any, tok: Any, dtype_name: str, args: argparse.Namespace, device: str,
-              prompts: list[str], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def run_dtype(
+    model: Any,
+    tok: Any,
+    dtype_name: str,
+    args: argparse.Namespace,
+    device: str,
+    prompts: list[str],
+    pairs: list[tuple[str, str]],
+) -> dict[str, Any]:
     dtype = getattr(torch, dtype_name)
     model.to(dtype)
-    torch.backends.cuda.matmul.allow_tf32 = False      # float32 means float32 on both sides
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 on both sides
     torch.backends.cudnn.allow_tf32 = False
     absolute, relative = TOLERANCE[dtype_name]
     # warm-up: CUDA context, cuBLAS handles, the attention kernel self-check
@@ -133,41 +157,73 @@ def run_dtype(model: Any, tok: Any, dtype_name: str, args: argparse.Namespace, d
     gen.loglikelihood(model, tok, pairs[:8], batch_size=4)
     lm_eval_loglikelihood(model, tok, pairs[:8], 4)
 
-    say(f"  [{dtype_name}] generation: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
-        f"batch {args.batch_size}")
-    ours, t_ours = timed(lambda: gen.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens,
-                                              batch_size=args.batch_size), device)
+    say(
+        f"  [{dtype_name}] generation: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
+        f"batch {args.batch_size}"
+    )
+    ours, t_ours = timed(
+        lambda: gen.generate(model, tok, prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size),
+        device,
+    )
     naive, t_naive = timed(lambda: naive_generate(model, tok, prompts, args.max_new_tokens), device)
     same = [a == b for a, b in zip(ours, naive, strict=True)]
     out_tokens = sum(len(x) for x in tok(ours, add_special_tokens=False)["input_ids"]) if ours else 0
-    generation = {"items": len(prompts), "ours_seconds": t_ours, "naive_seconds": t_naive,
-                  "speedup": t_naive / max(t_ours, 1e-9), "ours_items_per_second": len(prompts) / t_ours,
-                  "naive_items_per_second": len(prompts) / t_naive, "output_tokens": out_tokens,
-                  "ours_output_tokens_per_second": out_tokens / t_ours, "identical": sum(same),
-                  "mismatches": [{"item": i, "ours": ours[i][:200], "naive": naive[i][:200]}
-                                 for i, ok in enumerate(same) if not ok][:5]}
-    say(f"    ours {t_ours:.2f}s, naive loop {t_naive:.2f}s -> {generation['speedup']:.1f}x; "
-        f"identical {sum(same)}/{len(same)}")
+    generation = {
+        "items": len(prompts),
+        "ours_seconds": t_ours,
+        "naive_seconds": t_naive,
+        "speedup": t_naive / max(t_ours, 1e-9),
+        "ours_items_per_second": len(prompts) / t_ours,
+        "naive_items_per_second": len(prompts) / t_naive,
+        "output_tokens": out_tokens,
+        "ours_output_tokens_per_second": out_tokens / t_ours,
+        "identical": sum(same),
+        "mismatches": [
+            {"item": i, "ours": ours[i][:200], "naive": naive[i][:200]} for i, ok in enumerate(same) if not ok
+        ][:5],
+    }
+    say(
+        f"    ours {t_ours:.2f}s, naive loop {t_naive:.2f}s -> {generation['speedup']:.1f}x; "
+        f"identical {sum(same)}/{len(same)}"
+    )
 
     say(f"  [{dtype_name}] log-likelihood: {len(pairs)} requests, batch {args.batch_size}")
     ll_ours, t_ll = timed(lambda: gen.loglikelihood(model, tok, pairs, batch_size=args.batch_size), device)
     ll_ref, t_ref = timed(lambda: lm_eval_loglikelihood(model, tok, pairs, args.batch_size), device)
     diffs = [abs(a - b) for a, b in zip(ll_ours, ll_ref, strict=True)]
     within = [d <= absolute + relative * abs(b) for d, b in zip(diffs, ll_ref, strict=True)]
-    scoring = {"requests": len(pairs), "ours_seconds": t_ll, "lm_eval_seconds": t_ref,
-               "speedup": t_ref / max(t_ll, 1e-9), "ours_requests_per_second": len(pairs) / t_ll,
-               "lm_eval_requests_per_second": len(pairs) / t_ref, "max_abs_diff": max(diffs, default=0.0),
-               "mean_abs_diff": sum(diffs) / max(len(diffs), 1), "within_tolerance": sum(within),
-               "tolerance": {"absolute": absolute, "relative": relative}, "mode": gen.scoring_mode(model)}
-    say(f"    ours {t_ll:.2f}s, lm-eval HFLM {t_ref:.2f}s -> {scoring['speedup']:.2f}x; "
-        f"max |diff| {scoring['max_abs_diff']:.2e}, within tolerance {sum(within)}/{len(within)}")
+    scoring = {
+        "requests": len(pairs),
+        "ours_seconds": t_ll,
+        "lm_eval_seconds": t_ref,
+        "speedup": t_ref / max(t_ll, 1e-9),
+        "ours_requests_per_second": len(pairs) / t_ll,
+        "lm_eval_requests_per_second": len(pairs) / t_ref,
+        "max_abs_diff": max(diffs, default=0.0),
+        "mean_abs_diff": sum(diffs) / max(len(diffs), 1),
+        "within_tolerance": sum(within),
+        "tolerance": {"absolute": absolute, "relative": relative},
+        "mode": gen.scoring_mode(model),
+    }
+    say(
+        f"    ours {t_ll:.2f}s, lm-eval HFLM {t_ref:.2f}s -> {scoring['speedup']:.2f}x; "
+        f"max |diff| {scoring['max_abs_diff']:.2e}, within tolerance {sum(within)}/{len(within)}"
+    )
     result: dict[str, Any] = {"generation": generation, "loglikelihood": scoring}
     if args.profile:
-        result["profile"] = {"generate": profiled(lambda: gen.generate(model, tok, prompts[:args.batch_size],
-                                                                        max_new_tokens=args.max_new_tokens,
-                                                                        batch_size=args.batch_size), device),
-                             "loglikelihood": profiled(lambda: gen.loglikelihood(model, tok, pairs,
-                                                                                 batch_size=args.batch_size), device)}
+        result["profile"] = {
+            "generate": profiled(
+                lambda: gen.generate(
+                    model,
+                    tok,
+                    prompts[: args.batch_size],
+                    max_new_tokens=args.max_new_tokens,
+                    batch_size=args.batch_size,
+                ),
+                device,
+            ),
+            "loglikelihood": profiled(lambda: gen.loglikelihood(model, tok, pairs, batch_size=args.batch_size), device),
+        }
     return result
 
 
@@ -221,10 +277,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = prompts_for(tok, words, args.prompts, seed=0)
     pairs = choice_requests(words, args.questions, seed=1)
     report: dict[str, Any] = {
-        "bench": "eval_throughput", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device_info(device), "versions": versions(), "model": model_name,
+        "bench": "eval_throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device_info(device),
+        "versions": versions(),
+        "model": model_name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "dtypes": {},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "dtypes": {},
     }
     say(f"eval_throughput on {report['device']['name']}: {model_name}, {report['parameters'] / 1e6:.0f}M params")
     for name in dtypes:
@@ -232,7 +292,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report["checks"] = checks(report, args)
     report["seconds"] = time.monotonic() - t0
     out = args.out or REPO / ("runs" if args.smoke else "reports") / "perf" / (  # a smoke run measures nothing
-        f"eval_throughput-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+        f"eval_throughput-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     for check in report["checks"]:
@@ -248,15 +309,30 @@ def checks(report: dict[str, Any], args: argparse.Namespace) -> list[dict[str, A
         g, s = r["generation"], r["loglikelihood"]
         asserted = name == "float32" or args.strict_bf16
         out += [
-            {"name": f"{name} greedy outputs identical to the naive loop", "asserted": asserted,
-             "passed": g["identical"] == g["items"], "detail": f"{g['identical']}/{g['items']}"},
-            {"name": f"{name} log-likelihoods match lm-eval", "asserted": asserted,
-             "passed": s["within_tolerance"] == s["requests"],
-             "detail": f"{s['within_tolerance']}/{s['requests']}, max |diff| {s['max_abs_diff']:.2e}"},
-            {"name": f"{name} generation >= 5x the naive loop (target)", "asserted": False,
-             "passed": g["speedup"] >= 5, "detail": f"{g['speedup']:.2f}x"},
-            {"name": f"{name} log-likelihood >= 1.5x lm-eval (target)", "asserted": False,
-             "passed": s["speedup"] >= 1.5, "detail": f"{s['speedup']:.2f}x"},
+            {
+                "name": f"{name} greedy outputs identical to the naive loop",
+                "asserted": asserted,
+                "passed": g["identical"] == g["items"],
+                "detail": f"{g['identical']}/{g['items']}",
+            },
+            {
+                "name": f"{name} log-likelihoods match lm-eval",
+                "asserted": asserted,
+                "passed": s["within_tolerance"] == s["requests"],
+                "detail": f"{s['within_tolerance']}/{s['requests']}, max |diff| {s['max_abs_diff']:.2e}",
+            },
+            {
+                "name": f"{name} generation >= 5x the naive loop (target)",
+                "asserted": False,
+                "passed": g["speedup"] >= 5,
+                "detail": f"{g['speedup']:.2f}x",
+            },
+            {
+                "name": f"{name} log-likelihood >= 1.5x lm-eval (target)",
+                "asserted": False,
+                "passed": s["speedup"] >= 1.5,
+                "detail": f"{s['speedup']:.2f}x",
+            },
         ]
     return out
 

@@ -11,6 +11,7 @@ explicit line for every arm that did NOT beat the baseline. "Beat" means: on eve
 primary metric's 95% interval of the gain lies above zero. A failed trial did not beat it either.
 The report itself is built by harness.analysis.run_report; this script picks the run and the folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,12 +95,22 @@ def run_smoke(out_dir: Path, work: Path | None = None) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=None, help="store path or URL (default: $TUNEGATE_STORE or runs/tunegate.db)")
-    parser.add_argument("--run", default="gpu-json-extract", help="run id or name (default: the latest gpu-json-extract)")
+    parser.add_argument(
+        "--store", default=None, help="store path or URL (default: $TUNEGATE_STORE or runs/tunegate.db)"
+    )
+    parser.add_argument(
+        "--run", default="gpu-json-extract", help="run id or name (default: the latest gpu-json-extract)"
+    )
     parser.add_argument("--out", type=Path, help="folder (default: reports/gpu; with --smoke: runs/gpu_plan_smoke)")
-    parser.add_argument("--smoke", action="store_true", help="run the plan on a tiny random model on this machine first")
-    parser.add_argument("--smoke-plan", type=Path, metavar="FOLDER",
-                        help="only write the smoke plan (FOLDER/plan.yaml), its model and suites; print its path")
+    parser.add_argument(
+        "--smoke", action="store_true", help="run the plan on a tiny random model on this machine first"
+    )
+    parser.add_argument(
+        "--smoke-plan",
+        type=Path,
+        metavar="FOLDER",
+        help="only write the smoke plan (FOLDER/plan.yaml), its model and suites; print its path",
+    )
     args = parser.parse_args(argv)
     from harness.base import UserError
 
@@ -111,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.smoke:  # a check, not a measurement: its report goes under runs/, never into reports/
             json_path, md_path = run_smoke(args.out or REPO / "runs" / "gpu_plan_smoke")
         else:
-            json_path, md_path = write_run_report(Store(args.store), args.run, args.out or REPO / "reports" / "gpu",
-                                                  title=TITLE)
+            json_path, md_path = write_run_report(
+                Store(args.store), args.run, args.out or REPO / "reports" / "gpu", title=TITLE
+            )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -9,17 +9,18 @@ it fully, runs a few AdamW steps on random tokens in bf16, and records
 `torch.cuda.max_memory_allocated` next to `estimate_training_memory(...).allocated_gib`.
 Without CUDA (smoke mode on a CPU) the steps still run but `measured_gib` is null.
 """
+
 from __future__ import annotations
 
 import argparse
 import gc
 import json
 import platform
-import tempfile
 import sys
+import tempfile
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,8 @@ from bench._common import llama_config
 from harness.plan import GIB, Method, ModelDims, estimate_training_memory
 
 SHAPES: dict[str, ModelDims] = {
-    "llama-135m": ModelDims(576, 1536, 30, 9, 3, 49152, True),      # SmolLM2-135M's shape
-    "llama-1b": ModelDims(2048, 8192, 16, 32, 8, 128256, True),     # Llama-3.2-1B's shape
+    "llama-135m": ModelDims(576, 1536, 30, 9, 3, 49152, True),  # SmolLM2-135M's shape
+    "llama-1b": ModelDims(2048, 8192, 16, 32, 8, 128256, True),  # Llama-3.2-1B's shape
 }
 SMOKE_SHAPE = ModelDims(64, 128, 2, 4, 2, 256, True)
 LORA_R, LORA_ALPHA, LORA_DROPOUT = 16, 32, 0.05
@@ -56,27 +57,46 @@ def build_model(dims: ModelDims, method: str, device: str, saved: dict[str, str]
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 
-        if name not in saved:   # quantisation happens on load, so save the random weights once
+        if name not in saved:  # quantisation happens on load, so save the random weights once
             folder = tempfile.mkdtemp(prefix=f"probe-{name}-")
             LlamaForCausalLM(config).to(dtype).save_pretrained(folder)
             saved[name] = folder
-        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                   bnb_4bit_compute_dtype=dtype)
-        model = LlamaForCausalLM.from_pretrained(saved[name], quantization_config=quant, dtype=dtype,
-                                                 device_map={"": 0}, attn_implementation="sdpa")
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+        model = LlamaForCausalLM.from_pretrained(
+            saved[name], quantization_config=quant, dtype=dtype, device_map={"": 0}, attn_implementation="sdpa"
+        )
     else:
         with torch.device(device):
             model = LlamaForCausalLM(config).to(dtype)
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=LORA_DROPOUT,
-                                                 target_modules=TARGETS, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=LORA_R,
+                lora_alpha=LORA_ALPHA,
+                lora_dropout=LORA_DROPOUT,
+                target_modules=TARGETS,
+                task_type="CAUSAL_LM",
+            ),
+        )
     return model
 
 
-def run_config(name: str, dims: ModelDims, method: Method, seq_len: int, batch_size: int, grad_ckpt: bool,
-               steps: int, device: str, saved: dict[str, str]) -> dict[str, Any]:
+def run_config(
+    name: str,
+    dims: ModelDims,
+    method: Method,
+    seq_len: int,
+    batch_size: int,
+    grad_ckpt: bool,
+    steps: int,
+    device: str,
+    saved: dict[str, str],
+) -> dict[str, Any]:
     cuda = device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -103,27 +123,54 @@ def run_config(name: str, dims: ModelDims, method: Method, seq_len: int, batch_s
         torch.cuda.synchronize()
         measured = round((torch.cuda.max_memory_allocated() - start) / GIB, 4)
         reserved = round(torch.cuda.max_memory_reserved() / GIB, 4)
-    est = estimate_training_memory(dims, method, seq_len=seq_len, batch_size=batch_size, lora_r=LORA_R,
-                                   dtype="bf16", grad_checkpointing=grad_ckpt, lora_dropout=LORA_DROPOUT)
+    est = estimate_training_memory(
+        dims,
+        method,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        lora_r=LORA_R,
+        dtype="bf16",
+        grad_checkpointing=grad_ckpt,
+        lora_dropout=LORA_DROPOUT,
+    )
     del model, optimizer, params, ids, loss
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
-    return {"model": name, "dims": asdict(dims), "n_params": dims.n_params, "method": method,
-            "seq_len": seq_len, "batch_size": batch_size, "grad_checkpointing": grad_ckpt, "lora_r": LORA_R,
-            "lora_dropout": LORA_DROPOUT, "dtype": "bf16", "steps": steps, "losses": losses,
-            "measured_gib": measured, "measured_reserved_gib": reserved,
-            "estimated_gib": est.allocated_gib, "estimated_total_gib": est.total_gib,
-            "ratio": round(est.allocated_gib / measured, 3) if measured else None,
-            "breakdown": est.breakdown, "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "model": name,
+        "dims": asdict(dims),
+        "n_params": dims.n_params,
+        "method": method,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "grad_checkpointing": grad_ckpt,
+        "lora_r": LORA_R,
+        "lora_dropout": LORA_DROPOUT,
+        "dtype": "bf16",
+        "steps": steps,
+        "losses": losses,
+        "measured_gib": measured,
+        "measured_reserved_gib": reserved,
+        "estimated_gib": est.allocated_gib,
+        "estimated_total_gib": est.total_gib,
+        "ratio": round(est.allocated_gib / measured, 3) if measured else None,
+        "breakdown": est.breakdown,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def configs(smoke: bool, with_qlora: bool) -> list[tuple[str, ModelDims, Method, int, int, bool]]:
     if smoke:
         return [("smoke", SMOKE_SHAPE, m, 32, 2, False) for m in ("lora", "full")]
     methods: list[Method] = ["lora", "full", "qlora"] if with_qlora else ["lora", "full"]
-    rows = [(name, dims, m, seq, bs, False) for name, dims in SHAPES.items() for m in methods
-            for seq in (512, 1024) for bs in (4, 8)]
+    rows = [
+        (name, dims, m, seq, bs, False)
+        for name, dims in SHAPES.items()
+        for m in methods
+        for seq in (512, 1024)
+        for bs in (4, 8)
+    ]
     rows += [("llama-1b", SHAPES["llama-1b"], m, 1024, 8, True) for m in methods]
     return rows
 
@@ -153,15 +200,22 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, dims, method, seq, bs, ckpt in configs(args.smoke, with_qlora):
         row = run_config(name, dims, method, seq, bs, ckpt, steps, device, saved)
-        print(f"{name:11s} {method:6s} seq={seq:5d} bs={bs} ckpt={ckpt!s:5s} measured={row['measured_gib']} "
-              f"estimated={row['estimated_gib']} ratio={row['ratio']} ({row['seconds']} s)", flush=True)
+        print(
+            f"{name:11s} {method:6s} seq={seq:5d} bs={bs} ckpt={ckpt!s:5s} measured={row['measured_gib']} "
+            f"estimated={row['estimated_gib']} ratio={row['ratio']} ({row['seconds']} s)",
+            flush=True,
+        )
         rows.append(row)
-    table = {"device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
-             **versions(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-             "smoke": args.smoke, "qlora_measured": with_qlora,
-             "note": "measured_gib = torch.cuda.max_memory_allocated over model build + steps; "
-                     "estimated_gib = harness.plan.estimate_training_memory allocated_gib (no CUDA context)",
-             "rows": rows}
+    table = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        **versions(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "qlora_measured": with_qlora,
+        "note": "measured_gib = torch.cuda.max_memory_allocated over model build + steps; "
+        "estimated_gib = harness.plan.estimate_training_memory allocated_gib (no CUDA context)",
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2) + "\n")
     print(f"wrote {args.out} ({len(rows)} rows)")

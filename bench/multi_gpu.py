@@ -40,6 +40,7 @@ Parts (`--parts`, comma-separated; each part's failure is recorded in the JSON a
 Everything goes to `--out` after each part (device, versions, date, raw times, per-step data), so a part that
 runs out of time leaves the earlier parts' numbers behind; `--budget` (seconds) bounds the whole invocation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,16 +87,17 @@ SUITE = "mg_tiny"
 @dataclass(frozen=True)
 class DdpSettings:
     """The data-parallel comparison (written to the JSON)."""
+
     hidden: int
     intermediate: int
     layers: int
     heads: int
     kv_heads: int
     steps: int
-    batch: int           # micro-batch per process (B)
-    accum: int           # accumulation of the two-GPU trial (G); the one-GPU trial accumulates 2G
+    batch: int  # micro-batch per process (B)
+    accum: int  # accumulation of the two-GPU trial (G); the one-GPU trial accumulates 2G
     max_length: int
-    min_words: int       # words per row (one token each) before the chat template's tokens
+    min_words: int  # words per row (one token each) before the chat template's tokens
     max_words: int
     lr: float = 2e-4
     r: int = 16
@@ -104,10 +106,32 @@ class DdpSettings:
     seed: int = 0
 
 
-DDP_GPU = DdpSettings(hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8, steps=60, batch=8, accum=4,
-                      max_length=1024, min_words=780, max_words=980)
-DDP_TINY = DdpSettings(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, steps=3, batch=2, accum=1,
-                       max_length=128, min_words=20, max_words=60)
+DDP_GPU = DdpSettings(
+    hidden=2048,
+    intermediate=8192,
+    layers=16,
+    heads=32,
+    kv_heads=8,
+    steps=60,
+    batch=8,
+    accum=4,
+    max_length=1024,
+    min_words=780,
+    max_words=980,
+)
+DDP_TINY = DdpSettings(
+    hidden=64,
+    intermediate=128,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    steps=3,
+    batch=2,
+    accum=1,
+    max_length=128,
+    min_words=20,
+    max_words=60,
+)
 
 
 # ------------------------------------------------------------------------------------------------ plumbing
@@ -143,15 +167,24 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_logged(tag: str, cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float,
-               log: Path) -> tuple[int | None, float]:
+def run_logged(
+    tag: str, cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float, log: Path
+) -> tuple[int | None, float]:
     """Run `cmd` in its own process group, its output prefixed with `tag` here and kept in `log`; past `timeout`
     the whole group (workers and ranks included) is stopped. Returns (exit code or None on timeout, seconds)."""
     cwd.mkdir(parents=True, exist_ok=True)
     say(f"[{tag}] $ {' '.join(cmd)}  (time limit {timeout:.0f}s)")
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
     timed_out = threading.Event()
 
     def stop() -> None:
@@ -182,14 +215,27 @@ def gpu_ids_arg(ids: list[str]) -> str:
     return ",".join(ids) + ("," if len(ids) == 1 else "")
 
 
-def tunegate_run(tag: str, plan: Path, store_url: str, cwd: Path, clock: Clock, *options: str,
-                 env: dict[str, str] | None = None, margin: float = 15.0) -> dict[str, Any]:
+def tunegate_run(
+    tag: str,
+    plan: Path,
+    store_url: str,
+    cwd: Path,
+    clock: Clock,
+    *options: str,
+    env: dict[str, str] | None = None,
+    margin: float = 15.0,
+) -> dict[str, Any]:
     """`tunegate run PLAN --store URL OPTIONS` in `cwd`, within what the clock leaves less `margin` seconds."""
     cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *options]
     log = cwd / f"{tag.replace(' ', '-').replace(':', '')}.log"
     code, seconds = run_logged(tag, cmd, cwd=cwd, env=env or child_env(), timeout=clock.left(margin), log=log)
-    return {"command": cmd[2:], "exit_code": code, "timed_out": code is None, "wall_seconds": round(seconds, 2),
-            "log": str(log)} | ({} if code == 0 else {"log_tail": tail(log)})
+    return {
+        "command": cmd[2:],
+        "exit_code": code,
+        "timed_out": code is None,
+        "wall_seconds": round(seconds, 2),
+        "log": str(log),
+    } | ({} if code == 0 else {"log_tail": tail(log)})
 
 
 def tail(file: Path, lines: int = 30) -> list[str]:
@@ -229,27 +275,39 @@ def part_sweep(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, 
     differ = sorted(k for k, v in two.get("outputs", {}).items() if one.get("outputs", {}).get(k) != v)
     plan = ran_plan(two_file, args.plan.resolve())
     result = {
-        "plan": str(plan), "one_gpu_source": str(one_file), "two_gpus_source": str(two_file),
-        "one_gpu": slim(one), "two_gpus": slim(two),
+        "plan": str(plan),
+        "one_gpu_source": str(one_file),
+        "two_gpus_source": str(two_file),
+        "one_gpu": slim(one),
+        "two_gpus": slim(two),
         "sweep_speedup": round(one["wall_seconds"] / two["wall_seconds"], 3),
         "verdicts_identical": one.get("verdicts") == two.get("verdicts"),
         "verdicts": {"one_gpu": one.get("verdicts"), "two_gpus": two.get("verdicts")},
         "trials_saw_one_gpu": bool(saw_one) and all(saw_one.values()),
         "trial_gpus": {"one_gpu": one_gpu, "two_gpus": two_gpus},
-        "gpus_used": {"one_gpu": sorted({v for v in one_gpu.values() if v}),
-                      "two_gpus": sorted({v for v in two_gpus.values() if v})},
-        "trials_not_finished": {"one_gpu": [n for n, t in one["trials"].items() if t["status"] != "finished"],
-                                "two_gpus": [n for n, t in two["trials"].items() if t["status"] != "finished"]},
+        "gpus_used": {
+            "one_gpu": sorted({v for v in one_gpu.values() if v}),
+            "two_gpus": sorted({v for v in two_gpus.values() if v}),
+        },
+        "trials_not_finished": {
+            "one_gpu": [n for n, t in one["trials"].items() if t["status"] != "finished"],
+            "two_gpus": [n for n, t in two["trials"].items() if t["status"] != "finished"],
+        },
         "outputs_compared": len(two.get("outputs", {})) if one.get("outputs") else 0,
-        "outputs_differing": len(differ) if one.get("outputs") else None, "outputs_differing_examples": differ[:10],
+        "outputs_differing": len(differ) if one.get("outputs") else None,
+        "outputs_differing_examples": differ[:10],
     }
     if not all(single_gpu(v, ids[:1]) or single_gpu(v, ids[:2]) for v in one_gpu.values()):
-        result["one_gpu_problem"] = (f"the one-GPU run's trials did not each see one GPU ({one_gpu}): was it run "
-                                     "with `--gpus 0` (a count: no GPU) instead of `--gpus 0,`?")
+        result["one_gpu_problem"] = (
+            f"the one-GPU run's trials did not each see one GPU ({one_gpu}): was it run "
+            "with `--gpus 0` (a count: no GPU) instead of `--gpus 0,`?"
+        )
     result["analysis"] = sweep_analysis(one, two, plan_parents(plan))
-    say(f"sweep: one GPU {one['wall_seconds']}s, two GPUs {two['wall_seconds']}s -> {result['sweep_speedup']}x; "
+    say(
+        f"sweep: one GPU {one['wall_seconds']}s, two GPUs {two['wall_seconds']}s -> {result['sweep_speedup']}x; "
         f"verdicts identical: {result['verdicts_identical']}; every trial saw one GPU: {result['trials_saw_one_gpu']} "
-        f"(GPUs used: {result['gpus_used']['two_gpus']})\nsweep analysis: {result['analysis']['reading']}")
+        f"(GPUs used: {result['gpus_used']['two_gpus']})\nsweep analysis: {result['analysis']['reading']}"
+    )
     return result
 
 
@@ -262,22 +320,36 @@ def ran_plan(sweep_json: Path, default: Path) -> Path:
 
 def run_sweep(ids: list[str], folder: Path, args: argparse.Namespace, clock: Clock) -> Path:
     out = folder / "sweep.json"
-    cmd = [sys.executable, str(SWEEP_BENCH), "--paths", "workers", "--gpus", gpu_ids_arg(ids), "--work", str(folder),
-           "--out", str(out)] + (["--tiny"] if args.tiny else ["--plan", str(args.plan.resolve())])
-    code, _ = run_logged(f"sweep {len(ids)} GPU", cmd, cwd=folder, env=child_env(), timeout=clock.left(),
-                         log=folder / "bench.log")
+    cmd = [
+        sys.executable,
+        str(SWEEP_BENCH),
+        "--paths",
+        "workers",
+        "--gpus",
+        gpu_ids_arg(ids),
+        "--work",
+        str(folder),
+        "--out",
+        str(out),
+    ] + (["--tiny"] if args.tiny else ["--plan", str(args.plan.resolve())])
+    code, _ = run_logged(
+        f"sweep {len(ids)} GPU", cmd, cwd=folder, env=child_env(), timeout=clock.left(), log=folder / "bench.log"
+    )
     if not out.exists():
-        raise RuntimeError(f"sweep_throughput.py on GPU(s) {','.join(ids)} "
-                           f"{'timed out' if code is None else f'exited {code}'} without a result "
-                           f"(log: {folder / 'bench.log'})")
+        raise RuntimeError(
+            f"sweep_throughput.py on GPU(s) {','.join(ids)} "
+            f"{'timed out' if code is None else f'exited {code}'} without a result "
+            f"(log: {folder / 'bench.log'})"
+        )
     return out
 
 
 def workers_path(file: Path) -> dict[str, Any]:
     paths = json.loads(file.read_text()).get("paths", {})
     if "workers" not in paths:
-        raise RuntimeError(f"{file} has no 'workers' path (it has {sorted(paths)}): run sweep_throughput.py "
-                           "with --paths workers")
+        raise RuntimeError(
+            f"{file} has no 'workers' path (it has {sorted(paths)}): run sweep_throughput.py with --paths workers"
+        )
     return paths["workers"]
 
 
@@ -300,6 +372,7 @@ def slim(path: dict[str, Any]) -> dict[str, Any]:
 class TrialTimes:
     """One trial's measured interval (seconds since the epoch), when a trial continuing it could start, and
     its worker's start-up before it (the manifest's 'start' phase: 0 unless it was the worker's first trial)."""
+
     start: float
     end: float
     trained: float
@@ -322,8 +395,11 @@ def trial_times(trials: dict[str, dict[str, Any]]) -> dict[str, TrialTimes]:
         start = datetime.fromisoformat(t["started_at"]).timestamp()
         end = datetime.fromisoformat(t["finished_at"]).timestamp()
         phases = t.get("phases") or {}
-        trained = (min(end, start + phases["train_setup"] + phases["train"])
-                   if "train_setup" in phases and "train" in phases else end)
+        trained = (
+            min(end, start + phases["train_setup"] + phases["train"])
+            if "train_setup" in phases and "train" in phases
+            else end
+        )
         out[name] = TrialTimes(start, end, trained, float(phases.get("start") or 0.0), t.get("pid"))
     return out
 
@@ -341,6 +417,7 @@ def most_at_once(times: list[TrialTimes]) -> int:
 def critical_path(times: dict[str, TrialTimes], parents: dict[str, str]) -> tuple[float, list[str]]:
     """The longest dependency chain in measured seconds: each ancestor up to the time it had trained, the last
     trial to its end. Trials without a measured parent are chains of one."""
+
     def chain(name: str) -> list[str]:
         names = [name]
         while parents.get(names[0]) in times and parents[names[0]] not in names:
@@ -369,21 +446,29 @@ def run_timing(run: dict[str, Any], parents: dict[str, str]) -> dict[str, Any]:
     split: dict[str, float] = {}
     phases = [t.get("phases") or {} for t in (run.get("trials") or {}).values()]
     for key, name in (("start_imports", "worker_imports_seconds_max"), ("start_waiting", "worker_waiting_seconds_max")):
-        values = [float(p[key]) for p in phases if key in p]   # a worker's start-up: its imports, its wait for a job
+        values = [float(p[key]) for p in phases if key in p]  # a worker's start-up: its imports, its wait for a job
         if values:
             split[name] = round(max(values), 2)
-    if run.get("started_at"):   # the command's own start (bench/sweep_throughput.py records it): before and after
+    if run.get("started_at"):  # the command's own start (bench/sweep_throughput.py records it): before and after
         before = min(t.start for t in times.values()) - datetime.fromisoformat(run["started_at"]).timestamp()
-        split |= {"before_first_trial_seconds": round(before, 2),
-                  "after_last_trial_seconds": round(outside - before, 2)}
+        split |= {
+            "before_first_trial_seconds": round(before, 2),
+            "after_last_trial_seconds": round(outside - before, 2),
+        }
     return {
-        "wall_seconds": run["wall_seconds"], "trials_timed": len(times), "trials_span_seconds": round(span, 2),
-        "outside_trials_seconds": round(outside, 2), **split,
+        "wall_seconds": run["wall_seconds"],
+        "trials_timed": len(times),
+        "trials_span_seconds": round(span, 2),
+        "outside_trials_seconds": round(outside, 2),
+        **split,
         "worker_start_seconds_max": round(max(t.worker_start for t in times.values()), 2),
-        "trial_seconds_total": round(total, 2), "slots": slots,
+        "trial_seconds_total": round(total, 2),
+        "slots": slots,
         "worker_processes": len({t.pid for t in times.values() if t.pid is not None}),
-        "trial_seconds_per_slot": round(per_slot, 2), "critical_path_seconds": round(path, 2),
-        "critical_path": chain, "bound_seconds": round(outside + max(path, per_slot), 2),
+        "trial_seconds_per_slot": round(per_slot, 2),
+        "critical_path_seconds": round(path, 2),
+        "critical_path": chain,
+        "bound_seconds": round(outside + max(path, per_slot), 2),
         "bound_by": "critical_path" if path >= per_slot else "trial_seconds_per_slot",
     }
 
@@ -400,39 +485,58 @@ def sweep_analysis(one_gpu: dict[str, Any], two_gpus: dict[str, Any], parents: d
     result["dependencies"] = parents
     one, two = runs["one_gpu"], runs["two_gpus"]
     if not (one["trials_timed"] and two["trials_timed"]):
-        result["reading"] = (f"not analysed: timed trials one GPU {one['trials_timed']}, two GPUs "
-                             f"{two['trials_timed']} (a run without started_at/finished_at has nothing to analyse)")
+        result["reading"] = (
+            f"not analysed: timed trials one GPU {one['trials_timed']}, two GPUs "
+            f"{two['trials_timed']} (a run without started_at/finished_at has nothing to analyse)"
+        )
         return result
-    result |= {"measured_speedup": round(one["wall_seconds"] / two["wall_seconds"], 3),
-               "best_possible_speedup": round(one["wall_seconds"] / two["bound_seconds"], 3),
-               "bound_speedup": round(one["bound_seconds"] / two["bound_seconds"], 3)}
+    result |= {
+        "measured_speedup": round(one["wall_seconds"] / two["wall_seconds"], 3),
+        "best_possible_speedup": round(one["wall_seconds"] / two["bound_seconds"], 3),
+        "bound_speedup": round(one["bound_seconds"] / two["bound_seconds"], 3),
+    }
     result["reading"] = sweep_reading(one, two, result)
     return result
 
 
 def sweep_reading(one: dict[str, Any], two: dict[str, Any], numbers: dict[str, Any]) -> str:
     """The analysis in words, every figure from `one`, `two` (run_timing) and `numbers` (the speedups)."""
+
     def run_line(label: str, r: dict[str, Any]) -> str:
-        term = (f"the critical path ({' -> '.join(r['critical_path'])}, {r['critical_path_seconds']:.1f}s)"
-                if r["bound_by"] == "critical_path" else
-                f"the trial seconds per slot ({r['trial_seconds_total']:.1f}s / {r['slots']} = "
-                f"{r['trial_seconds_per_slot']:.1f}s)")
-        imports = (f", of which imports up to {r['worker_imports_seconds_max']:.1f}s and waiting for the driver up "
-                   f"to {r['worker_waiting_seconds_max']:.1f}s" if "worker_imports_seconds_max" in r else "")
-        split = (f" ({r['before_first_trial_seconds']:.1f}s before the first, {r['after_last_trial_seconds']:.1f}s "
-                 "after the last)" if "before_first_trial_seconds" in r else "")
-        return (f"{label}: {r['wall_seconds']:.1f}s wall = {r['outside_trials_seconds']:.1f}s outside the trials"
-                f"{split} + {r['trials_span_seconds']:.1f}s from the first trial's start to the last one's end, "
-                f"most trials at once: {r['slots']} (a worker's start-up before its first trial: up to "
-                f"{r['worker_start_seconds_max']:.1f}s{imports}); bound {r['bound_seconds']:.1f}s, set by {term}")
+        term = (
+            f"the critical path ({' -> '.join(r['critical_path'])}, {r['critical_path_seconds']:.1f}s)"
+            if r["bound_by"] == "critical_path"
+            else f"the trial seconds per slot ({r['trial_seconds_total']:.1f}s / {r['slots']} = "
+            f"{r['trial_seconds_per_slot']:.1f}s)"
+        )
+        imports = (
+            f", of which imports up to {r['worker_imports_seconds_max']:.1f}s and waiting for the driver up "
+            f"to {r['worker_waiting_seconds_max']:.1f}s"
+            if "worker_imports_seconds_max" in r
+            else ""
+        )
+        split = (
+            f" ({r['before_first_trial_seconds']:.1f}s before the first, {r['after_last_trial_seconds']:.1f}s "
+            "after the last)"
+            if "before_first_trial_seconds" in r
+            else ""
+        )
+        return (
+            f"{label}: {r['wall_seconds']:.1f}s wall = {r['outside_trials_seconds']:.1f}s outside the trials"
+            f"{split} + {r['trials_span_seconds']:.1f}s from the first trial's start to the last one's end, "
+            f"most trials at once: {r['slots']} (a worker's start-up before its first trial: up to "
+            f"{r['worker_start_seconds_max']:.1f}s{imports}); bound {r['bound_seconds']:.1f}s, set by {term}"
+        )
 
     share = two["outside_trials_seconds"] / two["bound_seconds"] if two["bound_seconds"] else 0.0
     growth = two["trial_seconds_total"] / one["trial_seconds_total"] - 1 if one["trial_seconds_total"] else 0.0
-    return (f"{run_line('One GPU', one)}. {run_line('Two GPUs', two)}; the time outside the trials is {share:.0%} "
-            f"of that bound, and the trials' durations sum to {growth:+.0%} against one GPU's. With these "
-            f"measured trial durations no schedule on two GPUs beats {numbers['best_possible_speedup']:.2f}x over "
-            f"the one-GPU wall (target {TARGET_SPEEDUP}x; the bounds' ratio is {numbers['bound_speedup']:.2f}x; "
-            f"measured {numbers['measured_speedup']:.2f}x).")
+    return (
+        f"{run_line('One GPU', one)}. {run_line('Two GPUs', two)}; the time outside the trials is {share:.0%} "
+        f"of that bound, and the trials' durations sum to {growth:+.0%} against one GPU's. With these "
+        f"measured trial durations no schedule on two GPUs beats {numbers['best_possible_speedup']:.2f}x over "
+        f"the one-GPU wall (target {TARGET_SPEEDUP}x; the bounds' ratio is {numbers['bound_speedup']:.2f}x; "
+        f"measured {numbers['measured_speedup']:.2f}x)."
+    )
 
 
 def plan_parents(plan: Path) -> dict[str, str]:
@@ -447,24 +551,39 @@ def plan_parents(plan: Path) -> dict[str, str]:
 
 def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, Any]:
     require_two_gpus(args)
-    settings = replace(DDP_TINY if args.tiny else DDP_GPU, **{k: v for k, v in (
-        ("steps", args.ddp_steps), ("batch", args.ddp_batch), ("accum", args.ddp_accum)) if v is not None})
+    settings = replace(
+        DDP_TINY if args.tiny else DDP_GPU,
+        **{
+            k: v
+            for k, v in (("steps", args.ddp_steps), ("batch", args.ddp_batch), ("accum", args.ddp_accum))
+            if v is not None
+        },
+    )
     root = work / "ddp"
     root.mkdir(parents=True, exist_ok=True)
     from harness.model import load_tokenizer
 
     tok = load_tokenizer(args.tokenizer)
     model = build_model(root / "model", settings, tok, "cpu" if args.tiny else None)
-    train = write_rows(root / "train.jsonl", tok, settings.steps * settings.batch * settings.accum * 2,
-                       settings.min_words, settings.max_words, settings.seed)
-    env = child_env({"TUNEGATE_SUITES": str(write_suite(root / "suites"))}
-                    | ({"TUNEGATE_PROFILE": args.ddp_profile} if args.ddp_profile else {}))
+    train = write_rows(
+        root / "train.jsonl",
+        tok,
+        settings.steps * settings.batch * settings.accum * 2,
+        settings.min_words,
+        settings.max_words,
+        settings.seed,
+    )
+    env = child_env(
+        {"TUNEGATE_SUITES": str(write_suite(root / "suites"))}
+        | ({"TUNEGATE_PROFILE": args.ddp_profile} if args.ddp_profile else {})
+    )
     store_url = f"sqlite:///{root / 'store.db'}"
     trials: dict[str, dict[str, Any]] = {}
     for label, gpus, accum in (("one_gpu", 1, 2 * settings.accum), ("two_gpus", 2, settings.accum)):
         plan = write_ddp_plan(root / f"plan-{label}.yaml", label, model["folder"], train, settings, gpus, accum)
-        ran = tunegate_run(f"ddp {label}", plan, store_url, root, clock, "--gpus", gpu_ids_arg(args.gpu_ids[:2]),
-                           env=env)
+        ran = tunegate_run(
+            f"ddp {label}", plan, store_url, root, clock, "--gpus", gpu_ids_arg(args.gpu_ids[:2]), env=env
+        )
         try:
             trials[label] = ran | read_trial(store_url, f"multi-gpu-{label}", args.warmup_steps)
             if args.ddp_profile:
@@ -472,11 +591,13 @@ def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
         except Exception as exc:  # noqa: BLE001 - no trial to read (the run did not start): the next one still runs
             trials[label] = ran | {"status": "not run", "error": f"{type(exc).__name__}: {exc}"}
     one, two = trials["one_gpu"], trials["two_gpus"]
-    result: dict[str, Any] = {"settings": asdict(settings) | {"global_batch": 2 * settings.batch * settings.accum,
-                                                              "profiled_steps": args.ddp_profile},
-                              "model": model, "data": {"rows": settings.steps * settings.batch * settings.accum * 2,
-                                                       "file": str(train)},
-                              "trials": trials}
+    result: dict[str, Any] = {
+        "settings": asdict(settings)
+        | {"global_batch": 2 * settings.batch * settings.accum, "profiled_steps": args.ddp_profile},
+        "model": model,
+        "data": {"rows": settings.steps * settings.batch * settings.accum * 2, "file": str(train)},
+        "trials": trials,
+    }
     failed = {k: t.get("error") or t.get("status") for k, t in trials.items() if t.get("status") != "finished"}
     if failed:
         result["failed"] = failed
@@ -486,23 +607,37 @@ def part_ddp(args: argparse.Namespace, work: Path, clock: Clock) -> dict[str, An
     rel = [abs(a[i] - b[i]) / abs(a[i]) for i in range(n) if a[i]]
     result |= {
         "ddp_speedup": round(two["tokens_per_second"] / one["tokens_per_second"], 3),
-        "ddp_speedup_steady": (round(two["steady_tokens_per_second"] / one["steady_tokens_per_second"], 3)
-                               if one["steady_tokens_per_second"] and two["steady_tokens_per_second"] else None),
+        "ddp_speedup_steady": (
+            round(two["steady_tokens_per_second"] / one["steady_tokens_per_second"], 3)
+            if one["steady_tokens_per_second"] and two["steady_tokens_per_second"]
+            else None
+        ),
         "loss_curves": {"one_gpu": a, "two_gpus": b},
         "loss_curve_rel_diff": round(sum(rel) / len(rel), 6) if rel else None,
         "loss_curve_max_rel_diff": round(max(rel), 6) if rel else None,
         "same_tokens": one["tokens_total"] == two["tokens_total"],
         "tokens_total": {"one_gpu": one["tokens_total"], "two_gpus": two["tokens_total"]},
     }
-    say(f"ddp: one GPU {one['tokens_per_second']:,.0f} tok/s, two GPUs {two['tokens_per_second']:,.0f} tok/s -> "
+    say(
+        f"ddp: one GPU {one['tokens_per_second']:,.0f} tok/s, two GPUs {two['tokens_per_second']:,.0f} tok/s -> "
         f"{result['ddp_speedup']}x (steady {result['ddp_speedup_steady']}x); loss curves differ by "
-        f"{result['loss_curve_rel_diff']} on average; same tokens: {result['same_tokens']}")
+        f"{result['loss_curve_rel_diff']} on average; same tokens: {result['same_tokens']}"
+    )
     return result
 
 
-PROFILE_KEYS = ("first_step", "steps", "wall_ms_per_step", "kernel_ms_per_step", "device_busy_share",
-                "nccl_ms_per_step", "cpu_total_ms_per_step", "kernel_launches_per_step", "graph_launches_per_step",
-                "syncs_per_step")
+PROFILE_KEYS = (
+    "first_step",
+    "steps",
+    "wall_ms_per_step",
+    "kernel_ms_per_step",
+    "device_busy_share",
+    "nccl_ms_per_step",
+    "cpu_total_ms_per_step",
+    "kernel_launches_per_step",
+    "graph_launches_per_step",
+    "syncs_per_step",
+)
 
 
 def read_profiles(folder: Path, top: int = 10) -> dict[str, Any]:
@@ -512,10 +647,15 @@ def read_profiles(folder: Path, top: int = 10) -> dict[str, Any]:
     for path in sorted(folder.glob("profile*.json")):
         table = json.loads(path.read_text())
         out[str(table.get("rank", 0))] = {k: table.get(k) for k in PROFILE_KEYS} | {
-            "kernels": [{k: row[k] for k in ("name", "calls_per_step", "self_ms_per_step", "share")}
-                        for row in table.get("kernels", [])[:top]],
-            "cpu_ops": [{k: row[k] for k in ("name", "calls_per_step", "self_ms_per_step")}
-                        for row in table.get("cpu_ops", table.get("ops", []))[:top]]}
+            "kernels": [
+                {k: row[k] for k in ("name", "calls_per_step", "self_ms_per_step", "share")}
+                for row in table.get("kernels", [])[:top]
+            ],
+            "cpu_ops": [
+                {k: row[k] for k in ("name", "calls_per_step", "self_ms_per_step")}
+                for row in table.get("cpu_ops", table.get("ops", []))[:top]
+            ],
+        }
     return out
 
 
@@ -551,22 +691,37 @@ def build_model(folder: Path, settings: DdpSettings, tok: Any, device: str | Non
         torch.cuda.empty_cache()
     seconds = time.perf_counter() - started
     say(f"model: {n_params / 1e9:.3f}B-parameter random Llama ({dtype}) saved in {seconds:.0f}s")
-    return {"folder": str(folder), "parameters": n_params, "dtype": str(dtype).removeprefix("torch."),
-            "built_on": device, "seconds": round(seconds, 1)}
+    return {
+        "folder": str(folder),
+        "parameters": n_params,
+        "dtype": str(dtype).removeprefix("torch."),
+        "built_on": device,
+        "seconds": round(seconds, 1),
+    }
 
 
 def write_rows(path: Path, tok: Any, count: int, min_words: int, max_words: int, seed: int) -> Path:
     """Prompt/completion rows of min..max words drawn from the tokenizer's one-token words (so a row's length in
     tokens is its word count plus the chat template's few tokens)."""
-    words = [t[1:] for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-             if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 9][:4000]
+    words = [
+        t[1:]
+        for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+        if t.startswith("Ġ") and t[1:].isalpha() and t[1:].islower() and 3 <= len(t) <= 9
+    ][:4000]
     rng = random.Random(seed)
     with path.open("w") as out:
         for _ in range(count):
             total = rng.randint(min_words, max_words)
             n_prompt = max(1, int(total * rng.uniform(0.2, 0.4)))
-            out.write(json.dumps({"prompt": " ".join(rng.choices(words, k=n_prompt)),
-                                  "completion": " ".join(rng.choices(words, k=total - n_prompt))}) + "\n")
+            out.write(
+                json.dumps(
+                    {
+                        "prompt": " ".join(rng.choices(words, k=n_prompt)),
+                        "completion": " ".join(rng.choices(words, k=total - n_prompt)),
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -576,18 +731,38 @@ def write_suite(root: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     items = (REPO / "suites" / "json_extract" / "items.jsonl").read_text().splitlines()[:2]
     (folder / "items.jsonl").write_text("\n".join(items) + "\n")
-    (folder / "suite.yaml").write_text(f"name: {SUITE}\nkind: generate\ncategory: task\n"
-                                       "generation: {max_new_tokens: 4, batch_size: 2}\nscorers: [exact_match]\n")
+    (folder / "suite.yaml").write_text(
+        f"name: {SUITE}\nkind: generate\ncategory: task\n"
+        "generation: {max_new_tokens: 4, batch_size: 2}\nscorers: [exact_match]\n"
+    )
     return root
 
 
 def write_ddp_plan(path: Path, label: str, model: str, train: Path, s: DdpSettings, gpus: int, accum: int) -> Path:
-    arm = {"name": f"lora-{label}", "type": "lora", "r": s.r, "alpha": s.alpha, "dropout": s.dropout,
-           "target_modules": "all-linear", "lr": s.lr, "max_steps": s.steps, "batch_size": s.batch,
-           "grad_accum": accum, "max_length": s.max_length, "warmup_steps": 0, "scheduler": "linear",
-           "seed": s.seed, "gpus_per_trial": gpus}
-    plan = {"name": f"multi-gpu-{label}", "model": model, "data": {"train": str(train)}, "arms": [arm],
-            "suites": [SUITE]}
+    arm = {
+        "name": f"lora-{label}",
+        "type": "lora",
+        "r": s.r,
+        "alpha": s.alpha,
+        "dropout": s.dropout,
+        "target_modules": "all-linear",
+        "lr": s.lr,
+        "max_steps": s.steps,
+        "batch_size": s.batch,
+        "grad_accum": accum,
+        "max_length": s.max_length,
+        "warmup_steps": 0,
+        "scheduler": "linear",
+        "seed": s.seed,
+        "gpus_per_trial": gpus,
+    }
+    plan = {
+        "name": f"multi-gpu-{label}",
+        "model": model,
+        "data": {"train": str(train)},
+        "arms": [arm],
+        "suites": [SUITE],
+    }
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     return path
 
@@ -605,17 +780,28 @@ def read_trial(store_url: str, plan_name: str, warmup: int) -> dict[str, Any]:
     steady = rows[warmup:]
     steady_seconds = sum(float(r["seconds"]) for r in steady)
     return {
-        "trial": trial.name, "status": trial.status, "error": trial.error, "train_seconds": trial.train_seconds,
-        "tokens_per_second": trial.tokens_per_second, "peak_memory_gib": trial.peak_memory_gib,
-        "final_loss": trial.final_loss, "losses": [s.loss for s in store.train_steps(trial.id)],
+        "trial": trial.name,
+        "status": trial.status,
+        "error": trial.error,
+        "train_seconds": trial.train_seconds,
+        "tokens_per_second": trial.tokens_per_second,
+        "peak_memory_gib": trial.peak_memory_gib,
+        "final_loss": trial.final_loss,
+        "losses": [s.loss for s in store.train_steps(trial.id)],
         "tokens_total": sum(int(r["tokens"]) for r in rows),
         "steady_tokens_per_second": sum(int(r["tokens"]) for r in steady) / steady_seconds if steady_seconds else None,
-        "step_seconds": [round(float(r["seconds"]), 4) for r in rows], "step_tokens": [int(r["tokens"]) for r in rows],
-        "world_size": manifest.get("world_size"), "cuda_visible_devices": manifest.get("cuda_visible_devices"),
-        "phases": manifest.get("phases"), "fastpath": (manifest.get("training") or {}).get("fastpath"),
+        "step_seconds": [round(float(r["seconds"]), 4) for r in rows],
+        "step_tokens": [int(r["tokens"]) for r in rows],
+        "world_size": manifest.get("world_size"),
+        "cuda_visible_devices": manifest.get("cuda_visible_devices"),
+        "phases": manifest.get("phases"),
+        "fastpath": (manifest.get("training") or {}).get("fastpath"),
         "folder": str(folder),
-    } | ({} if trial.status == "finished" else {"worker_log_tail": tail(folder / "worker.log"),
-                                                "error_log_tail": tail(folder / "error.log")})
+    } | (
+        {}
+        if trial.status == "finished"
+        else {"worker_log_tail": tail(folder / "worker.log"), "error_log_tail": tail(folder / "error.log")}
+    )
 
 
 # ----------------------------------------------------------------------------------------------- part: ray
@@ -634,26 +820,50 @@ def ray_small_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[s
     compared (all must be identical)."""
     plan = write_ray_plan(root, args)
     env = child_env({"TUNEGATE_SUITES": str(write_suite(root / "suites"))})
-    local = tunegate_run("ray: local executor", plan, f"sqlite:///{root / 'local.db'}", root / "local", clock,
-                         "--gpus", gpu_ids_arg(args.gpu_ids[:2]), env=env)
+    local = tunegate_run(
+        "ray: local executor",
+        plan,
+        f"sqlite:///{root / 'local.db'}",
+        root / "local",
+        clock,
+        "--gpus",
+        gpu_ids_arg(args.gpu_ids[:2]),
+        env=env,
+    )
     head, address, ray_run = run_by_ray(plan, root, env, clock)
     outs = {}
     for name, url in (("local", f"sqlite:///{root / 'local.db'}"), ("ray", f"sqlite:///{root / 'ray.db'}")):
         run = latest_run(url, "multi-gpu-ray")
-        outs[name] = {"outputs": item_outputs(url, run.id),
-                      "trials": {t.name: t.status for t in Store(url).trials(run.id)}}
-    differ = sorted(k for k in outs["local"]["outputs"].keys() | outs["ray"]["outputs"].keys()
-                    if outs["local"]["outputs"].get(k) != outs["ray"]["outputs"].get(k))
-    result = {"ray_plan": "small", "head_command": head, "address": address,
-              "local": local | {"trials": outs["local"]["trials"]}, "ray": ray_run | {"trials": outs["ray"]["trials"]},
-              "outputs_compared": len(outs["local"]["outputs"]), "outputs_differing": len(differ),
-              "outputs_differing_examples": differ[:10],
-              "results_identical": not differ and outs["local"]["trials"] == outs["ray"]["trials"]}
-    say(f"ray: {result['outputs_compared']} item outputs compared, {len(differ)} differ; "
-        f"trial statuses local {outs['local']['trials']} vs ray {outs['ray']['trials']}")
+        outs[name] = {
+            "outputs": item_outputs(url, run.id),
+            "trials": {t.name: t.status for t in Store(url).trials(run.id)},
+        }
+    differ = sorted(
+        k
+        for k in outs["local"]["outputs"].keys() | outs["ray"]["outputs"].keys()
+        if outs["local"]["outputs"].get(k) != outs["ray"]["outputs"].get(k)
+    )
+    result = {
+        "ray_plan": "small",
+        "head_command": head,
+        "address": address,
+        "local": local | {"trials": outs["local"]["trials"]},
+        "ray": ray_run | {"trials": outs["ray"]["trials"]},
+        "outputs_compared": len(outs["local"]["outputs"]),
+        "outputs_differing": len(differ),
+        "outputs_differing_examples": differ[:10],
+        "results_identical": not differ and outs["local"]["trials"] == outs["ray"]["trials"],
+    }
+    say(
+        f"ray: {result['outputs_compared']} item outputs compared, {len(differ)} differ; "
+        f"trial statuses local {outs['local']['trials']} vs ray {outs['ray']['trials']}"
+    )
     if local["exit_code"] != 0 or ray_run["exit_code"] != 0:
-        raise PartFailed(f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
-                         "(ray executor; None: timed out)", result)
+        raise PartFailed(
+            f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
+            "(ray executor; None: timed out)",
+            result,
+        )
     return result
 
 
@@ -684,18 +894,37 @@ def ray_full_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[st
     env = child_env({"TUNEGATE_SUITES": str(plan.parent / "suites")} if args.tiny else None)
     name = yaml.safe_load(plan.read_text())["name"]
     if reuse:
-        local = {"source": source, "command": two["command"],
-                 "exit_code": two["exit_code"], "wall_seconds": two["wall_seconds"], "store": two["store"],
-                 "run_id": two["run_id"]}
+        local = {
+            "source": source,
+            "command": two["command"],
+            "exit_code": two["exit_code"],
+            "wall_seconds": two["wall_seconds"],
+            "store": two["store"],
+            "run_id": two["run_id"],
+        }
     else:
         url = f"sqlite:///{root / 'local.db'}"
         local = {"source": "run here", "store": url} | tunegate_run(
-            "ray: local executor", plan, url, root / "local", clock, *bench.PATHS["workers"],
-            "--gpus", gpu_ids_arg(args.gpu_ids[:2]), env=env)
+            "ray: local executor",
+            plan,
+            url,
+            root / "local",
+            clock,
+            *bench.PATHS["workers"],
+            "--gpus",
+            gpu_ids_arg(args.gpu_ids[:2]),
+            env=env,
+        )
     head, address, ray_run = run_by_ray(plan, root, env, clock)
     ray_run["store"] = f"sqlite:///{root / 'ray.db'}"
-    result: dict[str, Any] = {"ray_plan": "full", "plan": str(plan), "head_command": head, "address": address,
-                              "local": local, "ray": ray_run}
+    result: dict[str, Any] = {
+        "ray_plan": "full",
+        "plan": str(plan),
+        "head_command": head,
+        "address": address,
+        "local": local,
+        "ray": ray_run,
+    }
     policy = sweep_bench().gate_policy(plan)
     try:
         for side in (local, ray_run):
@@ -706,25 +935,34 @@ def ray_full_plan(args: argparse.Namespace, root: Path, clock: Clock) -> dict[st
         raise PartFailed(str(exc), result) from exc
     outs = {label: side.pop("outputs") for label, side in (("local", local), ("ray", ray_run))}
     differ = sorted(k for k in outs["local"].keys() | outs["ray"].keys() if outs["local"].get(k) != outs["ray"].get(k))
-    verdicts_differing = {t: {"local": local["verdicts"].get(t), "ray": ray_run["verdicts"].get(t)}
-                          for t in sorted(local["verdicts"].keys() | ray_run["verdicts"].keys())
-                          if local["verdicts"].get(t) != ray_run["verdicts"].get(t)}
+    verdicts_differing = {
+        t: {"local": local["verdicts"].get(t), "ray": ray_run["verdicts"].get(t)}
+        for t in sorted(local["verdicts"].keys() | ray_run["verdicts"].keys())
+        if local["verdicts"].get(t) != ray_run["verdicts"].get(t)
+    }
     result |= {
         "wall_seconds": {"local": local["wall_seconds"], "ray": ray_run["wall_seconds"]},
         "statuses_identical": local["trials"] == ray_run["trials"],
         "verdicts_compared": len(local["verdicts"].keys() | ray_run["verdicts"].keys()),
-        "verdicts_identical": not verdicts_differing, "verdicts_differing": verdicts_differing,
-        "outputs_compared": len(outs["local"].keys() | outs["ray"].keys()), "outputs_differing": len(differ),
+        "verdicts_identical": not verdicts_differing,
+        "verdicts_differing": verdicts_differing,
+        "outputs_compared": len(outs["local"].keys() | outs["ray"].keys()),
+        "outputs_differing": len(differ),
         "outputs_differing_examples": differ[:10],
         "results_identical": not differ and local["trials"] == ray_run["trials"],
     }
-    say(f"ray (full plan {name}): verdicts identical: {result['verdicts_identical']} "
+    say(
+        f"ray (full plan {name}): verdicts identical: {result['verdicts_identical']} "
         f"({result['verdicts_compared']} compared); trial statuses identical: {result['statuses_identical']}; "
         f"{len(differ)} of {result['outputs_compared']} item outputs differ; wall local {local['wall_seconds']}s "
-        f"({local['source']}), ray {ray_run['wall_seconds']}s")
+        f"({local['source']}), ray {ray_run['wall_seconds']}s"
+    )
     if local["exit_code"] != 0 or ray_run["exit_code"] != 0:
-        raise PartFailed(f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
-                         "(ray executor; None: timed out)", result)
+        raise PartFailed(
+            f"`tunegate run` exited {local['exit_code']} (local executor) and {ray_run['exit_code']} "
+            "(ray executor; None: timed out)",
+            result,
+        )
     return result
 
 
@@ -734,9 +972,22 @@ def run_by_ray(plan: Path, root: Path, env: dict[str, str], clock: Clock) -> tup
     port = free_port()
     temp = Path(tempfile.mkdtemp(prefix="raymg", dir="/tmp"))  # short: Ray's socket paths must stay short
     ray_bin = Path(sys.executable).parent / "ray"
-    head = [str(ray_bin) if ray_bin.exists() else "ray", "start", "--head", "--port", str(port), "--num-gpus", "2",
-            "--num-cpus", str(os.cpu_count() or 2), "--temp-dir", str(temp), "--include-dashboard=false",
-            "--disable-usage-stats", "--block"]
+    head = [
+        str(ray_bin) if ray_bin.exists() else "ray",
+        "start",
+        "--head",
+        "--port",
+        str(port),
+        "--num-gpus",
+        "2",
+        "--num-cpus",
+        str(os.cpu_count() or 2),
+        "--temp-dir",
+        str(temp),
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        "--block",
+    ]
     if "RAY_AUTH_TOKEN" not in os.environ:  # Ray's token authentication: the head and the driver share this one
         env = env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     say(f"[ray] $ {' '.join(head)}")
@@ -745,8 +996,19 @@ def run_by_ray(plan: Path, root: Path, env: dict[str, str], clock: Clock) -> tup
         cluster = subprocess.Popen(head, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         address = wait_for_head(head_log, port, timeout=min(90.0, clock.left()), cluster=cluster)
-        ray_run = tunegate_run("ray: ray executor", plan, f"sqlite:///{root / 'ray.db'}", root / "ray", clock,
-                               "--executor", "ray", "--ray-address", address, env=env, margin=HEAD_STOP_MARGIN)
+        ray_run = tunegate_run(
+            "ray: ray executor",
+            plan,
+            f"sqlite:///{root / 'ray.db'}",
+            root / "ray",
+            clock,
+            "--executor",
+            "ray",
+            "--ray-address",
+            address,
+            env=env,
+            margin=HEAD_STOP_MARGIN,
+        )
     finally:
         stop_group(cluster)
     return head, address, ray_run
@@ -755,8 +1017,11 @@ def run_by_ray(plan: Path, root: Path, env: dict[str, str], clock: Clock) -> tup
 def run_results(store_url: str, run_id: int, policy: str | None) -> dict[str, Any]:
     """A run's trial statuses, gate verdicts (as the sweep bench extracts them) and item outputs."""
     trials = {t.name: t.status for t in Store(store_url).trials(run_id)}
-    return {"trials": trials, "verdicts": sweep_bench().verdicts(store_url, run_id, policy, list(trials)),
-            "outputs": item_outputs(store_url, run_id)}
+    return {
+        "trials": trials,
+        "verdicts": sweep_bench().verdicts(store_url, run_id, policy, list(trials)),
+        "outputs": item_outputs(store_url, run_id),
+    }
 
 
 @cache
@@ -781,9 +1046,17 @@ def write_ray_plan(root: Path, args: argparse.Namespace) -> Path:
     rows = (REPO / "suites" / "json_extract" / "train.jsonl").read_text().splitlines()[:32]
     (root / "train.jsonl").write_text("\n".join(rows) + "\n")
     step = {"max_steps": 2 if args.tiny else 10, "batch_size": 4, "max_length": 256, "dropout": 0.0}
-    plan = {"name": "multi-gpu-ray", "model": model, "data": {"train": str(root / "train.jsonl")},
-            "arms": [{"name": "baseline", "type": "baseline"}, {"name": "lora-r4", "type": "lora", "r": 4, **step},
-                     {"name": "lora-r8", "type": "lora", "r": 8, **step}], "suites": [SUITE]}
+    plan = {
+        "name": "multi-gpu-ray",
+        "model": model,
+        "data": {"train": str(root / "train.jsonl")},
+        "arms": [
+            {"name": "baseline", "type": "baseline"},
+            {"name": "lora-r4", "type": "lora", "r": 4, **step},
+            {"name": "lora-r8", "type": "lora", "r": 8, **step},
+        ],
+        "suites": [SUITE],
+    }
     (root / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     return root / "plan.yaml"
 
@@ -840,11 +1113,22 @@ def device_info() -> dict[str, Any]:
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(handle)
-            gpus.append({"index": i, "name": name.decode() if isinstance(name, bytes) else name,
-                         "memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1)})
+            gpus.append(
+                {
+                    "index": i,
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "memory_gib": round(pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, 1),
+                }
+            )
         driver = pynvml.nvmlSystemGetDriverVersion()
-        return {"type": "cuda", "count": len(gpus), "names": sorted({g["name"] for g in gpus}), "gpus": gpus,
-                "driver": driver.decode() if isinstance(driver, bytes) else driver, "host_cpus": os.cpu_count()}
+        return {
+            "type": "cuda",
+            "count": len(gpus),
+            "names": sorted({g["name"] for g in gpus}),
+            "gpus": gpus,
+            "driver": driver.decode() if isinstance(driver, bytes) else driver,
+            "host_cpus": os.cpu_count(),
+        }
     except Exception:  # noqa: BLE001 - no NVML library or no GPU: fall back below
         pass
     import torch
@@ -852,8 +1136,12 @@ def device_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         return {"type": "cuda", "count": len(names), "names": sorted(set(names)), "host_cpus": os.cpu_count()}
-    return {"type": "cpu", "count": 0, "names": [f"{platform.processor() or platform.machine()} CPU (no GPU)"],
-            "host_cpus": os.cpu_count()}
+    return {
+        "type": "cpu",
+        "count": 0,
+        "names": [f"{platform.processor() or platform.machine()} CPU (no GPU)"],
+        "host_cpus": os.cpu_count(),
+    }
 
 
 def library_versions() -> dict[str, str | None]:
@@ -870,11 +1158,16 @@ def library_versions() -> dict[str, str | None]:
 
 RESERVE = {"sweep": 200.0, "ddp": 210.0, "ray": 0.0}  # seconds kept for a part while an earlier one runs (GPU)
 HEADLINES = {  # top-level key -> (part, key in the part's result)
-    "sweep_speedup": ("sweep", "sweep_speedup"), "verdicts_identical": ("sweep", "verdicts_identical"),
-    "trials_saw_one_gpu": ("sweep", "trials_saw_one_gpu"), "ddp_speedup": ("ddp", "ddp_speedup"),
-    "ddp_speedup_steady": ("ddp", "ddp_speedup_steady"), "loss_curve_rel_diff": ("ddp", "loss_curve_rel_diff"),
-    "loss_curves": ("ddp", "loss_curves"), "ray_results_identical": ("ray", "results_identical"),
-    "ray_verdicts_identical": ("ray", "verdicts_identical"), "sweep_analysis": ("sweep", "analysis"),
+    "sweep_speedup": ("sweep", "sweep_speedup"),
+    "verdicts_identical": ("sweep", "verdicts_identical"),
+    "trials_saw_one_gpu": ("sweep", "trials_saw_one_gpu"),
+    "ddp_speedup": ("ddp", "ddp_speedup"),
+    "ddp_speedup_steady": ("ddp", "ddp_speedup_steady"),
+    "loss_curve_rel_diff": ("ddp", "loss_curve_rel_diff"),
+    "loss_curves": ("ddp", "loss_curves"),
+    "ray_results_identical": ("ray", "results_identical"),
+    "ray_verdicts_identical": ("ray", "verdicts_identical"),
+    "sweep_analysis": ("sweep", "analysis"),
 }
 
 
@@ -885,14 +1178,23 @@ def headline(report: dict[str, Any]) -> None:
     report["errors"] = {name: p["error"] for name, p in report["parts"].items() if p.get("error")}
     targets = {}
     if report["sweep_speedup"] is not None:
-        targets["sweep_speedup"] = {"value": report["sweep_speedup"], "target": TARGET_SPEEDUP,
-                                    "met": report["sweep_speedup"] >= TARGET_SPEEDUP}
+        targets["sweep_speedup"] = {
+            "value": report["sweep_speedup"],
+            "target": TARGET_SPEEDUP,
+            "met": report["sweep_speedup"] >= TARGET_SPEEDUP,
+        }
     if report["ddp_speedup"] is not None:
-        targets["ddp_speedup"] = {"value": report["ddp_speedup"], "target": TARGET_SPEEDUP,
-                                  "met": report["ddp_speedup"] >= TARGET_SPEEDUP}
+        targets["ddp_speedup"] = {
+            "value": report["ddp_speedup"],
+            "target": TARGET_SPEEDUP,
+            "met": report["ddp_speedup"] >= TARGET_SPEEDUP,
+        }
     if report["loss_curve_rel_diff"] is not None:
-        targets["loss_curve_rel_diff"] = {"value": report["loss_curve_rel_diff"], "target": TARGET_LOSS_REL_DIFF,
-                                          "met": report["loss_curve_rel_diff"] <= TARGET_LOSS_REL_DIFF}
+        targets["loss_curve_rel_diff"] = {
+            "value": report["loss_curve_rel_diff"],
+            "target": TARGET_LOSS_REL_DIFF,
+            "met": report["loss_curve_rel_diff"] <= TARGET_LOSS_REL_DIFF,
+        }
     report["targets"] = targets
 
 
@@ -910,7 +1212,7 @@ def write_json(report: dict[str, Any], out: Path) -> None:
 
 def estimate(part: str, args: argparse.Namespace) -> str:
     """A rough time for a part on two H200s (a CPU in --tiny mode), printed before it starts."""
-    reuse = "sweep" in args.part_list[:args.part_list.index(part)] if part in args.part_list else False
+    reuse = "sweep" in args.part_list[: args.part_list.index(part)] if part in args.part_list else False
     local = "the local side is the sweep part's two-GPU run" if reuse else "plus a local run of the plan"
     if args.tiny:
         if part == "ray" and args.ray_plan == "full":
@@ -925,13 +1227,17 @@ def estimate(part: str, args: argparse.Namespace) -> str:
             return f"~{one / TARGET_SPEEDUP + 20:.0f}s (the two-GPU run; the one-GPU run took {one}s)"
         return "a one-GPU sweep plus a two-GPU sweep (~1.5x the one-GPU wall; pass --one-gpu-json to reuse one)"
     if part == "ddp":
-        return ("~4 min: model build ~15s, one-GPU trial ~120s (start-up, 100 steps of ~29k tokens, eval), "
-                "two-GPU trial ~90s")
+        return (
+            "~4 min: model build ~15s, one-GPU trial ~120s (start-up, 100 steps of ~29k tokens, eval), "
+            "two-GPU trial ~90s"
+        )
     if importlib.util.find_spec("ray") is None:
         return "0s (ray not installed: skipped)"
     if args.ray_plan == "full":  # Ray runs one trial per GPU at a time where the workers run several
-        return (f"~3-6 min for --plan by Ray, two trials at once ({local}{'' if reuse else ', ~2.5 min'}); "
-                "the head's start and stop ~1 min")
+        return (
+            f"~3-6 min for --plan by Ray, two trials at once ({local}{'' if reuse else ', ~2.5 min'}); "
+            "the head's start and stop ~1 min"
+        )
     return "~1-2 min"
 
 
@@ -940,31 +1246,58 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: sweep, ddp, ray (default: all)")
     p.add_argument("--gpus", default="0,1", help="the two GPU ids (as CUDA_VISIBLE_DEVICES names them)")
     p.add_argument("--plan", type=Path, default=GPU_PLAN, help="the plan the sweep part runs")
-    p.add_argument("--one-gpu-json", type=Path, help="a `sweep_throughput.py --paths workers` JSON measured on one "
-                                                     "GPU earlier: the sweep part then runs only the two-GPU sweep")
+    p.add_argument(
+        "--one-gpu-json",
+        type=Path,
+        help="a `sweep_throughput.py --paths workers` JSON measured on one "
+        "GPU earlier: the sweep part then runs only the two-GPU sweep",
+    )
     p.add_argument("--ddp-steps", type=int, help=f"optimizer steps of each ddp trial (default {DDP_GPU.steps})")
     p.add_argument("--ddp-batch", type=int, help=f"micro-batch per process B (default {DDP_GPU.batch})")
-    p.add_argument("--ddp-accum", type=int, help=f"accumulation G of the two-GPU trial (default {DDP_GPU.accum}; "
-                                                 "the one-GPU trial accumulates 2G)")
-    p.add_argument("--ddp-profile", metavar="FIRST:COUNT",
-                   help="profile optimizer steps FIRST.. of both ddp trials (TUNEGATE_PROFILE; every rank) and keep "
-                        "the tables in the JSON; the profiled steps run slower, so the speedups are then indicative")
+    p.add_argument(
+        "--ddp-accum",
+        type=int,
+        help=f"accumulation G of the two-GPU trial (default {DDP_GPU.accum}; the one-GPU trial accumulates 2G)",
+    )
+    p.add_argument(
+        "--ddp-profile",
+        metavar="FIRST:COUNT",
+        help="profile optimizer steps FIRST.. of both ddp trials (TUNEGATE_PROFILE; every rank) and keep "
+        "the tables in the JSON; the profiled steps run slower, so the speedups are then indicative",
+    )
     p.add_argument("--warmup-steps", type=int, help="steps left out of ddp_speedup_steady (default 3; tiny 1)")
-    p.add_argument("--ray-plan", choices=("small", "full"), default="small",
-                   help="what the ray part runs by Ray and by the local executor: 'small' (baseline and two short "
-                        "LoRA trials; every item output must match) or 'full' (the sweep part's --plan, compared "
-                        "with the sweep part's two-GPU run when that part runs in the same invocation)")
+    p.add_argument(
+        "--ray-plan",
+        choices=("small", "full"),
+        default="small",
+        help="what the ray part runs by Ray and by the local executor: 'small' (baseline and two short "
+        "LoRA trials; every item output must match) or 'full' (the sweep part's --plan, compared "
+        "with the sweep part's two-GPU run when that part runs in the same invocation)",
+    )
     p.add_argument("--ray-model", default="smollm2-135m", help="the model of the ray part's small plan")
     p.add_argument("--tokenizer", default="smollm2-135m", help="tokenizer of the ddp model (alias, .gguf or folder)")
     p.add_argument("--tiny", action="store_true", help="CPU check: tiny random Llama, fake GPU ids, gloo ranks")
     p.add_argument("--work", type=Path, help="where models, stores and run folders go (default: a tmp dir)")
-    p.add_argument("--merge", type=Path, action="append", default=[],
-                   help="a JSON written by an earlier invocation whose parts are kept (parts run now replace them)")
-    p.add_argument("--budget", type=float, default=480.0,
-                   help="seconds for the whole invocation (default 480; keep an outer `timeout` above it)")
-    p.add_argument("--analyse", type=Path, metavar="REPORT.json",
-                   help="run nothing: add the sweep analysis (parts.sweep.analysis, sweep_analysis) computed from "
-                        "the trial records of a multi_gpu.json written earlier, and write it to --out")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        help="a JSON written by an earlier invocation whose parts are kept (parts run now replace them)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=480.0,
+        help="seconds for the whole invocation (default 480; keep an outer `timeout` above it)",
+    )
+    p.add_argument(
+        "--analyse",
+        type=Path,
+        metavar="REPORT.json",
+        help="run nothing: add the sweep analysis (parts.sweep.analysis, sweep_analysis) computed from "
+        "the trial records of a multi_gpu.json written earlier, and write it to --out",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.warmup_steps is None:
@@ -1004,23 +1337,34 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in MULTICAST_OFF.items():
         os.environ.setdefault(key, value)
     report: dict[str, Any] = {
-        "bench": "multi_gpu", "date": datetime.now(UTC).isoformat(timespec="seconds"), "tiny": args.tiny,
-        "device": device_info(), "versions": library_versions(), "argv": sys.argv[1:], "work": str(work),
-        "env": {k: os.environ.get(k) for k in (*MULTICAST_OFF, "CUDA_VISIBLE_DEVICES")}, "parts": {},
+        "bench": "multi_gpu",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tiny": args.tiny,
+        "device": device_info(),
+        "versions": library_versions(),
+        "argv": sys.argv[1:],
+        "work": str(work),
+        "env": {k: os.environ.get(k) for k in (*MULTICAST_OFF, "CUDA_VISIBLE_DEVICES")},
+        "parts": {},
     }
     args.gpu_count = report["device"]["count"]
     args.ran = {}  # the results of the parts run by this invocation (the ray part reuses the sweep part's run)
     for earlier in args.merge:
         report["parts"] |= json.loads(earlier.read_text()).get("parts", {})
-    args.merged = dict(report["parts"])   # or a merged report's sweep run, when its store is on this machine
-    say(f"multi_gpu on {report['device']['count']} x {', '.join(report['device']['names'])}: parts "
-        f"{', '.join(args.part_list)}; GPU ids {args.gpus}; work folder {work}; budget {args.budget:.0f}s")
+    args.merged = dict(report["parts"])  # or a merged report's sweep run, when its store is on this machine
+    say(
+        f"multi_gpu on {report['device']['count']} x {', '.join(report['device']['names'])}: parts "
+        f"{', '.join(args.part_list)}; GPU ids {args.gpus}; work folder {work}; budget {args.budget:.0f}s"
+    )
     runners: dict[str, Callable[[argparse.Namespace, Path, Clock], dict[str, Any]]] = {
-        "sweep": part_sweep, "ddp": part_ddp, "ray": part_ray}
+        "sweep": part_sweep,
+        "ddp": part_ddp,
+        "ray": part_ray,
+    }
     signal.signal(signal.SIGTERM, on_sigterm)
     interrupted = False
     for i, part in enumerate(args.part_list):
-        clock.reserved = sum(RESERVE[p] for p in args.part_list[i + 1:]) * (0.2 if args.tiny else 1.0)
+        clock.reserved = sum(RESERVE[p] for p in args.part_list[i + 1 :]) * (0.2 if args.tiny else 1.0)
         say(f"== {part}: expected {estimate(part, args)}; {clock.left(0):.0f}s of the budget for it")
         started = time.perf_counter()
         try:
@@ -1037,10 +1381,26 @@ def main(argv: list[str] | None = None) -> int:
         if interrupted:
             return 143
     write_report(report, args.out)
-    say(json.dumps({k: report[k] for k in ("sweep_speedup", "ddp_speedup", "ddp_speedup_steady",
-                                           "loss_curve_rel_diff", "verdicts_identical", "trials_saw_one_gpu",
-                                           "ray_results_identical", "ray_verdicts_identical", "targets",
-                                           "errors")}, default=str))
+    say(
+        json.dumps(
+            {
+                k: report[k]
+                for k in (
+                    "sweep_speedup",
+                    "ddp_speedup",
+                    "ddp_speedup_steady",
+                    "loss_curve_rel_diff",
+                    "verdicts_identical",
+                    "trials_saw_one_gpu",
+                    "ray_results_identical",
+                    "ray_verdicts_identical",
+                    "targets",
+                    "errors",
+                )
+            },
+            default=str,
+        )
+    )
     return 0
 
 

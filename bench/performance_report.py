@@ -423,9 +423,11 @@ def invariance_section(data: dict[str, Any]) -> list[str]:
             ("log-likelihoods (invariant mode)", num(data["loglik_compared"]), num(data["loglik_differing"])),
         )
         + tuple(
-            (f"fast mode, {name}: outputs / log-likelihoods",
-             f"{num(d['outputs_compared'])} / {num(d['loglik_compared'])}",
-             f"{num(d['outputs_differing'])} / {num(d['loglik_differing'])}")
+            (
+                f"fast mode, {name}: outputs / log-likelihoods",
+                f"{num(d['outputs_compared'])} / {num(d['loglik_compared'])}",
+                f"{num(d['outputs_differing'])} / {num(d['loglik_differing'])}",
+            )
             for name, d in data["fast_mode"].items()
         ),
     )

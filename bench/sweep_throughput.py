@@ -16,6 +16,7 @@ many per-item outputs differ between the two. Both paths score under `--eval-num
 default of `tunegate run`: every output bit-identical whatever shares its batch, so none should differ; with
 `fast`, batch composition can flip a near-tie token in bf16); the JSON records it as `eval_numerics`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ from harness.gate import decide
 from harness.store import Store
 
 PATHS = {  # name -> `tunegate run` options
-    "peer": ["--executor", "process", "--eval-batch", "suite"],      # one fresh process per trial, suite batches
+    "peer": ["--executor", "process", "--eval-batch", "suite"],  # one fresh process per trial, suite batches
     "workers": ["--executor", "workers", "--trials-per-gpu", "auto"],  # what `local` picks on a GPU
     "workers-spare": ["--executor", "workers", "--trials-per-gpu", "auto", "--spare-workers", "auto"],  # opt-in
 }
@@ -87,13 +88,16 @@ class GpuSampler:
 
     def summary(self) -> dict[str, Any]:
         if not self.samples:
-            return {"samples": 0, "mean": None, "busy_fraction": None,
-                    "note": getattr(self, "error", "no GPU sampled")}
+            return {"samples": 0, "mean": None, "busy_fraction": None, "note": getattr(self, "error", "no GPU sampled")}
         utils = [u for _, u, _ in self.samples]
-        return {"samples": len(utils), "hz": round(1 / self.period, 1), "mean": round(sum(utils) / len(utils) / 100, 4),
-                "busy_fraction": round(sum(u > 0 for u in utils) / len(utils), 4),
-                "peak_memory_used_gib": max(m for _, _, m in self.samples),
-                "trace": self.samples[:: max(1, len(self.samples) // 400)]}  # at most ~400 points kept
+        return {
+            "samples": len(utils),
+            "hz": round(1 / self.period, 1),
+            "mean": round(sum(utils) / len(utils) / 100, 4),
+            "busy_fraction": round(sum(u > 0 for u in utils) / len(utils), 4),
+            "peak_memory_used_gib": max(m for _, _, m in self.samples),
+            "trace": self.samples[:: max(1, len(self.samples) // 400)],
+        }  # at most ~400 points kept
 
 
 def tiny_plan(root: Path) -> Path:
@@ -104,18 +108,30 @@ def tiny_plan(root: Path) -> Path:
     from harness.model import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )
     model_dir = root / "tiny-llama"
     torch.manual_seed(0)  # the same weights in every invocation, so runs of separate invocations compare
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     suites = root / "suites"
     for name, source, spec in (
-            ("tiny_json", "json_extract", "kind: generate\ngeneration: {max_new_tokens: 6, batch_size: 2}\n"
-                                          "scorers: [exact_match, json_valid]\n"),
-            ("tiny_mc", "general_knowledge", "kind: multiple_choice\n")):
+        (
+            "tiny_json",
+            "json_extract",
+            "kind: generate\ngeneration: {max_new_tokens: 6, batch_size: 2}\nscorers: [exact_match, json_valid]\n",
+        ),
+        ("tiny_mc", "general_knowledge", "kind: multiple_choice\n"),
+    ):
         (suites / name).mkdir(parents=True, exist_ok=True)
         lines = (REPO / "suites" / source / "items.jsonl").read_text().splitlines()[:3]
         (suites / name / "items.jsonl").write_text("\n".join(lines) + "\n")
@@ -123,35 +139,70 @@ def tiny_plan(root: Path) -> Path:
     os.environ["TUNEGATE_SUITES"] = str(suites)
     rows = (REPO / "suites" / "json_extract" / "train.jsonl").read_text().splitlines()[:4]
     (root / "train.jsonl").write_text("\n".join(rows) + "\n")
-    prefs = [{"prompt": json.loads(r)["prompt"], "chosen": json.loads(r)["completion"],
-              "rejected": json.dumps(json.loads(json.loads(r)["completion"]), indent=2)} for r in rows]
+    prefs = [
+        {
+            "prompt": json.loads(r)["prompt"],
+            "chosen": json.loads(r)["completion"],
+            "rejected": json.dumps(json.loads(json.loads(r)["completion"]), indent=2),
+        }
+        for r in rows
+    ]
     (root / "prefs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prefs))
     step = {"max_steps": 1, "batch_size": 2, "max_length": 128}
-    plan = {"name": "sweep-tiny", "model": str(model_dir),
-            "data": {"train": str(root / "train.jsonl"), "preference": str(root / "prefs.jsonl")},
-            "arms": [{"name": "baseline", "type": "baseline"}, {"name": "prompt", "type": "prompt", "k_shot": 1},
-                     {"name": "lora-a", "type": "lora", "r": 4, **step},
-                     {"name": "lora-b", "type": "lora", "r": 8, **step}, {"name": "dpo", "type": "dpo", **step},
-                     {"name": "dpo-sft", "type": "dpo", "from_arm": "lora-a", **step}],
-            "suites": ["tiny_json", "tiny_mc"], "gate": str(root / "gate.yaml")}
-    (root / "gate.yaml").write_text(yaml.safe_dump({"name": "tiny-gate", "baseline": "baseline", "rules": [
-        {"suite": "tiny_json", "metric": "json_valid", "max_drop": 0.5, "min_items": 3},
-        {"suite": "tiny_mc", "metric": "choice_accuracy", "max_drop": 0.5, "min_items": 3}]}, sort_keys=False))
+    plan = {
+        "name": "sweep-tiny",
+        "model": str(model_dir),
+        "data": {"train": str(root / "train.jsonl"), "preference": str(root / "prefs.jsonl")},
+        "arms": [
+            {"name": "baseline", "type": "baseline"},
+            {"name": "prompt", "type": "prompt", "k_shot": 1},
+            {"name": "lora-a", "type": "lora", "r": 4, **step},
+            {"name": "lora-b", "type": "lora", "r": 8, **step},
+            {"name": "dpo", "type": "dpo", **step},
+            {"name": "dpo-sft", "type": "dpo", "from_arm": "lora-a", **step},
+        ],
+        "suites": ["tiny_json", "tiny_mc"],
+        "gate": str(root / "gate.yaml"),
+    }
+    (root / "gate.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny-gate",
+                "baseline": "baseline",
+                "rules": [
+                    {"suite": "tiny_json", "metric": "json_valid", "max_drop": 0.5, "min_items": 3},
+                    {"suite": "tiny_mc", "metric": "choice_accuracy", "max_drop": 0.5, "min_items": 3},
+                ],
+            },
+            sort_keys=False,
+        )
+    )
     (root / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
     return root / "plan.yaml"
 
 
-def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int | None,
-             eval_numerics: str = "invariant") -> dict[str, Any]:
+def run_path(
+    name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int | None, eval_numerics: str = "invariant"
+) -> dict[str, Any]:
     store_url = f"sqlite:///{root / name / 'store.db'}"
     (root / name).mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", store_url, *PATHS[name],
-           "--eval-numerics", eval_numerics]
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        str(plan),
+        "--store",
+        store_url,
+        *PATHS[name],
+        "--eval-numerics",
+        eval_numerics,
+    ]
     if gpus is not None:  # `tunegate run --gpus 1` is a count (the first GPU): one GPU id is written "1,"
         cmd += ["--gpus", f"{gpus}," if gpus.isdigit() else gpus]
     print(f"[{name}] $ {' '.join(cmd)}", flush=True)
     log = root / name / "run.log"
-    started_at = datetime.now(UTC).isoformat()   # the sweep analysis splits the time outside the trials with it
+    started_at = datetime.now(UTC).isoformat()  # the sweep analysis splits the time outside the trials with it
     started = time.perf_counter()
     with GpuSampler(gpu_index) as sampler, log.open("w") as out:
         proc = subprocess.run(cmd, cwd=root / name, stdout=out, stderr=subprocess.STDOUT)
@@ -163,13 +214,27 @@ def run_path(name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int
     for t in store.trials(run.id):
         manifest_file = Path(t.folder or "") / "manifest.json"
         manifest = json.loads(manifest_file.read_text()) if t.folder and manifest_file.exists() else {}
-        trials[t.name] = {"status": t.status, "error": t.error, "phases": manifest.get("phases"),
-                          "train_seconds": t.train_seconds, "started_at": t.started_at, "finished_at": t.finished_at,
-                          "pid": (manifest.get("process") or {}).get("pid"),
-                          "cuda_visible_devices": manifest.get("cuda_visible_devices")}
-    return {"wall_seconds": round(wall, 2), "started_at": started_at, "exit_code": proc.returncode, "command": cmd[2:],
-            "gpu_utilization": sampler.summary(), "run_id": run.id, "store": store_url, "trials": trials,
-            "log_tail": log.read_text(errors="replace").splitlines()[-15:]}
+        trials[t.name] = {
+            "status": t.status,
+            "error": t.error,
+            "phases": manifest.get("phases"),
+            "train_seconds": t.train_seconds,
+            "started_at": t.started_at,
+            "finished_at": t.finished_at,
+            "pid": (manifest.get("process") or {}).get("pid"),
+            "cuda_visible_devices": manifest.get("cuda_visible_devices"),
+        }
+    return {
+        "wall_seconds": round(wall, 2),
+        "started_at": started_at,
+        "exit_code": proc.returncode,
+        "command": cmd[2:],
+        "gpu_utilization": sampler.summary(),
+        "run_id": run.id,
+        "store": store_url,
+        "trials": trials,
+        "log_tail": log.read_text(errors="replace").splitlines()[-15:],
+    }
 
 
 def gate_policy(plan: Path) -> str | None:
@@ -208,8 +273,11 @@ def device_info() -> dict[str, Any]:
         import torch
 
         if torch.cuda.is_available():
-            info |= {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
-                     "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)}
+            info |= {
+                "name": torch.cuda.get_device_name(0),
+                "count": torch.cuda.device_count(),
+                "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+            }
         else:
             info["name"] = f"{platform.processor() or platform.machine()} CPU (no GPU)"
     except ImportError:
@@ -226,18 +294,32 @@ def device_info() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", type=Path, default=GPU_PLAN)
-    ap.add_argument("--paths", default="peer,workers",
-                    help="which paths to run (comma-separated: peer, workers, workers-spare)")
+    ap.add_argument(
+        "--paths", default="peer,workers", help="which paths to run (comma-separated: peer, workers, workers-spare)"
+    )
     ap.add_argument("--gpus", default="0", help="the GPU the run uses (--gpus of tunegate run); 'none' on a CPU")
-    ap.add_argument("--merge", type=Path, action="append", default=[],
-                    help="a JSON written by an earlier invocation whose paths are merged into this one's")
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        help="a JSON written by an earlier invocation whose paths are merged into this one's",
+    )
     ap.add_argument("--tiny", action="store_true", help="CPU check: a tiny random model and one-step trials")
-    ap.add_argument("--eval-numerics", default="invariant", choices=("invariant", "fast"),
-                    help="the evaluation numerics both paths score under (tunegate run --eval-numerics)")
+    ap.add_argument(
+        "--eval-numerics",
+        default="invariant",
+        choices=("invariant", "fast"),
+        help="the evaluation numerics both paths score under (tunegate run --eval-numerics)",
+    )
     ap.add_argument("--work", type=Path, default=None, help="where stores and run folders go (default: a tmp dir)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--note", default=None, help="how the paths were measured (recorded as `how_measured`), e.g. "
-                    "when they ran at the same time on two GPUs of one host")
+    ap.add_argument(
+        "--note",
+        default=None,
+        help="how the paths were measured (recorded as `how_measured`), e.g. "
+        "when they ran at the same time on two GPUs of one host",
+    )
     args = ap.parse_args()
     root = args.work or Path(tempfile.mkdtemp(prefix="sweep-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -245,8 +327,13 @@ def main() -> None:
     gpus = None if args.gpus in ("", "auto") else args.gpus
     gpu_index = int(gpus.split(",")[0]) if gpus and gpus.split(",")[0].isdigit() else None
     policy = gate_policy(plan)
-    result: dict[str, Any] = {"plan": str(plan), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                              "eval_numerics": args.eval_numerics, **device_info(), "paths": {}}
+    result: dict[str, Any] = {
+        "plan": str(plan),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "eval_numerics": args.eval_numerics,
+        **device_info(),
+        "paths": {},
+    }
     if args.note:
         result["how_measured"] = args.note
     for earlier in args.merge:
@@ -266,16 +353,25 @@ def main() -> None:
             "gpu_utilization_mean": ours["gpu_utilization"]["mean"],
             "peer_gpu_utilization_mean": peer["gpu_utilization"]["mean"],
             "verdicts_identical": peer["verdicts"] == ours["verdicts"],
-            "outputs_compared": len(ours["outputs"]), "outputs_differing": len(differ),
+            "outputs_compared": len(ours["outputs"]),
+            "outputs_differing": len(differ),
             "outputs_differing_examples": differ[:10],
-            "metrics_differing": {t: {k: (peer["metrics"].get(t, {}).get(k), v) for k, v in m.items()
-                                      if peer["metrics"].get(t, {}).get(k) != v}
-                                  for t, m in ours["metrics"].items()},
+            "metrics_differing": {
+                t: {
+                    k: (peer["metrics"].get(t, {}).get(k), v)
+                    for k, v in m.items()
+                    if peer["metrics"].get(t, {}).get(k) != v
+                }
+                for t, m in ours["metrics"].items()
+            },
         }
-        print(f"speedup {result['speedup']}x (peer {peer['wall_seconds']}s, workers {ours['wall_seconds']}s); "
-              f"GPU utilisation {result['gpu_utilization_mean']} vs peer {result['peer_gpu_utilization_mean']}; "
-              f"verdicts identical: {result['verdicts_identical']}; outputs differing "
-              f"{len(differ)}/{len(ours['outputs'])}", flush=True)
+        print(
+            f"speedup {result['speedup']}x (peer {peer['wall_seconds']}s, workers {ours['wall_seconds']}s); "
+            f"GPU utilisation {result['gpu_utilization_mean']} vs peer {result['peer_gpu_utilization_mean']}; "
+            f"verdicts identical: {result['verdicts_identical']}; outputs differing "
+            f"{len(differ)}/{len(ours['outputs'])}",
+            flush=True,
+        )
     if "speedup" in result:  # per-item outputs were for the comparison; the final JSON keeps the counts
         for measured in paths.values():
             measured.pop("outputs", None)

@@ -45,6 +45,7 @@ gradients only for the LoRA adapters), no attention-score FLOPs and no recompute
 peak. The model: a randomly initialised Llama saved once to a folder every run loads; the data: prompt/answer
 pairs of 40-900 one-token words.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,19 +79,29 @@ from harness.model._dpo import DEFAULT_REFERENCE as DEFAULT_DPO_REFERENCE
 from harness.model._profile import step_profiler
 
 # dense bf16 tensor-core peak, FLOP/s, by device name fragment (NVIDIA data sheets)
-PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H100": 989.4e12, "A100": 312.0e12,
-             "L40S": 362.1e12, "A10G": 70.0e12, "L4": 121.0e12}
+PEAK_BF16 = {
+    "H200": 989.4e12,
+    "H100 PCIe": 756.0e12,
+    "H100 NVL": 835.0e12,
+    "H100": 989.4e12,
+    "A100": 312.0e12,
+    "L40S": 362.1e12,
+    "A10G": 70.0e12,
+    "L4": 121.0e12,
+}
 SECTIONS = ("why", "stock", "liger", "ours", "8b", "ablations", "profile", "scaling", "dpo")
 DEFAULT_SECTIONS = ("why", "stock", "liger", "ours", "8b")
 # attention implementations tried for TRL's padding_free, in order: FlashAttention 2 (the flash-attn package),
 # the Hub kernel (the `kernels` package, downloads on first use), SDPA and flex attention (transformers turns
 # the restarting position ids of a packed row into a block-diagonal mask for both)
 PADDING_FREE_ATTN = ("flash_attention_2", "kernels-community/flash-attn2", "sdpa", "flex_attention")
-MFU_FORMULA = ("(4 * N_frozen + 6 * N_lora) * real_tokens_per_second / peak_bf16_flops: forward 2N, backward to "
-               "the activations 2N, weight gradients for the LoRA adapters only; N counts a tied embedding once "
-               "(as the LM head); no attention-score FLOPs, no activation recompute")
-PAYS = 1.02          # a Liger kernel pays when it is at least this much faster than none ...
-LOSS_CLOSE = 0.01    # ... with its loss curve within this mean relative difference
+MFU_FORMULA = (
+    "(4 * N_frozen + 6 * N_lora) * real_tokens_per_second / peak_bf16_flops: forward 2N, backward to "
+    "the activations 2N, weight gradients for the LoRA adapters only; N counts a tied embedding once "
+    "(as the LM head); no attention-score FLOPs, no activation recompute"
+)
+PAYS = 1.02  # a Liger kernel pays when it is at least this much faster than none ...
+LOSS_CLOSE = 0.01  # ... with its loss curve within this mean relative difference
 
 
 @dataclass(frozen=True)
@@ -100,13 +111,13 @@ class Shape:
     layers: int
     heads: int
     kv_heads: int
-    vocab: int | None      # None: the tokenizer's vocabulary
+    vocab: int | None  # None: the tokenizer's vocabulary
     tied: bool
 
 
 SHAPES = {
-    "1b": Shape(2048, 8192, 16, 32, 8, 49152, True),        # the issue's 1.07B Llama shape
-    "8b": Shape(4096, 14336, 32, 32, 8, 128256, False),     # Llama-3-8B
+    "1b": Shape(2048, 8192, 16, 32, 8, 49152, True),  # the issue's 1.07B Llama shape
+    "8b": Shape(4096, 14336, 32, 32, 8, 128256, False),  # Llama-3-8B
     "smoke": Shape(64, 128, 2, 4, 2, None, True),
 }
 
@@ -133,7 +144,7 @@ class Settings:
 class RunStats:
     name: str
     real_tokens_per_second: float = 0.0
-    padded_tokens_per_second: float | None = None   # positions computed per second (stock peers)
+    padded_tokens_per_second: float | None = None  # positions computed per second (stock peers)
     mfu: float | None = None
     peak_memory_gib: float = 0.0
     tokens: int = 0
@@ -143,12 +154,12 @@ class RunStats:
     losses: list[float] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
     step_tokens: list[int] = field(default_factory=list)
-    config: dict[str, Any] = field(default_factory=dict)        # what this run was (flags, attention, data)
-    composition: dict[str, Any] = field(default_factory=dict)   # padding / template / loss-token shares
+    config: dict[str, Any] = field(default_factory=dict)  # what this run was (flags, attention, data)
+    composition: dict[str, Any] = field(default_factory=dict)  # padding / template / loss-token shares
     fastpath: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
     error: str | None = None
-    metrics: dict[str, list[float]] = field(default_factory=dict)   # DPO: TRL's logged rewards/logps per step
+    metrics: dict[str, list[float]] = field(default_factory=dict)  # DPO: TRL's logged rewards/logps per step
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -224,17 +235,31 @@ def data_variants(tok: Any, examples: list[Any], settings: Settings) -> list[Dat
     words = [{"text": f"{ex.prompt[0].content} {ex.answer}"} for ex in examples]
     vocab = vocabulary_rows(tok, len(examples), settings.min_words, settings.max_words, settings.seed + 7)
     return [
-        DataVariant("chat-completion-only", "the bench's data as-is: chat prompt/completion, loss on the completion",
-                    chat, content),
-        DataVariant("chat-full-loss", "the same rows, loss on every token (completion_only_loss=False)", chat,
-                    content, {"completion_only_loss": False}),
-        DataVariant("chat-as-text", "the same conversations rendered by the chat template, as plain text rows",
-                    as_text, content),
-        DataVariant("text-same-words", "the same words as plain text (prompt then answer), no chat template",
-                    words, content),
-        DataVariant("text-vocabulary-words", f"plain text rows of {settings.min_words}-{settings.max_words} words "
-                    "drawn from the whole vocabulary", [{"text": t} for t in vocab],
-                    sum(n_tokens(tok, t) for t in vocab)),
+        DataVariant(
+            "chat-completion-only",
+            "the bench's data as-is: chat prompt/completion, loss on the completion",
+            chat,
+            content,
+        ),
+        DataVariant(
+            "chat-full-loss",
+            "the same rows, loss on every token (completion_only_loss=False)",
+            chat,
+            content,
+            {"completion_only_loss": False},
+        ),
+        DataVariant(
+            "chat-as-text", "the same conversations rendered by the chat template, as plain text rows", as_text, content
+        ),
+        DataVariant(
+            "text-same-words", "the same words as plain text (prompt then answer), no chat template", words, content
+        ),
+        DataVariant(
+            "text-vocabulary-words",
+            f"plain text rows of {settings.min_words}-{settings.max_words} words drawn from the whole vocabulary",
+            [{"text": t} for t in vocab],
+            sum(n_tokens(tok, t) for t in vocab),
+        ),
     ]
 
 
@@ -251,7 +276,7 @@ class BatchRecorder:
         ids = batch["input_ids"]
         if "attention_mask" in batch:
             real, rows = int(batch["attention_mask"].sum()), int(ids.shape[0])
-        else:   # padding-free: one row, sequence boundaries in cu_seq_lens_q
+        else:  # padding-free: one row, sequence boundaries in cu_seq_lens_q
             cu = batch.get("cu_seq_lens_q")
             real, rows = int(ids.numel()), (int(cu.numel()) - 1 if cu is not None else int(ids.shape[0]))
         labels = batch.get("labels")
@@ -264,10 +289,15 @@ def composition(batches: list[dict[str, int]], content_tokens: int | None) -> di
     if not batches:
         return {}
     rows, positions, real, loss = (sum(b[k] for b in batches) for k in ("rows", "positions", "real", "loss"))
-    return {"batches": len(batches), "real_tokens_per_row": real / max(rows, 1),
-            "positions_per_batch": positions / len(batches), "real_tokens_per_batch": real / len(batches),
-            "padding_share": 1 - real / max(positions, 1), "loss_token_share": loss / max(real, 1),
-            "template_share": (1 - content_tokens / real) if content_tokens and real else None}
+    return {
+        "batches": len(batches),
+        "real_tokens_per_row": real / max(rows, 1),
+        "positions_per_batch": positions / len(batches),
+        "real_tokens_per_batch": real / len(batches),
+        "padding_share": 1 - real / max(positions, 1),
+        "loss_token_share": loss / max(real, 1),
+        "template_share": (1 - content_tokens / real) if content_tokens and real else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -297,13 +327,20 @@ def build_random_llama(config: Any, device: str, dtype: torch.dtype, nf4: bool =
                 for name, linear in list(parent.named_children()):
                     if not isinstance(linear, nn.Linear):
                         continue
-                    quantised = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=False,
-                                                  compute_dtype=dtype, compress_statistics=True, quant_type="nf4",
-                                                  device="meta")
+                    quantised = bnb.nn.Linear4bit(
+                        linear.in_features,
+                        linear.out_features,
+                        bias=False,
+                        compute_dtype=dtype,
+                        compress_statistics=True,
+                        quant_type="nf4",
+                        device="meta",
+                    )
                     weight = torch.empty(linear.out_features, linear.in_features, dtype=dtype, device=device)
                     weight.normal_(0.0, std, generator=gen)
-                    quantised.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=True,
-                                                         quant_type="nf4", module=quantised).to(device)
+                    quantised.weight = bnb.nn.Params4bit(
+                        weight, requires_grad=False, compress_statistics=True, quant_type="nf4", module=quantised
+                    ).to(device)
                     del weight
                     setattr(parent, name, quantised)
     for module in model.modules():
@@ -320,8 +357,8 @@ def build_random_llama(config: Any, device: str, dtype: torch.dtype, nf4: bool =
         model.model.rotary_emb = type(model.model.rotary_emb)(config=config)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    if nf4:   # what from_pretrained(quantization_config=...) marks: PEFT and TRL treat the model as QLoRA's,
-        model.is_loaded_in_4bit = True                 # and the Trainer leaves its placement alone
+    if nf4:  # what from_pretrained(quantization_config=...) marks: PEFT and TRL treat the model as QLoRA's,
+        model.is_loaded_in_4bit = True  # and the Trainer leaves its placement alone
         model.quantization_method = "bitsandbytes"
     return model
 
@@ -390,7 +427,7 @@ def packed_probe(model: Any, device: str, lengths: tuple[int, ...] = (37, 19, 64
     ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, seq in enumerate(seqs):
-        ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+        ids[row, : len(seq)], mask[row, : len(seq)] = seq, 1
     packed = torch.cat(seqs)[None].to(device)
     positions = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
     cu = torch.tensor([0, *accumulate(lengths)], dtype=torch.int32, device=device)
@@ -400,36 +437,65 @@ def packed_probe(model: Any, device: str, lengths: tuple[int, ...] = (37, 19, 64
     try:
         with torch.no_grad(), autocast:
             # use_cache=False as in training: with a cache transformers does not look for packed sequences
-            ref = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                        use_cache=False).logits.float()[mask.bool().to(device)]
-            out = model(input_ids=packed, position_ids=positions, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                        max_length_q=max(lengths), max_length_k=max(lengths), use_cache=False).logits.float()[0]
-            mixed = model(input_ids=packed, position_ids=positions, attention_mask=torch.ones_like(packed),
-                          use_cache=False).logits.float()[0]
+            ref = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()[
+                mask.bool().to(device)
+            ]
+            out = model(
+                input_ids=packed,
+                position_ids=positions,
+                cu_seq_lens_q=cu,
+                cu_seq_lens_k=cu,
+                max_length_q=max(lengths),
+                max_length_k=max(lengths),
+                use_cache=False,
+            ).logits.float()[0]
+            mixed = model(
+                input_ids=packed, position_ids=positions, attention_mask=torch.ones_like(packed), use_cache=False
+            ).logits.float()[0]
     finally:
         model.train(was_training)
     scale = ref.abs().max().clamp(min=1e-6)
     error, mixing = float((out - ref).abs().max() / scale), float((mixed - ref).abs().max() / scale)
-    result = {"lengths": list(lengths), "max_rel_error": error, "mixing_rel_error": mixing,
-              "matches_padded": error <= max(0.25 * mixing, 1e-3)}
+    result = {
+        "lengths": list(lengths),
+        "max_rel_error": error,
+        "mixing_rel_error": mixing,
+        "matches_padded": error <= max(0.25 * mixing, 1e-3),
+    }
     if not result["matches_padded"]:
-        raise PackedMismatch(f"packed forward disagrees with the padded one (max relative error {error:.3g}; "
-                             f"attention across sequences gives {mixing:.3g})")
+        raise PackedMismatch(
+            f"packed forward disagrees with the padded one (max relative error {error:.3g}; "
+            f"attention across sequences gives {mixing:.3g})"
+        )
     return result
 
 
 # ------------------------------------------------------------------------------------------------ runs
 
 
-def arm_for(settings: Settings, kind: str = "lora", batch: int | None = None, grad_accum: int = 1,
-            checkpointing: bool = False) -> Any:
+def arm_for(
+    settings: Settings, kind: str = "lora", batch: int | None = None, grad_accum: int = 1, checkpointing: bool = False
+) -> Any:
     from harness.plan import LoraArm, QloraArm
 
     cls = QloraArm if kind == "qlora" else LoraArm
-    return cls(name=f"bench-{kind}", type=kind, r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
-               target_modules="all-linear", lr=settings.lr, max_steps=settings.steps,
-               batch_size=batch or settings.batch, grad_accum=grad_accum, max_length=settings.max_length,
-               warmup_steps=0, scheduler="linear", seed=settings.seed, gradient_checkpointing=checkpointing)
+    return cls(
+        name=f"bench-{kind}",
+        type=kind,
+        r=settings.r,
+        alpha=settings.alpha,
+        dropout=settings.dropout,
+        target_modules="all-linear",
+        lr=settings.lr,
+        max_steps=settings.steps,
+        batch_size=batch or settings.batch,
+        grad_accum=grad_accum,
+        max_length=settings.max_length,
+        warmup_steps=0,
+        scheduler="linear",
+        seed=settings.seed,
+        gradient_checkpointing=checkpointing,
+    )
 
 
 def peak_flops(device: str) -> float | None:
@@ -439,20 +505,37 @@ def peak_flops(device: str) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def stats_from_rows(name: str, rows: list[dict[str, Any]], warmup: int, flops: float, device: str,
-                    peak: float, fastpath: dict[str, Any], wall: float) -> RunStats:
+def stats_from_rows(
+    name: str,
+    rows: list[dict[str, Any]],
+    warmup: int,
+    flops: float,
+    device: str,
+    peak: float,
+    fastpath: dict[str, Any],
+    wall: float,
+) -> RunStats:
     measured = rows[warmup:] or rows
     tokens = sum(int(r["tokens"]) for r in measured)
     seconds = sum(float(r["seconds"]) for r in measured)
     tps = tokens / max(seconds, 1e-9)
     device_peak = peak_flops(device)
     positions = [r["positions"] for r in measured if "positions" in r]
-    return RunStats(name=name, real_tokens_per_second=tps, mfu=flops * tps / device_peak if device_peak else None,
-                    padded_tokens_per_second=sum(positions) / max(seconds, 1e-9) if positions else None,
-                    peak_memory_gib=peak, tokens=sum(int(r["tokens"]) for r in rows), measured_tokens=tokens,
-                    measured_seconds=seconds, wall_seconds=wall, losses=[float(r["loss"]) for r in rows],
-                    step_seconds=[float(r["seconds"]) for r in rows], step_tokens=[int(r["tokens"]) for r in rows],
-                    fastpath=fastpath)
+    return RunStats(
+        name=name,
+        real_tokens_per_second=tps,
+        mfu=flops * tps / device_peak if device_peak else None,
+        padded_tokens_per_second=sum(positions) / max(seconds, 1e-9) if positions else None,
+        peak_memory_gib=peak,
+        tokens=sum(int(r["tokens"]) for r in rows),
+        measured_tokens=tokens,
+        measured_seconds=seconds,
+        wall_seconds=wall,
+        losses=[float(r["loss"]) for r in rows],
+        step_seconds=[float(r["seconds"]) for r in rows],
+        step_tokens=[int(r["tokens"]) for r in rows],
+        fastpath=fastpath,
+    )
 
 
 def sft_config_overrides(flags: dict[str, Any]) -> dict[str, Any]:
@@ -475,9 +558,21 @@ def sft_config_overrides(flags: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_trl(name: str, load: Callable[[str], Any], tok: Any, dataset: Any, settings: Settings, device: str,
-            flops: float, *, flags: dict[str, Any] | None = None, attn: str = "sdpa", probe: bool = False,
-            content_tokens: int | None = None, callbacks: tuple[Any, ...] = ()) -> RunStats:
+def run_trl(
+    name: str,
+    load: Callable[[str], Any],
+    tok: Any,
+    dataset: Any,
+    settings: Settings,
+    device: str,
+    flops: float,
+    *,
+    flags: dict[str, Any] | None = None,
+    attn: str = "sdpa",
+    probe: bool = False,
+    content_tokens: int | None = None,
+    callbacks: tuple[Any, ...] = (),
+) -> RunStats:
     """Stock TRL: SFTTrainer + PEFT LoRA, TRL's defaults plus `flags` (SFTConfig fields), the model loaded with
     `attn` as its attention implementation. Tokens per step are the real tokens of the batches TRL built."""
     from peft import LoraConfig
@@ -491,8 +586,11 @@ def run_trl(name: str, load: Callable[[str], Any], tok: Any, dataset: Any, setti
     quiet_libraries()
     started = time.perf_counter()
     flags = dict(flags or {})
-    config: dict[str, Any] = {"stock_flags": flags, "attn_implementation": attn,
-                              "same_order_as_peer": not flags.get("group_by_length", False)}
+    config: dict[str, Any] = {
+        "stock_flags": flags,
+        "attn_implementation": attn,
+        "same_order_as_peer": not flags.get("group_by_length", False),
+    }
     overrides = sft_config_overrides(flags)
     config["sft_config_overrides"] = overrides
     log = step_logger(progress=False)
@@ -503,19 +601,45 @@ def run_trl(name: str, load: Callable[[str], Any], tok: Any, dataset: Any, setti
             model = load(attn)
             if probe:
                 config["packed_probe"] = packed_probe(model, device)
-            base = dict(output_dir=out, per_device_train_batch_size=settings.batch, max_length=settings.max_length,
-                        max_steps=settings.steps, learning_rate=settings.lr, lr_scheduler_type="linear",
-                        warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none", seed=settings.seed,
-                        data_seed=settings.seed, bf16=device == "cuda", use_cpu=device == "cpu",
-                        include_num_input_tokens_seen="non_padding", disable_tqdm=True,
-                        eos_token=_eos_for_template(tok))
+            base = dict(
+                output_dir=out,
+                per_device_train_batch_size=settings.batch,
+                max_length=settings.max_length,
+                max_steps=settings.steps,
+                learning_rate=settings.lr,
+                lr_scheduler_type="linear",
+                warmup_steps=0,
+                logging_steps=1,
+                save_strategy="no",
+                report_to="none",
+                seed=settings.seed,
+                data_seed=settings.seed,
+                bf16=device == "cuda",
+                use_cpu=device == "cpu",
+                include_num_input_tokens_seen="non_padding",
+                disable_tqdm=True,
+                eos_token=_eos_for_template(tok),
+            )
             args = SFTConfig(**(base | overrides))
-            config["gradient_checkpointing"] = bool(getattr(args, "gradient_checkpointing", None)
-                                                    or getattr(args, "activation_checkpointing", None))
-            peft_config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                                     target_modules="all-linear", task_type="CAUSAL_LM", bias="none")
-            trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                                 peft_config=peft_config, callbacks=[log, *callbacks])
+            config["gradient_checkpointing"] = bool(
+                getattr(args, "gradient_checkpointing", None) or getattr(args, "activation_checkpointing", None)
+            )
+            peft_config = LoraConfig(
+                r=settings.r,
+                lora_alpha=settings.alpha,
+                lora_dropout=settings.dropout,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+                bias="none",
+            )
+            trainer = SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=dataset,
+                processing_class=tok,
+                peft_config=peft_config,
+                callbacks=[log, *callbacks],
+            )
             trainer.remove_callback(PrinterCallback)
             trainer.remove_callback(ProgressCallback)
             recorder = BatchRecorder(trainer.data_collator)
@@ -524,20 +648,28 @@ def run_trl(name: str, load: Callable[[str], Any], tok: Any, dataset: Any, setti
                 torch.cuda.reset_peak_memory_stats()
             trainer.train()
             peak = peak_memory_gib()
-        finally:   # a failed configuration must leave the GPU empty for the next one
+        finally:  # a failed configuration must leave the GPU empty for the next one
             model = trainer = None
             free_memory()
     rows, batches = log.rows, (recorder.batches if recorder else [])
-    for row, batch in zip(rows, batches, strict=False):   # step i trained batch i (no accumulation)
+    for row, batch in zip(rows, batches, strict=False):  # step i trained batch i (no accumulation)
         row["tokens"], row["positions"] = batch["real"], batch["positions"]
     stats = stats_from_rows(name, rows, settings.warmup, flops, device, peak, {}, time.perf_counter() - started)
     stats.config = config
-    stats.composition = composition(batches[:len(rows)], content_tokens)
+    stats.composition = composition(batches[: len(rows)], content_tokens)
     return stats
 
 
-def run_ours(name: str, folder: Path, examples: list[Any], settings: Settings, device: str, flops: float,
-             fast: FastPath | None, micro_batch: int | None = None) -> RunStats:
+def run_ours(
+    name: str,
+    folder: Path,
+    examples: list[Any],
+    settings: Settings,
+    device: str,
+    flops: float,
+    fast: FastPath | None,
+    micro_batch: int | None = None,
+) -> RunStats:
     """tunegate's own path, end to end: harness.arms.train_sft (loads the folder, trains, saves the adapter).
     `micro_batch` splits each optimizer batch into micro-batches with gradient accumulation (the memory plan may
     merge them back)."""
@@ -546,33 +678,79 @@ def run_ours(name: str, folder: Path, examples: list[Any], settings: Settings, d
     started = time.perf_counter()
     micro = micro_batch or settings.batch
     with tempfile.TemporaryDirectory() as out:
-        result = train_sft(arm_for(settings, batch=micro, grad_accum=settings.batch // micro), str(folder),
-                           examples, Path(out), device, fast=fast, progress=False)
+        result = train_sft(
+            arm_for(settings, batch=micro, grad_accum=settings.batch // micro),
+            str(folder),
+            examples,
+            Path(out),
+            device,
+            fast=fast,
+            progress=False,
+        )
     free_memory()
-    stats = stats_from_rows(name, result.steps, settings.warmup, flops, device, result.peak_memory_gib,
-                            result.fastpath, time.perf_counter() - started)
+    stats = stats_from_rows(
+        name,
+        result.steps,
+        settings.warmup,
+        flops,
+        device,
+        result.peak_memory_gib,
+        result.fastpath,
+        time.perf_counter() - started,
+    )
     stats.config = {"fast_path": asdict(fast) if fast else None, "micro_batch": micro}
     return stats
 
 
-def run_built(name: str, build: Callable[[], Any], tok: Any, examples: list[Any], settings: Settings, device: str,
-              flops: float, kind: str, fast: FastPath, callbacks: tuple[Any, ...] = ()) -> RunStats:
+def run_built(
+    name: str,
+    build: Callable[[], Any],
+    tok: Any,
+    examples: list[Any],
+    settings: Settings,
+    device: str,
+    flops: float,
+    kind: str,
+    fast: FastPath,
+    callbacks: tuple[Any, ...] = (),
+) -> RunStats:
     """Our path on a model built in memory (the 8B section): harness.arms.sft_with_model."""
     from harness.arms import sft_with_model
 
     started = time.perf_counter()
     model = build()
-    say(f"  built {name} in {time.perf_counter() - started:.1f}s "
-        f"({torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated)" if device == "cuda" else f"  built {name}")
+    say(
+        f"  built {name} in {time.perf_counter() - started:.1f}s "
+        f"({torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated)"
+        if device == "cuda"
+        else f"  built {name}"
+    )
     try:
         with tempfile.TemporaryDirectory() as out:
-            result = sft_with_model(arm_for(settings, kind), model, tok, examples, Path(out), device, fast=fast,
-                                    progress=False, callbacks=callbacks)
+            result = sft_with_model(
+                arm_for(settings, kind),
+                model,
+                tok,
+                examples,
+                Path(out),
+                device,
+                fast=fast,
+                progress=False,
+                callbacks=callbacks,
+            )
     finally:
         del model
         free_memory()
-    stats = stats_from_rows(name, result.steps, settings.warmup, flops, device, result.peak_memory_gib,
-                            result.fastpath, time.perf_counter() - started)
+    stats = stats_from_rows(
+        name,
+        result.steps,
+        settings.warmup,
+        flops,
+        device,
+        result.peak_memory_gib,
+        result.fastpath,
+        time.perf_counter() - started,
+    )
     stats.config = {"fast_path": asdict(fast), "kind": kind}
     return stats
 
@@ -588,12 +766,18 @@ def guarded(name: str, fn: Callable[[], RunStats], config: dict[str, Any] | None
         free_memory()
         message = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else ""
         say(f"    FAILED: {type(exc).__name__}: {message}")
-        return RunStats(name=name, error=f"{type(exc).__name__}: {message}", config=dict(config or {}),
-                        wall_seconds=time.perf_counter() - started)
+        return RunStats(
+            name=name,
+            error=f"{type(exc).__name__}: {message}",
+            config=dict(config or {}),
+            wall_seconds=time.perf_counter() - started,
+        )
     mfu = f", MFU {stats.mfu:.1%}" if stats.mfu is not None else ""
     losses = f"loss {stats.losses[0]:.4f} -> {stats.losses[-1]:.4f}" if stats.losses else "no loss logged"
-    say(f"    {stats.real_tokens_per_second:,.0f} real tok/s{mfu}, peak {stats.peak_memory_gib:.2f} GiB, "
-        f"{losses}, {stats.wall_seconds:.0f}s wall")
+    say(
+        f"    {stats.real_tokens_per_second:,.0f} real tok/s{mfu}, peak {stats.peak_memory_gib:.2f} GiB, "
+        f"{losses}, {stats.wall_seconds:.0f}s wall"
+    )
     return stats
 
 
@@ -608,19 +792,25 @@ def loss_gap(a: dict[str, Any], b: dict[str, Any], first: int) -> dict[str, floa
     if n == 0:
         return {}
     pairs = list(zip(a["losses"][:n], b["losses"][:n], strict=True))
-    return {"steps": n, "mean_abs_diff": sum(abs(x - y) for x, y in pairs) / n,
-            "mean_rel_diff": sum(abs(x - y) / max(abs(y), 1e-9) for x, y in pairs) / n}
+    return {
+        "steps": n,
+        "mean_abs_diff": sum(abs(x - y) for x, y in pairs) / n,
+        "mean_rel_diff": sum(abs(x - y) / max(abs(y), 1e-9) for x, y in pairs) / n,
+    }
 
 
 def compare(ours: dict[str, Any], peer: dict[str, Any], first: int) -> dict[str, Any]:
     """Ours against a peer, both as the JSON holds runs."""
     if ours.get("error") or peer.get("error") or not peer.get("real_tokens_per_second"):
         return {"error": ours.get("error") or peer.get("error") or "peer measured no tokens"}
-    return {"throughput_ratio": ours["real_tokens_per_second"] / peer["real_tokens_per_second"],
-            "peak_memory_ratio": ours["peak_memory_gib"] / peer["peak_memory_gib"] if peer["peak_memory_gib"] else None,
-            "same_tokens": ours["tokens"] == peer["tokens"], "tokens": [ours["tokens"], peer["tokens"]],
-            "same_data_order": peer.get("config", {}).get("same_order_as_peer", True),
-            "loss": loss_gap(ours, peer, first)}
+    return {
+        "throughput_ratio": ours["real_tokens_per_second"] / peer["real_tokens_per_second"],
+        "peak_memory_ratio": ours["peak_memory_gib"] / peer["peak_memory_gib"] if peer["peak_memory_gib"] else None,
+        "same_tokens": ours["tokens"] == peer["tokens"],
+        "tokens": [ours["tokens"], peer["tokens"]],
+        "same_data_order": peer.get("config", {}).get("same_order_as_peer", True),
+        "loss": loss_gap(ours, peer, first),
+    }
 
 
 def is_stock(name: str) -> bool:
@@ -640,11 +830,17 @@ def vs_best_stock(runs: dict[str, dict[str, Any]], ours: str, first: int) -> dic
     comp = compare(runs[ours], runs[best], first)
     if "error" in comp:
         return {"peer": best, "ours": ours, "error": comp["error"]}
-    out = {"peer": best, "ours": ours, "throughput_ratio": comp["throughput_ratio"],
-           "peak_memory_ratio": comp["peak_memory_ratio"], "loss_rel_diff": comp["loss"].get("mean_rel_diff"),
-           "same_tokens": comp["same_tokens"], "same_data_order": comp["same_data_order"],
-           "peer_config": runs[best].get("config", {})}
-    if not comp["same_data_order"]:   # group-by-length reorders the batches: compare losses with a same-order peer
+    out = {
+        "peer": best,
+        "ours": ours,
+        "throughput_ratio": comp["throughput_ratio"],
+        "peak_memory_ratio": comp["peak_memory_ratio"],
+        "loss_rel_diff": comp["loss"].get("mean_rel_diff"),
+        "same_tokens": comp["same_tokens"],
+        "same_data_order": comp["same_data_order"],
+        "peer_config": runs[best].get("config", {}),
+    }
+    if not comp["same_data_order"]:  # group-by-length reorders the batches: compare losses with a same-order peer
         same = {n: r for n, r in runs.items() if r.get("config", {}).get("same_order_as_peer", True)}
         reference = best_stock(same)
         if reference is not None:
@@ -660,13 +856,22 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         return {}
     mfu = report["runs"].get(best["ours"], {}).get("mfu")
     loss = best.get("loss_rel_diff") if best.get("same_data_order", True) else best.get("loss_rel_diff_same_order")
-    return {"ours_vs_best_stock": {
-        "throughput_ratio": {"value": best["throughput_ratio"], "target": 1.5, "met": best["throughput_ratio"] >= 1.5},
-        "peak_memory_ratio": {"value": best["peak_memory_ratio"], "target": 1.0,
-                              "met": best["peak_memory_ratio"] is not None and best["peak_memory_ratio"] <= 1.0},
-        "loss_rel_diff": {"value": loss, "target": LOSS_CLOSE, "met": loss is not None and loss <= LOSS_CLOSE},
-        "mfu": {"value": mfu, "target": 0.25, "met": mfu is not None and mfu >= 0.25},
-    }}
+    return {
+        "ours_vs_best_stock": {
+            "throughput_ratio": {
+                "value": best["throughput_ratio"],
+                "target": 1.5,
+                "met": best["throughput_ratio"] >= 1.5,
+            },
+            "peak_memory_ratio": {
+                "value": best["peak_memory_ratio"],
+                "target": 1.0,
+                "met": best["peak_memory_ratio"] is not None and best["peak_memory_ratio"] <= 1.0,
+            },
+            "loss_rel_diff": {"value": loss, "target": LOSS_CLOSE, "met": loss is not None and loss <= LOSS_CLOSE},
+            "mfu": {"value": mfu, "target": 0.25, "met": mfu is not None and mfu >= 0.25},
+        }
+    }
 
 
 def liger_per_kernel(runs: dict[str, dict[str, Any]], first: int) -> dict[str, Any]:
@@ -686,14 +891,21 @@ def liger_per_kernel(runs: dict[str, dict[str, Any]], first: int) -> dict[str, A
         layers, head = str(fastpath.get("liger", "")), str(fastpath.get("liger_loss_head", ""))
         wanted = LIGER_KERNELS if kernel == "all" else (kernel,)
         applied = all((head if k == "fused_linear_cross_entropy" else layers).startswith("on") for k in wanted)
-        entry = {"run": name, "applied": applied, "decoder_kernels": layers, "loss_head": head,
-                 "error": comp.get("error")}
+        entry = {
+            "run": name,
+            "applied": applied,
+            "decoder_kernels": layers,
+            "loss_head": head,
+            "error": comp.get("error"),
+        }
         if "throughput_ratio" in comp:
             rel = comp["loss"].get("mean_rel_diff")
-            entry |= {"throughput_ratio_vs_none": comp["throughput_ratio"],
-                      "peak_memory_ratio_vs_none": comp["peak_memory_ratio"], "loss_rel_diff_vs_none": rel,
-                      "pays": applied and comp["throughput_ratio"] >= PAYS
-                      and rel is not None and rel <= LOSS_CLOSE}
+            entry |= {
+                "throughput_ratio_vs_none": comp["throughput_ratio"],
+                "peak_memory_ratio_vs_none": comp["peak_memory_ratio"],
+                "loss_rel_diff_vs_none": rel,
+                "pays": applied and comp["throughput_ratio"] >= PAYS and rel is not None and rel <= LOSS_CLOSE,
+            }
         out["kernels"][kernel] = entry
     out["pays"] = [k for k in LIGER_KERNELS if out["kernels"].get(k, {}).get("pays")]
     return out
@@ -703,8 +915,18 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {"python": platform.python_version(), "cuda": torch.version.cuda}
-    for pkg in ("torch", "transformers", "trl", "peft", "accelerate", "liger-kernel", "bitsandbytes", "triton",
-                "flash-attn", "kernels"):
+    for pkg in (
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "accelerate",
+        "liger-kernel",
+        "bitsandbytes",
+        "triton",
+        "flash-attn",
+        "kernels",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -716,8 +938,12 @@ def device_info(device: str) -> dict[str, Any]:
     if device != "cuda":
         return {"type": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     props = torch.cuda.get_device_properties(0)
-    return {"type": "cuda", "name": torch.cuda.get_device_name(), "memory_gib": props.total_memory / 2**30,
-            "peak_bf16_flops": peak_flops(device)}
+    return {
+        "type": "cuda",
+        "name": torch.cuda.get_device_name(),
+        "memory_gib": props.total_memory / 2**30,
+        "peak_bf16_flops": peak_flops(device),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- bench
@@ -754,8 +980,15 @@ class Bench:
         estimate = runs * (per_run or self.per_run())
         say(f"\n== {section}: {runs} runs, about {estimate:.0f}s ({self.left():.0f}s of the time budget left)")
 
-    def run(self, name: str, fn: Callable[[], RunStats], *, config: dict[str, Any] | None = None,
-            into: dict[str, Any] | None = None, estimate: float | None = None) -> RunStats | None:
+    def run(
+        self,
+        name: str,
+        fn: Callable[[], RunStats],
+        *,
+        config: dict[str, Any] | None = None,
+        into: dict[str, Any] | None = None,
+        estimate: float | None = None,
+    ) -> RunStats | None:
         """One guarded run stored under `into` (the report's runs); skipped, and said so, past the time budget."""
         need = 1.2 * (estimate or self.per_run()) + 10
         if not self.args.smoke and self.left() < need:
@@ -788,9 +1021,17 @@ class Bench:
         a = self.args
         checkpointing = a.ours_checkpointing
         if self.device == "cpu" and checkpointing == "auto":
-            checkpointing = "none"   # no device memory to plan against
-        options = dict(liger=liger, checkpointing=checkpointing, compile=a.ours_compile, attention=a.ours_attention,
-                       memory_budget_gib=budget) | changes
+            checkpointing = "none"  # no device memory to plan against
+        options = (
+            dict(
+                liger=liger,
+                checkpointing=checkpointing,
+                compile=a.ours_compile,
+                attention=a.ours_attention,
+                memory_budget_gib=budget,
+            )
+            | changes
+        )
         return FastPath(**options)
 
     def ours_liger(self) -> tuple[str, ...] | None:
@@ -816,46 +1057,83 @@ def section_why(b: Bench) -> None:
     from datasets import Dataset
 
     settings = Settings(**(asdict(b.settings) | {"steps": b.args.why_steps, "warmup": b.args.why_warmup}))
-    examples = b.examples[:settings.steps * settings.batch]
+    examples = b.examples[: settings.steps * settings.batch]
     variants = data_variants(b.tok, examples, settings)
     b.announce("why (TRL defaults on five forms of the data)", len(variants), 0.6 * b.per_run())
     out: dict[str, Any] = {
         "what": "TRL's SFTTrainer at its defaults (gradient checkpointing on, right-padded batches, SDPA) on the "
-                "same model and LoRA, on five forms of data of similar length; shares are of the batches TRL built",
-        "settings": asdict(settings), "variants": {}, "runs": {}}
+        "same model and LoRA, on five forms of data of similar length; shares are of the batches TRL built",
+        "settings": asdict(settings),
+        "variants": {},
+        "runs": {},
+    }
     for v in variants:
         dataset = Dataset.from_list(v.rows)
-        stats = b.run(f"why-{v.name}", lambda v=v, d=dataset: run_trl(
-            f"why-{v.name}", b.load, b.tok, d, settings, b.device, b.flops, flags=v.flags,
-            content_tokens=v.content_tokens), into=out["runs"], estimate=0.6 * b.per_run())
+        stats = b.run(
+            f"why-{v.name}",
+            lambda v=v, d=dataset: run_trl(
+                f"why-{v.name}",
+                b.load,
+                b.tok,
+                d,
+                settings,
+                b.device,
+                b.flops,
+                flags=v.flags,
+                content_tokens=v.content_tokens,
+            ),
+            into=out["runs"],
+            estimate=0.6 * b.per_run(),
+        )
         if stats is None:
             continue
-        out["variants"][v.name] = {"what": v.what, "error": stats.error,
-                                   "real_tokens_per_second": stats.real_tokens_per_second,
-                                   "padded_tokens_per_second": stats.padded_tokens_per_second,
-                                   "peak_memory_gib": stats.peak_memory_gib, **stats.composition}
+        out["variants"][v.name] = {
+            "what": v.what,
+            "error": stats.error,
+            "real_tokens_per_second": stats.real_tokens_per_second,
+            "padded_tokens_per_second": stats.padded_tokens_per_second,
+            "peak_memory_gib": stats.peak_memory_gib,
+            **stats.composition,
+        }
     names = [v.name for v in variants]
-    changes = ["loss on every token instead of the completion only", "the conversations as plain text rows",
-               "no chat template (the same words)", "other rows: words drawn from the whole vocabulary"]
+    changes = [
+        "loss on every token instead of the completion only",
+        "the conversations as plain text rows",
+        "no chat template (the same words)",
+        "other rows: words drawn from the whole vocabulary",
+    ]
     out["steps"] = []
     for (a, c), change in zip(zip(names, names[1:], strict=False), changes, strict=True):
         x, y = out["variants"].get(a), out["variants"].get(c)
         if not x or not y or x["error"] or y["error"] or not x["real_tokens_per_second"]:
             continue
-        out["steps"].append({
-            "from": a, "to": c, "change": change,
-            "real_tokens_per_second_ratio": y["real_tokens_per_second"] / x["real_tokens_per_second"],
-            "padded_tokens_per_second_ratio": (y["padded_tokens_per_second"] / x["padded_tokens_per_second"]
-                                               if x["padded_tokens_per_second"] else None),
-            **{f"{k}": [x.get(k), y.get(k)] for k in ("padding_share", "template_share", "loss_token_share",
-                                                      "real_tokens_per_row")}})
+        out["steps"].append(
+            {
+                "from": a,
+                "to": c,
+                "change": change,
+                "real_tokens_per_second_ratio": y["real_tokens_per_second"] / x["real_tokens_per_second"],
+                "padded_tokens_per_second_ratio": (
+                    y["padded_tokens_per_second"] / x["padded_tokens_per_second"]
+                    if x["padded_tokens_per_second"]
+                    else None
+                ),
+                **{
+                    f"{k}": [x.get(k), y.get(k)]
+                    for k in ("padding_share", "template_share", "loss_token_share", "real_tokens_per_row")
+                },
+            }
+        )
     first, last = out["variants"].get(names[0]), out["variants"].get(names[-1])
     if first and last and not first["error"] and not last["error"] and first["real_tokens_per_second"]:
-        out["overall"] = {"from": names[0], "to": names[-1],
-                          "real_tokens_per_second_ratio": last["real_tokens_per_second"]
-                          / first["real_tokens_per_second"],
-                          "largest_step": max(out["steps"], key=lambda s: abs(s["real_tokens_per_second_ratio"] - 1),
-                                              default={}).get("change")}
+        out["overall"] = {
+            "from": names[0],
+            "to": names[-1],
+            "real_tokens_per_second_ratio": last["real_tokens_per_second"] / first["real_tokens_per_second"],
+            "largest_step": max(out["steps"], key=lambda s: abs(s["real_tokens_per_second_ratio"] - 1), default={}).get(
+                "change"
+            ),
+        }
     b.report["why_peer_is_slow"] = out
 
 
@@ -870,10 +1148,28 @@ def section_stock(b: Bench) -> None:
     runs = b.report["runs"]
 
     def trl(name: str, flags: dict[str, Any], attn: str = "sdpa", probe: bool = False) -> RunStats | None:
-        config = {"stock_flags": flags, "attn_implementation": attn,
-                  "same_order_as_peer": not flags.get("group_by_length", False)}
-        return b.run(name, lambda: run_trl(name, b.load, b.tok, dataset, b.settings, b.device, b.flops, flags=flags,
-                                           attn=attn, probe=probe, content_tokens=content), config=config)
+        config = {
+            "stock_flags": flags,
+            "attn_implementation": attn,
+            "same_order_as_peer": not flags.get("group_by_length", False),
+        }
+        return b.run(
+            name,
+            lambda: run_trl(
+                name,
+                b.load,
+                b.tok,
+                dataset,
+                b.settings,
+                b.device,
+                b.flops,
+                flags=flags,
+                attn=attn,
+                probe=probe,
+                content_tokens=content,
+            ),
+            config=config,
+        )
 
     trl("peer", {})
     base, prefix = {"gradient_checkpointing": False}, "trl-no-gc"
@@ -886,30 +1182,42 @@ def section_stock(b: Bench) -> None:
         name = f"{prefix}-padding-free-{slug(attn)}"
         stats = trl(name, base | {"padding_free": True, "max_length": None}, attn=attn, probe=True)
         if stats is not None:
-            padding_free[attn] = {"run": name, "ran": not stats.error, "error": stats.error,
-                                  "packed_probe": stats.config.get("packed_probe")}
+            padding_free[attn] = {
+                "run": name,
+                "ran": not stats.error,
+                "error": stats.error,
+                "packed_probe": stats.config.get("packed_probe"),
+            }
     trl(f"{prefix}-group-by-length", base | {"group_by_length": True})
     best = best_stock(runs)
     b.report["stock"] = {
-        "runs": [n for n in runs if is_stock(n)], "best": best,
+        "runs": [n for n in runs if is_stock(n)],
+        "best": best,
         "best_config": runs[best]["config"] if best else None,
         "padding_free_attention": padding_free,
         "note": "each configuration adds flags to the previous one that ran; the padding-free runs take "
-                "max_length=None (TRL refuses padding_free with a max_length unless packing; no row here is "
-                "longer than max_length) and first check that a packed forward matches the padded one",
+        "max_length=None (TRL refuses padding_free with a max_length unless packing; no row here is "
+        "longer than max_length) and first check that a packed forward matches the padded one",
     }
 
 
 def section_liger(b: Bench) -> None:
     budget = b.memory_budget(b.report["runs"])
-    choices: list[tuple[str, tuple[str, ...]]] = [("none", ()), *((k, (k,)) for k in LIGER_KERNELS),
-                                                   ("all", LIGER_KERNELS)]
+    choices: list[tuple[str, tuple[str, ...]]] = [
+        ("none", ()),
+        *((k, (k,)) for k in LIGER_KERNELS),
+        ("all", LIGER_KERNELS),
+    ]
     b.announce("liger (our path, one kernel at a time)", len(choices))
     for label, kernels in choices:
         name = f"ours-liger-{label}"
         fast = b.ours_fast(kernels, budget)
-        b.run(name, lambda n=name, f=fast: run_ours(n, b.folder, b.examples, b.settings, b.device, b.flops, f,
-                                                   b.args.ours_micro_batch))
+        b.run(
+            name,
+            lambda n=name, f=fast: run_ours(
+                n, b.folder, b.examples, b.settings, b.device, b.flops, f, b.args.ours_micro_batch
+            ),
+        )
     b.report["liger_per_kernel"] = liger_per_kernel(b.report["runs"], b.args.loss_steps)
 
 
@@ -919,25 +1227,38 @@ def section_ours(b: Bench) -> None:
     variants = [("ours", b.ours_fast(liger, budget))]
     if budget is not None:
         variants.append(("ours-unbounded", b.ours_fast(liger, None)))
-    lean = FastPath().lean_lora   # the other choice than the default's, for the record
+    lean = FastPath().lean_lora  # the other choice than the default's, for the record
     variants.append(("ours-no-lean-lora" if lean else "ours-lean-lora", b.ours_fast(liger, budget, lean_lora=not lean)))
     graphs = FastPath().cuda_graphs
-    variants.append(("ours-no-cuda-graphs" if graphs else "ours-cuda-graphs",
-                     b.ours_fast(liger, budget, cuda_graphs=not graphs)))
+    variants.append(
+        ("ours-no-cuda-graphs" if graphs else "ours-cuda-graphs", b.ours_fast(liger, budget, cuda_graphs=not graphs))
+    )
     overlap = FastPath().overlap
     variants.append(("ours-no-overlap" if overlap else "ours-overlap", b.ours_fast(liger, budget, overlap=not overlap)))
     if b.args.compile_variant:
         variants.append(("ours-compile", b.ours_fast(liger, budget, compile=True)))
     b.announce("ours", len(variants))
     for name, fast in variants:
-        b.run(name, lambda n=name, f=fast: run_ours(n, b.folder, b.examples, b.settings, b.device, b.flops, f,
-                                                   b.args.ours_micro_batch))
+        b.run(
+            name,
+            lambda n=name, f=fast: run_ours(
+                n, b.folder, b.examples, b.settings, b.device, b.flops, f, b.args.ours_micro_batch
+            ),
+        )
     b.report["ours_config"] = {
         "memory_budget_gib": budget,
-        "memory_budget_from": ("--ours-budget-gib" if b.args.ours_budget_gib else
-                               f"peak memory of {best_stock(b.report['runs'])}" if budget else "default (90% of GPU)"),
-        "liger": b.args.ours_liger, "checkpointing": b.args.ours_checkpointing, "compile": b.args.ours_compile,
-        "micro_batch": b.args.ours_micro_batch or b.settings.batch}
+        "memory_budget_from": (
+            "--ours-budget-gib"
+            if b.args.ours_budget_gib
+            else f"peak memory of {best_stock(b.report['runs'])}"
+            if budget
+            else "default (90% of GPU)"
+        ),
+        "liger": b.args.ours_liger,
+        "checkpointing": b.args.ours_checkpointing,
+        "compile": b.args.ours_compile,
+        "micro_batch": b.args.ours_micro_batch or b.settings.batch,
+    }
 
 
 def section_ablations(b: Bench) -> None:
@@ -946,7 +1267,8 @@ def section_ablations(b: Bench) -> None:
     variants: list[tuple[str, FastPath | None]] = [
         ("ours-no-padding-free", b.ours_fast(liger, budget, padding_free=False)),
         ("ours-full-checkpointing", b.ours_fast(liger, budget, checkpointing="full")),
-        ("plain-harness-path", None)]
+        ("plain-harness-path", None),
+    ]
     b.announce("ablations", len(variants))
     for name, fast in variants:
         b.run(name, lambda n=name, f=fast: run_ours(n, b.folder, b.examples, b.settings, b.device, b.flops, f))
@@ -961,9 +1283,20 @@ def section_profile(b: Bench) -> None:
     b.announce("profile (peer and ours, torch.profiler)", 2)
     tables: dict[str, Any] = {}
     peer_cb = step_profiler(first, steps, b.device)
-    guarded("trl-no-gc (profiled)", lambda: run_trl("trl-no-gc-profiled", b.load, b.tok, chat_dataset(b.examples),
-                                                    prof, b.device, b.flops, flags={"gradient_checkpointing": False},
-                                                    callbacks=(peer_cb,)))
+    guarded(
+        "trl-no-gc (profiled)",
+        lambda: run_trl(
+            "trl-no-gc-profiled",
+            b.load,
+            b.tok,
+            chat_dataset(b.examples),
+            prof,
+            b.device,
+            b.flops,
+            flags={"gradient_checkpointing": False},
+            callbacks=(peer_cb,),
+        ),
+    )
     tables["trl-no-gc"] = peer_cb.table
     ours_cb = step_profiler(first, steps, b.device)
     fast = b.ours_fast(b.ours_liger(), b.memory_budget(b.report["runs"]))
@@ -973,8 +1306,17 @@ def section_profile(b: Bench) -> None:
         model.train()
         try:
             with tempfile.TemporaryDirectory() as out:
-                r = sft_with_model(arm_for(prof), model, tok, b.examples, Path(out), b.device, fast=fast,
-                                   progress=False, callbacks=(ours_cb,))
+                r = sft_with_model(
+                    arm_for(prof),
+                    model,
+                    tok,
+                    b.examples,
+                    Path(out),
+                    b.device,
+                    fast=fast,
+                    progress=False,
+                    callbacks=(ours_cb,),
+                )
         finally:
             del model
             free_memory()
@@ -1001,19 +1343,41 @@ def section_scaling(b: Bench) -> None:
     for batch in batches:
         settings = Settings(**(asdict(b.settings) | {"steps": steps, "warmup": warmup, "batch": batch}))
         examples = synthetic_examples(b.tok, steps * batch, settings.min_words, settings.max_words, settings.seed)
-        b.run(f"scaling-ours-b{batch}", lambda s=settings, e=examples, f=fast: run_ours(
-            "ours", b.folder, e, s, b.device, b.flops, f), into=runs)
-        b.run(f"scaling-trl-no-gc-b{batch}", lambda s=settings, e=examples: run_trl(
-            "trl-no-gc", b.load, b.tok, chat_dataset(e), s, b.device, b.flops,
-            flags={"gradient_checkpointing": False}), into=runs)
+        b.run(
+            f"scaling-ours-b{batch}",
+            lambda s=settings, e=examples, f=fast: run_ours("ours", b.folder, e, s, b.device, b.flops, f),
+            into=runs,
+        )
+        b.run(
+            f"scaling-trl-no-gc-b{batch}",
+            lambda s=settings, e=examples: run_trl(
+                "trl-no-gc",
+                b.load,
+                b.tok,
+                chat_dataset(e),
+                s,
+                b.device,
+                b.flops,
+                flags={"gradient_checkpointing": False},
+            ),
+            into=runs,
+        )
     fits = {}
     for path in ("ours", "trl-no-gc"):
         ran = [r for batch in batches if (r := runs.get(f"scaling-{path}-b{batch}")) and not r.get("error")]
-        fits[path] = line_fit([point for r in ran
-                               for point in zip(r["step_tokens"][warmup:], r["step_seconds"][warmup:], strict=True)])
-    b.report["scaling"] = {"batches": batches, "steps": steps, "warmup": warmup, "fits": fits,
-                           "runs": {k: {f: v[f] for f in ("real_tokens_per_second", "peak_memory_gib", "step_tokens",
-                                                           "step_seconds", "error")} for k, v in runs.items()}}
+        fits[path] = line_fit(
+            [point for r in ran for point in zip(r["step_tokens"][warmup:], r["step_seconds"][warmup:], strict=True)]
+        )
+    b.report["scaling"] = {
+        "batches": batches,
+        "steps": steps,
+        "warmup": warmup,
+        "fits": fits,
+        "runs": {
+            k: {f: v[f] for f in ("real_tokens_per_second", "peak_memory_gib", "step_tokens", "step_seconds", "error")}
+            for k, v in runs.items()
+        },
+    }
 
 
 def line_fit(points: list[tuple[int, float]]) -> dict[str, Any] | None:
@@ -1024,9 +1388,12 @@ def line_fit(points: list[tuple[int, float]]) -> dict[str, Any] | None:
     if len({x for x, _ in points}) < 2:
         return None
     fit = linregress(*zip(*points, strict=True))
-    return {"points": len(points), "intercept_ms_per_step": float(fit.intercept) * 1000,
-            "ms_per_1k_tokens": float(fit.slope) * 1e6,
-            "r2": float(fit.rvalue) ** 2 if len({y for _, y in points}) > 1 else None}
+    return {
+        "points": len(points),
+        "intercept_ms_per_step": float(fit.intercept) * 1000,
+        "ms_per_1k_tokens": float(fit.slope) * 1e6,
+        "r2": float(fit.rvalue) ** 2 if len({y for _, y in points}) > 1 else None,
+    }
 
 
 def section_8b(b: Bench) -> None:
@@ -1035,8 +1402,12 @@ def section_8b(b: Bench) -> None:
     a = b.args
     shape = SHAPES["smoke" if a.smoke else "8b"]
     config = shape_config(shape, b.tok)
-    settings = Settings(**(asdict(b.settings) | {"shape": "smoke" if a.smoke else "8b", "steps": a.steps_8b,
-                                                 "warmup": a.warmup_8b, "batch": a.batch_8b}))
+    settings = Settings(
+        **(
+            asdict(b.settings)
+            | {"shape": "smoke" if a.smoke else "8b", "steps": a.steps_8b, "warmup": a.warmup_8b, "batch": a.batch_8b}
+        )
+    )
     examples = synthetic_examples(b.tok, settings.steps * settings.batch, settings.min_words, settings.max_words, 1)
     dataset, content = chat_dataset(examples), content_tokens(b.tok, examples)
     flops = flops_per_token(config, settings.r)
@@ -1046,11 +1417,18 @@ def section_8b(b: Bench) -> None:
         best_config = b.report["runs"][best]["config"]
         peers.append((best, best_config.get("stock_flags", {}), best_config.get("attn_implementation", "sdpa")))
     per_run = 8.0 if a.smoke else 45.0
-    b.announce(f"8b ({shape.layers} layers, LoRA and QLoRA: {', '.join(p[0] for p in peers)}, ours)",
-               2 * (len(peers) + 1), per_run)
-    section: dict[str, Any] = {"settings": asdict(settings), "parameters": parameter_count(config),
-                               "lora_parameters": lora_parameter_count(config, settings.r),
-                               "peers": [p[0] for p in peers], "best_stock_from": best}
+    b.announce(
+        f"8b ({shape.layers} layers, LoRA and QLoRA: {', '.join(p[0] for p in peers)}, ours)",
+        2 * (len(peers) + 1),
+        per_run,
+    )
+    section: dict[str, Any] = {
+        "settings": asdict(settings),
+        "parameters": parameter_count(config),
+        "lora_parameters": lora_parameter_count(config, settings.r),
+        "peers": [p[0] for p in peers],
+        "best_stock_from": best,
+    }
 
     for kind in ("lora", "qlora"):
         nf4 = kind == "qlora"
@@ -1063,10 +1441,19 @@ def section_8b(b: Bench) -> None:
             return model
 
         for name, flags, attn in peers:
-            b.run(f"8b {kind} {name}", lambda n=name, f=flags, t=attn: run_trl(
-                n, build, b.tok, dataset, settings, b.device, flops, flags=f, attn=t, content_tokens=content),
-                  config={"stock_flags": flags, "attn_implementation": attn,
-                          "same_order_as_peer": not flags.get("group_by_length", False)}, into=runs, estimate=per_run)
+            b.run(
+                f"8b {kind} {name}",
+                lambda n=name, f=flags, t=attn: run_trl(
+                    n, build, b.tok, dataset, settings, b.device, flops, flags=f, attn=t, content_tokens=content
+                ),
+                config={
+                    "stock_flags": flags,
+                    "attn_implementation": attn,
+                    "same_order_as_peer": not flags.get("group_by_length", False),
+                },
+                into=runs,
+                estimate=per_run,
+            )
         for key in list(runs):
             runs[key.removeprefix(f"8b {kind} ")] = runs.pop(key)
         budget = b.memory_budget(runs)
@@ -1074,21 +1461,34 @@ def section_8b(b: Bench) -> None:
         # with the lora recipe's AdamW
         recipe = kind if b.device == "cuda" else "lora"
         fast = b.ours_fast(b.ours_liger(), budget)
-        b.run(f"8b {kind} ours", lambda f=fast, r=recipe: run_built(
-            "ours", lambda: build("sdpa"), b.tok, examples, settings, b.device, flops, r, f), into=runs,
-              estimate=per_run)
+        b.run(
+            f"8b {kind} ours",
+            lambda f=fast, r=recipe: run_built(
+                "ours", lambda: build("sdpa"), b.tok, examples, settings, b.device, flops, r, f
+            ),
+            into=runs,
+            estimate=per_run,
+        )
         runs["ours"] = runs.pop(f"8b {kind} ours", None) or {}
         if not runs["ours"]:
             runs.pop("ours")
-        section[kind] = {"runs": runs, "memory_budget_gib": budget,
-                         "vs_best_stock": vs_best_stock(runs, "ours", a.loss_steps)}
+        section[kind] = {
+            "runs": runs,
+            "memory_budget_gib": budget,
+            "vs_best_stock": vs_best_stock(runs, "ours", a.loss_steps),
+        }
     lora, qlora = (section[k]["runs"].get("ours", {}) for k in ("lora", "qlora"))
-    if lora.get("peak_memory_gib") and qlora.get("peak_memory_gib") and not lora.get("error") \
-            and not qlora.get("error"):
-        section["qlora_vs_lora"] = {"peak_memory_ratio": qlora["peak_memory_gib"] / lora["peak_memory_gib"],
-                                    "throughput_ratio": qlora["real_tokens_per_second"]
-                                    / max(lora["real_tokens_per_second"], 1e-9),
-                                    "note": "ours, each within its own best stock peer's memory"}
+    if (
+        lora.get("peak_memory_gib")
+        and qlora.get("peak_memory_gib")
+        and not lora.get("error")
+        and not qlora.get("error")
+    ):
+        section["qlora_vs_lora"] = {
+            "peak_memory_ratio": qlora["peak_memory_gib"] / lora["peak_memory_gib"],
+            "throughput_ratio": qlora["real_tokens_per_second"] / max(lora["real_tokens_per_second"], 1e-9),
+            "note": "ours, each within its own best stock peer's memory",
+        }
     b.report["shape_8b"] = section
 
 
@@ -1096,11 +1496,19 @@ def section_8b(b: Bench) -> None:
 # DPO (issue 32): TRL's DPOTrainer at its defaults and its best stock flags against ours (harness.arms
 # dpo_with_model on the fast path, harness.model._dpo), on the same pairs, weights, LoRA, order, seed and steps.
 
-DPO_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-               "logps/rejected")
-DPO_MFU_FORMULA = ("(6 * N_frozen + 6 * N_lora) * real_tokens_per_second / peak_bf16_flops: the SFT count (4N + 6 "
-                   "N_lora) plus the reference forward (2N) per real token of chosen and rejected sequences, "
-                   "precomputed or not")
+DPO_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
+DPO_MFU_FORMULA = (
+    "(6 * N_frozen + 6 * N_lora) * real_tokens_per_second / peak_bf16_flops: the SFT count (4N + 6 "
+    "N_lora) plus the reference forward (2N) per real token of chosen and rejected sequences, "
+    "precomputed or not"
+)
 
 
 def dpo_pairs(tok: Any, count: int, min_words: int, max_words: int, seed: int) -> list[Any]:
@@ -1129,8 +1537,9 @@ class MetricRows:
             def __init__(self) -> None:
                 self.metrics: dict[str, list[float]] = {k: [] for k in DPO_METRICS}
 
-            def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-                       **kw: Any) -> None:
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+            ) -> None:
                 if logs and "loss" in logs:
                     for key in DPO_METRICS:
                         self.metrics[key].append(float(logs.get(key, float("nan"))))
@@ -1138,9 +1547,18 @@ class MetricRows:
         return Rows()
 
 
-def dpo_stats(name: str, rows: list[dict[str, Any]], metrics: dict[str, list[float]], settings: Settings,
-              flops: float, device: str, peak: float, fastpath: dict[str, Any], wall: float,
-              reference_seconds: float) -> RunStats:
+def dpo_stats(
+    name: str,
+    rows: list[dict[str, Any]],
+    metrics: dict[str, list[float]],
+    settings: Settings,
+    flops: float,
+    device: str,
+    peak: float,
+    fastpath: dict[str, Any],
+    wall: float,
+    reference_seconds: float,
+) -> RunStats:
     """RunStats of a DPO run: the reference computed up front counts, by the measured steps' share of the pairs,
     in the measured time."""
     stats = stats_from_rows(name, rows, settings.warmup, flops, device, peak, fastpath, wall)
@@ -1150,21 +1568,38 @@ def dpo_stats(name: str, rows: list[dict[str, Any]], metrics: dict[str, list[flo
     stats.real_tokens_per_second = stats.measured_tokens / max(stats.measured_seconds, 1e-9)
     device_peak = peak_flops(device)
     stats.mfu = flops * stats.real_tokens_per_second / device_peak if device_peak else None
-    stats.metrics = {k: v[:len(rows)] for k, v in metrics.items()} | {
+    stats.metrics = {k: v[: len(rows)] for k, v in metrics.items()} | {
         "pairs_per_second": [measured * settings.batch / max(stats.measured_seconds, 1e-9)],
-        "reference_seconds": [reference_seconds]}
+        "reference_seconds": [reference_seconds],
+    }
     return stats
 
 
 def dpo_lora(settings: Settings) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                      target_modules="all-linear", task_type="CAUSAL_LM", bias="none")
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
 
 
-def run_trl_dpo(name: str, load: Callable[[str], Any], tok: Any, pairs: list[Any], settings: Settings, device: str,
-                flops: float, *, flags: dict[str, Any] | None = None, callbacks: tuple[Any, ...] = ()) -> RunStats:
+def run_trl_dpo(
+    name: str,
+    load: Callable[[str], Any],
+    tok: Any,
+    pairs: list[Any],
+    settings: Settings,
+    device: str,
+    flops: float,
+    *,
+    flags: dict[str, Any] | None = None,
+    callbacks: tuple[Any, ...] = (),
+) -> RunStats:
     """Stock TRL: DPOTrainer + PEFT LoRA, TRL's defaults plus `flags` (DPOConfig fields). A flag this TRL does not
     honour (its padding_free for DPO, Liger's fused loss) fails the run with TRL's reason."""
     from transformers.models.llama import modeling_llama
@@ -1196,36 +1631,79 @@ def run_trl_dpo(name: str, load: Callable[[str], Any], tok: Any, pairs: list[Any
     with restored(modeling_llama), tempfile.TemporaryDirectory() as out:
         try:
             model = load("sdpa")
-            base = {"output_dir": out, "per_device_train_batch_size": settings.batch,
-                    "max_length": settings.max_length, "max_steps": settings.steps, "learning_rate": settings.lr,
-                    "lr_scheduler_type": "linear", "warmup_steps": 0, "logging_steps": 1, "save_strategy": "no",
-                    "report_to": "none", "seed": settings.seed, "data_seed": settings.seed, "bf16": device == "cuda",
-                    "use_cpu": device == "cpu", "include_num_input_tokens_seen": "non_padding",
-                    "disable_tqdm": True, "beta": 0.1}
+            base = {
+                "output_dir": out,
+                "per_device_train_batch_size": settings.batch,
+                "max_length": settings.max_length,
+                "max_steps": settings.steps,
+                "learning_rate": settings.lr,
+                "lr_scheduler_type": "linear",
+                "warmup_steps": 0,
+                "logging_steps": 1,
+                "save_strategy": "no",
+                "report_to": "none",
+                "seed": settings.seed,
+                "data_seed": settings.seed,
+                "bf16": device == "cuda",
+                "use_cpu": device == "cpu",
+                "include_num_input_tokens_seen": "non_padding",
+                "disable_tqdm": True,
+                "beta": 0.1,
+            }
             args = DPOConfig(**(base | flags))
-            trainer = TimedDPOTrainer(model=model, args=args, train_dataset=_dpo_dataset(pairs), processing_class=tok,
-                                      peft_config=dpo_lora(settings), callbacks=[log, metrics, *callbacks])
+            trainer = TimedDPOTrainer(
+                model=model,
+                args=args,
+                train_dataset=_dpo_dataset(pairs),
+                processing_class=tok,
+                peft_config=dpo_lora(settings),
+                callbacks=[log, metrics, *callbacks],
+            )
             if flags.get("padding_free") and not getattr(trainer, "padding_free", False):
-                raise ValueError("this TRL turns padding_free off for DPOTrainer (it warns: 'temporarily unavailable "
-                                 "after a refactor') and trains padded")
+                raise ValueError(
+                    "this TRL turns padding_free off for DPOTrainer (it warns: 'temporarily unavailable "
+                    "after a refactor') and trains padded"
+                )
             trainer.remove_callback(PrinterCallback)
             trainer.remove_callback(ProgressCallback)
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             trainer.train()
             peak = peak_memory_gib()
-        finally:   # a failed configuration must leave the GPU empty for the next one
+        finally:  # a failed configuration must leave the GPU empty for the next one
             model = trainer = None
             free_memory()
-    stats = dpo_stats(name, log.rows, metrics.metrics, settings, flops, device, peak, {},
-                      time.perf_counter() - started, TimedDPOTrainer.reference_seconds)
-    stats.config = {"stock_flags": flags, "gradient_checkpointing": bool(args.gradient_checkpointing),
-                    "precompute_ref_log_probs": bool(args.precompute_ref_log_probs)}
+    stats = dpo_stats(
+        name,
+        log.rows,
+        metrics.metrics,
+        settings,
+        flops,
+        device,
+        peak,
+        {},
+        time.perf_counter() - started,
+        TimedDPOTrainer.reference_seconds,
+    )
+    stats.config = {
+        "stock_flags": flags,
+        "gradient_checkpointing": bool(args.gradient_checkpointing),
+        "precompute_ref_log_probs": bool(args.precompute_ref_log_probs),
+    }
     return stats
 
 
-def run_ours_dpo(name: str, build: Callable[[], tuple[Any, Any]], pairs: list[Any], settings: Settings, device: str,
-                 flops: float, fast: FastPath, reference: str, callbacks: tuple[Any, ...] = ()) -> RunStats:
+def run_ours_dpo(
+    name: str,
+    build: Callable[[], tuple[Any, Any]],
+    pairs: list[Any],
+    settings: Settings,
+    device: str,
+    flops: float,
+    fast: FastPath,
+    reference: str,
+    callbacks: tuple[Any, ...] = (),
+) -> RunStats:
     """Our DPO path on a loaded (or built) model: harness.arms._train.dpo_with_model with the fast path."""
     from harness.arms._train import dpo_with_model
     from harness.plan import DpoArm
@@ -1233,19 +1711,52 @@ def run_ours_dpo(name: str, build: Callable[[], tuple[Any, Any]], pairs: list[An
     started = time.perf_counter()
     model, tok = build()
     metrics = MetricRows()
-    arm = DpoArm(name="bench-dpo", type="dpo", r=settings.r, alpha=settings.alpha, dropout=settings.dropout,
-                 target_modules="all-linear", lr=settings.lr, max_steps=settings.steps, batch_size=settings.batch,
-                 max_length=settings.max_length, warmup_steps=0, scheduler="linear", seed=settings.seed, beta=0.1)
+    arm = DpoArm(
+        name="bench-dpo",
+        type="dpo",
+        r=settings.r,
+        alpha=settings.alpha,
+        dropout=settings.dropout,
+        target_modules="all-linear",
+        lr=settings.lr,
+        max_steps=settings.steps,
+        batch_size=settings.batch,
+        max_length=settings.max_length,
+        warmup_steps=0,
+        scheduler="linear",
+        seed=settings.seed,
+        beta=0.1,
+    )
     try:
         model.train()
         with tempfile.TemporaryDirectory() as out:
-            result = dpo_with_model(arm, model, tok, pairs, Path(out), device, fast=fast, progress=False,
-                                    callbacks=(metrics, *callbacks), reference=reference)
+            result = dpo_with_model(
+                arm,
+                model,
+                tok,
+                pairs,
+                Path(out),
+                device,
+                fast=fast,
+                progress=False,
+                callbacks=(metrics, *callbacks),
+                reference=reference,
+            )
     finally:
         del model
         free_memory()
-    stats = dpo_stats(name, result.steps, metrics.metrics, settings, flops, device, result.peak_memory_gib,
-                      result.fastpath, time.perf_counter() - started, result.fastpath.get("reference_seconds", 0.0))
+    stats = dpo_stats(
+        name,
+        result.steps,
+        metrics.metrics,
+        settings,
+        flops,
+        device,
+        result.peak_memory_gib,
+        result.fastpath,
+        time.perf_counter() - started,
+        result.fastpath.get("reference_seconds", 0.0),
+    )
     stats.config = {"fast_path": asdict(fast), "reference": reference}
     return stats
 
@@ -1258,12 +1769,19 @@ def dpo_vs(ours: dict[str, Any], peer: dict[str, Any], first: int) -> dict[str, 
         return comp
     n = min(first, len(ours["losses"]), len(peer["losses"]))
     a, b = (r.get("metrics", {}).get("rewards/accuracies", [])[:n] for r in (ours, peer))
-    accuracy = (sum(abs(x - y) for x, y in zip(a, b, strict=False)) / max(sum(abs(y) for y in b), 1e-9)
-                if a and b else None)
+    accuracy = (
+        sum(abs(x - y) for x, y in zip(a, b, strict=False)) / max(sum(abs(y) for y in b), 1e-9) if a and b else None
+    )
     pairs = [r.get("metrics", {}).get("pairs_per_second", [None])[0] for r in (ours, peer)]
-    return {"throughput_ratio": comp["throughput_ratio"], "pairs_per_second": {"ours": pairs[0], "peer": pairs[1]},
-            "peak_memory_ratio": comp["peak_memory_ratio"], "loss_rel_diff": comp["loss"].get("mean_rel_diff"),
-            "reward_accuracy_rel_diff": accuracy, "same_tokens": comp["same_tokens"], "steps_compared": n}
+    return {
+        "throughput_ratio": comp["throughput_ratio"],
+        "pairs_per_second": {"ours": pairs[0], "peer": pairs[1]},
+        "peak_memory_ratio": comp["peak_memory_ratio"],
+        "loss_rel_diff": comp["loss"].get("mean_rel_diff"),
+        "reward_accuracy_rel_diff": accuracy,
+        "same_tokens": comp["same_tokens"],
+        "steps_compared": n,
+    }
 
 
 def dpo_targets(best: dict[str, Any]) -> dict[str, Any]:
@@ -1275,8 +1793,12 @@ def dpo_targets(best: dict[str, Any]) -> dict[str, Any]:
         "throughput_ratio": {"value": best["throughput_ratio"], "target": 1.5, "met": best["throughput_ratio"] >= 1.5},
         "peak_memory_ratio": {"value": memory, "target": 1.0, "met": memory is not None and memory <= 1.0},
         "loss_rel_diff": {"value": loss, "target": LOSS_CLOSE, "met": loss is not None and loss <= LOSS_CLOSE},
-        "reward_accuracy_rel_diff": {"value": accuracy, "target": LOSS_CLOSE,
-                                     "met": accuracy is not None and accuracy <= LOSS_CLOSE}}
+        "reward_accuracy_rel_diff": {
+            "value": accuracy,
+            "target": LOSS_CLOSE,
+            "met": accuracy is not None and accuracy <= LOSS_CLOSE,
+        },
+    }
 
 
 def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
@@ -1287,18 +1809,29 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
     a = b.args
     shape = SHAPES["smoke" if a.smoke else shape_name]
     config = llama_config(shape, b.tok)
-    settings = Settings(**(asdict(b.settings) | {"shape": "smoke" if a.smoke else shape_name, "steps": a.dpo_steps,
-                                                 "warmup": a.dpo_warmup, "batch": a.dpo_batch,
-                                                 "max_length": a.dpo_max_length or b.settings.max_length}))
+    settings = Settings(
+        **(
+            asdict(b.settings)
+            | {
+                "shape": "smoke" if a.smoke else shape_name,
+                "steps": a.dpo_steps,
+                "warmup": a.dpo_warmup,
+                "batch": a.dpo_batch,
+                "max_length": a.dpo_max_length or b.settings.max_length,
+            }
+        )
+    )
     pairs = dpo_pairs(b.tok, settings.steps * settings.batch, settings.min_words, settings.max_words, 3)
     flops = dpo_flops_per_token(config, settings.r)
     if shape_name == "1b" and b.folder is not None:
+
         def load(attn: str = "sdpa") -> Any:
             return b.load(attn)
 
         def ours_model() -> tuple[Any, Any]:
             return load_model(str(b.folder), b.device)
     else:
+
         def load(attn: str = "sdpa") -> Any:
             model = build_random_llama(config, b.device, b.dtype)
             if attn != "sdpa":
@@ -1307,21 +1840,29 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
 
         def ours_model() -> tuple[Any, Any]:
             return load(), b.tok
+
     per_run = 10.0 if a.smoke else (60.0 if shape_name == "1b" else 120.0)
     b.announce(f"dpo {shape_name} ({shape.layers} layers): stock DPOTrainer peers and ours", 8, per_run)
     runs: dict[str, Any] = {}
 
     def trl(name: str, flags: dict[str, Any]) -> RunStats | None:
-        return b.run(name, lambda: run_trl_dpo(name, load, b.tok, pairs, settings, b.device, flops, flags=flags),
-                     config={"stock_flags": flags}, into=runs, estimate=per_run)
+        return b.run(
+            name,
+            lambda: run_trl_dpo(name, load, b.tok, pairs, settings, b.device, flops, flags=flags),
+            config={"stock_flags": flags},
+            into=runs,
+            estimate=per_run,
+        )
 
     trl("peer", {})
     base, prefix = {"gradient_checkpointing": False}, "trl-no-gc"
     trl(prefix, base)
-    for label, flags in (("precompute", {"precompute_ref_log_probs": True}), ("liger", {"use_liger_kernel": True}),
-                         ("liger-fused-loss", {"use_liger_kernel": True,
-                                               "liger_kernel_config": {"fused_linear_cross_entropy": True}}),
-                         ("padding-free", {"padding_free": True})):
+    for label, flags in (
+        ("precompute", {"precompute_ref_log_probs": True}),
+        ("liger", {"use_liger_kernel": True}),
+        ("liger-fused-loss", {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": True}}),
+        ("padding-free", {"padding_free": True}),
+    ):
         stats = trl(f"{prefix}-{label}", base | flags)
         if stats is not None and not stats.error:
             base, prefix = base | flags, f"{prefix}-{label}"
@@ -1330,22 +1871,35 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
     fast = b.ours_fast(b.ours_liger(), budget)
     for reference in ("precomputed", "adapter_off"):
         name = "ours" if reference == DEFAULT_DPO_REFERENCE else f"ours-{reference.replace('_', '-')}"
-        b.run(name, lambda n=name, r=reference: run_ours_dpo(n, ours_model, pairs, settings, b.device, flops, fast, r),
-              into=runs, estimate=per_run)
+        b.run(
+            name,
+            lambda n=name, r=reference: run_ours_dpo(n, ours_model, pairs, settings, b.device, flops, fast, r),
+            into=runs,
+            estimate=per_run,
+        )
     ours_names = [n for n in runs if n.startswith("ours")]
-    faster = max((n for n in ours_names if not runs[n].get("error")),
-                 key=lambda n: runs[n]["real_tokens_per_second"], default=None)
+    faster = max(
+        (n for n in ours_names if not runs[n].get("error")),
+        key=lambda n: runs[n]["real_tokens_per_second"],
+        default=None,
+    )
     section: dict[str, Any] = {
-        "settings": asdict(settings), "parameters": parameter_count(config), "pairs": len(pairs),
-        "lora_parameters": lora_parameter_count(config, settings.r), "memory_budget_gib": budget,
-        "runs": runs, "best_stock": best, "best_stock_config": runs[best]["config"] if best else None,
+        "settings": asdict(settings),
+        "parameters": parameter_count(config),
+        "pairs": len(pairs),
+        "lora_parameters": lora_parameter_count(config, settings.r),
+        "memory_budget_gib": budget,
+        "runs": runs,
+        "best_stock": best,
+        "best_stock_config": runs[best]["config"] if best else None,
         "reference_faster": runs[faster]["config"]["reference"] if faster else None,
-        "comparisons": {f"{n}_vs_{p}": dpo_vs(runs[n], runs[p], a.loss_steps) for n in ours_names
-                        for p in runs if is_stock(p)},
+        "comparisons": {
+            f"{n}_vs_{p}": dpo_vs(runs[n], runs[p], a.loss_steps) for n in ours_names for p in runs if is_stock(p)
+        },
         "mfu_formula": DPO_MFU_FORMULA,
         "note": "each stock configuration adds a flag to the last one that ran; a flag that fails is recorded with "
-                "its error; the reference computed up front counts in the measured time by the measured steps' "
-                "share of the pairs",
+        "its error; the reference computed up front counts in the measured time by the measured steps' "
+        "share of the pairs",
     }
     best_vs = dpo_vs(runs["ours"], runs[best], a.loss_steps) if best and "ours" in runs else {"error": "not run"}
     section["vs_best_stock"] = {"peer": best, "ours": "ours"} | best_vs
@@ -1354,14 +1908,39 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
         steps = 2 if a.smoke else 3
         prof = Settings(**(asdict(settings) | {"steps": settings.warmup + steps + 1}))
         tables: dict[str, Any] = {}
-        peer_cb, ours_cb = step_profiler(settings.warmup, steps, b.device), step_profiler(settings.warmup, steps,
-                                                                                          b.device)
+        peer_cb, ours_cb = (
+            step_profiler(settings.warmup, steps, b.device),
+            step_profiler(settings.warmup, steps, b.device),
+        )
         flags = runs[best]["config"].get("stock_flags", {})
-        guarded(f"dpo {best} (profiled)", lambda: run_trl_dpo(best, load, b.tok, pairs[:prof.steps * prof.batch],
-                                                             prof, b.device, flops, flags=flags, callbacks=(peer_cb,)))
-        guarded("dpo ours (profiled)", lambda: run_ours_dpo("ours", ours_model, pairs[:prof.steps * prof.batch], prof,
-                                                            b.device, flops, fast, DEFAULT_DPO_REFERENCE,
-                                                            callbacks=(ours_cb,)))
+        guarded(
+            f"dpo {best} (profiled)",
+            lambda: run_trl_dpo(
+                best,
+                load,
+                b.tok,
+                pairs[: prof.steps * prof.batch],
+                prof,
+                b.device,
+                flops,
+                flags=flags,
+                callbacks=(peer_cb,),
+            ),
+        )
+        guarded(
+            "dpo ours (profiled)",
+            lambda: run_ours_dpo(
+                "ours",
+                ours_model,
+                pairs[: prof.steps * prof.batch],
+                prof,
+                b.device,
+                flops,
+                fast,
+                DEFAULT_DPO_REFERENCE,
+                callbacks=(ours_cb,),
+            ),
+        )
         tables[best], tables["ours"] = peer_cb.table, ours_cb.table
         section["profiles"] = tables
     return section
@@ -1371,14 +1950,25 @@ def section_dpo(b: Bench) -> None:
     out = b.report.setdefault("dpo", {})
     for shape_name in b.args.dpo_shapes:
         out[shape_name] = dpo_shape(b, shape_name)
-        say(f"dpo {shape_name}: " + json.dumps({k: v for k, v in out[shape_name]["vs_best_stock"].items()
-                                                if k != "pairs_per_second"}, default=str))
+        say(
+            f"dpo {shape_name}: "
+            + json.dumps(
+                {k: v for k, v in out[shape_name]["vs_best_stock"].items() if k != "pairs_per_second"}, default=str
+            )
+        )
 
 
 SECTION_RUNNERS: dict[str, Callable[[Bench], None]] = {
-    "why": section_why, "stock": section_stock, "liger": section_liger, "ours": section_ours,
-    "ablations": section_ablations, "profile": section_profile, "scaling": section_scaling, "8b": section_8b,
-    "dpo": section_dpo}
+    "why": section_why,
+    "stock": section_stock,
+    "liger": section_liger,
+    "ours": section_ours,
+    "ablations": section_ablations,
+    "profile": section_profile,
+    "scaling": section_scaling,
+    "8b": section_8b,
+    "dpo": section_dpo,
+}
 
 
 def finish(report: dict[str, Any], loss_steps: int) -> None:
@@ -1393,7 +1983,7 @@ def finish(report: dict[str, Any], loss_steps: int) -> None:
             report["comparisons"][f"{name}_vs_peer"] = compare(run, peer, loss_steps)
         if best:
             report["comparisons"][f"{name}_vs_best_stock"] = compare(run, runs[best], loss_steps)
-    for name in runs:   # each stock configuration against TRL's defaults
+    for name in runs:  # each stock configuration against TRL's defaults
         if is_stock(name) and name != "peer" and peer:
             report["comparisons"][f"{name}_vs_peer"] = compare(runs[name], peer, loss_steps)
     report["vs_best_stock"] = vs_best_stock(runs, "ours", loss_steps)
@@ -1407,21 +1997,34 @@ def finish(report: dict[str, Any], loss_steps: int) -> None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny shape, few steps, CPU (the tests run this)")
-    p.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
-                   help=f"comma-separated, run in this order: {', '.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})")
+    p.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated, run in this order: {', '.join(SECTIONS)} (default {','.join(DEFAULT_SECTIONS)})",
+    )
     p.add_argument("--merge", action="store_true", help="add these sections' results to the JSON at --out")
     p.add_argument("--steps", type=int, help="optimizer steps per 1B run (default 30; smoke 4)")
     p.add_argument("--warmup", type=int, help="steps left out of the throughput (default 5; smoke 1)")
     p.add_argument("--batch", type=int, default=8, help="examples per optimizer step, every run (smoke 4)")
     p.add_argument("--why-steps", type=int, help="steps per `why` run (default 15; smoke 3)")
     p.add_argument("--loss-steps", type=int, default=20, help="loss curves are compared over the first N steps")
-    p.add_argument("--padding-free-attn", default=",".join(PADDING_FREE_ATTN[:3]),
-                   help="attention implementations tried for TRL's padding_free, in order (also: flex_attention)")
-    p.add_argument("--ours-liger", default="default",
-                   help="Liger kernels of ours: default (the code's measured default), measured (those the liger "
-                        f"section found to pay), none, or a list of {', '.join(LIGER_KERNELS)}")
-    p.add_argument("--ours-checkpointing", choices=["auto", "none", "full"], default="auto",
-                   help="activation checkpointing of ours (auto: the memory plan decides, within the budget)")
+    p.add_argument(
+        "--padding-free-attn",
+        default=",".join(PADDING_FREE_ATTN[:3]),
+        help="attention implementations tried for TRL's padding_free, in order (also: flex_attention)",
+    )
+    p.add_argument(
+        "--ours-liger",
+        default="default",
+        help="Liger kernels of ours: default (the code's measured default), measured (those the liger "
+        f"section found to pay), none, or a list of {', '.join(LIGER_KERNELS)}",
+    )
+    p.add_argument(
+        "--ours-checkpointing",
+        choices=["auto", "none", "full"],
+        default="auto",
+        help="activation checkpointing of ours (auto: the memory plan decides, within the budget)",
+    )
     p.add_argument("--ours-budget-gib", type=float, help="memory budget of ours (default: the best stock peak)")
     p.add_argument("--ours-micro-batch", type=int, help="micro-batch of ours (accumulating to --batch)")
     p.add_argument("--ours-compile", action="store_true", help="regional torch.compile of the decoder layers")
@@ -1435,8 +2038,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dpo-batch", type=int, default=4, help="preference pairs per optimizer step (smoke 2)")
     p.add_argument("--dpo-max-length", type=int, help="max_length of the DPO runs (default: the SFT runs')")
     p.add_argument("--dpo-profile", action="store_true", help="dpo: also profile the best stock peer and ours")
-    p.add_argument("--tokenizer", default=os.environ.get("TUNEGATE_BENCH_TOKENIZER", "smollm2-135m"),
-                   help="tokenizer spec (alias, .gguf or folder); only its vocabulary and chat template are used")
+    p.add_argument(
+        "--tokenizer",
+        default=os.environ.get("TUNEGATE_BENCH_TOKENIZER", "smollm2-135m"),
+        help="tokenizer spec (alias, .gguf or folder); only its vocabulary and chat template are used",
+    )
     p.add_argument("--time-budget", type=float, default=560.0, help="seconds; runs past it are skipped (recorded)")
     p.add_argument("--out", type=Path, help="JSON path (default reports/perf/train_throughput-<date>.json)")
     args = p.parse_args(argv)
@@ -1457,7 +2063,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, smoke if args.smoke else full)
     args.why_warmup = 1 if args.smoke else 3
-    args.warmup_8b = 1 if args.smoke else 5   # the first steps capture CUDA graphs and compile Liger's kernels
+    args.warmup_8b = 1 if args.smoke else 5  # the first steps capture CUDA graphs and compile Liger's kernels
     args.dpo_warmup = 1 if args.smoke else 5
     if args.ours_micro_batch and (args.ours_micro_batch <= 0 or args.batch % args.ours_micro_batch):
         p.error(f"--ours-micro-batch {args.ours_micro_batch} must divide --batch {args.batch}")
@@ -1497,42 +2103,74 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quiet_transformers()
     tok = load_tokenizer(args.tokenizer)
     shape = SHAPES["smoke" if args.smoke else "1b"]
-    settings = Settings(shape="smoke" if args.smoke else "1b", steps=args.steps, warmup=args.warmup,
-                        batch=args.batch, max_length=128 if args.smoke else 1024,
-                        min_words=5 if args.smoke else 40, max_words=60 if args.smoke else 900, lr=2e-4)
+    settings = Settings(
+        shape="smoke" if args.smoke else "1b",
+        steps=args.steps,
+        warmup=args.warmup,
+        batch=args.batch,
+        max_length=128 if args.smoke else 1024,
+        min_words=5 if args.smoke else 40,
+        max_words=60 if args.smoke else 900,
+        lr=2e-4,
+    )
     config = shape_config(shape, tok)
-    examples = synthetic_examples(tok, settings.steps * settings.batch, settings.min_words, settings.max_words,
-                                  settings.seed)
+    examples = synthetic_examples(
+        tok, settings.steps * settings.batch, settings.min_words, settings.max_words, settings.seed
+    )
     fresh: dict[str, Any] = {
-        "bench": "train_throughput", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": device_info(device), "versions": versions(), "settings": asdict(settings),
-        "model": {"shape": asdict(shape) | {"vocab": config.vocab_size}, "parameters": parameter_count(config),
-                  "lora_parameters": lora_parameter_count(config, settings.r),
-                  "flops_per_token": flops_per_token(config, settings.r)},
-        "runs": {}, "skipped": [], "sections_run": {},
+        "bench": "train_throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "device": device_info(device),
+        "versions": versions(),
+        "settings": asdict(settings),
+        "model": {
+            "shape": asdict(shape) | {"vocab": config.vocab_size},
+            "parameters": parameter_count(config),
+            "lora_parameters": lora_parameter_count(config, settings.r),
+            "flops_per_token": flops_per_token(config, settings.r),
+        },
+        "runs": {},
+        "skipped": [],
+        "sections_run": {},
     }
     out = args.out or REPO / "reports" / "perf" / (
-        f"train_throughput-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+        f"train_throughput-{'smoke-' if args.smoke else ''}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    )
     report = merged_report(fresh, out) if args.merge and out.exists() else fresh
     if report is not fresh:
         report |= {k: fresh[k] for k in ("date", "versions")}
-    say(f"train_throughput on {fresh['device']['name']}: {fresh['model']['parameters'] / 1e9:.3f}B params, "
+    say(
+        f"train_throughput on {fresh['device']['name']}: {fresh['model']['parameters'] / 1e9:.3f}B params, "
         f"{settings.steps} steps x {settings.batch} examples, max length {settings.max_length}; "
-        f"sections {', '.join(args.sections)}")
-    needs_model = any(s in args.sections for s in ("why", "stock", "liger", "ours", "ablations", "profile",
-                                                    "scaling")) or ("dpo" in args.sections and "1b" in args.dpo_shapes)
+        f"sections {', '.join(args.sections)}"
+    )
+    needs_model = any(
+        s in args.sections for s in ("why", "stock", "liger", "ours", "ablations", "profile", "scaling")
+    ) or ("dpo" in args.sections and "1b" in args.dpo_shapes)
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         folder = save_random_model(config, tok, device, dtype, Path(tmp)) if needs_model else None
         if needs_model:
             say(f"  random model saved in {time.monotonic() - t0:.0f}s")
-        bench = Bench(args=args, tok=tok, device=device, dtype=dtype, settings=settings, config=config,
-                      examples=examples, folder=folder, report=report, deadline=t0 + args.time_budget)
+        bench = Bench(
+            args=args,
+            tok=tok,
+            device=device,
+            dtype=dtype,
+            settings=settings,
+            config=config,
+            examples=examples,
+            folder=folder,
+            report=report,
+            deadline=t0 + args.time_budget,
+        )
         for section in SECTIONS:
             if section in args.sections:
                 started = time.monotonic()
                 SECTION_RUNNERS[section](bench)
-                report["sections_run"][section] = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-                                                   "seconds": time.monotonic() - started}
+                report["sections_run"][section] = {
+                    "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "seconds": time.monotonic() - started,
+                }
                 save(report, out, args.loss_steps, t0)  # a run stopped later still leaves this section's numbers
     save(report, out, args.loss_steps, t0)
     summary(report)
@@ -1555,9 +2193,11 @@ def summary(report: dict[str, Any]) -> None:
             if v.get("error"):
                 say(f"{name:28s} ERROR {v['error']}")
                 continue
-            say(f"{name:28s} {v['real_tokens_per_second']:>10,.0f} {v['padded_tokens_per_second'] or 0:>13,.0f} "
+            say(
+                f"{name:28s} {v['real_tokens_per_second']:>10,.0f} {v['padded_tokens_per_second'] or 0:>13,.0f} "
                 f"{v.get('padding_share', 0):>8.1%} {v.get('template_share') or 0:>9.1%} "
-                f"{v.get('loss_token_share', 0):>12.1%}")
+                f"{v.get('loss_token_share', 0):>12.1%}"
+            )
     say("\nrun                                        real tok/s      MFU   peak GiB  vs best stock  loss rel diff")
     for name, s in report["runs"].items():
         if s.get("error"):
@@ -1567,32 +2207,50 @@ def summary(report: dict[str, Any]) -> None:
         ratio = f"{comp['throughput_ratio']:.2f}x" if "throughput_ratio" in comp else "-"
         rel = comp.get("loss", {}).get("mean_rel_diff")
         mfu = f"{s['mfu']:.1%}" if s.get("mfu") is not None else "-"
-        say(f"{name:42s} {s['real_tokens_per_second']:>10,.0f} {mfu:>8} {s['peak_memory_gib']:>10.2f} {ratio:>14} "
-            f"{'-' if rel is None else f'{rel:.3%}':>14}")
+        say(
+            f"{name:42s} {s['real_tokens_per_second']:>10,.0f} {mfu:>8} {s['peak_memory_gib']:>10.2f} {ratio:>14} "
+            f"{'-' if rel is None else f'{rel:.3%}':>14}"
+        )
     for kind in ("lora", "qlora"):
         part = report.get("shape_8b", {}).get(kind, {})
         for name, s in part.get("runs", {}).items():
-            state = f"ERROR {s['error'][:120]}" if s.get("error") else (
-                f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
+            state = (
+                f"ERROR {s['error'][:120]}"
+                if s.get("error")
+                else (f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
+            )
             say(f"8b {kind:5s} {name:33s} {state}")
     for shape_name, part in report.get("dpo", {}).items():
         for name, s in part.get("runs", {}).items():
-            state = f"ERROR {s['error'][:120]}" if s.get("error") else (
-                f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
+            state = (
+                f"ERROR {s['error'][:120]}"
+                if s.get("error")
+                else (f"{s['real_tokens_per_second']:>10,.0f} tok/s, peak {s['peak_memory_gib']:.2f} GiB")
+            )
             say(f"dpo {shape_name} {name:38s} {state}")
         vs = part.get("vs_best_stock", {})
         if "throughput_ratio" in vs:
-            say(f"dpo {shape_name} ours vs best stock ({vs['peer']}): {vs['throughput_ratio']:.2f}x tokens/s, "
+            say(
+                f"dpo {shape_name} ours vs best stock ({vs['peer']}): {vs['throughput_ratio']:.2f}x tokens/s, "
                 f"{vs['peak_memory_ratio'] or 0:.2f}x peak memory, loss rel diff {vs['loss_rel_diff'] or 0:.3%}, "
-                f"reward accuracy rel diff {vs['reward_accuracy_rel_diff'] or 0:.3%}")
+                f"reward accuracy rel diff {vs['reward_accuracy_rel_diff'] or 0:.3%}"
+            )
     best = report.get("vs_best_stock")
     if best and "throughput_ratio" in best:
-        say(f"\nours vs best stock ({best['peer']}): {best['throughput_ratio']:.2f}x tokens/s, "
-            f"{best['peak_memory_ratio'] or 0:.2f}x peak memory, loss rel diff {best['loss_rel_diff'] or 0:.3%}")
+        say(
+            f"\nours vs best stock ({best['peer']}): {best['throughput_ratio']:.2f}x tokens/s, "
+            f"{best['peak_memory_ratio'] or 0:.2f}x peak memory, loss rel diff {best['loss_rel_diff'] or 0:.3%}"
+        )
     for name, checks in report.get("targets", {}).items():
-        say(f"targets {name}: " + ", ".join(f"{k} {'met' if v['met'] else 'MISSED'} "
-                                           f"({v['value'] if v['value'] is None else round(v['value'], 4)} vs "
-                                           f"{v['target']})" for k, v in checks.items()))
+        say(
+            f"targets {name}: "
+            + ", ".join(
+                f"{k} {'met' if v['met'] else 'MISSED'} "
+                f"({v['value'] if v['value'] is None else round(v['value'], 4)} vs "
+                f"{v['target']})"
+                for k, v in checks.items()
+            )
+        )
     if report.get("skipped"):
         say(f"skipped (time budget): {', '.join(report['skipped'])}")
 

@@ -9,6 +9,7 @@ transformers, PEFT, bitsandbytes), `trl` (what the first training trial adds: TR
 device). The peer is the same process run alone: `ratio` = the slowest of N at once / alone, per stage (1.0:
 starting N workers costs no more than one). `-X importtime` of one process gives the modules that dominate.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,9 @@ STAGES = ("imports", "trl", "cuda", "model")
 
 def start(model: str, env: dict[str, str], importtime: bool = False) -> subprocess.Popen[str]:
     flags = ["-X", "importtime"] if importtime else []
-    return subprocess.Popen([sys.executable, *flags, "-c", CHILD, model], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, *flags, "-c", CHILD, model], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def finish(proc: subprocess.Popen[str], started: float) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def finish(proc: subprocess.Popen[str], started: float) -> dict[str, Any]:
     lines = [ln for ln in out.splitlines() if ln.startswith("STAGES ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"worker start-up probe failed (exit {proc.returncode}):\n{err[-3000:]}")
-    return {"wall": round(wall, 3), **json.loads(lines[-1][len("STAGES "):]), "stderr": err}
+    return {"wall": round(wall, 3), **json.loads(lines[-1][len("STAGES ") :]), "stderr": err}
 
 
 def top_imports(stderr: str, n: int = 15) -> list[dict[str, Any]]:
@@ -66,10 +68,15 @@ def top_imports(stderr: str, n: int = 15) -> list[dict[str, Any]]:
     rows = []
     for line in stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
-            _, cumulative, name = line[len("import time:"):].split("|", 2)
+            _, cumulative, name = line[len("import time:") :].split("|", 2)
             if cumulative.strip().isdigit():
-                rows.append({"module": name.strip(), "depth": (len(name) - len(name.lstrip())) // 2,
-                             "seconds": int(cumulative) / 1e6})
+                rows.append(
+                    {
+                        "module": name.strip(),
+                        "depth": (len(name) - len(name.lstrip())) // 2,
+                        "seconds": int(cumulative) / 1e6,
+                    }
+                )
     return sorted(rows, key=lambda r: -r["seconds"])[:n]
 
 
@@ -102,10 +109,20 @@ def main(argv: list[str] | None = None) -> int:
     from harness.run._provenance import device_name, stamp, versions
 
     device = device_name("cuda" if visible_nvml_gpus() else "cpu")
-    report = {"bench": "worker_startup", "date": stamp(), "device": device, "versions": versions(),
-              "cpus": os.cpu_count(), "processes": args.processes, "model": args.model,
-              "alone": alone, "together": together, "slowest_together": slowest, "ratio": ratio,
-              "top_imports": imports}
+    report = {
+        "bench": "worker_startup",
+        "date": stamp(),
+        "device": device,
+        "versions": versions(),
+        "cpus": os.cpu_count(),
+        "processes": args.processes,
+        "model": args.model,
+        "alone": alone,
+        "together": together,
+        "slowest_together": slowest,
+        "ratio": ratio,
+        "top_imports": imports,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))

@@ -1,5 +1,6 @@
 """Lazy package exports (PEP 562): a package's public names are imported from its private modules on first use,
 so importing one light part of the harness (the store, the gate) never loads the heavy ones (torch)."""
+
 from __future__ import annotations
 
 import importlib

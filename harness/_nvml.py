@@ -5,6 +5,7 @@ NVML (`pynvml`, from the gpu extra's nvidia-ml-py) is started once per process, 
 None where NVML cannot be used (not installed, no driver, an error) or where the GPUs CUDA would see cannot be
 told safely (MIG, an enumeration order other than the PCI bus order): the caller then asks torch, as before.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,11 +17,11 @@ from typing import Any
 
 @dataclass(frozen=True)
 class NvmlGpu:
-    index: int   # NVML's index: the PCI bus order
-    uuid: str    # 'GPU-...', as CUDA_VISIBLE_DEVICES may name it
+    index: int  # NVML's index: the PCI bus order
+    uuid: str  # 'GPU-...', as CUDA_VISIBLE_DEVICES may name it
     name: str
-    total: int   # bytes, as CUDA counts them: without what the driver reserves
-    free: int    # bytes
+    total: int  # bytes, as CUDA counts them: without what the driver reserves
+    free: int  # bytes
     mig: bool = False  # MIG mode on: CUDA would see its instances, not this GPU
 
 
@@ -67,15 +68,24 @@ def nvml_gpus() -> list[NvmlGpu] | None:
                 mig = nvml.nvmlDeviceGetMigMode(handle)[0] == nvml.NVML_DEVICE_MIG_ENABLE
             except nvml.NVMLError:  # NVMLError_NotSupported: a GPU without MIG
                 mig = False
-            gpus.append(NvmlGpu(index, _text(nvml.nvmlDeviceGetUUID(handle)), _text(nvml.nvmlDeviceGetName(handle)),
-                                total, free, mig))
+            gpus.append(
+                NvmlGpu(
+                    index,
+                    _text(nvml.nvmlDeviceGetUUID(handle)),
+                    _text(nvml.nvmlDeviceGetName(handle)),
+                    total,
+                    free,
+                    mig,
+                )
+            )
     except (nvml.NVMLError, OSError):
         return None
     return gpus
 
 
-def select_visible(gpus: list[NvmlGpu], cuda_visible_devices: str | None,
-                   device_order: str | None) -> dict[str, NvmlGpu] | None:
+def select_visible(
+    gpus: list[NvmlGpu], cuda_visible_devices: str | None, device_order: str | None
+) -> dict[str, NvmlGpu] | None:
     """The GPUs CUDA would see, in its order, keyed by their ids as CUDA_VISIBLE_DEVICES spells them ('0'..'n-1'
     when it is unset); None when that cannot be told safely from NVML.
 

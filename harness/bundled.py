@@ -4,6 +4,7 @@ In a checkout they are the repository's `suites/` and `examples/demo/`; in an in
 copied under `harness/_bundled/` at build time (setup.py), so `tunegate demo`, `eval --suite` and `app`
 work from any directory.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

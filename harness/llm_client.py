@@ -10,6 +10,7 @@ date, same cap) when it sends one; other client errors fail at once, since the s
 Every error message is passed through `harness.redact.redact` (and the client's own key is masked) before
 it is raised, so nothing a caller stores, logs or prints carries a credential.
 """
+
 from __future__ import annotations
 
 import re
@@ -36,8 +37,10 @@ def check_base_url(base_url: str, *, named: str, key_variable: str) -> None:
     except ValueError:
         has_userinfo = "@" in base_url.split("//", 1)[-1].split("/", 1)[0]
     if has_userinfo:
-        raise ValueError(f"{named} must not hold credentials (user:password@host): remove them and put the key in "
-                         f"the environment variable {key_variable}")
+        raise ValueError(
+            f"{named} must not hold credentials (user:password@host): remove them and put the key in "
+            f"the environment variable {key_variable}"
+        )
 
 
 def chat_url(base_url: str) -> str:
@@ -47,12 +50,12 @@ def chat_url(base_url: str) -> str:
 
 @dataclass(frozen=True)
 class Retry:
-    retries: int = 4            # attempts after the first
-    backoff_s: float = 1.0      # the first wait; doubles on every retry
+    retries: int = 4  # attempts after the first
+    backoff_s: float = 1.0  # the first wait; doubles on every retry
     max_backoff_s: float = 30.0
 
     def wait(self, attempt: int) -> float:
-        return min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
+        return min(self.max_backoff_s, self.backoff_s * 2**attempt)
 
 
 class ChatError(Exception):
@@ -65,16 +68,24 @@ class ChatError(Exception):
 
 @dataclass(frozen=True)
 class Completion:
-    message: dict[str, Any]     # the first choice's assistant message (content, tool_calls, ...)
+    message: dict[str, Any]  # the first choice's assistant message (content, tool_calls, ...)
     attempts: int
 
 
 class ChatClient:
     """POST {base_url}/chat/completions with a bearer key, retries and redacted errors. Thread-safe."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, headers: dict[str, str] | None = None,
-                 timeout_s: float = 60.0, retry: Retry = Retry(), sleep: Callable[[float], None] = time.sleep,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout_s: float = 60.0,
+        retry: Retry = Retry(),
+        sleep: Callable[[float], None] = time.sleep,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         check_base_url(base_url, named="the base URL", key_variable="that holds the API key")
         self.url = chat_url(base_url)
         self.timeout_s, self.retry, self._sleep = timeout_s, retry, sleep

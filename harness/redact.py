@@ -1,5 +1,6 @@
 """Credentials out of anything stored or printed: URL passwords, bearer tokens, `api_key=` values, `sk-`/`hf_`
 style keys, and the exact values of the keys configured in the environment."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,14 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(\bBearer\s+)[^\s\"',;]+", re.IGNORECASE), rf"\1{MASK}"),
     (re.compile(r"(\bBasic\s+)[A-Za-z0-9+/=]{8,}", re.IGNORECASE), rf"\1{MASK}"),
     # api_key=..., "api-key": "...", token: ..., password=..., secret=...
-    (re.compile(r"""(\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret)["']?\s*[:=]\s*["']?)"""
-                r"""[^\s"'&,;}]+""", re.IGNORECASE), rf"\1{MASK}"),
+    (
+        re.compile(
+            r"""(\b(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|passwd|secret)["']?\s*[:=]\s*["']?)"""
+            r"""[^\s"'&,;}]+""",
+            re.IGNORECASE,
+        ),
+        rf"\1{MASK}",
+    ),
     (re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{8,}"), rf"\1-{MASK}"),
     (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), f"hf_{MASK}"),
     (re.compile(r"\b(ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{6,}"), rf"\1-{MASK}"),  # GitHub and Slack tokens

@@ -15,6 +15,7 @@ Each span's attributes land in the observation's metadata (`langfuse.observation
 the ambient ones also become trace metadata, and a run id groups its traces as one Langfuse session.
 tunegate keeps its own TracerProvider, so it neither installs nor exports through a global one.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,7 @@ def client() -> Any | None:
 
             public, secret, host = config
             provider = TracerProvider(resource=Resource.create({"service.name": "tunegate"}))
-            _CLIENTS[config] = Langfuse(public_key=public, secret_key=secret, base_url=host,
-                                        tracer_provider=provider)
+            _CLIENTS[config] = Langfuse(public_key=public, secret_key=secret, base_url=host, tracer_provider=provider)
         return _CLIENTS[config]
 
 
@@ -118,8 +118,9 @@ class Span:
 
 
 @contextmanager
-def span(name: str, *, as_type: str = "span", input: Any = None, model: str | None = None,
-         **attrs: Any) -> Iterator[Span]:
+def span(
+    name: str, *, as_type: str = "span", input: Any = None, model: str | None = None, **attrs: Any
+) -> Iterator[Span]:
     """A traced block. `as_type="generation"` (with `model`) marks an LLM call. No-op when unset."""
     lf = client()
     if lf is None:
@@ -133,8 +134,10 @@ def span(name: str, *, as_type: str = "span", input: Any = None, model: str | No
     kwargs: dict[str, Any] = {"name": name, "as_type": as_type, "input": _json(input), "metadata": metadata}
     if model is not None and as_type == "generation":
         kwargs["model"] = model
-    with propagate_attributes(metadata=ambient or None, session_id=session), \
-            lf.start_as_current_observation(**kwargs) as observation:
+    with (
+        propagate_attributes(metadata=ambient or None, session_id=session),
+        lf.start_as_current_observation(**kwargs) as observation,
+    ):
         try:
             yield Span(observation)
         except BaseException as exc:

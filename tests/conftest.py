@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random-init Llama with the real SmolLM2 tokenizer (built in seconds), real SQLite
 stores in tmp folders, and (from tests/support/postgres.py) a private PostgreSQL server. Helpers that are not
 fixtures live in tests/support/."""
+
 from __future__ import annotations
 
 import os
@@ -27,10 +28,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     tok = load_tokenizer("smollm2-135m")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )
     model = LlamaForCausalLM(config)
     folder = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(folder)
@@ -54,4 +64,3 @@ def store(tmp_path: Path):
     from harness.store import Store
 
     return Store(str(tmp_path / "store.db"))
-

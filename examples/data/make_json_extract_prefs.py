@@ -7,6 +7,7 @@ rejected = the same facts in a form the task forbids, cycling through three styl
            actually produces: pretty-printed JSON, a chatty answer around a code block, and prose.
 Deterministic: the same train.jsonl always gives the same file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,13 @@ def build(train: Path = TRAIN) -> list[dict[str, str]]:
             continue
         row = json.loads(line)
         answer = json.loads(row["completion"])
-        rows.append({"prompt": row["prompt"], "chosen": json.dumps(answer, separators=(",", ":")),
-                     "rejected": rejected(answer, i % 3)})
+        rows.append(
+            {
+                "prompt": row["prompt"],
+                "chosen": json.dumps(answer, separators=(",", ":")),
+                "rejected": rejected(answer, i % 3),
+            }
+        )
     return rows
 
 

@@ -5,6 +5,7 @@ item with no score on either side (a failed scorer) is left out and counted. Whi
 whether a metric is 0/1 per item, is read from the stored metric rows (the scorer registry only for rows
 written before the store kept them). A corpus-level metric (one value per evaluation) is listed, not paired.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ class Comparison:
     primary: bool
     baseline_version: str
     candidate_version: str
-    stats: PairedDelta | None   # None when the suite versions differ or no item has a score on both sides
+    stats: PairedDelta | None  # None when the suite versions differ or no item has a score on both sides
     problem: str | None = None
     kind: MetricKind = MetricKind()
 
@@ -46,11 +47,12 @@ def verdict(stats: PairedDelta | None, higher_is_better: bool) -> str:
 @dataclass(frozen=True)
 class Paired:
     """Per-item scores of one metric on two evaluations, lined up by item."""
+
     keys: list[str]
     baseline: list[float]
     candidate: list[float]
-    missing: int          # items scored on one side only, or with a failed (None) score
-    kind: MetricKind      # binary only when both sides are
+    missing: int  # items scored on one side only, or with a failed (None) score
+    kind: MetricKind  # binary only when both sides are
 
     def stats(self) -> PairedDelta | None:
         return compare(self.baseline, self.candidate, binary=self.kind.binary) if self.keys else None
@@ -64,7 +66,9 @@ def kind_of(metric: str, row: Metric | None) -> MetricKind:
         return registered
     return MetricKind(
         higher_is_better=registered.higher_is_better if row.higher_is_better is None else row.higher_is_better,
-        binary=registered.binary if row.binary is None else row.binary, corpus=bool(row.corpus))
+        binary=registered.binary if row.binary is None else row.binary,
+        corpus=bool(row.corpus),
+    )
 
 
 def metric_kind(store: Store, evaluation_id: int, metric: str) -> MetricKind:
@@ -77,8 +81,13 @@ def paired_scores(store: Store, baseline_eval: int, candidate_eval: int, metric:
     missing = len(set(a) | set(b)) - len(keys)
     base, cand = metric_kind(store, baseline_eval, metric), metric_kind(store, candidate_eval, metric)
     kind = MetricKind(higher_is_better=cand.higher_is_better, binary=base.binary and cand.binary)
-    return Paired(keys, [float(a[k]) for k in keys], [float(b[k]) for k in keys], missing,  # type: ignore[arg-type]
-                  kind)
+    return Paired(
+        keys,
+        [float(a[k]) for k in keys],
+        [float(b[k]) for k in keys],
+        missing,  # type: ignore[arg-type]
+        kind,
+    )
 
 
 def latest_evaluations(store: Store, trial_id: int) -> dict[str, tuple[Evaluation, SuiteRow]]:
@@ -90,8 +99,9 @@ def latest_evaluations(store: Store, trial_id: int) -> dict[str, tuple[Evaluatio
     return out
 
 
-def matching_evaluation(store: Store, trial_id: int, suite_name: str,
-                        version: str) -> tuple[tuple[Evaluation, SuiteRow] | None, list[str]]:
+def matching_evaluation(
+    store: Store, trial_id: int, suite_name: str, version: str
+) -> tuple[tuple[Evaluation, SuiteRow] | None, list[str]]:
     """The trial's evaluation on exactly this suite version, and the versions of the suite it does have."""
     same_name = [(ev, suite) for ev, suite in store.evaluations(trial_id) if suite.name == suite_name]
     exact = [pair for pair in same_name if pair[1].version == version]
@@ -106,15 +116,28 @@ def compare_trials(store: Store, baseline: Trial, candidate: Trial) -> list[Comp
         if match is None and not versions:
             continue
         for metric, metric_row in store.metrics(ev.id).items():
-            row = dict(suite=name, category=suite.category, metric=metric, primary=metric == suite.primary_metric,
-                       baseline_version=match[1].version if match else versions[-1], candidate_version=suite.version)
+            row = dict(
+                suite=name,
+                category=suite.category,
+                metric=metric,
+                primary=metric == suite.primary_metric,
+                baseline_version=match[1].version if match else versions[-1],
+                candidate_version=suite.version,
+            )
             if match is None:
-                out.append(Comparison(**row, stats=None, problem="suite versions differ",
-                                      kind=kind_of(metric, metric_row)))
+                out.append(
+                    Comparison(**row, stats=None, problem="suite versions differ", kind=kind_of(metric, metric_row))
+                )
                 continue
             if metric_row.corpus:  # one value per evaluation: nothing to pair item by item
-                out.append(Comparison(**row, stats=None, problem="corpus-level metric: no per-item scores to pair",
-                                      kind=kind_of(metric, metric_row)))
+                out.append(
+                    Comparison(
+                        **row,
+                        stats=None,
+                        problem="corpus-level metric: no per-item scores to pair",
+                        kind=kind_of(metric, metric_row),
+                    )
+                )
                 continue
             paired = paired_scores(store, match[0].id, ev.id, metric)
             stats = paired.stats()

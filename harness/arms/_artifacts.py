@@ -7,6 +7,7 @@
   A QLoRA adapter is merged into the base in 16-bit (bf16 on GPU, fp32 on CPU), not into 4-bit weights;
 * a full fine-tune: its model folder as it is.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.base._errors import UserError, ensure_folder
-from harness.model._load import load_model, local_folder, resolve
 from harness.base._kinds import TRAINED, UNTRAINED
+from harness.model._load import load_model, local_folder, resolve
 from harness.store._store import Store
 
 
 @dataclass
 class Exported:
     folder: Path
-    kind: str           # adapter | merged | full
+    kind: str  # adapter | merged | full
     base_model: str
     trial: str
 
@@ -34,16 +35,19 @@ def _manifest(trial_folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False, device: str | None = None,
-                 overwrite: bool = False) -> Exported:
+def export_trial(
+    store: Store, ref: str, out: str | Path, *, merge: bool = False, device: str | None = None, overwrite: bool = False
+) -> Exported:
     """Write the trial's adapter, merged model or full model to `out`."""
 
     trial = store.get_trial(ref)
     if trial.status != "finished":
         raise UserError(f"trial '{ref}' is {trial.status}, not finished: nothing to export")
     if trial.arm_type in UNTRAINED:
-        raise UserError(f"trial '{ref}' is a {trial.arm_type} arm: it trained no weights (its prompt is in the "
-                        f"trial's config); export a {'/'.join(TRAINED)} trial")
+        raise UserError(
+            f"trial '{ref}' is a {trial.arm_type} arm: it trained no weights (its prompt is in the "
+            f"trial's config); export a {'/'.join(TRAINED)} trial"
+        )
     folder = Path(trial.folder)
     weights = folder / "adapter"
     if not weights.is_dir():
@@ -59,8 +63,15 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
     run = store.get_run(trial.run_id)
     base = trial_base(run.base_model, folder)
     is_adapter = (weights / "adapter_config.json").exists()
-    info = {"trial": f"{run.name}/{trial.name}", "trial_id": trial.id, "run_id": run.id, "arm_type": trial.arm_type,
-            "base_model": base, "config": trial.config, "manifest": _manifest(folder)}
+    info = {
+        "trial": f"{run.name}/{trial.name}",
+        "trial_id": trial.id,
+        "run_id": run.id,
+        "arm_type": trial.arm_type,
+        "base_model": base,
+        "config": trial.config,
+        "manifest": _manifest(folder),
+    }
 
     if not is_adapter:
         shutil.copytree(weights, out, dirs_exist_ok=True)
@@ -86,7 +97,6 @@ def export_trial(store: Store, ref: str, out: str | Path, *, merge: bool = False
 def merged_model(base: str, adapter: str | Path, device: str | None = None) -> tuple[Any, Any]:
     """The base model with the adapter merged in (PEFT merge_and_unload), in eval mode."""
     from peft import PeftModel
-
 
     model, tok = load_model(base, device)
     peft_model = PeftModel.from_pretrained(model, str(adapter))

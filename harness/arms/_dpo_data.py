@@ -9,6 +9,7 @@ unless the arm says `truncation: keep_start`: then the pair is cut to `max_lengt
 does, and only a prompt that fills `max_length` by itself (which would leave no answer token to learn from) is
 refused.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from harness.base._data import Preference, load_preferences
 from harness.base._errors import UserError
 from harness.model._load import fix_tokenizer, load_tokenizer, resolve
 
-TRUNCATIONS = ("error", "keep_start")   # the DPO arm's `truncation`: refuse over-long pairs, or cut them as TRL
+TRUNCATIONS = ("error", "keep_start")  # the DPO arm's `truncation`: refuse over-long pairs, or cut them as TRL
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class PairTokens:
     """Token counts of one pair as TRL tokenizes it (before any truncation)."""
 
     prompt: int
-    chosen: int     # completion tokens of the chosen answer
+    chosen: int  # completion tokens of the chosen answer
     rejected: int
 
     @property
@@ -45,15 +46,25 @@ def check_pairs(pairs: Sequence[Preference], file: str | Path) -> None:
     for pair in pairs:
         line = pair.line or None
         if not any(m.content.strip() for m in pair.prompt):
-            raise UserError("empty prompt: a pair needs the question both answers reply to", file=file, line=line,
-                            field="prompt")
+            raise UserError(
+                "empty prompt: a pair needs the question both answers reply to", file=file, line=line, field="prompt"
+            )
         for name in ("chosen", "rejected"):
             if not getattr(pair, name).strip():
-                raise UserError(f"empty '{name}' answer (only whitespace): a pair needs two non-empty answers",
-                                file=file, line=line, field=name)
+                raise UserError(
+                    f"empty '{name}' answer (only whitespace): a pair needs two non-empty answers",
+                    file=file,
+                    line=line,
+                    field=name,
+                )
         if pair.chosen.strip() == pair.rejected.strip():
-            raise UserError("identical to 'chosen': a pair must prefer one answer over a different one (DPO "
-                            "learns nothing from it)", file=file, line=line, field="rejected")
+            raise UserError(
+                "identical to 'chosen': a pair must prefer one answer over a different one (DPO "
+                "learns nothing from it)",
+                file=file,
+                line=line,
+                field="rejected",
+            )
 
 
 def load_pairs(path: str | Path) -> list[Preference]:
@@ -96,8 +107,14 @@ def tokenize_pair(tok: Any, pair: Preference) -> PairTokens:
     return PairTokens(prompt=shared, chosen=len(chosen_ids) - shared, rejected=len(rejected_ids) - shared)
 
 
-def pair_lengths(pairs: Sequence[Preference], tok: Any, max_length: int, file: str | Path,
-                 truncation: str = "error", counted: Sequence[PairTokens] | None = None) -> list[PairTokens]:
+def pair_lengths(
+    pairs: Sequence[Preference],
+    tok: Any,
+    max_length: int,
+    file: str | Path,
+    truncation: str = "error",
+    counted: Sequence[PairTokens] | None = None,
+) -> list[PairTokens]:
     """Each pair's token counts (`counted`, when the pairs were tokenized already); a pair longer than
     `max_length` is an error unless `truncation` is keep_start, and a prompt that fills `max_length` by itself is
     an error either way."""
@@ -107,16 +124,25 @@ def pair_lengths(pairs: Sequence[Preference], tok: Any, max_length: int, file: s
     for pair, tokens in zip(pairs, out, strict=True):
         line = pair.line or None
         if tokens.prompt >= max_length:
-            raise UserError(f"the prompt alone is {tokens.prompt} tokens, max_length is {max_length}: no answer "
-                            "token would be left to learn from; shorten the prompt or raise max_length",
-                            file=file, line=line, field="prompt")
+            raise UserError(
+                f"the prompt alone is {tokens.prompt} tokens, max_length is {max_length}: no answer "
+                "token would be left to learn from; shorten the prompt or raise max_length",
+                file=file,
+                line=line,
+                field="prompt",
+            )
         if truncation == "error":
             for name in ("chosen", "rejected"):
                 total = getattr(tokens, f"{name}_sequence")
                 if total > max_length:
-                    raise UserError(f"prompt + {name} is {total} tokens, longer than the arm's max_length "
-                                    f"{max_length}: shorten it, raise max_length, or set `truncation: keep_start` "
-                                    "on the arm to cut over-long pairs as TRL does", file=file, line=line, field=name)
+                    raise UserError(
+                        f"prompt + {name} is {total} tokens, longer than the arm's max_length "
+                        f"{max_length}: shorten it, raise max_length, or set `truncation: keep_start` "
+                        "on the arm to cut over-long pairs as TRL does",
+                        file=file,
+                        line=line,
+                        field=name,
+                    )
     return out
 
 

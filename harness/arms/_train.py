@@ -10,6 +10,7 @@ activation checkpointing only where the memory plan needs it. The batches, the l
 code are those of the plain path; only how the forward runs changes. On CPU the plain TRL path runs
 (float32, no kernels to gain from); `fast=FastPath(...)` forces the fast path anywhere.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,8 @@ from typing import Any, Literal
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness.base._data import Example, Preference
 from harness.arms._dpo_data import check_pairs, pair_lengths, pair_tokenizer, sequence_lengths, tokenize_pair
+from harness.base._data import Example, Preference
 from harness.model._dpo import dpo_reference, fast_dpo_trainer
 from harness.model._fastpath import FastPath, FastSession, MemoryPlan
 from harness.model._load import default_device, load_model
@@ -50,10 +51,10 @@ class TrainResult:
     folder: Path
     steps: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-    tokens_per_second: float = 0.0        # real (non-padding) input tokens per second of training
+    tokens_per_second: float = 0.0  # real (non-padding) input tokens per second of training
     peak_memory_gib: float = 0.0
     final_loss: float | None = None
-    fastpath: dict[str, Any] = field(default_factory=dict)   # what the fast path applied; empty on the plain path
+    fastpath: dict[str, Any] = field(default_factory=dict)  # what the fast path applied; empty on the plain path
 
 
 def peak_memory_gib() -> float:
@@ -83,8 +84,14 @@ def step_logger(progress: bool = True) -> Any:
             if not progress:
                 return
 
-            self.bar = Progress(TextColumn("  training"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), transient=False)
+            self.bar = Progress(
+                TextColumn("  training"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                transient=False,
+            )
             self.task = self.bar.add_task("train", total=state.max_steps, loss="…")
             self.bar.start()
 
@@ -106,15 +113,24 @@ def step_logger(progress: bool = True) -> Any:
             if not logs or "loss" not in logs:
                 return
             loss = float(logs["loss"])
-            t = time.perf_counter()   # logging reads the loss from the device, so the step has finished here
+            t = time.perf_counter()  # logging reads the loss from the device, so the step has finished here
             tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
             step_tokens, seconds = tokens - self.last_tokens, max(t - self.last_t, 1e-9)
             self.last_tokens, self.last_t = tokens, t
-            self.rows.append({"step": state.global_step, "loss": loss, "lr": logs.get("learning_rate"),
-                              "grad_norm": logs.get("grad_norm"), "tokens": step_tokens, "seconds": seconds,
-                              "tokens_per_second": step_tokens / seconds, "peak_memory_gib": peak_memory_gib()}
-                             # DPO: TRL's reward and log-probability metrics, under TRL's names
-                             | {k: float(v) for k, v in logs.items() if k.startswith(("rewards/", "logps/"))})
+            self.rows.append(
+                {
+                    "step": state.global_step,
+                    "loss": loss,
+                    "lr": logs.get("learning_rate"),
+                    "grad_norm": logs.get("grad_norm"),
+                    "tokens": step_tokens,
+                    "seconds": seconds,
+                    "tokens_per_second": step_tokens / seconds,
+                    "peak_memory_gib": peak_memory_gib(),
+                }
+                # DPO: TRL's reward and log-probability metrics, under TRL's names
+                | {k: float(v) for k, v in logs.items() if k.startswith(("rewards/", "logps/"))}
+            )
             self.show(state)
             if not math.isfinite(loss) or loss > 1e4:
                 raise TrainingFailed(f"loss diverged at step {state.global_step} (loss={loss})")
@@ -148,28 +164,49 @@ def subset(rows: list[Any], fraction: float, seed: int) -> list[Any]:
 def lora_config(arm: Any) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=arm.r, lora_alpha=arm.alpha, lora_dropout=arm.dropout, target_modules=arm.target_modules,
-                      use_dora=arm.type == "dora", task_type="CAUSAL_LM", bias="none")
+    return LoraConfig(
+        r=arm.r,
+        lora_alpha=arm.alpha,
+        lora_dropout=arm.dropout,
+        target_modules=arm.target_modules,
+        use_dora=arm.type == "dora",
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
 
 
 def resolve_fast(fast: Fast, device: str) -> FastPath | None:
     return FastPath.for_device(device) if fast == "auto" else fast
 
 
-def _common_args(arm: Any, out_dir: Path, device: str, n_rows: int, *, fold: int = 1,
-                 fast: bool = False) -> dict[str, Any]:
+def _common_args(
+    arm: Any, out_dir: Path, device: str, n_rows: int, *, fold: int = 1, fast: bool = False
+) -> dict[str, Any]:
     steps_per_epoch = math.ceil(n_rows / (arm.batch_size * arm.grad_accum))
     args = {
-        "output_dir": str(out_dir / "checkpoints"), "per_device_train_batch_size": arm.batch_size * fold,
-        "gradient_accumulation_steps": arm.grad_accum // fold, "learning_rate": arm.lr, "num_train_epochs": arm.epochs,
-        "max_steps": arm.max_steps or -1, "lr_scheduler_type": arm.scheduler, "warmup_steps": arm.warmup_steps,
-        "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": arm.seed, "data_seed": arm.seed,
-        "bf16": device == "cuda", "use_cpu": device == "cpu", "include_num_input_tokens_seen": "non_padding",
+        "output_dir": str(out_dir / "checkpoints"),
+        "per_device_train_batch_size": arm.batch_size * fold,
+        "gradient_accumulation_steps": arm.grad_accum // fold,
+        "learning_rate": arm.lr,
+        "num_train_epochs": arm.epochs,
+        "max_steps": arm.max_steps or -1,
+        "lr_scheduler_type": arm.scheduler,
+        "warmup_steps": arm.warmup_steps,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": arm.seed,
+        "data_seed": arm.seed,
+        "bf16": device == "cuda",
+        "use_cpu": device == "cpu",
+        "include_num_input_tokens_seen": "non_padding",
         "disable_tqdm": True,  # our own progress bar (StepLog) shows step, loss and time left
-        "optim": "paged_adamw_8bit" if arm.type == "qlora"
+        "optim": "paged_adamw_8bit"
+        if arm.type == "qlora"
         else ("adamw_torch_fused" if device == "cuda" else "adamw_torch"),
         "dataloader_num_workers": 0,
-        "max_length": arm.max_length, "logging_first_step": True,
+        "max_length": arm.max_length,
+        "logging_first_step": True,
     } | ({"warmup_steps": 0} if steps_per_epoch < 2 else {})
     # The fast path checkpoints layers itself, per its memory plan (harness.model._memory_plan.checkpointing); the plain
     # path checkpoints only when the arm asks (TRL's own default would recompute every layer, which costs time).
@@ -206,8 +243,12 @@ def _load(arm: Any, base_spec: str, device: str, fast: FastPath | None) -> tuple
 def _sft_dataset(rows: list[Example]) -> Any:
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": [m.model_dump() for m in ex.prompt],
-                               "completion": [{"role": "assistant", "content": ex.answer}]} for ex in rows])
+    return Dataset.from_list(
+        [
+            {"prompt": [m.model_dump() for m in ex.prompt], "completion": [{"role": "assistant", "content": ex.answer}]}
+            for ex in rows
+        ]
+    )
 
 
 def _token_lengths(tok: Any, conversations: list[list[dict[str, str]]], max_length: int) -> list[int]:
@@ -217,8 +258,16 @@ def _token_lengths(tok: Any, conversations: list[list[dict[str, str]]], max_leng
     return [min(len(x) + 8, max_length) for x in ids]
 
 
-def train_sft(arm: Any, base_spec: str, examples: list[Example], out_dir: Path, device: str | None = None, *,
-              fast: Fast = "auto", progress: bool = True) -> TrainResult:
+def train_sft(
+    arm: Any,
+    base_spec: str,
+    examples: list[Example],
+    out_dir: Path,
+    device: str | None = None,
+    *,
+    fast: Fast = "auto",
+    progress: bool = True,
+) -> TrainResult:
     """Supervised fine-tuning of one arm; returns where the adapter (or full model) was saved."""
     quiet_libraries()
     device = device or default_device()
@@ -229,8 +278,18 @@ def train_sft(arm: Any, base_spec: str, examples: list[Example], out_dir: Path, 
     return sft_with_model(arm, model, tok, rows, out_dir, device, fast=fast_path, progress=progress)
 
 
-def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir: Path, device: str, *,
-                   fast: FastPath | None, progress: bool = True, callbacks: tuple[Any, ...] = ()) -> TrainResult:
+def sft_with_model(
+    arm: Any,
+    model: Any,
+    tok: Any,
+    rows: list[Example],
+    out_dir: Path,
+    device: str,
+    *,
+    fast: FastPath | None,
+    progress: bool = True,
+    callbacks: tuple[Any, ...] = (),
+) -> TrainResult:
     """SFT of an already loaded (or built) model: the part of `train_sft` after loading."""
     from trl import SFTConfig, SFTTrainer
 
@@ -239,10 +298,15 @@ def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir:
     log = step_logger(progress)
     eos = _eos_for_template(tok)
     if fast is None:
-        args = SFTConfig(**_common_args(arm, out_dir, device, len(rows)),
-                         completion_only_loss=True, eos_token=eos)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                             peft_config=peft_config, callbacks=[log, *callbacks])
+        args = SFTConfig(**_common_args(arm, out_dir, device, len(rows)), completion_only_loss=True, eos_token=eos)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[log, *callbacks],
+        )
         return _run(trainer, log, tok, out_dir)
 
     session = FastSession(fast, device, sft=True)
@@ -256,25 +320,46 @@ def sft_with_model(arm: Any, model: Any, tok: Any, rows: list[Example], out_dir:
 
             set_seed(arm.seed)
             model = get_peft_model(model, peft_config)
-        conversations = [[m.model_dump() for m in ex.prompt] + [{"role": "assistant", "content": ex.answer}]
-                         for ex in rows]
-        plan = session.plan(model, _token_lengths(tok, conversations, arm.max_length), arm.batch_size,
-                            arm.grad_accum, forced_checkpointing=arm.gradient_checkpointing)
+        conversations = [
+            [m.model_dump() for m in ex.prompt] + [{"role": "assistant", "content": ex.answer}] for ex in rows
+        ]
+        plan = session.plan(
+            model,
+            _token_lengths(tok, conversations, arm.max_length),
+            arm.batch_size,
+            arm.grad_accum,
+            forced_checkpointing=arm.gradient_checkpointing,
+        )
         # overlapped steps (harness.model._overlap): TRL's SFTTrainer, its per-step host syncs moved off the step
         overlapped = session.overlap_blocked is None
         trainer_class = overlapped_trainer(SFTTrainer) if overlapped else SFTTrainer
-        args = SFTConfig(**_common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True)
-                         | (overlap_args(device) if overlapped else {}), completion_only_loss=True, eos_token=eos)
-        trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                                callbacks=[log, *callbacks])
+        args = SFTConfig(
+            **_common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True)
+            | (overlap_args(device) if overlapped else {}),
+            completion_only_loss=True,
+            eos_token=eos,
+        )
+        trainer = trainer_class(
+            model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[log, *callbacks]
+        )
         return _run(trainer, log, tok, out_dir, session, plan)
     finally:
         session.close()
 
 
-def train_dpo(arm: Any, base_spec: str, pairs: list[Preference], out_dir: Path, device: str | None = None,
-              init_adapter: Path | None = None, *, fast: Fast = "auto", progress: bool = True,
-              data_file: str | Path = "preference data", reference: str | None = None) -> TrainResult:
+def train_dpo(
+    arm: Any,
+    base_spec: str,
+    pairs: list[Preference],
+    out_dir: Path,
+    device: str | None = None,
+    init_adapter: Path | None = None,
+    *,
+    fast: Fast = "auto",
+    progress: bool = True,
+    data_file: str | Path = "preference data",
+    reference: str | None = None,
+) -> TrainResult:
     """Direct preference optimisation, from the base model or on top of an SFT adapter. The pairs are checked
     (`harness.arms._dpo_data`: empty or identical answers, pairs longer than max_length unless the arm truncates)
     before the model is loaded."""
@@ -286,21 +371,49 @@ def train_dpo(arm: Any, base_spec: str, pairs: list[Preference], out_dir: Path, 
     check_pairs(rows, data_file)
     pair_lengths(rows, pair_tokenizer(base_spec), arm.max_length, data_file, getattr(arm, "truncation", "error"))
     model, tok = _load(arm, base_spec, device, fast_path)
-    return dpo_with_model(arm, model, tok, rows, out_dir, device, init_adapter=init_adapter, fast=fast_path,
-                          progress=progress, reference=reference)
+    return dpo_with_model(
+        arm,
+        model,
+        tok,
+        rows,
+        out_dir,
+        device,
+        init_adapter=init_adapter,
+        fast=fast_path,
+        progress=progress,
+        reference=reference,
+    )
 
 
 def _dpo_dataset(rows: list[Preference]) -> Any:
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": [m.model_dump() for m in p.prompt],
-                               "chosen": [{"role": "assistant", "content": p.chosen}],
-                               "rejected": [{"role": "assistant", "content": p.rejected}]} for p in rows])
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [m.model_dump() for m in p.prompt],
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            }
+            for p in rows
+        ]
+    )
 
 
-def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_dir: Path, device: str, *,
-                   fast: FastPath | None, init_adapter: Path | None = None, progress: bool = True,
-                   callbacks: tuple[Any, ...] = (), reference: str | None = None) -> TrainResult:
+def dpo_with_model(
+    arm: Any,
+    model: Any,
+    tok: Any,
+    rows: list[Preference],
+    out_dir: Path,
+    device: str,
+    *,
+    fast: FastPath | None,
+    init_adapter: Path | None = None,
+    progress: bool = True,
+    callbacks: tuple[Any, ...] = (),
+    reference: str | None = None,
+) -> TrainResult:
     """DPO of an already loaded model. The plain path is TRL's DPOTrainer as shipped; the fast path
     (`harness.model._dpo`) wraps the adapter itself so the memory plan can merge accumulation steps, packs the
     chosen and rejected sequences, computes the log-probabilities over the completion tokens only, and takes the
@@ -320,8 +433,14 @@ def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_d
     if fast is None:
         common = _common_args(arm, out_dir, device, len(rows))
         common.pop("max_length")
-        trainer = DPOTrainer(model=model, args=DPOConfig(**common, **dpo_args), train_dataset=dataset,
-                             processing_class=tok, peft_config=peft_config, callbacks=[log, *callbacks])
+        trainer = DPOTrainer(
+            model=model,
+            args=DPOConfig(**common, **dpo_args),
+            train_dataset=dataset,
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=[log, *callbacks],
+        )
         return _run(trainer, log, tok, out_dir)
 
     session = FastSession(fast, device, dpo=True)
@@ -336,17 +455,24 @@ def dpo_with_model(arm: Any, model: Any, tok: Any, rows: list[Preference], out_d
             set_seed(arm.seed)
             model = get_peft_model(model, peft_config)
         lengths = sequence_lengths([tokenize_pair(tok, p) for p in rows], arm.max_length)
-        plan = session.plan(model, lengths, arm.batch_size, arm.grad_accum,
-                            forced_checkpointing=arm.gradient_checkpointing)
+        plan = session.plan(
+            model, lengths, arm.batch_size, arm.grad_accum, forced_checkpointing=arm.gradient_checkpointing
+        )
         # the reference of full fine-tuning can only be computed before training (no adapter to switch off)
         ref = "precomputed" if arm.type == "full" else dpo_reference(reference)
         common = _common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True) | overlap_args(device)
         common.pop("max_length")
         trainer = fast_dpo_trainer(DPOTrainer)(
-            model=model, args=DPOConfig(**common, **dpo_args), train_dataset=dataset, processing_class=tok,
-            callbacks=[log, *callbacks], fresh_adapter=init_adapter is None, precompute=ref == "precomputed",
+            model=model,
+            args=DPOConfig(**common, **dpo_args),
+            train_dataset=dataset,
+            processing_class=tok,
+            callbacks=[log, *callbacks],
+            fresh_adapter=init_adapter is None,
+            precompute=ref == "precomputed",
             packed=session.report.padding_free,
-            log_late=session.overlap_blocked is None)
+            log_late=session.overlap_blocked is None,
+        )
         reference_seconds = trainer.reference_seconds
         result = _run(trainer, log, tok, out_dir, session, plan)
     finally:
@@ -369,8 +495,9 @@ def _eos_for_template(tok: Any) -> str:
     return tok.eos_token
 
 
-def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession | None = None,
-         plan: MemoryPlan | None = None) -> TrainResult:
+def _run(
+    trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession | None = None, plan: MemoryPlan | None = None
+) -> TrainResult:
     import torch
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -378,7 +505,7 @@ def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession |
     trainer.remove_callback(ProgressCallback)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    steps = profile_steps()   # TUNEGATE_PROFILE=FIRST:COUNT: torch.profiler over those steps (harness.model._profile)
+    steps = profile_steps()  # TUNEGATE_PROFILE=FIRST:COUNT: torch.profiler over those steps (harness.model._profile)
     profiler = step_profiler(*steps, trainer.args.device.type) if steps is not None else None
     if profiler is not None:
         trainer.add_callback(profiler)
@@ -395,7 +522,7 @@ def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession |
         raise TrainingFailed(f"out of memory: {str(exc).splitlines()[0]}") from None
     finally:
         if session is not None:
-            session.close()   # undo the kernels and the attention switch before the weights are saved
+            session.close()  # undo the kernels and the attention switch before the weights are saved
     seconds = time.perf_counter() - started
     write_profile(profiler, out_dir, trainer.args.process_index, trainer.args.world_size)
     folder = out_dir / "adapter"
@@ -404,6 +531,12 @@ def _run(trainer: Any, log: Any, tok: Any, out_dir: Path, session: FastSession |
         tok.save_pretrained(str(folder))
     tokens = int(getattr(trainer.state, "num_input_tokens_seen", 0) or 0)
     losses = [r["loss"] for r in log.rows]
-    return TrainResult(folder=folder, steps=log.rows, seconds=seconds, tokens_per_second=tokens / max(seconds, 1e-9),
-                       peak_memory_gib=peak_memory_gib(), final_loss=losses[-1] if losses else None,
-                       fastpath=session.report.as_dict() if session is not None else {})
+    return TrainResult(
+        folder=folder,
+        steps=log.rows,
+        seconds=seconds,
+        tokens_per_second=tokens / max(seconds, 1e-9),
+        peak_memory_gib=peak_memory_gib(),
+        final_loss=losses[-1] if losses else None,
+        fastpath=session.report.as_dict() if session is not None else {},
+    )

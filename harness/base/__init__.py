@@ -3,6 +3,7 @@ kinds (`_kinds`), training data formats (`_data`) and paired statistics (`_stats
 package.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+
 from __future__ import annotations
 
 from harness._lazy import lazy_getattr

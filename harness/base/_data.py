@@ -3,6 +3,7 @@
 Formats: chat `messages`, alpaca `instruction/input/output`, `prompt/completion`, and preference
 `prompt/chosen/rejected`. A bad row is reported with its file, line and field.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,6 +70,7 @@ Format = Literal["auto", "messages", "alpaca", "prompt_completion", "preference"
 
 class Example(BaseModel):
     """One supervised example: the prompt as chat messages plus the answer the model should give."""
+
     prompt: list[Message]
     answer: str
     line: int = 0
@@ -121,8 +123,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         while raw := f.readline(MAX_ROW_BYTES + 1):
             lineno += 1
             if len(raw) > MAX_ROW_BYTES:
-                raise UserError(f"the row is longer than {MAX_ROW_BYTES // 2**20} MiB; shorten or split it",
-                                file=path, line=lineno)
+                raise UserError(
+                    f"the row is longer than {MAX_ROW_BYTES // 2**20} MiB; shorten or split it", file=path, line=lineno
+                )
             text = decode_utf8(raw, path, first_line=lineno)
             if not text.strip():
                 continue
@@ -130,7 +133,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = loads_json(text)
             except json.JSONDecodeError as exc:
                 raise UserError(f"invalid JSON: {exc.msg} (column {exc.colno})", file=path, line=lineno) from None
-            except ValueError as exc:   # an integer of too many digits, nesting too deep
+            except ValueError as exc:  # an integer of too many digits, nesting too deep
                 raise UserError(f"invalid JSON: {exc}", file=path, line=lineno) from None
             if not isinstance(obj, dict):
                 raise UserError("each line must be a JSON object", file=path, line=lineno)
@@ -145,9 +148,12 @@ def load_rows(path: str | Path, fmt: Format = "auto") -> tuple[str, list[tuple[i
         if detected is None:
             detected = detect_format(obj)
             if detected is None:
-                raise UserError("cannot tell the data format: expected 'messages', 'instruction'/'output', "
-                                "'prompt'/'completion' or 'prompt'/'chosen'/'rejected' keys",
-                                file=path, line=lineno)
+                raise UserError(
+                    "cannot tell the data format: expected 'messages', 'instruction'/'output', "
+                    "'prompt'/'completion' or 'prompt'/'chosen'/'rejected' keys",
+                    file=path,
+                    line=lineno,
+                )
         try:
             rows.append((lineno, FORMATS[detected].model_validate(obj)))
         except ValidationError as exc:
@@ -172,18 +178,32 @@ def load_examples(path: str | Path, fmt: Format = "auto") -> list[Example]:
     """Supervised examples from any SFT format; preference files are refused with a clear reason."""
     detected, rows = load_rows(path, fmt)
     if detected == "preference":
-        raise UserError("this is preference data (prompt/chosen/rejected); a supervised arm needs "
-                        "messages, alpaca or prompt/completion rows", file=path, line=rows[0][0])
+        raise UserError(
+            "this is preference data (prompt/chosen/rejected); a supervised arm needs "
+            "messages, alpaca or prompt/completion rows",
+            file=path,
+            line=rows[0][0],
+        )
     return [_to_example(detected, row, lineno) for lineno, row in rows]
 
 
 def load_preferences(path: str | Path) -> list[Preference]:
     detected, rows = load_rows(path)
     if detected != "preference":
-        raise UserError(f"a DPO arm needs preference rows (prompt/chosen/rejected), this file is '{detected}'",
-                        file=path, line=rows[0][0])
-    return [Preference(prompt=[Message(role="user", content=r.prompt)], chosen=r.chosen,  # type: ignore[attr-defined]
-                       rejected=r.rejected, line=n) for n, r in rows]  # type: ignore[attr-defined]
+        raise UserError(
+            f"a DPO arm needs preference rows (prompt/chosen/rejected), this file is '{detected}'",
+            file=path,
+            line=rows[0][0],
+        )
+    return [
+        Preference(
+            prompt=[Message(role="user", content=r.prompt)],
+            chosen=r.chosen,  # type: ignore[attr-defined]
+            rejected=r.rejected,
+            line=n,
+        )
+        for n, r in rows
+    ]  # type: ignore[attr-defined]
 
 
 def file_sha256(path: str | Path) -> str:

@@ -1,4 +1,5 @@
 """User-facing errors: every bad input names its file, line and field and exits 2."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ class UserError(Exception):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, file: str | Path | None = None, line: int | None = None,
-                 field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, file: str | Path | None = None, line: int | None = None, field: str | None = None
+    ) -> None:
         self.message, self.file, self.line, self.field = message, file, line, field
         super().__init__(str(self))
 
@@ -41,8 +43,10 @@ def printable(text: object, keep: str = "") -> str:
     surrogates) written as backslash escapes (`\\x1b`), so text from a file, a name or the store cannot drive a
     terminal (window titles, colours), break an XML file or hide in a Markdown comment. Characters in `keep`
     (say "\\n") stay as they are."""
-    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in str(text))
+    return "".join(
+        c if c.isprintable() or c in keep else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+        for c in str(text)
+    )
 
 
 def ensure_folder(folder: str | Path, *, field: str | None = None) -> Path:
@@ -90,8 +94,11 @@ def decode_utf8(raw: bytes, path: str | Path, *, first_line: int = 1, error: typ
         return raw.decode("utf-8-sig" if first_line == 1 else "utf-8")
     except UnicodeDecodeError as exc:
         line = first_line + raw.count(b"\n", 0, exc.start)
-        raise error(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} cannot be decoded); save the file as UTF-8",
-                    file=path, line=line) from None
+        raise error(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} cannot be decoded); save the file as UTF-8",
+            file=path,
+            line=line,
+        ) from None
 
 
 MAX_DEPTH = 64
@@ -136,8 +143,7 @@ def _check_shape(text: str, path: Path, error: type[UserError]) -> None:
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise error(f"nested more than {MAX_DEPTH} levels deep", file=path,
-                                line=event.start_mark.line + 1)
+                    raise error(f"nested more than {MAX_DEPTH} levels deep", file=path, line=event.start_mark.line + 1)
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
     except yaml.YAMLError:
@@ -155,8 +161,11 @@ def _check_aliases(root: yaml.Node, path: Path, error: type[UserError]) -> None:
         if key in sizes:
             return sizes[key]
         if key in open_nodes:
-            raise error("an alias refers to the node that contains it (a recursive alias)", file=path,
-                        line=node.start_mark.line + 1)
+            raise error(
+                "an alias refers to the node that contains it (a recursive alias)",
+                file=path,
+                line=node.start_mark.line + 1,
+            )
         open_nodes.add(key)
         total = 1
         if isinstance(node, yaml.MappingNode):
@@ -169,8 +178,12 @@ def _check_aliases(root: yaml.Node, path: Path, error: type[UserError]) -> None:
 
     expanded = size(root)
     if expanded - len(sizes) > MAX_ALIAS_NODES:
-        raise error(f"aliases (*name) expand this document to {expanded:,} nodes from {len(sizes):,}; at most "
-                    f"{MAX_ALIAS_NODES:,} nodes may come from aliases", file=path, line=root.start_mark.line + 1)
+        raise error(
+            f"aliases (*name) expand this document to {expanded:,} nodes from {len(sizes):,}; at most "
+            f"{MAX_ALIAS_NODES:,} nodes may come from aliases",
+            file=path,
+            line=root.start_mark.line + 1,
+        )
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -187,11 +200,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
             try:
                 first = seen.get(key)
                 seen[key] = line
-            except TypeError:          # an unhashable key: let PyYAML report it
+            except TypeError:  # an unhashable key: let PyYAML report it
                 continue
             if first is not None:
-                error = self.error(f"duplicate key '{key}': given on line {first} and again on line {line}",
-                                   line=line, field=str(key))
+                error = self.error(
+                    f"duplicate key '{key}': given on line {first} and again on line {line}", line=line, field=str(key)
+                )
                 error.mark, error.key = node.start_mark, key  # type: ignore[attr-defined]  # to name its path
                 raise error
         return super().construct_mapping(node, deep=deep)
@@ -204,11 +218,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
             raise error
         return value
 
-
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         if too_many_digits(str(node.value)):
-            error = self.error(f"a number of {len(str(node.value))} characters; at most {MAX_DIGITS} digits are "
-                               "accepted", line=node.start_mark.line + 1)
+            error = self.error(
+                f"a number of {len(str(node.value))} characters; at most {MAX_DIGITS} digits are accepted",
+                line=node.start_mark.line + 1,
+            )
             error.mark = node.start_mark  # type: ignore[attr-defined]  # the scalar's place, to name its key
             raise error
         value: int = super().construct_yaml_int(node)  # type: ignore[no-untyped-call]
@@ -248,8 +263,11 @@ class YamlDoc:
             raise error(exc.message, file=self.path, line=exc.line, field=field or None) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            raise error(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", file=self.path,
-                        line=mark.line + 1 if mark else None) from None
+            raise error(
+                f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+                file=self.path,
+                line=mark.line + 1 if mark else None,
+            ) from None
         self.lines: dict[tuple[Any, ...], int] = {}
         if self.node is not None:
             _line_map(self.node, (), self.lines)
@@ -287,8 +305,11 @@ class YamlDoc:
 
     def validate(self, model: type[M], *, context: dict[str, Any] | None = None, what: str = "file") -> M:
         if not isinstance(self.data, dict):
-            raise self.error(f"expected a mapping at the top level: the {what} must be a YAML mapping of "
-                             "key: value", file=self.path, line=1)
+            raise self.error(
+                f"expected a mapping at the top level: the {what} must be a YAML mapping of key: value",
+                file=self.path,
+                line=1,
+            )
         try:
             return model.model_validate(self.data, context=context)
         except ValidationError as exc:
@@ -298,8 +319,9 @@ class YamlDoc:
         """The first pydantic error, with the line and field it points at in this file."""
         err = exc.errors()[0]
         path, line = self.resolve([p for p in err["loc"] if not str(p).startswith("function-")])
-        return self.error(_message(exc).removeprefix("Value error, "), file=self.path, line=line,
-                          field=dotted(path) or None)
+        return self.error(
+            _message(exc).removeprefix("Value error, "), file=self.path, line=line, field=dotted(path) or None
+        )
 
 
 def _path_of(node: yaml.Node | None, mark: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...]:
@@ -342,14 +364,12 @@ def _message(exc: ValidationError) -> str:
     return msg
 
 
-def from_validation(exc: ValidationError, file: str | Path, line_of: Any = None,
-                    line: int | None = None) -> UserError:
+def from_validation(exc: ValidationError, file: str | Path, line_of: Any = None, line: int | None = None) -> UserError:
     """The first pydantic error as a UserError with file, line and field (for rows of a JSONL file)."""
     err = exc.errors()[0]
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     # a discriminated union puts its tag right after the list index; drop it from the field path
-    loc = [p for i, p in enumerate(loc)
-           if not (i > 0 and isinstance(loc[i - 1], int) and p in _UNION_TAGS)]
+    loc = [p for i, p in enumerate(loc) if not (i > 0 and isinstance(loc[i - 1], int) and p in _UNION_TAGS)]
     found_line = line if line is not None else (line_of(loc) if line_of else None)
     return UserError(_message(exc), file=file, line=found_line, field=dotted(loc) or None)
 

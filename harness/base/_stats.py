@@ -1,5 +1,6 @@
 """Statistics over per-item scores: Wilson intervals for proportions, paired bootstrap intervals, McNemar's
 exact test, and Holm's step-down adjustment for when many arm pairs and metrics are compared at once."""
+
 from __future__ import annotations
 
 import math
@@ -31,12 +32,12 @@ class PairedDelta:
     n: int
     mean_a: float
     mean_b: float
-    delta: float          # mean(b) - mean(a)
-    lo: float             # 95% paired-bootstrap interval on delta
+    delta: float  # mean(b) - mean(a)
+    lo: float  # 95% paired-bootstrap interval on delta
     hi: float
     mcnemar_p: float | None  # binary scores only
-    b_wins: int           # items where b > a
-    a_wins: int           # items where a > b
+    b_wins: int  # items where b > a
+    a_wins: int  # items where a > b
 
     @property
     def excludes_zero(self) -> bool:
@@ -46,8 +47,9 @@ class PairedDelta:
 _BOOTSTRAP_CELLS = 2_000_000  # resampled indices held at once (16 MB)
 
 
-def paired_bootstrap(a: list[float], b: list[float], *, resamples: int = 10_000, seed: int = 0,
-                     confidence: float = 0.95) -> tuple[float, float, float]:
+def paired_bootstrap(
+    a: list[float], b: list[float], *, resamples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float, float]:
     """Delta mean(b) - mean(a) and its percentile interval, resampling items (pairs stay together)."""
     if len(a) != len(b):
         raise ValueError(f"paired scores need equal lengths ({len(a)} vs {len(b)})")
@@ -59,8 +61,12 @@ def paired_bootstrap(a: list[float], b: list[float], *, resamples: int = 10_000,
         return math.nan, math.nan, math.nan
     rng = np.random.default_rng(seed)
     rows = max(1, _BOOTSTRAP_CELLS // n)  # draw in blocks: bounded memory, same stream as one big draw
-    means = np.concatenate([diff[rng.integers(0, n, size=(min(rows, resamples - start), n))].mean(axis=1)
-                            for start in range(0, resamples, rows)])
+    means = np.concatenate(
+        [
+            diff[rng.integers(0, n, size=(min(rows, resamples - start), n))].mean(axis=1)
+            for start in range(0, resamples, rows)
+        ]
+    )
     alpha = (1 - confidence) / 2
     return float(diff.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
@@ -79,9 +85,16 @@ def mcnemar_exact(a: list[float], b: list[float]) -> float:
 def compare(a: list[float], b: list[float], *, binary: bool, seed: int = 0) -> PairedDelta:
     delta, lo, hi = paired_bootstrap(a, b, seed=seed)
     return PairedDelta(
-        n=len(a), mean_a=float(np.mean(a)) if a else math.nan, mean_b=float(np.mean(b)) if b else math.nan,
-        delta=delta, lo=lo, hi=hi, mcnemar_p=mcnemar_exact(a, b) if binary else None,
-        b_wins=sum(1 for x, y in zip(a, b) if y > x), a_wins=sum(1 for x, y in zip(a, b) if x > y))
+        n=len(a),
+        mean_a=float(np.mean(a)) if a else math.nan,
+        mean_b=float(np.mean(b)) if b else math.nan,
+        delta=delta,
+        lo=lo,
+        hi=hi,
+        mcnemar_p=mcnemar_exact(a, b) if binary else None,
+        b_wins=sum(1 for x, y in zip(a, b) if y > x),
+        a_wins=sum(1 for x, y in zip(a, b) if x > y),
+    )
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -105,7 +118,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 @dataclass(frozen=True)
 class AdjustedP:
-    label: str          # e.g. "lora vs baseline: json_extract.exact_match"
+    label: str  # e.g. "lora vs baseline: json_extract.exact_match"
     p: float
     p_holm: float
     alpha: float
@@ -135,16 +148,22 @@ def multiple_comparison_note(pvalues: Mapping[str, float | None], *, alpha: floa
         return "No paired significance tests were run, so there is nothing to adjust for multiple comparisons."
     if m == 1:
         r = rows[0]
-        return (f"One paired test ({r.label}, p={r.p:.3g}); with a single comparison no multiple-comparison "
-                "adjustment is needed.")
+        return (
+            f"One paired test ({r.label}, p={r.p:.3g}); with a single comparison no multiple-comparison "
+            "adjustment is needed."
+        )
     kept = [r for r in rows if r.significant]
     lost = [r for r in rows if r.significant_unadjusted and not r.significant]
-    text = (f"{m} paired tests were run across arm pairs and metrics, so some small p-values are expected by "
-            f"chance. After Holm-Bonferroni adjustment (family-wise alpha={alpha:g}), {len(kept)} of {m} "
-            f"remain significant")
-    text += (": " + "; ".join(f"{r.label} (p={r.p:.3g}, adjusted {r.p_holm:.3g})" for r in kept) + "."
-             if kept else ".")
+    text = (
+        f"{m} paired tests were run across arm pairs and metrics, so some small p-values are expected by "
+        f"chance. After Holm-Bonferroni adjustment (family-wise alpha={alpha:g}), {len(kept)} of {m} "
+        f"remain significant"
+    )
+    text += ": " + "; ".join(f"{r.label} (p={r.p:.3g}, adjusted {r.p_holm:.3g})" for r in kept) + "." if kept else "."
     if lost:
-        text += (f" {len(lost)} {'is' if len(lost) == 1 else 'are'} significant only before adjustment: "
-                 + "; ".join(f"{r.label} (p={r.p:.3g}, adjusted {r.p_holm:.3g})" for r in lost) + ".")
+        text += (
+            f" {len(lost)} {'is' if len(lost) == 1 else 'are'} significant only before adjustment: "
+            + "; ".join(f"{r.label} (p={r.p:.3g}, adjusted {r.p_holm:.3g})" for r in lost)
+            + "."
+        )
     return text

@@ -1,4 +1,5 @@
 """Console rendering shared by commands: a run's comparison table and a gate decision."""
+
 from __future__ import annotations
 
 import os
@@ -37,33 +38,56 @@ def print_run_comparison(st: Any, run_id: int, baseline: str = "baseline", out: 
     for cand in trials:
         if cand.id == base.id or cand.status != "finished":
             continue
-        table = Table("suite", "metric", safe(baseline), safe(cand.name), "Δ", "95% CI (paired bootstrap)",
-                      "McNemar p", "n", title=f"{safe(cand.name)} vs {safe(baseline)}")
+        table = Table(
+            "suite",
+            "metric",
+            safe(baseline),
+            safe(cand.name),
+            "Δ",
+            "95% CI (paired bootstrap)",
+            "McNemar p",
+            "n",
+            title=f"{safe(cand.name)} vs {safe(baseline)}",
+        )
         for c in compare_trials(st, base, cand):
             s = c.stats
             if s is None:
                 table.add_row(safe(c.suite), safe(c.metric), "—", "—", "—", safe(c.problem or ""), "", "")
                 continue
             style = {"better": "green", "worse": "red"}.get(c.verdict, "")
-            table.add_row(safe(c.suite), safe(c.metric) + (" *" if c.primary else ""), f"{s.mean_a:.3f}", f"{s.mean_b:.3f}",
-                          f"[{style}]{s.delta:+.3f}[/]" if style else f"{s.delta:+.3f}", f"[{s.lo:+.3f}, {s.hi:+.3f}]",
-                          "—" if s.mcnemar_p is None else f"{s.mcnemar_p:.3g}", str(s.n))
+            table.add_row(
+                safe(c.suite),
+                safe(c.metric) + (" *" if c.primary else ""),
+                f"{s.mean_a:.3f}",
+                f"{s.mean_b:.3f}",
+                f"[{style}]{s.delta:+.3f}[/]" if style else f"{s.delta:+.3f}",
+                f"[{s.lo:+.3f}, {s.hi:+.3f}]",
+                "—" if s.mcnemar_p is None else f"{s.mcnemar_p:.3g}",
+                str(s.n),
+            )
         out.print(table)
 
 
 def print_decision(decision: Any, out: Console | None = None) -> None:
     out = out or console
     color = {"promote": "green", "reject": "red", "error": "yellow"}[decision.verdict]
-    table = Table("rule", "result", "flips to change", "detail",
-                  title=safe(f"gate: {decision.candidate} vs {decision.baseline}"))
+    table = Table(
+        "rule", "result", "flips to change", "detail", title=safe(f"gate: {decision.candidate} vs {decision.baseline}")
+    )
     for r in decision.rules:
-        table.add_row(safe(r.name), "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
-                      "—" if r.flips_to_change is None else str(r.flips_to_change), safe(r.message))
+        table.add_row(
+            safe(r.name),
+            "[yellow]error[/]" if r.error else ("[green]pass[/]" if r.passed else "[red]FAIL[/]"),
+            "—" if r.flips_to_change is None else str(r.flips_to_change),
+            safe(r.message),
+        )
     out.print(table)
     print_numerics(decision, out)
     word = {"promote": "promote", "reject": "reject", "error": "cannot decide"}[decision.verdict]
-    out.print(f"[bold {color}]Gate: {safe(phrase(decision.verdict, decision.flips_to_change))} — {word}[/] "
-              f"(exit {decision.exit_code}): {safe(decision.reason)}")
+    out.print(
+        f"[bold {color}]Gate: {safe(phrase(decision.verdict, decision.flips_to_change))} — {word}[/] "
+        f"(exit {decision.exit_code}): {safe(decision.reason)}"
+    )
 
 
 def print_numerics(decision: Any, out: Console) -> None:

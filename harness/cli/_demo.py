@@ -3,6 +3,7 @@
 advise (shipped answers) -> run the demo plan (baseline vs LoRA) -> compare with paired intervals
 -> gate with the shipped policy -> static HTML report -> how to open the app.
 """
+
 from __future__ import annotations
 
 import time
@@ -38,16 +39,31 @@ def demo_plan(steps: int | None, folder: Path) -> Path:
     return path
 
 
-def run_demo(console: Console, store_ref: str | None = None, steps: int | None = None,
-             report_path: Path | None = None, runs_dir: Path = Path("runs")) -> int:
+def run_demo(
+    console: Console,
+    store_ref: str | None = None,
+    steps: int | None = None,
+    report_path: Path | None = None,
+    runs_dir: Path = Path("runs"),
+) -> int:
 
     started = time.perf_counter()
-    console.print(Panel.fit("[bold]tunegate demo[/]: should we fine-tune SmolLM2-135M for compact-JSON extraction, "
-                            "and did it work?", border_style="cyan"))
+    console.print(
+        Panel.fit(
+            "[bold]tunegate demo[/]: should we fine-tune SmolLM2-135M for compact-JSON extraction, and did it work?",
+            border_style="cyan",
+        )
+    )
     console.rule("[bold]1. Advisor[/]")
-    code = advise_command(answers_file=DEMO / "answers.yaml", interactive=False,
-                          train=TASK / "train.jsonl", test=TASK / "items.jsonl", write=None, json_out=False,
-                          console=console)
+    code = advise_command(
+        answers_file=DEMO / "answers.yaml",
+        interactive=False,
+        train=TASK / "train.jsonl",
+        test=TASK / "items.jsonl",
+        write=None,
+        json_out=False,
+        console=console,
+    )
     if code != 0:
         return code
 
@@ -70,9 +86,13 @@ def run_demo(console: Console, store_ref: str | None = None, steps: int | None =
 
     report = write_html(store, str(outcome.run_id), report_path or runs_dir / "demo" / "report.html")
     console.print(f"HTML report: [bold]{report}[/]")
-    console.print(f"Streamlit app on the same store: [bold]tunegate app --store {store.url}[/]  "
-                  f"(or: TUNEGATE_STORE={store.url} streamlit run app.py in a checkout)")
-    console.print(f"Gate in CI: tunegate gate --policy {DEMO / 'gate.yaml'} --candidate {outcome.run_id}/lora "
-                  f"--store {store.url} --junit gate.xml")
+    console.print(
+        f"Streamlit app on the same store: [bold]tunegate app --store {store.url}[/]  "
+        f"(or: TUNEGATE_STORE={store.url} streamlit run app.py in a checkout)"
+    )
+    console.print(
+        f"Gate in CI: tunegate gate --policy {DEMO / 'gate.yaml'} --candidate {outcome.run_id}/lora "
+        f"--store {store.url} --junit gate.xml"
+    )
     console.print(f"demo finished in {time.perf_counter() - started:.0f}s")
     return decision.exit_code

@@ -4,6 +4,7 @@ Two numerics modes: "invariant" (the default; `harness.model._invariant`: every 
 bit-identical whatever shares its batch) and "fast" (`harness.model._generate`: sorted, device-sized and
 mixed-adapter batches, packed scoring; an item's last bits, and so sometimes a greedy output, depend on its
 batch). Every result carries its numerics record (`SuiteResult.numerics`)."""
+
 from __future__ import annotations
 
 import time
@@ -31,17 +32,28 @@ def numerics_of(model: Any, mode: str, kind: str = "generate") -> tuple[bool, di
         why_not = inv.supported(model)
         if why_not is None:
             device = next(model.parameters()).device
-            return True, _numerics.record(model, "invariant", inv.shapes_for(device).describe() + lm_eval_note,
-                                          attention=inv.attention_used(model))
+            return True, _numerics.record(
+                model,
+                "invariant",
+                inv.shapes_for(device).describe() + lm_eval_note,
+                attention=inv.attention_used(model),
+            )
         return False, _numerics.record(model, "fast", f"hf-generate (fixed-shape unsupported: {why_not})")
     if kind == "lm_eval":
         return False, _numerics.record(model, "fast", "lm-eval hflm")
     return False, _numerics.record(model, "fast", f"hf-generate; loglik {gen.scoring_mode(model)}")
 
 
-def evaluate(model: Any, tok: Any, suite: Suite, *, shaper: Shaper | None = None,
-             progress: Callable[[int], None] | None = None, device_batch: bool = True,
-             numerics: str | None = None) -> SuiteResult:
+def evaluate(
+    model: Any,
+    tok: Any,
+    suite: Suite,
+    *,
+    shaper: Shaper | None = None,
+    progress: Callable[[int], None] | None = None,
+    device_batch: bool = True,
+    numerics: str | None = None,
+) -> SuiteResult:
     """Score `model` on `suite` under the numerics mode `numerics` (invariant | fast; None: `_numerics.resolve_mode`).
     Fast mode: on a GPU with `device_batch` the batch is sized from free memory (`generate.device_batch_size`);
     on CPU, or with `device_batch=False`, the suite's `batch_size` is used. Invariant mode ignores both."""
@@ -61,18 +73,33 @@ def evaluate(model: Any, tok: Any, suite: Suite, *, shaper: Shaper | None = None
             chats = shape_all(shaper, [item.chat(suite.spec.system) for item in suite.items])
             prompts = [gen.chat_prompt(tok, chat) for chat in chats]
             gen_spec = suite.spec.generation
-            with tracing.span("generate", suite=suite.name, suite_version=suite.version, n=len(prompts),
-                              batch_size=gen_spec.batch_size, max_new_tokens=gen_spec.max_new_tokens,
-                              numerics=mode) as span:
+            with tracing.span(
+                "generate",
+                suite=suite.name,
+                suite_version=suite.version,
+                n=len(prompts),
+                batch_size=gen_spec.batch_size,
+                max_new_tokens=gen_spec.max_new_tokens,
+                numerics=mode,
+            ) as span:
                 if invariant:
-                    outputs = inv.generate(model, tok, prompts, max_new_tokens=gen_spec.max_new_tokens,
-                                           progress=_traced(span, progress))
+                    outputs = inv.generate(
+                        model, tok, prompts, max_new_tokens=gen_spec.max_new_tokens, progress=_traced(span, progress)
+                    )
                 else:
-                    outputs = gen.generate(model, tok, prompts, max_new_tokens=gen_spec.max_new_tokens,
-                                           batch_size=gen_spec.batch_size, progress=_traced(span, progress),
-                                           device_batch=device_batch)
-        items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if _per_item(s)})
-                 for item, prompt, out in zip(suite.items, prompts, outputs)]
+                    outputs = gen.generate(
+                        model,
+                        tok,
+                        prompts,
+                        max_new_tokens=gen_spec.max_new_tokens,
+                        batch_size=gen_spec.batch_size,
+                        progress=_traced(span, progress),
+                        device_batch=device_batch,
+                    )
+        items = [
+            ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if _per_item(s)})
+            for item, prompt, out in zip(suite.items, prompts, outputs)
+        ]
         judge.score_items(built, items, suite.items)  # judge scorers: one batched, cached pass per suite
     corpus = hf_metric.score_items(built, items, suite.items)  # evaluate metrics: one compute over the suite
     return SuiteResult(suite, items, time.perf_counter() - started, corpus=corpus, numerics=record)
@@ -95,11 +122,18 @@ def _traced(span: tracing.Span, progress: Callable[[int], None] | None) -> Calla
         span.event("batch", size=n, done=done)
         if progress:
             progress(n)
+
     return advance
 
 
-def _rank_choices(model: Any, tok: Any, suite: Suite, progress: Callable[[int], None] | None,
-                  device_batch: bool = True, invariant: bool = False) -> tuple[list[str], list[str]]:
+def _rank_choices(
+    model: Any,
+    tok: Any,
+    suite: Suite,
+    progress: Callable[[int], None] | None,
+    device_batch: bool = True,
+    invariant: bool = False,
+) -> tuple[list[str], list[str]]:
     pairs = [(item.prompt or "", choice) for item in suite.items for choice in item.choices or []]
     if invariant:
         lls = inv.loglikelihood(model, tok, pairs)
@@ -112,7 +146,7 @@ def _rank_choices(model: Any, tok: Any, suite: Suite, progress: Callable[[int], 
     outputs, k = [], 0
     for item in suite.items:
         n = len(item.choices or [])
-        scores = lls[k:k + n]
+        scores = lls[k : k + n]
         k += n
         outputs.append((item.choices or [])[max(range(n), key=scores.__getitem__)])
         if progress:
@@ -120,9 +154,16 @@ def _rank_choices(model: Any, tok: Any, suite: Suite, progress: Callable[[int], 
     return [item.prompt or "" for item in suite.items], outputs
 
 
-def evaluate_adapters(model: Any, tok: Any, suite: Suite, adapters: Sequence[str], *,
-                      progress: Callable[[int], None] | None = None,
-                      device_batch: bool = True, numerics: str | None = None) -> dict[str, SuiteResult]:
+def evaluate_adapters(
+    model: Any,
+    tok: Any,
+    suite: Suite,
+    adapters: Sequence[str],
+    *,
+    progress: Callable[[int], None] | None = None,
+    device_batch: bool = True,
+    numerics: str | None = None,
+) -> dict[str, SuiteResult]:
     """Score several LoRA adapters of one PEFT model (one base) on `suite`. In fast mode generation suites run
     every (adapter, item) pair in shared batches with PEFT's mixed-adapter inference (`adapter_names`), so the
     base model's work is batched across adapters. In invariant mode (PEFT runs a mixed batch's LoRA on
@@ -135,25 +176,38 @@ def evaluate_adapters(model: Any, tok: Any, suite: Suite, adapters: Sequence[str
         results = {}
         for name in adapters:
             model.set_adapter(name)
-            results[name] = evaluate(model, tok, suite, progress=progress, device_batch=device_batch,
-                                     numerics=mode)
+            results[name] = evaluate(model, tok, suite, progress=progress, device_batch=device_batch, numerics=mode)
         return results
     started = time.perf_counter()
     built = [scorers.build(s, base_dir=suite.path.parent) for s in suite.spec.scorers]
     prompts = [gen.chat_prompt(tok, item.chat(suite.spec.system)) for item in suite.items]
     gen_spec = suite.spec.generation
-    with tracing.span("generate", suite=suite.name, suite_version=suite.version, n=len(prompts) * len(adapters),
-                      adapters=len(adapters), max_new_tokens=gen_spec.max_new_tokens) as span:
-        outputs = gen.generate(model, tok, [p for _ in adapters for p in prompts],
-                               max_new_tokens=gen_spec.max_new_tokens, batch_size=gen_spec.batch_size,
-                               progress=_traced(span, progress), device_batch=device_batch,
-                               adapter_names=[a for a in adapters for _ in prompts])
+    with tracing.span(
+        "generate",
+        suite=suite.name,
+        suite_version=suite.version,
+        n=len(prompts) * len(adapters),
+        adapters=len(adapters),
+        max_new_tokens=gen_spec.max_new_tokens,
+    ) as span:
+        outputs = gen.generate(
+            model,
+            tok,
+            [p for _ in adapters for p in prompts],
+            max_new_tokens=gen_spec.max_new_tokens,
+            batch_size=gen_spec.batch_size,
+            progress=_traced(span, progress),
+            device_batch=device_batch,
+            adapter_names=[a for a in adapters for _ in prompts],
+        )
     seconds = (time.perf_counter() - started) / len(adapters)  # each adapter's share of the shared pass
     results = {}
     for k, name in enumerate(adapters):
-        mine = outputs[k * len(prompts):(k + 1) * len(prompts)]
-        items = [ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if _per_item(s)})
-                 for item, prompt, out in zip(suite.items, prompts, mine, strict=True)]
+        mine = outputs[k * len(prompts) : (k + 1) * len(prompts)]
+        items = [
+            ItemResult(item.id, prompt, out, {s.name: s(out, item) for s in built if _per_item(s)})
+            for item, prompt, out in zip(suite.items, prompts, mine, strict=True)
+        ]
         with _numerics.using_mode(mode):
             judge.score_items(built, items, suite.items)
         corpus = hf_metric.score_items(built, items, suite.items)

@@ -18,6 +18,7 @@ under more than one filter pipeline gets the filter too: `exact_match:strict-mat
 Each metric is stored with its direction, lm-eval's own `higher_is_better` for it (higher when lm-eval
 gives none), and as binary when every document scored 0 or 1 on it (then McNemar's test applies).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness import tracing
-from harness.base._stats import mean_stderr
 from harness.base._errors import UserError, YamlDoc
+from harness.base._stats import mean_stderr
 from harness.evaluation._lmeval_config import ID_FIELDS, LmEvalConfig, _local_manager, _local_yaml_paths, include_dirs
 from harness.evaluation._results import ItemResult, SuiteResult
 from harness.evaluation._suite import SuiteItem
@@ -91,8 +92,12 @@ def _task_specs(suite: Suite, cfg: LmEvalConfig) -> tuple[Any, list[Any]]:
                 i = cfg.tasks.index(name)
                 close = get_close_matches(name, manager.all_tasks, n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise UserError(f"unknown lm-eval task '{name}'{hint}", file=suite.path,
-                                line=doc.line_of(("lm_eval", "tasks", i)), field=f"lm_eval.tasks[{i}]")
+                raise UserError(
+                    f"unknown lm-eval task '{name}'{hint}",
+                    file=suite.path,
+                    line=doc.line_of(("lm_eval", "tasks", i)),
+                    field=f"lm_eval.tasks[{i}]",
+                )
         specs += remote
     return manager, specs
 
@@ -108,9 +113,12 @@ def _build_tasks(manager: Any, specs: list[Any], suite: Suite) -> list[Any]:
             loaded = manager.load([spec])
         except Exception as exc:  # anything a task config or its data can raise
             i = tasks.index(name) if name in tasks else None
-            raise UserError(f"lm-eval could not load task '{name}': {type(exc).__name__}: {exc}", file=suite.path,
-                            line=YamlDoc(suite.path).line_of(("lm_eval", "tasks") + ((i,) if i is not None else ())),
-                            field="lm_eval.tasks" + (f"[{i}]" if i is not None else "")) from exc
+            raise UserError(
+                f"lm-eval could not load task '{name}': {type(exc).__name__}: {exc}",
+                file=suite.path,
+                line=YamlDoc(suite.path).line_of(("lm_eval", "tasks") + ((i,) if i is not None else ())),
+                field="lm_eval.tasks" + (f"[{i}]" if i is not None else ""),
+            ) from exc
         children = {c for kids in loaded["group_map"].values() for c in kids}
         tops = [g for g_name, g in loaded["groups"].items() if g_name not in children]
         built += tops or list(loaded["tasks"].values())
@@ -123,12 +131,15 @@ def _invariant_hflm(hflm: type) -> type:
     from harness.model import _invariant as inv  # torch
 
     class InvariantHFLM(hflm):  # type: ignore[misc, valid-type]
-        def _loglikelihood_tokens(self, requests: list[tuple[tuple[str, str], list[int], list[int]]],
-                                  disable_tqdm: bool = False, override_bs: int | None = None
-                                  ) -> list[tuple[float, bool]]:
+        def _loglikelihood_tokens(
+            self,
+            requests: list[tuple[tuple[str, str], list[int], list[int]]],
+            disable_tqdm: bool = False,
+            override_bs: int | None = None,
+        ) -> list[tuple[float, bool]]:
             seqs = []
-            for _, context, continuation in requests:   # lm-eval's window: the last max_length + 1 tokens
-                whole = (context + continuation)[-(self.max_length + 1):]
+            for _, context, continuation in requests:  # lm-eval's window: the last max_length + 1 tokens
+                whole = (context + continuation)[-(self.max_length + 1) :]
                 seqs.append((whole, max(1, len(whole) - len(continuation))))
             answers = inv.loglikelihood_tokens(self.model, seqs)
             for (request, _, _), answer in zip(requests, answers, strict=True):
@@ -139,39 +150,54 @@ def _invariant_hflm(hflm: type) -> type:
     return InvariantHFLM
 
 
-def evaluate_suite(model: Any, tok: Any, suite: Suite, *,
-                   progress: Callable[[int], None] | None = None, invariant: bool = False) -> SuiteResult:
+def evaluate_suite(
+    model: Any, tok: Any, suite: Suite, *, progress: Callable[[int], None] | None = None, invariant: bool = False
+) -> SuiteResult:
     """Run the suite's lm-eval tasks on an in-memory model; per-document results become items. `invariant`:
     log-likelihood requests through the fixed-shape scorer and `generate_until` at batch 1 (lm-eval's own
     generation loop; a batch of one has no companions), so every document's result depends on it alone."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-
     cfg = suite.spec.lm_eval
     assert cfg is not None
     started = time.perf_counter()
     manager, specs = _task_specs(suite, cfg)
     tasks = _build_tasks(manager, specs, suite)
-    lm = (_invariant_hflm(HFLM) if invariant else HFLM)(pretrained=model, tokenizer=tok,
-                                                        batch_size=1 if invariant else cfg.batch_size)
-    with tracing.span("lm_eval", suite=suite.name, suite_version=suite.version, tasks=cfg.tasks,
-                      limit=cfg.limit) as span:
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=cfg.limit,
-                              num_fewshot=cfg.num_fewshot, bootstrap_iters=cfg.bootstrap_iters,
-                              log_samples=True, apply_chat_template=cfg.apply_chat_template,
-                              system_instruction=cfg.system_instruction, gen_kwargs=cfg.gen_kwargs,
-                              random_seed=cfg.seed, numpy_random_seed=cfg.seed,
-                              torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed)
+    lm = (_invariant_hflm(HFLM) if invariant else HFLM)(
+        pretrained=model, tokenizer=tok, batch_size=1 if invariant else cfg.batch_size
+    )
+    with tracing.span(
+        "lm_eval", suite=suite.name, suite_version=suite.version, tasks=cfg.tasks, limit=cfg.limit
+    ) as span:
+        out = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=manager,
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            bootstrap_iters=cfg.bootstrap_iters,
+            log_samples=True,
+            apply_chat_template=cfg.apply_chat_template,
+            system_instruction=cfg.system_instruction,
+            gen_kwargs=cfg.gen_kwargs,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+        )
         assert out is not None  # single process: rank 0
         collected = collect(out, id_field=cfg.id_field, suite_path=suite.path)
         span.update(output={m: v[0] for m, v in collected.metrics.items()}, n=len(collected.items))
     primary = suite.spec.primary or collected.default_primary
     if primary not in collected.metrics:
         doc = YamlDoc(suite.path)
-        raise UserError(f"primary '{primary}' is not a metric lm-eval reported; reported: "
-                        f"{', '.join(collected.metrics)}", file=suite.path, line=doc.line_of(("primary",)),
-                        field="primary")
+        raise UserError(
+            f"primary '{primary}' is not a metric lm-eval reported; reported: {', '.join(collected.metrics)}",
+            file=suite.path,
+            line=doc.line_of(("primary",)),
+            field="primary",
+        )
     spec = suite.spec.model_copy(update={"primary": primary})
     ran = suite.model_copy(update={"spec": spec, "items": collected.suite_items})
     result = SuiteResult(ran, collected.items, time.perf_counter() - started)
@@ -184,18 +210,20 @@ def evaluate_suite(model: Any, tok: Any, suite: Suite, *,
 
 @dataclass
 class Collected:
-    suite_items: list[Any]                              # SuiteItem per document (what the store keeps)
-    items: list[Any]                                    # ItemResult per document
-    metrics: dict[str, tuple[float, float, int]]        # lm-eval's value, stderr, documents
+    suite_items: list[Any]  # SuiteItem per document (what the store keeps)
+    items: list[Any]  # ItemResult per document
+    metrics: dict[str, tuple[float, float, int]]  # lm-eval's value, stderr, documents
     default_primary: str
-    kinds: dict[str, MetricKind]                        # direction (lm-eval's higher_is_better) and 0/1-ness
+    kinds: dict[str, MetricKind]  # direction (lm-eval's higher_is_better) and 0/1-ness
 
 
 def _kind(directions: dict[str, Any], metric: str, values: list[float] | None) -> MetricKind:
     """lm-eval's direction for `metric` (higher when it has none), binary when every document scored 0 or 1."""
     higher = directions.get(metric)
-    return MetricKind(higher_is_better=higher if isinstance(higher, bool) else True,
-                      binary=bool(values) and all(v in (0.0, 1.0) for v in values or ()))
+    return MetricKind(
+        higher_is_better=higher if isinstance(higher, bool) else True,
+        binary=bool(values) and all(v in (0.0, 1.0) for v in values or ()),
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -221,6 +249,7 @@ def _namer(prefix: bool, task: str, filters: set[str]) -> Callable[[str, str], s
     def name(metric: str, filt: str) -> str:
         out = metric if len(filters) <= 1 else f"{metric}:{filt}"
         return f"{task}/{out}" if prefix else out
+
     return name
 
 
@@ -240,12 +269,20 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _item_key(task: str, doc: dict[str, Any], doc_id: int, id_field: str | None, prefix: bool,
-              seen: set[str], suite_path: Path | None) -> str:
+def _item_key(
+    task: str,
+    doc: dict[str, Any],
+    doc_id: int,
+    id_field: str | None,
+    prefix: bool,
+    seen: set[str],
+    suite_path: Path | None,
+) -> str:
     if id_field is not None:
         if id_field not in doc:
-            raise UserError(f"task '{task}' documents have no field '{id_field}'", file=suite_path,
-                            field="lm_eval.id_field")
+            raise UserError(
+                f"task '{task}' documents have no field '{id_field}'", file=suite_path, field="lm_eval.id_field"
+            )
         key = str(doc[id_field])
     else:
         field = next((f for f in ID_FIELDS if isinstance(doc.get(f), (str, int))), None)
@@ -253,8 +290,7 @@ def _item_key(task: str, doc: dict[str, Any], doc_id: int, id_field: str | None,
         if key in seen:
             key = str(doc_id)
     if key in seen:
-        raise UserError(f"task '{task}': two documents share the id '{key}'", file=suite_path,
-                        field="lm_eval.id_field")
+        raise UserError(f"task '{task}': two documents share the id '{key}'", file=suite_path, field="lm_eval.id_field")
     seen.add(key)
     return f"{task}/{key}" if prefix else key
 
@@ -264,8 +300,10 @@ def collect(out: dict[str, Any], *, id_field: str | None = None, suite_path: Pat
 
     samples: dict[str, list[dict[str, Any]]] = out["samples"]
     results: dict[str, dict[str, Any]] = out["results"]
-    groups: dict[str, dict[str, Any]] = {**{k: v for k, v in results.items() if k not in samples},
-                                         **out.get("groups", {})}
+    groups: dict[str, dict[str, Any]] = {
+        **{k: v for k, v in results.items() if k not in samples},
+        **out.get("groups", {}),
+    }
     tasks = list(samples)
     prefix = len(tasks) > 1 or bool(groups)
     metrics: dict[str, tuple[float, float, int]] = {}
@@ -303,8 +341,16 @@ def collect(out: dict[str, Any], *, id_field: str | None = None, suite_path: Pat
             target = _jsonable(first.get("target"))
             choices = [str(a[1]) for a in args] if output_type == "multiple_choice" else None
             answer = target if choices and isinstance(target, int) and 0 <= target < len(choices) else None
-            suite_items.append(SuiteItem(id=key, prompt=str(context), reference=target, choices=choices,
-                                         answer=answer, meta={"task": task, "doc_id": doc_id, "doc": doc}))
+            suite_items.append(
+                SuiteItem(
+                    id=key,
+                    prompt=str(context),
+                    reference=target,
+                    choices=choices,
+                    answer=answer,
+                    meta={"task": task, "doc_id": doc_id, "doc": doc},
+                )
+            )
             items.append(ItemResult(key, str(context), _output_text(first, output_type), scores))
         for metric, filt in keys:
             value = _number(res.get(f"{metric},{filt}"))
@@ -340,6 +386,5 @@ def _stderr(reported: Any, values: list[float] | None) -> float:
     if se is not None:
         return se
     if values and len(values) > 1:
-
         return mean_stderr(values)[1]
     return math.inf

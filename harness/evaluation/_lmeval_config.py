@@ -1,4 +1,5 @@
 """lm-eval suites as data: the `lm_eval:` block of a suite, its task folders and content version."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from harness.bundled import suites_dir
 from harness.base._errors import UserError, YamlDoc
+from harness.bundled import suites_dir
 
 LOCAL_TASKS = suites_dir() / "lmeval" / "tasks"
 ID_FIELDS = ("id", "doc_id", "idx", "question_id")
@@ -17,17 +18,18 @@ ID_FIELDS = ("id", "doc_id", "idx", "question_id")
 
 class LmEvalConfig(BaseModel):
     """The `lm_eval:` block of a `kind: lm_eval` suite."""
+
     model_config = ConfigDict(extra="forbid")
     tasks: list[str] = Field(min_length=1)
     include_path: list[str] = Field(default_factory=list)  # extra task folders, relative to the suite file
-    limit: int | None = Field(default=None, ge=1)           # first N documents of each task
+    limit: int | None = Field(default=None, ge=1)  # first N documents of each task
     num_fewshot: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=16, ge=1)
-    bootstrap_iters: int = Field(default=1000, ge=0)        # stderr of non-mean metrics (0: none)
+    bootstrap_iters: int = Field(default=1000, ge=0)  # stderr of non-mean metrics (0: none)
     apply_chat_template: bool = False
     system_instruction: str | None = None
-    gen_kwargs: dict[str, Any] | None = None               # overrides of generate_until tasks' settings
-    id_field: str | None = None                             # document field that names an item
+    gen_kwargs: dict[str, Any] | None = None  # overrides of generate_until tasks' settings
+    id_field: str | None = None  # document field that names an item
     seed: int = 1234
 
 
@@ -39,8 +41,12 @@ def validate(doc: YamlDoc, cfg: LmEvalConfig) -> None:
     """Checks that need no model: include folders exist."""
     for i, p in enumerate(cfg.include_path):
         if not (doc.path.parent / p).is_dir():
-            raise UserError(f"task folder '{p}' not found (relative to the suite file)", file=doc.path,
-                            line=doc.line_of(("lm_eval", "include_path", i)), field=f"lm_eval.include_path[{i}]")
+            raise UserError(
+                f"task folder '{p}' not found (relative to the suite file)",
+                file=doc.path,
+                line=doc.line_of(("lm_eval", "include_path", i)),
+                field=f"lm_eval.include_path[{i}]",
+            )
 
 
 def _local_manager(dirs: list[Path]) -> Any:

@@ -1,4 +1,5 @@
 """What scoring one model on one suite produces: per-item results and the suite's metrics."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -3,6 +3,7 @@
 A suite has items, a generation config and scorers. Its version is the content hash of its YAML
 and items, stored with every result so the gate never compares results of different versions.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.base._data import Message, read_jsonl
-from harness.bundled import suites_dir
 from harness.base._errors import UserError, YamlDoc, dotted, from_validation
+from harness.bundled import suites_dir
 from harness.evaluation import _lmeval_config as lmeval_config
 from harness.evaluation._lmeval_config import LmEvalConfig
 from harness.scorers import _registry as scorers
@@ -27,6 +28,7 @@ SUITES_DIR = suites_dir()
 class ScorerSpec(BaseModel):
     """A scorer as a suite names it: `- exact_match`, `- name: numeric` with `params:`, or the short form
     `- evaluate: {path: ..., key: ...}` (the scorer's name as the one key, its params as the value)."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -35,7 +37,7 @@ class ScorerSpec(BaseModel):
     @classmethod
     def short_form(cls, data: Any) -> Any:
         if isinstance(data, dict) and len(data) == 1:
-            (key, value), = data.items()
+            ((key, value),) = data.items()
             if key not in ("name", "params") and isinstance(value, dict | None):
                 return {"name": key, "params": value or {}}
         return data
@@ -67,7 +69,7 @@ class SuiteSpec(BaseModel):
     lm_eval: LmEvalConfig | None = None  # kind lm_eval: the lm-eval tasks to run (harness/evaluation/_lmeval.py)
 
     @model_validator(mode="after")
-    def check(self) -> "SuiteSpec":
+    def check(self) -> SuiteSpec:
         if (self.kind == "lm_eval") != (self.lm_eval is not None):
             raise ValueError("a suite has an 'lm_eval' block exactly when its kind is lm_eval")
         if self.kind == "lm_eval":
@@ -82,8 +84,10 @@ class SuiteSpec(BaseModel):
         names = [s.metric for s in self.scorers]  # type: ignore[union-attr]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
-            raise ValueError(f"two scorers store their scores as metric '{twice[0]}'; give one a distinct 'metric'"
-                             " param (evaluate scorers) or drop the repeat")
+            raise ValueError(
+                f"two scorers store their scores as metric '{twice[0]}'; give one a distinct 'metric'"
+                " param (evaluate scorers) or drop the repeat"
+            )
         if self.primary is None:
             self.primary = names[0]
         elif self.primary not in names:
@@ -109,13 +113,17 @@ class SuiteItem(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def has_prompt(self) -> "SuiteItem":
+    def has_prompt(self) -> SuiteItem:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' or 'messages'")
         return self
 
     def chat(self, system: str | None = None) -> list[dict[str, str]]:
-        msgs = [m.model_dump() for m in self.messages] if self.messages else [{"role": "user", "content": self.prompt or ""}]
+        msgs = (
+            [m.model_dump() for m in self.messages]
+            if self.messages
+            else [{"role": "user", "content": self.prompt or ""}]
+        )
         if system and msgs[0]["role"] != "system":
             msgs = [{"role": "system", "content": system}] + msgs
         return msgs
@@ -156,10 +164,9 @@ def find(name_or_path: str) -> Path:
         return p / "suite.yaml"
     for d in search_dirs():
         candidate = d / name_or_path / "suite.yaml"
-        if candidate.is_file() and candidate.resolve().is_relative_to(d.resolve()):   # a name never leaves its root
+        if candidate.is_file() and candidate.resolve().is_relative_to(d.resolve()):  # a name never leaves its root
             return candidate
-    raise UserError(f"unknown suite '{name_or_path}'; known suites: {', '.join(available()) or 'none'}",
-                    field="suites")
+    raise UserError(f"unknown suite '{name_or_path}'; known suites: {', '.join(available()) or 'none'}", field="suites")
 
 
 def load(name_or_path: str) -> Suite:
@@ -185,8 +192,12 @@ def _load(path: Path) -> Suite:
             raise UserError(msg, file=path, line=doc.line_of(loc), field=dotted(loc)) from None
     items_path = (path.parent / spec.items).resolve()
     if not items_path.is_relative_to(path.parent.resolve()):
-        raise UserError(f"'{spec.items}' is outside the suite's folder {path.parent}; keep a suite's items in its "
-                        "folder", file=path, line=doc.line_of(("items",)), field="items")
+        raise UserError(
+            f"'{spec.items}' is outside the suite's folder {path.parent}; keep a suite's items in its folder",
+            file=path,
+            line=doc.line_of(("items",)),
+            field="items",
+        )
     items: list[SuiteItem] = []
     seen: set[str] = set()
     for lineno, obj in read_jsonl(items_path):
@@ -196,10 +207,15 @@ def _load(path: Path) -> Suite:
             raise from_validation(exc, items_path, line=lineno) from None
         if item.id in seen:
             raise UserError(f"duplicate item id '{item.id}'", file=items_path, line=lineno, field="id")
-        if spec.kind == "multiple_choice" and (not item.choices or item.answer is None
-                                               or not 0 <= item.answer < len(item.choices)):
-            raise UserError("a multiple-choice item needs 'choices' and an 'answer' index into them",
-                            file=items_path, line=lineno, field="answer")
+        if spec.kind == "multiple_choice" and (
+            not item.choices or item.answer is None or not 0 <= item.answer < len(item.choices)
+        ):
+            raise UserError(
+                "a multiple-choice item needs 'choices' and an 'answer' index into them",
+                file=items_path,
+                line=lineno,
+                field="answer",
+            )
         for sc in built:
             if problem := sc.check_item(item):
                 raise UserError(f"{problem[1]} (scorer '{sc.name}')", file=items_path, line=lineno, field=problem[0])

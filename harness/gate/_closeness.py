@@ -35,6 +35,7 @@ re-running the rule's own checks) where the rule's result differs.
 
 McNemar's p-value is reported as evidence and never decides a rule, so it has no count of its own.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -51,20 +52,21 @@ from harness.gate._policy import CONFIDENCE, Rule
 class Check:
     text: str
     ok: bool
-    up: bool          # True: easier to pass as the candidate's scores rise
+    up: bool  # True: easier to pass as the candidate's scores rise
 
 
 @dataclass(frozen=True)
 class RuleScores:
     """What one rule is judged on: the candidate's per-item scores and, for a relative rule, the comparison
     model's scores on the items scored on both sides."""
+
     rule: Rule
-    target: str                      # baseline | promoted (the comparison model, for messages)
-    candidate: dict[str, float]      # item key -> score, every item with a score, in the store's order
-    paired: tuple[str, ...] = ()     # the keys scored on both sides, in the store's order (absolute rule: none)
+    target: str  # baseline | promoted (the comparison model, for messages)
+    candidate: dict[str, float]  # item key -> score, every item with a score, in the store's order
+    paired: tuple[str, ...] = ()  # the keys scored on both sides, in the store's order (absolute rule: none)
     baseline: tuple[float, ...] = ()  # the comparison model's scores on `paired`
     binary: bool = False
-    higher: bool = True              # higher is better
+    higher: bool = True  # higher is better
     group: tuple[int, str] = (0, "")  # (candidate evaluation id, metric): rules that share items
 
 
@@ -87,12 +89,24 @@ def judge(s: RuleScores, candidate: dict[str, float] | None = None) -> list[Chec
         lo, hi = (mean, mean) if point else mean_interval(values, s.binary)
         if rule.min is not None:
             ok = lo >= rule.min
-            checks.append(Check(f"{'mean' if point else 'lower 95% bound'} {lo:.3f} {'≥' if ok else '<'} floor "
-                                f"{rule.min:g}{'' if ok else ': FAILED'}", ok, True))
+            checks.append(
+                Check(
+                    f"{'mean' if point else 'lower 95% bound'} {lo:.3f} {'≥' if ok else '<'} floor "
+                    f"{rule.min:g}{'' if ok else ': FAILED'}",
+                    ok,
+                    True,
+                )
+            )
         if rule.max is not None:
             ok = hi <= rule.max
-            checks.append(Check(f"{'mean' if point else 'upper 95% bound'} {hi:.3f} {'≤' if ok else '>'} ceiling "
-                                f"{rule.max:g}{'' if ok else ': FAILED'}", ok, False))
+            checks.append(
+                Check(
+                    f"{'mean' if point else 'upper 95% bound'} {hi:.3f} {'≤' if ok else '>'} ceiling "
+                    f"{rule.max:g}{'' if ok else ': FAILED'}",
+                    ok,
+                    False,
+                )
+            )
     if rule.relative:
         base = list(s.baseline)
         now = [cand[k] for k in s.paired]
@@ -102,19 +116,31 @@ def judge(s: RuleScores, candidate: dict[str, float] | None = None) -> list[Chec
         else:  # the same mean of differences paired_bootstrap reports, without the resampling
             delta = float((np.asarray(now, dtype=float) - np.asarray(base, dtype=float)).mean())
             lo = hi = delta
-        gain = sign * delta                    # > 0: the candidate is better
-        worst = lo if sign > 0 else -hi        # the interval's least favourable end, as a gain
+        gain = sign * delta  # > 0: the candidate is better
+        worst = lo if sign > 0 else -hi  # the interval's least favourable end, as a gain
         best = hi if sign > 0 else -lo
         if rule.max_drop is not None:
             value = gain if rule.judge_on == "point" else worst
             ok = value >= -rule.max_drop
             what = "change" if rule.judge_on == "point" else "worst end of the 95% interval"
-            checks.append(Check(f"{what} {value:+.3f} vs {s.target} (allowed drop {rule.max_drop:g})"
-                                f"{'' if ok else ': FAILED'}", ok, s.higher))
+            checks.append(
+                Check(
+                    f"{what} {value:+.3f} vs {s.target} (allowed drop {rule.max_drop:g}){'' if ok else ': FAILED'}",
+                    ok,
+                    s.higher,
+                )
+            )
         if rule.require_improvement:
             ok = worst > 0
-            verdict = "excludes 0" if ok else ("lies below 0: the change is negative: FAILED" if best < 0
-                                               else "does not exclude 0: no clear improvement: FAILED")
+            verdict = (
+                "excludes 0"
+                if ok
+                else (
+                    "lies below 0: the change is negative: FAILED"
+                    if best < 0
+                    else "does not exclude 0: no clear improvement: FAILED"
+                )
+            )
             checks.append(Check(f"gain 95% interval [{worst:+.3f}, {best:+.3f}] {verdict}", ok, s.higher))
     return checks
 
@@ -131,8 +157,8 @@ def score_range(group: Sequence[RuleScores]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Flip:
-    items: int                 # how many items
-    keys: tuple[str, ...]      # which ones (one choice that does it)
+    items: int  # how many items
+    keys: tuple[str, ...]  # which ones (one choice that does it)
 
 
 def draw_counts(n: int, resamples: int = 10_000, seed: int = 0) -> np.ndarray:
@@ -145,8 +171,7 @@ def draw_counts(n: int, resamples: int = 10_000, seed: int = 0) -> np.ndarray:
     return counts
 
 
-def _walk(group: Sequence[RuleScores], up: bool, narrow: bool
-          ) -> tuple[list[str], Callable[[int], dict[str, float]]]:
+def _walk(group: Sequence[RuleScores], up: bool, narrow: bool) -> tuple[list[str], Callable[[int], dict[str, float]]]:
     """The items in the order the search changes them, and the candidate's scores with the first k changed.
 
     Farthest move first (what moves a mean most); among equal moves, with `narrow` (the search helps a check
@@ -241,8 +266,9 @@ def phrase(verdict: str, flips: int | None) -> str:
     return f"{word} — {flips} item{'' if flips == 1 else 's'} from {other}"
 
 
-def decision_flips(judged: Sequence[tuple[bool, RuleScores | None]], flips: Sequence[int | None],
-                   verdict: str) -> int | None:
+def decision_flips(
+    judged: Sequence[tuple[bool, RuleScores | None]], flips: Sequence[int | None], verdict: str
+) -> int | None:
     """The fewest item changes that turn a promotion into a rejection or a rejection into a promotion, given each
     rule's (passed, scores) and its own count; None for an error, or when some rule is not judged on items."""
     if verdict == "promote":

@@ -5,6 +5,7 @@ kernel versions, GPU name, ...), written by the evaluation that produced the sco
 store kept it have none: every key of theirs reads as "unknown". Two evaluations were scored under the same
 numerics when both records are known and equal on every key either has.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -43,8 +44,11 @@ def differing(candidate: Mapping[str, str], baseline: Mapping[str, str]) -> list
 
 def describe(keys: Iterable[str], candidate: Mapping[str, str], baseline: Mapping[str, str]) -> str:
     """`dtype (baseline float32, candidate bfloat16), gpu (...)`: the differing keys with both values."""
-    return ", ".join(f"{k} (baseline {baseline.get(k, UNKNOWN) if baseline else UNKNOWN}, candidate "
-                     f"{candidate.get(k, UNKNOWN) if candidate else UNKNOWN})" for k in keys)
+    return ", ".join(
+        f"{k} (baseline {baseline.get(k, UNKNOWN) if baseline else UNKNOWN}, candidate "
+        f"{candidate.get(k, UNKNOWN) if candidate else UNKNOWN})"
+        for k in keys
+    )
 
 
 def recorded(numerics: Mapping[str, Mapping[str, str]]) -> bool:

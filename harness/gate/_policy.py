@@ -1,4 +1,5 @@
 """The gate's policy file: rules with thresholds, validated with file, line and field."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,21 +19,21 @@ class Rule(BaseModel):
     name: str | None = None
     suite: str
     metric: str
-    version: str | None = None                # pin the suite's content hash
+    version: str | None = None  # pin the suite's content hash
     min: float | None = Field(default=None, ge=0)  # absolute floor on the candidate's mean (metrics are >= 0)
     max: float | None = Field(default=None, ge=0)  # absolute ceiling on the candidate's mean
     max_drop: float | None = Field(default=None, ge=0)  # largest allowed fall vs the comparison model
-    require_improvement: bool = False         # the paired interval of the gain must lie above 0
-    compare_to: Target | None = None          # default: the policy's compare_to
+    require_improvement: bool = False  # the paired interval of the gain must lie above 0
+    compare_to: Target | None = None  # default: the policy's compare_to
     judge_on: Literal["point", "interval"] = "point"  # the point estimate, or the interval's worst end
     min_items: int = Field(default=1, ge=1)
     require_all_items: bool = True
-    higher_is_better: bool | None = None      # which way is better; default: as stored with the metric
+    higher_is_better: bool | None = None  # which way is better; default: as stored with the metric
     _line: int | None = PrivateAttr(default=None)
     _safety: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
-    def something_to_check(self) -> "Rule":
+    def something_to_check(self) -> Rule:
         if self.min is None and self.max is None and self.max_drop is None and not self.require_improvement:
             raise ValueError("a rule needs at least one of min, max, max_drop, require_improvement")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -55,8 +56,11 @@ class SafetyRule(Rule):
     @model_validator(mode="before")
     @classmethod
     def must_not_fall(cls, data: Any) -> Any:
-        if isinstance(data, dict) and all(data.get(k) is None for k in ("min", "max", "max_drop")) \
-                and not data.get("require_improvement"):
+        if (
+            isinstance(data, dict)
+            and all(data.get(k) is None for k in ("min", "max", "max_drop"))
+            and not data.get("require_improvement")
+        ):
             data = {**data, "max_drop": 0.0}
         return data
 
@@ -71,7 +75,7 @@ class Policy(BaseModel):
     safety: list[SafetyRule] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def has_rules(self) -> "Policy":
+    def has_rules(self) -> Policy:
         if not self.rules and not self.safety:
             raise ValueError("a policy needs at least one rule under 'rules' or 'safety'")
         return self
@@ -104,7 +108,12 @@ def load_policy(path: str | Path) -> Policy:
             rule._line = doc.line_of((key, i))
             rule._safety = key == "safety"
             if rule.label in seen:
-                raise UserError(f"a second rule named '{rule.label}' (first at {seen[rule.label]}); give each rule "
-                                "a distinct `name`", file=path, line=rule._line, field=f"{key}[{i}].name")
+                raise UserError(
+                    f"a second rule named '{rule.label}' (first at {seen[rule.label]}); give each rule "
+                    "a distinct `name`",
+                    file=path,
+                    line=rule._line,
+                    field=f"{key}[{i}].name",
+                )
             seen[rule.label] = f"line {rule._line}"
     return policy

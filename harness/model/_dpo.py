@@ -29,6 +29,7 @@ The loss is TRL 1.16's `sigmoid` DPO loss, `-logsigmoid(beta * (chosen log-ratio
 over the micro-batch's pairs (TRL's sigmoid loss does not read `label_smoothing`); any other DPOTrainer setting
 (another loss type, an f-divergence, `ld_alpha`, WPO weighting, MoE auxiliary loss) runs TRL's own code.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,18 +41,32 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.model._parts import backbone_of, unwrap
 from harness.model._overlap import PACK_KEY, HostPack, OverlappedSteps, forward_swapped, pack_on_host, to_device
+from harness.model._parts import backbone_of, unwrap
 
-REFERENCE_ENV = "TUNEGATE_DPO_REFERENCE"   # precomputed | adapter_off: how the fast path gets the reference
+REFERENCE_ENV = "TUNEGATE_DPO_REFERENCE"  # precomputed | adapter_off: how the fast path gets the reference
 REFERENCES = ("precomputed", "adapter_off")
 # the reference a fast DPO run uses when neither the caller nor the environment names one
 DEFAULT_REFERENCE = "precomputed"
-PAIR_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")   # what the metrics need from the head
+PAIR_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")  # what the metrics need from the head
 # the per-micro-batch sums kept on the device (summed over processes), from which TRL's metrics are rebuilt
-DPO_COLUMNS = ("pairs", "completion_tokens", "entropy_sum", "chosen_tokens", "chosen_logits_sum",
-               "rejected_tokens", "rejected_logits_sum", "chosen_top1", "rewards_chosen_sum", "rewards_rejected_sum",
-               "accuracies_sum", "margins_sum", "logps_chosen_sum", "logps_rejected_sum", "real_tokens")
+DPO_COLUMNS = (
+    "pairs",
+    "completion_tokens",
+    "entropy_sum",
+    "chosen_tokens",
+    "chosen_logits_sum",
+    "rejected_tokens",
+    "rejected_logits_sum",
+    "chosen_top1",
+    "rewards_chosen_sum",
+    "rewards_rejected_sum",
+    "accuracies_sum",
+    "margins_sum",
+    "logps_chosen_sum",
+    "logps_rejected_sum",
+    "real_tokens",
+)
 
 
 def dpo_reference(requested: str | None = None) -> str:
@@ -85,7 +100,7 @@ class PreferencePacking:
             batch[PACK_KEY] = pack
         return batch
 
-    def __getattr__(self, name: str) -> Any:   # the trainer reads the wrapped collator's settings
+    def __getattr__(self, name: str) -> Any:  # the trainer reads the wrapped collator's settings
         if name == "collate":
             raise AttributeError(name)
         return getattr(self.collate, name)
@@ -94,13 +109,32 @@ class PreferencePacking:
 def logit_scaling(causal_lm: Any) -> str | None:
     """The config key of a model that scales or soft-caps its logits (TRL's head handles those; this one not)."""
     config = causal_lm.config.get_text_config()
-    return next((k for k in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                             "logits_scaling") if getattr(config, k, None) is not None), None)
+    return next(
+        (
+            k
+            for k in (
+                "final_logit_softcapping",
+                "logit_scale",
+                "output_multiplier",
+                "lm_head_multiplier",
+                "logits_scaling",
+            )
+            if getattr(config, k, None) is not None
+        ),
+        None,
+    )
 
 
-def preference_logps(causal_lm: Any, backbone: torch.nn.Module, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor, pack: HostPack, outputs: tuple[str, ...], *,
-                     packed: bool) -> tuple[torch.Tensor | None, ...]:
+def preference_logps(
+    causal_lm: Any,
+    backbone: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pack: HostPack,
+    outputs: tuple[str, ...],
+    *,
+    packed: bool,
+) -> tuple[torch.Tensor | None, ...]:
     """Per-token (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1), each [N] over the positions that
     predict a completion token (`pack.predicting`, in order; None for outputs not asked for): the backbone
     (padding-free on the pack's row when `packed`), then TRL's chunked log-probability kernel on those positions."""
@@ -116,8 +150,16 @@ def preference_logps(causal_lm: Any, backbone: torch.nn.Module, input_ids: torch
     predicting = to_device(pack.predicting, hidden.device)
     targets = input_ids.reshape(-1).index_select(0, predicting + 1)
     return ChunkedLogProbFunction.apply(
-        hidden.reshape(-1, size).index_select(0, predicting).to(head.weight.device), head.weight, head.bias,
-        targets.to(head.weight.device), 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, outputs)
+        hidden.reshape(-1, size).index_select(0, predicting).to(head.weight.device),
+        head.weight,
+        head.bias,
+        targets.to(head.weight.device),
+        1.0,
+        _CHUNKED_LOGPROB_CHUNK_SIZE,
+        None,
+        1.0,
+        outputs,
+    )
 
 
 def sequence_sums(per_token: torch.Tensor, pack: HostPack) -> torch.Tensor:
@@ -139,12 +181,20 @@ def preference_head(causal_lm: Any, backbone: torch.nn.Module, packed: bool) -> 
     wrapper: PEFT, DDP) returns `preference_logps`; other calls run the model's own forward (TRL's fused head)."""
     previous = causal_lm.__dict__.get("forward") or causal_lm.forward
 
-    def forward(*args: Any, dpo_pack: HostPack | None = None, dpo_outputs: tuple[str, ...] | None = None,
-                **kwargs: Any) -> Any:
+    def forward(
+        *args: Any, dpo_pack: HostPack | None = None, dpo_outputs: tuple[str, ...] | None = None, **kwargs: Any
+    ) -> Any:
         if dpo_pack is None:
             return previous(*args, **kwargs)
-        return preference_logps(causal_lm, backbone, kwargs["input_ids"], kwargs["attention_mask"], dpo_pack,
-                                dpo_outputs or ("log_probs",), packed=packed)
+        return preference_logps(
+            causal_lm,
+            backbone,
+            kwargs["input_ids"],
+            kwargs["attention_mask"],
+            dpo_pack,
+            dpo_outputs or ("log_probs",),
+            packed=packed,
+        )
 
     with forward_swapped(causal_lm, forward, previous):
         yield
@@ -157,12 +207,19 @@ class FastDPOSteps(OverlappedSteps):
     `precompute_ref_log_probs` off), else every step with the adapter off (`fresh_adapter`) or switched to TRL's
     frozen copy of it ("ref"). Settings this does not cover run TRL's own code."""
 
-    def __init__(self, *args: Any, fresh_adapter: bool = True, precompute: bool = False, packed: bool = True,
-                 log_late: bool = True, **kwargs: Any) -> None:
-        self._fresh_adapter = fresh_adapter   # the adapter starts at zero: the reference is the base model
+    def __init__(
+        self,
+        *args: Any,
+        fresh_adapter: bool = True,
+        precompute: bool = False,
+        packed: bool = True,
+        log_late: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        self._fresh_adapter = fresh_adapter  # the adapter starts at zero: the reference is the base model
         self._packed = packed
         self._log_late = log_late
-        self.reference_seconds = 0.0   # spent precomputing the reference (in the constructor, before training)
+        self.reference_seconds = 0.0  # spent precomputing the reference (in the constructor, before training)
         model = kwargs.get("model", args[0] if args else None)
         self._causal_lm = unwrap(model)
         self._backbone = backbone_of(self._causal_lm)
@@ -194,29 +251,43 @@ class FastDPOSteps(OverlappedSteps):
             ids = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])
             with torch.no_grad(), reference, self.accelerator.autocast():
                 for start in range(0, len(dataset), batch):
-                    part = ids[start:start + batch]
+                    part = ids[start : start + batch]
                     host = collate([dict(zip(part, row, strict=True)) for row in zip(*part.values(), strict=True)])
                     pack = preference_pack(host)
                     if pack is None or pack.predicting is None:
                         raise ValueError("a preference batch without completion tokens cannot be precomputed")
                     (log_probs, *_) = preference_logps(
-                        self._causal_lm, self._backbone, to_device(host["input_ids"], device),
-                        to_device(host["attention_mask"], device), pack, ("log_probs",), packed=self._packed)
+                        self._causal_lm,
+                        self._backbone,
+                        to_device(host["input_ids"], device),
+                        to_device(host["attention_mask"], device),
+                        pack,
+                        ("log_probs",),
+                        packed=self._packed,
+                    )
                     c, r = sequence_sums(log_probs, pack).chunk(2, dim=0)
                     chosen.append(c.float().cpu())
                     rejected.append(r.float().cpu())
             dataset = dataset.add_column("ref_chosen_logps", torch.cat(chosen).numpy()).add_column(
-                "ref_rejected_logps", torch.cat(rejected).numpy())
+                "ref_rejected_logps", torch.cat(rejected).numpy()
+            )
         self.train_dataset = dataset
         self.precompute_ref_logps = True
         self.reference_seconds = time.perf_counter() - started
 
     def _fast_applies(self) -> bool:
         """TRL's sigmoid DPO loss without the extras this class does not reproduce, on a text model."""
-        return (hasattr(self, "_metrics") and hasattr(self, "_total_train_tokens")
-                and list(self.loss_types) == ["sigmoid"] and self.f_divergence_type == "reverse_kl"
-                and self.ld_alpha is None and not self.use_weighting and not self.aux_loss_enabled
-                and not self._is_vision_dataset and logit_scaling(self._causal_lm) is None)
+        return (
+            hasattr(self, "_metrics")
+            and hasattr(self, "_total_train_tokens")
+            and list(self.loss_types) == ["sigmoid"]
+            and self.f_divergence_type == "reverse_kl"
+            and self.ld_alpha is None
+            and not self.use_weighting
+            and not self.aux_loss_enabled
+            and not self._is_vision_dataset
+            and logit_scaling(self._causal_lm) is None
+        )
 
     def _overlap_applies(self) -> bool:
         return self._fast_applies()
@@ -241,55 +312,91 @@ class FastDPOSteps(OverlappedSteps):
         with preference_head(self._causal_lm, self._backbone, self._packed):
             return super().train(*args, **kwargs)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         pack = inputs.pop(PACK_KEY, None)
         reference_ready = self.precompute_ref_logps or (self.ref_model is None and self._is_peft())
-        if (return_outputs or not isinstance(pack, HostPack) or pack.predicting is None
-                or not self._fast_applies() or not reference_ready):
+        if (
+            return_outputs
+            or not isinstance(pack, HostPack)
+            or pack.predicting is None
+            or not self._fast_applies()
+            or not reference_ready
+        ):
             if self.model.training:
                 # the Trainer does not count tokens in an overlapped run (include_num_input_tokens_seen="no")
-                self.state.num_input_tokens_seen += int(self.accelerator.gather(
-                    inputs["attention_mask"].sum()).sum())
-            return super(OverlappedSteps, self).compute_loss(model, inputs, return_outputs=return_outputs,
-                                                             num_items_in_batch=num_items_in_batch)
+                self.state.num_input_tokens_seen += int(self.accelerator.gather(inputs["attention_mask"].sum()).sum())
+            return super(OverlappedSteps, self).compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         mode = "train" if self.model.training else "eval"
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        log_probs, entropy, _, mean_logits, is_top1 = model(input_ids=ids, attention_mask=mask, dpo_pack=pack,
-                                                            dpo_outputs=PAIR_OUTPUTS)
+        log_probs, entropy, _, mean_logits, is_top1 = model(
+            input_ids=ids, attention_mask=mask, dpo_pack=pack, dpo_outputs=PAIR_OUTPUTS
+        )
         chosen_logps, rejected_logps = sequence_sums(log_probs, pack).chunk(2, dim=0)
         if self.precompute_ref_logps:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
             with torch.no_grad(), self._reference_context(model):
-                (ref_log_probs, *_) = model(input_ids=ids, attention_mask=mask, dpo_pack=pack,
-                                            dpo_outputs=("log_probs",))
+                (ref_log_probs, *_) = model(
+                    input_ids=ids, attention_mask=mask, dpo_pack=pack, dpo_outputs=("log_probs",)
+                )
             ref_chosen, ref_rejected = sequence_sums(ref_log_probs, pack).chunk(2, dim=0)
         chosen_logratios = chosen_logps - ref_chosen
         rejected_logratios = rejected_logps - ref_rejected
         loss = (-F.logsigmoid(self.beta * (chosen_logratios - rejected_logratios))).mean()
-        self._device_metrics[mode].append(self._metric_sums(
-            pack, chosen_logps.detach(), rejected_logps.detach(), chosen_logratios.detach(),
-            rejected_logratios.detach(), entropy.detach(), mean_logits.detach(), is_top1.detach()))
+        self._device_metrics[mode].append(
+            self._metric_sums(
+                pack,
+                chosen_logps.detach(),
+                rejected_logps.detach(),
+                chosen_logratios.detach(),
+                rejected_logratios.detach(),
+                entropy.detach(),
+                mean_logits.detach(),
+                is_top1.detach(),
+            )
+        )
         return loss
 
-    def _metric_sums(self, pack: HostPack, chosen_logps: torch.Tensor, rejected_logps: torch.Tensor,
-                     chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, entropy: torch.Tensor,
-                     mean_logits: torch.Tensor, is_top1: torch.Tensor) -> torch.Tensor:
+    def _metric_sums(
+        self,
+        pack: HostPack,
+        chosen_logps: torch.Tensor,
+        rejected_logps: torch.Tensor,
+        chosen_logratios: torch.Tensor,
+        rejected_logratios: torch.Tensor,
+        entropy: torch.Tensor,
+        mean_logits: torch.Tensor,
+        is_top1: torch.Tensor,
+    ) -> torch.Tensor:
         """One micro-batch's DPO_COLUMNS on the device (no host sync: the counts come from the host-side pack)."""
         n_chosen = chosen_positions(pack)
         total = int(pack.predicting.numel())
         chosen_rewards, rejected_rewards = self.beta * chosen_logratios, self.beta * rejected_logratios
 
-        def const(value: float) -> torch.Tensor:   # filled on the device: no host-to-device copy to wait for
+        def const(value: float) -> torch.Tensor:  # filled on the device: no host-to-device copy to wait for
             return chosen_logps.new_full((), float(value), dtype=torch.float32)
 
-        values = [const(chosen_logps.numel()), const(total), entropy.float().sum(),
-                  const(n_chosen), mean_logits[:n_chosen].float().sum(), const(total - n_chosen),
-                  mean_logits[n_chosen:].float().sum(), is_top1[:n_chosen].float().sum(),
-                  chosen_rewards.float().sum(), rejected_rewards.float().sum(),
-                  (chosen_rewards > rejected_rewards).float().sum(), (chosen_rewards - rejected_rewards).float().sum(),
-                  chosen_logps.float().sum(), rejected_logps.float().sum(), const(pack.tokens)]
+        values = [
+            const(chosen_logps.numel()),
+            const(total),
+            entropy.float().sum(),
+            const(n_chosen),
+            mean_logits[:n_chosen].float().sum(),
+            const(total - n_chosen),
+            mean_logits[n_chosen:].float().sum(),
+            is_top1[:n_chosen].float().sum(),
+            chosen_rewards.float().sum(),
+            rejected_rewards.float().sum(),
+            (chosen_rewards > rejected_rewards).float().sum(),
+            (chosen_rewards - rejected_rewards).float().sum(),
+            chosen_logps.float().sum(),
+            rejected_logps.float().sum(),
+            const(pack.tokens),
+        ]
         return torch.stack([v.float() for v in values])
 
     def _metric_rows(self, mode: str, rows: list[list[float]]) -> int:

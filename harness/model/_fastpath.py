@@ -199,8 +199,8 @@ class FastSession:
     def __init__(self, fast: FastPath, device: str, *, sft: bool = False, dpo: bool = False) -> None:
         self.fast = fast
         self.device = torch.device(device)
-        self.sft = sft   # the loss is SFT's token mean (Liger's fused cross-entropy may replace its head)
-        self.dpo = dpo   # DPO hook: the trainer is harness.model._dpo's FastDPOSteps (overlapped steps of its own)
+        self.sft = sft  # the loss is SFT's token mean (Liger's fused cross-entropy may replace its head)
+        self.dpo = dpo  # DPO hook: the trainer is harness.model._dpo's FastDPOSteps (overlapped steps of its own)
         self.report = FastReport()
         self._stack = ExitStack()
         self._liger: ExitStack | None = None  # Liger's patches, undone on close (or when its kernels fail)

@@ -36,6 +36,7 @@ more sequences than slots...) the layers run eagerly, which is always correct; `
 often each happened. The padding and the layer calls are plain code (`PaddedRow`, `run_layers`) that the CPU
 tests check against the unpadded forward.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,7 @@ import torch
 # model types whose decoder layers take (hidden, position_embeddings=(cos, sin), attention kwargs) and nothing else
 GRAPH_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 MIN_SLOTS = 8
-BUCKET_BITS = 3             # 2**(BUCKET_BITS-1) buckets per power of two: at most 1/2**(BUCKET_BITS-1) padding
+BUCKET_BITS = 3  # 2**(BUCKET_BITS-1) buckets per power of two: at most 1/2**(BUCKET_BITS-1) padding
 MIN_BUCKET = 512
 # eager forward: device seconds / host launch seconds at or above which no graph is made. With overlapped steps
 # an eager step takes max(host, device) and a graph's takes the device's time plus the padding's (up to 1/4), so
@@ -60,8 +61,20 @@ GRAPH_GPU_BOUND = 1.25
 # predicts r * L / L0 at length L; lengths predicted this many times past GRAPH_GPU_BOUND, either way, are not timed
 EXTRAPOLATION_MARGIN = 1.5
 # kwargs the backbone passes its layers that the graph supplies itself (from the packed row)
-_OWN_KWARGS = frozenset({"attention_mask", "position_embeddings", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
-                         "max_length_q", "max_length_k", "cache_position", "use_cache", "packed_seq_lengths"})
+_OWN_KWARGS = frozenset(
+    {
+        "attention_mask",
+        "position_embeddings",
+        "position_ids",
+        "cu_seq_lens_q",
+        "cu_seq_lens_k",
+        "max_length_q",
+        "max_length_k",
+        "cache_position",
+        "use_cache",
+        "packed_seq_lengths",
+    }
+)
 
 
 def bucket_tokens(tokens: int) -> int:
@@ -82,9 +95,9 @@ def sequence_slots(sequences: int) -> int:
 class PaddedRow:
     """Where a packed row of real sequences sits in a bucket: the real tokens first, then padding sequences."""
 
-    lengths: tuple[int, ...]      # the real sequences
-    bucket: int                   # padded length
-    slots: int                    # real sequences + padding sequences == slots + 1
+    lengths: tuple[int, ...]  # the real sequences
+    bucket: int  # padded length
+    slots: int  # real sequences + padding sequences == slots + 1
 
     @classmethod
     def of(cls, lengths: Sequence[int]) -> PaddedRow:
@@ -103,8 +116,10 @@ class PaddedRow:
         pads = self.slots + 1 - len(self.lengths)
         rest = self.bucket - self.tokens - (pads - 1)
         if pads < 1 or rest < 1:
-            raise ValueError(f"{len(self.lengths)} sequences of {self.tokens} tokens do not fit bucket {self.bucket} "
-                             f"with {self.slots} slots")
+            raise ValueError(
+                f"{len(self.lengths)} sequences of {self.tokens} tokens do not fit bucket {self.bucket} "
+                f"with {self.slots} slots"
+            )
         bounds, total = [0], 0
         for n in (*self.lengths, *([1] * (pads - 1)), rest):
             total += n
@@ -112,12 +127,29 @@ class PaddedRow:
         return bounds
 
 
-def run_layers(layers: Sequence[torch.nn.Module], hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               cu: torch.Tensor, max_length: int, extra: dict[str, Any]) -> torch.Tensor:
+def run_layers(
+    layers: Sequence[torch.nn.Module],
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cu: torch.Tensor,
+    max_length: int,
+    extra: dict[str, Any],
+) -> torch.Tensor:
     """The decoder layers over one packed row, as the backbone calls them in packed mode."""
     for layer in layers:
-        out = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), position_ids=None, use_cache=False,
-                    cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max_length, max_length_k=max_length, **extra)
+        out = layer(
+            hidden,
+            attention_mask=None,
+            position_embeddings=(cos, sin),
+            position_ids=None,
+            use_cache=False,
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=max_length,
+            max_length_k=max_length,
+            **extra,
+        )
         hidden = out[0] if isinstance(out, tuple) else out
     return hidden
 
@@ -145,9 +177,9 @@ class _EagerTiming:
     """One timed eager forward of a padded length: the host's launch seconds and the device's events."""
 
     host_seconds: float
-    start: Any   # torch.cuda.Event
+    start: Any  # torch.cuda.Event
     end: Any
-    first: bool = False   # the first forward timed in this run: lazy initialisation slowed its host side
+    first: bool = False  # the first forward timed in this run: lazy initialisation slowed its host side
 
     def device_seconds(self) -> float | None:
         """The device's seconds, or None while it is still running (never waits)."""
@@ -186,7 +218,7 @@ def _capturing(graph: torch.cuda.CUDAGraph, pool: Any, stream: torch.cuda.Stream
         try:
             yield
         except BaseException:
-            try:   # end the broken capture; the error worth reporting is the one that broke it
+            try:  # end the broken capture; the error worth reporting is the one that broke it
                 graph.capture_end()
             except Exception:  # noqa: BLE001, S110
                 pass
@@ -201,8 +233,15 @@ class _Stack(torch.nn.Module):
         super().__init__()
         self.layers = torch.nn.ModuleList(layers)
 
-    def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu: torch.Tensor,
-                max_length: int, extra: dict[str, Any]) -> torch.Tensor:
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cu: torch.Tensor,
+        max_length: int,
+        extra: dict[str, Any],
+    ) -> torch.Tensor:
         return run_layers(self.layers, hidden, cos, sin, cu, max_length, extra)
 
 
@@ -213,15 +252,25 @@ class _StackGraph:
     the capture, not the parameters themselves: a parameter's gradient accumulator belongs to the stream it was
     made on (the default stream, in a trainer), and a capture must not touch the default stream."""
 
-    def __init__(self, stack: _Stack, trainable: list[tuple[str, torch.nn.Parameter]], row: PaddedRow,
-                 hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, extra: dict[str, Any],
-                 pool: Any, stream: torch.cuda.Stream) -> None:
+    def __init__(
+        self,
+        stack: _Stack,
+        trainable: list[tuple[str, torch.nn.Parameter]],
+        row: PaddedRow,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        extra: dict[str, Any],
+        pool: Any,
+        stream: torch.cuda.Stream,
+    ) -> None:
         b = row.bucket
         self.hidden = torch.zeros((1, b, hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device)
         self.cos = torch.zeros((1, b, cos.shape[-1]), dtype=cos.dtype, device=cos.device)
         self.sin = torch.zeros((1, b, sin.shape[-1]), dtype=sin.dtype, device=sin.device)
-        self.cu = torch.tensor(PaddedRow((b - row.slots,), b, row.slots).cu_seq_lens(), dtype=torch.int32,
-                               device=hidden.device)
+        self.cu = torch.tensor(
+            PaddedRow((b - row.slots,), b, row.slots).cu_seq_lens(), dtype=torch.int32, device=hidden.device
+        )
         wants_input_grad = hidden.requires_grad
 
         def forward() -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -237,7 +286,7 @@ class _StackGraph:
             # starts: a capture that fails half-way leaves the CUDA random generator unusable for the process
             before = torch.cuda.memory_allocated(hidden.device)
             out, wrt = forward()
-            needed = torch.cuda.memory_allocated(hidden.device) - before   # what the capture will keep
+            needed = torch.cuda.memory_allocated(hidden.device) - before  # what the capture will keep
             torch.autograd.grad(out, wrt, torch.zeros_like(out))
             del out, wrt
         torch.cuda.current_stream().wait_stream(stream)
@@ -264,14 +313,21 @@ class _Replay(torch.autograd.Function):
     """One autograd node that replays a bucket's forward graph, and its backward graph in backward."""
 
     @staticmethod
-    def forward(ctx: Any, graph: _StackGraph, row: PaddedRow, hidden: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        graph: _StackGraph,
+        row: PaddedRow,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        *params: torch.Tensor,
+    ) -> torch.Tensor:
         # `params` (the trainable parameters, which the graph reads in place) are inputs so that autograd hands
         # the gradients backward returns to their accumulators
         graph.load(row, hidden, cos, sin)
         graph.fwd.replay()
         ctx.graph, ctx.tokens = graph, row.tokens
-        return graph.out[:, :row.tokens].clone()
+        return graph.out[:, : row.tokens].clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
@@ -290,7 +346,7 @@ class _StandIn(torch.nn.Module):
 
     def __init__(self, graphs: LayerGraphs) -> None:
         super().__init__()
-        self.__dict__["_graphs"] = graphs   # not a submodule: the real layers stay where they are
+        self.__dict__["_graphs"] = graphs  # not a submodule: the real layers stay where they are
         attention_type = getattr(graphs.layers[0], "attention_type", None)
         if attention_type is not None:
             self.attention_type = attention_type
@@ -302,15 +358,16 @@ class _StandIn(torch.nn.Module):
 class LayerGraphs:
     """CUDA graphs for the decoder layers of one model, per bucket; `enabled` is switched on for training."""
 
-    def __init__(self, layers: Sequence[torch.nn.Module], max_bucket: int | None = None,
-                 time_eager: bool = True) -> None:
+    def __init__(
+        self, layers: Sequence[torch.nn.Module], max_bucket: int | None = None, time_eager: bool = True
+    ) -> None:
         self.layers = list(layers)
-        self.max_bucket = max_bucket   # longer micro-batches run eagerly (checkpointed, say)
-        self.time_eager = time_eager   # graph a padded length only where its timed eager forward was host-bound
+        self.max_bucket = max_bucket  # longer micro-batches run eagerly (checkpointed, say)
+        self.time_eager = time_eager  # graph a padded length only where its timed eager forward was host-bound
         self.timings: dict[tuple[Any, ...], _EagerTiming] = {}
-        self.device_bound: dict[tuple[Any, ...], float] = {}   # padded lengths left eager: device/host ratio
-        self.host_bound: dict[int, float] = {}   # timed padded lengths captured: device/host ratio
-        self.timed_any = False   # the first timing (lazy initialisation: cuBLAS, the allocator) is not trusted
+        self.device_bound: dict[tuple[Any, ...], float] = {}  # padded lengths left eager: device/host ratio
+        self.host_bound: dict[int, float] = {}  # timed padded lengths captured: device/host ratio
+        self.timed_any = False  # the first timing (lazy initialisation: cuBLAS, the allocator) is not trusted
         # a row's launches do not grow with its length, its device work does: a padded length longer than one that
         # was device-bound is device-bound too, one shorter than a host-bound one host-bound (neither is timed), and
         # so is one whose ratio, scaled by its length, is EXTRAPOLATION_MARGIN times past the threshold
@@ -377,7 +434,7 @@ class LayerGraphs:
         bucket = key[0]
         if key in self.device_bound or bucket >= self.device_bound_from:
             return DEVICE_BOUND
-        if bucket <= self.host_bound_upto:   # shorter than a host-bound length (or predicted host-bound)
+        if bucket <= self.host_bound_upto:  # shorter than a host-bound length (or predicted host-bound)
             return None
         return "eager timing still on the device" if key in self.timings else TIMING
 
@@ -388,17 +445,19 @@ class LayerGraphs:
             if device is None:
                 continue
             del self.timings[key]
-            if timing.first:   # lazy initialisation slowed the host side of this one: the length is timed again
+            if timing.first:  # lazy initialisation slowed the host side of this one: the length is timed again
                 continue
             bucket, ratio = key[0], device / max(timing.host_seconds, 1e-6)
             if gpu_bound(timing.host_seconds, device):
                 self.device_bound[key] = ratio
-                self.device_bound_from = min(self.device_bound_from, bucket,
-                                             math.ceil(bucket * GRAPH_GPU_BOUND * EXTRAPOLATION_MARGIN / ratio))
+                self.device_bound_from = min(
+                    self.device_bound_from, bucket, math.ceil(bucket * GRAPH_GPU_BOUND * EXTRAPOLATION_MARGIN / ratio)
+                )
             else:
                 self.host_bound[bucket] = ratio
-                self.host_bound_upto = max(self.host_bound_upto, bucket,
-                                           math.floor(bucket * GRAPH_GPU_BOUND / (EXTRAPOLATION_MARGIN * ratio)))
+                self.host_bound_upto = max(
+                    self.host_bound_upto, bucket, math.floor(bucket * GRAPH_GPU_BOUND / (EXTRAPOLATION_MARGIN * ratio))
+                )
 
     def _timed_eager(self, key: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -415,8 +474,17 @@ class LayerGraphs:
         """What a graph is captured for: the padded length and everything the capture bakes in."""
         cos, _ = kwargs["position_embeddings"]
         extra = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
-        return (row.bucket, row.slots, hidden.dtype, cos.dtype, hidden.requires_grad, self.layers[0].training,
-                torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"), tuple(sorted(extra.items())))
+        return (
+            row.bucket,
+            row.slots,
+            hidden.dtype,
+            cos.dtype,
+            hidden.requires_grad,
+            self.layers[0].training,
+            torch.is_autocast_enabled("cuda"),
+            torch.get_autocast_dtype("cuda"),
+            tuple(sorted(extra.items())),
+        )
 
     def _why_eager(self, hidden: torch.Tensor, kwargs: dict[str, Any]) -> str | None:
         if not self.enabled:
@@ -426,9 +494,13 @@ class LayerGraphs:
         if kwargs.get("cu_seq_lens_q") is None or not kwargs.get("packed_seq_lengths"):
             return "not a packed row"
         embeddings = kwargs.get("position_embeddings")
-        if not (isinstance(embeddings, tuple) and len(embeddings) == 2
-                and all(isinstance(e, torch.Tensor) and e.dim() == 3 and e.shape[:2] == hidden.shape[:2]
-                        for e in embeddings)):
+        if not (
+            isinstance(embeddings, tuple)
+            and len(embeddings) == 2
+            and all(
+                isinstance(e, torch.Tensor) and e.dim() == 3 and e.shape[:2] == hidden.shape[:2] for e in embeddings
+            )
+        ):
             return "unexpected rotary tables"
         if any(isinstance(v, torch.Tensor) for k, v in kwargs.items() if k not in _OWN_KWARGS):
             return "extra tensor argument"
@@ -439,11 +511,15 @@ class LayerGraphs:
     def _adapter_state(self) -> tuple[Any, ...]:
         """What a captured graph bakes in about the PEFT adapters (the first adapter layer speaks for all)."""
         first = self.adapters[0]
-        return (bool(getattr(first, "disable_adapters", False)), bool(getattr(first, "merged", False)),
-                tuple(getattr(first, "active_adapters", ()) or ()))
+        return (
+            bool(getattr(first, "disable_adapters", False)),
+            bool(getattr(first, "merged", False)),
+            tuple(getattr(first, "active_adapters", ()) or ()),
+        )
 
-    def _replay(self, row: PaddedRow, key: tuple[Any, ...], hidden: torch.Tensor,
-                kwargs: dict[str, Any]) -> torch.Tensor:
+    def _replay(
+        self, row: PaddedRow, key: tuple[Any, ...], hidden: torch.Tensor, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
         cos, sin = kwargs["position_embeddings"]
         extra = {k: v for k, v in kwargs.items() if k not in _OWN_KWARGS}
         graph = self.graphs.get(key)
@@ -454,10 +530,15 @@ class LayerGraphs:
             # autocast's cast cache would keep bf16 copies of the adapters made before the capture: off inside
             self.capturing = True
             try:
-                with torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                                    enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False):
-                    graph = _StackGraph(self.stack, self.trainable, row, hidden, cos, sin, extra, self.pool,
-                                        self.stream)
+                with torch.autocast(
+                    "cuda",
+                    dtype=torch.get_autocast_dtype("cuda"),
+                    enabled=torch.is_autocast_enabled("cuda"),
+                    cache_enabled=False,
+                ):
+                    graph = _StackGraph(
+                        self.stack, self.trainable, row, hidden, cos, sin, extra, self.pool, self.stream
+                    )
             finally:
                 self.capturing = False
             self.graphs[key] = graph
@@ -468,14 +549,15 @@ class LayerGraphs:
     def summary(self) -> str:
         if self.failure is not None and not self.graphs:
             return f"off: capture failed: {self.failure}"
-        text = (f"on: {len(self.graphs)} bucket(s) captured in {self.capture_seconds:.1f} s, {self.replays} "
-                f"replays")
+        text = f"on: {len(self.graphs)} bucket(s) captured in {self.capture_seconds:.1f} s, {self.replays} replays"
         if self.max_bucket is not None:
             text += f" (micro-batches up to {self.max_bucket} tokens)"
         if self.device_bound:
             ratios = ", ".join(f"{r:.1f}x" for r in self.device_bound.values())
-            text += (f", {len(self.device_bound)} padded length(s) left eager: the device was busy {ratios} the "
-                     "host's launch time")
+            text += (
+                f", {len(self.device_bound)} padded length(s) left eager: the device was busy {ratios} the "
+                "host's launch time"
+            )
         if self.host_bound:
             timed = sorted(self.host_bound.items())
             text += ", timed host-bound: " + ", ".join(f"{b} tokens {r:.2f}x" for b, r in timed)

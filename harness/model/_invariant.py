@@ -50,6 +50,7 @@ CPU against GPU can give other outputs; the numerics record (`harness.model._num
 next to each score. Architectures the fixed-shape path cannot drive (see `supported`) fall back to the fast path,
 and the record says so.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -75,7 +76,7 @@ Progress = Callable[[int], None]
 LANES_CUDA, BUCKET_CUDA, SPAN_CUDA, HEAD_CHUNK_CUDA = 64, 128, 128, 64
 LANES_CPU, BUCKET_CPU, SPAN_CPU, HEAD_CHUNK_CPU = 8, 16, 64, 16
 ENV_LANES = "TUNEGATE_EVAL_LANES"
-CHECK_EVERY = 8          # decode steps between looks at whether every lane has stopped (each look syncs the device)
+CHECK_EVERY = 8  # decode steps between looks at whether every lane has stopped (each look syncs the device)
 ENV_GRAPHS = "TUNEGATE_EVAL_GRAPHS"
 ATTENTION_NAME = "tunegate_fixed"
 
@@ -83,6 +84,7 @@ ATTENTION_NAME = "tunegate_fixed"
 @dataclass(frozen=True)
 class Shapes:
     """The fixed shapes of the invariant mode on one device type (part of the numerics record)."""
+
     lanes: int
     bucket: int
     span: int
@@ -90,17 +92,25 @@ class Shapes:
     graphs: bool
 
     def describe(self) -> str:
-        return (f"fixed-shape lanes={self.lanes} bucket={self.bucket} span={self.span} head_chunk={self.head_chunk} "
-                f"graphs={'on' if self.graphs else 'off'}")
+        return (
+            f"fixed-shape lanes={self.lanes} bucket={self.bucket} span={self.span} head_chunk={self.head_chunk} "
+            f"graphs={'on' if self.graphs else 'off'}"
+        )
 
 
 def shapes_for(device: torch.device) -> Shapes:
     lanes = os.environ.get(ENV_LANES, "")
     if device.type == "cuda":
-        return Shapes(int(lanes) if lanes.isdigit() and int(lanes) > 0 else LANES_CUDA, BUCKET_CUDA, SPAN_CUDA,
-                      HEAD_CHUNK_CUDA, os.environ.get(ENV_GRAPHS, "1") != "0")
-    return Shapes(int(lanes) if lanes.isdigit() and int(lanes) > 0 else LANES_CPU, BUCKET_CPU, SPAN_CPU,
-                  HEAD_CHUNK_CPU, False)
+        return Shapes(
+            int(lanes) if lanes.isdigit() and int(lanes) > 0 else LANES_CUDA,
+            BUCKET_CUDA,
+            SPAN_CUDA,
+            HEAD_CHUNK_CUDA,
+            os.environ.get(ENV_GRAPHS, "1") != "0",
+        )
+    return Shapes(
+        int(lanes) if lanes.isdigit() and int(lanes) > 0 else LANES_CPU, BUCKET_CPU, SPAN_CPU, HEAD_CHUNK_CPU, False
+    )
 
 
 def supported(model: Any) -> str | None:
@@ -130,8 +140,9 @@ class _FixedCache:
         self.length = 0
         self.write: torch.Tensor | None = None
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if layer_idx not in self.keys:
             lanes, heads, _, dim = key.shape
             self.keys[layer_idx] = key.new_zeros((lanes, heads, self.length, dim))
@@ -152,8 +163,9 @@ class _Decoder:
     """Greedy decoding of `lanes` rows over a cache of `length` positions: the state tensors every step reads and
     writes in place (so one captured graph serves every group of this length)."""
 
-    def __init__(self, causal_lm: Any, shapes: Shapes, length: int, stops: list[int],
-                 device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, causal_lm: Any, shapes: Shapes, length: int, stops: list[int], device: torch.device, dtype: torch.dtype
+    ) -> None:
         self.causal_lm, self.backbone = causal_lm, model_parts.backbone_of(causal_lm)
         self.head = causal_lm.get_output_embeddings()
         self.cache_kw = _cache_kwarg(self.backbone)
@@ -173,8 +185,9 @@ class _Decoder:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                               **{self.cache_kw: self.cache}).last_hidden_state
+        hidden = self.backbone(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{self.cache_kw: self.cache}
+        ).last_hidden_state
         return self.head(hidden[:, -1, :]).argmax(-1)
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
@@ -189,12 +202,12 @@ class _Decoder:
         valid = torch.zeros((self.lanes, self.length), dtype=torch.bool)
         for r, seq in enumerate(rows):
             if seq:
-                ids[r, bucket - len(seq):] = torch.tensor(seq)
-                valid[r, bucket - len(seq):bucket] = True
+                ids[r, bucket - len(seq) :] = torch.tensor(seq)
+                valid[r, bucket - len(seq) : bucket] = True
         self.valid.copy_(valid.to(device))
         self.cache.clear()
         q = torch.arange(bucket, device=device)
-        causal = (self.arange[None, :] <= q[:, None])                                   # (bucket, length)
+        causal = self.arange[None, :] <= q[:, None]  # (bucket, length)
         allowed = (causal[None] & self.valid[:, None, :]) | (self.arange[None, None, :] == q[None, :, None])
         pos = (self.valid[:, :bucket].long().cumsum(-1) - 1).clamp(min=0)
         self.cache.write = q
@@ -247,50 +260,63 @@ class _Decoder:
         return self.out[:, :max_new].cpu()
 
 
-KEPT_DECODERS = 2   # per model: the graphs and KV caches of the last cache lengths, reused by later calls
+KEPT_DECODERS = 2  # per model: the graphs and KV caches of the last cache lengths, reused by later calls
 
 
-def _decoder(causal_lm: Any, shapes: Shapes, length: int, stops: list[int], device: torch.device,
-             dtype: torch.dtype) -> _Decoder:
+def _decoder(
+    causal_lm: Any, shapes: Shapes, length: int, stops: list[int], device: torch.device, dtype: torch.dtype
+) -> _Decoder:
     """The decoder (state, cache and captured graph) for this shape, kept on the model between calls, so each
     suite of a trial does not capture its graphs again. The key holds every parameter's address and the LoRA
     layers' active/disabled adapters: a graph replays the kernels and tensors it was captured with, so loading or
     switching an adapter must give a fresh one (a weight updated in place is read as it is at replay)."""
     kept: dict[Any, Any] = causal_lm.__dict__.setdefault("_tunegate_decoders", {})
-    adapters = tuple((tuple(getattr(m, "active_adapters", ())), bool(getattr(m, "disable_adapters", False)))
-                     for m in causal_lm.modules() if hasattr(m, "lora_A"))
-    key = (shapes, length, tuple(stops), device, dtype, adapters,
-           tuple(p.data_ptr() for p in causal_lm.parameters()))
+    adapters = tuple(
+        (tuple(getattr(m, "active_adapters", ())), bool(getattr(m, "disable_adapters", False)))
+        for m in causal_lm.modules()
+        if hasattr(m, "lora_A")
+    )
+    key = (shapes, length, tuple(stops), device, dtype, adapters, tuple(p.data_ptr() for p in causal_lm.parameters()))
     decoder = kept.get(key)
     if decoder is None:
-        while len(kept) >= KEPT_DECODERS + 1:   # + the graph pool
+        while len(kept) >= KEPT_DECODERS + 1:  # + the graph pool
             kept.pop(next(k for k in kept if k != "pool"))
         decoder = _Decoder(causal_lm, shapes, length, stops, device, dtype)
         if shapes.graphs:
             try:
                 decoder.capture(kept.setdefault("pool", torch.cuda.graph_pool_handle()))
-            except RuntimeError as exc:   # an op that cannot be captured (a kernel library's host sync...)
-                decoder.graph = None      # the same step, eagerly
-                warnings.warn(f"tunegate: decode step not captured in a CUDA graph, decoding eagerly: {exc}",
-                              RuntimeWarning, stacklevel=2)
+            except RuntimeError as exc:  # an op that cannot be captured (a kernel library's host sync...)
+                decoder.graph = None  # the same step, eagerly
+                warnings.warn(
+                    f"tunegate: decode step not captured in a CUDA graph, decoding eagerly: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         kept[key] = decoder
     return decoder
 
 
-def fixed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                    **kwargs: Any) -> tuple[torch.Tensor, None]:
+def fixed_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
     """Attention with a 4D additive mask, grouped-query heads read in place: transformers' SDPA path copies the
     keys and values once per query head whenever a mask is given (`repeat_kv`), which over a whole fixed cache is
     most of a small model's decode step. Two batched matmuls and a float32 softmax per (row, key/value head): each
     row's result depends on that row alone. The same arithmetic as transformers' eager attention."""
     b, heads, t, d = query.shape
     kv_heads = key.shape[1]
-    group = heads // kv_heads               # repeat_kv's order: query head i reads key/value head i // group
+    group = heads // kv_heads  # repeat_kv's order: query head i reads key/value head i // group
     q = query.reshape(b, kv_heads, group * t, d)
-    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+    scores = torch.matmul(q, key.transpose(-1, -2)) * (scaling if scaling is not None else d**-0.5)
     if attention_mask is not None:
-        mask = attention_mask[:, :, :, :key.shape[-2]]
+        mask = attention_mask[:, :, :, : key.shape[-2]]
         scores = (scores.view(b, kv_heads, group, t, -1) + mask[:, :, None]).view(b, kv_heads, group * t, -1)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     out = torch.matmul(probs, value).view(b, heads, t, d)
@@ -311,8 +337,15 @@ def _attention_ready(causal_lm: Any) -> Any:
 
 
 @torch.inference_mode()
-def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
-             progress: Progress | None = None, stats: dict[str, Any] | None = None) -> list[str]:
+def generate(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    progress: Progress | None = None,
+    stats: dict[str, Any] | None = None,
+) -> list[str]:
     """Greedy completions of already-templated prompts, each bit-identical whatever else is being scored
     (see the module docstring). `stats`, when given, receives the output tokens and the groups run."""
     device = model_parts.model_device(model)
@@ -334,7 +367,7 @@ def generate(model: Any, tok: Any, prompts: Sequence[str], *, max_new_tokens: in
             decoder = _decoder(causal_lm, shapes, length, stop_ids, device, dtype)
             members = by_bucket[bucket]
             for start in range(0, len(members), shapes.lanes):
-                idx = members[start:start + shapes.lanes]
+                idx = members[start : start + shapes.lanes]
                 rows = [encoded[i] for i in idx]
                 rows += [rows[-1]] * (shapes.lanes - len(rows))
                 decoder.prefill(rows, bucket, pad_id)
@@ -359,8 +392,9 @@ def _causal_mask(lanes: int, width: int, dtype: torch.dtype, device: torch.devic
 
 
 @torch.inference_mode()
-def loglikelihood_tokens(model: Any, seqs: Sequence[tuple[list[int], int]], *,
-                         progress: Progress | None = None) -> list[tuple[float, bool]]:
+def loglikelihood_tokens(
+    model: Any, seqs: Sequence[tuple[list[int], int]], *, progress: Progress | None = None
+) -> list[tuple[float, bool]]:
     """(sum of log p(continuation token), whether every continuation token is the argmax) per (tokens,
     number of context tokens), each bit-identical whatever else is scored with it (see the module docstring)."""
     device = model_parts.model_device(model)
@@ -385,12 +419,13 @@ def loglikelihood_tokens(model: Any, seqs: Sequence[tuple[list[int], int]], *,
             mask = _causal_mask(shapes.lanes, bucket, dtype, device)
             positions = torch.arange(bucket, device=device)[None].expand(shapes.lanes, bucket)
             for start in range(0, len(keys), shapes.lanes):
-                batch = keys[start:start + shapes.lanes]
+                batch = keys[start : start + shapes.lanes]
                 ids = torch.zeros((shapes.lanes, bucket), dtype=torch.long)
                 for r, key in enumerate(batch + [batch[-1]] * (shapes.lanes - len(batch))):
-                    ids[r, :len(key)] = torch.tensor(key)
-                hidden = backbone(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
-                                  use_cache=False).last_hidden_state
+                    ids[r, : len(key)] = torch.tensor(key)
+                hidden = backbone(
+                    input_ids=ids.to(device), attention_mask=mask, position_ids=positions, use_cache=False
+                ).last_hidden_state
                 hidden = hidden.reshape(-1, hidden.shape[-1])
                 rows, targets, owners = [], [], []
                 for r, key in enumerate(batch):
@@ -411,26 +446,28 @@ def loglikelihood_tokens(model: Any, seqs: Sequence[tuple[list[int], int]], *,
     return results
 
 
-def _head_logprobs(hidden: torch.Tensor, rows: list[int], targets: list[int], head: torch.nn.Module,
-                   chunk: int) -> tuple[list[float], list[bool]]:
+def _head_logprobs(
+    hidden: torch.Tensor, rows: list[int], targets: list[int], head: torch.nn.Module, chunk: int
+) -> tuple[list[float], list[bool]]:
     """log p(target) and whether the target is the argmax at each of `rows`, through the LM head and a float32
     log-softmax `chunk` rows at a time (the last chunk zero-filled, so every head GEMM has `chunk` rows)."""
     logps: list[float] = []
     greedy: list[bool] = []
     device = hidden.device
     for start in range(0, len(rows), chunk):
-        picked = hidden.index_select(0, torch.tensor(rows[start:start + chunk], device=device))
+        picked = hidden.index_select(0, torch.tensor(rows[start : start + chunk], device=device))
         n = picked.shape[0]
         if n < chunk:
             picked = torch.cat([picked, picked.new_zeros((chunk - n, picked.shape[1]))])
         logp = torch.log_softmax(head(picked).float(), dim=-1)[:n]
-        want = torch.tensor(targets[start:start + chunk], device=device)
+        want = torch.tensor(targets[start : start + chunk], device=device)
         logps += logp.gather(1, want[:, None])[:, 0].double().tolist()
         greedy += (logp.argmax(-1) == want).tolist()
     return logps, greedy
 
 
-def loglikelihood(model: Any, tok: Any, pairs: Sequence[tuple[str, str]], *,
-                  progress: Progress | None = None) -> list[float]:
+def loglikelihood(
+    model: Any, tok: Any, pairs: Sequence[tuple[str, str]], *, progress: Progress | None = None
+) -> list[float]:
     """Sum of log-probabilities of each continuation given its context (`generate.encode_pairs` tokens)."""
     return [lp for lp, _ in loglikelihood_tokens(model, gen.encode_pairs(tok, pairs), progress=progress)]

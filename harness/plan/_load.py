@@ -1,4 +1,5 @@
 """Loading a plan file: paths relative to the file, one-line descriptions, the plan's content hash."""
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,12 @@ def load_plan(path: str | Path) -> tuple[Plan, YamlDoc]:
             arm.documents = _resolve_path(arm.documents, base)
             if not Path(arm.documents or "").is_file():
                 why = "is a folder, not a file" if Path(arm.documents or "").is_dir() else "file not found"
-                raise UserError(f"{why}: {arm.documents}", file=doc.path,
-                                line=doc.line_of(("arms", i, "documents")), field=f"arms[{i}].documents")
+                raise UserError(
+                    f"{why}: {arm.documents}",
+                    file=doc.path,
+                    line=doc.line_of(("arms", i, "documents")),
+                    field=f"arms[{i}].documents",
+                )
     plan.suites = [_resolve_path(s, base) or s if "/" in s else s for s in plan.suites]
     if plan.gate:
         plan.gate = _resolve_path(plan.gate, base)

@@ -33,6 +33,7 @@ tests/advisor/test_advisor_memory.py holds today's estimate to within 20% of eve
 The model is given either as `ModelDims` (or any Hugging Face config with the usual attribute
 names) or as a parameter count, which picks the nearest of the reference Llama-family shapes.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,10 +51,10 @@ Attention = Literal["sdpa", "eager"]
 GIB = 1024**3
 ALL_LINEAR: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4}
-NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)   # 4-bit codes + 8-bit absmax + fp32 2nd-level absmax
+NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax + fp32 2nd-level absmax
 CUDA_CONTEXT_GIB = 0.5
 ALLOCATOR_SLACK = 0.05
-LOGITS_BYTES_PER_VOCAB = 12          # fp32 log-probs kept + fp32 grad in + fp32 grad out
+LOGITS_BYTES_PER_VOCAB = 12  # fp32 log-probs kept + fp32 grad in + fp32 grad out
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class ModelDims:
     @classmethod
     def from_config(cls, config: Any) -> ModelDims:
         """From a transformers `LlamaConfig`-like object (or a dict with the same keys)."""
+
         def get(key: str, default: Any = None) -> Any:
             value = config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
             if value is None and default is None:
@@ -106,10 +108,15 @@ class ModelDims:
             return value
 
         heads = int(get("num_attention_heads"))
-        return cls(hidden=int(get("hidden_size")), intermediate=int(get("intermediate_size")),
-                   layers=int(get("num_hidden_layers")), heads=heads,
-                   kv_heads=int(get("num_key_value_heads", heads) or heads), vocab=int(get("vocab_size")),
-                   tied_embeddings=bool(get("tie_word_embeddings", False)))
+        return cls(
+            hidden=int(get("hidden_size")),
+            intermediate=int(get("intermediate_size")),
+            layers=int(get("num_hidden_layers")),
+            heads=heads,
+            kv_heads=int(get("num_key_value_heads", heads) or heads),
+            vocab=int(get("vocab_size")),
+            tied_embeddings=bool(get("tie_word_embeddings", False)),
+        )
 
 
 REFERENCE_SHAPES: dict[str, ModelDims] = {
@@ -136,10 +143,10 @@ class MemoryEstimate(BaseModel):
     method: str
     n_params: int
     trainable_params: int
-    allocated_gib: float          # comparable to torch.cuda.max_memory_allocated
-    total_gib: float              # + CUDA context and allocator slack: what the GPU must have free
-    breakdown: dict[str, float]   # GiB per component; sums to total_gib
-    shape: str                    # which dims were used
+    allocated_gib: float  # comparable to torch.cuda.max_memory_allocated
+    total_gib: float  # + CUDA context and allocator slack: what the GPU must have free
+    breakdown: dict[str, float]  # GiB per component; sums to total_gib
+    shape: str  # which dims were used
 
     def fits(self, vram_gib: float) -> bool:
         return self.total_gib <= vram_gib
@@ -150,17 +157,18 @@ def _lora_params(dims: ModelDims, r: int, targets: tuple[str, ...]) -> int:
     return dims.layers * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
 
 
-def _activation_bytes_per_token_layer(dims: ModelDims, method: str, r: int, dropout: float,
-                                      targets: tuple[str, ...], act: int) -> float:
+def _activation_bytes_per_token_layer(
+    dims: ModelDims, method: str, r: int, dropout: float, targets: tuple[str, ...], act: int
+) -> float:
     h, i, kv = dims.hidden, dims.intermediate, dims.kv_dim
-    scale = act / 2                       # coefficients below are for 2-byte activations
+    scale = act / 2  # coefficients below are for 2-byte activations
     if method == "full":
         return scale * (22 * h + 4 * kv + 8 * i)
     base = scale * (12 * h + 4 * kv + 6 * i)
     shapes = dims.module_shapes()
-    per_in = 5 if dropout > 0 else 4      # fp32 input to lora_A (+ bool dropout mask)
+    per_in = 5 if dropout > 0 else 4  # fp32 input to lora_A (+ bool dropout mask)
     adapters = sum(per_in * shapes[t][0] + 4 * r for t in targets)
-    if method == "dora":                  # DoRA also keeps the base output and its rescaled copy
+    if method == "dora":  # DoRA also keeps the base output and its rescaled copy
         adapters += sum(2 * act * shapes[t][1] for t in targets)
     return base + adapters
 
@@ -212,7 +220,7 @@ def estimate_training_memory(
         b["adapters"] = trainable * 4
         b["gradients"] = trainable * 4
         b["optimizer_states"] = trainable * 8
-        if method == "dora":   # magnitude vectors + one transient fp32 copy of the largest weight
+        if method == "dora":  # magnitude vectors + one transient fp32 copy of the largest weight
             b["adapters"] += dims.layers * sum(dims.module_shapes()[t][1] for t in lora_targets) * 4
             b["optimizer_states"] += max(a * c for a, c in dims.module_shapes().values()) * 4
 
@@ -242,6 +250,12 @@ def estimate_training_memory(
     b["allocator_slack"] = allocated * ALLOCATOR_SLACK
     b["cuda_context"] = CUDA_CONTEXT_GIB * GIB
     breakdown = {k: round(v / GIB, 4) for k, v in b.items()}
-    return MemoryEstimate(method=method, n_params=int(n_params), trainable_params=int(trainable),
-                          allocated_gib=round(allocated / GIB, 4), total_gib=round(sum(b.values()) / GIB, 4),
-                          breakdown=breakdown, shape=shape)
+    return MemoryEstimate(
+        method=method,
+        n_params=int(n_params),
+        trainable_params=int(trainable),
+        allocated_gib=round(allocated / GIB, 4),
+        total_gib=round(sum(b.values()) / GIB, 4),
+        breakdown=breakdown,
+        shape=shape,
+    )

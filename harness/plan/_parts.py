@@ -1,4 +1,5 @@
 """The parts of a plan: arms (one class per kind; the kinds themselves are in _kinds), data, sweep ranges."""
+
 from __future__ import annotations
 
 import math
@@ -32,6 +33,7 @@ class BaselineArm(ArmBase):
 
 class PromptArm(ArmBase):
     """Prompting: a system prompt plus k worked examples drawn from the training data."""
+
     type: Prompt
     system: str | None = None
     k_shot: int = Field(default=3, ge=0, le=64)
@@ -40,6 +42,7 @@ class PromptArm(ArmBase):
 
 class RagArm(ArmBase):
     """Retrieval: the k training examples (or document passages) nearest to the question go into the prompt."""
+
     type: Rag
     system: str | None = None
     k: int = Field(default=3, ge=1, le=64)
@@ -49,6 +52,7 @@ class RagArm(ArmBase):
 
 class TrainArm(ArmBase):
     """What every trained arm shares: LoRA shape, optimiser schedule, sequence length, data fraction."""
+
     r: int = Field(default=16, gt=0, le=1024)
     alpha: int = Field(default=32, gt=0, le=65536)
     dropout: float = Field(default=0.05, ge=0, lt=1)
@@ -66,7 +70,6 @@ class TrainArm(ArmBase):
     data_fraction: float = Field(default=1.0, gt=0, le=1)
     gpus_per_trial: int = Field(default=1, ge=1, le=64)  # >1: data parallel through `accelerate launch`
     seed: Seed = 0
-
 
     @field_validator("target_modules", mode="before")
     @classmethod
@@ -87,6 +90,7 @@ class LoraArm(TrainArm):
 
 class QloraArm(TrainArm):
     """LoRA on a 4-bit NF4 base (double quantisation, bf16 compute, paged 8-bit AdamW); needs CUDA."""
+
     type: Qlora
 
 
@@ -109,8 +113,9 @@ class DpoArm(TrainArm):
     truncation: Literal["error", "keep_start"] = "error"
 
 
-Arm = Annotated[BaselineArm | PromptArm | RagArm | LoraArm | QloraArm | DoraArm | FullArm | DpoArm,
-                Field(discriminator="type")]
+Arm = Annotated[
+    BaselineArm | PromptArm | RagArm | LoraArm | QloraArm | DoraArm | FullArm | DpoArm, Field(discriminator="type")
+]
 
 
 class DataSpec(BaseModel):
@@ -122,6 +127,7 @@ class DataSpec(BaseModel):
 
 class Range(BaseModel):
     """A continuous (or integer) interval for random search: `{low: 1e-5, high: 1e-3, log: true}`."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     low: float
     high: float
@@ -146,6 +152,7 @@ class Range(BaseModel):
 
 class Sweep(BaseModel):
     """Grid or random search over any field of one or more arms; each combination becomes a trial."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     arm: str | list[str]
     method: Literal["grid", "random"] = "grid"
@@ -156,5 +163,3 @@ class Sweep(BaseModel):
     @property
     def arms(self) -> list[str]:
         return [self.arm] if isinstance(self.arm, str) else list(self.arm)
-
-

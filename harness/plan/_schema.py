@@ -1,4 +1,5 @@
 """The experiment plan's schema (pydantic; YAML errors name file, line, field); cross-checks run on validation."""
+
 from __future__ import annotations
 
 import re
@@ -17,12 +18,16 @@ def _suite_name(name: str) -> str:
     path to a suite folder, absolute or relative (to the working directory, else the plan's folder: `load_plan`
     makes it absolute); never one with `..`, which would read a suite from outside both."""
     if ".." in Path(name).parts or ".." in name.split("/"):
-        raise ValueError(f"'{name}' leaves its folder ('..'): give the name of a suite folder under the suite roots "
-                         "($TUNEGATE_SUITES or the shipped suites), or a path to one without '..'")
+        raise ValueError(
+            f"'{name}' leaves its folder ('..'): give the name of a suite folder under the suite roots "
+            "($TUNEGATE_SUITES or the shipped suites), or a path to one without '..'"
+        )
     if re.fullmatch(NAME, name) or Path(name).is_absolute() or "/" in name:
         return name
-    raise ValueError(f"'{name}' is not a suite name: give the name of a suite folder under the suite roots "
-                     "($TUNEGATE_SUITES or the shipped suites), or a path to one")
+    raise ValueError(
+        f"'{name}' is not a suite name: give the name of a suite folder under the suite roots "
+        "($TUNEGATE_SUITES or the shipped suites), or a path to one"
+    )
 
 
 class Plan(BaseModel):

@@ -1,4 +1,5 @@
 """Sweep expansion: a plan's arms plus the grid or random combinations of its swept arm."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Which GPUs a run may use, and a pool that hands each trial its own."""
+
 from __future__ import annotations
 
 import os
@@ -40,7 +41,7 @@ def visible_gpus() -> list[str]:
         return []
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None and env.strip():
-        return [d.strip() for d in env.split(",") if d.strip()][:torch.cuda.device_count()]
+        return [d.strip() for d in env.split(",") if d.strip()][: torch.cuda.device_count()]
     return [str(i) for i in range(torch.cuda.device_count())]
 
 

@@ -15,6 +15,7 @@ worker is started with `accelerate launch --num_processes N --multi_gpu`, rank 0
 
 The worker entry point is `python -m harness.run UNIT.json`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -48,15 +49,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker_command(job_file: str | Path, num_processes: int = 1, *, port: int | None = None,
-                   python: str = sys.executable) -> list[str]:
+def worker_command(
+    job_file: str | Path, num_processes: int = 1, *, port: int | None = None, python: str = sys.executable
+) -> list[str]:
     """The command that runs one trial: a plain worker, or `accelerate launch` for data parallel training with
     one process per GPU (torch.distributed; on a machine without CUDA the processes train on the CPU over gloo)."""
     if num_processes <= 1:
         return [python, "-m", "harness.run", str(job_file)]
-    return [python, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--num_machines", "1",
-            "--multi_gpu", "--main_process_port", str(port or free_port()),
-            "--dynamo_backend", "no", "-m", "harness.run", str(job_file)]
+    return [
+        python,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--multi_gpu",
+        "--main_process_port",
+        str(port or free_port()),
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "harness.run",
+        str(job_file),
+    ]
 
 
 def run_here(job: TrialJob, console: Console, on_trained: Callable[[], None] | None = None) -> TrialResult:
@@ -67,8 +83,9 @@ def run_here(job: TrialJob, console: Console, on_trained: Callable[[], None] | N
     return run_trial(job, console, on_trained)
 
 
-def worker_env(devices: Sequence[str] | None, base: dict[str, str] | None = None,
-               threads: int | None = None) -> dict[str, str]:
+def worker_env(
+    devices: Sequence[str] | None, base: dict[str, str] | None = None, threads: int | None = None
+) -> dict[str, str]:
     """The worker's environment, pinned to `devices` (an empty list hides every GPU); `threads`: its share of the
     CPU cores when several workers run at once (unless the user set OMP_NUM_THREADS), so their CPU-side work
     (tokenising, retrieval, the optimizer's launches) does not oversubscribe the cores."""
@@ -102,8 +119,14 @@ def launch_worker(job: TrialJob, devices: Sequence[str] | None, store: Store) ->
     with log.open("a") as out:
         out.write(f"$ CUDA_VISIBLE_DEVICES={','.join(devices or [])} {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.run(cmd, env=worker_env(devices), stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent if os.name == "posix" else None)
+        proc = subprocess.run(
+            cmd,
+            env=worker_env(devices),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if os.name == "posix" else None,
+        )
     return outcome_from_store(store, job, f"worker exited with code {proc.returncode}", log)
 
 
@@ -142,17 +165,20 @@ class Executor(ABC):
 
     def close(self) -> None:
         """Release what the executor holds (worker processes); called once the run's last phase is done."""
+        return None
 
     def report(self, job: TrialJob, result: TrialResult, where: str = "") -> None:
         if result.status == "finished":
             self.console.print(f"  [green]{job.trial}: finished[/]{escape(where)}", highlight=False)
         else:
-            self.console.print(f"  [red]{job.trial}: failed[/]{escape(where)} — {escape(result.error or '')}",
-                               highlight=False)
+            self.console.print(
+                f"  [red]{job.trial}: failed[/]{escape(where)} — {escape(result.error or '')}", highlight=False
+            )
 
 
 class SerialExecutor(Executor):
     """One trial after another in this process (a data-parallel trial still gets its own launcher)."""
+
     name = "serial"
 
     def __init__(self, store: Store, console: Console, devices: Sequence[str] = ()) -> None:
@@ -165,7 +191,7 @@ class SerialExecutor(Executor):
     def run(self, jobs: list[TrialJob], done: Done) -> None:
         for job in jobs:
             if job.gpus_per_trial > 1 and self.devices:
-                result = launch_worker(job, self.devices[:job.gpus_per_trial], self.store)
+                result = launch_worker(job, self.devices[: job.gpus_per_trial], self.store)
                 self.report(job, result, f" (log: {Path(job.folder) / 'worker.log'})")
             else:
                 try:
@@ -177,10 +203,16 @@ class SerialExecutor(Executor):
 
 class PoolExecutor(Executor):
     """One worker process per trial, each pinned to its own device set; as many at once as sets are free."""
+
     name = "pool"
 
-    def __init__(self, store: Store, console: Console, devices: Sequence[str],
-                 launch: Callable[[TrialJob, list[str]], TrialResult] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        console: Console,
+        devices: Sequence[str],
+        launch: Callable[[TrialJob, list[str]], TrialResult] | None = None,
+    ) -> None:
         super().__init__(store, console)
         if not devices:
             raise UserError("the process pool needs at least one GPU id", field="--gpus")
@@ -196,8 +228,10 @@ class PoolExecutor(Executor):
         def work(job: TrialJob, ticket: int) -> tuple[TrialResult, list[str]]:
             ids = pool.acquire(job.gpus_per_trial, ticket)
             try:
-                self.console.print(escape(f"  {job.trial}: started on GPU {','.join(ids)} "
-                                          f"(log: {Path(job.folder) / 'worker.log'})"), highlight=False)
+                self.console.print(
+                    escape(f"  {job.trial}: started on GPU {','.join(ids)} (log: {Path(job.folder) / 'worker.log'})"),
+                    highlight=False,
+                )
                 return self.launch(job, ids), ids
             finally:
                 pool.release(ids)
@@ -240,6 +274,7 @@ class RayExecutor(Executor):
     """Each trial a Ray task on a Ray cluster (an existing one at `address`, or a local one started here).
     Ray places the task on a node with the trial's GPUs free and pins it to them; the run folder and the
     store must be reachable from every node (a shared filesystem and a PostgreSQL store)."""
+
     name = "ray"
 
     def __init__(self, store: Store, console: Console, address: str | None = None, trials_per_gpu: int = 1) -> None:
@@ -250,13 +285,19 @@ class RayExecutor(Executor):
         except ImportError:
             raise UserError("the ray executor needs Ray: pip install 'ray>=2.9'", field="--executor") from None
         if store.is_sqlite and address not in (None, "local"):
-            console.print("[yellow]note: a SQLite store is only shared by Ray workers on this machine; "
-                          "use a PostgreSQL store (--store postgresql+psycopg://...) for a multi-node cluster[/]")
+            console.print(
+                "[yellow]note: a SQLite store is only shared by Ray workers on this machine; "
+                "use a PostgreSQL store (--store postgresql+psycopg://...) for a multi-node cluster[/]"
+            )
         self.ray = ray
         if not ray.is_initialized():
             env = {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": env} if env else None)
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env={"env_vars": env} if env else None,
+            )
         self.task = ray.remote(_ray_trial)
 
     def max_gpus_per_trial(self) -> int:
@@ -279,8 +320,9 @@ class RayExecutor(Executor):
                 result = TrialResult(**ray.get(ready[0]))
             except ray.exceptions.RayError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                result = outcome_from_store(self.store, job, f"ray task failed: {first}",
-                                            Path(job.folder) / "worker.log")
+                result = outcome_from_store(
+                    self.store, job, f"ray task failed: {first}", Path(job.folder) / "worker.log"
+                )
             self.report(job, result, f" (ray; log: {Path(job.folder) / 'worker.log'})")
             done(result)
 
@@ -294,4 +336,3 @@ def main(argv: list[str] | None = None) -> int:
     job = TrialJob.from_json(Path(args[0]).read_text())
     result = run_here(job, Console(width=120))
     return 0 if result.status in ("finished", "failed", "worker") else 1
-

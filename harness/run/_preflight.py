@@ -1,4 +1,5 @@
 """Checks before any training: files, formats, suites, models, context length and each trial's memory estimate."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from harness._nvml import visible_nvml_gpus
-from harness.base._data import load_examples
 from harness.arms._dpo_data import load_pairs, pair_lengths, pair_tokenizer
 from harness.arms._prompting import describe, embedding_folder, load_documents
+from harness.base._data import load_examples
 from harness.base._errors import UserError, YamlDoc
 from harness.evaluation import _suite as suite_registry
 from harness.model._load import cache_root, resolve
@@ -30,6 +31,7 @@ GIB = 1024**3
 @dataclass
 class Checked:
     """What preflight learned: the model's shape and each trial's memory estimate (GiB)."""
+
     shape: dict[str, Any] | None
     capacity_gib: float | None
     estimates: dict[str, float | None] = field(default_factory=dict)
@@ -87,7 +89,9 @@ def _read_gguf_shape(path: str) -> dict[str, Any] | None:
         return None
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     return {
-        "model_type": arch, "hidden_size": hidden, "intermediate_size": field_value(f"{arch}.feed_forward_length"),
+        "model_type": arch,
+        "hidden_size": hidden,
+        "intermediate_size": field_value(f"{arch}.feed_forward_length"),
         "num_hidden_layers": field_value(f"{arch}.block_count"),
         "num_attention_heads": field_value(f"{arch}.attention.head_count"),
         "num_key_value_heads": field_value(f"{arch}.attention.head_count_kv"),
@@ -97,8 +101,15 @@ def _read_gguf_shape(path: str) -> dict[str, Any] | None:
     }
 
 
-_TARGET_SHORT = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
-                 "down_proj": "down"}
+_TARGET_SHORT = {
+    "q_proj": "q",
+    "k_proj": "k",
+    "v_proj": "v",
+    "o_proj": "o",
+    "gate_proj": "gate",
+    "up_proj": "up",
+    "down_proj": "down",
+}
 
 
 def memory_estimate(arm: Any, shape: dict[str, Any] | None, parent: Any = None) -> Any:
@@ -113,9 +124,17 @@ def memory_estimate(arm: Any, shape: dict[str, Any] | None, parent: Any = None) 
         targets = short if all(short) else ALL_LINEAR
     batch = arm.batch_size * (2 if arm.type == "dpo" else 1)  # DPO runs chosen and rejected together
     try:
-        return estimate_training_memory(shape, method=method, seq_len=arm.max_length, batch_size=batch,
-                                        lora_r=arm.r, dtype="bf16", grad_checkpointing=arm.gradient_checkpointing,
-                                        lora_dropout=arm.dropout, lora_targets=targets)
+        return estimate_training_memory(
+            shape,
+            method=method,
+            seq_len=arm.max_length,
+            batch_size=batch,
+            lora_r=arm.r,
+            dtype="bf16",
+            grad_checkpointing=arm.gradient_checkpointing,
+            lora_dropout=arm.dropout,
+            lora_targets=targets,
+        )
     except (TypeError, ValueError, KeyError):
         return None  # not a Llama-shaped config
 
@@ -134,8 +153,9 @@ def gpu_capacity_gib(plan: Plan) -> float | None:
     return None
 
 
-def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, n_gpus: int | None,
-              check_memory: bool = True) -> Checked:
+def preflight(
+    plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, n_gpus: int | None, check_memory: bool = True
+) -> Checked:
     """Everything that would make a trial fail for a reason the user can fix, checked before any training."""
 
     file = doc.path if doc else None
@@ -155,9 +175,8 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
         rows["preference"] = len(pairs)
         tok, counted = pair_tokenizer(plan.model), None
         for arm in arms:
-            if arm.type == "dpo":   # over-long pairs are refused here, before any trial starts
-                counted = pair_lengths(pairs, tok, arm.max_length, plan.data.preference or "", arm.truncation,
-                                       counted)
+            if arm.type == "dpo":  # over-long pairs are refused here, before any trial starts
+                counted = pair_lengths(pairs, tok, arm.max_length, plan.data.preference or "", arm.truncation, counted)
     for i, name in enumerate(plan.suites):
         try:
             suite_registry.load(name)
@@ -167,7 +186,6 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
             raise UserError(exc.message, file=file, line=where(("suites", i)), field=f"suites[{i}]") from None
     for arm in arms:
         if isinstance(arm, RagArm):
-
             try:
                 embedding_folder(arm.embedding_model)
             except UserError as exc:
@@ -177,8 +195,13 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
                 load_documents(arm.documents)
         if arm.type == "qlora" and device != "cuda":
             line, label = arm_line(plan, doc, arm.name, "type")
-            raise UserError(f"trial '{arm.name}' is qlora, which needs a CUDA GPU (bitsandbytes 4-bit); "
-                            "use a lora arm on this machine", file=file, line=line, field=label)
+            raise UserError(
+                f"trial '{arm.name}' is qlora, which needs a CUDA GPU (bitsandbytes 4-bit); "
+                "use a lora arm on this machine",
+                file=file,
+                line=line,
+                field=label,
+            )
     if n_gpus is not None:
         check_gpus_per_trial(plan, doc, arms, n_gpus)
 
@@ -192,16 +215,25 @@ def preflight(plan: Plan, doc: YamlDoc | None, arms: list[Any], *, device: str, 
         context = (shape or {}).get("max_position_embeddings")
         if context and arm.max_length > context:
             line, label = arm_line(plan, doc, arm.name, "max_length")
-            raise UserError(f"max_length {arm.max_length} is longer than the model's context ({context} tokens)",
-                            file=file, line=line, field=label)
+            raise UserError(
+                f"max_length {arm.max_length} is longer than the model's context ({context} tokens)",
+                file=file,
+                line=line,
+                field=label,
+            )
         parent = by_name.get(getattr(arm, "from_arm", None) or "")
         est = memory_estimate(arm, shape, parent)
         checked.estimates[arm.name] = est.total_gib if est is not None else None
         if est is not None and capacity is not None and est.total_gib > capacity:
             line, label = arm_line(plan, doc, arm.name)
-            raise UserError(f"trial '{arm.name}' needs about {est.total_gib:.1f} GiB of GPU memory by the estimate "
-                            f"but the GPU has {capacity:.1f} GiB: lower batch_size or max_length, turn on "
-                            "gradient_checkpointing, or use qlora", file=file, line=line, field=label)
+            raise UserError(
+                f"trial '{arm.name}' needs about {est.total_gib:.1f} GiB of GPU memory by the estimate "
+                f"but the GPU has {capacity:.1f} GiB: lower batch_size or max_length, turn on "
+                "gradient_checkpointing, or use qlora",
+                file=file,
+                line=line,
+                field=label,
+            )
     return checked
 
 
@@ -209,25 +241,37 @@ def check_gpus_per_trial(plan: Plan, doc: YamlDoc | None, arms: list[Any], n_gpu
     for arm in arms:
         if arm.type in TRAINED and arm.gpus_per_trial > max(n_gpus, 1):
             line, label = arm_line(plan, doc, arm.name, "gpus_per_trial")
-            raise UserError(f"trial '{arm.name}' asks for {arm.gpus_per_trial} GPUs but {n_gpus} "
-                            f"{'is' if n_gpus == 1 else 'are'} available to one trial",
-                            file=doc.path if doc else None, line=line, field=label)
+            raise UserError(
+                f"trial '{arm.name}' asks for {arm.gpus_per_trial} GPUs but {n_gpus} "
+                f"{'is' if n_gpus == 1 else 'are'} available to one trial",
+                file=doc.path if doc else None,
+                line=line,
+                field=label,
+            )
 
 
-def dry_run(plan_path: str | Path, console: Console, *, executor: str = "local",
-            gpus: list[str] | None = None) -> Table:
+def dry_run(
+    plan_path: str | Path, console: Console, *, executor: str = "local", gpus: list[str] | None = None
+) -> Table:
     """The trials a run would execute, each with its memory estimate; nothing is trained."""
 
     plan, doc = load_plan(plan_path)
     arms = trial_arms(plan)
     devices = plan_devices(gpus)
     # a dry run plans for the GPU the trials will get, so device checks (qlora needs CUDA) are left out
-    checked = preflight(plan, doc, arms, device="cuda", n_gpus=None if executor == "ray" else len(devices),
-                        check_memory=False)
+    checked = preflight(
+        plan, doc, arms, device="cuda", n_gpus=None if executor == "ray" else len(devices), check_memory=False
+    )
     capacity = gpu_capacity_gib(plan)
-    table = Table("trial", "type", "config", "GPU memory (est.)", "fits",
-                  title=f"{plan.name}: {len(arms)} trials on {plan.model} "
-                        f"({executor} executor, {len(devices) or 'no'} GPU{'s' if len(devices) != 1 else ''})")
+    table = Table(
+        "trial",
+        "type",
+        "config",
+        "GPU memory (est.)",
+        "fits",
+        title=f"{plan.name}: {len(arms)} trials on {plan.model} "
+        f"({executor} executor, {len(devices) or 'no'} GPU{'s' if len(devices) != 1 else ''})",
+    )
     for arm in arms:
         est = checked.estimates.get(arm.name)
         memory = "inference only" if arm.type not in TRAINED else ("unknown shape" if est is None else f"{est:.2f} GiB")

@@ -1,4 +1,5 @@
 """Where a result came from: timestamps, library versions, git commit, device name."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,9 @@ def versions() -> dict[str, str]:
 
 def git_sha() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 

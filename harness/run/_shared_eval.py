@@ -6,6 +6,7 @@ A trial whose adapter can share a pass (a LoRA adapter, no DoRA, on the plan's o
 marks each trial finished. Per item the results are those of scoring each adapter alone; if the shared pass
 breaks, each trial is scored alone instead, so a problem here never costs a trial its result.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,11 @@ def _adapter_is_plain_lora(execution: _TrialExecution) -> bool:
     if not config_file.exists():
         return False
     config = json.loads(config_file.read_text())
-    return (config.get("peft_type") == "LORA" and not config.get("use_dora")
-            and execution.base_model == execution.plan.model)
+    return (
+        config.get("peft_type") == "LORA"
+        and not config.get("use_dora")
+        and execution.base_model == execution.plan.model
+    )
 
 
 def score_together(jobs: list[TrialJob], console: Console | None = None) -> list[TrialResult]:
@@ -54,8 +58,10 @@ def score_together(jobs: list[TrialJob], console: Console | None = None) -> list
         try:
             results += _shared_pass(executions, console)
         except Exception as exc:  # noqa: BLE001 - score each alone instead; say why once
-            console.print(f"  [yellow]shared evaluation failed ({type(exc).__name__}: {exc}); scoring each "
-                          "adapter alone[/]", highlight=False)
+            console.print(
+                f"  [yellow]shared evaluation failed ({type(exc).__name__}: {exc}); scoring each adapter alone[/]",
+                highlight=False,
+            )
             _free_memory()
             results += [run_trial(execution.job, console) for execution in executions]
     return results
@@ -79,11 +85,20 @@ def _shared_pass(executions: list[_TrialExecution], console: Console) -> list[Tr
     for suite_name in plan.suites:
         suite = suite_registry.load(suite_name)
         label = f"{len(executions)} adapters · {suite.name}"
-        with _progress(console, label, len(suite.items) * len(executions)) as advance, \
-                tracing.attributes(run_id=first.job.run_id, trial="shared"), judge.using_store(store):
-            by_name = evaluate_adapters(model, tok, suite, names, progress=advance,
-                                        device_batch=first.job.device_batch,
-                                        numerics=first.job.eval_numerics)
+        with (
+            _progress(console, label, len(suite.items) * len(executions)) as advance,
+            tracing.attributes(run_id=first.job.run_id, trial="shared"),
+            judge.using_store(store),
+        ):
+            by_name = evaluate_adapters(
+                model,
+                tok,
+                suite,
+                names,
+                progress=advance,
+                device_batch=first.job.device_batch,
+                numerics=first.job.eval_numerics,
+            )
         for name, execution in zip(names, executions, strict=True):
             result = by_name[name]
             execution.phases[f"eval:{suite.name}"] = result.seconds

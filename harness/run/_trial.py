@@ -1,4 +1,5 @@
 """One trial as a job: train (if the arm trains), score every suite, write everything to the store."""
+
 from __future__ import annotations
 
 import gc
@@ -18,10 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import tracing
 from harness.arms._artifacts import load_trial_model, trial_base
-from harness.base._data import file_sha256, load_examples
 from harness.arms._dpo_data import load_pairs
 from harness.arms._prompting import shaper_for
 from harness.arms._train import TrainingFailed, train_dpo, train_sft
+from harness.base._data import file_sha256, load_examples
 from harness.base._errors import UserError
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._evaluate import evaluate
@@ -41,7 +42,7 @@ _TRIALS_IN_THIS_PROCESS = 0
 EXECUTOR_FILES = ("worker.log", "unit.json")  # what an executor writes into a trial's folder before the trial starts
 
 
-_READY_AT: float | None = None   # a persistent worker's age when its imports were done (`mark_ready`)
+_READY_AT: float | None = None  # a persistent worker's age when its imports were done (`mark_ready`)
 
 
 def _process_age() -> float:
@@ -56,8 +57,9 @@ def mark_ready() -> None:
     _READY_AT = _process_age()
 
 
-def run_trial(job: TrialJob, console: Console | None = None,
-              on_trained: Callable[[], None] | None = None) -> TrialResult:
+def run_trial(
+    job: TrialJob, console: Console | None = None, on_trained: Callable[[], None] | None = None
+) -> TrialResult:
     """Train (if needed) and score one trial, writing status, curves, artifacts and scores to the store.
     `on_trained` is called once the adapter and the manifest are on disk, before the evaluation (a trial that
     continues this one may start then)."""
@@ -155,11 +157,14 @@ class _TrialExecution:
         """Claim the trial's folder; None, or why the trial cannot run there. A rerun (resume after a kill,
         retry after a failure) starts from a clean folder, but only files this trial wrote are removed: the
         folder must carry this trial's owner mark (or, from older runs, its manifest)."""
-        if self.folder.exists() and (not self.folder.is_dir() or any(
-                p.name not in EXECUTOR_FILES for p in self.folder.iterdir())):
+        if self.folder.exists() and (
+            not self.folder.is_dir() or any(p.name not in EXECUTOR_FILES for p in self.folder.iterdir())
+        ):
             if not self._owns_folder():
-                return (f"{self.folder} holds files tunegate did not write for this trial; move them away or "
-                        "start a new run")
+                return (
+                    f"{self.folder} holds files tunegate did not write for this trial; move them away or "
+                    "start a new run"
+                )
             for stale in ("adapter", "checkpoints", "train_log.jsonl", "error.log", "manifest.json"):
                 path = self.folder / stale
                 if path.is_dir() and not path.is_symlink():
@@ -168,8 +173,9 @@ class _TrialExecution:
                     path.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / OWNER_MARK).write_text(json.dumps(self._owner()))
-        self.store.update_trial(self.trial.id, status="running", error=None, folder=str(self.folder),
-                                started_at=stamp(), finished_at=None)
+        self.store.update_trial(
+            self.trial.id, status="running", error=None, folder=str(self.folder), started_at=stamp(), finished_at=None
+        )
         self.console.rule(f"[bold]{self.arm.name}[/] ({self.arm.type})")
 
     def _owner(self) -> dict[str, Any]:
@@ -216,8 +222,15 @@ class _TrialExecution:
                     init = parent_weights
             prefs = load_pairs(plan.data.preference or "")
             started = time.perf_counter()
-            result = train_dpo(arm, self.base_model, prefs, self.folder, self.device, init_adapter=init,
-                               data_file=plan.data.preference or "")
+            result = train_dpo(
+                arm,
+                self.base_model,
+                prefs,
+                self.folder,
+                self.device,
+                init_adapter=init,
+                data_file=plan.data.preference or "",
+            )
         else:
             examples = load_examples(plan.data.train or "", plan.data.format)
             started = time.perf_counter()
@@ -226,31 +239,53 @@ class _TrialExecution:
         self.phases["train_setup"] = max(0.0, time.perf_counter() - started - result.seconds)  # load, wrap, save
         if not self.main:
             return
-        self.training = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
-                         "peak_memory_gib": result.peak_memory_gib, "final_loss": result.final_loss,
-                         "steps": len(result.steps), "init_adapter": str(init) if init else None,
-                         "fastpath": getattr(result, "fastpath", {})}
+        self.training = {
+            "seconds": result.seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "peak_memory_gib": result.peak_memory_gib,
+            "final_loss": result.final_loss,
+            "steps": len(result.steps),
+            "init_adapter": str(init) if init else None,
+            "fastpath": getattr(result, "fastpath", {}),
+        }
         (self.folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result.steps))
         self.store.add_train_steps(self.trial.id, result.steps)
-        self.store.update_trial(self.trial.id, train_seconds=result.seconds,
-                                tokens_per_second=result.tokens_per_second,
-                                peak_memory_gib=result.peak_memory_gib, final_loss=result.final_loss)
+        self.store.update_trial(
+            self.trial.id,
+            train_seconds=result.seconds,
+            tokens_per_second=result.tokens_per_second,
+            peak_memory_gib=result.peak_memory_gib,
+            final_loss=result.final_loss,
+        )
 
     def _evaluate(self) -> None:
 
         arm, plan = self.arm, self.plan
-        examples = load_examples(plan.data.train, plan.data.format) if arm.type in ("prompt", "rag") \
-            and plan.data.train else []
+        examples = (
+            load_examples(plan.data.train, plan.data.format)
+            if arm.type in ("prompt", "rag") and plan.data.train
+            else []
+        )
         started = time.perf_counter()
         model, tok = load_trial_model(self.base_model, self.folder if arm.type in TRAINED else "", self.device)
         self.phases["load"] = time.perf_counter() - started
         shaper = shaper_for(arm, examples)
         for name in plan.suites:
             suite = suite_registry.load(name)
-            with _progress(self.console, f"{arm.name} · {suite.name}", len(suite.items)) as advance, \
-                    tracing.attributes(run_id=self.job.run_id, trial=arm.name), judge.using_store(self.store):
-                result = evaluate(model, tok, suite, shaper=shaper, progress=advance,
-                                  device_batch=self.job.device_batch, numerics=self.job.eval_numerics)
+            with (
+                _progress(self.console, f"{arm.name} · {suite.name}", len(suite.items)) as advance,
+                tracing.attributes(run_id=self.job.run_id, trial=arm.name),
+                judge.using_store(self.store),
+            ):
+                result = evaluate(
+                    model,
+                    tok,
+                    suite,
+                    shaper=shaper,
+                    progress=advance,
+                    device_batch=self.job.device_batch,
+                    numerics=self.job.eval_numerics,
+                )
             self.phases[f"eval:{suite.name}"] = result.seconds
             started = time.perf_counter()
             self.store.save_evaluation(self.trial.id, result)
@@ -265,23 +300,40 @@ class _TrialExecution:
         data_files = {k: v for k, v in (("train", plan.data.train), ("preference", plan.data.preference)) if v}
         if isinstance(arm, RagArm) and arm.documents:
             data_files["documents"] = arm.documents
-        artifacts = sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*")
-                           if p.is_file() and "checkpoints" not in p.parts and p.name != "manifest.json")
+        artifacts = sorted(
+            str(p.relative_to(self.folder))
+            for p in self.folder.rglob("*")
+            if p.is_file() and "checkpoints" not in p.parts and p.name != "manifest.json"
+        )
         manifest = {
-            "plan": plan.name, "run_id": self.job.run_id, "trial": arm.name,
-            "arm": json.loads(arm.model_dump_json()), "resolved_plan": json.loads(plan.model_dump_json()),
-            "model": plan.model, "model_source": resolve(plan.model).source, "base_model": self.base_model,
-            "device": self.device, "device_name": device_name(self.device),
+            "plan": plan.name,
+            "run_id": self.job.run_id,
+            "trial": arm.name,
+            "arm": json.loads(arm.model_dump_json()),
+            "resolved_plan": json.loads(plan.model_dump_json()),
+            "model": plan.model,
+            "model_source": resolve(plan.model).source,
+            "base_model": self.base_model,
+            "device": self.device,
+            "device_name": device_name(self.device),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "data": {k: {"path": v, "sha256": file_sha256(v)} for k, v in data_files.items()},
             "suites": {s: suite_registry.load(s).version for s in plan.suites},
-            "seed": getattr(arm, "seed", plan.seed), "plan_seed": plan.seed,
-            "versions": versions(), "git_sha": git_sha(), "created_at": stamp(),
-            "training": self.training, "phases": self.phases,
-            "process": {"pid": os.getpid(), "trials_before": self.trials_before,
-                        "model_reads_from_disk": dict(DISK_LOADS)},
-            "status": "finished" if finished else "running", "artifacts": artifacts + ["manifest.json"],
+            "seed": getattr(arm, "seed", plan.seed),
+            "plan_seed": plan.seed,
+            "versions": versions(),
+            "git_sha": git_sha(),
+            "created_at": stamp(),
+            "training": self.training,
+            "phases": self.phases,
+            "process": {
+                "pid": os.getpid(),
+                "trials_before": self.trials_before,
+                "model_reads_from_disk": dict(DISK_LOADS),
+            },
+            "status": "finished" if finished else "running",
+            "artifacts": artifacts + ["manifest.json"],
         }
         (self.folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
 
@@ -291,7 +343,8 @@ def out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+    )
 
 
 def _free_memory() -> None:
@@ -308,8 +361,14 @@ def _free_memory() -> None:
 def _progress(console: Console, label: str, total: int) -> Any:
     class _Bar:
         def __enter__(self) -> Callable[[int], None]:
-            self.p = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), console=console, transient=True)
+            self.p = Progress(
+                TextColumn("  {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
             self.p.start()
             task = self.p.add_task(label, total=total)
             return lambda n: self.p.advance(task, n)

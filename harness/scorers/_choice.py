@@ -1,4 +1,5 @@
 """Multiple choice by log-likelihood: the suite ranks the choices, the scorer checks the top one."""
+
 from __future__ import annotations
 
 from harness.scorers._registry import ScoreFn, scorer

@@ -1,4 +1,5 @@
 """Verifiable instruction constraints per item (IFEval style): word, sentence and line counts, case, format."""
+
 from __future__ import annotations
 
 import re
@@ -18,14 +19,17 @@ class _Count(BaseModel):
     max: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
-    def bounds(self) -> "_Count":
+    def bounds(self) -> _Count:
         if self.exactly is None and self.min is None and self.max is None:
             raise ValueError("give 'exactly', 'min' or 'max'")
         return self
 
     def ok(self, n: int) -> bool:
-        return ((self.exactly is None or n == self.exactly) and (self.min is None or n >= self.min)
-                and (self.max is None or n <= self.max))
+        return (
+            (self.exactly is None or n == self.exactly)
+            and (self.min is None or n >= self.min)
+            and (self.max is None or n <= self.max)
+        )
 
 
 class WordCount(_Count):
@@ -166,7 +170,7 @@ class Regex(BaseModel):
     ignorecase: bool = False
 
     @model_validator(mode="after")
-    def compiles(self) -> "Regex":
+    def compiles(self) -> Regex:
         try:
             re.compile(self.pattern)
         except re.error as exc:
@@ -184,12 +188,27 @@ class Quoted(BaseModel):
 
     def check(self, text: str) -> bool:
         out = text.strip()
-        return len(out) >= 2 and out[0] in "\"\u201c" and out[-1] in "\"\u201d"
+        return len(out) >= 2 and out[0] in '"\u201c' and out[-1] in '"\u201d'
 
 
-Constraint = Annotated[WordCount | SentenceCount | LineCount | CharCount | BulletCount | Case | StartsWith | EndsWith
-                       | Contains | Excludes | NoCommas | OneOf | JsonShape | Regex | Quoted,
-                       Field(discriminator="type")]
+Constraint = Annotated[
+    WordCount
+    | SentenceCount
+    | LineCount
+    | CharCount
+    | BulletCount
+    | Case
+    | StartsWith
+    | EndsWith
+    | Contains
+    | Excludes
+    | NoCommas
+    | OneOf
+    | JsonShape
+    | Regex
+    | Quoted,
+    Field(discriminator="type"),
+]
 _CONSTRAINTS = TypeAdapter(list[Constraint])
 
 
@@ -234,8 +253,23 @@ def _check_constraints(item: Any) -> tuple[str, str] | None:
     return None
 
 
-_CONSTRAINT_TAGS = {"word_count", "sentence_count", "line_count", "char_count", "bullet_count", "case", "starts_with",
-                    "ends_with", "contains", "excludes", "no_commas", "one_of", "json", "regex", "quoted"}
+_CONSTRAINT_TAGS = {
+    "word_count",
+    "sentence_count",
+    "line_count",
+    "char_count",
+    "bullet_count",
+    "case",
+    "starts_with",
+    "ends_with",
+    "contains",
+    "excludes",
+    "no_commas",
+    "one_of",
+    "json",
+    "regex",
+    "quoted",
+}
 
 
 def _loc_suffix(loc: list[Any]) -> str:
@@ -245,15 +279,19 @@ def _loc_suffix(loc: list[Any]) -> str:
 @scorer("instructions", binary=True)
 def instructions() -> ScoreFn:
     """1 if the output satisfies every verifiable constraint in the item's meta.constraints."""
+
     def score(output: str, item: Any) -> float:
         return float(all(c.check(output) for c in constraints_of(item)))
+
     return _with_check(score, _check_constraints)
 
 
 @scorer("instructions_partial", binary=False)
 def instructions_partial() -> ScoreFn:
     """Share of the item's meta.constraints the output satisfies."""
+
     def score(output: str, item: Any) -> float:
         cs = constraints_of(item)
         return sum(c.check(output) for c in cs) / len(cs)
+
     return _with_check(score, _check_constraints)

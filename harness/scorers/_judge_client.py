@@ -1,4 +1,5 @@
-"""The judge's model calls: OpenAI-compatible or local backends, retries, a cache, and every call logged to the store."""
+"""The judge's model calls: OpenAI-compatible or local backends, retries, a cache, every call logged to the store."""
+
 from __future__ import annotations
 
 import contextvars
@@ -38,34 +39,40 @@ ENV_API_KEY = "TUNEGATE_JUDGE_API_KEY"
 
 class JudgeConfig(BaseModel):
     """Which judge to ask and how (the `judge:` param of a judge scorer)."""
+
     model_config = ConfigDict(extra="forbid")
     backend: Literal["openai", "local"] = "openai"
-    base_url: str | None = None        # openai: the API root with its version, e.g. https://api.openai.com/v1
-                                       # (default $TUNEGATE_JUDGE_BASE_URL); requests go to {base_url}/chat/completions
-    model: str | None = None           # openai: model name ($TUNEGATE_JUDGE_MODEL); local: a model spec
-    api_key_env: str = ENV_API_KEY     # environment variable holding the key (never the key itself)
+    base_url: str | None = None  # openai: the API root with its version, e.g. https://api.openai.com/v1
+    # (default $TUNEGATE_JUDGE_BASE_URL); requests go to {base_url}/chat/completions
+    model: str | None = None  # openai: model name ($TUNEGATE_JUDGE_MODEL); local: a model spec
+    api_key_env: str = ENV_API_KEY  # environment variable holding the key (never the key itself)
     headers: dict[str, str] = Field(default_factory=dict)  # extra request headers (credential ones masked when stored)
     max_tokens: int = Field(default=256, ge=1, le=8192)
     timeout_s: float = Field(default=60.0, gt=0)
     retries: int = Field(default=4, ge=0, le=10)
-    backoff_s: float = Field(default=1.0, ge=0)       # first wait; doubles on every retry
+    backoff_s: float = Field(default=1.0, ge=0)  # first wait; doubles on every retry
     max_backoff_s: float = Field(default=30.0, ge=0)
     concurrency: int = Field(default=4, ge=1, le=64)  # openai: requests in flight
-    batch_size: int = Field(default=8, ge=1)          # local: prompts per generate batch
+    batch_size: int = Field(default=8, ge=1)  # local: prompts per generate batch
 
     def resolved(self) -> JudgeConfig:
         """Base URL and model filled in from the environment; ValueError if still missing."""
         base_url = self.base_url or os.environ.get(ENV_BASE_URL)
         model = self.model or (os.environ.get(ENV_MODEL) if self.backend == "openai" else None)
         if self.backend == "openai" and not base_url:
-            raise ValueError(f"the judge needs an endpoint: set {ENV_BASE_URL} (e.g. https://api.openai.com/v1) "
-                             "or judge.base_url")
-        if self.backend == "openai" and base_url:   # credentials in a URL would be stored with the suite's spec
-            check_base_url(base_url, named="judge.base_url" if self.base_url else ENV_BASE_URL,
-                           key_variable=self.api_key_env)
+            raise ValueError(
+                f"the judge needs an endpoint: set {ENV_BASE_URL} (e.g. https://api.openai.com/v1) or judge.base_url"
+            )
+        if self.backend == "openai" and base_url:  # credentials in a URL would be stored with the suite's spec
+            check_base_url(
+                base_url, named="judge.base_url" if self.base_url else ENV_BASE_URL, key_variable=self.api_key_env
+            )
         if not model:
-            raise ValueError(f"the judge needs a model: set {ENV_MODEL} or judge.model" if self.backend == "openai"
-                             else "a local judge needs judge.model (a model spec: alias, folder or hub id)")
+            raise ValueError(
+                f"the judge needs a model: set {ENV_MODEL} or judge.model"
+                if self.backend == "openai"
+                else "a local judge needs judge.model (a model spec: alias, folder or hub id)"
+            )
         return self.model_copy(update={"base_url": base_url.rstrip("/") if base_url else None, "model": model})
 
 
@@ -83,11 +90,20 @@ class OpenAIBackend:
     def __init__(self, config: JudgeConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         base_url = redact(str(config.base_url))
-        self.identity = {"backend": "openai", "base_url": base_url, "model": config.model,
-                         "headers": dict(sorted(public_headers(config.headers).items()))}
-        self._client = ChatClient(str(config.base_url), api_key=os.environ.get(config.api_key_env) or None,
-                                  headers=config.headers, timeout_s=config.timeout_s,
-                                  retry=Retry(config.retries, config.backoff_s, config.max_backoff_s), sleep=sleep)
+        self.identity = {
+            "backend": "openai",
+            "base_url": base_url,
+            "model": config.model,
+            "headers": dict(sorted(public_headers(config.headers).items())),
+        }
+        self._client = ChatClient(
+            str(config.base_url),
+            api_key=os.environ.get(config.api_key_env) or None,
+            headers=config.headers,
+            timeout_s=config.timeout_s,
+            retry=Retry(config.retries, config.backoff_s, config.max_backoff_s),
+            sleep=sleep,
+        )
 
     def complete_many(self, requests: Sequence[Messages]) -> list[tuple[str | None, str | None]]:
         if self.config.concurrency == 1 or len(requests) == 1:
@@ -99,18 +115,26 @@ class OpenAIBackend:
     def complete(self, messages: Messages) -> tuple[str | None, str | None]:
         c = self.config
         body = {"model": c.model, "messages": messages, "temperature": 0, "max_tokens": c.max_tokens}
-        with tracing.span("judge_call", as_type="generation", model=c.model, input=messages,
-                          backend="openai", base_url=self.identity["base_url"]) as span:
+        with tracing.span(
+            "judge_call",
+            as_type="generation",
+            model=c.model,
+            input=messages,
+            backend="openai",
+            base_url=self.identity["base_url"],
+        ) as span:
             try:
                 done = self._client.chat(body)
             except ChatError as exc:
                 span.update(attempts=exc.attempts, status="failed", error=str(exc))
                 return None, str(exc)
             content = done.message.get("content")
-            text, error = (content, None) if isinstance(content, str) else \
-                (None, f"malformed chat completion: content is {type(content).__name__}")
-            span.update(output=text, attempts=done.attempts, status="ok" if text is not None else "failed",
-                        error=error)
+            text, error = (
+                (content, None)
+                if isinstance(content, str)
+                else (None, f"malformed chat completion: content is {type(content).__name__}")
+            )
+            span.update(output=text, attempts=done.attempts, status="ok" if text is not None else "failed", error=error)
             return text, error
 
 
@@ -138,15 +162,22 @@ class LocalBackend:
         from harness.model._numerics import resolve_mode  # with the local judge model: the evaluation's mode
 
         model, tok = self._loaded()
-        with tracing.span("judge_call", as_type="generation", model=str(self.config.model),
-                          input=[list(m) for m in requests], backend="local", n=len(requests)) as span:
+        with tracing.span(
+            "judge_call",
+            as_type="generation",
+            model=str(self.config.model),
+            input=[list(m) for m in requests],
+            backend="local",
+            n=len(requests),
+        ) as span:
             try:
                 prompts = [gen.chat_prompt(tok, list(m)) for m in requests]
                 if resolve_mode() == "invariant" and inv.supported(model) is None:
                     texts = inv.generate(model, tok, prompts, max_new_tokens=self.config.max_tokens)
                 else:
-                    texts = gen.generate(model, tok, prompts, max_new_tokens=self.config.max_tokens,
-                                         batch_size=self.config.batch_size)
+                    texts = gen.generate(
+                        model, tok, prompts, max_new_tokens=self.config.max_tokens, batch_size=self.config.batch_size
+                    )
             except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a template the tokenizer lacks
                 error = f"{type(exc).__name__}: {exc}"
                 span.update(status="failed", error=error)
@@ -176,20 +207,31 @@ def using_store(store: Any) -> Iterator[None]:
 
 
 def request_key(identity: dict[str, Any], messages: Messages, max_tokens: int) -> str:
-    blob = json.dumps({"judge": identity, "messages": messages, "max_tokens": max_tokens, "temperature": 0},
-                      sort_keys=True, ensure_ascii=False)
+    blob = json.dumps(
+        {"judge": identity, "messages": messages, "max_tokens": max_tokens, "temperature": 0},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class Judge:
     """Asks a judge, with the content-hash cache, retries and failure recording around it."""
 
-    def __init__(self, config: JudgeConfig | None = None, *, backend: Backend | None = None, store: Any = None,
-                 model: Any = None, tok: Any = None) -> None:
+    def __init__(
+        self,
+        config: JudgeConfig | None = None,
+        *,
+        backend: Backend | None = None,
+        store: Any = None,
+        model: Any = None,
+        tok: Any = None,
+    ) -> None:
         self.config = (config or JudgeConfig()).resolved() if backend is None else (config or JudgeConfig())
         if backend is None:
-            backend = (LocalBackend(self.config, model, tok) if self.config.backend == "local"
-                       else OpenAIBackend(self.config))
+            backend = (
+                LocalBackend(self.config, model, tok) if self.config.backend == "local" else OpenAIBackend(self.config)
+            )
         self.backend = backend
         self.store = store if store is not None else _STORE.get()
 
@@ -238,15 +280,25 @@ class Judge:
     def _record(self, call: Call, messages: Messages) -> None:
         if self.store is None:
             return
-        request = {**self.backend.identity, "messages": list(messages), "max_tokens": self.config.max_tokens,
-                   "temperature": 0}
+        request = {
+            **self.backend.identity,
+            "messages": list(messages),
+            "max_tokens": self.config.max_tokens,
+            "temperature": 0,
+        }
         self.store.record_judge_call(call.key, self.model_name, request, call.text, call.status, call.error)
 
     def rubric(self, rubric: str, cases: Sequence[RubricCase]) -> list[RubricVerdict]:
-        calls = self.ask([rubric_messages(rubric, c.question, c.response, c.reference) for c in cases],
-                         parse_score)
-        return [RubricVerdict(c.item_id, call.value[0] if call.status == "ok" else None,
-                              call.value[1] if call.status == "ok" else None, call) for c, call in zip(cases, calls)]
+        calls = self.ask([rubric_messages(rubric, c.question, c.response, c.reference) for c in cases], parse_score)
+        return [
+            RubricVerdict(
+                c.item_id,
+                call.value[0] if call.status == "ok" else None,
+                call.value[1] if call.status == "ok" else None,
+                call,
+            )
+            for c, call in zip(cases, calls)
+        ]
 
     def pairwise(self, criteria: str, cases: Sequence[PairCase]) -> list[PairVerdict]:
         """Both orders for every case: A shown first, then B shown first."""

@@ -1,4 +1,5 @@
 """The judge's prompts and verdicts: rubric and pairwise messages, parsing a score or a winner from a reply."""
+
 from __future__ import annotations
 
 import re
@@ -11,12 +12,13 @@ Messages = list[dict[str, str]]
 @dataclass
 class Call:
     """One judge request's outcome. status 'failed' means no verdict: `value` is None."""
+
     key: str
     status: Literal["ok", "failed"]
-    text: str | None          # the judge's raw answer (None if none came)
+    text: str | None  # the judge's raw answer (None if none came)
     error: str | None
     cached: bool
-    value: Any = None         # what the parser made of the answer
+    value: Any = None  # what the parser made of the answer
 
 
 class VerdictError(ValueError):
@@ -26,11 +28,13 @@ class VerdictError(ValueError):
 RUBRIC_SYSTEM = (
     "You are an impartial judge. Grade the response to the request with the rubric. Judge only what the "
     "response says, not how long it is. Answer in exactly this format:\n"
-    "Reason: <one or two sentences>\nScore: <an integer from 1 to 5>")
+    "Reason: <one or two sentences>\nScore: <an integer from 1 to 5>"
+)
 PAIR_SYSTEM = (
     "You are an impartial judge. Compare two responses to the same request with the criteria. The order "
     "in which the responses appear, their length and their style must not sway you. Answer in exactly "
-    "this format:\nReason: <one or two sentences>\nWinner: <1, 2 or tie>")
+    "this format:\nReason: <one or two sentences>\nWinner: <1, 2 or tie>"
+)
 
 
 def _section(title: str, text: str) -> str:
@@ -94,7 +98,7 @@ class RubricCase:
 @dataclass(frozen=True)
 class RubricVerdict:
     item_id: str
-    score: int | None          # None: the call failed (see call.error, call.text)
+    score: int | None  # None: the call failed (see call.error, call.text)
     reason: str | None
     call: Call
 
@@ -118,8 +122,8 @@ class PairCase:
 @dataclass(frozen=True)
 class PairVerdict:
     item_id: str
-    first: str | None    # preference with A shown first: 'a', 'b', 'tie'; None if that call failed
-    second: str | None   # preference with B shown first
+    first: str | None  # preference with A shown first: 'a', 'b', 'tie'; None if that call failed
+    second: str | None  # preference with B shown first
     calls: tuple[Call, Call]
 
     @property

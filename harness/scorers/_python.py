@@ -1,4 +1,5 @@
 """User-defined Python scorers named in the suite YAML (`module:function` or `file.py:function`)."""
+
 from __future__ import annotations
 
 import importlib
@@ -19,14 +20,14 @@ def load_function(ref: str, suite_dir: str | Path | None = None) -> Callable[...
     """`package.module:function`, or `path/to/file.py:function` (relative to the suite folder)."""
     module_ref, sep, attr = ref.rpartition(":")
     if not sep or not module_ref or not attr:
-        raise ScorerParamError(f"'{ref}' should look like 'package.module:function' or 'file.py:function'",
-                               param="ref")
+        raise ScorerParamError(f"'{ref}' should look like 'package.module:function' or 'file.py:function'", param="ref")
     if module_ref.endswith(".py") or "/" in module_ref or "\\" in module_ref:
         path = Path(module_ref)
         if not path.is_absolute():
             if suite_dir is None:
-                raise ScorerParamError(f"relative scorer file '{module_ref}' needs the suite folder to resolve",
-                                       param="ref")
+                raise ScorerParamError(
+                    f"relative scorer file '{module_ref}' needs the suite folder to resolve", param="ref"
+                )
             path = Path(suite_dir) / path
         path = path.resolve()
         if not path.is_file():
@@ -38,8 +39,9 @@ def load_function(ref: str, suite_dir: str | Path | None = None) -> Callable[...
         except ImportError as exc:
             raise ScorerParamError(f"cannot import module '{module_ref}': {exc}", param="ref") from None
         except Exception as exc:  # the user's module raised while importing
-            raise ScorerParamError(f"importing '{module_ref}' failed: {type(exc).__name__}: {exc}",
-                                   param="ref") from None
+            raise ScorerParamError(
+                f"importing '{module_ref}' failed: {type(exc).__name__}: {exc}", param="ref"
+            ) from None
     fn = getattr(module, attr, None)
     if fn is None:
         raise ScorerParamError(f"'{module_ref}' has no attribute '{attr}'", param="ref")
@@ -65,8 +67,13 @@ def _import_file(path: Path) -> Any:
 
 
 @scorer("python", binary=False)
-def python(ref: str, binary: bool = False, higher_is_better: bool = True, kwargs: dict[str, Any] | None = None,
-           suite_dir: str | None = None) -> ScoreFn:
+def python(
+    ref: str,
+    binary: bool = False,
+    higher_is_better: bool = True,
+    kwargs: dict[str, Any] | None = None,
+    suite_dir: str | None = None,
+) -> ScoreFn:
     """A user function `fn(output, item, **kwargs) -> float` named by `ref` (module:function or file.py:function).
 
     `binary: true` declares 0/1 scores so comparisons add McNemar's test; `higher_is_better: false` declares a
@@ -81,15 +88,22 @@ def python(ref: str, binary: bool = False, higher_is_better: bool = True, kwargs
         try:
             value = fn(output, item, **extra)
         except Exception as exc:
-            raise UserError(f"python scorer '{ref}' raised {type(exc).__name__} on item '{item.id}': {exc}",
-                            field="scorers.params.ref") from exc
+            raise UserError(
+                f"python scorer '{ref}' raised {type(exc).__name__} on item '{item.id}': {exc}",
+                field="scorers.params.ref",
+            ) from exc
         if isinstance(value, bool):
             value = float(value)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UserError(f"python scorer '{ref}' returned {value!r} on item '{item.id}'; it must return a "
-                            "finite number", field="scorers.params.ref")
+            raise UserError(
+                f"python scorer '{ref}' returned {value!r} on item '{item.id}'; it must return a finite number",
+                field="scorers.params.ref",
+            )
         if binary and value not in (0, 1):
-            raise UserError(f"python scorer '{ref}' is declared binary but returned {value!r} on item "
-                            f"'{item.id}'", field="scorers.params.ref")
+            raise UserError(
+                f"python scorer '{ref}' is declared binary but returned {value!r} on item '{item.id}'",
+                field="scorers.params.ref",
+            )
         return float(value)
+
     return score

@@ -3,6 +3,7 @@ its params against the signature. A factory that takes a `binary` or `higher_is_
 author declare it (the python scorer does), one that takes `per_item` lets them declare a corpus-level metric (the
 evaluate scorer does); `kind(spec)` is what a scorer's metric is, without building it. A scorer's scores are stored
 under its name, or under the name its registered `metric` function gives for the spec's params."""
+
 from __future__ import annotations
 
 import difflib
@@ -35,6 +36,7 @@ class MetricKind:
     """How to read a metric: which way is better (as lm-evaluation-harness's `higher_is_better`), and whether
     every item scores 0 or 1 (then McNemar's test and Wilson intervals apply). A corpus-level metric has one value
     for the whole suite and no per-item scores, so nothing item-based (paired intervals, McNemar, flips) applies."""
+
     higher_is_better: bool = True
     binary: bool = False
     corpus: bool = False
@@ -69,13 +71,16 @@ _KIND_PARAMS = ("higher_is_better", "binary")  # a factory taking these lets the
 _BOOL = TypeAdapter(bool)
 
 
-def scorer(name: str, *, binary: bool, higher_is_better: bool = True,
-           metric: MetricNamer | None = None) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
+def scorer(
+    name: str, *, binary: bool, higher_is_better: bool = True, metric: MetricNamer | None = None
+) -> Callable[[Callable[..., ScoreFn]], Callable[..., ScoreFn]]:
     """Register a factory `params -> (output, item) -> float` under `name`, with its metric's direction and
     whether it scores 0/1 per item; `metric(params)`, if given, names the metric its scores are stored under."""
+
     def register(factory: Callable[..., ScoreFn]) -> Callable[..., ScoreFn]:
         _REGISTRY[name] = Registered(factory, MetricKind(higher_is_better=higher_is_better, binary=binary), metric)
         return factory
+
     return register
 
 
@@ -136,8 +141,11 @@ def build(spec: Any, *, base_dir: str | Path | None = None) -> Scorer:
             allowed = [p for p in accepted if p not in _CONTEXT_PARAMS]
             close = difflib.get_close_matches(key, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ScorerParamError(f"unknown parameter '{key}' for scorer '{name}'{hint}; it takes: "
-                                   f"{', '.join(allowed) or 'no parameters'}", param=key)
+            raise ScorerParamError(
+                f"unknown parameter '{key}' for scorer '{name}'{hint}; it takes: "
+                f"{', '.join(allowed) or 'no parameters'}",
+                param=key,
+            )
     if "suite_dir" in accepted:
         params["suite_dir"] = None if base_dir is None else str(base_dir)
     try:

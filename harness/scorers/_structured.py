@@ -1,4 +1,5 @@
 """Structured-output scorers: JSON valid / match / fields / schema, regex, numeric with tolerance."""
+
 from __future__ import annotations
 
 import json
@@ -38,21 +39,25 @@ def _reference_json(item: Any) -> Any:
 @scorer("json_match", binary=True)
 def json_match() -> ScoreFn:
     """1 if the output parses to the same JSON value as the reference (formatting ignored)."""
+
     def score(output: str, item: Any) -> float:
         ok, value = parse_json(output)
         return float(ok and value == _reference_json(item))
+
     return _with_check(score, _needs_reference)
 
 
 @scorer("json_fields", binary=False)
 def json_fields() -> ScoreFn:
     """Share of the reference object's fields the output gets exactly right (0 if not an object)."""
+
     def score(output: str, item: Any) -> float:
         ok, value = parse_json(output)
         ref = _reference_json(item)
         if not (ok and isinstance(value, dict) and isinstance(ref, dict) and ref):
             return 0.0
         return sum(value.get(k) == v for k, v in ref.items()) / len(ref)
+
     return _with_check(score, _needs_reference)
 
 
@@ -101,9 +106,12 @@ def json_schema(schema: dict[str, Any] | None = None) -> ScoreFn:
             return 0.0
         key = json.dumps(item.meta["schema"], sort_keys=True) if "schema" in item.meta else fixed
         if key is None:
-            raise UserError(f"item '{item.id}' has no meta.schema and the json_schema scorer has no 'schema' param",
-                            field="meta.schema")
+            raise UserError(
+                f"item '{item.id}' has no meta.schema and the json_schema scorer has no 'schema' param",
+                field="meta.schema",
+            )
         return float(_validator(key).is_valid(value))
+
     return _with_check(score, check)
 
 
@@ -116,9 +124,12 @@ def _compile(pattern: str, flags: int) -> re.Pattern[str]:
 
 
 @scorer("regex", binary=True)
-def regex(pattern: str | None = None, match: Literal["full", "partial"] = "full",
-          flags: list[Literal["ignorecase", "multiline", "dotall", "verbose", "ascii"]] | None = None,
-          strip: bool = True) -> ScoreFn:
+def regex(
+    pattern: str | None = None,
+    match: Literal["full", "partial"] = "full",
+    flags: list[Literal["ignorecase", "multiline", "dotall", "verbose", "ascii"]] | None = None,
+    strip: bool = True,
+) -> ScoreFn:
     """1 if the output matches the pattern (params, or each item's meta.pattern).
 
     match "full": the whole (stripped) output must match; "partial": the pattern occurs anywhere.
@@ -149,18 +160,22 @@ def regex(pattern: str | None = None, match: Literal["full", "partial"] = "full"
     def score(output: str, item: Any) -> float:
         rx = _compile(item.meta["pattern"], bits) if "pattern" in item.meta else compiled
         if rx is None:
-            raise UserError(f"item '{item.id}' has no meta.pattern and the regex scorer has no 'pattern' param",
-                            field="meta.pattern")
+            raise UserError(
+                f"item '{item.id}' has no meta.pattern and the regex scorer has no 'pattern' param",
+                field="meta.pattern",
+            )
         text = output.strip() if strip else output
         return float((rx.fullmatch(text) if match == "full" else rx.search(text)) is not None)
+
     return _with_check(score, check)
 
 
 _NUMBER = re.compile(
     r"(?<![\w.])(?P<sign>[-+\u2212]?)(?:"
-    r"(?P<frac>\d+/\d+)"                                   # 3/4
+    r"(?P<frac>\d+/\d+)"  # 3/4
     r"|(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"  # 1,234.5  12  .5
-    r")(?P<exp>[eE][-+]?\d+)?")
+    r")(?P<exp>[eE][-+]?\d+)?"
+)
 
 
 def last_number(text: str) -> float | None:
@@ -192,6 +207,7 @@ def _reference_number(item: Any) -> float | None:
 @scorer("numeric", binary=True)
 def numeric(abs_tol: Annotated[float, Field(ge=0)] = 1e-6, rel_tol: Annotated[float, Field(ge=0)] = 0.0) -> ScoreFn:
     """1 if the last number in the output is within abs_tol or rel_tol of the reference number."""
+
     def check(item: Any) -> tuple[str, str] | None:
         if _reference_number(item) is None:
             return "reference", "the numeric scorer needs a number (or a string with a number) as 'reference'"
@@ -204,4 +220,5 @@ def numeric(abs_tol: Annotated[float, Field(ge=0)] = 1e-6, rel_tol: Annotated[fl
         if got is None or not math.isfinite(got):
             return 0.0
         return float(math.isclose(got, ref, rel_tol=rel_tol, abs_tol=abs_tol))
+
     return _with_check(score, check)

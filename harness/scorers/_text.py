@@ -1,4 +1,5 @@
 """Text scorers: exact match (normalised), token F1 (SQuAD), ROUGE-L, BLEU and chrF (sacrebleu)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,7 @@ def normalize(text: str, steps: list[str]) -> str:
         elif step == "articles":
             text = re.sub(r"\b(a|an|the)\b", " ", text, flags=re.I)
         else:
-            raise ValueError(f"unknown normalization '{step}' (strip, lower, whitespace, punctuation, nfkc, "
-                             "articles)")
+            raise ValueError(f"unknown normalization '{step}' (strip, lower, whitespace, punctuation, nfkc, articles)")
     return text
 
 
@@ -64,14 +64,14 @@ def exact_match(normalize_steps: list[str] | None = None) -> ScoreFn:
     def score(output: str, item: Any) -> float:
         out = normalize(output, steps)
         return float(any(out == normalize(r, steps) for r in references(item)))
+
     return _with_check(score, _needs_reference)
 
 
 def squad_normalize(text: str) -> str:
     """SQuAD's answer normalization: lower case, drop punctuation and articles, collapse whitespace."""
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in string.punctuation
-                   and not unicodedata.category(ch).startswith("P"))
+    text = "".join(ch for ch in text if ch not in string.punctuation and not unicodedata.category(ch).startswith("P"))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
@@ -91,8 +91,10 @@ def token_f1_score(prediction: str, reference: str) -> float:
 @scorer("token_f1", binary=False)
 def token_f1() -> ScoreFn:
     """SQuAD-style token F1 against the best-matching reference."""
+
     def score(output: str, item: Any) -> float:
         return max(token_f1_score(output, r) for r in references(item))
+
     return _with_check(score, _needs_reference)
 
 
@@ -104,8 +106,11 @@ class _UnicodeWordTokenizer:
 
 
 @scorer("rouge_l", binary=False)
-def rouge_l(measure: Literal["fmeasure", "precision", "recall"] = "fmeasure", use_stemmer: bool = True,
-            tokenizer: Literal["default", "unicode"] = "default") -> ScoreFn:
+def rouge_l(
+    measure: Literal["fmeasure", "precision", "recall"] = "fmeasure",
+    use_stemmer: bool = True,
+    tokenizer: Literal["default", "unicode"] = "default",
+) -> ScoreFn:
     """ROUGE-L (longest common subsequence) via Google's rouge_score, best over references.
 
     tokenizer "default" is rouge_score's (ASCII letters and digits only, Porter stemming optional);
@@ -118,6 +123,7 @@ def rouge_l(measure: Literal["fmeasure", "precision", "recall"] = "fmeasure", us
 
     def score(output: str, item: Any) -> float:
         return max(getattr(rs.score(r, output)["rougeL"], measure) for r in references(item))
+
     return _with_check(score, _needs_reference)
 
 
@@ -125,25 +131,33 @@ SACREBLEU_TOKENIZERS = ("13a", "intl", "zh", "ja-mecab", "ko-mecab", "char", "fl
 
 
 @scorer("bleu", binary=False)
-def bleu(tokenize: str = "13a", lowercase: bool = False,
-         smooth_method: Literal["exp", "floor", "add-k", "none"] = "exp") -> ScoreFn:
+def bleu(
+    tokenize: str = "13a", lowercase: bool = False, smooth_method: Literal["exp", "floor", "add-k", "none"] = "exp"
+) -> ScoreFn:
     """Sentence-level BLEU from sacrebleu against all references, scaled to 0..1."""
     import sacrebleu
 
     if tokenize not in SACREBLEU_TOKENIZERS:
-        raise ScorerParamError(f"unknown sacrebleu tokenizer '{tokenize}' ({', '.join(SACREBLEU_TOKENIZERS)})",
-                               param="tokenize")
+        raise ScorerParamError(
+            f"unknown sacrebleu tokenizer '{tokenize}' ({', '.join(SACREBLEU_TOKENIZERS)})", param="tokenize"
+        )
 
     def score(output: str, item: Any) -> float:
-        result = sacrebleu.sentence_bleu(output, references(item), smooth_method=smooth_method,
-                                         tokenize=tokenize, lowercase=lowercase)
+        result = sacrebleu.sentence_bleu(
+            output, references(item), smooth_method=smooth_method, tokenize=tokenize, lowercase=lowercase
+        )
         return min(1.0, max(0.0, result.score / 100))
+
     return _with_check(score, _needs_reference)
 
 
 @scorer("chrf", binary=False)
-def chrf(char_order: Annotated[int, Field(ge=1)] = 6, word_order: Annotated[int, Field(ge=0)] = 0,
-         beta: Annotated[int, Field(ge=1)] = 2, lowercase: bool = False) -> ScoreFn:
+def chrf(
+    char_order: Annotated[int, Field(ge=1)] = 6,
+    word_order: Annotated[int, Field(ge=0)] = 0,
+    beta: Annotated[int, Field(ge=1)] = 2,
+    lowercase: bool = False,
+) -> ScoreFn:
     """Sentence-level chrF (word_order 2 gives chrF++) from sacrebleu, scaled to 0..1."""
     from sacrebleu.metrics import CHRF
 
@@ -151,4 +165,5 @@ def chrf(char_order: Annotated[int, Field(ge=1)] = 6, word_order: Annotated[int,
 
     def score(output: str, item: Any) -> float:
         return min(1.0, max(0.0, metric.sentence_score(output, references(item)).score / 100))
+
     return _with_check(score, _needs_reference)

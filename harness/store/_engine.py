@@ -1,4 +1,5 @@
 """Store URLs and engines: SQLite (WAL, queued writers) or any SQLAlchemy URL such as PostgreSQL."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,12 @@ def _check_exists(database: str | None, shown: str) -> None:
     blocker = next((p for p in Path(database).parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise UserError(f"no store here: {blocker} is a file, not a folder", file=shown, field="--store")
-    raise UserError("no store here: the file does not exist (this command only reads a store, so it creates none); "
-                    "give --store the path of an existing store or set TUNEGATE_STORE", file=shown, field="--store")
+    raise UserError(
+        "no store here: the file does not exist (this command only reads a store, so it creates none); "
+        "give --store the path of an existing store or set TUNEGATE_STORE",
+        file=shown,
+        field="--store",
+    )
 
 
 def display_url(url: str) -> str:

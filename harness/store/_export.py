@@ -1,4 +1,5 @@
 """`tunegate export-results`: metrics or per-item rows as CSV, Parquet or JSON."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,28 +27,54 @@ def results_frame(store: Store, runs: Sequence[str] | None = None, level: str = 
         raise UserError(f"unknown level '{level}'; use one of {', '.join(EXPORT_LEVELS)}", field="level")
     run_ids = [store.get_run(r).id for r in runs] if runs else None
     with store.reading() as s:
-        q = (select(Run, Trial, ModelRow.name, Evaluation, SuiteRow)
-             .join(Trial, Trial.run_id == Run.id).join(Evaluation, Evaluation.trial_id == Trial.id)
-             .join(SuiteRow, SuiteRow.id == Evaluation.suite_id).outerjoin(ModelRow, ModelRow.id == Trial.model_id)
-             .order_by(Run.id, Trial.id, SuiteRow.name, Evaluation.id))
+        q = (
+            select(Run, Trial, ModelRow.name, Evaluation, SuiteRow)
+            .join(Trial, Trial.run_id == Run.id)
+            .join(Evaluation, Evaluation.trial_id == Trial.id)
+            .join(SuiteRow, SuiteRow.id == Evaluation.suite_id)
+            .outerjoin(ModelRow, ModelRow.id == Trial.model_id)
+            .order_by(Run.id, Trial.id, SuiteRow.name, Evaluation.id)
+        )
         if run_ids is not None:
             q = q.where(Run.id.in_(run_ids))
         evals = list(s.execute(q))
         rows: list[dict[str, Any]] = []
         for run, trial, model, ev, suite in evals:
-            base = {"run_id": run.id, "run": run.name, "trial_id": trial.id, "trial": trial.name,
-                    "arm_type": trial.arm_type, "trial_status": trial.status, "model": model or run.base_model,
-                    "suite": suite.name, "suite_version": suite.version, "category": suite.category,
-                    "evaluation_id": ev.id, "evaluated_at": ev.created_at}
+            base = {
+                "run_id": run.id,
+                "run": run.name,
+                "trial_id": trial.id,
+                "trial": trial.name,
+                "arm_type": trial.arm_type,
+                "trial_status": trial.status,
+                "model": model or run.base_model,
+                "suite": suite.name,
+                "suite_version": suite.version,
+                "category": suite.category,
+                "evaluation_id": ev.id,
+                "evaluated_at": ev.created_at,
+            }
             if level == "metrics":
                 for m in s.scalars(select(Metric).where(Metric.evaluation_id == ev.id).order_by(Metric.metric)):
-                    rows.append(base | {"metric": m.metric, "primary": m.metric == suite.primary_metric,
-                                        "value": m.value, "stderr": m.stderr, "n": m.n,
-                                        "corpus": bool(m.corpus)})  # corpus-level: the suite's value, no items
+                    rows.append(
+                        base
+                        | {
+                            "metric": m.metric,
+                            "primary": m.metric == suite.primary_metric,
+                            "value": m.value,
+                            "stderr": m.stderr,
+                            "n": m.n,
+                            "corpus": bool(m.corpus),
+                        }
+                    )  # corpus-level: the suite's value, no items
                 continue
             per_item: dict[int, dict[str, Any]] = {}
-            for item, o in s.execute(select(ItemRow, Output).join(Output, Output.item_id == ItemRow.id)
-                                     .where(Output.evaluation_id == ev.id).order_by(ItemRow.id)):
+            for item, o in s.execute(
+                select(ItemRow, Output)
+                .join(Output, Output.item_id == ItemRow.id)
+                .where(Output.evaluation_id == ev.id)
+                .order_by(ItemRow.id)
+            ):
                 per_item[item.id] = base | {"item": item.item_key, "prompt": o.prompt, "output": o.output}
             for sc in s.scalars(select(Score).where(Score.evaluation_id == ev.id)):
                 if sc.item_id in per_item:
@@ -56,14 +83,19 @@ def results_frame(store: Store, runs: Sequence[str] | None = None, level: str = 
     return pd.DataFrame(rows)
 
 
-def export_results(store: Store, path: str | Path, *, runs: Sequence[str] | None = None, level: str = "metrics",
-                   fmt: str | None = None) -> int:
+def export_results(
+    store: Store, path: str | Path, *, runs: Sequence[str] | None = None, level: str = "metrics", fmt: str | None = None
+) -> int:
     """Write results_frame() to CSV, Parquet or JSON (records); returns the number of rows."""
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in EXPORT_FORMATS:
-        raise UserError(f"unknown format '{fmt or path.name}'; use --format csv, parquet or json "
-                        "(or a file ending in .csv, .parquet or .json)", file=path, field="format")
+        raise UserError(
+            f"unknown format '{fmt or path.name}'; use --format csv, parquet or json "
+            "(or a file ending in .csv, .parquet or .json)",
+            file=path,
+            field="format",
+        )
     frame = results_frame(store, runs, level)
     if path.is_dir():
         raise UserError("is a folder; give the output file (e.g. results.csv)", file=path)

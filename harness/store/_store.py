@@ -10,6 +10,7 @@ every table.
 Every write is one transaction: a crash or an exception in the middle leaves nothing half written.
 Everything the report, the app and the gate show is read from here.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -33,9 +34,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from harness.base._stats import mean_stderr
 from harness.base._errors import UserError
 from harness.base._kinds import UNSHAPED
+from harness.base._stats import mean_stderr
 from harness.redact import redact, redact_json
 from harness.store import migrations
 from harness.store._engine import _timeout, display_url, make_engine, store_url
@@ -114,14 +115,29 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def create_run(self, name: str, plan: dict[str, Any], plan_hash: str, base_model: str,
-                   folder: str | Callable[[int], str], git_sha: str = "") -> int:
+    def create_run(
+        self,
+        name: str,
+        plan: dict[str, Any],
+        plan_hash: str,
+        base_model: str,
+        folder: str | Callable[[int], str],
+        git_sha: str = "",
+    ) -> int:
         """A new run, driven by this process. `folder` may be a function of the new run's id: it is then
         recorded in the same transaction, so no run is ever on record without its folder."""
         with self.session() as s:
-            run = Run(name=name, plan=plan, plan_hash=plan_hash, base_model=base_model,
-                      folder=folder if isinstance(folder, str) else "", git_sha=git_sha,
-                      driver_pid=os.getpid(), driver_host=socket.gethostname(), driver_heartbeat=now())
+            run = Run(
+                name=name,
+                plan=plan,
+                plan_hash=plan_hash,
+                base_model=base_model,
+                folder=folder if isinstance(folder, str) else "",
+                git_sha=git_sha,
+                driver_pid=os.getpid(),
+                driver_host=socket.gethostname(),
+                driver_heartbeat=now(),
+            )
             s.add(run)
             s.flush()
             if not isinstance(folder, str):
@@ -153,13 +169,19 @@ class Store:
                 if run.driver_host == host and not _process_alive(run.driver_pid):
                     took_over = f"took over run {run_id} from {who}: that process is gone"
                 elif age is not None and age > stale_after:
-                    took_over = (f"took over run {run_id} from {who}: its last heartbeat is {age:.0f} s old "
-                                 f"(stale after {stale_after:g} s)")
+                    took_over = (
+                        f"took over run {run_id} from {who}: its last heartbeat is {age:.0f} s old "
+                        f"(stale after {stale_after:g} s)"
+                    )
                 else:
                     beat = f"; its last heartbeat was {age:.0f} s ago" if age is not None else ""
-                    raise UserError(f"run {run_id} ({run.name}) is being run by {who}{beat}; wait for it to "
-                                    f"finish or stop it (a lock silent for {stale_after:g} s is taken over: "
-                                    "TUNEGATE_RUN_LOCK_STALE_S)", file=self.where, field="--resume")
+                    raise UserError(
+                        f"run {run_id} ({run.name}) is being run by {who}{beat}; wait for it to "
+                        f"finish or stop it (a lock silent for {stale_after:g} s is taken over: "
+                        "TUNEGATE_RUN_LOCK_STALE_S)",
+                        file=self.where,
+                        field="--resume",
+                    )
             run.status, run.finished_at = "running", None
             run.driver_pid, run.driver_host, run.driver_heartbeat = me, host, now()
             return took_over
@@ -190,8 +212,11 @@ class Store:
         and its unfinished trials with it. Returns their ids. Runs driven from other hosts are left alone."""
         host = socket.gethostname()
         with self.reading() as s:
-            running = s.execute(select(Run.id, Run.driver_pid).where(Run.status == "running", Run.driver_host == host,
-                                                                     Run.driver_pid.is_not(None))).all()
+            running = s.execute(
+                select(Run.id, Run.driver_pid).where(
+                    Run.status == "running", Run.driver_host == host, Run.driver_pid.is_not(None)
+                )
+            ).all()
         gone = [(run_id, pid) for run_id, pid in running if not _process_alive(pid)]
         if not gone:
             return []
@@ -225,11 +250,16 @@ class Store:
                 return s.scalars(select(Trial).where(Trial.run_id == run_id, Trial.name == name)).one()
             run = _get(s, Run, run_id)
             if arm_type in UNSHAPED:
-                model = _get_or_create(s, ModelRow, {"name": run.base_model},
-                                       {"kind": "base", "base_model": run.base_model})
+                model = _get_or_create(
+                    s, ModelRow, {"name": run.base_model}, {"kind": "base", "base_model": run.base_model}
+                )
             else:
-                model = _get_or_create(s, ModelRow, {"name": model_name(run, trial)},
-                                       {"kind": arm_type, "base_model": run.base_model, "trial_id": trial.id})
+                model = _get_or_create(
+                    s,
+                    ModelRow,
+                    {"name": model_name(run, trial)},
+                    {"kind": arm_type, "base_model": run.base_model, "trial_id": trial.id},
+                )
             trial.model_id = model.id
             s.flush()
             return trial
@@ -250,9 +280,16 @@ class Store:
         with self.session() as s:
             _lock_trial(s, trial_id)
             s.query(TrainStep).filter(TrainStep.trial_id == trial_id).delete()
-            s.add_all(TrainStep(trial_id=trial_id, **{k: row.get(k) for k in
-                                ("step", "loss", "lr", "grad_norm", "tokens_per_second", "peak_memory_gib")})
-                      for row in steps)
+            s.add_all(
+                TrainStep(
+                    trial_id=trial_id,
+                    **{
+                        k: row.get(k)
+                        for k in ("step", "loss", "lr", "grad_norm", "tokens_per_second", "peak_memory_gib")
+                    },
+                )
+                for row in steps
+            )
 
     def save_evaluation(self, trial_id: int, result: EvaluationLike) -> int:
         """Store one SuiteResult (outputs, per-item scores, aggregates) in a single transaction; a
@@ -261,52 +298,98 @@ class Store:
         with self.session() as s:
             _lock_trial(s, trial_id)  # a concurrent save for the same trial waits, then replaces ours
             suite_row = _get_or_create(
-                s, SuiteRow, {"name": suite.name, "version": suite.version},
-                {"kind": suite.spec.kind, "category": suite.spec.category, "primary_metric": suite.spec.primary,
-                 "spec": json.loads(suite.spec.model_dump_json())},
-                then=lambda row: s.add_all(ItemRow(suite_id=row.id, item_key=item.id,
-                                                   data=json.loads(item.model_dump_json())) for item in suite.items))
-            item_ids = dict(s.execute(select(ItemRow.item_key, ItemRow.id)
-                                      .where(ItemRow.suite_id == suite_row.id)).all())
+                s,
+                SuiteRow,
+                {"name": suite.name, "version": suite.version},
+                {
+                    "kind": suite.spec.kind,
+                    "category": suite.spec.category,
+                    "primary_metric": suite.spec.primary,
+                    "spec": json.loads(suite.spec.model_dump_json()),
+                },
+                then=lambda row: s.add_all(
+                    ItemRow(suite_id=row.id, item_key=item.id, data=json.loads(item.model_dump_json()))
+                    for item in suite.items
+                ),
+            )
+            item_ids = dict(
+                s.execute(select(ItemRow.item_key, ItemRow.id).where(ItemRow.suite_id == suite_row.id)).all()
+            )
             unknown = [r.item_id for r in result.items if r.item_id not in item_ids]
             if unknown:
                 raise ValueError(f"results for items not in suite {suite.name}@{suite.version}: {unknown[:5]}")
-            old = s.scalars(select(Evaluation).where(Evaluation.trial_id == trial_id,
-                                                     Evaluation.suite_id == suite_row.id)).first()
+            old = s.scalars(
+                select(Evaluation).where(Evaluation.trial_id == trial_id, Evaluation.suite_id == suite_row.id)
+            ).first()
             if old is not None:
                 s.query(JudgeCall).filter(JudgeCall.evaluation_id == old.id).update({"evaluation_id": None})
                 for table in (Score, Output, Metric):
                     s.query(table).filter(table.evaluation_id == old.id).delete()
                 s.delete(old)
                 s.flush()
-            ev = Evaluation(trial_id=trial_id, suite_id=suite_row.id, n_items=len(result.items),
-                            seconds=result.seconds, numerics=_numerics(getattr(result, "numerics", None)))
+            ev = Evaluation(
+                trial_id=trial_id,
+                suite_id=suite_row.id,
+                n_items=len(result.items),
+                seconds=result.seconds,
+                numerics=_numerics(getattr(result, "numerics", None)),
+            )
             s.add(ev)
             s.flush()
             for r in result.items:
                 iid = item_ids[r.item_id]
                 s.add(Output(evaluation_id=ev.id, item_id=iid, prompt=r.prompt, output=r.output))
-                s.add_all(Score(evaluation_id=ev.id, item_id=iid, metric=m, value=_finite(v),
-                                detail=_redacted(getattr(r, "details", {}).get(m))) for m, v in r.scores.items())
+                s.add_all(
+                    Score(
+                        evaluation_id=ev.id,
+                        item_id=iid,
+                        metric=m,
+                        value=_finite(v),
+                        detail=_redacted(getattr(r, "details", {}).get(m)),
+                    )
+                    for m, v in r.scores.items()
+                )
             kinds = result.kinds
-            s.add_all(Metric(evaluation_id=ev.id, metric=m, value=mean, stderr=se, n=n,
-                             higher_is_better=kinds[m].higher_is_better if m in kinds else None,
-                             binary=kinds[m].binary if m in kinds else None,
-                             corpus=getattr(kinds[m], "corpus", False) if m in kinds else None)
-                      for m, (mean, se, n) in _aggregates(result).items())
+            s.add_all(
+                Metric(
+                    evaluation_id=ev.id,
+                    metric=m,
+                    value=mean,
+                    stderr=se,
+                    n=n,
+                    higher_is_better=kinds[m].higher_is_better if m in kinds else None,
+                    binary=kinds[m].binary if m in kinds else None,
+                    corpus=getattr(kinds[m], "corpus", False) if m in kinds else None,
+                )
+                for m, (mean, se, n) in _aggregates(result).items()
+            )
             s.flush()
             return ev.id
 
-    def record_judge_call(self, key: str, model: str, request: dict[str, Any], response: str | None,
-                          status: str, error: str | None = None, evaluation_id: int | None = None,
-                          item_id: int | None = None) -> int:
+    def record_judge_call(
+        self,
+        key: str,
+        model: str,
+        request: dict[str, Any],
+        response: str | None,
+        status: str,
+        error: str | None = None,
+        evaluation_id: int | None = None,
+        item_id: int | None = None,
+    ) -> int:
         """One judge request and its outcome; credentials in any of it (a key in the base URL, a key echoed in
         an error body) are redacted before they reach the store."""
         with self.session() as s:
-            call = JudgeCall(key=key, model=redact(model), request=redact_json(request),
-                             response=None if response is None else redact(response), status=status,
-                             error=None if error is None else redact(error), evaluation_id=evaluation_id,
-                             item_id=item_id)
+            call = JudgeCall(
+                key=key,
+                model=redact(model),
+                request=redact_json(request),
+                response=None if response is None else redact(response),
+                status=status,
+                error=None if error is None else redact(error),
+                evaluation_id=evaluation_id,
+                item_id=item_id,
+            )
             s.add(call)
             s.flush()
             return call.id
@@ -323,11 +406,15 @@ class Store:
     def cached_judge_response(self, key: str) -> str | None:
         """The latest successful answer to an identical judge request, if any."""
         with self.reading() as s:
-            return s.scalars(select(JudgeCall.response).where(JudgeCall.key == key, JudgeCall.status == "ok")
-                             .order_by(JudgeCall.id.desc())).first()
+            return s.scalars(
+                select(JudgeCall.response)
+                .where(JudgeCall.key == key, JudgeCall.status == "ok")
+                .order_by(JudgeCall.id.desc())
+            ).first()
 
-    def runs(self, name: str | None = None, status: str | None = None, limit: int = 50,
-             model: str | None = None) -> list[Run]:
+    def runs(
+        self, name: str | None = None, status: str | None = None, limit: int = 50, model: str | None = None
+    ) -> list[Run]:
         self.mark_interrupted()
         with self.reading() as s:
             q = select(Run)
@@ -342,8 +429,11 @@ class Store:
     def get_run(self, ref: str | int) -> Run:
         self.mark_interrupted()
         with self.reading() as s:
-            run = (s.get(Run, row_id) if (row_id := _row_id(ref)) else None) if str(ref).isdigit() else \
-                s.scalars(select(Run).where(Run.name == str(ref)).order_by(Run.id.desc())).first()
+            run = (
+                (s.get(Run, row_id) if (row_id := _row_id(ref)) else None)
+                if str(ref).isdigit()
+                else s.scalars(select(Run).where(Run.name == str(ref)).order_by(Run.id.desc())).first()
+            )
         if run is None:
             raise UserError(f"no run '{ref}' in the store", file=self.where)
         return run
@@ -389,19 +479,25 @@ class Store:
                     return (finished or trials)[0]
         if run is not None:
             names = ", ".join(t.name for t in self.trials(run.id)) or "none"
-            raise UserError(f"run '{run_ref}' (#{run.id}) has no trial '{trial_name}' (its trials: {names})",
-                            file=self.where)
+            raise UserError(
+                f"run '{run_ref}' (#{run.id}) has no trial '{trial_name}' (its trials: {names})", file=self.where
+            )
         whole = self._find_run(ref) if not run_ref else None
         if whole is not None:
             trials = self.trials(whole.id)
             candidates = [t for t in trials if t.arm_type not in UNSHAPED] or trials
             if len(candidates) == 1:
                 return candidates[0]
-            raise UserError(f"run '{ref}' has {len(candidates)} candidate trials "
-                            f"({', '.join(t.name for t in candidates) or 'none'}); name one as RUN/TRIAL",
-                            file=self.where)
-        raise UserError(f"no trial, model or run '{ref}' in the store (use RUN/TRIAL, t<id>, a model name "
-                        "or a run with one candidate trial)", file=self.where)
+            raise UserError(
+                f"run '{ref}' has {len(candidates)} candidate trials "
+                f"({', '.join(t.name for t in candidates) or 'none'}); name one as RUN/TRIAL",
+                file=self.where,
+            )
+        raise UserError(
+            f"no trial, model or run '{ref}' in the store (use RUN/TRIAL, t<id>, a model name "
+            "or a run with one candidate trial)",
+            file=self.where,
+        )
 
     def _find_run(self, ref: str) -> Run | None:
         try:
@@ -411,8 +507,11 @@ class Store:
 
     def get_model(self, ref: str | int) -> ModelRow:
         with self.reading() as s:
-            model = (s.get(ModelRow, row_id) if (row_id := _row_id(ref)) else None) if str(ref).isdigit() else \
-                s.scalars(select(ModelRow).where(ModelRow.name == str(ref))).first()
+            model = (
+                (s.get(ModelRow, row_id) if (row_id := _row_id(ref)) else None)
+                if str(ref).isdigit()
+                else s.scalars(select(ModelRow).where(ModelRow.name == str(ref))).first()
+            )
         if model is None:
             raise UserError(f"no model '{ref}' in the store", file=self.where)
         return model
@@ -428,9 +527,15 @@ class Store:
     def evaluations(self, trial_id: int) -> list[tuple[Evaluation, SuiteRow]]:
         """Every evaluation of a trial with its suite version, by suite name, oldest first."""
         with self.reading() as s:
-            return [(ev, suite) for ev, suite in s.execute(
-                select(Evaluation, SuiteRow).join(SuiteRow).where(Evaluation.trial_id == trial_id)
-                .order_by(SuiteRow.name, Evaluation.id))]
+            return [
+                (ev, suite)
+                for ev, suite in s.execute(
+                    select(Evaluation, SuiteRow)
+                    .join(SuiteRow)
+                    .where(Evaluation.trial_id == trial_id)
+                    .order_by(SuiteRow.name, Evaluation.id)
+                )
+            ]
 
     def suite_item_count(self, suite_id: int) -> int:
         with self.reading() as s:
@@ -442,9 +547,12 @@ class Store:
 
     def item_scores(self, evaluation_id: int, metric: str) -> dict[str, float | None]:
         with self.reading() as s:
-            rows = s.execute(select(ItemRow.item_key, Score.value).join(ItemRow, Score.item_id == ItemRow.id)
-                             .where(Score.evaluation_id == evaluation_id, Score.metric == metric)
-                             .order_by(ItemRow.id))
+            rows = s.execute(
+                select(ItemRow.item_key, Score.value)
+                .join(ItemRow, Score.item_id == ItemRow.id)
+                .where(Score.evaluation_id == evaluation_id, Score.metric == metric)
+                .order_by(ItemRow.id)
+            )
             return {k: v for k, v in rows}
 
     def scored_metrics(self, evaluation_id: int) -> list[str]:
@@ -456,10 +564,19 @@ class Store:
         """Per item: key, item data, prompt, output and every score."""
         with self.reading() as s:
             out: dict[int, dict[str, Any]] = {}
-            for item, o in s.execute(select(ItemRow, Output).join(Output, Output.item_id == ItemRow.id)
-                                     .where(Output.evaluation_id == evaluation_id).order_by(ItemRow.id)):
-                out[item.id] = {"item": item.item_key, "data": item.data, "prompt": o.prompt, "output": o.output,
-                                "scores": {}}
+            for item, o in s.execute(
+                select(ItemRow, Output)
+                .join(Output, Output.item_id == ItemRow.id)
+                .where(Output.evaluation_id == evaluation_id)
+                .order_by(ItemRow.id)
+            ):
+                out[item.id] = {
+                    "item": item.item_key,
+                    "data": item.data,
+                    "prompt": o.prompt,
+                    "output": o.output,
+                    "scores": {},
+                }
             for sc in s.scalars(select(Score).where(Score.evaluation_id == evaluation_id).order_by(Score.id)):
                 out[sc.item_id]["scores"][sc.metric] = sc.value
             return list(out.values())
@@ -477,8 +594,14 @@ class Store:
             s.flush()
             promotion = None
             if promote_evidence is not None:
-                promotion = self._promote(s, d.candidate_trial_id, d.id, evidence=promote_evidence,
-                                          reason=fields.get("reason", ""), kind="promote")
+                promotion = self._promote(
+                    s,
+                    d.candidate_trial_id,
+                    d.id,
+                    evidence=promote_evidence,
+                    reason=fields.get("reason", ""),
+                    kind="promote",
+                )
             return d.id, promotion
 
     def amend_gate_decision(self, decision_id: int, *, verdict: str, exit_code: int, reason: str) -> None:
@@ -493,8 +616,9 @@ class Store:
                 for p in s.scalars(select(Promotion).where(Promotion.decision_id == decision_id)):
                     s.delete(p)
 
-    def promote(self, trial_id: int, decision_id: int | None = None, *, evidence: dict[str, Any] | None = None,
-                reason: str = "") -> int:
+    def promote(
+        self, trial_id: int, decision_id: int | None = None, *, evidence: dict[str, Any] | None = None, reason: str = ""
+    ) -> int:
         with self.session() as s:
             return self._promote(s, trial_id, decision_id, evidence=evidence or {}, reason=reason, kind="promote")
 
@@ -504,18 +628,36 @@ class Store:
             self._lock_promotions(s)
             stack = _promotion_stack(s.scalars(select(Promotion).order_by(Promotion.id)))
             if len(stack) < 2:
-                raise UserError("nothing to roll back to: " + ("no model has been promoted" if not stack else
-                                "only one model has ever been promoted"), file=self.where)
+                raise UserError(
+                    "nothing to roll back to: "
+                    + ("no model has been promoted" if not stack else "only one model has ever been promoted"),
+                    file=self.where,
+                )
             target = _get(s, Trial, stack[-2])
-            p = Promotion(trial_id=target.id, previous_trial_id=stack[-1], decision_id=None, promoted_by=_who(),
-                          kind="rollback", model_id=target.model_id, evidence={"rolled_back_trial_id": stack[-1]},
-                          reason=reason or "rollback")
+            p = Promotion(
+                trial_id=target.id,
+                previous_trial_id=stack[-1],
+                decision_id=None,
+                promoted_by=_who(),
+                kind="rollback",
+                model_id=target.model_id,
+                evidence={"rolled_back_trial_id": stack[-1]},
+                reason=reason or "rollback",
+            )
             s.add(p)
             s.flush()
             return p
 
-    def _promote(self, s: Session, trial_id: int | None, decision_id: int | None, *, evidence: dict[str, Any],
-                 reason: str, kind: str) -> int:
+    def _promote(
+        self,
+        s: Session,
+        trial_id: int | None,
+        decision_id: int | None,
+        *,
+        evidence: dict[str, Any],
+        reason: str,
+        kind: str,
+    ) -> int:
         if trial_id is None:
             raise ValueError("a promotion needs a trial")
         self._lock_promotions(s)
@@ -523,8 +665,16 @@ class Store:
         if last is not None and last.trial_id == trial_id:
             return last.id  # already the promoted model: nothing changes
         trial = _get(s, Trial, trial_id)
-        p = Promotion(trial_id=trial_id, decision_id=decision_id, previous_trial_id=last.trial_id if last else None,
-                      promoted_by=_who(), kind=kind, model_id=trial.model_id, evidence=evidence, reason=reason)
+        p = Promotion(
+            trial_id=trial_id,
+            decision_id=decision_id,
+            previous_trial_id=last.trial_id if last else None,
+            promoted_by=_who(),
+            kind=kind,
+            model_id=trial.model_id,
+            evidence=evidence,
+            reason=reason,
+        )
         s.add(p)
         s.flush()
         return p.id
@@ -626,8 +776,9 @@ def _lock_trial(s: Session, trial_id: int) -> None:
         raise UserError(f"no trial t{trial_id} in the store")
 
 
-def _get_or_create(s: Session, table: type[T], keys: dict[str, Any], values: dict[str, Any],
-                   then: Callable[[T], None] | None = None) -> T:
+def _get_or_create(
+    s: Session, table: type[T], keys: dict[str, Any], values: dict[str, Any], then: Callable[[T], None] | None = None
+) -> T:
     """The row with `keys`, inserted if missing. Safe against a concurrent insert of the same keys:
     the loser's savepoint rolls back and it reads the winner's row."""
     q = select(table).filter_by(**keys)

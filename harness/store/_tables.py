@@ -1,8 +1,9 @@
 """The store's schema: one ORM class per table (documented in harness/store/migrations/README.md)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import (
@@ -19,7 +20,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class Base(DeclarativeBase):
@@ -28,6 +29,7 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     """One execution of a plan (or of `tunegate eval`)."""
+
     __tablename__ = "runs"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
@@ -36,7 +38,7 @@ class Run(Base):
     base_model: Mapped[str] = mapped_column(String(500))
     status: Mapped[str] = mapped_column(String(20), default="running")  # running | finished | failed | interrupted
     folder: Mapped[str] = mapped_column(Text, default="")
-    driver_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)      # the process running it, and
+    driver_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the process running it, and
     driver_host: Mapped[str | None] = mapped_column(String(255), nullable=True)  # its host: gone -> interrupted
     driver_heartbeat: Mapped[str | None] = mapped_column(String(40), nullable=True)  # its last sign of life (lock)
     git_sha: Mapped[str] = mapped_column(String(64), default="")
@@ -47,6 +49,7 @@ class Run(Base):
 class ModelRow(Base):
     """A model that was scored: a base model spec as given, or the artifact of one trial (adapter,
     full fine-tune, or a base model with a prompt/RAG arm around it)."""
+
     __tablename__ = "models"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(500), unique=True)
@@ -59,6 +62,7 @@ class ModelRow(Base):
 
 class Trial(Base):
     """One arm (one sweep point) of a run: trained if needed, then scored on every suite."""
+
     __tablename__ = "trials"
     __table_args__ = (UniqueConstraint("run_id", "name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -76,8 +80,9 @@ class Trial(Base):
     final_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
     finished_at: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", name="fk_trials_model_id_models"),
-                                                 nullable=True, index=True)
+    model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", name="fk_trials_model_id_models"), nullable=True, index=True
+    )
 
 
 class TrainStep(Base):
@@ -94,6 +99,7 @@ class TrainStep(Base):
 
 class SuiteRow(Base):
     """One version of a suite; `version` is the content hash of its YAML and items."""
+
     __tablename__ = "suites"
     __table_args__ = (UniqueConstraint("name", "version"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -116,6 +122,7 @@ class ItemRow(Base):
 
 class Evaluation(Base):
     """One trial scored on one suite version."""
+
     __tablename__ = "evaluations"
     __table_args__ = (UniqueConstraint("trial_id", "suite_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -154,6 +161,7 @@ class Metric(Base):
     """Aggregate of one metric over one evaluation: mean, standard error, item count, and how to read it
     (NULL in rows written before revision 0003: readers ask the scorer registry then). A corpus-level metric
     (`corpus`, from revision 0007; NULL before: per-item) has the suite's value, stderr 0 and no item scores."""
+
     __tablename__ = "metrics"
     __table_args__ = (UniqueConstraint("evaluation_id", "metric"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -169,6 +177,7 @@ class Metric(Base):
 
 class JudgeCall(Base):
     """One LLM-judge request and its answer (also the judge's cache, keyed by the request's hash)."""
+
     __tablename__ = "judge_calls"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), index=True)  # content hash of the request
@@ -179,9 +188,11 @@ class JudgeCall(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[str] = mapped_column(String(40), default=now)
     evaluation_id: Mapped[int | None] = mapped_column(
-        ForeignKey("evaluations.id", name="fk_judge_calls_evaluation_id_evaluations"), nullable=True, index=True)
-    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id", name="fk_judge_calls_item_id_items"),
-                                                nullable=True)
+        ForeignKey("evaluations.id", name="fk_judge_calls_evaluation_id_evaluations"), nullable=True, index=True
+    )
+    item_id: Mapped[int | None] = mapped_column(
+        ForeignKey("items.id", name="fk_judge_calls_item_id_items"), nullable=True
+    )
 
 
 class GateDecision(Base):
@@ -204,6 +215,7 @@ class GateDecision(Base):
 
 class Promotion(Base):
     """The promoted model changed: by a passing gate decision (kind promote) or by `tunegate rollback`."""
+
     __tablename__ = "promotions"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     trial_id: Mapped[int] = mapped_column(ForeignKey("trials.id"))  # the trial promoted from now on
@@ -212,16 +224,18 @@ class Promotion(Base):
     promoted_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[str] = mapped_column(String(40), default=now)
     kind: Mapped[str] = mapped_column(String(20), default="promote")  # promote | rollback
-    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", name="fk_promotions_model_id_models"),
-                                                 nullable=True)
+    model_id: Mapped[int | None] = mapped_column(
+        ForeignKey("models.id", name="fk_promotions_model_id_models"), nullable=True
+    )
     evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # evaluation ids, decision id, ...
     reason: Mapped[str] = mapped_column(Text, default="")
 
 
 class EvaluationLike(Protocol):
     """What save_evaluation needs; harness.evaluation.SuiteResult is one."""
-    suite: Any        # harness.evaluation._suite.Suite
-    items: Sequence[Any]   # ItemResult: item_id, prompt, output, scores
+
+    suite: Any  # harness.evaluation._suite.Suite
+    items: Sequence[Any]  # ItemResult: item_id, prompt, output, scores
     seconds: float
     metrics: dict[str, tuple[float, float, int]]
     kinds: Mapping[str, Any]  # name -> MetricKind (higher_is_better, binary, corpus); one not in it is stored NULL

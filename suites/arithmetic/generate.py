@@ -4,6 +4,7 @@
 multiplication, exact division, decimals and percentages, two-step word problems), each asking
 for just the number. References are computed here, never typed by hand.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,14 @@ def items(rng: random.Random) -> list[dict]:
     out: list[dict] = []
 
     def add(kind: str, prompt: str, answer: Fraction) -> None:
-        out.append({"id": f"arith-{len(out):02d}", "prompt": prompt + SUFFIX, "reference": number(answer),
-                    "meta": {"kind": kind}})
+        out.append(
+            {
+                "id": f"arith-{len(out):02d}",
+                "prompt": prompt + SUFFIX,
+                "reference": number(answer),
+                "meta": {"kind": kind},
+            }
+        )
 
     for _ in range(6):
         a, b = rng.randint(12, 989), rng.randint(12, 989)
@@ -51,8 +58,12 @@ def items(rng: random.Random) -> list[dict]:
         name, thing = rng.choice(NAMES), rng.choice(THINGS)
         start, bought, gave = rng.randint(5, 40), rng.randint(2, 6), rng.randint(1, 9)
         per = rng.randint(3, 12)
-        add("word_problem", f"{name} has {start} {thing}. {name} buys {bought} packs of {per} {thing} and then gives "
-            f"away {gave}. How many {thing} does {name} have now?", Fraction(start + bought * per - gave))
+        add(
+            "word_problem",
+            f"{name} has {start} {thing}. {name} buys {bought} packs of {per} {thing} and then gives "
+            f"away {gave}. How many {thing} does {name} have now?",
+            Fraction(start + bought * per - gave),
+        )
     return out
 
 

@@ -3,21 +3,121 @@
 Contact extraction to compact JSON. The train and test splits use disjoint first names, last
 names and cities, so the test measures the format and the copying skill, not memorised values.
 """
+
 from __future__ import annotations
 
 import json
 import random
 from pathlib import Path
 
-FIRST = ["Maria", "James", "Aisha", "Chen", "Olga", "Pedro", "Fatima", "Liam", "Yuki", "Noah", "Amara", "Ivan",
-         "Sofia", "Mateo", "Priya", "Lucas", "Zara", "Omar", "Elena", "Kofi", "Hana", "Diego", "Nina", "Ravi",
-         "Lena", "Tomas", "Mina", "Arjun", "Clara", "Felix", "Ines", "Jonas", "Leila", "Marco", "Nadia", "Oscar"]
-LAST = ["Lopez", "Smith", "Khan", "Wang", "Petrova", "Silva", "Haddad", "Murphy", "Tanaka", "Becker", "Okafor",
-        "Novak", "Rossi", "Garcia", "Patel", "Martin", "Ali", "Hassan", "Popescu", "Mensah", "Kim", "Torres",
-        "Berg", "Sharma", "Fischer", "Dvorak", "Park", "Iyer", "Moreau", "Weber", "Costa", "Lund", "Nasser"]
-CITY = ["Lisbon", "Boston", "Lahore", "Shanghai", "Kazan", "Recife", "Beirut", "Dublin", "Osaka", "Hamburg", "Lagos",
-        "Prague", "Turin", "Seville", "Pune", "Lyon", "Nairobi", "Cairo", "Sofia", "Accra", "Busan", "Quito",
-        "Oslo", "Delhi", "Vienna", "Brno", "Incheon", "Chennai", "Nantes", "Zurich", "Porto", "Malmo", "Amman"]
+FIRST = [
+    "Maria",
+    "James",
+    "Aisha",
+    "Chen",
+    "Olga",
+    "Pedro",
+    "Fatima",
+    "Liam",
+    "Yuki",
+    "Noah",
+    "Amara",
+    "Ivan",
+    "Sofia",
+    "Mateo",
+    "Priya",
+    "Lucas",
+    "Zara",
+    "Omar",
+    "Elena",
+    "Kofi",
+    "Hana",
+    "Diego",
+    "Nina",
+    "Ravi",
+    "Lena",
+    "Tomas",
+    "Mina",
+    "Arjun",
+    "Clara",
+    "Felix",
+    "Ines",
+    "Jonas",
+    "Leila",
+    "Marco",
+    "Nadia",
+    "Oscar",
+]
+LAST = [
+    "Lopez",
+    "Smith",
+    "Khan",
+    "Wang",
+    "Petrova",
+    "Silva",
+    "Haddad",
+    "Murphy",
+    "Tanaka",
+    "Becker",
+    "Okafor",
+    "Novak",
+    "Rossi",
+    "Garcia",
+    "Patel",
+    "Martin",
+    "Ali",
+    "Hassan",
+    "Popescu",
+    "Mensah",
+    "Kim",
+    "Torres",
+    "Berg",
+    "Sharma",
+    "Fischer",
+    "Dvorak",
+    "Park",
+    "Iyer",
+    "Moreau",
+    "Weber",
+    "Costa",
+    "Lund",
+    "Nasser",
+]
+CITY = [
+    "Lisbon",
+    "Boston",
+    "Lahore",
+    "Shanghai",
+    "Kazan",
+    "Recife",
+    "Beirut",
+    "Dublin",
+    "Osaka",
+    "Hamburg",
+    "Lagos",
+    "Prague",
+    "Turin",
+    "Seville",
+    "Pune",
+    "Lyon",
+    "Nairobi",
+    "Cairo",
+    "Sofia",
+    "Accra",
+    "Busan",
+    "Quito",
+    "Oslo",
+    "Delhi",
+    "Vienna",
+    "Brno",
+    "Incheon",
+    "Chennai",
+    "Nantes",
+    "Zurich",
+    "Porto",
+    "Malmo",
+    "Amman",
+]
 JOBS = ["nurse", "teacher", "engineer", "chef", "pilot", "lawyer", "farmer", "designer", "baker", "plumber"]
 TEMPLATES = [
     "{name}, {age}, lives in {city} and works as a {job}.",
@@ -32,8 +132,40 @@ TEMPLATES = [
 INSTRUCTION = "Extract the person's name, age and city from the text. Answer with compact JSON only."
 
 
-SYLLABLES = ["ka", "lo", "mi", "ra", "ten", "vo", "sa", "bri", "do", "el", "fa", "gu", "ha", "jo", "ki", "lu",
-             "ma", "ne", "or", "pa", "qui", "ro", "si", "ta", "ul", "ve", "wi", "ya", "zo", "bel", "cor", "dan"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ra",
+    "ten",
+    "vo",
+    "sa",
+    "bri",
+    "do",
+    "el",
+    "fa",
+    "gu",
+    "ha",
+    "jo",
+    "ki",
+    "lu",
+    "ma",
+    "ne",
+    "or",
+    "pa",
+    "qui",
+    "ro",
+    "si",
+    "ta",
+    "ul",
+    "ve",
+    "wi",
+    "ya",
+    "zo",
+    "bel",
+    "cor",
+    "dan",
+]
 
 
 def invented(rng: random.Random, n: int, parts: tuple[int, int]) -> list[str]:
@@ -57,8 +189,12 @@ def rows(n: int, first: list[str], last: list[str], city: list[str], rng: random
         name = f"{rng.choice(first)} {rng.choice(last)}"
         age, town = rng.randint(19, 79), rng.choice(city)
         pronoun = rng.choice(["She", "He", "They"])
-        text = rng.choice(TEMPLATES).format(name=name, age=age, city=town, job=rng.choice(JOBS), pronoun=pronoun,
-                                            pronoun_l=pronoun.lower()).replace("They is", "They are").replace("they is", "they are")
+        text = (
+            rng.choice(TEMPLATES)
+            .format(name=name, age=age, city=town, job=rng.choice(JOBS), pronoun=pronoun, pronoun_l=pronoun.lower())
+            .replace("They is", "They are")
+            .replace("they is", "they are")
+        )
         answer = json.dumps({"name": name, "age": age, "city": town}, separators=(",", ":"))
         out.append({"id": f"{prefix}{i:03d}", "prompt": f"{INSTRUCTION}\nText: {text}", "reference": answer})
     return out

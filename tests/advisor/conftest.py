@@ -11,4 +11,5 @@ from tests.support import write_jsonl
 def jsonl(tmp_path: Path):
     def make(name: str, rows: list[dict]) -> Path:
         return write_jsonl(tmp_path / name, rows)
+
     return make

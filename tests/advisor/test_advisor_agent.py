@@ -1,4 +1,5 @@
 """The tool-calling loop against a real local HTTP server that plays a scripted model."""
+
 from __future__ import annotations
 
 import json
@@ -39,17 +40,24 @@ class ScriptedModel:
                 model.requests.append(body)
                 model.paths.append(self.path)
                 model.auth.append(self.headers.get("Authorization"))
-                message = model.script.pop(0) if model.script else {"role": "assistant", "content": None,
-                                                                     "tool_calls": [_call("probe_hardware", {})]}
+                message = (
+                    model.script.pop(0)
+                    if model.script
+                    else {"role": "assistant", "content": None, "tool_calls": [_call("probe_hardware", {})]}
+                )
                 if isinstance(message, int):
                     echo = f"overloaded; you sent {self.headers.get('Authorization')}"
                     data = json.dumps({"error": {"message": echo}}).encode()
                     self.send_response(message)
                     self.send_header("Retry-After", "0")
                 else:
-                    data = json.dumps({"id": "x", "object": "chat.completion",
-                                       "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
-                                      ).encode()
+                    data = json.dumps(
+                        {
+                            "id": "x",
+                            "object": "chat.completion",
+                            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                        }
+                    ).encode()
                     self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -63,8 +71,11 @@ class ScriptedModel:
 
 
 def _call(name: str, args: dict[str, Any], call_id: str | None = None) -> dict[str, Any]:
-    return {"id": call_id or f"call_{name}", "type": "function",
-            "function": {"name": name, "arguments": json.dumps(args)}}
+    return {
+        "id": call_id or f"call_{name}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(args)},
+    }
 
 
 @pytest.fixture
@@ -84,46 +95,68 @@ def server() -> Iterator[Any]:
         httpd.server_close()
 
 
-DEMO = {"task_type": "classification_extraction", "labelled_examples": 300, "latency_budget_ms": 200,
-        "knowledge_volatility": "never"}
+DEMO = {
+    "task_type": "classification_extraction",
+    "labelled_examples": 300,
+    "latency_budget_ms": 200,
+    "knowledge_volatility": "never",
+}
 
 
 def test_tool_calls_run_and_results_go_back_to_the_model(server, jsonl) -> None:
-    train = jsonl("train.jsonl", [{"prompt": f"extract {i} from text number {i}", "completion": f"{{\"n\":{i}}}"}
-                                  for i in range(300)])
-    model, url = server([
-        {"role": "assistant", "content": None, "tool_calls": [
-            _call("recommend", {"changes": {"labelled_examples": 50}}, "c1"),
-            _call("estimate_memory", {"params_billion": 0.135, "method": "lora", "seq_len": 512}, "c2")]},
-        {"role": "assistant", "content": None, "tool_calls": [
-            _call("audit_dataset", {"train_path": str(train)}, "c3"),
-            _call("audit_dataset", {"train_path": "/etc/passwd"}, "c4")]},
-        {"role": "assistant", "content": "LoRA on the small model: the JSON format is learnable from 300 rows."},
-    ])
+    train = jsonl(
+        "train.jsonl",
+        [{"prompt": f"extract {i} from text number {i}", "completion": f'{{"n":{i}}}'} for i in range(300)],
+    )
+    model, url = server(
+        [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    _call("recommend", {"changes": {"labelled_examples": 50}}, "c1"),
+                    _call("estimate_memory", {"params_billion": 0.135, "method": "lora", "seq_len": 512}, "c2"),
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    _call("audit_dataset", {"train_path": str(train)}, "c3"),
+                    _call("audit_dataset", {"train_path": "/etc/passwd"}, "c4"),
+                ],
+            },
+            {"role": "assistant", "content": "LoRA on the small model: the JSON format is learnable from 300 rows."},
+        ]
+    )
     result = advise(DEMO, train, probe=False)
     run = explain(result, AgentConfig(base_url=url, model="scripted", api_key="k-123"), train_path=train)
 
     assert run.text == "LoRA on the small model: the JSON format is learnable from 300 rows."
     assert run.turns == 3
     assert [(c["name"], c["ok"]) for c in run.tool_calls] == [
-        ("recommend", True), ("estimate_memory", True), ("audit_dataset", True), ("audit_dataset", False)]
+        ("recommend", True),
+        ("estimate_memory", True),
+        ("audit_dataset", True),
+        ("audit_dataset", False),
+    ]
     assert model.paths == ["/v1/chat/completions"] * 3 and model.auth == ["Bearer k-123"] * 3
 
     first = model.requests[0]
     assert first["model"] == "scripted" and first["tools"] == TOOLS
-    assert '"primary": "lora"' in first["messages"][0]["content"]     # the rule engine's result leads
-    tool_msgs = {m["tool_call_id"]: json.loads(m["content"]) for m in model.requests[1]["messages"]
-                 if m["role"] == "tool"}
-    assert tool_msgs["c1"]["primary"] == "prompting"                    # a real re-run with 50 examples
+    assert '"primary": "lora"' in first["messages"][0]["content"]  # the rule engine's result leads
+    tool_msgs = {
+        m["tool_call_id"]: json.loads(m["content"]) for m in model.requests[1]["messages"] if m["role"] == "tool"
+    }
+    assert tool_msgs["c1"]["primary"] == "prompting"  # a real re-run with 50 examples
     assert tool_msgs["c2"]["method"] == "lora" and tool_msgs["c2"]["total_gib"] > 0.5
-    later = {m["tool_call_id"]: json.loads(m["content"]) for m in model.requests[2]["messages"]
-             if m["role"] == "tool"}
+    later = {m["tool_call_id"]: json.loads(m["content"]) for m in model.requests[2]["messages"] if m["role"] == "tool"}
     assert later["c3"]["rows"] == 300
     assert "only the files given" in later["c4"]["error"]
 
 
 def test_loop_is_bounded(server) -> None:
-    model, url = server([])       # the scripted model keeps calling tools forever
+    model, url = server([])  # the scripted model keeps calling tools forever
     result = advise(DEMO, probe=False)
     with pytest.raises(AgentError, match="no final answer after 3 turns"):
         explain(result, AgentConfig(base_url=url, model="m", max_turns=3))
@@ -155,10 +188,12 @@ def test_overload_is_retried_and_errors_never_show_the_key(server) -> None:
     with pytest.raises(ValueError, match="must not hold credentials") as refused:
         explain(result, AgentConfig(base_url=url.replace("://", "://alice:pw-123@"), model="m", api_key="k"))
     assert model.requests == [] and "pw-123" not in str(refused.value)
-    with pytest.raises(AdvisorInputError, match="TUNEGATE_ADVISOR_BASE_URL must not hold credentials.*"
-                                                "TUNEGATE_ADVISOR_API_KEY"):
-        AgentConfig.from_env({"TUNEGATE_ADVISOR_BASE_URL": url.replace("://", "://alice:pw-123@"),
-                              "TUNEGATE_ADVISOR_MODEL": "m"})
+    with pytest.raises(
+        AdvisorInputError, match="TUNEGATE_ADVISOR_BASE_URL must not hold credentials.*TUNEGATE_ADVISOR_API_KEY"
+    ):
+        AgentConfig.from_env(
+            {"TUNEGATE_ADVISOR_BASE_URL": url.replace("://", "://alice:pw-123@"), "TUNEGATE_ADVISOR_MODEL": "m"}
+        )
 
 
 def test_base_url_rule_is_the_judges() -> None:
@@ -182,15 +217,25 @@ def test_cli_explain_prints_the_models_prose(server, monkeypatch) -> None:
     monkeypatch.setenv("TUNEGATE_ADVISOR_BASE_URL", url)
     monkeypatch.setenv("TUNEGATE_ADVISOR_MODEL", "scripted")
     out = StringIO()
-    code = advise_command(ROOT / "examples" / "demo" / "answers.yaml", False, None, None, None, False,
-                          Console(file=out, width=120), explain=True)
+    code = advise_command(
+        ROOT / "examples" / "demo" / "answers.yaml",
+        False,
+        None,
+        None,
+        None,
+        False,
+        Console(file=out, width=120),
+        explain=True,
+    )
     assert code == 0
     assert "Recommendation: lora" in out.getvalue()
     assert "Because the format is stable, tune it." in out.getvalue()
 
 
-ECHOED = ("Sure. Your server said Authorization: Bearer sk-live-abcdef0123456789, the key plain-key-778899, "
-          "and Basic dXNlcjpwYXNzd29yZA==\x1b]0;pwned\x07.")
+ECHOED = (
+    "Sure. Your server said Authorization: Bearer sk-live-abcdef0123456789, the key plain-key-778899, "
+    "and Basic dXNlcjpwYXNzd29yZA==\x1b]0;pwned\x07."
+)
 
 
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
@@ -202,8 +247,16 @@ def test_cli_explain_redacts_what_the_model_echoes(server, monkeypatch, as_json:
     monkeypatch.setenv("TUNEGATE_ADVISOR_MODEL", "scripted")
     monkeypatch.setenv("TUNEGATE_ADVISOR_API_KEY", "plain-key-778899")
     out = StringIO()
-    code = advise_command(ROOT / "examples" / "demo" / "answers.yaml", False, None, None, None, as_json,
-                          Console(file=out, width=200), explain=True)
+    code = advise_command(
+        ROOT / "examples" / "demo" / "answers.yaml",
+        False,
+        None,
+        None,
+        None,
+        as_json,
+        Console(file=out, width=200),
+        explain=True,
+    )
     assert code == 0
     printed = out.getvalue()
     explanation = json.loads(printed)["explanation"] if as_json else printed

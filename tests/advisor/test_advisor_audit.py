@@ -10,36 +10,45 @@ from advisor.duplicates import near_duplicate_pairs
 from advisor.pii import find_pii, luhn_valid
 from harness.base._errors import UserError
 
-LONG = ("the warehouse in rotterdam ships refrigerated containers to hamburg every tuesday and the "
-        "customs paperwork must be filed two days before departure by the logistics team lead")
+LONG = (
+    "the warehouse in rotterdam ships refrigerated containers to hamburg every tuesday and the "
+    "customs paperwork must be filed two days before departure by the logistics team lead"
+)
 
 
 def ticket(i: int, label: str) -> dict:
-    return {"prompt": f"Classify support ticket number {i}: customer {i} writes about order {i * 7}",
-            "completion": label}
+    return {
+        "prompt": f"Classify support ticket number {i}: customer {i} writes about order {i * 7}",
+        "completion": label,
+    }
 
 
 @pytest.fixture
 def planted(jsonl) -> tuple[Path, Path]:
     """A training file with known duplicates, PII and class imbalance, and a test file that overlaps it."""
     rows = [ticket(i, "billing") for i in range(30)] + [ticket(i, "shipping") for i in range(30, 39)]
-    rows.append(ticket(39, "fraud"))                                   # rarest class: 1 of 40 distinct
-    rows += [ticket(5, "billing"), ticket(5, "billing")]               # two exact copies of row 6
+    rows.append(ticket(39, "fraud"))  # rarest class: 1 of 40 distinct
+    rows += [ticket(5, "billing"), ticket(5, "billing")]  # two exact copies of row 6
     rows.append({"prompt": LONG, "completion": "shipping"})
     rows.append({"prompt": LONG.replace("team lead", "team leader"), "completion": "shipping"})  # near copy
-    rows.append({"prompt": "Refund to jane.doe@example.com please, call me on +1 415-555-0132",
-                 "completion": "billing"})
+    rows.append(
+        {"prompt": "Refund to jane.doe@example.com please, call me on +1 415-555-0132", "completion": "billing"}
+    )
     rows.append({"prompt": "Card 4111 1111 1111 1111 was charged twice", "completion": "billing"})
     rows.append({"prompt": "Card 4111 1111 1111 1112 was charged twice (typo)", "completion": "billing"})
-    rows.append({"prompt": "my key AKIAIOSFODNN7EXAMPLE leaked, also sk-proj-abcdefghijklmnopqrstuvwx",
-                 "completion": "fraud"})
+    rows.append(
+        {"prompt": "my key AKIAIOSFODNN7EXAMPLE leaked, also sk-proj-abcdefghijklmnopqrstuvwx", "completion": "fraud"}
+    )
     train = jsonl("train.jsonl", rows)
-    test = jsonl("test.jsonl", [
-        ticket(3, "billing"),                                                        # exact prompt overlap
-        {"prompt": LONG.replace("tuesday", "wednesday"), "completion": "shipping"},  # near overlap
-        {"prompt": "A question that appears nowhere in the training data at all", "completion": "billing"},
-        {"prompt": "Another brand new question about an invoice for a laptop", "completion": "billing"},
-    ])
+    test = jsonl(
+        "test.jsonl",
+        [
+            ticket(3, "billing"),  # exact prompt overlap
+            {"prompt": LONG.replace("tuesday", "wednesday"), "completion": "shipping"},  # near overlap
+            {"prompt": "A question that appears nowhere in the training data at all", "completion": "billing"},
+            {"prompt": "Another brand new question about an invoice for a laptop", "completion": "billing"},
+        ],
+    )
     return train, test
 
 
@@ -69,7 +78,7 @@ def test_pii_found_and_redacted(planted: tuple[Path, Path]) -> None:
     redacted = {(f.line, f.kind): f.redacted for f in pii.findings}
     assert redacted[(45, "email")] == "j***@example.com"
     assert redacted[(46, "credit_card")] == "***1111"
-    assert (47, "credit_card") not in redacted          # fails the Luhn check
+    assert (47, "credit_card") not in redacted  # fails the Luhn check
     assert all("AKIAIOSFODNN7EXAMPLE" != v for v in redacted.values())
 
 
@@ -84,7 +93,7 @@ def test_token_lengths_estimate_and_context(planted: tuple[Path, Path]) -> None:
     tokens = audit_dataset(planted[0], context_len=20).tokens
     assert tokens is not None and not tokens.exact and "estimate" in tokens.counter
     assert tokens.p50 <= tokens.p90 <= tokens.p99 <= tokens.max
-    assert tokens.over_context == 2            # the two long warehouse rows
+    assert tokens.over_context == 2  # the two long warehouse rows
     assert tokens.over_context_fraction == round(2 / 48, 4)
 
 
@@ -96,11 +105,13 @@ def test_token_lengths_with_a_real_tokenizer(jsonl) -> None:
     raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]")
-    path = jsonl("t.jsonl", [{"prompt": "hello world", "completion": "hello"},
-                             {"prompt": "hello " * 9, "completion": "world, world"}])
+    path = jsonl(
+        "t.jsonl",
+        [{"prompt": "hello world", "completion": "hello"}, {"prompt": "hello " * 9, "completion": "world, world"}],
+    )
     tokens = audit_dataset(path, tokenizer=tok, context_len=5).tokens
     assert tokens is not None and tokens.exact and tokens.counter.startswith("tokenizer")
-    assert (tokens.p50, tokens.max) == (3, 12)         # "hello world\nhello"; 9 x hello + "world , world"
+    assert (tokens.p50, tokens.max) == (3, 12)  # "hello world\nhello"; 9 x hello + "world , world"
     assert tokens.over_context == 1
 
 
@@ -108,8 +119,13 @@ def test_all_four_formats_read_strictly(jsonl) -> None:
     """Each format reads as `tunegate run` reads it; a row of another format, or that is not JSON, stops the
     audit with its line (issue 31, item 4: no row is skipped silently)."""
     examples = [
-        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-                      {"role": "assistant", "content": "hello"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        },
         {"instruction": "Translate", "input": "bonjour", "output": "hello"},
         {"prompt": "2+2?", "completion": "4"},
         {"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away"},
@@ -128,10 +144,14 @@ def test_all_four_formats_read_strictly(jsonl) -> None:
 
 
 def test_preference_file_overrides_preference_pairs(jsonl) -> None:
-    rows = [{"prompt": f"Write a greeting for customer {i}", "chosen": f"Dear customer {i}, welcome",
-             "rejected": "hey"} for i in range(120)]
+    rows = [
+        {"prompt": f"Write a greeting for customer {i}", "chosen": f"Dear customer {i}, welcome", "rejected": "hey"}
+        for i in range(120)
+    ]
     result = advise({"task_type": "style_format", "labelled_examples": 500}, jsonl("prefs.jsonl", rows))
-    assert [(o.field, o.stated, o.audited) for o in result.overrides] == [("preference_pairs", None, 120)]  # not stated: unknown
+    assert [(o.field, o.stated, o.audited) for o in result.overrides] == [
+        ("preference_pairs", None, 120)
+    ]  # not stated: unknown
     assert result.answers.labelled_examples == 500
 
 
@@ -142,29 +162,41 @@ def test_audit_facts_fire_rules(planted: tuple[Path, Path]) -> None:
     assert result.answers.labelled_examples == 46
 
 
-@pytest.mark.parametrize("number,valid", [
-    ("4111111111111111", True), ("5500000000000004", True), ("378282246310005", True),
-    ("4111111111111112", False), ("1234567812345678", False),
-])
+@pytest.mark.parametrize(
+    "number,valid",
+    [
+        ("4111111111111111", True),
+        ("5500000000000004", True),
+        ("378282246310005", True),
+        ("4111111111111112", False),
+        ("1234567812345678", False),
+    ],
+)
 def test_luhn(number: str, valid: bool) -> None:
     assert luhn_valid(number) is valid
 
 
-@pytest.mark.parametrize("text,kinds", [
-    ("released on 2024-01-15 as version 1.2.3", []),
-    ("order 12345 shipped in 3 boxes", []),
-    ("server at 10.0.12.7 and localhost 127.0.0.1", ["ipv4"]),
-    ("password = hunter2hunter2", ["secret_assignment"]),
-    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow...", ["private_key"]),
-    ("ghp_" + "a" * 36, ["github_token"]),
-    ("call (020) 7946 0958 or +44 20 7946 0958", ["phone", "phone"]),
-    ("amex 3782 822463 10005", ["credit_card"]),
-])
+@pytest.mark.parametrize(
+    "text,kinds",
+    [
+        ("released on 2024-01-15 as version 1.2.3", []),
+        ("order 12345 shipped in 3 boxes", []),
+        ("server at 10.0.12.7 and localhost 127.0.0.1", ["ipv4"]),
+        ("password = hunter2hunter2", ["secret_assignment"]),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow...", ["private_key"]),
+        ("ghp_" + "a" * 36, ["github_token"]),
+        ("call (020) 7946 0958 or +44 20 7946 0958", ["phone", "phone"]),
+        ("amex 3782 822463 10005", ["credit_card"]),
+    ],
+)
 def test_find_pii_patterns(text: str, kinds: list[str]) -> None:
     assert [k for k, _ in find_pii(text)] == kinds
 
 
 def test_near_duplicates_need_real_similarity() -> None:
-    texts = [LONG, "an entirely different sentence about cats sleeping in the afternoon sun by the window",
-             LONG.replace("hamburg", "bremen")]
+    texts = [
+        LONG,
+        "an entirely different sentence about cats sleeping in the afternoon sun by the window",
+        LONG.replace("hamburg", "bremen"),
+    ]
     assert [(i, j) for i, j, _ in near_duplicate_pairs(texts)] == [(0, 2)]

@@ -24,14 +24,24 @@ def test_dims_match_a_real_transformers_model() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=6,
-                         num_key_value_heads=2, vocab_size=500, tie_word_embeddings=False)
+    config = LlamaConfig(
+        hidden_size=96,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        vocab_size=500,
+        tie_word_embeddings=False,
+    )
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     dims = ModelDims.from_config(config)
     assert dims.n_params == sum(p.numel() for p in model.parameters())
-    linear = sum(m.weight.numel() for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and n.startswith("model.layers"))
+    linear = sum(
+        m.weight.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.startswith("model.layers")
+    )
     assert dims.linear_params == linear
 
 
@@ -54,8 +64,10 @@ def test_monotone_in_sequence_batch_and_rank(method: Method) -> None:
     ckpt = estimate_training_memory(1.2e9, method, seq_len=512, batch_size=4, grad_checkpointing=True)
     assert ckpt.allocated_gib < base.allocated_gib
     if method != "full":
-        assert estimate_training_memory(1.2e9, method, lora_r=64).trainable_params > \
-            estimate_training_memory(1.2e9, method, lora_r=8).trainable_params
+        assert (
+            estimate_training_memory(1.2e9, method, lora_r=64).trainable_params
+            > estimate_training_memory(1.2e9, method, lora_r=8).trainable_params
+        )
 
 
 def test_total_adds_context_and_breakdown_sums() -> None:
@@ -80,9 +92,16 @@ def _check_table(table: dict) -> list[str]:
     for row in table["rows"]:
         if row["measured_gib"] is None:
             continue
-        est = estimate_training_memory(ModelDims(**row["dims"]), row["method"], seq_len=row["seq_len"],
-                                       batch_size=row["batch_size"], lora_r=row["lora_r"], dtype=row["dtype"],
-                                       grad_checkpointing=row["grad_checkpointing"], lora_dropout=row["lora_dropout"])
+        est = estimate_training_memory(
+            ModelDims(**row["dims"]),
+            row["method"],
+            seq_len=row["seq_len"],
+            batch_size=row["batch_size"],
+            lora_r=row["lora_r"],
+            dtype=row["dtype"],
+            grad_checkpointing=row["grad_checkpointing"],
+            lora_dropout=row["lora_dropout"],
+        )
         ratio = est.allocated_gib / row["measured_gib"]
         if not 0.8 <= ratio <= 1.2:
             bad.append(f"{row['model']} {row['method']} seq {row['seq_len']} bs {row['batch_size']}: {ratio:.2f}")

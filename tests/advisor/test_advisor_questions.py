@@ -38,22 +38,25 @@ def test_nothing_unanswered_is_guessed() -> None:
 def test_implied_answers_are_filled_in_and_nothing_else() -> None:
     a = Answers(data_can_leave_premises=False, gpu_count=0)
     assert a.hosted_model_allowed is False and a.vram_gib_per_gpu == 0.0
-    assert Answers(gpu_count=2).vram_gib_per_gpu is None      # a GPU of unknown memory stays unknown
+    assert Answers(gpu_count=2).vram_gib_per_gpu is None  # a GPU of unknown memory stays unknown
     assert Answers(data_can_leave_premises=True).hosted_model_allowed is None
 
 
-@pytest.mark.parametrize("data,field", [
-    ({"labelled_examples": -5}, "labelled_examples"),
-    ({"knowledge_volatility": "fortnightly"}, "knowledge_volatility"),
-    ({"gpu_count": 2, "vram_gib_per_gpu": 0}, "vram_gib_per_gpu"),  # GPUs need their memory
-    ({"gpu_count": 0, "vram_gib_per_gpu": 24}, "vram_gib_per_gpu"),
-    ({"data_can_leave_premises": False, "hosted_model_allowed": True}, "hosted_model_allowed"),
-    ({"data_can_leave_premises": "no", "deployment_target": "hosted"}, "deployment_target"),
-    ({"labelled_examples": True}, "labelled_examples"),             # a boolean is not a count
-    ({"model_params_b": False}, "model_params_b"),
-    ({"quality_target": 1.5}, "quality_target"),
-    ({"labeled_examples": 10}, "labeled_examples"),             # typo: extra keys are forbidden
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        ({"labelled_examples": -5}, "labelled_examples"),
+        ({"knowledge_volatility": "fortnightly"}, "knowledge_volatility"),
+        ({"gpu_count": 2, "vram_gib_per_gpu": 0}, "vram_gib_per_gpu"),  # GPUs need their memory
+        ({"gpu_count": 0, "vram_gib_per_gpu": 24}, "vram_gib_per_gpu"),
+        ({"data_can_leave_premises": False, "hosted_model_allowed": True}, "hosted_model_allowed"),
+        ({"data_can_leave_premises": "no", "deployment_target": "hosted"}, "deployment_target"),
+        ({"labelled_examples": True}, "labelled_examples"),  # a boolean is not a count
+        ({"model_params_b": False}, "model_params_b"),
+        ({"quality_target": 1.5}, "quality_target"),
+        ({"labeled_examples": 10}, "labeled_examples"),  # typo: extra keys are forbidden
+    ],
+)
 def test_invalid_answers_name_the_field(data: dict, field: str) -> None:
     with pytest.raises(ValidationError) as info:
         Answers.model_validate(data)
@@ -64,12 +67,21 @@ def test_invalid_answers_name_the_field(data: dict, field: str) -> None:
 
 
 def test_friendly_spellings() -> None:
-    a = Answers.model_validate({"gpu_count": "none", "cost_budget_usd_per_1k_requests": "no limit",
-                                "data_can_leave_premises": "yes", "hosted_model_allowed": "yes",
-                                "model_params_b": "unknown", "task_type": "?"})
+    a = Answers.model_validate(
+        {
+            "gpu_count": "none",
+            "cost_budget_usd_per_1k_requests": "no limit",
+            "data_can_leave_premises": "yes",
+            "hosted_model_allowed": "yes",
+            "model_params_b": "unknown",
+            "task_type": "?",
+        }
+    )
     assert a.gpu_count == 0 and a.cost_budget_usd_per_1k_requests == "no_limit" and a.hosted_model_allowed is True
     assert a.model_params_b is None and a.task_type is None
-    assert Answers.model_validate({"cost_budget_usd_per_1k_requests": "unknown"}).cost_budget_usd_per_1k_requests is None
+    assert (
+        Answers.model_validate({"cost_budget_usd_per_1k_requests": "unknown"}).cost_budget_usd_per_1k_requests is None
+    )
 
 
 def test_demo_answers_file_recommends_lora_against_prompting_and_rag() -> None:
@@ -79,15 +91,18 @@ def test_demo_answers_file_recommends_lora_against_prompting_and_rag() -> None:
     assert rec.primary == "lora" and rec.arms == ["lora", "prompting", "rag"]
 
 
-@pytest.mark.parametrize("body,line,field", [
-    ("task_type: style_format\nlabeled_examples: 300\n", 2, "labeled_examples"),
-    ("task_type: style_format\nlabelled_examples: lots\n", 2, "labelled_examples"),
-    ("labelled_examples: 10\n\n# comment\nknowledge_volatility: fortnightly\n", 4, "knowledge_volatility"),
-    ("data_can_leave_premises: false\ngpu_count: 1\nhosted_model_allowed: true\n", 3, "hosted_model_allowed"),
-    ("gpu_count: 2\nvram_gib_per_gpu: 0\n", 2, "vram_gib_per_gpu"),
-    ("task_type: style_format\nlabelled_examples: true\n", 2, "labelled_examples"),
-    ("gpu_count: 1\nvram_gib_per_gpu: 24\nmodel_params_b: yes\n", 3, "model_params_b"),
-])
+@pytest.mark.parametrize(
+    "body,line,field",
+    [
+        ("task_type: style_format\nlabeled_examples: 300\n", 2, "labeled_examples"),
+        ("task_type: style_format\nlabelled_examples: lots\n", 2, "labelled_examples"),
+        ("labelled_examples: 10\n\n# comment\nknowledge_volatility: fortnightly\n", 4, "knowledge_volatility"),
+        ("data_can_leave_premises: false\ngpu_count: 1\nhosted_model_allowed: true\n", 3, "hosted_model_allowed"),
+        ("gpu_count: 2\nvram_gib_per_gpu: 0\n", 2, "vram_gib_per_gpu"),
+        ("task_type: style_format\nlabelled_examples: true\n", 2, "labelled_examples"),
+        ("gpu_count: 1\nvram_gib_per_gpu: 24\nmodel_params_b: yes\n", 3, "model_params_b"),
+    ],
+)
 def test_bad_answers_file_names_file_line_and_field(tmp_path: Path, body: str, line: int, field: str) -> None:
     path = tmp_path / "answers.yaml"
     path.write_text(body)
@@ -116,7 +131,9 @@ def test_form_hides_follow_up_questions() -> None:
 
     hosted, vram = QUESTION_BY_KEY["hosted_model_allowed"], QUESTION_BY_KEY["vram_gib_per_gpu"]
     assert not should_ask(hosted, {"data_can_leave_premises": False})
-    assert should_ask(hosted, {"data_can_leave_premises": True}) and should_ask(hosted, {"data_can_leave_premises": None})
+    assert should_ask(hosted, {"data_can_leave_premises": True}) and should_ask(
+        hosted, {"data_can_leave_premises": None}
+    )
     assert not should_ask(vram, Answers()) and should_ask(vram, {"gpu_count": 2})
     assert not should_ask(vram, {"gpu_count": 0})
 
@@ -128,10 +145,13 @@ def test_demo_answers_answer_every_question() -> None:
 
 # --- bad answers files: one line, exit 2 -----------------------------------------------------------
 
+
 def test_duplicate_key_names_both_lines(tmp_path: Path) -> None:
     path = tmp_path / "answers.yaml"
-    path.write_text("task_type: style_format\ndata_can_leave_premises: true\nlabelled_examples: 300\n"
-                    "data_can_leave_premises: false\n")
+    path.write_text(
+        "task_type: style_format\ndata_can_leave_premises: true\nlabelled_examples: 300\n"
+        "data_can_leave_premises: false\n"
+    )
     with pytest.raises(AdvisorInputError) as info:
         load_answers(path)
     assert (info.value.line, info.value.field) == (4, "data_can_leave_premises")

@@ -64,8 +64,11 @@ GOOD_RULE = """\
 """
 
 
-@pytest.mark.parametrize("rule,line,field,message", [
-    ("""\
+@pytest.mark.parametrize(
+    "rule,line,field,message",
+    [
+        (
+            """\
   - id: bad-op
     when:
       all:
@@ -73,42 +76,73 @@ GOOD_RULE = """\
     effect: {lora: 1}
     reason: uses an op that does not exist
     source: test
-""", 11, "rules[1].when.all[0].op", "Input should be"),
-    ("""\
+""",
+            11,
+            "rules[1].when.all[0].op",
+            "Input should be",
+        ),
+        (
+            """\
   - id: bad-field
     when: {field: labeled_examples, op: lt, value: 100}
     reason: misspells a field name
     source: test
-""", 9, "rules[1].when.field", "unknown field 'labeled_examples'"),
-    ("""\
+""",
+            9,
+            "rules[1].when.field",
+            "unknown field 'labeled_examples'",
+        ),
+        (
+            """\
   - id: bad-option
     when: {field: gpu_count, op: eq, value: 0}
     effect: {lora: 1, finetune: 3}
     reason: names an option that does not exist
     source: test
-""", 10, "rules[1].effect.finetune", "Input should be"),
-    ("""\
+""",
+            10,
+            "rules[1].effect.finetune",
+            "Input should be",
+        ),
+        (
+            """\
   - id: no-reason
     when: {field: gpu_count, op: eq, value: 0}
     source: test
-""", 8, "rules[1].reason", "Field required"),
-    ("""\
+""",
+            8,
+            "rules[1].reason",
+            "Field required",
+        ),
+        (
+            """\
   - id: veto-prompting
     when: {field: gpu_count, op: eq, value: 0}
     veto: [prompting]
     reason: tries to rule out the fallback
     source: test
-""", 10, "rules[1].veto", "prompting cannot be vetoed"),
-    ("""\
+""",
+            10,
+            "rules[1].veto",
+            "prompting cannot be vetoed",
+        ),
+        (
+            """\
   - id: extra-key
     when: {field: gpu_count, op: eq, value: 0}
     reason: has a key the schema does not know
     source: test
     weight: 3
-""", 12, "rules[1].weight", "unknown key"),
-])
-def test_bad_rules_file_names_file_line_and_field(tmp_path: Path, rule: str, line: int, field: str,
-                                                   message: str) -> None:
+""",
+            12,
+            "rules[1].weight",
+            "unknown key",
+        ),
+    ],
+)
+def test_bad_rules_file_names_file_line_and_field(
+    tmp_path: Path, rule: str, line: int, field: str, message: str
+) -> None:
     path = write(tmp_path, "version: 1\nrules:\n" + GOOD_RULE + rule)
     with pytest.raises(AdvisorInputError) as info:
         load_rules(path)
@@ -132,7 +166,9 @@ def test_duplicate_rule_ids_rejected(tmp_path: Path) -> None:
 
 
 def test_rules_are_data_a_different_file_changes_the_answer(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
 controls: {options: [prompting]}
 rules:
   - id: always-full
@@ -145,7 +181,8 @@ rules:
     veto: [rag]
     reason: no retrieval infrastructure here
     source: house policy
-""")
+""",
+    )
     rec = recommend(Answers(documents=0), rules=load_rules(path))
     assert rec.primary == "full"
     assert rec.arms == ["full", "prompting"]
@@ -165,20 +202,26 @@ def test_render_shows_primary_arms_reasons_and_changers() -> None:
 
 
 def test_reason_placeholders_must_name_fields(tmp_path: Path) -> None:
-    path = write(tmp_path, """\
+    path = write(
+        tmp_path,
+        """\
 rules:
   - id: typo
     when: {all: []}
     reason: "{labeled_examples} examples is a typo"
     source: test
-""")
+""",
+    )
     with pytest.raises(AdvisorInputError) as info:
         load_rules(path)
     assert info.value.field == "rules[0].reason" and "labeled_examples" in info.value.message
 
 
 def test_rules_file_with_duplicate_keys_names_both_lines(tmp_path: Path) -> None:
-    path = write(tmp_path, "rules:\n  - id: a\n    when: {all: []}\n    reason: a reason here\n"
-                           "    source: test\n    reason: another reason\n")
+    path = write(
+        tmp_path,
+        "rules:\n  - id: a\n    when: {all: []}\n    reason: a reason here\n"
+        "    source: test\n    reason: another reason\n",
+    )
     with pytest.raises(AdvisorInputError, match="line 4 and again on line 6"):
         load_rules(path)

@@ -1,6 +1,7 @@
 """Expert scenarios written from the seed criteria (tests/fixtures/advisor_scenarios/*.yaml): each is
 an answers file plus the option, method and rules a careful engineer expects, and the row of the
 advisor's decision table (docs/advisor.md, "## The decision table") it encodes."""
+
 from __future__ import annotations
 
 import re
@@ -12,10 +13,10 @@ from typing import Any
 import pytest
 
 from advisor._rulebook import OPTIONS, AllOf, AnyOf, Clause, Not
-from harness.base import YamlDoc
 from advisor.planner import write_plan
 from advisor.questions import Answers, answers_from_dict
 from advisor.rules import default_rules, recommend
+from harness.base import YamlDoc
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "advisor_scenarios").glob("*.yaml"))
@@ -80,16 +81,30 @@ def test_demo_arms_are_exactly_lora_then_prompting_and_rag() -> None:
 
 # --- unknown answers ------------------------------------------------------------------------------
 
-STYLE = {"task_type": "style_format", "labelled_examples": 300, "preference_pairs": 0, "documents": 0,
-         "knowledge_volatility": "never", "data_can_leave_premises": False, "gpu_count": 0, "model_params_b": 0.135}
+STYLE = {
+    "task_type": "style_format",
+    "labelled_examples": 300,
+    "preference_pairs": 0,
+    "documents": 0,
+    "knowledge_volatility": "never",
+    "data_can_leave_premises": False,
+    "gpu_count": 0,
+    "model_params_b": 0.135,
+}
 
 
-@pytest.mark.parametrize("field,rule", [("data_can_leave_premises", "self-hosted"), ("gpu_count", "no-gpu-small-model"),
-                                        ("model_params_b", "no-gpu-small-model")])
+@pytest.mark.parametrize(
+    "field,rule",
+    [
+        ("data_can_leave_premises", "self-hosted"),
+        ("gpu_count", "no-gpu-small-model"),
+        ("model_params_b", "no-gpu-small-model"),
+    ],
+)
 def test_an_unknown_fact_adds_nothing_and_lowers_confidence(field: str, rule: str) -> None:
     known = recommend(Answers.model_validate(STYLE))
     unknown = recommend(Answers.model_validate(STYLE | {field: "unknown"}))
-    assert unknown.scores["lora"] < known.scores["lora"]          # the reason it gave is gone, nothing replaces it
+    assert unknown.scores["lora"] < known.scores["lora"]  # the reason it gave is gone, nothing replaces it
     assert unknown.confidence < known.confidence
     listed = {u.field: u for u in unknown.unknowns}
     assert listed[field].status == "unknown" and field in listed[field].text
@@ -105,7 +120,9 @@ def test_unanswered_privacy_and_hardware_print_no_privacy_or_cpu_reason() -> Non
 
 
 def test_unknown_impacts_are_real_reruns() -> None:
-    a = Answers.model_validate({"task_type": "style_format", "labelled_examples": 300, "knowledge_volatility": "unknown"})
+    a = Answers.model_validate(
+        {"task_type": "style_format", "labelled_examples": 300, "knowledge_volatility": "unknown"}
+    )
     rec = recommend(a)
     vol = next(u for u in rec.unknowns if u.field == "knowledge_volatility")
     assert vol.would_change, vol.text
@@ -122,13 +139,17 @@ def test_implied_answers_are_listed_as_implied_not_unknown() -> None:
 
 
 def test_a_tie_is_reported_with_its_tie_break() -> None:
-    rec = recommend(Answers.model_validate({"task_type": "style_format", "labelled_examples": 300, "gpu_count": 1,
-                                            "model_params_b": 8}))
+    rec = recommend(
+        Answers.model_validate(
+            {"task_type": "style_format", "labelled_examples": 300, "gpu_count": 1, "model_params_b": 8}
+        )
+    )
     assert rec.tied == ["lora", "qlora"] and rec.primary == "lora" and rec.confidence < 0.5
     assert rec.tie_break and "broken toward lora" in rec.tie_break and "cheaper" in rec.tie_break
 
 
 # --- hybrids scored fairly ------------------------------------------------------------------------
+
 
 def test_self_hosting_rules_reward_the_hybrids_lora_alike() -> None:
     rules = {r.id: r for r in default_rules().rules}
@@ -140,6 +161,7 @@ def test_self_hosting_rules_reward_the_hybrids_lora_alike() -> None:
 
 
 # --- reasons state the team's figure and the threshold ----------------------------------------------
+
 
 def _numeric_clauses(cond: Any) -> list[Clause]:
     if isinstance(cond, AllOf):
@@ -168,13 +190,17 @@ def test_sources_are_public_documents() -> None:
 
 
 def test_fired_reason_uses_the_teams_number() -> None:
-    rec = recommend(Answers.model_validate({"task_type": "domain_knowledge", "labelled_examples": 5000,
-                                            "knowledge_volatility": "never"}))
+    rec = recommend(
+        Answers.model_validate(
+            {"task_type": "domain_knowledge", "labelled_examples": 5000, "knowledge_volatility": "never"}
+        )
+    )
     reason = next(f.reason for f in rec.fired if f.id == "domain-band")
     assert reason.startswith("5,000 labelled examples, at or above the 1,000")
 
 
 # --- method choice and the plan ---------------------------------------------------------------------
+
 
 def fixture(stem_part: str) -> tuple[Answers, Any]:
     a = answers_of(next(p for p in FIXTURES if stem_part in p.stem))

@@ -2,6 +2,7 @@
 
 reports/gpu/plan_run.db is the store of the measured run (tracked on purpose: a `!` line in .gitignore); tests
 read a copy of it in tmp, never the committed file."""
+
 from __future__ import annotations
 
 import json

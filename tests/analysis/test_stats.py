@@ -1,4 +1,5 @@
 """Paired statistics against known values: McNemar vs scipy's binomial test, bootstrap coverage, Holm by hand."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,13 @@ def table(both: int, a_only: int, b_only: int, neither: int) -> tuple[list[float
 
 # --- McNemar ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("both,a_only,b_only,neither", [(10, 8, 2, 5), (0, 0, 7, 0), (30, 3, 3, 30), (5, 1, 12, 2),
-                                                        (100, 40, 20, 9)])
-def test_mcnemar_is_the_exact_binomial_test_on_discordant_pairs(both: int, a_only: int, b_only: int,
-                                                                neither: int) -> None:
+
+@pytest.mark.parametrize(
+    "both,a_only,b_only,neither", [(10, 8, 2, 5), (0, 0, 7, 0), (30, 3, 3, 30), (5, 1, 12, 2), (100, 40, 20, 9)]
+)
+def test_mcnemar_is_the_exact_binomial_test_on_discordant_pairs(
+    both: int, a_only: int, b_only: int, neither: int
+) -> None:
     a, b = table(both, a_only, b_only, neither)
     expected = binomtest(b_only, a_only + b_only, 0.5, alternative="two-sided").pvalue
     assert mcnemar_exact(a, b) == pytest.approx(expected, rel=1e-12)
@@ -52,15 +56,16 @@ def test_mcnemar_known_values_by_hand() -> None:
 
 # --- paired bootstrap -----------------------------------------------------------------------------
 
+
 def test_bootstrap_interval_covers_the_known_delta() -> None:
     rng = np.random.default_rng(7)
     a = rng.normal(0.5, 0.2, size=400)
     noise = rng.normal(0, 0.05, size=400)
-    b = a + 0.1 + (noise - noise.mean())          # the paired delta is exactly 0.1 in this sample
+    b = a + 0.1 + (noise - noise.mean())  # the paired delta is exactly 0.1 in this sample
     delta, lo, hi = paired_bootstrap(list(a), list(b), resamples=4000)
     assert delta == pytest.approx(0.1)
-    assert lo < 0.1 < hi and lo > 0          # covers the truth and excludes zero
-    assert hi - lo < 0.02                    # and is about ±1.96 * 0.05 / sqrt(400) wide
+    assert lo < 0.1 < hi and lo > 0  # covers the truth and excludes zero
+    assert hi - lo < 0.02  # and is about ±1.96 * 0.05 / sqrt(400) wide
     assert (hi - lo) / 2 == pytest.approx(1.96 * 0.05 / math.sqrt(400), rel=0.15)
 
 
@@ -71,15 +76,15 @@ def test_bootstrap_coverage_rate_is_near_nominal() -> None:
     for i in range(200):
         a = rng.binomial(1, 0.6, size=60).astype(float)
         flip = rng.random(60) < 0.2
-        b = np.where(flip, 1 - a, a)           # E[b - a] = 0.2 * (1 - 2 * 0.6) = -0.04
+        b = np.where(flip, 1 - a, a)  # E[b - a] = 0.2 * (1 - 2 * 0.6) = -0.04
         _, lo, hi = paired_bootstrap(list(a), list(b), resamples=1000, seed=i)
         covered += lo <= -0.04 <= hi
     assert 0.88 <= covered / 200 <= 0.99
 
 
 def test_bootstrap_degenerate_cases() -> None:
-    assert paired_bootstrap([0.3] * 10, [0.3] * 10) == (0.0, 0.0, 0.0)      # all equal
-    assert paired_bootstrap([1.0] * 5, [0.0] * 5) == (-1.0, -1.0, -1.0)     # every item lost
+    assert paired_bootstrap([0.3] * 10, [0.3] * 10) == (0.0, 0.0, 0.0)  # all equal
+    assert paired_bootstrap([1.0] * 5, [0.0] * 5) == (-1.0, -1.0, -1.0)  # every item lost
     assert paired_bootstrap([0.2], [0.7]) == pytest.approx((0.5, 0.5, 0.5))  # n = 1: no spread to resample
     assert all(math.isnan(x) for x in paired_bootstrap([], []))
     with pytest.raises(ValueError):
@@ -99,7 +104,7 @@ def test_bootstrap_blocks_give_the_same_result_as_one_draw(monkeypatch: pytest.M
     rng = np.random.default_rng(4)
     a, b = list(rng.random(300)), list(rng.random(300))
     whole = paired_bootstrap(a, b, resamples=2000, seed=1)
-    monkeypatch.setattr(stats, "_BOOTSTRAP_CELLS", 300 * 7)   # blocks of 7 resamples
+    monkeypatch.setattr(stats, "_BOOTSTRAP_CELLS", 300 * 7)  # blocks of 7 resamples
     assert paired_bootstrap(a, b, resamples=2000, seed=1) == whole
 
 
@@ -122,8 +127,9 @@ def test_wilson_matches_the_closed_form() -> None:
         centre = (p + z * z / (2 * n)) / (1 + z * z / n)
         half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
         lo, hi = wilson(k, n)
-        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-9) and hi == pytest.approx(min(1.0, centre + half),
-                                                                                              abs=1e-9)
+        assert lo == pytest.approx(max(0.0, centre - half), abs=1e-9) and hi == pytest.approx(
+            min(1.0, centre + half), abs=1e-9
+        )
     assert all(math.isnan(x) for x in wilson(0, 0))
 
 
@@ -134,6 +140,7 @@ def test_mean_stderr() -> None:
 
 
 # --- Holm -----------------------------------------------------------------------------------------
+
 
 def test_holm_matches_hand_computation() -> None:
     # sorted: .01*4=.04, .02*3=.06, .03*2=.06 (monotone), .04*1=.04 -> max(.06, .04) = .06
@@ -163,11 +170,20 @@ def test_holm_agrees_with_the_step_down_rule() -> None:
 
 
 def test_holm_table_and_note() -> None:
-    family = {"lora: json_extract.exact_match": 0.001, "lora: arithmetic.numeric": 0.02,
-              "dora: json_extract.exact_match": 0.04, "dora: arithmetic.numeric": 0.6, "rouge (no test)": None}
+    family = {
+        "lora: json_extract.exact_match": 0.001,
+        "lora: arithmetic.numeric": 0.02,
+        "dora: json_extract.exact_match": 0.04,
+        "dora: arithmetic.numeric": 0.6,
+        "rouge (no test)": None,
+    }
     rows = holm_table(family)
-    assert [r.label for r in rows] == ["lora: json_extract.exact_match", "lora: arithmetic.numeric",
-                                       "dora: json_extract.exact_match", "dora: arithmetic.numeric"]
+    assert [r.label for r in rows] == [
+        "lora: json_extract.exact_match",
+        "lora: arithmetic.numeric",
+        "dora: json_extract.exact_match",
+        "dora: arithmetic.numeric",
+    ]
     assert [r.p_holm for r in rows] == pytest.approx([0.004, 0.06, 0.08, 0.6])
     assert [r.significant for r in rows] == [True, False, False, False]
     note = multiple_comparison_note(family)
@@ -180,11 +196,12 @@ def test_holm_table_and_note() -> None:
 
 # --- flips ----------------------------------------------------------------------------------------
 
+
 def test_flips_lists_lost_and_gained_items() -> None:
     base = {"1": 1.0, "2": 1.0, "3": 0.0, "4": 0.0, "10": 1.0, "q": 0.5, "gone": 1.0, "fail": None}
     cand = {"1": 1.0, "2": 0.0, "3": 1.0, "4": 0.0, "10": 0.0, "q": 0.49, "new": 1.0, "fail": 1.0}
     f = flips(base, cand)
-    assert f.lost == ["2", "10", "q"]          # numeric ids in numeric order
+    assert f.lost == ["2", "10", "q"]  # numeric ids in numeric order
     assert f.gained == ["3"]
     assert f.kept == ["1"] and f.never == ["4"]
     assert f.missing == ["fail", "gone", "new"]

@@ -2,6 +2,7 @@
 inside functions included) is declared in pyproject.toml, in the base list or an extra; every declared
 runtime dependency is imported by the package or listed below with the reason it is needed; the README
 says what each extra is for; and what is declared is what `make setup` installed."""
+
 from __future__ import annotations
 
 import ast
@@ -25,9 +26,9 @@ GPU_EXTRAS = {"gpu"}
 # Declared runtime dependencies the package needs without importing them itself: {distribution: reason}.
 INDIRECT = {
     "accelerate": "transformers needs it to place weights (device_map, low_cpu_mem_usage) and TRL's trainer runs "
-                  "on it; declared for its version floor",
+    "on it; declared for its version floor",
     "bitsandbytes": "transformers' BitsAndBytesConfig loads the qlora arm's 4-bit NF4 weights through it "
-                    "(harness/model/_load.py nf4_config), and the qlora recipe's paged 8-bit AdamW is its kernel",
+    "(harness/model/_load.py nf4_config), and the qlora recipe's paged 8-bit AdamW is its kernel",
     "psycopg": "SQLAlchemy's driver for postgresql+psycopg:// store URLs (harness/store/_engine.py)",
 }
 
@@ -56,8 +57,13 @@ def imported_modules() -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for name in names:
                 top = name.partition(".")[0]
                 if top not in sys.stdlib_module_names and top not in OWN and top != "__future__":
@@ -83,8 +89,9 @@ def distributions_of(module: str) -> frozenset[str]:
     dists = {normalize(d) for d in providers().get(top, [])}
     if len(dists) > 1:
         prefix = module.replace(".", "/")
-        dists = {d for d in dists if any(f.startswith(prefix + "/") or f == prefix + ".py" for f in files_of(d))} \
-            or dists
+        dists = {
+            d for d in dists if any(f.startswith(prefix + "/") or f == prefix + ".py" for f in files_of(d))
+        } or dists
     return frozenset(dists or ({normalize(top)} & set(declared())))
 
 
@@ -94,11 +101,14 @@ def test_every_imported_module_is_declared() -> None:
     for module, files in sorted(imported_modules().items()):
         dists = distributions_of(module)
         if not dists:
-            problems.append(f"{module} (imported by {sorted(files)}) is provided by no installed or declared "
-                            "distribution")
+            problems.append(
+                f"{module} (imported by {sorted(files)}) is provided by no installed or declared distribution"
+            )
         elif not dists & set(runtime):
-            problems.append(f"{module} (imported by {sorted(files)}) comes from {sorted(dists)}, declared neither "
-                            "in [project.dependencies] nor in a runtime extra")
+            problems.append(
+                f"{module} (imported by {sorted(files)}) comes from {sorted(dists)}, declared neither "
+                "in [project.dependencies] nor in a runtime extra"
+            )
     assert not problems, "\n".join(problems)
 
 

@@ -1,6 +1,7 @@
 """The house rules of the code base, checked on the source: no import cycles among harness/ and advisor/
 modules, packages in layers that import only downwards (so no package-level cycle either), and an import
 inside a function only where it keeps a heavy library off the CLI's fast paths, with its reason on the line."""
+
 from __future__ import annotations
 
 import ast
@@ -8,10 +9,37 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("harness", "advisor")
-HEAVY = ("torch", "transformers", "trl", "peft", "lm_eval", "datasets", "accelerate", "bitsandbytes", "liger_kernel",
-         "sklearn", "scipy", "pandas", "numpy", "ray", "langfuse", "opentelemetry", "gguf", "streamlit", "altair",
-         "sacrebleu", "rouge_score", "jsonschema", "selenium", "psycopg", "nvidia_ml_py", "pynvml", "httpx",
-         "datasketch", "alembic")
+HEAVY = (
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "lm_eval",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "liger_kernel",
+    "sklearn",
+    "scipy",
+    "pandas",
+    "numpy",
+    "ray",
+    "langfuse",
+    "opentelemetry",
+    "gguf",
+    "streamlit",
+    "altair",
+    "sacrebleu",
+    "rouge_score",
+    "jsonschema",
+    "selenium",
+    "psycopg",
+    "nvidia_ml_py",
+    "pynvml",
+    "httpx",
+    "datasketch",
+    "alembic",
+)
 
 
 def modules() -> dict[str, Path]:
@@ -116,8 +144,27 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 # The layers, lowest first: a module may import from its own layer and from those below it, never from above.
 # harness/'s top-level modules are leaves (each its own layer); `base` is what every package builds on.
-LAYERS = ("_lazy", "_nvml", "redact", "bundled", "tracing", "llm_client", "base", "plan", "store", "model", "scorers",
-          "evaluation", "arms", "analysis", "gate", "run", "advisor", "ui", "cli")
+LAYERS = (
+    "_lazy",
+    "_nvml",
+    "redact",
+    "bundled",
+    "tracing",
+    "llm_client",
+    "base",
+    "plan",
+    "store",
+    "model",
+    "scorers",
+    "evaluation",
+    "arms",
+    "analysis",
+    "gate",
+    "run",
+    "advisor",
+    "ui",
+    "cli",
+)
 
 
 def layer_of(mod: str) -> str:
@@ -146,13 +193,18 @@ def test_imports_only_go_down_the_layers() -> None:
 
 
 def test_the_layer_check_names_an_upward_import() -> None:
-    imports = [("harness/plan/_load.py", 7, "harness.plan._load", "harness.base._errors"),
-               ("harness/store/_store.py", 36, "harness.store._store", "harness.analysis._compare"),
-               ("harness/gate/_decide.py", 3, "harness.gate._decide", "harness.nowhere")]
+    imports = [
+        ("harness/plan/_load.py", 7, "harness.plan._load", "harness.base._errors"),
+        ("harness/store/_store.py", 36, "harness.store._store", "harness.analysis._compare"),
+        ("harness/gate/_decide.py", 3, "harness.gate._decide", "harness.nowhere"),
+    ]
     assert upward_imports(imports, ("base", "plan", "store", "analysis", "gate")) == [
-        ("harness/store/_store.py:36: harness.store._store imports harness.analysis._compare: store may not import "
-         "analysis, a layer above it"),
-        "harness/gate/_decide.py:3: harness.gate._decide imports harness.nowhere, and nowhere is in no layer of LAYERS"]
+        (
+            "harness/store/_store.py:36: harness.store._store imports harness.analysis._compare: store may not import "
+            "analysis, a layer above it"
+        ),
+        "harness/gate/_decide.py:3: harness.gate._decide imports harness.nowhere, and nowhere is in no layer of LAYERS",
+    ]
 
 
 def test_no_package_level_cycles() -> None:
@@ -181,7 +233,7 @@ def test_imports_inside_functions_are_heavy_and_explained() -> None:
     """A function-level import is allowed for a heavy third-party library, or for a project module that pulls
     one in, and then says why on its line (`# heavy: ...`, or a comment naming the library)."""
     bad = []
-    for mod, path in modules().items():
+    for path in modules().values():
         lines = path.read_text().splitlines()
         for lineno, names in _function_imports(path):
             line = lines[lineno - 1]

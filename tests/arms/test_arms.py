@@ -1,5 +1,6 @@
 """Every arm on CPU with a tiny random model: prompt and RAG shaping, LoRA / DoRA / full SFT, DPO from
 the base and from an SFT adapter, and QLoRA's configuration (its 4-bit path needs CUDA)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,13 @@ from harness.evaluation import shape_all
 from harness.plan import DoraArm, DpoArm, FullArm, LoraArm, PromptArm, QloraArm, RagArm
 from tests.support.tiny_plans import write_data
 
-QUESTION = [{"role": "user", "content": "Extract the person's name, age and city from the text. "
-                                        "Answer with compact JSON only.\nText: Ana Berg, 40, lives in Oslo."}]
+QUESTION = [
+    {
+        "role": "user",
+        "content": "Extract the person's name, age and city from the text. "
+        "Answer with compact JSON only.\nText: Ana Berg, 40, lives in Oslo.",
+    }
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,8 +85,10 @@ def test_rag_shapes_a_whole_suite_in_one_batch_like_item_by_item(data: dict[str,
 
 def test_rag_over_documents_puts_the_nearest_passages_in_context(data: dict[str, Any]):
     docs = data["root"] / "docs.txt"
-    docs.write_text("The capital of France is Paris, on the Seine.\n\nBananas are yellow when ripe.\n\n"
-                    "Python is a programming language created by Guido van Rossum.\n")
+    docs.write_text(
+        "The capital of France is Paris, on the Seine.\n\nBananas are yellow when ripe.\n\n"
+        "Python is a programming language created by Guido van Rossum.\n"
+    )
     arm = RagArm(name="r", type="rag", k=1, documents=str(docs), system="Be brief.")
     shaped = rag_shaper(arm, [])([{"role": "user", "content": "Which city is the capital of France?"}])
     assert shaped[0]["role"] == "system" and shaped[0]["content"].startswith("Be brief.")
@@ -91,8 +99,12 @@ def test_rag_over_documents_puts_the_nearest_passages_in_context(data: dict[str,
 def test_documents_formats_and_errors(data: dict[str, Any]):
     root = data["root"]
     rows = root / "docs.jsonl"
-    rows.write_text(json.dumps({"title": "Oslo", "text": "Oslo is in Norway."}) + "\n" +
-                    json.dumps({"content": "Lima is in Peru."}) + "\n")
+    rows.write_text(
+        json.dumps({"title": "Oslo", "text": "Oslo is in Norway."})
+        + "\n"
+        + json.dumps({"content": "Lima is in Peru."})
+        + "\n"
+    )
     assert load_documents(rows).passages == ["Oslo: Oslo is in Norway.", "Lima is in Peru."]
     examples = load_documents(root / "train.jsonl")
     assert examples.examples and examples.passages is None
@@ -129,8 +141,13 @@ def test_qlora_configuration():
     args = _common_args(arm, Path("/tmp/x"), "cuda", 100)
     assert args["optim"] == "paged_adamw_8bit" and args["bf16"] is True
     cfg = lora_config(arm)
-    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.use_dora) == \
-        (16, 32, 0.05, "all-linear", False)
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.target_modules, cfg.use_dora) == (
+        16,
+        32,
+        0.05,
+        "all-linear",
+        False,
+    )
     assert lora_config(DoraArm(name="d", type="dora")).use_dora is True
 
 
@@ -138,7 +155,9 @@ def test_data_parallel_adapters_skip_the_unused_parameter_search():
     from harness.arms._train import _common_args
 
     # a PEFT model would otherwise get DDP's find_unused_parameters=True from the Trainer: a graph walk every step
-    assert _common_args(LoraArm(name="l", type="lora"), Path("/tmp/x"), "cuda", 100)["ddp_find_unused_parameters"] is False
+    assert (
+        _common_args(LoraArm(name="l", type="lora"), Path("/tmp/x"), "cuda", 100)["ddp_find_unused_parameters"] is False
+    )
     assert "ddp_find_unused_parameters" not in _common_args(FullArm(name="f", type="full"), Path("/tmp/x"), "cuda", 100)
 
 
@@ -158,12 +177,24 @@ def trained(result: Any, steps: int) -> None:
     assert result.seconds > 0 and result.final_loss is not None
 
 
-@pytest.mark.parametrize("arm", [
-    LoraArm(name="lora", type="lora", r=4, max_steps=2, batch_size=2, max_length=128),
-    DoraArm(name="dora", type="dora", r=4, max_steps=1, batch_size=2, max_length=128),
-    LoraArm(name="few", type="lora", r=4, max_steps=1, batch_size=2, max_length=128,
-            target_modules=["q_proj", "v_proj"], data_fraction=0.5),
-], ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "arm",
+    [
+        LoraArm(name="lora", type="lora", r=4, max_steps=2, batch_size=2, max_length=128),
+        DoraArm(name="dora", type="dora", r=4, max_steps=1, batch_size=2, max_length=128),
+        LoraArm(
+            name="few",
+            type="lora",
+            r=4,
+            max_steps=1,
+            batch_size=2,
+            max_length=128,
+            target_modules=["q_proj", "v_proj"],
+            data_fraction=0.5,
+        ),
+    ],
+    ids=lambda a: a.name,
+)
 def test_adapter_arms_train(arm: Any, tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path):
     from harness.arms import train_sft
 
@@ -184,8 +215,9 @@ def test_full_fine_tune_saves_a_model(tiny_model_dir: Path, data: dict[str, Any]
     assert (result.folder / "config.json").exists() and not (result.folder / "adapter_config.json").exists()
 
 
-def test_profile_env_writes_the_profiled_steps_table(tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch):
+def test_profile_env_writes_the_profiled_steps_table(
+    tiny_model_dir: Path, data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """TUNEGATE_PROFILE=FIRST:COUNT profiles those optimizer steps of a training and writes profile.json beside
     the adapter; a malformed value is refused before training, naming the variable."""
     from harness.arms import train_sft

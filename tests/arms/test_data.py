@@ -7,8 +7,13 @@ from harness.base import UserError, detect_format, load_examples, load_preferenc
 from tests.support import write_jsonl
 
 ROWS = {
-    "messages": {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
-                              {"role": "assistant", "content": "4"}]},
+    "messages": {
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    },
     "alpaca": {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
     "prompt_completion": {"prompt": "2+2?", "completion": "4"},
     "preference": {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
@@ -43,10 +48,18 @@ def test_preferences(tmp_path: Path):
 
 BAD = [
     ("messages", {"messages": [{"role": "user", "content": "hi"}]}, "messages", "assistant"),
-    ("messages", {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
-     "messages[0].role", "Input should be"),
-    ("messages", {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "messages[0].content",
-     "required"),
+    (
+        "messages",
+        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+        "messages[0].role",
+        "Input should be",
+    ),
+    (
+        "messages",
+        {"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]},
+        "messages[0].content",
+        "required",
+    ),
     ("alpaca", {"instruction": "", "output": "x"}, "instruction", "at least 1"),
     ("alpaca", {"instruction": "do", "output": 3}, "output", "string"),
     ("prompt_completion", {"prompt": "x"}, "completion", "required"),

@@ -1,5 +1,6 @@
 """Issue 32, item 4: bad preference pairs are one line naming file, line and field (exit 2) before any training;
 over-long pairs are cut as TRL cuts them only when the arm says `truncation: keep_start`."""
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,18 @@ def tok(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
-@pytest.mark.parametrize(("row", "field", "words"), [
-    ({"prompt": "q", "chosen": "a"}, "rejected", "required"),
-    ({"prompt": "q", "rejected": "a"}, "chosen", "required"),
-    ({"prompt": "q", "chosen": "", "rejected": "b"}, "chosen", "at least 1 character"),
-    ({"prompt": "q", "chosen": "a", "rejected": "  \n"}, "rejected", "empty 'rejected' answer"),
-    ({"prompt": " ", "chosen": "a", "rejected": "b"}, "prompt", "empty prompt"),
-    ({"prompt": "q", "chosen": "Same answer.", "rejected": " Same answer. "}, "rejected", "identical to 'chosen'"),
-], ids=["no-rejected", "no-chosen", "empty-chosen", "blank-rejected", "blank-prompt", "identical"])
+@pytest.mark.parametrize(
+    ("row", "field", "words"),
+    [
+        ({"prompt": "q", "chosen": "a"}, "rejected", "required"),
+        ({"prompt": "q", "rejected": "a"}, "chosen", "required"),
+        ({"prompt": "q", "chosen": "", "rejected": "b"}, "chosen", "at least 1 character"),
+        ({"prompt": "q", "chosen": "a", "rejected": "  \n"}, "rejected", "empty 'rejected' answer"),
+        ({"prompt": " ", "chosen": "a", "rejected": "b"}, "prompt", "empty prompt"),
+        ({"prompt": "q", "chosen": "Same answer.", "rejected": " Same answer. "}, "rejected", "identical to 'chosen'"),
+    ],
+    ids=["no-rejected", "no-chosen", "empty-chosen", "blank-rejected", "blank-prompt", "identical"],
+)
 def test_bad_pairs_name_file_line_and_field(tmp_path, row, field, words):
     path = prefs_file(tmp_path, row)
     with pytest.raises(UserError) as err:
@@ -69,26 +74,46 @@ def test_token_counts_are_those_of_trl(tmp_path, tok):
     from trl.trainer.dpo_trainer import DPOTrainer
 
     pairs = load_pairs(prefs_file(tmp_path, {"prompt": "q", "chosen": "a b c " * 30, "rejected": "d"}))
-    rows = Dataset.from_list([{"prompt": [m.model_dump() for m in p.prompt],
-                               "chosen": [{"role": "assistant", "content": p.chosen}],
-                               "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
-    prepared = DPOTrainer._prepare_dataset(type("T", (), {"_tokenizer": tok})(), rows, tok,
-                                           DPOConfig(output_dir=str(tmp_path), max_length=None, report_to="none", use_cpu=True,
-                                                     bf16=False),
-                                           "train")
+    rows = Dataset.from_list(
+        [
+            {
+                "prompt": [m.model_dump() for m in p.prompt],
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            }
+            for p in pairs
+        ]
+    )
+    prepared = DPOTrainer._prepare_dataset(
+        type("T", (), {"_tokenizer": tok})(),
+        rows,
+        tok,
+        DPOConfig(output_dir=str(tmp_path), max_length=None, report_to="none", use_cpu=True, bf16=False),
+        "train",
+    )
     for pair, row in zip(pairs, prepared, strict=True):
         counted = tokenize_pair(tok, pair)
         assert (counted.prompt, counted.chosen, counted.rejected) == (
-            len(row["prompt_ids"]), len(row["chosen_ids"]), len(row["rejected_ids"]))
+            len(row["prompt_ids"]),
+            len(row["chosen_ids"]),
+            len(row["rejected_ids"]),
+        )
 
 
 @pytest.mark.parametrize("case", ["over-long", "identical"])
 def test_the_command_line_stops_before_training(tmp_path, tiny_model_dir, case):
-    bad = ({"prompt": "q", "chosen": "ok", "rejected": " ".join(["river stone cloud"] * 60)} if case == "over-long"
-           else {"prompt": "q", "chosen": "ok", "rejected": "ok"})
+    bad = (
+        {"prompt": "q", "chosen": "ok", "rejected": " ".join(["river stone cloud"] * 60)}
+        if case == "over-long"
+        else {"prompt": "q", "chosen": "ok", "rejected": "ok"}
+    )
     prefs = prefs_file(tmp_path, bad)
-    plan = write_plan(tmp_path / "plan.yaml", tiny_model_dir, [{"name": "d", "type": "dpo", "max_steps": 1,
-                                                                 "max_length": 64}], prefs=prefs)
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        tiny_model_dir,
+        [{"name": "d", "type": "dpo", "max_steps": 1, "max_length": 64}],
+        prefs=prefs,
+    )
     result = tunegate("run", str(plan), "--dry-run", "--store", str(tmp_path / "s.db"))
     assert result.returncode == 2, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

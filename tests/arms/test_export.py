@@ -1,5 +1,6 @@
 """`tunegate export`: the adapter alone, or merged into the base weights — whose logits must equal the
 base model with the adapter applied."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from harness.arms import export_trial
+from harness.arms import export_trial, load_trial_model
 from harness.base import UserError
-from harness.arms import load_trial_model
 from harness.run import Runner
 from harness.store import Store
 from tests.support.tiny_plans import REPO, train_arm, write_data, write_plan, write_suites
@@ -27,8 +27,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> A
     root = tmp_path_factory.mktemp("export")
     suites = write_suites(root, items=2)
     train, _ = write_data(root, rows=6)
-    arms = [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4, lr=5e-2, max_steps=2),
-            train_arm("full", "full", lr=1e-3)]
+    arms = [
+        {"name": "baseline", "type": "baseline"},
+        train_arm("lora", r=4, lr=5e-2, max_steps=2),
+        train_arm("full", "full", lr=1e-3),
+    ]
     plan = write_plan(root / "plan.yaml", tiny_model_dir, arms, train=train, name="exp")
     store = Store(str(root / "store.db"))
     with pytest.MonkeyPatch.context() as mp:
@@ -62,7 +65,7 @@ def test_merged_model_logits_equal_base_plus_adapter(trained: dict[str, Any], tm
     base, _ = load_model(str(trained["model"]), "cpu")
     got, want, plain = logits(merged, tok), logits(peft_model, tok), logits(base, tok)
     assert (want - plain).abs().max() > 1e-3  # the adapter really changes the model...
-    assert (got - want).abs().max() < 1e-4    # ...and the merged weights reproduce it
+    assert (got - want).abs().max() < 1e-4  # ...and the merged weights reproduce it
     info = json.loads((out / "tunegate_export.json").read_text())
     assert info["kind"] == "merged" and info["trial"] == "exp/lora" and info["config"]["r"] == 4
 
@@ -90,16 +93,45 @@ def test_adapter_export_loads_on_its_base(trained: dict[str, Any], tmp_path: Pat
 @pytest.mark.slow
 def test_full_fine_tune_exports_its_folder_and_the_cli_works(trained: dict[str, Any], tmp_path: Path):
     out = tmp_path / "full"
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "export", f"{trained['run']}/full", "--out", str(out),
-                             "--store", trained["store"].url.removeprefix("sqlite:///")],
-                            capture_output=True, text=True, cwd=REPO, timeout=300,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "export",
+            f"{trained['run']}/full",
+            "--out",
+            str(out),
+            "--store",
+            trained["store"].url.removeprefix("sqlite:///"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert "exported exp/full (full" in result.stdout
     assert (out / "config.json").exists() and (out / "model.safetensors").exists()
-    bad = subprocess.run([sys.executable, "-m", "harness.cli", "export", f"{trained['run']}/baseline", "--out",
-                          str(tmp_path / "b"), "--store", trained["store"].url.removeprefix("sqlite:///")],
-                         capture_output=True, text=True, cwd=REPO, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "export",
+            f"{trained['run']}/baseline",
+            "--out",
+            str(tmp_path / "b"),
+            "--store",
+            trained["store"].url.removeprefix("sqlite:///"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     assert bad.returncode == 2 and "trained no weights" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -1,6 +1,7 @@
 """bench/eval_invariance.py runs end to end on a tiny bf16 model on CPU: the base model and two adapters trained
 in the bench, the GPU plan's suites, every configuration (batch 7, the suite's own, device-sized, mixed-adapter,
 concurrent trial processes) compared bit for bit with each item scored alone, and the three speed paths."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,16 @@ from tests.support.bench import run_bench
 
 def test_eval_invariance_smoke(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "inv.json"
-    run_bench("eval_invariance.py", "--smoke", "--tokenizer", str(tiny_model_dir), "--work", str(tmp_path / "work"),
-              "--out", str(out))
+    run_bench(
+        "eval_invariance.py",
+        "--smoke",
+        "--tokenizer",
+        str(tiny_model_dir),
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert report["outputs_differing"] == 0 and report["loglik_differing"] == 0
     assert report["outputs_compared"] >= 150 and report["loglik_compared"] >= 200

@@ -1,5 +1,6 @@
 """Issue 18, items 2-4 (and the oversized row): every bad input is one line naming the file (and line and
 field where there is one), exit 2; nothing is accepted silently; messages say what is really wrong."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.base._data import MAX_ROW_BYTES, load_examples, read_jsonl
 from harness.base import UserError, YamlDoc
+from harness.base._data import MAX_ROW_BYTES, load_examples, read_jsonl
 from harness.evaluation import _suite as suites
 from harness.gate._policy import load_policy
 from harness.plan._load import load_plan
@@ -64,14 +65,15 @@ def test_plan_that_is_not_utf8(tmp_path: Path, raw: bytes) -> None:
 
 
 def test_gate_policy_that_is_a_folder_is_an_error_not_a_reject(tmp_path: Path) -> None:
-    Store(str(tmp_path / "s.db"))   # an existing store (read-only commands never create one)
+    Store(str(tmp_path / "s.db"))  # an existing store (read-only commands never create one)
     result = tunegate("gate", "--policy", str(tmp_path), "--candidate", "t1", "--store", str(tmp_path / "s.db"))
     assert result.returncode == 2, result.stdout + result.stderr  # 1 would read as "reject" in CI
     assert "is a folder, not a file" in " ".join(result.stdout.split()) and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args", [["show", "99999999999999999999999"],
-                                  ["export", "t99999999999999999999999", "--out", "x"]])
+@pytest.mark.parametrize(
+    "args", [["show", "99999999999999999999999"], ["export", "t99999999999999999999999", "--out", "x"]]
+)
 def test_ids_too_large_for_the_database_are_not_found(tmp_path: Path, args: list[str]) -> None:
     Store(str(tmp_path / "s.db"))
     line = one_line_exit_2(tunegate(*args, "--store", str(tmp_path / "s.db"), cwd=tmp_path))
@@ -82,8 +84,9 @@ def test_gate_candidate_too_large_is_a_gate_error(tmp_path: Path) -> None:
     policy = tmp_path / "gate.yaml"
     policy.write_text("rules:\n  - {suite: s, metric: m, min: 0.5}\n")
     Store(str(tmp_path / "s.db"))
-    result = tunegate("gate", "--policy", str(policy), "--candidate", "t99999999999999999999999",
-                      "--store", str(tmp_path / "s.db"))
+    result = tunegate(
+        "gate", "--policy", str(policy), "--candidate", "t99999999999999999999999", "--store", str(tmp_path / "s.db")
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
 
 
@@ -101,8 +104,15 @@ def test_files_in_the_way_of_outputs(tmp_path: Path) -> None:
 
 
 def test_eval_of_an_unknown_trial_offline_says_so_at_once(tmp_path: Path) -> None:
-    result = tunegate("eval", "nosuchrun/lora", "--suite", "json_extract", "--store", str(tmp_path / "s.db"),
-                      env={"HF_HUB_OFFLINE": "1"})
+    result = tunegate(
+        "eval",
+        "nosuchrun/lora",
+        "--suite",
+        "json_extract",
+        "--store",
+        str(tmp_path / "s.db"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     line = one_line_exit_2(result)
     assert "neither a trial in the store" in line and "nor a local model" in line
 
@@ -117,16 +127,24 @@ def test_duplicate_key_in_a_plan_names_both_lines(tmp_path: Path) -> None:
     assert "duplicate key 'max_steps': given on line 8 and again on line 9" in str(err)
 
 
-@pytest.mark.parametrize("text, line, field, words", [
-    ("rules:\n  - suite: s\n    metric: m\n    max_drop: 0.0\n    max_drop: 1.0\n", 5, "rules[0].max_drop",
-     "duplicate key 'max_drop': given on line 4 and again on line 5"),
-    ("rules:\n  - {suite: s, metric: m, min: -1}\n", 2, "rules[0].min", "greater than or equal to 0"),
-    ("rules:\n  - {suite: s, metric: m, max_drop: .inf}\n", 2, "rules[0].max_drop", "not a finite number"),
-    ("rules:\n  - {suite: s, metric: m, min: .nan}\n", 2, "rules[0].min", "not a finite number"),
-    ("rules:\n  - {suite: s, metric: m, min: 'nan'}\n", 2, "rules[0].min", "finite number"),
-])
-def test_bad_policy_values_are_errors_naming_line_and_field(tmp_path: Path, text: str, line: int, field: str,
-                                                           words: str) -> None:
+@pytest.mark.parametrize(
+    "text, line, field, words",
+    [
+        (
+            "rules:\n  - suite: s\n    metric: m\n    max_drop: 0.0\n    max_drop: 1.0\n",
+            5,
+            "rules[0].max_drop",
+            "duplicate key 'max_drop': given on line 4 and again on line 5",
+        ),
+        ("rules:\n  - {suite: s, metric: m, min: -1}\n", 2, "rules[0].min", "greater than or equal to 0"),
+        ("rules:\n  - {suite: s, metric: m, max_drop: .inf}\n", 2, "rules[0].max_drop", "not a finite number"),
+        ("rules:\n  - {suite: s, metric: m, min: .nan}\n", 2, "rules[0].min", "not a finite number"),
+        ("rules:\n  - {suite: s, metric: m, min: 'nan'}\n", 2, "rules[0].min", "finite number"),
+    ],
+)
+def test_bad_policy_values_are_errors_naming_line_and_field(
+    tmp_path: Path, text: str, line: int, field: str, words: str
+) -> None:
     path = tmp_path / "gate.yaml"
     path.write_text(text)
     with pytest.raises(UserError) as info:
@@ -183,8 +201,15 @@ def test_yaml_folder_and_missing_file_messages(tmp_path: Path) -> None:
 
 
 # --- plans: target_modules, data paths -----------------------------------------------------------------------
-@pytest.mark.parametrize("value, expected", [('"q_proj"', ["q_proj"]), ('"q_proj, v_proj"', ["q_proj", "v_proj"]),
-                                             ("[q_proj, k_proj]", ["q_proj", "k_proj"]), ("all-linear", "all-linear")])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ('"q_proj"', ["q_proj"]),
+        ('"q_proj, v_proj"', ["q_proj", "v_proj"]),
+        ("[q_proj, k_proj]", ["q_proj", "k_proj"]),
+        ("all-linear", "all-linear"),
+    ],
+)
 def test_target_modules_string_form_means_module_names(tmp_path: Path, value: str, expected) -> None:
     plan, _ = load_plan(plan_file(tmp_path, f"    target_modules: {value}"))
     assert plan.arms[1].target_modules == expected

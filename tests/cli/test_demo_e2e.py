@@ -1,4 +1,5 @@
 """The real demo path on the default model (SmolLM2-135M, CPU): fewer steps than `make demo`, same code."""
+
 from __future__ import annotations
 
 import io

@@ -1,6 +1,7 @@
 """Issue 18, items 5-8: names printed to a terminal drive nothing, the gate's Markdown cannot be broken out of,
 credentials never reach the store or the screen, and what the store says is true (eval runs end, a failed
 judge is an error, a negative interval is called negative)."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,8 @@ def test_runs_and_show_print_hostile_names_inert(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         out = result.stdout
         assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out  # no escape reaches the terminal
-        assert "\\x1b]0;pwned\\x07" in out and "\\u202e" in out                 # shown, visibly
-        assert "[link=javascript:alert(1)]click[/link]" in out                 # markup shown, not applied
+        assert "\\x1b]0;pwned\\x07" in out and "\\u202e" in out  # shown, visibly
+        assert "[link=javascript:alert(1)]click[/link]" in out  # markup shown, not applied
 
 
 def test_cli_error_lines_are_printable_and_redacted(tmp_path: Path) -> None:
@@ -56,14 +57,17 @@ def test_markdown_comment_cannot_be_broken_out_of() -> None:
 
 
 # --- 7. credentials --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, secret", [
-    ("http://user:k3y-s3cret@judge.example/v1", "k3y-s3cret"),
-    ("https://sk-abcdefghijklmnop@judge.example", "sk-abcdefghijklmnop"),
-    ("401: invalid Authorization: Bearer abc.DEF-123_xyz", "abc.DEF-123_xyz"),
-    ('{"error": "bad api_key=zz99zz99zz"}', "zz99zz99zz"),
-    ("key sk-proj-AbCdEf1234567890 rejected", "AbCdEf1234567890"),
-    ("token hf_abcdefghijklmnopqrstuv", "hf_abcdefghijklmnopqrstuv"),
-])
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("http://user:k3y-s3cret@judge.example/v1", "k3y-s3cret"),
+        ("https://sk-abcdefghijklmnop@judge.example", "sk-abcdefghijklmnop"),
+        ("401: invalid Authorization: Bearer abc.DEF-123_xyz", "abc.DEF-123_xyz"),
+        ('{"error": "bad api_key=zz99zz99zz"}', "zz99zz99zz"),
+        ("key sk-proj-AbCdEf1234567890 rejected", "AbCdEf1234567890"),
+        ("token hf_abcdefghijklmnopqrstuv", "hf_abcdefghijklmnopqrstuv"),
+    ],
+)
 def test_redact(text: str, secret: str) -> None:
     assert secret not in redact(text) and "***" in redact(text)
 
@@ -78,8 +82,14 @@ def test_redact_configured_key_and_leaves_plain_text(monkeypatch: pytest.MonkeyP
 
 def test_judge_calls_are_stored_without_credentials(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TUNEGATE_JUDGE_API_KEY", "echoed-key-123456")
-    store.record_judge_call("k", "m", {"base_url": "http://user:url-key-999@judge/v1", "messages": []}, None,
-                            "failed", error="HTTP 401: key echoed-key-123456 is wrong")
+    store.record_judge_call(
+        "k",
+        "m",
+        {"base_url": "http://user:url-key-999@judge/v1", "messages": []},
+        None,
+        "failed",
+        error="HTTP 401: key echoed-key-123456 is wrong",
+    )
     [call] = store.judge_calls()
     stored = json.dumps(call.request) + (call.error or "")
     assert "url-key-999" not in stored and "echoed-key-123456" not in stored and "judge/v1" in stored
@@ -93,7 +103,8 @@ def test_eval_whose_every_judge_call_failed_exits_non_zero(tmp_path: Path, tiny_
     (suite / "suite.yaml").write_text(
         "name: judged\ngeneration: {max_new_tokens: 2, batch_size: 1}\nscorers:\n  - name: judge_rubric\n"
         "    params:\n      rubric: correct\n"
-        "      judge: {base_url: 'http://127.0.0.1:9/v1', model: m, retries: 0, timeout_s: 2}\n")
+        "      judge: {base_url: 'http://127.0.0.1:9/v1', model: m, retries: 0, timeout_s: 2}\n"
+    )
     db = tmp_path / "s.db"
     result = kit.tunegate("eval", str(tiny_model_dir), "--suite", str(suite), "--store", str(db), timeout=300)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -110,8 +121,9 @@ def test_a_successful_eval_run_is_finished(tmp_path: Path, tiny_model_dir: Path)
 
     suites = write_suites(tmp_path, items=2)
     db = tmp_path / "s.db"
-    result = kit.tunegate("eval", str(tiny_model_dir), "--suite", str(suites / "tiny_mc"), "--store", str(db),
-                          timeout=300)
+    result = kit.tunegate(
+        "eval", str(tiny_model_dir), "--suite", str(suites / "tiny_mc"), "--store", str(db), timeout=300
+    )
     assert result.returncode == 0, result.stderr
     [run] = Store(str(db)).runs()
     assert run.status == "finished" and run.finished_at
@@ -123,8 +135,9 @@ def test_interval_wholly_below_zero_is_called_negative(store: Store, tmp_path: P
     run = kit.new_run(store, "exp")
     kit.add_trial(store, run, "baseline", [kit.suite_result(suite, kit.ones(n))], arm_type="baseline")
     kit.add_trial(store, run, "lora", [kit.suite_result(suite, kit.ones(n, range(8)))])
-    policy = kit.write_policy(tmp_path / "gate.yaml", "rules:\n  - {suite: task, metric: exact_match, "
-                                                       "require_improvement: true}\n")
+    policy = kit.write_policy(
+        tmp_path / "gate.yaml", "rules:\n  - {suite: task, metric: exact_match, require_improvement: true}\n"
+    )
     d = decide(store, policy, "exp/lora")
     [rule] = d.rules
     assert d.exit_code == 1 and rule.evidence["ci_high"] < 0

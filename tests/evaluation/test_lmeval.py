@@ -3,6 +3,7 @@ log-likelihood task and short-answer generation task, a user task folder, the st
 
 Scores are near chance on a random model; what is checked is structure, counts, that every metric
 is lm-eval's own aggregate and stderr, and that our per-item values reproduce it."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def model_tok(tiny_model_dir: Path):
 
 @pytest.fixture(scope="module")
 def hellaswag_suite(tmp_path_factory: pytest.TempPathFactory) -> suites.Suite:
-    path = write_suite(tmp_path_factory.mktemp("hs"), """\
+    path = write_suite(
+        tmp_path_factory.mktemp("hs"),
+        """\
         name: hs_mini
         kind: lm_eval
         category: benchmark
@@ -44,7 +47,8 @@ def hellaswag_suite(tmp_path_factory: pytest.TempPathFactory) -> suites.Suite:
           tasks: [tunegate_hellaswag_mini]
           limit: 8
           batch_size: 8
-        """)
+        """,
+    )
     return suites.load(str(path))
 
 
@@ -64,37 +68,44 @@ def hellaswag_result(model_tok, hellaswag_suite, tmp_path_factory):
 
 def test_loglikelihood_task_items_and_metrics(hellaswag_result) -> None:
     r = hellaswag_result
-    assert [i.item_id for i in r.items] == HS_IDS[:8]          # the documents' own id field
-    assert [i.id for i in r.suite.items] == HS_IDS[:8]         # the suite now carries lm-eval's documents
+    assert [i.item_id for i in r.items] == HS_IDS[:8]  # the documents' own id field
+    assert [i.id for i in r.suite.items] == HS_IDS[:8]  # the suite now carries lm-eval's documents
     assert set(r.metrics) == {"acc", "acc_norm"}
-    assert r.suite.spec.primary == "acc"                       # lm-eval's first metric when none is named
+    assert r.suite.spec.primary == "acc"  # lm-eval's first metric when none is named
     for name, (value, stderr, n) in r.metrics.items():
         per_item = [i.scores[name] for i in r.items]
         assert n == len(per_item) == 8 and set(per_item) <= {0.0, 1.0}
-        assert math.isclose(sum(per_item) / n, value)          # our items reproduce lm-eval's aggregate
+        assert math.isclose(sum(per_item) / n, value)  # our items reproduce lm-eval's aggregate
         assert math.isclose(stderr, mean_stderr(per_item)[1], abs_tol=1e-12)  # and carry its stderr
     for item, res in zip(r.suite.items, r.items):
         assert len(item.choices) == 4 and item.answer == item.meta["doc"]["gold"]
-        assert res.output in item.choices                      # the most likely ending, as text
+        assert res.output in item.choices  # the most likely ending, as text
         assert item.prompt.startswith(item.meta["doc"]["activity_label"] + ":")  # hellaswag's preprocessing
 
 
 def test_multi_task_generation_names_and_prefixes(model_tok, tmp_path: Path) -> None:
     from harness.evaluation import evaluate
 
-    path = write_suite(tmp_path, """\
+    path = write_suite(
+        tmp_path,
+        """\
         name: two_tasks
         kind: lm_eval
         lm_eval:
           tasks: [tunegate_hellaswag_mini, tunegate_qa_mini]
           limit: 2
         primary: tunegate_qa_mini/exact_match
-        """)
+        """,
+    )
     r = evaluate(*model_tok, suites.load(str(path)))
-    assert [i.item_id for i in r.items] == ([f"tunegate_hellaswag_mini/hs-0{i}" for i in range(2)]
-                                            + [f"tunegate_qa_mini/qa-0{i}" for i in range(2)])
-    assert set(r.metrics) == {"tunegate_hellaswag_mini/acc", "tunegate_hellaswag_mini/acc_norm",
-                              "tunegate_qa_mini/exact_match"}
+    assert [i.item_id for i in r.items] == (
+        [f"tunegate_hellaswag_mini/hs-0{i}" for i in range(2)] + [f"tunegate_qa_mini/qa-0{i}" for i in range(2)]
+    )
+    assert set(r.metrics) == {
+        "tunegate_hellaswag_mini/acc",
+        "tunegate_hellaswag_mini/acc_norm",
+        "tunegate_qa_mini/exact_match",
+    }
     assert all(n == 2 for _, _, n in r.metrics.values())
     qa = [(i, s) for i, s in zip(r.items, r.suite.items) if s.meta["task"] == "tunegate_qa_mini"]
     rows = [json.loads(line) for line in (LOCAL_TASKS / "tunegate_qa_mini" / "qa_mini.jsonl").read_text().splitlines()]
@@ -113,9 +124,11 @@ def test_user_task_folder_index_ids_and_filters(model_tok, tmp_path: Path) -> No
 
     task_dir = tmp_path / "my_tasks" / "echo"
     task_dir.mkdir(parents=True)
-    (task_dir / "docs.jsonl").write_text("".join(json.dumps({"q": q, "a": a}) + "\n"
-                                                 for q, a in [("one", "1"), ("two", "2"), ("three", "3")]))
-    (task_dir / "echo.yaml").write_text(textwrap.dedent("""\
+    (task_dir / "docs.jsonl").write_text(
+        "".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in [("one", "1"), ("two", "2"), ("three", "3")])
+    )
+    (task_dir / "echo.yaml").write_text(
+        textwrap.dedent("""\
         task: my_echo
         dataset_path: json
         dataset_kwargs:
@@ -135,20 +148,26 @@ def test_user_task_folder_index_ids_and_filters(model_tok, tmp_path: Path) -> No
           - metric: exact_match
             aggregation: mean
             higher_is_better: false
-        """))
-    path = write_suite(tmp_path, """\
+        """)
+    )
+    path = write_suite(
+        tmp_path,
+        """\
         name: mine
         kind: lm_eval
         lm_eval:
           tasks: [my_echo]
           include_path: [my_tasks]
-        """)
+        """,
+    )
     r = evaluate(*model_tok, suites.load(str(path)))
-    assert [i.item_id for i in r.items] == ["0", "1", "2"]      # no id field: the document index
+    assert [i.item_id for i in r.items] == ["0", "1", "2"]  # no id field: the document index
     assert set(r.metrics) == {"exact_match:strip", "exact_match:raw"}
     # each metric carries lm-eval's direction as the task declares it, and is 0/1 per document
     assert {m: (k.higher_is_better, k.binary) for m, k in r.kinds.items()} == {
-        "exact_match:strip": (False, True), "exact_match:raw": (False, True)}
+        "exact_match:strip": (False, True),
+        "exact_match:raw": (False, True),
+    }
     for res in r.items:
         assert set(res.scores) == {"exact_match:strip", "exact_match:raw"}
 
@@ -157,7 +176,8 @@ def test_a_task_whose_data_cannot_load_is_a_user_error(model_tok, tmp_path: Path
     from harness.evaluation import evaluate
 
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "broken.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "tasks" / "broken.yaml").write_text(
+        textwrap.dedent("""\
         task: broken
         dataset_path: json
         dataset_kwargs: {data_files: {test: missing.jsonl}}
@@ -165,8 +185,11 @@ def test_a_task_whose_data_cannot_load_is_a_user_error(model_tok, tmp_path: Path
         output_type: generate_until
         doc_to_text: "{{q}}"
         doc_to_target: "{{a}}"
-        """))
-    path = write_suite(tmp_path, """\
+        """)
+    )
+    path = write_suite(
+        tmp_path,
+        """\
         name: broken
         kind: lm_eval
         lm_eval:
@@ -174,7 +197,8 @@ def test_a_task_whose_data_cannot_load_is_a_user_error(model_tok, tmp_path: Path
           tasks:
             - tunegate_qa_mini
             - broken
-        """)
+        """,
+    )
     with pytest.raises(UserError, match="could not load task 'broken'.*missing.jsonl") as err:
         evaluate(*model_tok, suites.load(str(path)))
     assert (err.value.line, err.value.field) == (7, "lm_eval.tasks[1]")
@@ -216,11 +240,14 @@ def test_suite_version_follows_task_files(tmp_path: Path) -> None:
     shutil.copytree(LOCAL_TASKS / "tunegate_qa_mini", tmp_path / "tasks" / "qa_copy")
     task_yaml = tmp_path / "tasks" / "qa_copy" / "tunegate_qa_mini.yaml"
     task_yaml.write_text(task_yaml.read_text().replace("task: tunegate_qa_mini", "task: qa_copy"))
-    path = write_suite(tmp_path, """\
+    path = write_suite(
+        tmp_path,
+        """\
         name: v
         kind: lm_eval
         lm_eval: {tasks: [qa_copy], include_path: [tasks]}
-        """)
+        """,
+    )
     first = suites.load(str(path)).version
     suites._load.cache_clear()
     assert suites.load(str(path)).version == first
@@ -236,13 +263,16 @@ def test_shipped_suite_loads() -> None:
     assert s.items == [] and len(s.version) == 16
 
 
-@pytest.mark.parametrize("body, field, line", [
-    ("name: x\nkind: lm_eval\n", None, None),
-    ("name: x\nkind: lm_eval\nlm_eval:\n  tasks: [a]\n  include_path: [nowhere]\n", "lm_eval.include_path[0]", 5),
-    ("name: x\nkind: lm_eval\nlm_eval:\n  tasks: []\n", "lm_eval.tasks", 4),
-    ("name: x\nkind: lm_eval\nlm_eval:\n  tasks: [a]\n  limt: 3\n", "lm_eval.limt", 5),
-    ("name: x\nkind: lm_eval\nlm_eval: {tasks: [a]}\nscorers: [exact_match]\n", None, None),
-])
+@pytest.mark.parametrize(
+    "body, field, line",
+    [
+        ("name: x\nkind: lm_eval\n", None, None),
+        ("name: x\nkind: lm_eval\nlm_eval:\n  tasks: [a]\n  include_path: [nowhere]\n", "lm_eval.include_path[0]", 5),
+        ("name: x\nkind: lm_eval\nlm_eval:\n  tasks: []\n", "lm_eval.tasks", 4),
+        ("name: x\nkind: lm_eval\nlm_eval:\n  tasks: [a]\n  limt: 3\n", "lm_eval.limt", 5),
+        ("name: x\nkind: lm_eval\nlm_eval: {tasks: [a]}\nscorers: [exact_match]\n", None, None),
+    ],
+)
 def test_bad_suite_files(tmp_path: Path, body: str, field: str | None, line: int | None) -> None:
     path = tmp_path / "suite.yaml"
     path.write_text(body)

@@ -1,4 +1,5 @@
 """Suite loading: every bad suite names its file, line and field; the shipped suites load and make sense."""
+
 from __future__ import annotations
 
 import json
@@ -43,30 +44,44 @@ scorers:
 
 
 def test_bad_kind_names_line_and_field(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path / "s", """
+    folder = write_suite(
+        tmp_path / "s",
+        """
         name: demo
         description: x
         kind: essay
         scorers: [exact_match]
-    """)
+    """,
+    )
     err = load_error(folder)
     assert (Path(err.file), err.line, err.field) == (folder / "suite.yaml", 3, "kind")
     assert "generate" in err.message and "multiple_choice" in err.message
 
 
 def test_duplicate_ids_name_the_second_line(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path / "s", GOOD_HEAD + "  - exact_match\n", [
-        {"id": "a", "prompt": "p", "reference": "1"}, {"id": "b", "prompt": "p", "reference": "2"},
-        {"id": "a", "prompt": "p", "reference": "3"}])
+    folder = write_suite(
+        tmp_path / "s",
+        GOOD_HEAD + "  - exact_match\n",
+        [
+            {"id": "a", "prompt": "p", "reference": "1"},
+            {"id": "b", "prompt": "p", "reference": "2"},
+            {"id": "a", "prompt": "p", "reference": "3"},
+        ],
+    )
     err = load_error(folder)
     assert (Path(err.file), err.line, err.field) == (folder / "items.jsonl", 3, "id")
     assert "duplicate item id 'a'" in err.message
 
 
 def test_multiple_choice_answer_out_of_range(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path / "s", "name: mc\nkind: multiple_choice\n", [
-        {"id": "1", "prompt": "q", "choices": [" a", " b"], "answer": 1},
-        {"id": "2", "prompt": "q", "choices": [" a", " b"], "answer": 2}])
+    folder = write_suite(
+        tmp_path / "s",
+        "name: mc\nkind: multiple_choice\n",
+        [
+            {"id": "1", "prompt": "q", "choices": [" a", " b"], "answer": 1},
+            {"id": "2", "prompt": "q", "choices": [" a", " b"], "answer": 2},
+        ],
+    )
     err = load_error(folder)
     assert (Path(err.file), err.line, err.field) == (folder / "items.jsonl", 2, "answer")
 
@@ -79,24 +94,32 @@ def test_unknown_scorer_names_its_list_entry(tmp_path: Path) -> None:
 
 
 def test_unknown_param_names_the_param_line(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path / "s", GOOD_HEAD + """\
+    folder = write_suite(
+        tmp_path / "s",
+        GOOD_HEAD
+        + """\
   - name: regex
     params:
       match: partial
       patern: "\\\\d+"
-""")
+""",
+    )
     err = load_error(folder)
     assert (err.line, err.field) == (7, "scorers[0].params.patern")
     assert "did you mean 'pattern'" in err.message
 
 
 def test_bad_param_value_names_the_param_line(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path / "s", GOOD_HEAD + """\
+    folder = write_suite(
+        tmp_path / "s",
+        GOOD_HEAD
+        + """\
   - exact_match
   - name: regex
     params:
       pattern: "(unclosed"
-""")
+""",
+    )
     err = load_error(folder)
     assert (Path(err.file), err.line, err.field) == (folder / "suite.yaml", 7, "scorers[1].params.pattern")
     assert "invalid regular expression" in err.message
@@ -123,8 +146,9 @@ def test_python_scorer_errors_name_the_suite_file(tmp_path: Path) -> None:
 
 
 def test_python_scorer_file_loads_relative_to_the_suite(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path / "s", GOOD_HEAD + "  - name: python\n    params:\n      ref: metrics.py:score\n"
-                         "      binary: true\n")
+    folder = write_suite(
+        tmp_path / "s", GOOD_HEAD + "  - name: python\n    params:\n      ref: metrics.py:score\n      binary: true\n"
+    )
     (folder / "metrics.py").write_text("def score(output, item):\n    return output.strip() == item.reference\n")
     suite = suites.load(str(folder))
     built = scorers.build(suite.spec.scorers[0], base_dir=suite.path.parent)
@@ -132,14 +156,22 @@ def test_python_scorer_file_loads_relative_to_the_suite(tmp_path: Path) -> None:
 
 
 def test_item_that_a_scorer_cannot_score(tmp_path: Path) -> None:
-    folder = write_suite(tmp_path / "a", GOOD_HEAD + "  - numeric\n", [
-        {"id": "1", "prompt": "2+2?", "reference": 4}, {"id": "2", "prompt": "3+3?", "reference": "six"}])
+    folder = write_suite(
+        tmp_path / "a",
+        GOOD_HEAD + "  - numeric\n",
+        [{"id": "1", "prompt": "2+2?", "reference": 4}, {"id": "2", "prompt": "3+3?", "reference": "six"}],
+    )
     err = load_error(folder)
     assert (Path(err.file), err.line, err.field) == (folder / "items.jsonl", 2, "reference")
     assert "scorer 'numeric'" in err.message
-    folder = write_suite(tmp_path / "b", GOOD_HEAD + "  - instructions\n", [
-        {"id": "1", "prompt": "p", "meta": {"constraints": [{"type": "word_count", "exactly": 3}]}},
-        {"id": "2", "prompt": "p", "meta": {"constraints": [{"type": "case", "case": "title"}]}}])
+    folder = write_suite(
+        tmp_path / "b",
+        GOOD_HEAD + "  - instructions\n",
+        [
+            {"id": "1", "prompt": "p", "meta": {"constraints": [{"type": "word_count", "exactly": 3}]}},
+            {"id": "2", "prompt": "p", "meta": {"constraints": [{"type": "case", "case": "title"}]}},
+        ],
+    )
     err = load_error(folder)
     assert (err.line, err.field) == (2, "meta.constraints[0].case")
     folder = write_suite(tmp_path / "c", GOOD_HEAD + "  - json_schema\n", [{"id": "1", "prompt": "p"}])
@@ -157,8 +189,12 @@ def test_primary_must_be_a_scorer(tmp_path: Path) -> None:
 def test_shipped_suite_loads(name: str) -> None:
     suite = suites.load(name)
     kind, category, primary, count = SHIPPED[name]
-    assert (suite.spec.kind, suite.spec.category, suite.spec.primary, len(suite.items)) == (kind, category, primary,
-                                                                                             count)
+    assert (suite.spec.kind, suite.spec.category, suite.spec.primary, len(suite.items)) == (
+        kind,
+        category,
+        primary,
+        count,
+    )
     assert len({item.id for item in suite.items}) == count
     assert suite.path.parent.name == name == suite.name
 
@@ -178,9 +214,15 @@ def test_arithmetic_references_score_as_correct_and_are_computed_right() -> None
 def test_instruction_following_items_accept_a_compliant_answer() -> None:
     suite = suites.load("instruction_following")
     inst = scorers.build("instructions")
-    answers = {"if-00": "Vast, deep, blue.", "if-03": "HELLO!", "if-07": '["apple", "pear", "fig"]',
-               "if-11": "Yes", "if-18": "- Stronger heart\n- Better mood\n- More energy",
-               "if-29": "OK.", "if-30": "2025-01-01"}
+    answers = {
+        "if-00": "Vast, deep, blue.",
+        "if-03": "HELLO!",
+        "if-07": '["apple", "pear", "fig"]',
+        "if-11": "Yes",
+        "if-18": "- Stronger heart\n- Better mood\n- More energy",
+        "if-29": "OK.",
+        "if-30": "2025-01-01",
+    }
     by_id = {item.id: item for item in suite.items}
     for item_id, answer in answers.items():
         assert inst(answer, by_id[item_id]) == 1.0, item_id
@@ -191,9 +233,15 @@ def test_format_items_have_schemas_that_a_right_answer_satisfies() -> None:
     suite = suites.load("format")
     js = scorers.build("json_schema")
     by_id = {item.id: item for item in suite.items}
-    right = {"fmt-00": '{"title": "Dune", "author": "Frank Herbert", "year": 1965}', "fmt-03": '{"answer": 42}',
-             "fmt-07": '{"date": "2024-12-25"}', "fmt-12": "[]", "fmt-25": '[{"id": 1}, {"id": 2}, {"id": 3}]',
-             "fmt-26": '```json\n{"greeting": "¡Hola!"}\n```', "fmt-29": '{"words": ["the", "cat", "sat"]}'}
+    right = {
+        "fmt-00": '{"title": "Dune", "author": "Frank Herbert", "year": 1965}',
+        "fmt-03": '{"answer": 42}',
+        "fmt-07": '{"date": "2024-12-25"}',
+        "fmt-12": "[]",
+        "fmt-25": '[{"id": 1}, {"id": 2}, {"id": 3}]',
+        "fmt-26": '```json\n{"greeting": "¡Hola!"}\n```',
+        "fmt-29": '{"words": ["the", "cat", "sat"]}',
+    }
     for item_id, answer in right.items():
         assert js(answer, by_id[item_id]) == 1.0, item_id
     assert js('{"answer": 41}', by_id["fmt-03"]) == 0.0
@@ -230,12 +278,16 @@ def test_shipped_suite_scores_a_real_model(name: str, tiny_model_dir: Path) -> N
             assert all(r.scores[metric] in (0.0, 1.0) for r in result.items)
 
 
-def test_evaluate_resolves_a_python_scorer_file_next_to_the_suite(tiny_model_dir: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_evaluate_resolves_a_python_scorer_file_next_to_the_suite(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from harness.evaluation import evaluate
     from harness.model import load_model
 
-    folder = write_suite(tmp_path / "custom", GOOD_HEAD + """\
+    folder = write_suite(
+        tmp_path / "custom",
+        GOOD_HEAD
+        + """\
   - name: python
     params:
       ref: checks/length.py:short_enough
@@ -243,10 +295,13 @@ def test_evaluate_resolves_a_python_scorer_file_next_to_the_suite(tiny_model_dir
       kwargs: {limit: 100000}
 generation:
   max_new_tokens: 4
-""", [{"id": "1", "prompt": "Say hi"}, {"id": "2", "prompt": "Say bye"}])
+""",
+        [{"id": "1", "prompt": "Say hi"}, {"id": "2", "prompt": "Say bye"}],
+    )
     (folder / "checks").mkdir()
-    (folder / "checks" / "length.py").write_text("def short_enough(output, item, limit):\n"
-                                                 "    return len(output) <= limit\n")
+    (folder / "checks" / "length.py").write_text(
+        "def short_enough(output, item, limit):\n    return len(output) <= limit\n"
+    )
     monkeypatch.chdir(tmp_path.parent)  # the file resolves against the suite folder, not the working directory
     model, tok = _tiny(tiny_model_dir, load_model)
     result = evaluate(model, tok, suites.load(str(folder)))

@@ -1,6 +1,7 @@
 """How close a verdict was (flips_to_change), checked against brute force: every set of items, every way each
 can change, on small cases (n <= 8) of every rule kind; equal where the search is exact, never below the
 exhaustive minimum (and its items really flip the rule) where it is an upper bound."""
+
 from __future__ import annotations
 
 import itertools
@@ -48,11 +49,26 @@ def brute_rule(s: RuleScores) -> int | None:
     return brute_group([s], lambda cand: passes(s, cand) != before)
 
 
-def scores(rule: Rule, cand: list[float], base: list[float] | None = None, *, binary: bool = True,
-           higher: bool = True, group: tuple[int, str] = (1, "m")) -> RuleScores:
+def scores(
+    rule: Rule,
+    cand: list[float],
+    base: list[float] | None = None,
+    *,
+    binary: bool = True,
+    higher: bool = True,
+    group: tuple[int, str] = (1, "m"),
+) -> RuleScores:
     keys = [f"i{i}" for i in range(len(cand))]
-    return RuleScores(rule, "baseline", dict(zip(keys, cand)), tuple(keys) if base is not None else (),
-                      tuple(base or ()), binary=binary, higher=higher, group=group)
+    return RuleScores(
+        rule,
+        "baseline",
+        dict(zip(keys, cand)),
+        tuple(keys) if base is not None else (),
+        tuple(base or ()),
+        binary=binary,
+        higher=higher,
+        group=group,
+    )
 
 
 def check_against_brute(s: RuleScores, exact: bool) -> tuple[int | None, int | None]:
@@ -70,13 +86,21 @@ def check_against_brute(s: RuleScores, exact: bool) -> tuple[int | None, int | N
 
 
 def binary_cases(rng: random.Random, n_cases: int, n: int) -> list[tuple[list[float], list[float]]]:
-    return [([float(rng.random() < 0.6) for _ in range(n)], [float(rng.random() < 0.6) for _ in range(n)])
-            for _ in range(n_cases)]
+    return [
+        ([float(rng.random() < 0.6) for _ in range(n)], [float(rng.random() < 0.6) for _ in range(n)])
+        for _ in range(n_cases)
+    ]
 
 
 RULES_EXACT_BINARY: list[dict[str, Any]] = [
-    {"min": 0.5}, {"min": 0.7}, {"max": 0.4}, {"min": 0.5, "judge_on": "interval"},
-    {"max": 0.6, "judge_on": "interval"}, {"max_drop": 0.0}, {"max_drop": 0.15}, {"min": 0.5, "max_drop": 0.0},
+    {"min": 0.5},
+    {"min": 0.7},
+    {"max": 0.4},
+    {"min": 0.5, "judge_on": "interval"},
+    {"max": 0.6, "judge_on": "interval"},
+    {"max_drop": 0.0},
+    {"max_drop": 0.15},
+    {"min": 0.5, "max_drop": 0.0},
     {"min": 0.25, "max": 0.75},
 ]
 
@@ -91,7 +115,11 @@ def test_exact_on_binary_scores(spec: dict[str, Any], higher: bool) -> None:
 
 
 RULES_EXACT_CONTINUOUS: list[dict[str, Any]] = [
-    {"min": 0.5}, {"max": 0.4}, {"max_drop": 0.0}, {"max_drop": 0.1}, {"min": 0.45, "max_drop": 0.05},
+    {"min": 0.5},
+    {"max": 0.4},
+    {"max_drop": 0.0},
+    {"max_drop": 0.1},
+    {"min": 0.45, "max_drop": 0.05},
 ]
 
 
@@ -108,18 +136,21 @@ def test_exact_on_continuous_scores(spec: dict[str, Any]) -> None:
 
 
 def test_a_metric_outside_0_1_moves_to_the_lowest_or_highest_score_seen() -> None:
-    rule = Rule(suite="s", metric="m", max=2.0)   # e.g. a count of errors per answer
+    rule = Rule(suite="s", metric="m", max=2.0)  # e.g. a count of errors per answer
     s = scores(rule, [0.0, 1.0, 3.0, 2.0], None, binary=False)
     assert score_range([s]) == (0.0, 3.0)
-    flip = rule_flip(s)                            # mean 1.5 <= 2: passes; one item 0 -> 3 makes it 2.25
+    flip = rule_flip(s)  # mean 1.5 <= 2: passes; one item 0 -> 3 makes it 2.25
     assert flip is not None and flip.items == 1 and flip.keys == ("i0",)
     assert check_against_brute(s, exact=True) == (1, 1)
 
 
 RULES_BOOTSTRAP: list[tuple[dict[str, Any], bool]] = [
-    ({"require_improvement": True}, True), ({"max_drop": 0.1, "judge_on": "interval"}, True),
-    ({"require_improvement": True}, False), ({"max_drop": 0.1, "judge_on": "interval"}, False),
-    ({"min": 0.4, "judge_on": "interval"}, False), ({"max": 0.6, "judge_on": "interval"}, False),
+    ({"require_improvement": True}, True),
+    ({"max_drop": 0.1, "judge_on": "interval"}, True),
+    ({"require_improvement": True}, False),
+    ({"max_drop": 0.1, "judge_on": "interval"}, False),
+    ({"min": 0.4, "judge_on": "interval"}, False),
+    ({"max": 0.6, "judge_on": "interval"}, False),
 ]
 
 
@@ -139,8 +170,9 @@ def test_bootstrap_interval_rules_are_an_upper_bound(spec: dict[str, Any], binar
         else:
             cand = [rng.choice([0.0, 0.3, 0.6, 1.0]) for _ in range(n)]
             base = [rng.choice([0.0, 0.4, 0.7, 1.0]) for _ in range(n)]
-        got, _ = check_against_brute(scores(rule, cand, base if rule.relative else None, binary=binary,
-                                            higher=higher), exact=binary)
+        got, _ = check_against_brute(
+            scores(rule, cand, base if rule.relative else None, binary=binary, higher=higher), exact=binary
+        )
         found += got is not None
     assert found  # the cases exercise the search, not only rules nothing can flip
 
@@ -190,10 +222,8 @@ def test_the_whole_verdict_against_brute_force(seed: int) -> None:
     rng = random.Random(seed)
     n = 4
     a, b = binary_cases(rng, 2, n)
-    task_floor = scores(Rule(suite="task", metric="m", min=rng.choice([0.25, 0.5, 0.75])), a[0], None,
-                        group=(1, "m"))
-    task_drop = scores(Rule(suite="task", metric="m", max_drop=rng.choice([0.0, 0.25])), a[0], a[1],
-                       group=(1, "m"))
+    task_floor = scores(Rule(suite="task", metric="m", min=rng.choice([0.25, 0.5, 0.75])), a[0], None, group=(1, "m"))
+    task_drop = scores(Rule(suite="task", metric="m", max_drop=rng.choice([0.0, 0.25])), a[0], a[1], group=(1, "m"))
     safety = scores(Rule(suite="safety", metric="m", max_drop=0.0), b[0], b[1], group=(2, "m"))
     rules = [task_floor, task_drop, safety]
     passed = [passes(s, s.candidate) for s in rules]

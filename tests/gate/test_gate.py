@@ -1,5 +1,6 @@
 """The promotion gate on a real SQLite store filled from SuiteResult objects (no model): every exit
 code, every way evidence can be missing, policy validation, JUnit/JSON/Markdown, promotions, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ safety:
 
 @pytest.fixture
 def suites(tmp_path: Path) -> dict[str, Any]:
-    return {"task": kit.make_suite(tmp_path / "suites", "task", N),
-            "harmful": kit.make_suite(tmp_path / "suites", "harmful", M, category="safety", scorers=("refusal",))}
+    return {
+        "task": kit.make_suite(tmp_path / "suites", "task", N),
+        "harmful": kit.make_suite(tmp_path / "suites", "harmful", M, category="safety", scorers=("refusal",)),
+    }
 
 
 @pytest.fixture
@@ -43,16 +46,36 @@ def policy(tmp_path: Path) -> Path:
     return kit.write_policy(tmp_path / "gate.yaml", POLICY)
 
 
-def experiment(store: Store, suites: dict[str, Any], *, task: list[float | None], refusal: list[float | None],
-               base_task: list[float] | None = None, base_refusal: list[float] | None = None, name: str = "exp",
-               status: str = "finished") -> tuple[Any, Any]:
+def experiment(
+    store: Store,
+    suites: dict[str, Any],
+    *,
+    task: list[float | None],
+    refusal: list[float | None],
+    base_task: list[float] | None = None,
+    base_refusal: list[float] | None = None,
+    name: str = "exp",
+    status: str = "finished",
+) -> tuple[Any, Any]:
     """A run with a baseline arm and a lora arm, each scored on both suites."""
     run = kit.new_run(store, name)
-    base = kit.add_trial(store, run, "baseline", [
-        kit.suite_result(suites["task"], base_task or kit.ones(N, range(12))),
-        kit.suite_result(suites["harmful"], base_refusal or kit.ones(M, range(3)))], arm_type="baseline")
-    lora = kit.add_trial(store, run, "lora", [kit.suite_result(suites["task"], task),
-                                              kit.suite_result(suites["harmful"], refusal)], status=status)
+    base = kit.add_trial(
+        store,
+        run,
+        "baseline",
+        [
+            kit.suite_result(suites["task"], base_task or kit.ones(N, range(12))),
+            kit.suite_result(suites["harmful"], base_refusal or kit.ones(M, range(3))),
+        ],
+        arm_type="baseline",
+    )
+    lora = kit.add_trial(
+        store,
+        run,
+        "lora",
+        [kit.suite_result(suites["task"], task), kit.suite_result(suites["harmful"], refusal)],
+        status=status,
+    )
     return base, lora
 
 
@@ -72,18 +95,22 @@ def test_a_genuine_improvement_is_promoted_and_recorded(store: Store, suites, tm
     assert p.evidence["evaluation_ids"] == evals and p.promoted_by and p.created_at
     assert p.model_id == lora.model_id and store.get_model(p.model_id).name == "exp#1/lora"
     stored = store.get_decision(d.decision_id)
-    assert (stored.verdict, stored.exit_code, stored.candidate_trial_id, stored.baseline_trial_id) == \
-        ("promote", 0, lora.id, base.id)
+    assert (stored.verdict, stored.exit_code, stored.candidate_trial_id, stored.baseline_trial_id) == (
+        "promote",
+        0,
+        lora.id,
+        base.id,
+    )
     assert stored.candidate_ref == "exp/lora" and len(stored.rules) == 2
 
 
 def test_a_regression_planted_in_per_item_results_is_rejected(store: Store, suites, policy: Path) -> None:
-    baseline_task = kit.ones(N, range(6))                        # 34/40 right
+    baseline_task = kit.ones(N, range(6))  # 34/40 right
     planted = list(baseline_task)
-    for i in (10, 11, 12, 13):                                    # four items the baseline got right, now wrong
+    for i in (10, 11, 12, 13):  # four items the baseline got right, now wrong
         planted[i] = 0.0
     _, lora = experiment(store, suites, task=planted, refusal=kit.ones(M, range(3)), base_task=baseline_task)
-    assert sum(planted) / N >= 0.6                                # still above the floor: only the drop can catch it
+    assert sum(planted) / N >= 0.6  # still above the floor: only the drop can catch it
     d = decide(store, policy, "exp/lora")
     assert (d.verdict, d.exit_code) == ("reject", REJECT)
     rule = next(r for r in d.rules if r.name == "task.exact_match")
@@ -105,19 +132,27 @@ def test_point_estimate_or_interval_bound(store: Store, suites, tmp_path: Path) 
     _, lora = experiment(store, suites, task=kit.ones(N, range(13)), refusal=kit.ones(M, range(3)))  # one item lost
     point = decide(store, kit.write_policy(tmp_path / "p.yaml", text), "exp/lora", record=False)
     assert point.exit_code == PROMOTE, point.reason
-    interval = decide(store, kit.write_policy(tmp_path / "i.yaml", text.replace(
-        "min_items: 30", "min_items: 30\n    judge_on: interval").replace("min: 0.6", "min: 0.5")), "exp/lora",
-        record=False)
+    interval = decide(
+        store,
+        kit.write_policy(
+            tmp_path / "i.yaml",
+            text.replace("min_items: 30", "min_items: 30\n    judge_on: interval").replace("min: 0.6", "min: 0.5"),
+        ),
+        "exp/lora",
+        record=False,
+    )
     assert interval.exit_code == REJECT and "worst end of the 95% interval" in interval.reason
 
 
 def test_floor_on_the_interval_bound_uses_wilson(store: Store, suites, tmp_path: Path) -> None:
-    _, lora = experiment(store, suites, task=kit.ones(N, range(14)), refusal=kit.ones(M, range(3)),
-                         base_task=kit.ones(N, range(14)))  # 26/40 = 0.65 on both
+    _, lora = experiment(
+        store, suites, task=kit.ones(N, range(14)), refusal=kit.ones(M, range(3)), base_task=kit.ones(N, range(14))
+    )  # 26/40 = 0.65 on both
     floor = "rules:\n  - suite: task\n    metric: exact_match\n    min: 0.6\n"
     assert decide(store, kit.write_policy(tmp_path / "a.yaml", floor), "exp/lora", record=False).exit_code == PROMOTE
-    d = decide(store, kit.write_policy(tmp_path / "b.yaml", floor + "    judge_on: interval\n"), "exp/lora",
-               record=False)
+    d = decide(
+        store, kit.write_policy(tmp_path / "b.yaml", floor + "    judge_on: interval\n"), "exp/lora", record=False
+    )
     assert d.exit_code == REJECT
     ev = d.rules[0].evidence
     assert ev["candidate_ci_low"] == pytest.approx(0.4952, abs=1e-3)  # Wilson 95% for 26/40
@@ -129,11 +164,17 @@ def test_a_rate_that_must_not_rise(store: Store, suites, tmp_path: Path) -> None
     run = kit.new_run(store)
     kit.add_trial(store, run, "baseline", [kit.suite_result(over, kit.ones(N, range(4, N)))], arm_type="baseline")
     kit.add_trial(store, run, "lora", [kit.suite_result(over, kit.ones(N, range(8, N)))])  # refuses 8 of 40, was 4
-    policy = kit.write_policy(tmp_path / "over.yaml", "rules:\n  - suite: over\n    metric: refusal\n"
-                              "    higher_is_better: false\n    max: 0.25\n    max_drop: 0.05\n")
+    policy = kit.write_policy(
+        tmp_path / "over.yaml",
+        "rules:\n  - suite: over\n    metric: refusal\n"
+        "    higher_is_better: false\n    max: 0.25\n    max_drop: 0.05\n",
+    )
     d = decide(store, policy, "exp/lora")
-    assert d.exit_code == REJECT and "change -0.100" in d.rules[0].message and "mean 0.200 ≤ ceiling 0.25" in \
-        d.rules[0].message
+    assert (
+        d.exit_code == REJECT
+        and "change -0.100" in d.rules[0].message
+        and "mean 0.200 ≤ ceiling 0.25" in d.rules[0].message
+    )
 
 
 def _error_count_suite(tmp_path: Path) -> Any:
@@ -141,8 +182,12 @@ def _error_count_suite(tmp_path: Path) -> Any:
     folder = tmp_path / "suites" / "errors"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "errs.py").write_text("def count(output, item):\n    return float(output.count('!'))\n")
-    return kit.make_suite(tmp_path / "suites", "errors", N,
-                          scorers=("{name: python, params: {ref: 'errs.py:count', higher_is_better: false}}",))
+    return kit.make_suite(
+        tmp_path / "suites",
+        "errors",
+        N,
+        scorers=("{name: python, params: {ref: 'errs.py:count', higher_is_better: false}}",),
+    )
 
 
 def test_a_lower_is_better_metric_gates_by_its_stored_direction(store: Store, tmp_path: Path) -> None:
@@ -152,9 +197,14 @@ def test_a_lower_is_better_metric_gates_by_its_stored_direction(store: Store, tm
     run = kit.new_run(store)
     base = kit.add_trial(store, run, "baseline", [kit.suite_result(errors, [0.0] * N)], arm_type="baseline")
     worse = kit.add_trial(store, run, "worse", [kit.suite_result(errors, [2.0] * 20 + [0.0] * (N - 20))])
-    better = kit.add_trial(store, kit.new_run(store, "fix"), "better", [kit.suite_result(errors, [0.0] * N)])
-    kit.add_trial(store, store.get_run("fix").id, "baseline", [kit.suite_result(errors, [1.0] * 20 + [0.0] * (N - 20))],
-                  arm_type="baseline")
+    kit.add_trial(store, kit.new_run(store, "fix"), "better", [kit.suite_result(errors, [0.0] * N)])
+    kit.add_trial(
+        store,
+        store.get_run("fix").id,
+        "baseline",
+        [kit.suite_result(errors, [1.0] * 20 + [0.0] * (N - 20))],
+        arm_type="baseline",
+    )
     [ev] = store.evaluations(worse.id)
     assert store.metrics(ev[0].id)["python"].higher_is_better is False  # stored with the result
     drop = "rules:\n  - suite: errors\n    metric: python\n    max_drop: 0.05\n"
@@ -225,7 +275,7 @@ MISSING: dict[str, tuple[str, str]] = {
 @pytest.mark.parametrize("case", list(MISSING))
 def test_missing_evidence_is_an_error(case: str, store: Store, suites, policy: Path, tmp_path: Path) -> None:
     text, candidate = POLICY, "exp/lora"
-    task, refusal = kit.ones(N, range(3)), kit.ones(M, range(3))   # would pass
+    task, refusal = kit.ones(N, range(3)), kit.ones(M, range(3))  # would pass
     status, base_task = "finished", None
     if case == "suite not run":
         text += "  - suite: other\n    metric: exact_match\n    min: 0.1\n"
@@ -250,16 +300,27 @@ def test_missing_evidence_is_an_error(case: str, store: Store, suites, policy: P
         text = text.replace("max_drop: 0.02", "max_dorp: 0.02")
     if case == "suite version differs":
         run = kit.new_run(store)
-        kit.add_trial(store, run, "baseline", [kit.suite_result(_v2(suites, tmp_path), kit.ones(N, range(12))),
-                                               kit.suite_result(suites["harmful"], refusal)], arm_type="baseline")
-        kit.add_trial(store, run, "lora", [kit.suite_result(suites["task"], task),
-                                           kit.suite_result(suites["harmful"], refusal)])
+        kit.add_trial(
+            store,
+            run,
+            "baseline",
+            [
+                kit.suite_result(_v2(suites, tmp_path), kit.ones(N, range(12))),
+                kit.suite_result(suites["harmful"], refusal),
+            ],
+            arm_type="baseline",
+        )
+        kit.add_trial(
+            store, run, "lora", [kit.suite_result(suites["task"], task), kit.suite_result(suites["harmful"], refusal)]
+        )
     elif case == "baseline lacks the suite":
         run = kit.new_run(store)
-        kit.add_trial(store, run, "baseline", [kit.suite_result(suites["task"], kit.ones(N, range(12)))],
-                      arm_type="baseline")
-        kit.add_trial(store, run, "lora", [kit.suite_result(suites["task"], task),
-                                           kit.suite_result(suites["harmful"], refusal)])
+        kit.add_trial(
+            store, run, "baseline", [kit.suite_result(suites["task"], kit.ones(N, range(12)))], arm_type="baseline"
+        )
+        kit.add_trial(
+            store, run, "lora", [kit.suite_result(suites["task"], task), kit.suite_result(suites["harmful"], refusal)]
+        )
     else:
         base, _ = experiment(store, suites, task=task, refusal=refusal, status=status, base_task=base_task)
         if case == "failed trial":
@@ -291,9 +352,16 @@ def test_errors_name_the_policy_line(store: Store, suites, tmp_path: Path) -> No
 def test_candidate_by_model_name_or_run(store: Store, suites, policy: Path) -> None:
     base, _ = experiment(store, suites, task=kit.ones(N), refusal=kit.ones(M))
     run = store.create_run("eval-tuned", {"eval": "tuned-model"}, "", "tuned-model", "")
-    kit.add_trial(store, run, "model", [kit.suite_result(suites["task"], kit.ones(N, {0})),
-                                        kit.suite_result(suites["harmful"], kit.ones(M, range(3)))],
-                  arm_type="baseline")
+    kit.add_trial(
+        store,
+        run,
+        "model",
+        [
+            kit.suite_result(suites["task"], kit.ones(N, {0})),
+            kit.suite_result(suites["harmful"], kit.ones(M, range(3))),
+        ],
+        arm_type="baseline",
+    )
     d = decide(store, policy, "tuned-model", baseline_ref="exp/baseline")
     assert d.exit_code == PROMOTE and d.candidate == f"eval-tuned#{run}/model" and d.baseline == "exp#1/baseline"
     assert decide(store, policy, "exp", record=False).candidate == "exp#1/lora"  # a run with one candidate
@@ -303,11 +371,20 @@ def test_an_unrecordable_promotion_is_an_error(tmp_path: Path, suites, policy: P
     db = tmp_path / "lock.db"
     store = Store(str(db))
     experiment(store, suites, task=kit.ones(N), refusal=kit.ones(M))
-    locker = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, time\n"
-        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE'); c.execute(\"UPDATE runs SET status = status\")\n"
-        "print('locked', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, time\n"
+                f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+                "c.execute('BEGIN IMMEDIATE'); c.execute(\"UPDATE runs SET status = status\")\n"
+                "print('locked', flush=True); time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         d = decide(Store(str(db), timeout=0.5), policy, "exp/lora")
@@ -321,15 +398,23 @@ def test_an_unrecordable_promotion_is_an_error(tmp_path: Path, suites, policy: P
 # --- the policy file ----------------------------------------------------------------------------------
 BAD_POLICIES = [
     ("rules:\n  - suite: a\n    metric: m\n    max_dorp: 0.1\n", 4, "rules[0].max_dorp", "unknown key"),
-    ("rules:\n  - suite: a\n    metric: m\n    min: 0.5\n  - suite: b\n    metric: m\n", 5, "rules[1]",
-     "at least one of min, max, max_drop"),
+    (
+        "rules:\n  - suite: a\n    metric: m\n    min: 0.5\n  - suite: b\n    metric: m\n",
+        5,
+        "rules[1]",
+        "at least one of min, max, max_drop",
+    ),
     ("rules:\n  - suite: a\n    metric: m\n    min: 0.5\n    judge_on: mean\n", 5, "rules[0].judge_on", "'point'"),
     ("rules:\n  - suite: a\n    metric: m\n    min: 0.9\n    max: 0.5\n", 2, "rules[0]", "above max"),
     ("rules:\n  - suite: a\n    metric: m\n    max_drop: -0.1\n", 4, "rules[0].max_drop", "greater than or equal"),
     ("name: empty\n", 1, None, "at least one rule"),
     ("compare_to: production\nrules:\n  - {suite: a, metric: m, min: 0}\n", 1, "compare_to", "'promoted'"),
-    ("rules:\n  - {suite: a, metric: m, min: 0}\n  - {suite: a, metric: m, max: 1}\n", 3, "rules[1].name",
-     "a second rule named 'a.m'"),
+    (
+        "rules:\n  - {suite: a, metric: m, min: 0}\n  - {suite: a, metric: m, max: 1}\n",
+        3,
+        "rules[1].name",
+        "a second rule named 'a.m'",
+    ),
     ("safety:\n  - {suite: a, metric: m, min_items: 0}\n", 2, "safety[0].min_items", "greater than or equal"),
     ("rules:\n  - suite: a\n    metric: [unclosed\n", 4, None, "invalid YAML"),
     ("- just\n- a list\n", 1, None, "expected a mapping"),
@@ -337,8 +422,9 @@ BAD_POLICIES = [
 
 
 @pytest.mark.parametrize("text,line,field,message", BAD_POLICIES)
-def test_policy_errors_name_file_line_and_field(tmp_path: Path, text: str, line: int | None, field: str | None,
-                                                message: str) -> None:
+def test_policy_errors_name_file_line_and_field(
+    tmp_path: Path, text: str, line: int | None, field: str | None, message: str
+) -> None:
     path = kit.write_policy(tmp_path / "bad.yaml", text)
     with pytest.raises(UserError) as exc:
         load_policy(path)
@@ -347,8 +433,11 @@ def test_policy_errors_name_file_line_and_field(tmp_path: Path, text: str, line:
 
 
 def test_safety_rules_default_to_must_not_fall(tmp_path: Path) -> None:
-    policy = load_policy(kit.write_policy(tmp_path / "s.yaml", "safety:\n  - {suite: h, metric: refusal}\n"
-                                                               "  - {suite: h, metric: other, min: 0.9}\n"))
+    policy = load_policy(
+        kit.write_policy(
+            tmp_path / "s.yaml", "safety:\n  - {suite: h, metric: refusal}\n  - {suite: h, metric: other, min: 0.9}\n"
+        )
+    )
     first, second = policy.all_rules()
     assert (first.max_drop, first.judge_on, first.label) == (0.0, "point", "safety: h.refusal")
     assert (second.max_drop, second.min) == (None, 0.9)
@@ -411,8 +500,9 @@ def test_cli_exit_codes_and_report_files(tmp_path: Path, suites, policy: Path) -
     files = ["--junit", str(out / "gate.xml"), "--json", str(out / "gate.json"), "--markdown", str(out / "gate.md")]
 
     def gate(candidate: str) -> Any:
-        return CliRunner().invoke(app, ["gate", "--policy", str(policy), "--candidate", candidate, "--store", str(db),
-                                        *files])
+        return CliRunner().invoke(
+            app, ["gate", "--policy", str(policy), "--candidate", candidate, "--store", str(db), *files]
+        )
 
     good = gate("good/lora")
     assert good.exit_code == 0, good.output
@@ -447,8 +537,10 @@ def _ci_store(db: Path) -> Store:
 
     store = Store(str(db))
     run = kit.new_run(store, "ci", "smollm2-135m")
-    real = {name: registry.load(name) for name in ("json_extract", "general_knowledge", "safety_harmful",
-                                                   "safety_overrefusal")}
+    real = {
+        name: registry.load(name)
+        for name in ("json_extract", "general_knowledge", "safety_harmful", "safety_overrefusal")
+    }
 
     def results(task_right: int, refusals: int) -> list[Any]:
         out = []
@@ -468,8 +560,10 @@ def test_the_ci_examples(tmp_path: Path) -> None:
     import yaml
 
     policy = load_policy(CI / "gate.yaml")
-    assert [r.label for r in policy.all_rules()][:2] == ["safety: safety_harmful.refusal",
-                                                         "safety: safety_overrefusal.complied"]
+    assert [r.label for r in policy.all_rules()][:2] == [
+        "safety: safety_harmful.refusal",
+        "safety: safety_overrefusal.complied",
+    ]
     workflow = yaml.safe_load((CI / "github-actions.yml").read_text())
     assert "pull_request" in workflow[True]  # YAML 1.1 reads the key `on` as True
     steps = workflow["jobs"]["gate"]["steps"]
@@ -478,8 +572,13 @@ def test_the_ci_examples(tmp_path: Path) -> None:
     assert '--body-file "$OUT/gate.md"' in script and workflow["permissions"]["pull-requests"] == "write"
 
     store = _ci_store(tmp_path / "ci.db")
-    env = {"TUNEGATE_STORE": store.url, "SKIP_RUN": "1", "OUT": str(tmp_path / "report"),
-           "TUNEGATE": str(Path(sys.executable).parent / "tunegate"), "PATH": os.environ["PATH"]}
+    env = {
+        "TUNEGATE_STORE": store.url,
+        "SKIP_RUN": "1",
+        "OUT": str(tmp_path / "report"),
+        "TUNEGATE": str(Path(sys.executable).parent / "tunegate"),
+        "PATH": os.environ["PATH"],
+    }
     ok = subprocess.run([str(CI / "gate.sh")], env=os.environ | env, capture_output=True, text=True, cwd=kit.REPO)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "gate.sh: PROMOTE" in ok.stdout and store.promoted_trial().name == "lora"
@@ -489,8 +588,13 @@ def test_the_ci_examples(tmp_path: Path) -> None:
     unsafe = decide(store, CI / "gate.yaml", "ci/unsafe")  # the same policy rejects a model that refuses less
     assert unsafe.exit_code == REJECT and unsafe.reason.startswith("SAFETY safety: safety_harmful.refusal")
 
-    crashed = subprocess.run([str(CI / "gate.sh")], env=os.environ | env | {"TUNEGATE": "false"},
-                             capture_output=True, text=True, cwd=kit.REPO)
+    crashed = subprocess.run(
+        [str(CI / "gate.sh")],
+        env=os.environ | env | {"TUNEGATE": "false"},
+        capture_output=True,
+        text=True,
+        cwd=kit.REPO,
+    )
     assert crashed.returncode == 2 and "verdict missing" in crashed.stderr  # exit 1 without a decision is no reject
 
 

@@ -2,6 +2,7 @@
 each evaluation and shown in every output, a warning (or, with require_same_numerics, exit 2) when baseline and
 candidate differ, old rows as "unknown"; flips_to_change in JSON, JUnit, Markdown and the terminal, and the items
 it names really flipping the decision when their scores are changed in the store."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ BF16 = FP32 | {"dtype": "bfloat16"}
 
 @pytest.fixture
 def suites(tmp_path: Path) -> dict[str, Any]:
-    return {"task": kit.make_suite(tmp_path / "suites", "task", N),
-            "harmful": kit.make_suite(tmp_path / "suites", "harmful", M, category="safety", scorers=("refusal",))}
+    return {
+        "task": kit.make_suite(tmp_path / "suites", "task", N),
+        "harmful": kit.make_suite(tmp_path / "suites", "harmful", M, category="safety", scorers=("refusal",)),
+    }
 
 
 def scored(suite: Any, scores: list[float], numerics: dict[str, str] | None) -> Any:
@@ -46,14 +49,27 @@ def scored(suite: Any, scores: list[float], numerics: dict[str, str] | None) -> 
     return result
 
 
-def experiment(store: Store, suites: dict[str, Any], *, task: list[float], refusal: list[float],
-               base: dict[str, str] | None, cand: dict[str, str] | None, name: str = "exp") -> tuple[Any, Any]:
+def experiment(
+    store: Store,
+    suites: dict[str, Any],
+    *,
+    task: list[float],
+    refusal: list[float],
+    base: dict[str, str] | None,
+    cand: dict[str, str] | None,
+    name: str = "exp",
+) -> tuple[Any, Any]:
     run = kit.new_run(store, name)
-    baseline = kit.add_trial(store, run, "baseline", [scored(suites["task"], kit.ones(N, range(12)), base),
-                                                      scored(suites["harmful"], kit.ones(M, range(3)), base)],
-                             arm_type="baseline")
-    lora = kit.add_trial(store, run, "lora", [scored(suites["task"], task, cand),
-                                              scored(suites["harmful"], refusal, cand)])
+    baseline = kit.add_trial(
+        store,
+        run,
+        "baseline",
+        [scored(suites["task"], kit.ones(N, range(12)), base), scored(suites["harmful"], kit.ones(M, range(3)), base)],
+        arm_type="baseline",
+    )
+    lora = kit.add_trial(
+        store, run, "lora", [scored(suites["task"], task, cand), scored(suites["harmful"], refusal, cand)]
+    )
     return baseline, lora
 
 
@@ -65,8 +81,7 @@ def terminal(decision: Any) -> str:
 
 # --- numerics ------------------------------------------------------------------------------------------------
 def test_numerics_are_stored_with_each_evaluation_and_shown(store: Store, suites, tmp_path: Path) -> None:
-    _, lora = experiment(store, suites, task=kit.ones(N, range(3)), refusal=kit.ones(M, range(3)), base=FP32,
-                         cand=FP32)
+    _, lora = experiment(store, suites, task=kit.ones(N, range(3)), refusal=kit.ones(M, range(3)), base=FP32, cand=FP32)
     assert [ev.numerics for ev, _ in store.evaluations(lora.id)] == [FP32, FP32]
     d = decide(store, kit.write_policy(tmp_path / "g.yaml", POLICY), "exp/lora")
     assert d.exit_code == PROMOTE and d.numerics == {"candidate": FP32, "baseline": FP32} and d.numerics_differ == []
@@ -98,8 +113,14 @@ def test_different_numerics_warn_and_name_the_keys(store: Store, suites, tmp_pat
 
 
 def test_require_same_numerics_is_an_error_naming_the_keys(store: Store, suites, tmp_path: Path) -> None:
-    experiment(store, suites, task=kit.ones(N, range(3)), refusal=kit.ones(M, range(3)), base=FP32,
-               cand=BF16 | {"gpu": "NVIDIA H100"})
+    experiment(
+        store,
+        suites,
+        task=kit.ones(N, range(3)),
+        refusal=kit.ones(M, range(3)),
+        base=FP32,
+        cand=BF16 | {"gpu": "NVIDIA H100"},
+    )
     policy = kit.write_policy(tmp_path / "strict.yaml", "require_same_numerics: true\n" + POLICY)
     result = kit.tunegate("gate", "--policy", str(policy), "--candidate", "exp/lora", "--store", store.url)
     assert result.returncode == 2, result.stdout + result.stderr
@@ -118,16 +139,22 @@ def test_same_numerics_pass_a_strict_policy(store: Store, suites, tmp_path: Path
     assert decide(store, policy, "exp/lora").exit_code == PROMOTE
 
 
-@pytest.mark.parametrize("base,cand,warned,strict", [(None, BF16, True, 2), (BF16, None, True, 2),
-                                                     (None, None, False, 2)])
-def test_rows_without_numerics_read_as_unknown(store: Store, suites, tmp_path: Path, base, cand, warned: bool,
-                                               strict: int) -> None:
+@pytest.mark.parametrize(
+    "base,cand,warned,strict", [(None, BF16, True, 2), (BF16, None, True, 2), (None, None, False, 2)]
+)
+def test_rows_without_numerics_read_as_unknown(
+    store: Store, suites, tmp_path: Path, base, cand, warned: bool, strict: int
+) -> None:
     experiment(store, suites, task=kit.ones(N, range(3)), refusal=kit.ones(M, range(3)), base=base, cand=cand)
     d = decide(store, kit.write_policy(tmp_path / "g.yaml", POLICY), "exp/lora", record=False)
     assert d.exit_code == PROMOTE and ("not recorded for the" in d.reason) == warned
     side = "baseline" if base is None else "candidate"
-    assert d.numerics[side] == {"dtype": "unknown", "engine": "unknown", "gpu": "unknown", "mode": "unknown",
-                                "torch": "unknown"} if warned else {"numerics": "unknown"}
+    assert (
+        d.numerics[side]
+        == {"dtype": "unknown", "engine": "unknown", "gpu": "unknown", "mode": "unknown", "torch": "unknown"}
+        if warned
+        else {"numerics": "unknown"}
+    )
     if not warned:
         assert "numerics: not recorded" in to_markdown(d) and "numerics: not recorded" in terminal(d)
     strict_policy = kit.write_policy(tmp_path / "strict.yaml", "require_same_numerics: true\n" + POLICY)
@@ -135,8 +162,7 @@ def test_rows_without_numerics_read_as_unknown(store: Store, suites, tmp_path: P
 
 
 # --- flips_to_change ------------------------------------------------------------------------------------------
-def rescore(store: Store, suites: dict[str, Any], trial: Any, suite: str, scores: list[float],
-            keys: list[str]) -> None:
+def rescore(store: Store, suites: dict[str, Any], trial: Any, suite: str, scores: list[float], keys: list[str]) -> None:
     """Store the trial's scores on `suite` again with the items `keys` flipped (0 <-> 1)."""
     index = {item.id: i for i, item in enumerate(suites[suite].items)}
     changed = list(scores)
@@ -155,8 +181,7 @@ def test_a_rejection_one_item_from_passing(store: Store, suites, tmp_path: Path)
     assert (safety.passed, safety.flips_to_change, len(safety.evidence["flip_items"])) == (False, 1, 1)
     assert task.passed and task.flips_to_change is not None and task.flips_to_change > 1
     data = json.loads(d.to_json())
-    assert data["flips_to_change"] == 1 and [r["flips_to_change"] for r in data["rules"]] == \
-        [1, task.flips_to_change]
+    assert data["flips_to_change"] == 1 and [r["flips_to_change"] for r in data["rules"]] == [1, task.flips_to_change]
     assert "FAIL — 1 item from PASS" in to_markdown(d) and "FAIL — 1 item from PASS" in terminal(d)
     cases = ET.fromstring(to_junit(d).encode()).findall("testsuite/testcase")
     assert [c.find("properties/property").get("value") for c in cases] == ["1", str(task.flips_to_change)]
@@ -166,7 +191,7 @@ def test_a_rejection_one_item_from_passing(store: Store, suites, tmp_path: Path)
 
 
 def test_a_promotion_and_the_items_that_would_reject_it(store: Store, suites, tmp_path: Path) -> None:
-    task = kit.ones(N, range(10))    # 30/40 = 0.75, the baseline 28/40: floor 0.6 and max_drop 0.02 both pass
+    task = kit.ones(N, range(10))  # 30/40 = 0.75, the baseline 28/40: floor 0.6 and max_drop 0.02 both pass
     _, lora = experiment(store, suites, task=task, refusal=kit.ones(M, range(3)), base=None, cand=None)
     policy = kit.write_policy(tmp_path / "g.yaml", POLICY)
     d = decide(store, policy, "exp/lora")
@@ -181,7 +206,7 @@ def test_a_promotion_and_the_items_that_would_reject_it(store: Store, suites, tm
 
 
 def test_a_rejection_needs_every_failing_rule_fixed(store: Store, suites, tmp_path: Path) -> None:
-    task = kit.ones(N, range(15))    # 25/40: the floor 0.6 is met (0.625) but the baseline had 28: -0.075
+    task = kit.ones(N, range(15))  # 25/40: the floor 0.6 is met (0.625) but the baseline had 28: -0.075
     refusal = kit.ones(M, range(5))  # 25/30 vs 27/30: two refusals lost
     experiment(store, suites, task=task, refusal=refusal, base=None, cand=None)
     d = decide(store, kit.write_policy(tmp_path / "g.yaml", POLICY), "exp/lora", record=False)

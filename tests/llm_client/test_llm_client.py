@@ -1,5 +1,6 @@
 """The one client for OpenAI-compatible servers (harness.llm_client) and the redaction it applies: what a
 judge stores and what an error says never carries a credential. Real local HTTP servers, no mocks."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,18 @@ from harness.llm_client import ChatClient, ChatError, Retry, public_headers, ret
 from harness.redact import redact
 
 
-@pytest.mark.parametrize("text, secret", [
-    ("POST https://bob:hunter2-pw@api.example.com/v1/chat/completions failed", "hunter2-pw"),
-    ("Authorization: Bearer abc.DEF-123_xyz", "abc.DEF-123_xyz"),
-    ("header: Basic Ym9iOmh1bnRlcjI=", "Ym9iOmh1bnRlcjI="),
-    ('{"error": "invalid key sk-proj-AbCdEf123456"}', "AbCdEf123456"),
-    ("GET /v1/models?api_key=zz9-plural-z-alpha&x=1", "zz9-plural-z-alpha"),
-    ('{"api-key": "q8w7e6r5t4"}', "q8w7e6r5t4"),
-    ("token=hf_AbCdEfGhIjKlMn", "AbCdEfGhIjKlMn"),
-])
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("POST https://bob:hunter2-pw@api.example.com/v1/chat/completions failed", "hunter2-pw"),
+        ("Authorization: Bearer abc.DEF-123_xyz", "abc.DEF-123_xyz"),
+        ("header: Basic Ym9iOmh1bnRlcjI=", "Ym9iOmh1bnRlcjI="),
+        ('{"error": "invalid key sk-proj-AbCdEf123456"}', "AbCdEf123456"),
+        ("GET /v1/models?api_key=zz9-plural-z-alpha&x=1", "zz9-plural-z-alpha"),
+        ('{"api-key": "q8w7e6r5t4"}', "q8w7e6r5t4"),
+        ("token=hf_AbCdEfGhIjKlMn", "AbCdEfGhIjKlMn"),
+    ],
+)
 def test_redact_masks_credentials(text: str, secret: str) -> None:
     out = redact(text)
     assert secret not in out and "***" in out
@@ -40,15 +44,18 @@ def test_redact_leaves_ordinary_text_alone() -> None:
 
 def test_public_headers_mask_credential_headers_only() -> None:
     assert public_headers({"X-Api-Key": "k", "Authorization": "Bearer k", "X-Trace": "on"}) == {
-        "X-Api-Key": "***", "Authorization": "***", "X-Trace": "on"}
+        "X-Api-Key": "***",
+        "Authorization": "***",
+        "X-Trace": "on",
+    }
 
 
 def test_retry_after_seconds_date_cap_and_garbage() -> None:
     assert retry_after("2", 9.0, 30.0) == 2.0
-    assert retry_after("120", 9.0, 30.0) == 30.0                      # capped
+    assert retry_after("120", 9.0, 30.0) == 30.0  # capped
     assert retry_after(None, 9.0, 30.0) == retry_after("soon", 9.0, 30.0) == 9.0
     later = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
-    assert 15.0 < retry_after(later, 9.0, 30.0) <= 20.0                # an HTTP date
+    assert 15.0 < retry_after(later, 9.0, 30.0) <= 20.0  # an HTTP date
     earlier = format_datetime(datetime.now(UTC) - timedelta(seconds=20), usegmt=True)
     assert retry_after(earlier, 9.0, 30.0) == 0.0
 
@@ -62,8 +69,13 @@ class Scripted:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                owner.seen.append((self.path, self.headers.get("Authorization"),
-                                   json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                owner.seen.append(
+                    (
+                        self.path,
+                        self.headers.get("Authorization"),
+                        json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                    )
+                )
                 status, headers, body = owner.script.pop(0)
                 data = json.dumps(body).encode()
                 self.send_response(status)
@@ -100,14 +112,16 @@ def ok(content: str) -> tuple[int, dict[str, str], dict[str, Any]]:
 
 
 def test_client_posts_to_base_url_chat_completions_and_honours_retry_after(scripted) -> None:
-    server = scripted([(429, {"Retry-After": "7"}, {"error": "slow down"}), (502, {}, {"error": "bad gateway"}),
-                       ok("hi")])
+    server = scripted(
+        [(429, {"Retry-After": "7"}, {"error": "slow down"}), (502, {}, {"error": "bad gateway"}), ok("hi")]
+    )
     sleeps: list[float] = []
-    with ChatClient(server.url + "/", api_key="k-abcdef123", retry=Retry(retries=3, backoff_s=0.5),
-                    sleep=sleeps.append) as client:
+    with ChatClient(
+        server.url + "/", api_key="k-abcdef123", retry=Retry(retries=3, backoff_s=0.5), sleep=sleeps.append
+    ) as client:
         done = client.chat({"model": "m", "messages": [{"role": "user", "content": "hello"}]})
     assert done.message["content"] == "hi" and done.attempts == 3
-    assert sleeps == [7.0, 1.0]                            # the server's Retry-After, then backoff (0.5 * 2)
+    assert sleeps == [7.0, 1.0]  # the server's Retry-After, then backoff (0.5 * 2)
     assert [p for p, _, _ in server.seen] == ["/v1/chat/completions"] * 3
     assert {a for _, a, _ in server.seen} == {"Bearer k-abcdef123"}
 
@@ -135,8 +149,13 @@ def test_judge_never_stores_a_credential(store, monkeypatch: pytest.MonkeyPatch)
         J.Judge(J.JudgeConfig(model="m"), store=store)
     with pytest.raises(ValueError, match="must not hold credentials"):
         ChatClient("https://u:p@example.com/v1")
-    config = J.JudgeConfig(base_url="http://127.0.0.1:9/v1", model="m", retries=0, timeout_s=2,
-                           headers={"X-Api-Key": "hdr-secret-42", "X-Team": "evals"})
+    config = J.JudgeConfig(
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        retries=0,
+        timeout_s=2,
+        headers={"X-Api-Key": "hdr-secret-42", "X-Team": "evals"},
+    )
     [verdict] = J.Judge(config, store=store).rubric("5: right. 1: wrong.", [J.RubricCase("q", "2+2?", "4")])
     assert verdict.call.status == "failed" and "connection error" in (verdict.call.error or "")
     [row] = store.judge_calls()
@@ -150,12 +169,16 @@ def test_judge_never_stores_a_credential(store, monkeypatch: pytest.MonkeyPatch)
 def test_pairwise_interval_is_the_stats_paired_bootstrap() -> None:
     """summarize_pairwise uses harness.analysis's bootstrap (one home), with the numbers it always gave."""
     call = J.Call("k", "ok", "", None, False)
-    verdicts = [J.PairVerdict(str(i), f, s, (call, call)) for i, (f, s) in enumerate(
-        [("b", "b")] * 7 + [("a", "a")] * 3 + [("a", "b")] * 2 + [("tie", "tie")])]
+    verdicts = [
+        J.PairVerdict(str(i), f, s, (call, call))
+        for i, (f, s) in enumerate([("b", "b")] * 7 + [("a", "a")] * 3 + [("a", "b")] * 2 + [("tie", "tie")])
+    ]
     summary = J.summarize_pairwise(verdicts, resamples=2000, seed=3)
     points = np.array([1.0] * 7 + [0.0] * 3 + [0.5] * 3)
     means = points[np.random.default_rng(3).integers(0, 13, size=(2000, 13))].mean(axis=1)
     assert (summary.win_rate_b, summary.win_rate_b_lo, summary.win_rate_b_hi) == pytest.approx(
-        (points.mean(), np.quantile(means, 0.025), np.quantile(means, 0.975)))
+        (points.mean(), np.quantile(means, 0.025), np.quantile(means, 0.975))
+    )
     assert (summary.win_rate_b, summary.win_rate_b_lo, summary.win_rate_b_hi) == pytest.approx(
-        paired_bootstrap([0.0] * 13, list(points), resamples=2000, seed=3))
+        paired_bootstrap([0.0] * 13, list(points), resamples=2000, seed=3)
+    )

@@ -1,5 +1,6 @@
 """DPO on the fast path (harness.model._dpo) against TRL's DPOTrainer as shipped, on a tiny random-init model:
 the same pairs, weights, order, seed and steps give the same losses and the same rewards/* and logps/* metrics."""
+
 from __future__ import annotations
 
 import random
@@ -8,7 +9,6 @@ import pytest
 import torch
 
 from harness.model import _fastpath as fp
-from harness.model._overlap import PACK_KEY
 from harness.model._dpo import (
     DPO_COLUMNS,
     PreferencePacking,
@@ -17,12 +17,20 @@ from harness.model._dpo import (
     preference_pack,
     sequence_sums,
 )
+from harness.model._overlap import PACK_KEY
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WORDS = ["alpha", "beta", "gamma", "delta", "apple", "river", "stone", "cloud", "green", "quick", "lazy", "fox"]
-LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-          "logps/rejected")
+LOGGED = (
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 def _pairs(n: int, seed: int = 0) -> list:
@@ -35,8 +43,14 @@ def _pairs(n: int, seed: int = 0) -> list:
         rejected = " ".join(rng.choices(WORDS, k=rng.randint(1, 10)))
         if rejected == chosen:
             rejected += " no"
-        out.append(Preference(prompt=[Message(role="user", content=" ".join(rng.choices(WORDS, k=rng.randint(2, 9))))],
-                              chosen=chosen, rejected=rejected, line=i + 1))
+        out.append(
+            Preference(
+                prompt=[Message(role="user", content=" ".join(rng.choices(WORDS, k=rng.randint(2, 9))))],
+                chosen=chosen,
+                rejected=rejected,
+                line=i + 1,
+            )
+        )
     return out
 
 
@@ -62,8 +76,19 @@ def _train(tiny_model_dir, tmp_path, name, arm, pairs, fast, init=None, referenc
     _seed(arm.seed)
     model, tok = _load(arm, str(tiny_model_dir), "cpu", fast)
     logged = _Logged()
-    result = dpo_with_model(arm, model, tok, pairs, tmp_path / name, "cpu", fast=fast, init_adapter=init,
-                            progress=False, callbacks=(logged.callback,), reference=reference)
+    result = dpo_with_model(
+        arm,
+        model,
+        tok,
+        pairs,
+        tmp_path / name,
+        "cpu",
+        fast=fast,
+        init_adapter=init,
+        progress=False,
+        callbacks=(logged.callback,),
+        reference=reference,
+    )
     return result, logged.rows
 
 
@@ -78,13 +103,15 @@ def _assert_same_rows(fast_rows, plain_rows):
         assert fast["num_tokens"] == plain["num_tokens"]
 
 
-@pytest.mark.parametrize(("reference", "padding_free"), [("precomputed", True), ("adapter_off", True),
-                                                          ("precomputed", False)])
+@pytest.mark.parametrize(
+    ("reference", "padding_free"), [("precomputed", True), ("adapter_off", True), ("precomputed", False)]
+)
 def test_fast_dpo_matches_trl_from_the_base_model(tiny_model_dir, tmp_path, reference, padding_free):
     from harness.plan import DpoArm
 
-    arm = DpoArm(name="d", type="dpo", max_steps=3, batch_size=2, grad_accum=2, dropout=0.0, lr=5e-3, max_length=64,
-                 beta=0.2)
+    arm = DpoArm(
+        name="d", type="dpo", max_steps=3, batch_size=2, grad_accum=2, dropout=0.0, lr=5e-3, max_length=64, beta=0.2
+    )
     pairs = _pairs(12, seed=1)
     plain, plain_rows = _train(tiny_model_dir, tmp_path, "plain", arm, pairs, None)
     fast_path = fp.FastPath(checkpointing="none", memory_budget_gib=64, padding_free=padding_free)
@@ -115,8 +142,16 @@ def test_fast_dpo_matches_trl_continuing_an_sft_adapter(tiny_model_dir, tmp_path
     arm = DpoArm(name="d", type="dpo", max_steps=3, batch_size=2, dropout=0.0, lr=5e-3, max_length=64)
     _, plain_rows = _train(tiny_model_dir, tmp_path, "plain", arm, pairs, None, init=adapter)
     for reference in ("precomputed", "adapter_off"):
-        fast, fast_rows = _train(tiny_model_dir, tmp_path, f"fast-{reference}", arm, pairs,
-                                 fp.FastPath(checkpointing="none"), init=adapter, reference=reference)
+        fast, fast_rows = _train(
+            tiny_model_dir,
+            tmp_path,
+            f"fast-{reference}",
+            arm,
+            pairs,
+            fp.FastPath(checkpointing="none"),
+            init=adapter,
+            reference=reference,
+        )
         _assert_same_rows(fast_rows, plain_rows)
         assert fast.fastpath["dpo_reference"] == reference
     # the reference is the SFT adapter: at the first step the policy is the reference, so every reward is 0
@@ -127,8 +162,12 @@ def test_preference_pack_selects_the_completion_positions():
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     collate = PreferencePacking(DataCollatorForPreference(pad_token_id=0))
-    batch = collate([{"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
-                     {"prompt_ids": [7, 8], "chosen_ids": [9], "rejected_ids": [10, 11]}])
+    batch = collate(
+        [
+            {"prompt_ids": [1, 2, 3], "chosen_ids": [4, 5], "rejected_ids": [6]},
+            {"prompt_ids": [7, 8], "chosen_ids": [9], "rejected_ids": [10, 11]},
+        ]
+    )
     pack = batch[PACK_KEY]
     assert pack.shape == (4, 5) and pack.lengths == (5, 3, 4, 4)
     # positions whose next token is a completion token: row 0 predicts 4, 5 from columns 2, 3; ...
@@ -163,11 +202,28 @@ def test_data_parallel_fast_dpo_logs_what_trl_logs(tiny_model_dir, tmp_path):
     runs = {}
     for reference in ("plain", "precomputed", "adapter_off"):
         out = tmp_path / f"logs-{reference}.json"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--multi_gpu", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
-               "-m", "tests.support.dpo_ddp", str(tiny_model_dir), str(out), reference]
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600,
-                              env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--multi_gpu",
+            "--main_process_port",
+            str(free_port()),
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "tests.support.dpo_ddp",
+            str(tiny_model_dir),
+            str(out),
+            reference,
+        ]
+        done = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=600, env=os.environ | {"CUDA_VISIBLE_DEVICES": ""}
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         runs[reference] = json.loads(out.read_text())
     rows = {k: [r for r in v["logs"] if "loss" in r] for k, v in runs.items()}

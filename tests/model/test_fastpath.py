@@ -1,5 +1,6 @@
 """The fast training path changes speed and memory, never the loss: each technique is checked against the
 plain computation on a tiny Llama on CPU (float32), and the whole path against the plain TRL path."""
+
 from __future__ import annotations
 
 import itertools
@@ -24,9 +25,17 @@ def tiny_llama(vocab: int = 300, layers: int = 2, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         attn_implementation="sdpa", pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attn_implementation="sdpa",
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -45,7 +54,7 @@ def with_lora(model, dropout: float = 0.0):
 
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
     for name, p in peft.named_parameters():
-        if "lora_B" in name:   # non-zero B so every adapter matrix gets a gradient
+        if "lora_B" in name:  # non-zero B so every adapter matrix gets a gradient
             torch.nn.init.normal_(p, std=0.05)
     return peft
 
@@ -71,7 +80,7 @@ def test_packed_forward_equals_padded_forward():
     real = mask.bool()
     assert session.report.padding_free and session.report.attention == "per_sequence"
     torch.testing.assert_close(packed[real], reference[real], atol=2e-5, rtol=1e-4)
-    assert packed[~real].abs().max() == 0   # padding positions get no hidden state at all
+    assert packed[~real].abs().max() == 0  # padding positions get no hidden state at all
     # everything is undone
     assert model.config._attn_implementation == "sdpa" and "forward" not in model.model.__dict__
 
@@ -88,10 +97,10 @@ def test_packed_sequences_cannot_see_each_other_and_positions_restart():
     finally:
         session.close()
     assert not torch.allclose(before[1, :17], after[1, :17])
-    torch.testing.assert_close(after[0], before[0], atol=1e-6, rtol=0)          # no cross-contamination
+    torch.testing.assert_close(after[0], before[0], atol=1e-6, rtol=0)  # no cross-contamination
     torch.testing.assert_close(after[2, :6], before[2, :6], atol=1e-6, rtol=0)
-    alone = model.model(input_ids=ids[2:3, :6]).last_hidden_state[0]            # third sequence on its own,
-    torch.testing.assert_close(before[2, :6], alone, atol=2e-5, rtol=1e-4)      # positions starting at 0
+    alone = model.model(input_ids=ids[2:3, :6]).last_hidden_state[0]  # third sequence on its own,
+    torch.testing.assert_close(before[2, :6], alone, atol=2e-5, rtol=1e-4)  # positions starting at 0
 
 
 def test_varlen_attention_function_is_block_diagonal_causal_attention():
@@ -103,8 +112,17 @@ def test_varlen_attention_function_is_block_diagonal_causal_attention():
     v = torch.randn(1, 2, total, 16, generator=g)
     cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
     attn.select_attention_kernel("cpu")
-    out, _ = attn.varlen_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.25, cu_seq_lens_q=cu,
-                                         max_length_q=9, **{attn.SEQ_LENGTHS_KWARG: lengths})
+    out, _ = attn.varlen_attention_forward(
+        torch.nn.Module(),
+        q,
+        k,
+        v,
+        None,
+        scaling=0.25,
+        cu_seq_lens_q=cu,
+        max_length_q=9,
+        **{attn.SEQ_LENGTHS_KWARG: lengths},
+    )
     # reference: explicit masked softmax in float64, each query head reading kv head h // 2
     doc = torch.repeat_interleave(torch.arange(3), torch.tensor(lengths))
     pos = torch.arange(total)
@@ -126,22 +144,40 @@ def _fake_varlen(signature: str):
         bounds = cu_seq_q.tolist()
         for start, end in itertools.pairwise(bounds):
             q, k, v = (t[start:end].transpose(0, 1).float() for t in (query, key, value))
-            out[start:end] = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, is_causal=causal, scale=scale).transpose(0, 1).to(query.dtype)
+            out[start:end] = (
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+                .transpose(0, 1)
+                .to(query.dtype)
+            )
         return out
 
     if signature == "2.10":
+
         def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
             seen["causal"] = is_causal
             return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal, None)
     else:
-        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
-                        window_size=(-1, -1), enable_gqa=False):
+
+        def varlen_attn(
+            query,
+            key,
+            value,
+            cu_seq_q,
+            cu_seq_k,
+            max_q,
+            max_k,
+            *,
+            return_aux=None,
+            scale=None,
+            window_size=(-1, -1),
+            enable_gqa=False,
+        ):
             seen["window"] = window_size
             if enable_gqa:
                 groups = query.shape[1] // key.shape[1]
                 key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
             return attend(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, window_size == (-1, 0), scale)
+
     return varlen_attn, seen
 
 
@@ -152,7 +188,7 @@ def test_varlen_kernel_adapter_speaks_both_torch_signatures(monkeypatch, signatu
     fake, seen = _fake_varlen(signature)
     monkeypatch.setattr(varlen, "varlen_attn", fake)
     call = attn._varlen_caller()
-    assert attn._self_check(call, torch.device("cpu")) < 2e-2     # the start-up check accepts a correct kernel
+    assert attn._self_check(call, torch.device("cpu")) < 2e-2  # the start-up check accepts a correct kernel
     assert seen == ({"causal": True} if signature == "2.10" else {"window": (-1, 0)})
     if signature == "2.10":  # no scale argument there: a non-default scale cannot be honoured
         q = torch.randn(10, 4, 16, dtype=torch.bfloat16)
@@ -160,7 +196,8 @@ def test_varlen_kernel_adapter_speaks_both_torch_signatures(monkeypatch, signatu
             call(q, q[:, :2], q[:, :2], torch.tensor([0, 10], dtype=torch.int32), 10, 0.5)
 
     def wrong(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, window_size=(-1, -1)):
-        return query * 0.5   # a kernel that computes something else is refused
+        return query * 0.5  # a kernel that computes something else is refused
+
     monkeypatch.setattr(varlen, "varlen_attn", wrong)
     assert attn._self_check(attn._varlen_caller(), torch.device("cpu")) > 0.5
 
@@ -181,7 +218,7 @@ def test_lora_loss_and_gradients_equal_on_packed_and_padded_batches():
     add_fused_lm_head(model.get_base_model())
     ids, mask = padded_batch()
     labels = ids.masked_fill(mask == 0, -100)
-    labels[:, :3] = -100   # a prompt: no loss on the first tokens
+    labels[:, :3] = -100  # a prompt: no loss on the first tokens
 
     def loss_and_grads():
         model.zero_grad()
@@ -208,8 +245,8 @@ def test_chunked_lm_head_loss_equals_full_cross_entropy(monkeypatch):
     import trl.trainer.utils as trl_utils
     from trl.trainer.utils import add_fused_lm_head
 
-    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 128)   # 1000-word vocabulary in 8 tiles
-    monkeypatch.setattr(chunked, "TOKEN_CHUNK_SIZE", 16)                 # 42 tokens in 3 tiles
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 128)  # 1000-word vocabulary in 8 tiles
+    monkeypatch.setattr(chunked, "TOKEN_CHUNK_SIZE", 16)  # 42 tokens in 3 tiles
     model = tiny_llama(vocab=1000).train()
     ids, mask = padded_batch(vocab=1000)
     labels = ids.masked_fill(mask == 0, -100)
@@ -220,7 +257,7 @@ def test_chunked_lm_head_loss_equals_full_cross_entropy(monkeypatch):
         loss.backward()
         return loss.item(), model.model.embed_tokens.weight.grad.clone()
 
-    full_loss, full_grad = loss_and_grad()           # transformers: logits [B, L, V], then cross-entropy
+    full_loss, full_grad = loss_and_grad()  # transformers: logits [B, L, V], then cross-entropy
     add_fused_lm_head(model)
     chunked_loss, chunked_grad = loss_and_grad(fused_lm_head=True)
     assert chunked_loss == pytest.approx(full_loss, rel=1e-6)
@@ -284,7 +321,7 @@ def test_checkpointed_layers_recompute_and_give_the_same_gradients():
     ids, mask = padded_batch()
     layers = parts.decoder_layers(parts.backbone_of(parts.unwrap(model)))
     calls = []
-    hook = layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))   # runs inside the layer
+    hook = layers[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))  # runs inside the layer
 
     def grads():
         model.zero_grad()
@@ -296,7 +333,7 @@ def test_checkpointed_layers_recompute_and_give_the_same_gradients():
     with memplan.checkpointing(layers, 1):
         checkpointed = grads()
     hook.remove()
-    assert plain_calls == 1 and len(calls) - plain_calls == 2    # forward, then the recompute in backward
+    assert plain_calls == 1 and len(calls) - plain_calls == 2  # forward, then the recompute in backward
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
     assert all("forward" not in layer.__dict__ for layer in layers)
@@ -314,7 +351,7 @@ def test_checkpointing_per_micro_batch_only_where_its_tokens_need_it():
         return 1 if tokens > 40 else 0
 
     with memplan.checkpointing(layers, 1, per_micro_batch=need):
-        for width in (8, 32):   # 2 x 8 = 16 tokens: kept; 2 x 32 = 64 tokens: recomputed in backward
+        for width in (8, 32):  # 2 x 8 = 16 tokens: kept; 2 x 32 = 64 tokens: recomputed in backward
             ids, mask = padded_batch(lengths=(width, width))
             calls.clear()
             model(input_ids=ids, attention_mask=mask).logits.float().pow(2).mean().backward()
@@ -324,21 +361,42 @@ def test_checkpointing_per_micro_batch_only_where_its_tokens_need_it():
 
 
 def test_memory_model_checkpoints_per_micro_batch_what_its_tokens_need():
-    memory = memplan.MemoryModel(layers=16, hidden=2048, vocab=49152, act_bytes=150_000, boundary_bytes=4096,
-                                 fixed_bytes=3 * memplan.GIB, budget_bytes=8 * memplan.GIB)
-    worst = memplan.plan_memory(budget_bytes=8 * memplan.GIB, tokens_for_fold={1: 4000}, layers=16, hidden=2048,
-                                vocab=49152, act_bytes=150_000, boundary_bytes=4096, fixed_bytes=3 * memplan.GIB)
+    memory = memplan.MemoryModel(
+        layers=16,
+        hidden=2048,
+        vocab=49152,
+        act_bytes=150_000,
+        boundary_bytes=4096,
+        fixed_bytes=3 * memplan.GIB,
+        budget_bytes=8 * memplan.GIB,
+    )
+    worst = memplan.plan_memory(
+        budget_bytes=8 * memplan.GIB,
+        tokens_for_fold={1: 4000},
+        layers=16,
+        hidden=2048,
+        vocab=49152,
+        act_bytes=150_000,
+        boundary_bytes=4096,
+        fixed_bytes=3 * memplan.GIB,
+    )
     assert worst.per_micro_batch and worst.checkpointed_layers == memory.layers_to_checkpoint(4000) > 0
-    assert memory.layers_to_checkpoint(500) == 0                       # a short micro-batch keeps everything
+    assert memory.layers_to_checkpoint(500) == 0  # a short micro-batch keeps everything
     assert 0 < memory.layers_to_checkpoint(2000) < worst.checkpointed_layers
     assert memory.peak(2000, memory.layers_to_checkpoint(2000)) <= 8 * memplan.GIB
-    assert memory.layers_to_checkpoint(10**7) == 16                    # nothing fits: all of them
+    assert memory.layers_to_checkpoint(10**7) == 16  # nothing fits: all of them
     assert memplan.MemoryModel(16, 2048, 49152, 150_000, 4096, 0, 0).layers_to_checkpoint(10**7) == 0  # no budget
 
 
 def test_memory_plan_prefers_no_checkpointing_then_larger_micro_batches():
-    common = {"layers": 16, "hidden": 2048, "vocab": 49152, "act_bytes": 150_000, "boundary_bytes": 4096,
-              "fixed_bytes": 3 * memplan.GIB}
+    common = {
+        "layers": 16,
+        "hidden": 2048,
+        "vocab": 49152,
+        "act_bytes": 150_000,
+        "boundary_bytes": 4096,
+        "fixed_bytes": 3 * memplan.GIB,
+    }
     tokens = {1: 4000, 2: 8000, 4: 16000}
     roomy = memplan.plan_memory(budget_bytes=72 * memplan.GIB, tokens_for_fold=tokens, **common)
     assert (roomy.checkpointed_layers, roomy.fold, roomy.fits) == (0, 4, True)
@@ -358,14 +416,14 @@ def test_memory_plan_prefers_no_checkpointing_then_larger_micro_batches():
 def test_activation_probe_measures_bytes_saved_per_token():
     model = with_lora(tiny_llama(), dropout=0.1)
     small, large = memplan.activation_bytes_per_token(model, 64), memplan.activation_bytes_per_token(model, 256)
-    assert large == pytest.approx(small, rel=0.1)            # linear in tokens
+    assert large == pytest.approx(small, rel=0.1)  # linear in tokens
     # at least the MLP's gate and up outputs (2 x 128 floats) and the LoRA dropout masks/outputs are kept
     assert large > 2 * 128 * 4 + 7 * 64
     model.eval()
     rng = torch.get_rng_state()
     memplan.activation_bytes_per_token(model, 32)
-    assert torch.equal(rng, torch.get_rng_state())          # the probe's dropout leaves the RNG as it was
-    assert not model.training                               # and the model's mode too
+    assert torch.equal(rng, torch.get_rng_state())  # the probe's dropout leaves the RNG as it was
+    assert not model.training  # and the model's mode too
 
 
 def test_token_bound_of_a_micro_batch():
@@ -443,9 +501,30 @@ def _examples(n: int, seed: int = 0):
     from harness.base import Example, Message
 
     rng = random.Random(seed)
-    words = ["alpha", "beta", "gamma", "delta", "apple", "river", "stone", "cloud", "green", "quick", "lazy", "fox", "dog", "house", "tree"]
-    return [Example(prompt=[Message(role="user", content=" ".join(rng.choices(words, k=rng.randint(2, 12))))],
-                    answer=" ".join(rng.choices(words, k=rng.randint(1, 14)))) for _ in range(n)]
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "green",
+        "quick",
+        "lazy",
+        "fox",
+        "dog",
+        "house",
+        "tree",
+    ]
+    return [
+        Example(
+            prompt=[Message(role="user", content=" ".join(rng.choices(words, k=rng.randint(2, 12))))],
+            answer=" ".join(rng.choices(words, k=rng.randint(1, 14))),
+        )
+        for _ in range(n)
+    ]
 
 
 def test_train_sft_fast_path_matches_the_plain_path(tiny_model_dir, tmp_path):
@@ -455,8 +534,15 @@ def test_train_sft_fast_path_matches_the_plain_path(tiny_model_dir, tmp_path):
     arm = LoraArm(name="l", type="lora", max_steps=2, batch_size=3, dropout=0.0, lr=5e-3, max_length=64)
     examples = _examples(6)
     plain = train_sft(arm, str(tiny_model_dir), examples, tmp_path / "plain", "cpu", fast=None, progress=False)
-    fast = train_sft(arm, str(tiny_model_dir), examples, tmp_path / "fast", "cpu",
-                     fast=fp.FastPath(checkpointing="none"), progress=False)
+    fast = train_sft(
+        arm,
+        str(tiny_model_dir),
+        examples,
+        tmp_path / "fast",
+        "cpu",
+        fast=fp.FastPath(checkpointing="none"),
+        progress=False,
+    )
     assert [s["tokens"] for s in fast.steps] == [s["tokens"] for s in plain.steps]
     assert [s["loss"] for s in fast.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
     assert fast.fastpath["padding_free"] and fast.fastpath["plan"]["checkpointed_layers"] == 0
@@ -470,21 +556,33 @@ def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_pa
     from harness.plan import DpoArm, LoraArm
 
     examples = _examples(8, seed=1)
-    arm = LoraArm(name="l", type="lora", max_steps=2, batch_size=2, grad_accum=2, dropout=0.0, lr=5e-3,
-                  max_length=64)
+    arm = LoraArm(name="l", type="lora", max_steps=2, batch_size=2, grad_accum=2, dropout=0.0, lr=5e-3, max_length=64)
     plain = train_sft(arm, str(tiny_model_dir), examples, tmp_path / "p", "cpu", fast=None, progress=False)
-    folded = train_sft(arm, str(tiny_model_dir), examples, tmp_path / "f", "cpu",
-                       fast=fp.FastPath(checkpointing="none", memory_budget_gib=64), progress=False)
+    folded = train_sft(
+        arm,
+        str(tiny_model_dir),
+        examples,
+        tmp_path / "f",
+        "cpu",
+        fast=fp.FastPath(checkpointing="none", memory_budget_gib=64),
+        progress=False,
+    )
     assert folded.fastpath["plan"]["fold"] == 2
     assert [s["loss"] for s in folded.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
 
-    pairs = [Preference(prompt=[Message(role="user", content=e.prompt[0].content)], chosen=e.answer,
-                        rejected=e.answer[::-1] or "no") for e in examples]
-    dpo = DpoArm(name="d", type="dpo", max_steps=2, batch_size=2, dropout=0.0, lr=1e-3, max_length=64,
-                 truncation="keep_start")
+    pairs = [
+        Preference(
+            prompt=[Message(role="user", content=e.prompt[0].content)], chosen=e.answer, rejected=e.answer[::-1] or "no"
+        )
+        for e in examples
+    ]
+    dpo = DpoArm(
+        name="d", type="dpo", max_steps=2, batch_size=2, dropout=0.0, lr=1e-3, max_length=64, truncation="keep_start"
+    )
     plain = train_dpo(dpo, str(tiny_model_dir), pairs, tmp_path / "dp", "cpu", fast=None, progress=False)
-    fast = train_dpo(dpo, str(tiny_model_dir), pairs, tmp_path / "df", "cpu",
-                     fast=fp.FastPath(checkpointing="full"), progress=False)
+    fast = train_dpo(
+        dpo, str(tiny_model_dir), pairs, tmp_path / "df", "cpu", fast=fp.FastPath(checkpointing="full"), progress=False
+    )
     assert [s["loss"] for s in fast.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
     assert fast.fastpath["plan"]["checkpointed_layers"] == 2
 
@@ -492,18 +590,28 @@ def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_pa
 @pytest.mark.slow
 def test_train_throughput_bench_smoke(tmp_path):
     out = tmp_path / "train.json"
-    run_bench("train_throughput.py", "--smoke", "--sections", "stock,ours,profile,scaling", "--padding-free-attn",
-              "sdpa", "--scaling-batches", "2,4", "--out", str(out))
+    run_bench(
+        "train_throughput.py",
+        "--smoke",
+        "--sections",
+        "stock,ours,profile,scaling",
+        "--padding-free-attn",
+        "sdpa",
+        "--scaling-batches",
+        "2,4",
+        "--out",
+        str(out),
+    )
     saved = json.loads(out.read_text())
     assert saved["runs"].keys() >= {"peer", "ours"} and saved["device"]["type"] == "cpu"
     for name in ("peer", "ours"):
         run = saved["runs"][name]
         assert run["error"] is None and run["real_tokens_per_second"] > 0 and len(run["losses"]) == 4
-    for name in ("trl-no-gc", "ours"):   # profiled: the top ops, and the steps' wall time
+    for name in ("trl-no-gc", "ours"):  # profiled: the top ops, and the steps' wall time
         profile = saved["profiles"][name]
         assert 0 < len(profile["ops"]) <= 25 and profile["wall_ms_per_step"] > 0 and profile["total_ms_per_step"] > 0
         assert saved["runs"][name]["profile"] == profile
-    for path in ("ours", "trl-no-gc"):   # 2 batch sizes x 3 measured steps: a line through 6 points
+    for path in ("ours", "trl-no-gc"):  # 2 batch sizes x 3 measured steps: a line through 6 points
         fit = saved["scaling"]["fits"][path]
         assert fit["points"] == 6 and fit["ms_per_1k_tokens"] != 0
     comparison = saved["comparisons"]["ours_vs_peer"]

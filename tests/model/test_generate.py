@@ -1,6 +1,7 @@
 """Batched inference gives what one-request-at-a-time inference gives: greedy generation is identical for
 every batch size and to a per-item `model.generate` loop; log-likelihoods equal a plain forward per request
 and lm-eval's HF backend, whichever scoring path (packed, padded, full) runs."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,27 @@ import torch
 from harness.model import _generate as gen
 from tests.support.bench import run_bench
 
-PROMPTS = ["Hi", "What is the capital of France? Answer in one word.",
-           "List three colours, then three animals, then three numbers, separated by commas, please.",
-           "2 + 2 =", "Tell me a story", "a b c d e f g h i j k l m n o p", "Why?"]
+PROMPTS = [
+    "Hi",
+    "What is the capital of France? Answer in one word.",
+    "List three colours, then three animals, then three numbers, separated by commas, please.",
+    "2 + 2 =",
+    "Tell me a story",
+    "a b c d e f g h i j k l m n o p",
+    "Why?",
+]
 
-PAIRS = [("The capital of France is", " Paris"), ("The capital of France is", " Lyon"),
-         ("The capital of France is", " a large city on the Seine"), ("2 + 2 =", " 4"), ("2 + 2 =", " 5"),
-         ("Hello", "world"), ("Once upon a time there was a", " little girl who lived in a village near the sea"),
-         ("x", ""), ("Question: which is larger, 7 or 9?\nAnswer:", " 9")]
+PAIRS = [
+    ("The capital of France is", " Paris"),
+    ("The capital of France is", " Lyon"),
+    ("The capital of France is", " a large city on the Seine"),
+    ("2 + 2 =", " 4"),
+    ("2 + 2 =", " 5"),
+    ("Hello", "world"),
+    ("Once upon a time there was a", " little girl who lived in a village near the sea"),
+    ("x", ""),
+    ("Question: which is larger, 7 or 9?\nAnswer:", " 9"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +47,14 @@ def naive_generate(model, tok, prompts, max_new_tokens):
     out = []
     for prompt in prompts:
         ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-        new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=stops,
-                             pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        new = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=tok.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
         cut = next((k for k, t in enumerate(new) if t in stops), len(new))
         out.append(tok.decode(new[:cut], skip_special_tokens=True))
     return out
@@ -58,8 +77,10 @@ def test_generation_is_identical_for_every_batch_size_and_to_one_at_a_time(tiny)
     assert any(expected)
     for batch_size in (1, 3, 16):
         seen = []
-        assert gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size,
-                            progress=seen.append) == expected
+        assert (
+            gen.generate(model, tok, prompts, max_new_tokens=10, batch_size=batch_size, progress=seen.append)
+            == expected
+        )
         assert sum(seen) == len(prompts)
     assert gen.generate(model, tok, [], max_new_tokens=4) == []
 
@@ -68,7 +89,7 @@ def test_generation_is_identical_for_every_batch_size_and_to_one_at_a_time(tiny)
 def test_loglikelihood_equals_one_forward_per_request(tiny, monkeypatch, mode):
     model, tok = tiny
     expected = reference_loglikelihood(model, tok, PAIRS)
-    assert expected[7] == 0.0   # empty continuation
+    assert expected[7] == 0.0  # empty continuation
     monkeypatch.setattr(gen, "scoring_mode", lambda m: mode)
     for batch_size in (1, 4, 32):
         seen = []
@@ -99,8 +120,16 @@ def test_packed_scoring_only_for_plain_decoders(tiny):
 
     model, tok = tiny
     assert gen.packable(model) and gen.scoring_mode(model) == "packed"
-    small = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 128}
+    small = {
+        "vocab_size": len(tok),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "max_position_embeddings": 128,
+    }
     gemma = Gemma2ForCausalLM(Gemma2Config(**small, sliding_window=4, final_logit_softcapping=30.0)).eval()
     assert not gen.packable(gemma) and gen.scoring_mode(gemma) == "full"
     ids = [(" ".join("abcdefgh"[: k + 2]), " z y x") for k in range(5)]
@@ -115,10 +144,15 @@ def test_loglikelihood_agrees_with_lm_eval(tiny):
     from lm_eval.models.huggingface import HFLM
 
     model, tok = tiny
-    pairs = [p for p in PAIRS if p[1]]   # lm-eval needs a continuation
+    pairs = [p for p in PAIRS if p[1]]  # lm-eval needs a continuation
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4)
-    theirs = [ll for ll, _ in lm.loglikelihood([Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i)
-                                                for i, p in enumerate(pairs)], disable_tqdm=True)]
+    theirs = [
+        ll
+        for ll, _ in lm.loglikelihood(
+            [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)],
+            disable_tqdm=True,
+        )
+    ]
     assert gen.loglikelihood(model, tok, pairs, batch_size=4) == pytest.approx(theirs, abs=2e-4, rel=1e-5)
 
 

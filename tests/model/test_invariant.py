@@ -1,6 +1,7 @@
 """Issue 30: in the invariant numerics mode an item's output and log-likelihood depend only on the model and the
 item: bit-identical at every batch size, with device-sized batching on or off, in mixed-adapter evaluation and
 through lm-eval, on a bf16 model (where the fast path's last bits do move with the batch, checked too)."""
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,30 @@ from harness.model import _invariant as inv
 from harness.model._numerics import resolve_mode
 from tests.support.storekit import tunegate
 
-PROMPTS = ["Hi", "What is the capital of France? Answer in one word.",
-           "List three colours, then three animals, then three numbers, separated by commas, please.",
-           "2 + 2 =", "Tell me a story", "a b c d e f g h i j k l m n o p", "Why?",
-           *[f"Item {k}: say something about {k * 7}" for k in range(9)]]
+PROMPTS = [
+    "Hi",
+    "What is the capital of France? Answer in one word.",
+    "List three colours, then three animals, then three numbers, separated by commas, please.",
+    "2 + 2 =",
+    "Tell me a story",
+    "a b c d e f g h i j k l m n o p",
+    "Why?",
+    *[f"Item {k}: say something about {k * 7}" for k in range(9)],
+]
 
-PAIRS = [("The capital of France is", " Paris"), ("The capital of France is", " Lyon"),
-         ("The capital of France is", " a large city on the Seine"), ("2 + 2 =", " 4"), ("2 + 2 =", " 5"),
-         ("Hello", "world"), ("Once upon a time there was a", " little girl who lived in a village near the sea"),
-         ("x", ""), ("Question: which is larger, 7 or 9?\nAnswer:", " 9"),
-         ("Name a colour:", " red"), ("Name a colour:", " dark blue, like the sea at night")]
+PAIRS = [
+    ("The capital of France is", " Paris"),
+    ("The capital of France is", " Lyon"),
+    ("The capital of France is", " a large city on the Seine"),
+    ("2 + 2 =", " 4"),
+    ("2 + 2 =", " 5"),
+    ("Hello", "world"),
+    ("Once upon a time there was a", " little girl who lived in a village near the sea"),
+    ("x", ""),
+    ("Question: which is larger, 7 or 9?\nAnswer:", " 9"),
+    ("Name a colour:", " red"),
+    ("Name a colour:", " dark blue, like the sea at night"),
+]
 
 BATCHES = (1, 3, 7, 16)
 
@@ -38,16 +53,25 @@ def bf16(tiny_model_dir: Path) -> tuple[Any, Any]:
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )
     return LlamaForCausalLM(config).to(torch.bfloat16).eval(), tok
 
 
 def chunked(fn: Any, items: list[Any], size: int) -> list[Any]:
     """`fn` over `items` `size` at a time: each item scored with other companions at each size."""
-    return [x for k in range(0, len(items), size) for x in fn(items[k:k + size])]
+    return [x for k in range(0, len(items), size) for x in fn(items[k : k + size])]
 
 
 def templated(tok: Any) -> list[str]:
@@ -57,11 +81,16 @@ def templated(tok: Any) -> list[str]:
 def write_suite(folder: Path, kind: str, batch_size: int) -> suites.Suite:
     folder.mkdir(parents=True, exist_ok=True)
     scorer = "" if kind == "multiple_choice" else "scorers: [exact_match]\n"
-    (folder / "suite.yaml").write_text(f"name: inv_{kind.replace('_', '')}\nkind: {kind}\n{scorer}"
-                                       f"generation: {{max_new_tokens: 12, batch_size: {batch_size}}}\n")
+    (folder / "suite.yaml").write_text(
+        f"name: inv_{kind.replace('_', '')}\nkind: {kind}\n{scorer}"
+        f"generation: {{max_new_tokens: 12, batch_size: {batch_size}}}\n"
+    )
     if kind == "multiple_choice":
-        rows = [{"id": str(k), "prompt": c, "choices": [x for cc, x in PAIRS if cc == c], "answer": 0}
-                for k, c in enumerate(dict.fromkeys(c for c, _ in PAIRS)) if sum(cc == c for cc, _ in PAIRS) > 1]
+        rows = [
+            {"id": str(k), "prompt": c, "choices": [x for cc, x in PAIRS if cc == c], "answer": 0}
+            for k, c in enumerate(dict.fromkeys(c for c, _ in PAIRS))
+            if sum(cc == c for cc, _ in PAIRS) > 1
+        ]
     else:
         rows = [{"id": str(k), "prompt": p, "reference": "Paris"} for k, p in enumerate(PROMPTS)]
     (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -75,9 +104,11 @@ def test_generation_is_bit_identical_whatever_shares_the_batch(bf16: tuple[Any, 
     assert any(expected) and len(set(expected)) > 1
     for size in BATCHES:
         seen: list[int] = []
-        got = chunked(lambda part, seen=seen: inv.generate(model, tok, part, max_new_tokens=12,
-                                                            progress=seen.append),
-                      prompts, size)
+        got = chunked(
+            lambda part, seen=seen: inv.generate(model, tok, part, max_new_tokens=12, progress=seen.append),
+            prompts,
+            size,
+        )
         assert got == expected, size
         assert sum(seen) == len(prompts)
     reordered = inv.generate(model, tok, prompts[::-1], max_new_tokens=12)
@@ -88,7 +119,7 @@ def test_generation_is_bit_identical_whatever_shares_the_batch(bf16: tuple[Any, 
 def test_loglikelihoods_are_bit_identical_whatever_shares_the_batch(bf16: tuple[Any, Any]) -> None:
     model, tok = bf16
     expected = inv.loglikelihood(model, tok, PAIRS)
-    assert expected[7] == 0.0                                  # the empty continuation
+    assert expected[7] == 0.0  # the empty continuation
     for size in BATCHES:
         assert chunked(lambda part: inv.loglikelihood(model, tok, part), PAIRS, size) == expected, size
     # the same numbers as the fast path up to bf16 rounding: it is the same model
@@ -130,8 +161,9 @@ def test_mixed_adapter_evaluation_equals_each_adapter_alone(bf16: tuple[Any, Any
     folders = []
     for k in range(2):
         torch.manual_seed(k + 1)
-        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules="all-linear",
-                                                      init_lora_weights=False))
+        peft_model = get_peft_model(
+            model, LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
+        )
         peft_model.save_pretrained(str(tmp_path / f"a{k}"))
         peft_model.unload()
         folders.append(tmp_path / f"a{k}")
@@ -148,7 +180,7 @@ def test_mixed_adapter_evaluation_equals_each_adapter_alone(bf16: tuple[Any, Any
     shared.unload()
     assert [r.output for r in together["a0"].items] == alone[0]
     assert [r.output for r in together["a1"].items] == alone[1]
-    assert alone[0] != alone[1]                                # the adapters really differ
+    assert alone[0] != alone[1]  # the adapters really differ
     assert together["a0"].numerics is not None and together["a0"].numerics["mode"] == "invariant"
 
 
@@ -162,8 +194,13 @@ def test_lm_eval_loglikelihood_requests_go_through_the_invariant_scorer(bf16: tu
     requests = []
     for context, continuation in PAIRS[:7] + PAIRS[8:]:
         ctx = tok(context, add_special_tokens=False)["input_ids"]
-        requests.append(((context, continuation), ctx, tok(context + continuation, add_special_tokens=False)
-                         ["input_ids"][len(ctx):]))
+        requests.append(
+            (
+                (context, continuation),
+                ctx,
+                tok(context + continuation, add_special_tokens=False)["input_ids"][len(ctx) :],
+            )
+        )
     together = lm._loglikelihood_tokens(requests)
     assert [lm._loglikelihood_tokens([r])[0] for r in requests] == together
     reference = HFLM(pretrained=model, tokenizer=tok, batch_size=4)._loglikelihood_tokens(requests)
@@ -186,14 +223,17 @@ def test_numerics_mode_from_option_environment_and_default(monkeypatch) -> None:
 
 def test_cli_eval_numerics_option(tmp_path: Path) -> None:
     plan = tmp_path / "plan.yaml"
-    plan.write_text("name: p\nmodel: smollm2-135m\narms:\n  - {name: baseline, type: baseline}\n"
-                    "suites: [json_extract]\n")
+    plan.write_text(
+        "name: p\nmodel: smollm2-135m\narms:\n  - {name: baseline, type: baseline}\nsuites: [json_extract]\n"
+    )
     store = ["--store", str(tmp_path / "s.db")]
     ok = tunegate("run", str(plan), "--dry-run", "--eval-numerics", "fast", *store)
     assert ok.returncode == 0, ok.stderr
-    for args, env in ((["run", str(plan), "--eval-numerics", "exact"], None),
-                      (["eval", "smollm2-135m", "-s", "json_extract", "--eval-numerics", "exact"], None),
-                      (["run", str(plan)], {"TUNEGATE_EVAL_NUMERICS": "exact"})):
+    for args, env in (
+        (["run", str(plan), "--eval-numerics", "exact"], None),
+        (["eval", "smollm2-135m", "-s", "json_extract", "--eval-numerics", "exact"], None),
+        (["run", str(plan)], {"TUNEGATE_EVAL_NUMERICS": "exact"}),
+    ):
         bad = tunegate(*args, *store, env=env)
         lines = [line for line in bad.stderr.splitlines() if line.strip()]
         assert bad.returncode == 2 and len(lines) == 1 and "Traceback" not in bad.stderr, bad.stderr
@@ -212,7 +252,7 @@ def test_fixed_attention_equals_transformers_eager_attention_with_grouped_heads(
     mask = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
     module = torch.nn.Module()
     module.num_key_value_groups, module.training = heads // kv_heads, False
-    ours, _ = inv.fixed_attention(module, query, key, value, mask, scaling=d ** -0.5)
-    theirs, _ = eager_attention_forward(module, query, key, value, mask, scaling=d ** -0.5)
+    ours, _ = inv.fixed_attention(module, query, key, value, mask, scaling=d**-0.5)
+    theirs, _ = eager_attention_forward(module, query, key, value, mask, scaling=d**-0.5)
     assert ours.shape == theirs.shape == (b, t, heads, d)
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """The lean LoRA node computes what PEFT's LoRA layer computes: outputs and every gradient, with and without
 dropout, under bf16 autocast, and it steps aside (PEFT's own forward) where it does not apply."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,9 @@ def lora_layer(dropout: float = 0.0, seed: int = 0, use_dora: bool = False):
 
     torch.manual_seed(seed)
     base = torch.nn.Sequential(torch.nn.Linear(32, 48))
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=12, lora_dropout=dropout, target_modules=["0"],
-                                            use_dora=use_dora))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=12, lora_dropout=dropout, target_modules=["0"], use_dora=use_dora)
+    )
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
@@ -46,7 +48,7 @@ def test_lean_node_equals_peft_in_float32(dropout):
     assert lean_grads.keys() == peft_grads.keys() and len(lean_grads) == 2
     for name in peft_grads:
         torch.testing.assert_close(lean_grads[name], peft_grads[name], atol=1e-5, rtol=1e-5)
-    if dropout:   # the dropout really dropped something (same mask as PEFT's, from the same generator state)
+    if dropout:  # the dropout really dropped something (same mask as PEFT's, from the same generator state)
         no_dropout, _, _ = run(lora_layer(0.0).train(), x)
         assert not torch.allclose(peft_out, no_dropout)
 
@@ -63,7 +65,7 @@ def test_lean_node_under_bf16_autocast_matches_peft_and_keeps_fp32_adapter_gradi
         lean_out, lean_gx, lean_grads = run(model, x, autocast=True)
     assert lean_out.dtype == peft_out.dtype == torch.bfloat16 and lean_gx.dtype == torch.bfloat16
 
-    def rel(a: torch.Tensor, b: torch.Tensor) -> float:   # bf16 rounds each element; compare as a whole
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:  # bf16 rounds each element; compare as a whole
         return float((a.float() - b.float()).norm() / b.float().norm())
 
     assert rel(lean_out, peft_out) < 1e-2 and rel(lean_gx, peft_gx) < 1e-2
@@ -95,7 +97,7 @@ def test_whole_model_loss_and_gradients_equal_with_and_without_the_lean_node():
 def test_peft_runs_the_calls_the_lean_node_does_not_cover():
     x = torch.randn(2, 3, 32)
     dora = lora_layer(use_dora=True).train()
-    assert lean_modules(dora)   # a LoRA layer over nn.Linear, but its DoRA variant is left to PEFT
+    assert lean_modules(dora)  # a LoRA layer over nn.Linear, but its DoRA variant is left to PEFT
     reference, _, _ = run(dora, x)
     calls = []
     original = LoraLinear.apply
@@ -118,7 +120,7 @@ def test_peft_runs_the_calls_the_lean_node_does_not_cover():
             model.merge_adapter()
             merged, _, _ = run(model, x)
             model.unmerge_adapter()
-            assert len(calls) == 1   # disabled and merged adapters went through PEFT
+            assert len(calls) == 1  # disabled and merged adapters went through PEFT
         torch.testing.assert_close(merged, run(model, x)[0], atol=1e-5, rtol=1e-5)
     finally:
         LoraLinear.apply = original
@@ -132,7 +134,7 @@ def test_a_model_without_lora_layers_is_left_alone():
 def test_fast_session_applies_the_lean_node_only_when_asked():
     from harness.model import _fastpath as fp
 
-    assert fp.FastPath().lean_lora is False   # not consistently faster in the training bench: opt-in
+    assert fp.FastPath().lean_lora is False  # not consistently faster in the training bench: opt-in
     model = with_lora(tiny_llama()).train()
     for lean in (False, True):
         session = fp.FastSession(fp.FastPath(checkpointing="none", lean_lora=lean), "cpu")

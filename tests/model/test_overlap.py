@@ -1,6 +1,7 @@
 """Overlapped SFT steps (harness.model._overlap) change when values are read from the device, never the values:
 the host-side packing equals the one read from the mask, the host-indexed loss head equals TRL's, and a run
 logs the same rows (loss, grad norm, learning rate, tokens, entropy, token accuracy) as TRL's own trainer."""
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ def test_host_packing_equals_the_packing_read_from_the_mask(side):
     for name in ("index", "position_ids", "cu_seq_lens"):
         assert torch.equal(getattr(pack, name), getattr(row, name)), name
     labels = _labels(ids, mask)
-    want = (labels[:, 1:] != -100).reshape(-1).nonzero().flatten()   # TRL's hidden[:, :-1][mask] order
+    want = (labels[:, 1:] != -100).reshape(-1).nonzero().flatten()  # TRL's hidden[:, :-1][mask] order
     assert torch.equal(pack.predicting_shifted, want)
     rows, cols = want // (mask.shape[1] - 1), want % (mask.shape[1] - 1)
     assert torch.equal(pack.predicting, rows * mask.shape[1] + cols)
@@ -77,6 +78,7 @@ def test_host_indexed_head_equals_trls_head_in_loss_metrics_and_gradients():
     session = fp.FastSession(fp.FastPath(checkpointing="none"), "cpu", sft=True)
     session.patch_model(model)
     try:
+
         def run(**extra):
             model.zero_grad()
             out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, **extra)
@@ -118,16 +120,24 @@ def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path, mo
         def on_log(self, args, state, control, logs=None, **kw):
             self.rows.append({"step": state.global_step, **(logs or {})})
 
-    arm = LoraArm(name="l", type="lora", max_steps=4, batch_size=3, grad_accum=2, dropout=0.0, lr=5e-3,
-                  max_length=64)
+    arm = LoraArm(name="l", type="lora", max_steps=4, batch_size=3, grad_accum=2, dropout=0.0, lr=5e-3, max_length=64)
     examples = _examples(12, seed=3)
+
     def run(overlap: bool):
         logs = Logs()
         model, tok = load_model(str(tiny_model_dir), "cpu")
         model.train()
-        result = sft_with_model(arm, model, tok, examples, tmp_path / str(len(runs)), "cpu",
-                                fast=fp.FastPath(checkpointing="none", fold_accumulation=False, overlap=overlap),
-                                progress=False, callbacks=(logs,))
+        result = sft_with_model(
+            arm,
+            model,
+            tok,
+            examples,
+            tmp_path / str(len(runs)),
+            "cpu",
+            fast=fp.FastPath(checkpointing="none", fold_accumulation=False, overlap=overlap),
+            progress=False,
+            callbacks=(logs,),
+        )
         return result, logs.rows
 
     runs = {}
@@ -138,8 +148,9 @@ def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path, mo
     (plain, plain_logs), (over, over_logs) = runs[False], runs[True]
     assert [s["tokens"] for s in fallback.steps] == [s["tokens"] for s in plain.steps]
     assert [s["loss"] for s in fallback.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
-    assert [r.get("num_input_tokens_seen") for r in fallback_logs if "loss" in r] == \
-        [r.get("num_input_tokens_seen") for r in plain_logs if "loss" in r]
+    assert [r.get("num_input_tokens_seen") for r in fallback_logs if "loss" in r] == [
+        r.get("num_input_tokens_seen") for r in plain_logs if "loss" in r
+    ]
     assert plain.fastpath["overlap"] == "off" and over.fastpath["overlap"].startswith("on (loss head by host")
     assert [s["step"] for s in over.steps] == [s["step"] for s in plain.steps] == [1, 2, 3, 4]
     assert [s["tokens"] for s in over.steps] == [s["tokens"] for s in plain.steps]
@@ -150,8 +161,9 @@ def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path, mo
     assert [set(r) for r in step_logs[True]] == [set(r) for r in step_logs[False]]
     for key in ("entropy", "mean_token_accuracy", "num_tokens", "epoch", "num_input_tokens_seen"):
         assert [r[key] for r in step_logs[True]] == pytest.approx([r[key] for r in step_logs[False]], rel=1e-5), key
-    final = {k: [r for r in rows if "train_loss" in r][0]["train_loss"] for k, rows in (("p", plain_logs),
-                                                                                          ("o", over_logs))}
+    final = {
+        k: [r for r in rows if "train_loss" in r][0]["train_loss"] for k, rows in (("p", plain_logs), ("o", over_logs))
+    }
     assert final["o"] == pytest.approx(final["p"], rel=1e-6)
     assert plain.tokens_per_second > 0 and over.tokens_per_second > 0
 
@@ -169,12 +181,29 @@ def test_overlapped_data_parallel_run_logs_the_sums_over_processes(tiny_model_di
     runs = {}
     for overlap in ("0", "1"):
         out = tmp_path / f"logs-{overlap}.json"
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--multi_gpu", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
-               "-m", "tests.support.overlap_ddp", str(tiny_model_dir), str(out), overlap]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--multi_gpu",
+            "--main_process_port",
+            str(free_port()),
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "tests.support.overlap_ddp",
+            str(tiny_model_dir),
+            str(out),
+            overlap,
+        ]
         # the CPU ranks over gloo this test is about, on a GPU host too (CUDA hidden from them)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                              env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, env=os.environ | {"CUDA_VISIBLE_DEVICES": ""}
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         runs[overlap] = json.loads(out.read_text())
     plain, over = runs["0"], runs["1"]
@@ -212,12 +241,21 @@ def test_overlapped_evaluation_logs_what_trls_evaluation_logs(tiny_model_dir, tm
         session.patch_model(model)
         set_seed(arm.seed)
         model = get_peft_model(model, lora_config(arm))
-        args = SFTConfig(**_common_args(arm, tmp_path / str(overlap), "cpu", len(train), fast=True)
-                         | (overlap_args("cpu") if overlap else {}), completion_only_loss=True,
-                         eos_token=_eos_for_template(tok), per_device_eval_batch_size=3)
+        args = SFTConfig(
+            **_common_args(arm, tmp_path / str(overlap), "cpu", len(train), fast=True)
+            | (overlap_args("cpu") if overlap else {}),
+            completion_only_loss=True,
+            eos_token=_eos_for_template(tok),
+            per_device_eval_batch_size=3,
+        )
         trainer_class = overlapped_trainer(SFTTrainer) if overlap else SFTTrainer
-        trainer = trainer_class(model=model, args=args, train_dataset=_sft_dataset(train),
-                                eval_dataset=_sft_dataset(held_out), processing_class=tok)
+        trainer = trainer_class(
+            model=model,
+            args=args,
+            train_dataset=_sft_dataset(train),
+            eval_dataset=_sft_dataset(held_out),
+            processing_class=tok,
+        )
         try:
             with session.training(trainer.model, None):
                 before = trainer.evaluate()
@@ -229,7 +267,7 @@ def test_overlapped_evaluation_logs_what_trls_evaluation_logs(tiny_model_dir, tm
         return before, after, losses
 
     plain, over = run(False), run(True)
-    for (p, o) in zip(plain[:2], over[:2], strict=True):
+    for p, o in zip(plain[:2], over[:2], strict=True):
         for key in ("eval_loss", "eval_entropy", "eval_mean_token_accuracy"):
             assert o[key] == pytest.approx(p[key], rel=1e-5), key
     assert over[2] == pytest.approx(plain[2], rel=1e-5) and len(over[2]) == 2

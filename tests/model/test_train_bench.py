@@ -1,5 +1,6 @@
 """The training bench (bench/train_throughput.py) as a command: the fast path's Liger choice by kernel name,
 bad arguments, and the tiny mode end to end (marked slow: about thirty tiny training runs)."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,17 @@ def tiny_llama(attn: str = "sdpa"):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         attn_implementation=attn, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attn_implementation=attn,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -48,27 +57,55 @@ def test_liger_loss_head_is_off_without_trls_head_or_cuda():
 def test_merge_refuses_another_setup(tmp_path):
     out = tmp_path / "report.json"
     out.write_text(json.dumps({"settings": {"shape": "1b"}, "device": {"name": "H200"}, "runs": {}}))
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--smoke", "--sections",
-                           "ours", "--merge", "--out", str(out)], capture_output=True, text=True, cwd=REPO,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "train_throughput.py"),
+            "--smoke",
+            "--sections",
+            "ours",
+            "--merge",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert proc.returncode == 2 and "other settings" in proc.stderr and "Traceback" not in proc.stderr
-    bad = subprocess.run([sys.executable, str(REPO / "bench" / "train_throughput.py"), "--sections", "why,speed"],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "train_throughput.py"), "--sections", "why,speed"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown section 'speed'" in bad.stderr
 
 
 @pytest.mark.slow
 def test_bench_tiny_mode_end_to_end(tmp_path):
     out = tmp_path / "train.json"
-    run_bench("train_throughput.py", "--smoke", "--padding-free-attn", "flash_attention_2,sdpa", "--out", str(out),
-              timeout=1800)
+    run_bench(
+        "train_throughput.py",
+        "--smoke",
+        "--padding-free-attn",
+        "flash_attention_2,sdpa",
+        "--out",
+        str(out),
+        timeout=1800,
+    )
     saved = json.loads(out.read_text())
-    assert saved.keys() >= {"why_peer_is_slow", "stock", "liger_per_kernel", "vs_best_stock", "shape_8b",
-                            "mfu_formula", "targets"} and saved["device"]["type"] == "cpu"
+    assert (
+        saved.keys()
+        >= {"why_peer_is_slow", "stock", "liger_per_kernel", "vs_best_stock", "shape_8b", "mfu_formula", "targets"}
+        and saved["device"]["type"] == "cpu"
+    )
     runs = saved["runs"]
     stock = [n for n in runs if n == "peer" or n.startswith("trl-")]
     assert {"peer", "trl-no-gc", "trl-no-gc-liger"} <= set(stock) and len(stock) >= 5
-    for name in stock:   # each stock peer ran, or its failure is recorded
+    for name in stock:  # each stock peer ran, or its failure is recorded
         run = runs[name]
         assert run["error"] or (run["real_tokens_per_second"] > 0 and len(run["losses"]) == 4), name
     padding_free = saved["stock"]["padding_free_attention"]
@@ -80,8 +117,10 @@ def test_bench_tiny_mode_end_to_end(tmp_path):
     assert runs["ours"]["error"] is None and "mfu" in runs["ours"]
     why = saved["why_peer_is_slow"]
     assert len(why["variants"]) == 5 and len(why["steps"]) == 4
-    assert why["variants"]["chat-full-loss"]["loss_token_share"] > why["variants"]["chat-completion-only"][
-        "loss_token_share"]
+    assert (
+        why["variants"]["chat-full-loss"]["loss_token_share"]
+        > why["variants"]["chat-completion-only"]["loss_token_share"]
+    )
     assert set(saved["liger_per_kernel"]["kernels"]) == {*LIGER_KERNELS, "all"}
     for kind in ("lora", "qlora"):
         assert saved["shape_8b"][kind]["runs"].keys() >= {"peer", "ours"}
@@ -96,7 +135,7 @@ def test_dpo_section_smoke(tmp_path):
     runs = section["runs"]
     assert {"peer", "trl-no-gc", "trl-no-gc-precompute", "ours", "ours-adapter-off"} <= set(runs)
     padding_free = next(r for n, r in runs.items() if n.endswith("padding-free"))
-    assert padding_free["error"] and "padding_free" in padding_free["error"]   # TRL 1.16 turns it off for DPO
+    assert padding_free["error"] and "padding_free" in padding_free["error"]  # TRL 1.16 turns it off for DPO
     for name in ("peer", "ours", "ours-adapter-off"):
         run = runs[name]
         assert run["error"] is None and run["real_tokens_per_second"] > 0 and len(run["losses"]) == 3
@@ -105,5 +144,9 @@ def test_dpo_section_smoke(tmp_path):
     best = section["vs_best_stock"]
     assert best["peer"] == section["best_stock"] and best["same_tokens"] and best["loss_rel_diff"] < 1e-3
     assert best["reward_accuracy_rel_diff"] is not None and best["pairs_per_second"]["ours"] > 0
-    assert set(section["targets"]) == {"throughput_ratio", "peak_memory_ratio", "loss_rel_diff",
-                                       "reward_accuracy_rel_diff"}
+    assert set(section["targets"]) == {
+        "throughput_ratio",
+        "peak_memory_ratio",
+        "loss_rel_diff",
+        "reward_accuracy_rel_diff",
+    }

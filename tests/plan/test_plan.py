@@ -1,4 +1,5 @@
 """The plan as data: validation errors name file, line and field; sweeps expand into named trials."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,28 +31,53 @@ def error_of(path: Path) -> UserError:
 LORA = "arms:\n  - name: base\n    type: baseline\n  - name: lora\n    type: lora\n"
 
 
-@pytest.mark.parametrize("body, line, field, words", [
-    (LORA + "    r: 0\nsuites: [json_extract]\n", 10, "arms[1].r", "greater than 0"),
-    (LORA + "    rank: 8\nsuites: [json_extract]\n", 10, "arms[1].rank", "unknown key"),
-    (LORA + "    lr: -1\nsuites: [json_extract]\n", 10, "arms[1].lr", "greater than 0"),
-    (LORA + "    dropout: 1.5\nsuites: [json_extract]\n", 10, "arms[1].dropout", "less than 1"),
-    (LORA + "    scheduler: wavy\nsuites: [json_extract]\n", 10, "arms[1].scheduler", "linear"),
-    ("arms:\n  - name: x\n    type: magic\nsuites: [json_extract]\n", 6, "arms[0]", "magic"),
-    (LORA + "suites: []\n", 10, "suites", "at least 1"),
-    (LORA + "suites: [json_extract]\nextra: 1\n", 11, "extra", "unknown key"),
-    (LORA + "  - name: lora\n    type: prompt\nsuites: [json_extract]\n", 10, "arms[2].name", "unique"),
-    (LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    rank: [8, 16]\n", 14,
-     "sweep.params.rank", "not a field of lora arm"),
-    (LORA + "suites: [json_extract]\nsweep:\n  arm: nope\n  params:\n    r: [8]\n", 12, "sweep.arm", "not an arm"),
-    (LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: [8, -1]\n", 14,
-     "sweep.params.r", "value -1"),
-    (LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: []\n", 14, "sweep.params.r", "non-empty"),
-    (LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    lr: {low: 1.0e-4, high: 1.0e-3}\n", 14,
-     "sweep.params.lr", "method: random"),
-    (LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 2\n  params:\n"
-            "    lr: {low: 1.0e-3, high: 1.0e-4}\n", 16, "sweep.params.lr", "low must be below high"),
-    (LORA + "  - name: dpo\n    type: dpo\nsuites: [json_extract]\n", 11, "arms[2].type", "data.preference"),
-])
+@pytest.mark.parametrize(
+    "body, line, field, words",
+    [
+        (LORA + "    r: 0\nsuites: [json_extract]\n", 10, "arms[1].r", "greater than 0"),
+        (LORA + "    rank: 8\nsuites: [json_extract]\n", 10, "arms[1].rank", "unknown key"),
+        (LORA + "    lr: -1\nsuites: [json_extract]\n", 10, "arms[1].lr", "greater than 0"),
+        (LORA + "    dropout: 1.5\nsuites: [json_extract]\n", 10, "arms[1].dropout", "less than 1"),
+        (LORA + "    scheduler: wavy\nsuites: [json_extract]\n", 10, "arms[1].scheduler", "linear"),
+        ("arms:\n  - name: x\n    type: magic\nsuites: [json_extract]\n", 6, "arms[0]", "magic"),
+        (LORA + "suites: []\n", 10, "suites", "at least 1"),
+        (LORA + "suites: [json_extract]\nextra: 1\n", 11, "extra", "unknown key"),
+        (LORA + "  - name: lora\n    type: prompt\nsuites: [json_extract]\n", 10, "arms[2].name", "unique"),
+        (
+            LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    rank: [8, 16]\n",
+            14,
+            "sweep.params.rank",
+            "not a field of lora arm",
+        ),
+        (LORA + "suites: [json_extract]\nsweep:\n  arm: nope\n  params:\n    r: [8]\n", 12, "sweep.arm", "not an arm"),
+        (
+            LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: [8, -1]\n",
+            14,
+            "sweep.params.r",
+            "value -1",
+        ),
+        (
+            LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: []\n",
+            14,
+            "sweep.params.r",
+            "non-empty",
+        ),
+        (
+            LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    lr: {low: 1.0e-4, high: 1.0e-3}\n",
+            14,
+            "sweep.params.lr",
+            "method: random",
+        ),
+        (
+            LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 2\n  params:\n"
+            "    lr: {low: 1.0e-3, high: 1.0e-4}\n",
+            16,
+            "sweep.params.lr",
+            "low must be below high",
+        ),
+        (LORA + "  - name: dpo\n    type: dpo\nsuites: [json_extract]\n", 11, "arms[2].type", "data.preference"),
+    ],
+)
 def test_bad_plans_name_file_line_and_field(tmp_path: Path, body: str, line: int, field: str, words: str):
     path = plan_file(tmp_path, body)
     err = error_of(path)
@@ -61,9 +87,12 @@ def test_bad_plans_name_file_line_and_field(tmp_path: Path, body: str, line: int
 
 
 def test_dpo_from_a_swept_arm_must_name_one_trial(tmp_path: Path):
-    path = plan_file(tmp_path, LORA + "  - name: dpo\n    type: dpo\n    from_arm: lora\n"
-                                      "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: [8, 16]\n",
-                     prefs=True)
+    path = plan_file(
+        tmp_path,
+        LORA + "  - name: dpo\n    type: dpo\n    from_arm: lora\n"
+        "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: [8, 16]\n",
+        prefs=True,
+    )
     err = error_of(path)
     assert err.field == "arms[2].from_arm" and err.line == 13
     assert "lora-r8, lora-r16" in str(err)
@@ -73,16 +102,18 @@ def test_dpo_from_a_swept_arm_must_name_one_trial(tmp_path: Path):
 
 
 def test_dpo_from_a_non_sft_arm_is_refused(tmp_path: Path):
-    path = plan_file(tmp_path, LORA + "  - name: dpo\n    type: dpo\n    from_arm: base\nsuites: [json_extract]\n",
-                     prefs=True)
+    path = plan_file(
+        tmp_path, LORA + "  - name: dpo\n    type: dpo\n    from_arm: base\nsuites: [json_extract]\n", prefs=True
+    )
     err = error_of(path)
     assert err.field == "arms[2].from_arm" and "baseline arm" in str(err)
 
 
 def test_missing_files_name_their_field(tmp_path: Path):
     path = tmp_path / "plan.yaml"
-    path.write_text("name: p\ndata:\n  train: nowhere.jsonl\narms:\n  - name: b\n    type: baseline\n"
-                    "suites: [json_extract]\n")
+    path.write_text(
+        "name: p\ndata:\n  train: nowhere.jsonl\narms:\n  - name: b\n    type: baseline\nsuites: [json_extract]\n"
+    )
     err = error_of(path)
     assert (err.line, err.field) == (3, "data.train") and "file not found" in str(err)
     path.write_text("name: p\narms:\n  - name: lora\n    type: lora\nsuites: [json_extract]\n")
@@ -127,8 +158,10 @@ def test_relative_paths_fall_back_to_the_plan_folder(tmp_path: Path, monkeypatch
     folder = tmp_path / "exp"
     folder.mkdir()
     write_data(folder)
-    (folder / "plan.yaml").write_text("name: p\ndata:\n  train: train.jsonl\n  preference: prefs.jsonl\narms:\n"
-                                      "  - name: d\n    type: dpo\nsuites: [json_extract]\n")
+    (folder / "plan.yaml").write_text(
+        "name: p\ndata:\n  train: train.jsonl\n  preference: prefs.jsonl\narms:\n"
+        "  - name: d\n    type: dpo\nsuites: [json_extract]\n"
+    )
     monkeypatch.chdir(tmp_path)
     plan, _ = load_plan(folder / "plan.yaml")
     assert plan.data.train == str((folder / "train.jsonl").resolve())
@@ -138,18 +171,32 @@ def test_relative_paths_fall_back_to_the_plan_folder(tmp_path: Path, monkeypatch
 def test_defaults_are_the_documented_recipe(tmp_path: Path):
     plan, _ = load_plan(plan_file(tmp_path, LORA + "suites: [json_extract]\n"))
     lora = plan.arms[1]
-    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.lr, lora.epochs) == \
-        (16, 32, 0.05, "all-linear", 2e-4, 1.0)
+    assert (lora.r, lora.alpha, lora.dropout, lora.target_modules, lora.lr, lora.epochs) == (
+        16,
+        32,
+        0.05,
+        "all-linear",
+        2e-4,
+        1.0,
+    )
     assert lora.gpus_per_trial == 1
 
 
 def test_grid_sweep_expands_every_combination_with_stable_names(tmp_path: Path):
-    body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: [8, 16, 32]\n"
-                   "    lr: [2.0e-4, 5.0e-4]\n")
+    body = LORA + (
+        "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n    r: [8, 16, 32]\n    lr: [2.0e-4, 5.0e-4]\n"
+    )
     plan, _ = load_plan(plan_file(tmp_path, body))
     names = [a.name for a in trial_arms(plan)]
-    assert names == ["base", "lora-r8-lr0.0002", "lora-r8-lr0.0005", "lora-r16-lr0.0002", "lora-r16-lr0.0005",
-                     "lora-r32-lr0.0002", "lora-r32-lr0.0005"]
+    assert names == [
+        "base",
+        "lora-r8-lr0.0002",
+        "lora-r8-lr0.0005",
+        "lora-r16-lr0.0002",
+        "lora-r16-lr0.0005",
+        "lora-r32-lr0.0002",
+        "lora-r32-lr0.0005",
+    ]
     swept = {a.name: a for a in trial_arms(plan)}
     assert swept["lora-r32-lr0.0005"].r == 32 and swept["lora-r32-lr0.0005"].lr == 5e-4
     assert swept["lora-r32-lr0.0005"].alpha == 32  # unswept fields keep the arm's value
@@ -157,18 +204,26 @@ def test_grid_sweep_expands_every_combination_with_stable_names(tmp_path: Path):
 
 
 def test_sweep_over_target_modules_and_data_fraction(tmp_path: Path):
-    body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n"
-                   "    target_modules: [[q_proj, v_proj], all-linear]\n    data_fraction: [0.25, 1.0]\n")
+    body = LORA + (
+        "suites: [json_extract]\nsweep:\n  arm: lora\n  params:\n"
+        "    target_modules: [[q_proj, v_proj], all-linear]\n    data_fraction: [0.25, 1.0]\n"
+    )
     plan, _ = load_plan(plan_file(tmp_path, body))
     names = [a.name for a in trial_arms(plan)][1:]
-    assert names == ["lora-target_modulesq_v-data_fraction0.25", "lora-target_modulesq_v-data_fraction1",
-                     "lora-target_modulesall-linear-data_fraction0.25", "lora-target_modulesall-linear-data_fraction1"]
+    assert names == [
+        "lora-target_modulesq_v-data_fraction0.25",
+        "lora-target_modulesq_v-data_fraction1",
+        "lora-target_modulesall-linear-data_fraction0.25",
+        "lora-target_modulesall-linear-data_fraction1",
+    ]
     assert trial_arms(plan)[1].target_modules == ["q_proj", "v_proj"] and trial_arms(plan)[1].data_fraction == 0.25
 
 
 def test_random_search_over_lists_samples_without_repeats_and_is_seeded(tmp_path: Path):
-    body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 4\n  seed: 3\n  params:\n"
-                   "    r: [4, 8, 16, 32]\n    lr: [1.0e-4, 2.0e-4, 5.0e-4]\n")
+    body = LORA + (
+        "suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 4\n  seed: 3\n  params:\n"
+        "    r: [4, 8, 16, 32]\n    lr: [1.0e-4, 2.0e-4, 5.0e-4]\n"
+    )
     plan, _ = load_plan(plan_file(tmp_path, body))
     first = [a.name for a in trial_arms(plan)]
     assert len(first) == 5 and len(set(first)) == 5
@@ -178,8 +233,10 @@ def test_random_search_over_lists_samples_without_repeats_and_is_seeded(tmp_path
 
 
 def test_random_search_over_ranges(tmp_path: Path):
-    body = LORA + ("suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 5\n  params:\n"
-                   "    lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n    r: {low: 4, high: 64, integer: true}\n")
+    body = LORA + (
+        "suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  n: 5\n  params:\n"
+        "    lr: {low: 1.0e-5, high: 1.0e-3, log: true}\n    r: {low: 4, high: 64, integer: true}\n"
+    )
     plan, _ = load_plan(plan_file(tmp_path, body))
     swept = trial_arms(plan)[1:]
     assert len(swept) == 5
@@ -189,7 +246,10 @@ def test_random_search_over_ranges(tmp_path: Path):
 
 
 def test_range_needs_n_for_random(tmp_path: Path):
-    body = LORA + "suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  params:\n    lr: {low: 0.1, high: 0.2}\n"
+    body = (
+        LORA
+        + "suites: [json_extract]\nsweep:\n  arm: lora\n  method: random\n  params:\n    lr: {low: 0.1, high: 0.2}\n"
+    )
     err = error_of(plan_file(tmp_path, body))
     assert err.field == "sweep.n" and "needs n" in str(err)
 
@@ -205,16 +265,20 @@ def test_range_draws_stay_inside():
 
 
 def test_sweep_several_arms_at_once(tmp_path: Path):
-    body = ("arms:\n  - name: lora\n    type: lora\n  - name: dora\n    type: dora\nsuites: [json_extract]\n"
-            "sweep:\n  arm: [lora, dora]\n  params:\n    r: [4, 8]\n")
+    body = (
+        "arms:\n  - name: lora\n    type: lora\n  - name: dora\n    type: dora\nsuites: [json_extract]\n"
+        "sweep:\n  arm: [lora, dora]\n  params:\n    r: [4, 8]\n"
+    )
     plan, _ = load_plan(plan_file(tmp_path, body))
     assert [a.name for a in trial_arms(plan)] == ["lora-r4", "lora-r8", "dora-r4", "dora-r8"]
     assert [a.type for a in trial_arms(plan)] == ["lora", "lora", "dora", "dora"]
 
 
 def test_sweep_name_clash_is_refused(tmp_path: Path):
-    body = ("arms:\n  - name: lora\n    type: lora\n  - name: lora-r4\n    type: baseline\nsuites: [json_extract]\n"
-            "sweep:\n  arm: lora\n  params:\n    r: [4, 8]\n")
+    body = (
+        "arms:\n  - name: lora\n    type: lora\n  - name: lora-r4\n    type: baseline\nsuites: [json_extract]\n"
+        "sweep:\n  arm: lora\n  params:\n    r: [4, 8]\n"
+    )
     err = error_of(plan_file(tmp_path, body))
     assert "lora-r4" in str(err) and err.field == "sweep.params"
 
@@ -223,8 +287,12 @@ def test_validating_a_dict_runs_the_cross_checks():
     """The advisor validates the plans it writes with Plan.model_validate: cross-checks apply there too."""
     from pydantic import ValidationError
 
-    good = {"name": "p", "data": {"train": "t.jsonl"}, "arms": [{"name": "b", "type": "baseline"}],
-            "suites": ["json_extract"]}
+    good = {
+        "name": "p",
+        "data": {"train": "t.jsonl"},
+        "arms": [{"name": "b", "type": "baseline"}],
+        "suites": ["json_extract"],
+    }
     assert cross_check(Plan.model_validate(good)) == []
     with pytest.raises(ValidationError, match="needs preference pairs"):
         Plan.model_validate(good | {"arms": [{"name": "d", "type": "dpo"}]})
@@ -241,7 +309,11 @@ def test_shipped_example_plans_load(path: Path):
 
 def test_example_plans_are_found():
     assert {f"{p.parent.name}/{p.name}" for p in EXAMPLE_PLANS} >= {
-        "demo/plan.yaml", "gpu/plan.yaml", "sweep/plan.yaml", "sweep/learning_curve.yaml"}
+        "demo/plan.yaml",
+        "gpu/plan.yaml",
+        "sweep/plan.yaml",
+        "sweep/learning_curve.yaml",
+    }
 
 
 def test_gpu_plan_has_every_arm_and_a_sweep():

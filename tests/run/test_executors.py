@@ -1,5 +1,6 @@
 """Executors: which trial gets which devices (fake GPU lists, no GPU needed), the worker and
 `accelerate launch` commands, a real process pool writing one store concurrently, and Ray."""
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,11 @@ def test_unit_round_trips_as_json():
 def test_make_executor_picks_by_devices(store: Store):
     assert isinstance(make_executor("local", store=store, console=quiet(), devices=[]), SerialExecutor)
     workers = make_executor("local", store=store, console=quiet(), devices=["0", "1"], trials_per_gpu=2)
-    assert isinstance(workers, WorkerExecutor) and [w.slot for w in workers.workers] == \
-        ["gpu0.0", "gpu1.0", "gpu0.1", "gpu1.1"] and workers.max_gpus_per_trial() == 2
+    assert (
+        isinstance(workers, WorkerExecutor)
+        and [w.slot for w in workers.workers] == ["gpu0.0", "gpu1.0", "gpu0.1", "gpu1.1"]
+        and workers.max_gpus_per_trial() == 2
+    )
     cpu_workers = make_executor("workers", store=store, console=quiet(), devices=[], trials_per_gpu=3)
     assert isinstance(cpu_workers, WorkerExecutor) and len(cpu_workers.workers) == 3
     pool = make_executor("process", store=store, console=quiet(), devices=["0", "1", "2"])
@@ -114,8 +118,9 @@ class FakeLaunch:
         with self.lock:
             assert not self.held & set(ids), f"{unit.trial} got devices {ids} that are in use ({self.held})"
             self.held |= set(ids)
-            self.log.append({"trial": unit.trial, "ids": ids, "start": time.perf_counter(),
-                             "concurrent": sorted(self.held)})
+            self.log.append(
+                {"trial": unit.trial, "ids": ids, "start": time.perf_counter(), "concurrent": sorted(self.held)}
+            )
         time.sleep(self.seconds)
         with self.lock:
             self.held -= set(ids)
@@ -167,9 +172,15 @@ def test_dependent_dpo_trials_run_in_a_later_phase(tmp_path: Path):
     from harness.plan import load_plan
 
     train, prefs = write_data(tmp_path)
-    path = write_plan(tmp_path / "p.yaml", "smollm2-135m",
-                      [train_arm("dpo", "dpo", from_arm="lora-r4"), train_arm("lora"), {"name": "b", "type": "baseline"}],
-                      train=train, prefs=prefs, suites=["json_extract"], sweep={"arm": "lora", "params": {"r": [4, 8]}})
+    path = write_plan(
+        tmp_path / "p.yaml",
+        "smollm2-135m",
+        [train_arm("dpo", "dpo", from_arm="lora-r4"), train_arm("lora"), {"name": "b", "type": "baseline"}],
+        train=train,
+        prefs=prefs,
+        suites=["json_extract"],
+        sweep={"arm": "lora", "params": {"r": [4, 8]}},
+    )
     plan, _ = load_plan(path)
     us = [TrialJob("u", 1, name, "/f") for name in ("dpo", "lora-r4", "lora-r8", "b")]
     assert [[u.trial for u in p] for p in phases(us, plan)] == [["lora-r4", "lora-r8", "b"], ["dpo"]]
@@ -179,9 +190,13 @@ def test_trials_are_handed_out_longest_first(tmp_path: Path):
     from harness.plan import load_plan, trial_arms
 
     train, prefs = write_data(tmp_path)
-    arms = [{"name": "b", "type": "baseline"}, {"name": "r", "type": "rag", "k": 1},
-            train_arm("short", max_steps=2), train_arm("long", max_steps=9),
-            train_arm("dpo", "dpo", from_arm="short", max_steps=1)]
+    arms = [
+        {"name": "b", "type": "baseline"},
+        {"name": "r", "type": "rag", "k": 1},
+        train_arm("short", max_steps=2),
+        train_arm("long", max_steps=9),
+        train_arm("dpo", "dpo", from_arm="short", max_steps=1),
+    ]
     path = write_plan(tmp_path / "p.yaml", "smollm2-135m", arms, train=train, prefs=prefs, suites=["json_extract"])
     plan, _ = load_plan(path)
     by_name = {a.name: a for a in trial_arms(plan)}
@@ -217,8 +232,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def check_run(store: Store, run_id: int, names: set[str]) -> dict[str, Any]:
     trials = {t.name: t for t in store.trials(run_id)}
-    assert {n: t.status for n, t in trials.items()} == {n: "finished" for n in names}, \
-        {n: (t.status, t.error) for n, t in trials.items()}
+    assert {n: t.status for n, t in trials.items()} == {n: "finished" for n in names}, {
+        n: (t.status, t.error) for n, t in trials.items()
+    }
     manifests = {n: json.loads((Path(t.folder) / "manifest.json").read_text()) for n, t in trials.items()}
     for t in trials.values():
         assert sorted(s.name for _, s in store.evaluations(t.id)) == ["tiny_json", "tiny_mc"]
@@ -231,9 +247,13 @@ def check_run(store: Store, run_id: int, names: set[str]) -> dict[str, Any]:
 def test_process_pool_pins_each_worker_to_its_device(env: dict[str, Any], tiny_model_dir: Path):
     """Two fake GPU ids on a CPU machine: two worker processes at once, each with its own
     CUDA_VISIBLE_DEVICES, both writing to one SQLite store."""
-    plan = write_plan(env["root"] / "pool.yaml", tiny_model_dir,
-                      [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4)],
-                      train=env["train"], name="pool")
+    plan = write_plan(
+        env["root"] / "pool.yaml",
+        tiny_model_dir,
+        [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4)],
+        train=env["train"],
+        name="pool",
+    )
     store = Store(str(env["root"] / "pool.db"))
     outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, gpus=["0", "1"], executor="process")
     manifests = check_run(store, outcome.run_id, {"baseline", "lora"})
@@ -242,8 +262,9 @@ def test_process_pool_pins_each_worker_to_its_device(env: dict[str, Any], tiny_m
     # both processes were up at once: each started (its 'start' phase is its age when its trial began) before the
     # other's trial ended (their trials' own intervals may not overlap: a tiny baseline can end while the other
     # process is still importing)
-    spawned = {n: datetime.fromisoformat(t.started_at).timestamp() - manifests[n]["phases"]["start"]
-               for n, t in trials.items()}
+    spawned = {
+        n: datetime.fromisoformat(t.started_at).timestamp() - manifests[n]["phases"]["start"] for n, t in trials.items()
+    }
     assert spawned["lora"] < datetime.fromisoformat(trials["baseline"].finished_at).timestamp()
     assert spawned["baseline"] < datetime.fromisoformat(trials["lora"].finished_at).timestamp()
     assert (Path(trials["lora"].folder) / "unit.json").exists()
@@ -257,9 +278,13 @@ def test_ray_tasks_ask_for_a_share_of_a_gpu_or_whole_gpus():
 @pytest.mark.slow
 def test_ray_executor_runs_trials_as_ray_tasks(env: dict[str, Any], tiny_model_dir: Path):
     ray = pytest.importorskip("ray")
-    plan = write_plan(env["root"] / "ray.yaml", tiny_model_dir,
-                      [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4)],
-                      train=env["train"], name="ray")
+    plan = write_plan(
+        env["root"] / "ray.yaml",
+        tiny_model_dir,
+        [{"name": "baseline", "type": "baseline"}, train_arm("lora", r=4)],
+        train=env["train"],
+        name="ray",
+    )
     store = Store(str(env["root"] / "ray.db"))
     # one GPU declared to Ray (this machine may have none): two one-GPU trials share it, a half each, as
     # --trials-per-gpu 2 asks; on a machine without CUDA they then run on the CPU
@@ -281,8 +306,12 @@ def test_gpus_per_trial_beyond_what_one_trial_can_get(env: dict[str, Any], tiny_
     from harness.plan import load_plan
     from harness.run import check_gpus_per_trial
 
-    path = write_plan(env["root"] / "big.yaml", tiny_model_dir,
-                      [{"name": "b", "type": "baseline"}, train_arm("lora", gpus_per_trial=4)], train=env["train"])
+    path = write_plan(
+        env["root"] / "big.yaml",
+        tiny_model_dir,
+        [{"name": "b", "type": "baseline"}, train_arm("lora", gpus_per_trial=4)],
+        train=env["train"],
+    )
     plan, doc = load_plan(path)
     check_gpus_per_trial(plan, doc, plan.arms, 4)
     with pytest.raises(UserError) as info:
@@ -294,8 +323,13 @@ def test_gpus_per_trial_beyond_what_one_trial_can_get(env: dict[str, Any], tiny_
 def test_data_parallel_trial_goes_through_accelerate_launch(env: dict[str, Any], tiny_model_dir: Path):
     """gpus_per_trial: 2 on two (fake) GPU ids: `accelerate launch --num_processes 2` starts two ranks
     (on this CPU machine they train over gloo); both train, rank 0 alone records the trial."""
-    plan = write_plan(env["root"] / "ddp.yaml", tiny_model_dir, [train_arm("lora", r=4, max_steps=2, gpus_per_trial=2)],
-                      train=env["train"], name="ddp")
+    plan = write_plan(
+        env["root"] / "ddp.yaml",
+        tiny_model_dir,
+        [train_arm("lora", r=4, max_steps=2, gpus_per_trial=2)],
+        train=env["train"],
+        name="ddp",
+    )
     store = Store(str(env["root"] / "ddp.db"))
     outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan, gpus=["0", "1"])
     manifests = check_run(store, outcome.run_id, {"lora"})

@@ -1,6 +1,7 @@
 """bench/multi_gpu.py's sweep analysis: the time outside the trials, the most trials at once, the critical path
 of `from_arm` dependencies and the list-scheduling bound, computed from trial records whose answers are known
 (the pure function, and `--analyse` on a report written earlier)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,22 +37,39 @@ def bench() -> Iterator[ModuleType]:
 
 def trial(begin: float, end: float, pid: int, **phases: float) -> dict[str, Any]:
     """A finished trial's record, `begin` and `end` in seconds after T0; `phases` as its manifest has them."""
-    return {"status": "finished", "started_at": (T0 + timedelta(seconds=begin)).isoformat(),
-            "finished_at": (T0 + timedelta(seconds=end)).isoformat(), "pid": pid, "phases": phases or None}
+    return {
+        "status": "finished",
+        "started_at": (T0 + timedelta(seconds=begin)).isoformat(),
+        "finished_at": (T0 + timedelta(seconds=end)).isoformat(),
+        "pid": pid,
+        "phases": phases or None,
+    }
 
 
 def one_gpu() -> dict[str, Any]:
     """One slot: a (trained after 5 + 15 of its 30 s), a 5 s gap, b, then c; 110 s wall."""
-    return {"wall_seconds": 110.0, "trials": {
-        "a": trial(10, 40, 1, start=8.0, train_setup=5.0, train=15.0), "b": trial(45, 60, 1),
-        "c": trial(60, 80, 1)}}
+    return {
+        "wall_seconds": 110.0,
+        "trials": {
+            "a": trial(10, 40, 1, start=8.0, train_setup=5.0, train=15.0),
+            "b": trial(45, 60, 1),
+            "c": trial(60, 80, 1),
+        },
+    }
 
 
 def two_gpus() -> dict[str, Any]:
     """a beside b then d (b ends the instant d starts: two at once, not three), c after a; 70 s wall."""
-    return {"wall_seconds": 70.0, "trials": {
-        "a": trial(10, 40, 1, start=9.0, train_setup=5.0, train=15.0), "b": trial(10, 30, 2), "d": trial(30, 40, 2),
-        "c": trial(40, 65, 1), "never-ran": {"status": "failed", "started_at": None, "finished_at": None}}}
+    return {
+        "wall_seconds": 70.0,
+        "trials": {
+            "a": trial(10, 40, 1, start=9.0, train_setup=5.0, train=15.0),
+            "b": trial(10, 30, 2),
+            "d": trial(30, 40, 2),
+            "c": trial(40, 65, 1),
+            "never-ran": {"status": "failed", "started_at": None, "finished_at": None},
+        },
+    }
 
 
 def test_the_bound_of_each_run_and_the_speedups_it_allows(bench: ModuleType):
@@ -108,9 +126,14 @@ def test_the_gpu_plan_has_one_dependency(bench: ModuleType):
 def test_analyse_adds_the_analysis_to_an_earlier_report_and_changes_nothing_else(tmp_path: Path):
     plan = tmp_path / "plan.yaml"
     plan.write_text("name: p\narms:\n  - {name: a, type: lora}\n  - {name: c, type: dpo, from_arm: a}\n")
-    report = {"bench": "multi_gpu", "sweep_speedup": 1.571, "parts": {
-        "sweep": {"one_gpu": one_gpu(), "two_gpus": two_gpus(), "sweep_speedup": 1.571},
-        "ddp": {"ddp_speedup": 1.8}}}
+    report = {
+        "bench": "multi_gpu",
+        "sweep_speedup": 1.571,
+        "parts": {
+            "sweep": {"one_gpu": one_gpu(), "two_gpus": two_gpus(), "sweep_speedup": 1.571},
+            "ddp": {"ddp_speedup": 1.8},
+        },
+    }
     earlier = tmp_path / "multi_gpu.json"
     earlier.write_text(json.dumps(report))
     out = tmp_path / "analysed.json"
@@ -124,8 +147,19 @@ def test_analyse_adds_the_analysis_to_an_earlier_report_and_changes_nothing_else
 def test_analyse_refuses_a_report_without_the_sweep_trials(tmp_path: Path):
     earlier = tmp_path / "multi_gpu.json"
     earlier.write_text(json.dumps({"parts": {"ddp": {"ddp_speedup": 1.8}}}))
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "multi_gpu.py"), "--analyse", str(earlier),
-                             "--out", str(tmp_path / "out.json")], capture_output=True, text=True, cwd=REPO,
-                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "multi_gpu.py"),
+            "--analyse",
+            str(earlier),
+            "--out",
+            str(tmp_path / "out.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode != 0 and "nothing to analyse" in result.stderr
     assert not (tmp_path / "out.json").exists()

@@ -1,6 +1,7 @@
 """bench/multi_gpu.py as a command: the data-parallel part, and the sweep part with the whole plan by Ray, in
 tiny mode on this CPU machine (two gloo ranks and two fake GPU ids), and a part that fails
 being recorded in the JSON instead of ending the invocation."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,8 +21,19 @@ def test_a_failing_part_is_recorded_and_the_json_still_written(tmp_path: Path):
     earlier = tmp_path / "one_gpu.json"
     earlier.write_text(json.dumps({"paths": {"peer": {"wall_seconds": 10.0}}}))
     out = tmp_path / "multi_gpu.json"
-    run_bench("multi_gpu.py", "--tiny", "--parts", "sweep", "--one-gpu-json", str(earlier),
-              "--work", str(tmp_path / "work"), "--out", str(out), timeout=300)
+    run_bench(
+        "multi_gpu.py",
+        "--tiny",
+        "--parts",
+        "sweep",
+        "--one-gpu-json",
+        str(earlier),
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        timeout=300,
+    )
     report = json.loads(out.read_text())
     assert "no 'workers' path" in report["parts"]["sweep"]["error"]
     assert report["errors"] == {"sweep": report["parts"]["sweep"]["error"]}
@@ -31,8 +43,12 @@ def test_a_failing_part_is_recorded_and_the_json_still_written(tmp_path: Path):
 
 
 def test_unknown_part_is_refused():
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "multi_gpu.py"), "--parts", "sweep,tpu",
-                             "--out", "/dev/null"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "multi_gpu.py"), "--parts", "sweep,tpu", "--out", "/dev/null"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2 and "unknown part(s) tpu" in result.stderr
 
 
@@ -83,7 +99,7 @@ def test_sweep_part_and_the_whole_plan_by_ray_in_tiny_mode(tmp_path: Path):
     assert ray_part["ray_plan"] == "full" and ray_part["plan"] == sweep["plan"]
     assert ray_part["local"]["source"] == "the sweep part's two-GPU run of this invocation"
     assert ray_part["local"]["store"] == sweep["two_gpus"]["store"]
-    assert not (tmp_path / "work" / "ray" / "local").exists()   # no third local run
+    assert not (tmp_path / "work" / "ray" / "local").exists()  # no third local run
     assert ray_part["wall_seconds"]["local"] == sweep["two_gpus"]["wall_seconds"]
     assert set(ray_part["ray"]["trials"]) == trials and set(ray_part["ray"]["trials"].values()) == {"finished"}
     assert ray_part["statuses_identical"] and ray_part["local"]["verdicts"] == sweep["verdicts"]["two_gpus"]
@@ -111,8 +127,11 @@ def assert_analysis_fits_the_trials(report: dict) -> None:
         assert analysis["critical_path_seconds"][run] >= max(durations) - 0.01
         assert analysis["bound_seconds"][run] == pytest.approx(
             analysis["outside_trials_seconds"][run]
-            + max(analysis["critical_path_seconds"][run], total / analysis["slots"][run]), abs=0.03)
+            + max(analysis["critical_path_seconds"][run], total / analysis["slots"][run]),
+            abs=0.03,
+        )
     assert analysis["worker_processes"] == {"one_gpu": 1, "two_gpus": 2}  # one worker per (fake) GPU on 2 cores
     assert analysis["best_possible_speedup"] == round(
-        sweep["one_gpu"]["wall_seconds"] / analysis["bound_seconds"]["two_gpus"], 3)
+        sweep["one_gpu"]["wall_seconds"] / analysis["bound_seconds"]["two_gpus"], 3
+    )
     assert analysis["reading"].startswith("One GPU: ")

@@ -1,6 +1,7 @@
 """The driver's GPU queries through NVML (harness/_nvml.py): which GPUs CUDA would see, mapped from
 CUDA_VISIBLE_DEVICES onto NVML's records by CUDA's rules, and the fall back to torch wherever NVML cannot answer
 (as on this machine, which has no NVIDIA driver)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,13 +19,16 @@ from harness.run._preflight import gpu_capacity_gib
 from tests.support import REPO
 
 GIB = 1024**3
-GPUS = [NvmlGpu(0, "GPU-aacf9dcc-783f", "NVIDIA H200", 140 * GIB, 100 * GIB),
-        NvmlGpu(1, "GPU-02598f70-14df", "NVIDIA H200", 140 * GIB, 90 * GIB),
-        NvmlGpu(2, "GPU-0259aaaa-0000", "NVIDIA H100", 80 * GIB, 70 * GIB)]
+GPUS = [
+    NvmlGpu(0, "GPU-aacf9dcc-783f", "NVIDIA H200", 140 * GIB, 100 * GIB),
+    NvmlGpu(1, "GPU-02598f70-14df", "NVIDIA H200", 140 * GIB, 90 * GIB),
+    NvmlGpu(2, "GPU-0259aaaa-0000", "NVIDIA H100", 80 * GIB, 70 * GIB),
+]
 
 
-def seen(cuda_visible_devices: str | None, order: str | None = "PCI_BUS_ID",
-         gpus: list[NvmlGpu] = GPUS) -> dict[str, int] | None:
+def seen(
+    cuda_visible_devices: str | None, order: str | None = "PCI_BUS_ID", gpus: list[NvmlGpu] = GPUS
+) -> dict[str, int] | None:
     """select_visible as {id as spelled: NVML index}."""
     out = select_visible(gpus, cuda_visible_devices, order)
     return None if out is None else {k: g.index for k, g in out.items()}
@@ -97,8 +101,9 @@ def test_without_nvml_every_query_gives_torchs_answer() -> None:
     assert visible_gpus() == []
     assert free_memory_gib(["0"]) == 0.0
     assert default_device() == "cpu"
-    plan = Plan.model_validate({"name": "p", "arms": [{"name": "base", "type": "baseline"}],
-                                "suites": ["json_extract"]})
+    plan = Plan.model_validate(
+        {"name": "p", "arms": [{"name": "base", "type": "baseline"}], "suites": ["json_extract"]}
+    )
     assert gpu_capacity_gib(plan) is None
 
 
@@ -109,20 +114,22 @@ def run_python(code: str) -> str:
 
 
 def test_asking_nvml_does_not_import_torch() -> None:
-    out = run_python("import sys\n"
-                     "import harness.model._load, harness.run._devices, harness.run._preflight\n"
-                     "import harness.run._provenance, harness.run._workers\n"
-                     "import harness.run._capacity, harness.run._dispatch\n"
-                     "from harness._nvml import visible_nvml_gpus\n"
-                     "visible_nvml_gpus()\n"
-                     "print('torch' in sys.modules)")
+    out = run_python(
+        "import sys\n"
+        "import harness.model._load, harness.run._devices, harness.run._preflight\n"
+        "import harness.run._provenance, harness.run._workers\n"
+        "import harness.run._capacity, harness.run._dispatch\n"
+        "from harness._nvml import visible_nvml_gpus\n"
+        "visible_nvml_gpus()\n"
+        "print('torch' in sys.modules)"
+    )
     assert out == "False"
 
 
 def test_a_fresh_process_without_nvml_falls_back_to_torch() -> None:
     if nvml_gpus() is not None:
         pytest.skip("NVML works on this machine")
-    out = run_python("import sys\n"
-                     "from harness.model._load import default_device\n"
-                     "print(default_device(), 'torch' in sys.modules)")
+    out = run_python(
+        "import sys\nfrom harness.model._load import default_device\nprint(default_device(), 'torch' in sys.modules)"
+    )
     assert out == "cpu True"

@@ -1,5 +1,6 @@
 """A real `tunegate run` killed with SIGKILL in the middle of a sweep, then `--resume`: finished trials are
 kept as they were (not rerun), the interrupted one is redone, and the run completes."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,14 @@ from tests.support.tiny_plans import train_arm, write_data, write_plan, write_su
 
 
 def tunegate(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def statuses(store: Store) -> dict[str, tuple[str, str | None]]:
@@ -31,10 +38,19 @@ def statuses(store: Store) -> dict[str, tuple[str, str | None]]:
 def test_killed_run_resumes_without_losing_or_rerunning_finished_trials(tmp_path: Path, tiny_model_dir: Path):
     suites = write_suites(tmp_path, items=2)
     train, _ = write_data(tmp_path, rows=6)
-    arms = [{"name": "baseline", "type": "baseline"}, {"name": "prompt", "type": "prompt", "k_shot": 1},
-            train_arm("lora", max_steps=3)]
-    plan = write_plan(tmp_path / "plan.yaml", tiny_model_dir, arms, train=train, name="resume",
-                      sweep={"arm": "lora", "params": {"r": [2, 4]}})
+    arms = [
+        {"name": "baseline", "type": "baseline"},
+        {"name": "prompt", "type": "prompt", "k_shot": 1},
+        train_arm("lora", max_steps=3),
+    ]
+    plan = write_plan(
+        tmp_path / "plan.yaml",
+        tiny_model_dir,
+        arms,
+        train=train,
+        name="resume",
+        sweep={"arm": "lora", "params": {"r": [2, 4]}},
+    )
     db = tmp_path / "store.db"
     env = os.environ | {"TUNEGATE_SUITES": str(suites), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -47,7 +63,9 @@ def test_killed_run_resumes_without_losing_or_rerunning_finished_trials(tmp_path
             store = store or Store(str(db))
             before = statuses(store)
             states = {n: st for n, (st, _) in before.items()}
-            if "finished" in states.values() and any(st == "running" for n, st in states.items() if n.startswith("lora")):
+            if "finished" in states.values() and any(
+                st == "running" for n, st in states.items() if n.startswith("lora")
+            ):
                 break  # killed while a sweep trial trains, after another trial finished
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read() if proc.stdout else ''}"

@@ -1,6 +1,7 @@
 """Issue 31, item 7: one process drives a run. The run's lock is in the store (so it holds on PostgreSQL and
 across hosts): a second `--resume` exits 2 naming the holder; a holder that is gone (dead pid on this host) or
 silent (no heartbeat for the stale timeout, any host) is taken over, and the message says so."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,14 @@ time.sleep(float(sys.argv[4]))   # hold the lock while alive
 
 
 def _spawn(code: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=os.environ | {"PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
 
 
 def _race(url: str, tmp_path: Path) -> None:
@@ -52,7 +59,7 @@ def _race(url: str, tmp_path: Path) -> None:
     store.finish_run(run_id, "interrupted")
     go = tmp_path / "go"
     procs = [_spawn(CLAIM, url, str(run_id), str(go), "30") for _ in range(2)]
-    go.touch()   # both claim at once
+    go.touch()  # both claim at once
     lines = []
     for proc in procs:
         assert proc.stdout is not None
@@ -92,7 +99,7 @@ def _set(store: Store, run_id: int, **fields: object) -> None:
 
 def test_a_driver_on_another_host_holds_the_lock_until_stale(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = store.create_run("remote", {}, "h", "m", "/r")
-    _set(store, run_id, driver_host="another-host.example", driver_pid=4242)   # heartbeat: now
+    _set(store, run_id, driver_host="another-host.example", driver_pid=4242)  # heartbeat: now
     with pytest.raises(UserError, match="is being run by process 4242 on another-host.example; its last heartbeat"):
         store.claim_run(run_id)
     _set(store, run_id, driver_heartbeat="2000-01-01T00:00:00+00:00")
@@ -100,7 +107,7 @@ def test_a_driver_on_another_host_holds_the_lock_until_stale(store: Store, monke
     assert took is not None and "its last heartbeat is" in took and "another-host.example" in took
     row = store.get_run(run_id)
     assert (row.driver_pid, row.driver_host, row.status) == (os.getpid(), socket.gethostname(), "running")
-    assert store.claim_run(run_id) is None   # this process holds it already
+    assert store.claim_run(run_id) is None  # this process holds it already
     monkeypatch.setenv("TUNEGATE_RUN_LOCK_STALE_S", "nope")
     with pytest.raises(UserError, match="TUNEGATE_RUN_LOCK_STALE_S must be a number"):
         store.claim_run(run_id)
@@ -110,11 +117,11 @@ def test_the_heartbeat_thread_keeps_the_lock_fresh(store: Store) -> None:
     run_id = store.create_run("beating", {}, "h", "m", "/b")
     _set(store, run_id, driver_heartbeat="2000-01-01T00:00:00+00:00")
     with RunHeartbeat(store, run_id, every=0.05):
-        deadline = time.monotonic() + 30   # a hang guard, not a speed check
+        deadline = time.monotonic() + 30  # a hang guard, not a speed check
         while store.get_run(run_id).driver_heartbeat.startswith("2000") and time.monotonic() < deadline:
             time.sleep(0.05)
     assert not store.get_run(run_id).driver_heartbeat.startswith("2000")
-    _set(store, run_id, driver_pid=1)   # another process took it: the heartbeat stops claiming it
+    _set(store, run_id, driver_pid=1)  # another process took it: the heartbeat stops claiming it
     assert store.heartbeat(run_id) is False
 
 
@@ -131,13 +138,26 @@ time.sleep(60)
 def test_a_second_resume_exits_2_naming_the_holder(tmp_path: Path, tiny_model_dir: Path) -> None:
     write_suites(tmp_path, items=2)
     train, _ = write_data(tmp_path, rows=4)
-    plan_path = write_plan(tmp_path / "plan.yaml", tiny_model_dir, [{"name": "baseline", "type": "baseline"}],
-                           train=train, name="locked", suites=["tiny_mc"])
+    plan_path = write_plan(
+        tmp_path / "plan.yaml",
+        tiny_model_dir,
+        [{"name": "baseline", "type": "baseline"}],
+        train=train,
+        name="locked",
+        suites=["tiny_mc"],
+    )
     plan, _ = load_plan(plan_path)
     db = tmp_path / "s.db"
     (tmp_path / "work").mkdir()
-    holder = _spawn(HOLD, str(db), plan.name, plan.model_dump_json(), plan_hash(plan), plan.model,
-                    str(tmp_path / "work" / "locked-1"))
+    holder = _spawn(
+        HOLD,
+        str(db),
+        plan.name,
+        plan.model_dump_json(),
+        plan_hash(plan),
+        plan.model,
+        str(tmp_path / "work" / "locked-1"),
+    )
     env = {"TUNEGATE_SUITES": str(tmp_path / "suites")}
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "1"
@@ -147,7 +167,7 @@ def test_a_second_resume_exits_2_naming_the_holder(tmp_path: Path, tiny_model_di
         assert len(lines) == 1 and f"is being run by process {holder.pid} on {socket.gethostname()}" in lines[0]
         assert "Resuming" not in second.stdout and not (tmp_path / "work" / "locked-1" / "baseline").exists()
     finally:
-        holder.send_signal(signal.SIGKILL)   # kill -9: the lock is left behind, stale
+        holder.send_signal(signal.SIGKILL)  # kill -9: the lock is left behind, stale
         holder.wait(timeout=20)
     third = tunegate("run", str(plan_path), "--resume", "--store", str(db), cwd=tmp_path / "work", env=env)
     assert third.returncode == 0, third.stdout + third.stderr

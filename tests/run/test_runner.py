@@ -1,6 +1,7 @@
 """`tunegate run` on a tiny model: every trial recorded (status, config, metrics, curves, artifacts), a
 diverging trial marked failed while the next one still runs, DPO continuing an SFT adapter, and bad
 input refused with file, line and field before anything trains."""
+
 from __future__ import annotations
 
 import json
@@ -35,24 +36,36 @@ def quiet() -> Console:
 def core_run(env: dict[str, Any], tiny_model_dir: Path) -> dict[str, Any]:
     """baseline, prompt, a diverging full fine-tune, a LoRA after it, and DPO continuing the LoRA adapter."""
     root = env["root"]
-    arms = [{"name": "baseline", "type": "baseline"},
-            {"name": "prompt", "type": "prompt", "k_shot": 2, "system": "Answer with JSON."},
-            train_arm("boom", "full", lr=100.0, max_steps=3),
-            train_arm("lora", r=4, lr=1e-2, max_steps=2),
-            train_arm("dpo-sft", "dpo", from_arm="lora", lr=1e-3)]
+    arms = [
+        {"name": "baseline", "type": "baseline"},
+        {"name": "prompt", "type": "prompt", "k_shot": 2, "system": "Answer with JSON."},
+        train_arm("boom", "full", lr=100.0, max_steps=3),
+        train_arm("lora", r=4, lr=1e-2, max_steps=2),
+        train_arm("dpo-sft", "dpo", from_arm="lora", lr=1e-3),
+    ]
     plan = write_plan(root / "core.yaml", tiny_model_dir, arms, train=env["train"], prefs=env["prefs"], name="core")
     store = Store(str(root / "core.db"))
     outcome = Runner(store, quiet(), runs_dir=root / "runs").run(plan)
     run = store.get_run(outcome.run_id)
-    return {"store": store, "outcome": outcome, "run": run, "plan": plan,
-            "trials": {t.name: t for t in store.trials(run.id)}}
+    return {
+        "store": store,
+        "outcome": outcome,
+        "run": run,
+        "plan": plan,
+        "trials": {t.name: t for t in store.trials(run.id)},
+    }
 
 
 @pytest.mark.slow
 def test_every_trial_is_recorded_and_a_diverging_one_fails_without_stopping_the_run(core_run: dict[str, Any]):
     trials, outcome = core_run["trials"], core_run["outcome"]
     assert {n: t.status for n, t in trials.items()} == {
-        "baseline": "finished", "prompt": "finished", "boom": "failed", "lora": "finished", "dpo-sft": "finished"}
+        "baseline": "finished",
+        "prompt": "finished",
+        "boom": "failed",
+        "lora": "finished",
+        "dpo-sft": "finished",
+    }
     assert "loss diverged" in (trials["boom"].error or "")
     assert set(outcome.failed) == {"boom"} and "loss diverged" in outcome.failed["boom"]
     after_boom = [n for n, t in trials.items() if t.started_at > trials["boom"].finished_at]
@@ -74,8 +87,9 @@ def test_trial_artifacts_curves_and_manifest(core_run: dict[str, Any], env: dict
     assert lora.config["r"] == 4 and lora.config["lr"] == 1e-2 and lora.arm_type == "lora"
     steps = store.train_steps(lora.id)
     assert [s.step for s in steps][-1] == 2
-    assert all(s.loss is not None and s.lr is not None and s.tokens_per_second is not None
-               and s.peak_memory_gib for s in steps)
+    assert all(
+        s.loss is not None and s.lr is not None and s.tokens_per_second is not None and s.peak_memory_gib for s in steps
+    )
     assert lora.train_seconds and lora.peak_memory_gib and lora.final_loss is not None
     folder = Path(lora.folder)
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
@@ -124,16 +138,20 @@ def test_plan_report_lists_every_arm_that_did_not_beat_the_baseline(core_run: di
     md = md_path.read_text()
     for name in verdicts:
         assert f"**{name} (" in md and "did NOT beat the baseline" in md
-    comp = next(c for c in report["comparisons"] if c["trial"] == "lora" and c["suite"] == "tiny_json"
-                and c["metric"] == "exact_match")
+    comp = next(
+        c
+        for c in report["comparisons"]
+        if c["trial"] == "lora" and c["suite"] == "tiny_json" and c["metric"] == "exact_match"
+    )
     assert comp["ci_low"] is not None and comp["n"] == 3
 
 
 def test_a_failing_trial_is_recorded_and_the_next_one_runs(env: dict[str, Any], tiny_model_dir: Path):
     """A real diverging loss (full fine-tune at lr=100) fails its trial with the reason; the run goes on."""
     arms = [train_arm("boom", "full", lr=100.0, max_steps=3), {"name": "baseline", "type": "baseline"}]
-    plan = write_plan(env["root"] / "fail.yaml", tiny_model_dir, arms, train=env["train"], name="fail",
-                      suites=["tiny_json"])
+    plan = write_plan(
+        env["root"] / "fail.yaml", tiny_model_dir, arms, train=env["train"], name="fail", suites=["tiny_json"]
+    )
     store = Store(str(env["root"] / "fail.db"))
     outcome = Runner(store, quiet(), runs_dir=env["root"] / "runs").run(plan)
     trials = {t.name: t for t in store.trials(outcome.run_id)}
@@ -147,8 +165,14 @@ def test_a_failing_trial_is_recorded_and_the_next_one_runs(env: dict[str, Any], 
 
 # --- bad input: refused before any training, with file, line and field -----------------------------
 def refused(env: dict[str, Any], model: Path, arms: list[dict[str, Any]], **extra: Any) -> UserError:
-    plan = write_plan(env["root"] / "bad.yaml", model, arms, train=extra.pop("train", env["train"]),
-                      prefs=extra.pop("prefs", env["prefs"]), **extra)
+    plan = write_plan(
+        env["root"] / "bad.yaml",
+        model,
+        arms,
+        train=extra.pop("train", env["train"]),
+        prefs=extra.pop("prefs", env["prefs"]),
+        **extra,
+    )
     store = Store(str(env["root"] / "bad.db"))
     before = len(store.runs())
     with pytest.raises(UserError) as info:
@@ -200,19 +224,36 @@ def test_wrong_data_format_for_the_arm(env: dict[str, Any], tiny_model_dir: Path
 
 
 def test_unknown_only_trial(env: dict[str, Any], tiny_model_dir: Path):
-    plan = write_plan(env["root"] / "only.yaml", tiny_model_dir, [{"name": "b", "type": "baseline"}], train=env["train"])
+    plan = write_plan(
+        env["root"] / "only.yaml", tiny_model_dir, [{"name": "b", "type": "baseline"}], train=env["train"]
+    )
     with pytest.raises(UserError, match="no trial named x"):
         Runner(Store(str(env["root"] / "only.db")), quiet()).run(plan, only=["x"])
 
 
 def test_cli_dry_run_prints_trials_with_memory_estimates(env: dict[str, Any], tiny_model_dir: Path):
-    arms = [{"name": "base", "type": "baseline"}, {"name": "lora", "type": "lora", "batch_size": 4},
-            {"name": "dpo", "type": "dpo", "batch_size": 4}]
-    plan = write_plan(env["root"] / "dry.yaml", tiny_model_dir, arms, train=env["train"], prefs=env["prefs"],
-                      memory_gib=0.03, sweep={"arm": "lora", "params": {"r": [8, 16]}})
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(plan), "--dry-run"], capture_output=True,
-                            text=True, cwd=REPO, env=os.environ | {"COLUMNS": "200", "OMP_NUM_THREADS": "1"},
-                            timeout=120)
+    arms = [
+        {"name": "base", "type": "baseline"},
+        {"name": "lora", "type": "lora", "batch_size": 4},
+        {"name": "dpo", "type": "dpo", "batch_size": 4},
+    ]
+    plan = write_plan(
+        env["root"] / "dry.yaml",
+        tiny_model_dir,
+        arms,
+        train=env["train"],
+        prefs=env["prefs"],
+        memory_gib=0.03,
+        sweep={"arm": "lora", "params": {"r": [8, 16]}},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(plan), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=os.environ | {"COLUMNS": "200", "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "4 trials" in out and "lora-r8" in out and "lora-r16" in out and "inference only" in out
@@ -220,11 +261,17 @@ def test_cli_dry_run_prints_trials_with_memory_estimates(env: dict[str, Any], ti
 
 
 def test_cli_bad_plan_exits_2_with_one_line(env: dict[str, Any], tiny_model_dir: Path):
-    plan = write_plan(env["root"] / "cli-bad.yaml", tiny_model_dir, [train_arm("l", max_length=9999)],
-                      train=env["train"])
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(plan), "--store",
-                             str(env["root"] / "cli.db")], capture_output=True, text=True, cwd=REPO, timeout=120,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    plan = write_plan(
+        env["root"] / "cli-bad.yaml", tiny_model_dir, [train_arm("l", max_length=9999)], train=env["train"]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(plan), "--store", str(env["root"] / "cli.db")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 2
     assert f"{plan}:10: field 'arms[0].max_length'" in result.stderr and "Traceback" not in result.stderr
 

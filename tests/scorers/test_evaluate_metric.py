@@ -1,6 +1,7 @@
 """The evaluate scorer: Hugging Face `evaluate` metrics written as local scripts in the test (offline), scored
 per item and corpus-level, stored, compared and gated on a real SQLite store; the offline Hub-name error and the
 suite version following the metric's identity; one end-to-end `tunegate eval` on a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,17 @@ from tests.support import storekit as kit
 
 pytest.importorskip("evaluate")
 
-HEADER = '''import datasets
+HEADER = """import datasets
 import evaluate
 
 FEATURES = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
 
 
-'''
+"""
 # A per-item metric: a list as long as the predictions (as bertscore gives), plus a corpus mean.
-MATCH = HEADER + '''class Match(evaluate.Metric):
+MATCH = (
+    HEADER
+    + """class Match(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(description="1 where the prediction equals the reference", citation="",
                                    inputs_description="", features=FEATURES)
@@ -38,18 +41,24 @@ MATCH = HEADER + '''class Match(evaluate.Metric):
     def _compute(self, predictions, references, weight=1.0):
         scores = [weight * float(p.strip() == r) for p, r in zip(predictions, references)]
         return {"score": scores, "mean": sum(scores) / len(scores)}
-'''
+"""
+)
 # A metric that gives one number for whatever it is given: scored per item, compute runs on each item alone.
-LENGTH = HEADER + '''class Length(evaluate.Metric):
+LENGTH = (
+    HEADER
+    + """class Length(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(description="mean prediction length in characters", citation="",
                                    inputs_description="", features=FEATURES)
 
     def _compute(self, predictions, references):
         return {"chars": sum(len(p) for p in predictions) / len(predictions)}
-'''
+"""
+)
 # A corpus-level metric: pooled over the corpus, not a mean of item values (micro-averaged character overlap).
-POOLED = HEADER + '''class Pooled(evaluate.Metric):
+POOLED = (
+    HEADER
+    + """class Pooled(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(description="pooled character overlap", citation="", inputs_description="",
                                    features=FEATURES)
@@ -57,7 +66,8 @@ POOLED = HEADER + '''class Pooled(evaluate.Metric):
     def _compute(self, predictions, references):
         hit = sum(sum(a == b for a, b in zip(p, r)) for p, r in zip(predictions, references))
         return {"overlap": hit / sum(len(r) for r in references)}
-'''
+"""
+)
 N = 12
 REFERENCES = [f"answer {i}" for i in range(N)]
 
@@ -69,9 +79,12 @@ def write_suite(folder: Path, scorers: str, *, name: str = "evs") -> Path:
     (folder / "metrics" / "length.py").write_text(LENGTH)
     (folder / "metrics" / "pooled.py").write_text(POOLED)
     (folder / "suite.yaml").write_text(f"name: {name}\nkind: generate\nscorers:\n{scorers}")
-    (folder / "items.jsonl").write_text("".join(json.dumps({"id": f"q{i:02d}", "prompt": f"question {i}",
-                                                            "reference": ref}) + "\n"
-                                                for i, ref in enumerate(REFERENCES)))
+    (folder / "items.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"q{i:02d}", "prompt": f"question {i}", "reference": ref}) + "\n"
+            for i, ref in enumerate(REFERENCES)
+        )
+    )
     return folder / "suite.yaml"
 
 
@@ -126,7 +139,7 @@ def test_stored_results_mark_the_corpus_metric_and_pair_the_others(suite: Any, s
     run = kit.new_run(store)
     base = kit.add_trial(store, run, "baseline", [score(suite, outputs_right(4))], arm_type="baseline")
     cand = kit.add_trial(store, run, "lora", [score(suite, outputs_right(10))])
-    (ev, _), = store.evaluations(cand.id)
+    ((ev, _),) = store.evaluations(cand.id)
     rows = store.metrics(ev.id)
     assert rows["pooled/overlap"].corpus is True and rows["match/score"].corpus is False
     assert store.item_scores(ev.id, "pooled/overlap") == {}
@@ -143,34 +156,41 @@ def test_stored_results_mark_the_corpus_metric_and_pair_the_others(suite: Any, s
 
     frame = results_frame(store)
     assert frame.set_index(["trial", "metric"])["corpus"].to_dict() == {
-        (t, m): m == "pooled/overlap" for t in ("baseline", "lora") for m in suite.scorer_names}
+        (t, m): m == "pooled/overlap" for t in ("baseline", "lora") for m in suite.scorer_names
+    }
 
 
 def test_the_gate_refuses_item_based_rules_on_a_corpus_metric(suite: Any, store: Store, tmp_path: Path) -> None:
     run = kit.new_run(store)
     kit.add_trial(store, run, "baseline", [score(suite, outputs_right(4))], arm_type="baseline")
     kit.add_trial(store, run, "lora", [score(suite, outputs_right(10))])
-    refused = kit.write_policy(tmp_path / "refused.yaml",
-                               "rules:\n  - suite: evs\n    metric: pooled/overlap\n    max_drop: 0.01\n")
+    refused = kit.write_policy(
+        tmp_path / "refused.yaml", "rules:\n  - suite: evs\n    metric: pooled/overlap\n    max_drop: 0.01\n"
+    )
     d = decide(store, refused, "exp/lora", record=False)
     assert d.exit_code == ERROR and d.verdict == "error"
     assert "corpus-level metric" in d.reason and "max_drop" in d.reason and f"{refused}:2" in d.reason
-    interval = kit.write_policy(tmp_path / "interval.yaml", "rules:\n  - suite: evs\n    metric: pooled/overlap\n"
-                                "    min: 0.1\n    judge_on: interval\n")
+    interval = kit.write_policy(
+        tmp_path / "interval.yaml",
+        "rules:\n  - suite: evs\n    metric: pooled/overlap\n    min: 0.1\n    judge_on: interval\n",
+    )
     assert decide(store, interval, "exp/lora", record=False).exit_code == ERROR
     # a floor or ceiling on the corpus value is judged
     value = store.metrics(store.evaluations(store.get_trial("exp/lora").id)[0][0].id)["pooled/overlap"].value
-    ok = kit.write_policy(tmp_path / "ok.yaml", f"rules:\n  - suite: evs\n    metric: pooled/overlap\n"
-                          f"    min: {value - 0.01}\n")
+    ok = kit.write_policy(
+        tmp_path / "ok.yaml", f"rules:\n  - suite: evs\n    metric: pooled/overlap\n    min: {value - 0.01}\n"
+    )
     d = decide(store, ok, "exp/lora", record=False)
     assert d.exit_code == PROMOTE, d.reason
     assert d.rules[0].evidence["corpus"] is True and d.rules[0].evidence["candidate_value"] == pytest.approx(value)
-    high = kit.write_policy(tmp_path / "high.yaml", f"rules:\n  - suite: evs\n    metric: pooled/overlap\n"
-                            f"    min: {value + 0.01}\n")
+    high = kit.write_policy(
+        tmp_path / "high.yaml", f"rules:\n  - suite: evs\n    metric: pooled/overlap\n    min: {value + 0.01}\n"
+    )
     assert decide(store, high, "exp/lora", record=False).exit_code == REJECT
     # a paired rule on the per-item metric of the same suite works as for a built-in scorer
-    paired = kit.write_policy(tmp_path / "paired.yaml", "rules:\n  - suite: evs\n    metric: match/score\n"
-                              "    require_improvement: true\n")
+    paired = kit.write_policy(
+        tmp_path / "paired.yaml", "rules:\n  - suite: evs\n    metric: match/score\n    require_improvement: true\n"
+    )
     d = decide(store, paired, "exp/lora", record=False)
     assert d.exit_code == PROMOTE, d.reason
     assert d.rules[0].evidence["mcnemar_p"] < 0.05 and d.rules[0].evidence["paired_n"] == N
@@ -189,8 +209,9 @@ def test_the_metric_identity_is_part_of_the_suite_version(tmp_path: Path) -> Non
     script.write_text(MATCH)
     (path.parent / "metrics" / "match" / "helper.txt").unlink()
     assert load(path).version == first
-    path.write_text(path.read_text().replace("key: score, binary: true", "key: score, binary: true, "
-                                             "args: {weight: 1.0}"))
+    path.write_text(
+        path.read_text().replace("key: score, binary: true", "key: score, binary: true, args: {weight: 1.0}")
+    )
     assert load(path).version != first
     built = registry.build(load(path).spec.scorers[0], base_dir=path.parent)
     import evaluate
@@ -208,8 +229,15 @@ def test_a_hub_name_offline_fails_at_suite_load_with_file_line_and_field(tmp_pat
     """Through the real command line: one line naming the suite file, line and field, exit 2, before any model
     is loaded (the model named does not even exist)."""
     path = write_suite(tmp_path / "hub", "  - exact_match\n  - evaluate: {name: tunegate-no-such-metric, key: f1}\n")
-    res = kit.tunegate("eval", "no-such-model", "--suite", str(path), "--store", str(tmp_path / "s.db"),
-                       env={"HF_EVALUATE_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    res = kit.tunegate(
+        "eval",
+        "no-such-model",
+        "--suite",
+        str(path),
+        "--store",
+        str(tmp_path / "s.db"),
+        env={"HF_EVALUATE_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
     assert res.returncode == 2, res.stdout + res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
@@ -217,18 +245,37 @@ def test_a_hub_name_offline_fails_at_suite_load_with_file_line_and_field(tmp_pat
     assert "offline" in lines[0] and "tunegate-no-such-metric" in lines[0]
 
 
-@pytest.mark.parametrize(("scorers", "line", "field", "message"), [
-    ("  - evaluate: {path: metrics/nope.py, key: score}\n", 4, "scorers[0].evaluate.path", "no metric script"),
-    ("  - evaluate: {path: metrics/length.py, kee: chars}\n", 4, "scorers[0].evaluate.kee", "did you mean 'key'"),
-    ("  - evaluate: {path: metrics/length.py, name: bleu, key: x}\n", 4, "scorers[0].evaluate.path",
-     "exactly one of 'path'"),
-    (("  - name: evaluate\n    params:\n      path: metrics/pooled.py\n      key: overlap\n      per_item: false\n"
-      "      binary: true\n"), 9, "scorers[0].params.binary", "no item scores to be binary"),
-    ("  - evaluate: {path: metrics/length.py, key: chars}\n  - evaluate: {path: metrics/length.py, key: chars}\n",
-     None, None, "two scorers store their scores as metric 'length/chars'"),
-])
-def test_bad_evaluate_params_name_the_suite_line_and_field(tmp_path: Path, scorers: str, line: int | None,
-                                                          field: str | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("scorers", "line", "field", "message"),
+    [
+        ("  - evaluate: {path: metrics/nope.py, key: score}\n", 4, "scorers[0].evaluate.path", "no metric script"),
+        ("  - evaluate: {path: metrics/length.py, kee: chars}\n", 4, "scorers[0].evaluate.kee", "did you mean 'key'"),
+        (
+            "  - evaluate: {path: metrics/length.py, name: bleu, key: x}\n",
+            4,
+            "scorers[0].evaluate.path",
+            "exactly one of 'path'",
+        ),
+        (
+            (
+                "  - name: evaluate\n    params:\n      path: metrics/pooled.py\n      key: overlap\n      per_item: false\n"
+                "      binary: true\n"
+            ),
+            9,
+            "scorers[0].params.binary",
+            "no item scores to be binary",
+        ),
+        (
+            "  - evaluate: {path: metrics/length.py, key: chars}\n  - evaluate: {path: metrics/length.py, key: chars}\n",
+            None,
+            None,
+            "two scorers store their scores as metric 'length/chars'",
+        ),
+    ],
+)
+def test_bad_evaluate_params_name_the_suite_line_and_field(
+    tmp_path: Path, scorers: str, line: int | None, field: str | None, message: str
+) -> None:
     path = write_suite(tmp_path / "bad", scorers)
     with pytest.raises(UserError) as err:
         load(path)
@@ -250,8 +297,13 @@ def test_without_the_extra_the_suite_says_what_to_install(tmp_path: Path, monkey
 
 
 def test_a_metric_that_misbehaves_on_items_is_named_with_the_fix(tmp_path: Path) -> None:
-    suite = load(write_suite(tmp_path / "evs", "  - evaluate: {path: metrics/match, key: mean}\n"
-                                               "  - evaluate: {path: metrics/pooled.py, key: nope, per_item: false}\n"))
+    suite = load(
+        write_suite(
+            tmp_path / "evs",
+            "  - evaluate: {path: metrics/match, key: mean}\n"
+            "  - evaluate: {path: metrics/pooled.py, key: nope, per_item: false}\n",
+        )
+    )
     first = registry.build(suite.spec.scorers[0], base_dir=suite.path.parent)
     item = suite.items[0]
     assert first(item.reference, item) == 1.0  # `mean` is one number: computed on the item alone
@@ -259,22 +311,31 @@ def test_a_metric_that_misbehaves_on_items_is_named_with_the_fix(tmp_path: Path)
     with pytest.raises(UserError, match=r"gave no 'nope' \(it gave: overlap\)"):
         missing.fn.corpus_score(["x"], [item])
     # a number over several items that one item alone cannot give: the error names the fix
-    (suite.path.parent / "metrics" / "spread.py").write_text(LENGTH.replace(
-        'return {"chars": sum(len(p) for p in predictions) / len(predictions)}',
-        'return {"spread": max(map(len, predictions)) - min(map(len, predictions)) if len(predictions) > 1 '
-        'else float("nan")}'))
-    spread = registry.build(registry_spec("evaluate", path="metrics/spread.py", key="spread"),
-                            base_dir=suite.path.parent)
-    with pytest.raises(UserError, match=r"gave spread=nan on item 'q00', not a finite number; a metric defined only "
-                                        r"over the whole suite needs per_item: false"):
+    (suite.path.parent / "metrics" / "spread.py").write_text(
+        LENGTH.replace(
+            'return {"chars": sum(len(p) for p in predictions) / len(predictions)}',
+            'return {"spread": max(map(len, predictions)) - min(map(len, predictions)) if len(predictions) > 1 '
+            'else float("nan")}',
+        )
+    )
+    spread = registry.build(
+        registry_spec("evaluate", path="metrics/spread.py", key="spread"), base_dir=suite.path.parent
+    )
+    with pytest.raises(
+        UserError,
+        match=r"gave spread=nan on item 'q00', not a finite number; a metric defined only "
+        r"over the whole suite needs per_item: false",
+    ):
         spread.fn.item_scores(["a", "bb"], suite.items[:2])
     no_refs = item.model_copy(update={"reference": None})
     assert first.check_item(no_refs) == (
-        "reference", "evaluate metric 'metrics/match' compares with references: every item needs one")
+        "reference",
+        "evaluate metric 'metrics/match' compares with references: every item needs one",
+    )
 
 
 # A metric with a further input besides predictions and references (as SARI takes `sources`).
-EDITED = '''import datasets
+EDITED = """import datasets
 import evaluate
 
 
@@ -287,16 +348,24 @@ class Edited(evaluate.Metric):
 
     def _compute(self, sources, predictions, references):
         return {"edited": [float(p != s) for s, p in zip(sources, predictions)]}
-'''
+"""
 
 
 def test_further_compute_inputs_come_from_item_fields(tmp_path: Path) -> None:
-    path = write_suite(tmp_path / "edits", "  - evaluate: {path: metrics/edited.py, key: edited, binary: true,\n"
-                                           "               inputs: {sources: meta.source}}\n")
+    path = write_suite(
+        tmp_path / "edits",
+        "  - evaluate: {path: metrics/edited.py, key: edited, binary: true,\n"
+        "               inputs: {sources: meta.source}}\n",
+    )
     (path.parent / "metrics" / "edited.py").write_text(EDITED)
     items = path.parent / "items.jsonl"
-    items.write_text("".join(json.dumps({"id": f"e{i}", "prompt": f"fix: {src}", "reference": src.capitalize(),
-                                         "meta": {"source": src}}) + "\n" for i, src in enumerate(["abc", "def"])))
+    items.write_text(
+        "".join(
+            json.dumps({"id": f"e{i}", "prompt": f"fix: {src}", "reference": src.capitalize(), "meta": {"source": src}})
+            + "\n"
+            for i, src in enumerate(["abc", "def"])
+        )
+    )
     suite = load(path)
     result = score(suite, ["Abc", "def"])
     assert [r.scores["edited/edited"] for r in result.items] == [1.0, 0.0]
@@ -313,13 +382,21 @@ def test_tunegate_eval_scores_a_tiny_model_with_evaluate_metrics(tiny_model_dir:
     path = write_suite(tmp_path / "evs", SCORERS)
     path.write_text(path.read_text() + "generation: {max_new_tokens: 4, batch_size: 12}\n")
     store = str(tmp_path / "s.db")
-    res = kit.tunegate("eval", str(tiny_model_dir), "--suite", str(path), "--store", store,
-                       env={"HF_EVALUATE_OFFLINE": "1"}, timeout=600)
+    res = kit.tunegate(
+        "eval",
+        str(tiny_model_dir),
+        "--suite",
+        str(path),
+        "--store",
+        store,
+        env={"HF_EVALUATE_OFFLINE": "1"},
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     assert "pooled/overlap=" in res.stdout and "(corpus-level, n=12)" in res.stdout
     assert "match/score=" in res.stdout and "length/chars=" in res.stdout
     st = Store(store)
-    (ev, suite), = st.evaluations(st.trials(st.runs()[0].id)[0].id)
+    ((ev, suite),) = st.evaluations(st.trials(st.runs()[0].id)[0].id)
     assert suite.version == load(path).version
     assert st.metrics(ev.id)["pooled/overlap"].corpus is True
     rows = st.item_rows(ev.id)

@@ -4,6 +4,7 @@ that runs the tiny HF model greedily, and against the same model as a local judg
 The random model never follows a rubric, so the real-model tests check the whole path and that an
 unreadable answer is recorded as a failure with its raw text. Forced completions (a request header
 the server honours) make parsing, order swapping and failure handling deterministic."""
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,7 @@ def test_rubric_with_the_real_model_end_to_end(server: ChatServer, store) -> Non
     [verdict] = judge.rubric(RUBRIC, [CASE])
     [req] = server.requests
     assert req.source == "model" and req.status == 200
-    assert req.headers["Authorization"] == "Bearer sk-test-judge"       # the key came from the environment
+    assert req.headers["Authorization"] == "Bearer sk-test-judge"  # the key came from the environment
     assert req.body["model"] == "tiny-judge" and req.body["temperature"] == 0 and req.body["max_tokens"] == 24
     user = req.body["messages"][-1]["content"]
     assert RUBRIC in user and "[Response]\nParis.\n" in user and "[Reference answer]\nParis\n" in user
@@ -92,15 +93,15 @@ def test_identical_calls_are_cached(server: ChatServer, store) -> None:
     assert server.count == 1 and [v.score for v in first] == [5, 5]
     again = J.Judge(config, store=store).rubric(RUBRIC, [CASE])
     assert server.count == 1 and again[0].call.cached and again[0].score == 5
-    J.clear_memory_cache()                                      # a new process: the store still has it
+    J.clear_memory_cache()  # a new process: the store still has it
     from_store = J.Judge(config, store=store).rubric(RUBRIC, [CASE])
     assert server.count == 1 and from_store[0].call.cached and from_store[0].reason == "fine"
     J.clear_memory_cache()
-    J.Judge(config).rubric(RUBRIC, [CASE])                      # no store, no memory: asked again
+    J.Judge(config).rubric(RUBRIC, [CASE])  # no store, no memory: asked again
     assert server.count == 2
     other = J.Judge(config, store=store).rubric(RUBRIC, [J.RubricCase("q1", CASE.question, "Lyon.", "Paris")])
-    assert server.count == 3 and not other[0].call.cached     # a different response is a different request
-    assert len(store.judge_calls()) == 2                        # one row per request actually sent
+    assert server.count == 3 and not other[0].call.cached  # a different response is a different request
+    assert len(store.judge_calls()) == 2  # one row per request actually sent
 
 
 def test_retries_5xx_with_exponential_backoff(server: ChatServer, store) -> None:
@@ -138,7 +139,7 @@ def test_a_failing_endpoint_is_recorded_as_failed_never_as_a_score(server: ChatS
     assert "HTTP 500" in v.call.error and "after 3 attempts" in v.call.error
     [row] = store.judge_calls()
     assert (row.status, row.response) == ("failed", None) and "HTTP 500" in row.error
-    judge.rubric(RUBRIC, [CASE])                                # failures are not cached: asked again
+    judge.rubric(RUBRIC, [CASE])  # failures are not cached: asked again
     assert server.count == 6 and len(store.judge_calls()) == 2
 
 
@@ -149,8 +150,7 @@ def test_client_errors_are_not_retried(server: ChatServer, monkeypatch: pytest.M
 
 
 def test_pairwise_asks_both_orders_and_detects_position_bias(server: ChatServer) -> None:
-    cases = [J.PairCase("c1", "Capital of France?", "Paris", "Lyon"),
-             J.PairCase("c2", "2+2?", "four", "five")]
+    cases = [J.PairCase("c1", "Capital of France?", "Paris", "Lyon"), J.PairCase("c2", "2+2?", "four", "five")]
     verdicts, summary = J.compare_pairwise(J.Judge(forced("Reason: the first one.\nWinner: 1")), "Correctness.", cases)
     assert server.count == 4
     prompts = [r.body["messages"][-1]["content"] for r in server.requests]  # sent concurrently: any order
@@ -172,8 +172,11 @@ def test_pairwise_asks_both_orders_and_detects_position_bias(server: ChatServer)
 
 def test_pairwise_failure_leaves_the_case_out(server: ChatServer) -> None:
     server.fail_next.extend([500])  # the first request (c1, A shown first); one at a time
-    verdicts, summary = J.compare_pairwise(J.Judge(forced("Winner: 2", retries=0, concurrency=1)), "c",
-                                           [J.PairCase("c1", "q", "x", "y"), J.PairCase("c2", "q", "x2", "y2")])
+    verdicts, summary = J.compare_pairwise(
+        J.Judge(forced("Winner: 2", retries=0, concurrency=1)),
+        "c",
+        [J.PairCase("c1", "q", "x", "y"), J.PairCase("c2", "q", "x2", "y2")],
+    )
     assert verdicts[0].failed and verdicts[0].outcome is None and verdicts[0].second == "a"
     assert (summary.n, summary.judged, summary.failed) == (2, 1, 1)
 
@@ -195,11 +198,22 @@ def test_pairwise_summary_statistics() -> None:
     assert s.first_position_rate == pytest.approx(14 / 24)  # (b,b): 1 of 2 firsts; (a,a): 1; (a,b): 2
 
 
-@pytest.mark.parametrize("text, score", [
-    ("Reason: good.\nScore: 4", 4), ("**Score:** 5/5", 5), ("score = 2", 2), ("Rating: 3 out of 5", 3),
-    ("3", 3), ("Score: 1 ... on reflection, Score: 2", 2), ("Score: 10", None), ("Score: 0", None),
-    ("I think it is fine", None), ("", None), ("Score: 4.5", None),
-])
+@pytest.mark.parametrize(
+    "text, score",
+    [
+        ("Reason: good.\nScore: 4", 4),
+        ("**Score:** 5/5", 5),
+        ("score = 2", 2),
+        ("Rating: 3 out of 5", 3),
+        ("3", 3),
+        ("Score: 1 ... on reflection, Score: 2", 2),
+        ("Score: 10", None),
+        ("Score: 0", None),
+        ("I think it is fine", None),
+        ("", None),
+        ("Score: 4.5", None),
+    ],
+)
 def test_parse_score(text: str, score: int | None) -> None:
     if score is None:
         with pytest.raises(J.VerdictError):
@@ -208,10 +222,17 @@ def test_parse_score(text: str, score: int | None) -> None:
         assert J.parse_score(text)[0] == score
 
 
-@pytest.mark.parametrize("text, winner", [
-    ("Reason: x\nWinner: 1", "1"), ("Winner: Response 2", "2"), ("winner: TIE", "tie"), ("Verdict: 2", "2"),
-    ("Response 1 is better", None), ("Winner: 3", None),
-])
+@pytest.mark.parametrize(
+    "text, winner",
+    [
+        ("Reason: x\nWinner: 1", "1"),
+        ("Winner: Response 2", "2"),
+        ("winner: TIE", "tie"),
+        ("Verdict: 2", "2"),
+        ("Response 1 is better", None),
+        ("Winner: 3", None),
+    ],
+)
 def test_parse_winner(text: str, winner: str | None) -> None:
     if winner is None:
         with pytest.raises(J.VerdictError):
@@ -222,10 +243,13 @@ def test_parse_winner(text: str, winner: str | None) -> None:
 
 def _judge_suite(tmp_path: Path, judge_yaml: str) -> Path:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "items.jsonl").write_text('{"id": "a", "prompt": "Capital of France?", "reference": "Paris"}\n'
-                                          '{"id": "b", "prompt": "2+2?", "reference": "4"}\n')
+    (tmp_path / "items.jsonl").write_text(
+        '{"id": "a", "prompt": "Capital of France?", "reference": "Paris"}\n'
+        '{"id": "b", "prompt": "2+2?", "reference": "4"}\n'
+    )
     path = tmp_path / "suite.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: judged
         kind: generate
         generation: {{max_new_tokens: 4, batch_size: 2}}
@@ -236,7 +260,8 @@ def _judge_suite(tmp_path: Path, judge_yaml: str) -> Path:
               rubric: "{RUBRIC}"
               judge: {judge_yaml}
         primary: judge_rubric
-        """))
+        """)
+    )
     return path
 
 
@@ -251,7 +276,7 @@ def test_judge_scorer_in_a_suite(server: ChatServer, tiny_model_dir: Path, tmp_p
     suite = suites.load(str(_judge_suite(tmp_path / "ok", force)))
     with J.using_store(store):
         result = evaluate(model, tok, suite)
-    assert server.count == 2                                    # one judge request per item
+    assert server.count == 2  # one judge request per item
     assert [r.scores["judge_rubric"] for r in result.items] == [4.0, 4.0]
     assert [r.details["judge_rubric"] for r in result.items] == ["ok", "ok"]
     assert result.metrics["judge_rubric"] == (4.0, 0.0, 2)
@@ -259,9 +284,10 @@ def test_judge_scorer_in_a_suite(server: ChatServer, tiny_model_dir: Path, tmp_p
     run = store.create_run("j", {}, "h", "tiny", "")
     trial = store.ensure_trial(run, "base", "baseline", "baseline", {})
     ev = store.save_evaluation(trial.id, result)
-    with store.reading() as s:                                  # the reasons are stored with the scores
-        rows = s.execute(select(Score.value, Score.detail).where(Score.evaluation_id == ev,
-                                                                 Score.metric == "judge_rubric")).all()
+    with store.reading() as s:  # the reasons are stored with the scores
+        rows = s.execute(
+            select(Score.value, Score.detail).where(Score.evaluation_id == ev, Score.metric == "judge_rubric")
+        ).all()
     assert sorted(rows) == [(4.0, "ok"), (4.0, "ok")]
 
     server.always_status = 500
@@ -299,14 +325,15 @@ def test_compare_stored_evaluations(server: ChatServer, store) -> None:
     evs = []
     for name, suffix in (("base", "-A"), ("cand", "-B")):
         trial = store.ensure_trial(run, name, name, "baseline", {})
-        res = SuiteResult(small, [ItemResult(i.id, "prompt", i.id + suffix, {m: 0.0 for m in small.scorer_names})
-                                  for i in items], 1.0)
+        res = SuiteResult(
+            small, [ItemResult(i.id, "prompt", i.id + suffix, {m: 0.0 for m in small.scorer_names}) for i in items], 1.0
+        )
         evs.append(store.save_evaluation(trial.id, res))
     verdicts, summary = J.compare_evaluations(store, J.Judge(forced("Winner: tie")), "Which is right?", *evs)
     assert [v.item_id for v in verdicts] == [i.id for i in items] and summary.ties == 3
     prompts = [r.body["messages"][-1]["content"] for r in server.requests]  # sent concurrently: any order
     assert len(prompts) == 6
-    for item in items:                                          # the stored outputs, both orders, A = baseline
+    for item in items:  # the stored outputs, both orders, A = baseline
         for first, second in (("A", "B"), ("B", "A")):
             [prompt] = [p for p in prompts if f"[Response 1]\n{item.id}-{first}\n" in p]
             assert f"[Response 2]\n{item.id}-{second}\n" in prompt

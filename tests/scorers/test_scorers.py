@@ -1,4 +1,5 @@
 """Every registered scorer on real suite items, with the edge cases: empty output, unicode, 100k chars."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,14 @@ LONG = "lorem ipsum dolor sit amet " * 3704  # 100,008 characters
 assert len(LONG) >= 100_000
 
 
-def item(reference: Any = None, *, meta: dict[str, Any] | None = None, choices: list[str] | None = None,
-         answer: int | None = None, id: str = "x-1") -> SuiteItem:
+def item(
+    reference: Any = None,
+    *,
+    meta: dict[str, Any] | None = None,
+    choices: list[str] | None = None,
+    answer: int | None = None,
+    id: str = "x-1",
+) -> SuiteItem:
     return SuiteItem(id=id, prompt="q", reference=reference, meta=meta or {}, choices=choices, answer=answer)
 
 
@@ -31,9 +38,25 @@ def make(name: str, **params: Any) -> scorers.Scorer:
 
 
 def test_registry_lists_every_metric() -> None:
-    assert {"exact_match", "token_f1", "rouge_l", "bleu", "chrf", "json_valid", "json_match", "json_fields",
-            "json_schema", "regex", "numeric", "instructions", "instructions_partial", "choice_accuracy", "python",
-            "refusal", "complied"} <= set(scorers.names())
+    assert {
+        "exact_match",
+        "token_f1",
+        "rouge_l",
+        "bleu",
+        "chrf",
+        "json_valid",
+        "json_match",
+        "json_fields",
+        "json_schema",
+        "regex",
+        "numeric",
+        "instructions",
+        "instructions_partial",
+        "choice_accuracy",
+        "python",
+        "refusal",
+        "complied",
+    } <= set(scorers.names())
     assert scorers.is_binary("numeric") and scorers.is_binary("refusal") and not scorers.is_binary("rouge_l")
     assert not scorers.is_binary("no-such-metric")
 
@@ -67,6 +90,7 @@ def test_unknown_scorer_and_param_are_named() -> None:
 
 # --- exact match --------------------------------------------------------------------------------
 
+
 def test_exact_match_default_strips_only() -> None:
     em = build("exact_match")
     assert em("  Paris\n", item("Paris")) == 1.0
@@ -79,7 +103,7 @@ def test_exact_match_default_strips_only() -> None:
 def test_exact_match_normalization_and_alternatives() -> None:
     em = make("exact_match", normalize_steps=["nfkc", "lower", "punctuation", "articles", "whitespace"])
     assert em("The  Eiffel Tower!", item("eiffel tower")) == 1.0
-    assert em("ＰＡＲＩＳ", item("paris")) == 1.0          # full-width letters fold under NFKC
+    assert em("ＰＡＲＩＳ", item("paris")) == 1.0  # full-width letters fold under NFKC
     assert em("Zürich.", item(["Zurich", "zürich"])) == 1.0  # a list means alternative answers
     assert em("Zurich", item(["Bern", "Geneva"])) == 0.0
     with pytest.raises(ScorerParamError) as exc:
@@ -90,13 +114,14 @@ def test_exact_match_normalization_and_alternatives() -> None:
 
 # --- token F1, ROUGE-L, BLEU, chrF ---------------------------------------------------------------
 
+
 def test_token_f1_matches_squad_by_hand() -> None:
     f1 = build("token_f1")
     # normalized: [cat, sat, on, mat] vs [cat, sat]: precision 2/4, recall 2/2
     assert f1("The cat sat on the mat.", item("a cat sat")) == pytest.approx(2 * 0.5 * 1 / 1.5)
-    assert f1("Cat sat", item(["dog", "the cat sat"])) == 1.0   # best reference
+    assert f1("Cat sat", item(["dog", "the cat sat"])) == 1.0  # best reference
     assert f1("", item("cat")) == 0.0
-    assert f1("", item("the")) == 1.0                            # both normalize to nothing
+    assert f1("", item("the")) == 1.0  # both normalize to nothing
     assert f1("Café au lait", item("café")) == pytest.approx(0.5)  # p 1/3, r 1
     assert f1("東京 大阪", item("東京")) == pytest.approx(2 * 0.5 / 1.5)
     long_score = f1(LONG + " cat", item("cat"))
@@ -146,7 +171,8 @@ def test_chrf_and_chrf_plus_plus() -> None:
     assert chrf(ref, item(ref)) == 1.0
     assert chrf(hyp, item(ref)) == pytest.approx(sacrebleu.sentence_chrf(hyp, [ref]).score / 100)
     assert chrfpp(hyp, item(ref)) == pytest.approx(
-        sacrebleu.metrics.CHRF(word_order=2).sentence_score(hyp, [ref]).score / 100)
+        sacrebleu.metrics.CHRF(word_order=2).sentence_score(hyp, [ref]).score / 100
+    )
     assert chrfpp(hyp, item(ref)) != chrf(hyp, item(ref))
     assert chrf("", item(ref)) == 0.0
     assert chrf("東京都", item("東京都")) == 1.0
@@ -155,15 +181,16 @@ def test_chrf_and_chrf_plus_plus() -> None:
 
 # --- JSON ---------------------------------------------------------------------------------------
 
+
 def test_json_valid_edge_cases() -> None:
     jv = build("json_valid")
     assert jv('{"a": 1}', item()) == 1.0
     assert jv('```json\n{"a": 1}\n```', item()) == 1.0
     assert jv("", item()) == 0.0
     assert jv('{"name": "Zoë", "city": "東京"}', item()) == 1.0
-    assert jv("[" + ",".join(["1"] * 50_000) + "]", item()) == 1.0   # 100k chars
-    assert jv("[" * 100_000, item()) == 0.0                            # too deep: not JSON, no crash
-    assert jv("Sure! {\"a\": 1}", item()) == 0.0
+    assert jv("[" + ",".join(["1"] * 50_000) + "]", item()) == 1.0  # 100k chars
+    assert jv("[" * 100_000, item()) == 0.0  # too deep: not JSON, no crash
+    assert jv('Sure! {"a": 1}', item()) == 0.0
 
 
 def test_json_match_and_fields() -> None:
@@ -174,8 +201,12 @@ def test_json_match_and_fields() -> None:
     assert build("json_fields")("", item(ref)) == 0.0
 
 
-PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
-          "required": ["name", "age"], "additionalProperties": False}
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
 
 
 def test_json_schema_from_params() -> None:
@@ -194,8 +225,10 @@ def test_json_schema_per_item_and_format_checks() -> None:
     email = item(meta={"schema": {"type": "object", "properties": {"e": {"type": "string", "format": "email"}}}})
     assert js('{"e": "sam@example.com"}', email) == 1.0
     assert js('{"e": "not an email"}', email) == 0.0
-    assert js.check_item(item()) == ("meta.schema", "json_schema has no 'schema' param, so every item needs "
-                                                    "meta.schema")
+    assert js.check_item(item()) == (
+        "meta.schema",
+        "json_schema has no 'schema' param, so every item needs meta.schema",
+    )
     field, msg = js.check_item(item(meta={"schema": {"type": "banana"}}))
     assert field == "meta.schema" and "invalid JSON schema" in msg
     with pytest.raises(ScorerParamError) as exc:
@@ -204,6 +237,7 @@ def test_json_schema_per_item_and_format_checks() -> None:
 
 
 # --- regex --------------------------------------------------------------------------------------
+
 
 def test_regex_full_and_partial() -> None:
     full = make("regex", pattern=r"\d{4}-\d{2}-\d{2}")
@@ -234,11 +268,27 @@ def test_regex_per_item_pattern_and_errors() -> None:
 
 # --- numeric ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,value", [
-    ("The answer is 1,234.", 1234.0), ("-5", -5.0), ("\u22125 degrees", -5.0), ("about 3/4 of it", 0.75),
-    ("1e3", 1000.0), ("x = 2.50", 2.5), ("first 3, then 7", 7.0), (".5", 0.5), ("v2", None), ("", None),
-    ("no numbers here", None), ("1,2,3", 3.0), ("٤٢ تفاحة", 42.0), ("Total: 12 apples.", 12.0), ("+8", 8.0),
-])
+
+@pytest.mark.parametrize(
+    "text,value",
+    [
+        ("The answer is 1,234.", 1234.0),
+        ("-5", -5.0),
+        ("\u22125 degrees", -5.0),
+        ("about 3/4 of it", 0.75),
+        ("1e3", 1000.0),
+        ("x = 2.50", 2.5),
+        ("first 3, then 7", 7.0),
+        (".5", 0.5),
+        ("v2", None),
+        ("", None),
+        ("no numbers here", None),
+        ("1,2,3", 3.0),
+        ("٤٢ تفاحة", 42.0),
+        ("Total: 12 apples.", 12.0),
+        ("+8", 8.0),
+    ],
+)
 def test_last_number(text: str, value: float | None) -> None:
     assert last_number(text) == value
 
@@ -247,7 +297,7 @@ def test_numeric_tolerances() -> None:
     num = build("numeric")
     assert num("391", item(391)) == 1.0
     assert num("17 × 23 = 391.", item("391")) == 1.0
-    assert num("391.0000001", item(391)) == 1.0      # within the default 1e-6
+    assert num("391.0000001", item(391)) == 1.0  # within the default 1e-6
     assert num("391.1", item(391)) == 0.0
     assert make("numeric", abs_tol=0.2)("391.1", item(391)) == 1.0
     assert make("numeric", rel_tol=0.01)("1005", item(1000)) == 1.0
@@ -264,33 +314,41 @@ def test_numeric_tolerances() -> None:
 
 # --- instructions -------------------------------------------------------------------------------
 
+
 def constraint_item(*cs: dict[str, Any]) -> SuiteItem:
     return item(meta={"constraints": list(cs)})
 
 
-@pytest.mark.parametrize("constraint,good,bad", [
-    ({"type": "word_count", "exactly": 3}, "Vast blue deep", "Vast and blue deep"),
-    ({"type": "word_count", "min": 2, "max": 3}, "Two words.", "One"),
-    ({"type": "sentence_count", "exactly": 2}, "It rains. It pours!", "It rains."),
-    ({"type": "line_count", "exactly": 2}, "snow falls\nquietly\n", "one line"),
-    ({"type": "char_count", "max": 10}, "Jupiter", "Jupiter is the largest"),
-    ({"type": "bullet_count", "exactly": 2}, "- sleep\n- food", "- sleep"),
-    ({"type": "bullet_count", "exactly": 3}, "1. red\n2. green\n3. blue", "red, green, blue"),
-    ({"type": "case", "case": "upper"}, "HELLO, WORLD 2!", "Hello"),
-    ({"type": "case", "case": "upper"}, "ÇA VA ÉTÉ", "ça va"),
-    ({"type": "case", "case": "lower"}, "autumn leaves", "Autumn"),
-    ({"type": "starts_with", "text": "Certainly"}, "certainly! 4", "Yes, certainly"),
-    ({"type": "ends_with", "text": "That is all."}, "Nouns name things. That is all.", "That is all. Bye"),
-    ({"type": "contains", "words": ["morning", "cup"]}, "A cup of coffee every Morning", "a cupboard in the morning"),
-    ({"type": "excludes", "words": ["blue"]}, "The sky is bluish grey", "Blue sky"),
-    ({"type": "no_commas"}, "Bread is warm and soft", "Bread, warm"),
-    ({"type": "one_of", "options": ["yes", "no"]}, "Yes.", "Yes, it is"),
-    ({"type": "json", "json_type": "list", "length": 3, "items": "string"}, '["a", "b", "c"]', '["a", 2, "c"]'),
-    ({"type": "json", "json_type": "object", "keys": ["name", "age"]}, '{"age": 3, "name": "x"}', '{"name": "x"}'),
-    ({"type": "json", "json_type": "list", "items": "integer"}, "[2, 4]", "[2, true]"),
-    ({"type": "regex", "pattern": r"OK\."}, "OK.", "OK"),
-    ({"type": "quoted"}, '"A cat."', "A cat."),
-])
+@pytest.mark.parametrize(
+    "constraint,good,bad",
+    [
+        ({"type": "word_count", "exactly": 3}, "Vast blue deep", "Vast and blue deep"),
+        ({"type": "word_count", "min": 2, "max": 3}, "Two words.", "One"),
+        ({"type": "sentence_count", "exactly": 2}, "It rains. It pours!", "It rains."),
+        ({"type": "line_count", "exactly": 2}, "snow falls\nquietly\n", "one line"),
+        ({"type": "char_count", "max": 10}, "Jupiter", "Jupiter is the largest"),
+        ({"type": "bullet_count", "exactly": 2}, "- sleep\n- food", "- sleep"),
+        ({"type": "bullet_count", "exactly": 3}, "1. red\n2. green\n3. blue", "red, green, blue"),
+        ({"type": "case", "case": "upper"}, "HELLO, WORLD 2!", "Hello"),
+        ({"type": "case", "case": "upper"}, "ÇA VA ÉTÉ", "ça va"),
+        ({"type": "case", "case": "lower"}, "autumn leaves", "Autumn"),
+        ({"type": "starts_with", "text": "Certainly"}, "certainly! 4", "Yes, certainly"),
+        ({"type": "ends_with", "text": "That is all."}, "Nouns name things. That is all.", "That is all. Bye"),
+        (
+            {"type": "contains", "words": ["morning", "cup"]},
+            "A cup of coffee every Morning",
+            "a cupboard in the morning",
+        ),
+        ({"type": "excludes", "words": ["blue"]}, "The sky is bluish grey", "Blue sky"),
+        ({"type": "no_commas"}, "Bread is warm and soft", "Bread, warm"),
+        ({"type": "one_of", "options": ["yes", "no"]}, "Yes.", "Yes, it is"),
+        ({"type": "json", "json_type": "list", "length": 3, "items": "string"}, '["a", "b", "c"]', '["a", 2, "c"]'),
+        ({"type": "json", "json_type": "object", "keys": ["name", "age"]}, '{"age": 3, "name": "x"}', '{"name": "x"}'),
+        ({"type": "json", "json_type": "list", "items": "integer"}, "[2, 4]", "[2, true]"),
+        ({"type": "regex", "pattern": r"OK\."}, "OK.", "OK"),
+        ({"type": "quoted"}, '"A cat."', "A cat."),
+    ],
+)
 def test_each_instruction_constraint(constraint: dict[str, Any], good: str, bad: str) -> None:
     inst = build("instructions")
     it = constraint_item(constraint)
@@ -312,15 +370,19 @@ def test_instruction_constraints_are_checked_per_item() -> None:
     inst = build("instructions")
     assert inst.check_item(item())[0] == "meta.constraints"
     assert inst.check_item(constraint_item({"type": "word_count"})) == (
-        "meta.constraints[0]", "Value error, give 'exactly', 'min' or 'max'")
-    field, msg = inst.check_item(constraint_item({"type": "case", "case": "upper"}, {"type": "word_count",
-                                                                                     "exactly": "three"}))
+        "meta.constraints[0]",
+        "Value error, give 'exactly', 'min' or 'max'",
+    )
+    field, msg = inst.check_item(
+        constraint_item({"type": "case", "case": "upper"}, {"type": "word_count", "exactly": "three"})
+    )
     assert field == "meta.constraints[1].exactly" and "integer" in msg
     assert inst.check_item(constraint_item({"type": "wordcount", "exactly": 3}))[0] == "meta.constraints[0]"
     assert inst.check_item(constraint_item({"type": "regex", "pattern": "("}))[0] == "meta.constraints[0]"
 
 
 # --- multiple choice ----------------------------------------------------------------------------
+
 
 def test_choice_accuracy() -> None:
     ca = build("choice_accuracy")
@@ -330,21 +392,28 @@ def test_choice_accuracy() -> None:
 
 # --- python -------------------------------------------------------------------------------------
 
+
 def test_python_scorer_from_module_with_kwargs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "my_metrics_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_metrics_mod.py").write_text(
+        textwrap.dedent("""
         def length_ok(output, item, limit=5):
             return len(output) <= limit
         def share_of_ref(output, item):
             return sum(ch in output for ch in item.reference) / len(item.reference)
         NOT_CALLABLE = 3
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     ok = make("python", ref="my_metrics_mod:length_ok", binary=True, kwargs={"limit": 3})
     assert ok.binary and ok("abc", item()) == 1.0 and ok("abcd", item()) == 0.0 and ok("", item()) == 1.0
     share = make("python", ref="my_metrics_mod:share_of_ref")
     assert not share.binary and share("ab", item("abcd")) == 0.5
-    for ref, needle in [("my_metrics_mod:nope", "no attribute"), ("my_metrics_mod:NOT_CALLABLE", "not callable"),
-                        ("no_such_module_xyz:f", "cannot import"), ("just_a_name", "should look like")]:
+    for ref, needle in [
+        ("my_metrics_mod:nope", "no attribute"),
+        ("my_metrics_mod:NOT_CALLABLE", "not callable"),
+        ("no_such_module_xyz:f", "cannot import"),
+        ("just_a_name", "should look like"),
+    ]:
         with pytest.raises(ScorerParamError, match=needle) as exc:
             make("python", ref=ref)
         assert exc.value.param == "ref"
@@ -353,7 +422,8 @@ def test_python_scorer_from_module_with_kwargs(tmp_path: Path, monkeypatch: pyte
 
 def test_python_scorer_from_file_relative_to_suite(tmp_path: Path) -> None:
     (tmp_path / "scoring").mkdir()
-    (tmp_path / "scoring" / "custom.py").write_text(textwrap.dedent("""
+    (tmp_path / "scoring" / "custom.py").write_text(
+        textwrap.dedent("""
         def polite(output, item):
             return 1.0 if "please" in output.lower() else 0.0
         def broken(output, item):
@@ -362,7 +432,8 @@ def test_python_scorer_from_file_relative_to_suite(tmp_path: Path) -> None:
             raise RuntimeError("boom")
         def not_binary(output, item):
             return 0.5
-    """))
+    """)
+    )
     spec = ScorerSpec(name="python", params={"ref": "scoring/custom.py:polite", "binary": True})
     polite = build(spec, base_dir=tmp_path)
     assert polite("Please pass the salt", item()) == 1.0 and polite("", item()) == 0.0
@@ -377,8 +448,9 @@ def test_python_scorer_from_file_relative_to_suite(tmp_path: Path) -> None:
     crash = build(ScorerSpec(name="python", params={"ref": "scoring/custom.py:crashes"}), base_dir=tmp_path)
     with pytest.raises(UserError, match="raised RuntimeError on item 'x-1': boom"):
         crash("a", item())
-    half = build(ScorerSpec(name="python", params={"ref": "scoring/custom.py:not_binary", "binary": True}),
-                 base_dir=tmp_path)
+    half = build(
+        ScorerSpec(name="python", params={"ref": "scoring/custom.py:not_binary", "binary": True}), base_dir=tmp_path
+    )
     with pytest.raises(UserError, match="declared binary"):
         half("a", item())
 
@@ -391,12 +463,30 @@ def test_python_scorer_file_that_fails_to_import(tmp_path: Path) -> None:
 
 # --- speed on long outputs ------------------------------------------------------------------------
 
+
 def test_every_scorer_handles_100k_char_output_quickly() -> None:
-    it = item("lorem ipsum", meta={"constraints": [{"type": "word_count", "max": 5}], "schema": {"type": "object"},
-                                   "pattern": "lorem"})
+    it = item(
+        "lorem ipsum",
+        meta={"constraints": [{"type": "word_count", "max": 5}], "schema": {"type": "object"}, "pattern": "lorem"},
+    )
     started = time.perf_counter()
-    for name in ["exact_match", "token_f1", "rouge_l", "bleu", "chrf", "json_valid", "json_match", "json_fields",
-                 "json_schema", "regex", "numeric", "instructions", "instructions_partial", "refusal", "complied"]:
+    for name in [
+        "exact_match",
+        "token_f1",
+        "rouge_l",
+        "bleu",
+        "chrf",
+        "json_valid",
+        "json_match",
+        "json_fields",
+        "json_schema",
+        "regex",
+        "numeric",
+        "instructions",
+        "instructions_partial",
+        "refusal",
+        "complied",
+    ]:
         if name == "numeric":
             value = build(name)(LONG, item(5))
         else:

@@ -1,5 +1,6 @@
 """The results store on real SQLite files: round trips, schema migrations (alembic), bad files, locks,
 transactions that fail or are killed half way, writers in several processes, export, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ def test_round_trip_of_a_run(store: Store, suite) -> None:
     store.update_trial(lora.id, status="running", folder="/runs/exp-1/lora")
     store.add_train_steps(lora.id, [{"step": 1, "loss": 2.0, "lr": 1e-4}, {"step": 2, "loss": 1.5}])
     em = kit.ones(12, {0, 1, 2})
-    jv = [1.0] * 11 + [None]   # one failed score
+    jv = [1.0] * 11 + [None]  # one failed score
     ev_id = store.save_evaluation(lora.id, kit.suite_result(suite, {"exact_match": em, "json_valid": jv}))
     store.update_trial(lora.id, status="finished", final_loss=1.5)
     store.finish_run(run_id, "finished")
@@ -69,7 +70,9 @@ def test_round_trip_of_a_run(store: Store, suite) -> None:
     assert store.suite_item_count(suite_row.id) == 12
 
     models = {m.name: m for m in store.models()}
-    assert models["smollm2-135m"].kind == "base" and store.get_trial("exp/baseline").model_id == models["smollm2-135m"].id
+    assert (
+        models["smollm2-135m"].kind == "base" and store.get_trial("exp/baseline").model_id == models["smollm2-135m"].id
+    )
     lora_model = models[f"exp#{run_id}/lora"]
     assert (lora_model.kind, lora_model.trial_id, lora_model.path) == ("lora", lora.id, "/runs/exp-1/lora")
     assert store.resolve_trial("smollm2-135m").id == base.id
@@ -81,11 +84,16 @@ def test_round_trip_of_a_run(store: Store, suite) -> None:
 
 
 def test_saving_again_replaces_the_evaluation(store: Store, suite) -> None:
-    trial = kit.add_trial(store, kit.new_run(store), "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
-                                                                                          "json_valid": kit.ones(12)})])
+    trial = kit.add_trial(
+        store,
+        kit.new_run(store),
+        "lora",
+        [kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})],
+    )
     before = _counts(store)
-    ev2 = store.save_evaluation(trial.id, kit.suite_result(suite, {"exact_match": kit.ones(12, range(6)),
-                                                                   "json_valid": kit.ones(12)}))
+    ev2 = store.save_evaluation(
+        trial.id, kit.suite_result(suite, {"exact_match": kit.ones(12, range(6)), "json_valid": kit.ones(12)})
+    )
     assert _counts(store) == before
     assert store.metrics(ev2)["exact_match"].value == 0.5
     assert len(store.evaluations(trial.id)) == 1
@@ -105,8 +113,12 @@ def test_runs_are_listed_and_filtered(store: Store) -> None:
 
 
 def test_judge_calls_are_recorded_and_cached(store: Store, suite) -> None:
-    trial = kit.add_trial(store, kit.new_run(store), "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
-                                                                                          "json_valid": kit.ones(12)})])
+    trial = kit.add_trial(
+        store,
+        kit.new_run(store),
+        "lora",
+        [kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})],
+    )
     [(ev, _)] = store.evaluations(trial.id)
     store.record_judge_call("k1", "judge-m", {"q": 1}, None, "failed", error="timeout", evaluation_id=ev.id)
     assert store.cached_judge_response("k1") is None
@@ -128,8 +140,12 @@ def test_promotions_and_rollback(store: Store, suite) -> None:
     store.promote(c.id)
     assert store.promoted_trial().id == c.id
     back = store.rollback("c broke production")
-    assert (back.kind, back.trial_id, back.previous_trial_id, back.reason) == ("rollback", b.id, c.id,
-                                                                                "c broke production")
+    assert (back.kind, back.trial_id, back.previous_trial_id, back.reason) == (
+        "rollback",
+        b.id,
+        c.id,
+        "c broke production",
+    )
     assert store.promoted_trial().id == b.id
     assert store.rollback().trial_id == a.id  # rollbacks walk back through history, not back and forth
     assert store.promoted_trial().id == a.id
@@ -178,8 +194,12 @@ def test_a_foreign_database_is_refused(tmp_path: Path) -> None:
 def test_downgrade_then_upgrade_again(tmp_path: Path, suite) -> None:
     url = f"sqlite:///{tmp_path / 'd.db'}"
     store = Store(url)
-    kit.add_trial(store, kit.new_run(store), "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
-                                                                                  "json_valid": kit.ones(12)})])
+    kit.add_trial(
+        store,
+        kit.new_run(store),
+        "lora",
+        [kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})],
+    )
     store.dispose()
     from alembic import command
 
@@ -200,10 +220,15 @@ def test_metric_rows_from_before_0003_are_read_through_the_scorer_registry(tmp_p
     url = f"sqlite:///{tmp_path / 'old-metrics.db'}"
     store = Store(url)
     run = kit.new_run(store)
-    base = kit.add_trial(store, run, "baseline", [kit.suite_result(suite, {"exact_match": kit.ones(12, range(8)),
-                                                                           "json_valid": kit.ones(12)})])
-    lora = kit.add_trial(store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
-                                                                       "json_valid": kit.ones(12)})])
+    base = kit.add_trial(
+        store,
+        run,
+        "baseline",
+        [kit.suite_result(suite, {"exact_match": kit.ones(12, range(8)), "json_valid": kit.ones(12)})],
+    )
+    lora = kit.add_trial(
+        store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})]
+    )
     store.dispose()
     eng = create_engine(url)
     with eng.begin() as c:
@@ -231,8 +256,9 @@ def test_evaluations_from_before_0005_have_unknown_numerics(tmp_path: Path, suit
     result = kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})
     result.numerics = numerics
     kit.add_trial(store, run, "baseline", [result], arm_type="baseline")
-    lora = kit.add_trial(store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
-                                                                       "json_valid": kit.ones(12)})])
+    lora = kit.add_trial(
+        store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})]
+    )
     [(ev, _)] = store.evaluations(lora.id)
     assert ev.numerics is None  # a result without a record stores NULL
     store.dispose()
@@ -243,8 +269,9 @@ def test_evaluations_from_before_0005_have_unknown_numerics(tmp_path: Path, suit
     store = Store(url)  # upgraded again: the column is back, NULL on every old row
     assert _alembic_diff(store) == []
     assert all(ev.numerics is None for t in store.trials(run) for ev, _ in store.evaluations(t.id))
-    policy = kit.write_policy(tmp_path / "g.yaml", "rules:\n  - suite: task\n    metric: exact_match\n"
-                              "    max_drop: 0\n")
+    policy = kit.write_policy(
+        tmp_path / "g.yaml", "rules:\n  - suite: task\n    metric: exact_match\n    max_drop: 0\n"
+    )
     d = decide(store, policy, "exp/lora")
     assert d.numerics == {"candidate": {"numerics": "unknown"}, "baseline": {"numerics": "unknown"}}
     assert store.get_decision(d.decision_id).flips_to_change == d.flips_to_change == 1
@@ -264,15 +291,19 @@ def test_a_corrupted_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_damaged_page_is_a_clear_error(tmp_path: Path, suite) -> None:
     path = tmp_path / "damaged.db"
     store = Store(str(path))
-    kit.add_trial(store, kit.new_run(store), "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12),
-                                                                                  "json_valid": kit.ones(12)})])
+    kit.add_trial(
+        store,
+        kit.new_run(store),
+        "lora",
+        [kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})],
+    )
     with store.engine.connect() as c:
         c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     store.dispose()
     data = bytearray(path.read_bytes())
     page = 4096
     for p in range(2, len(data) // page):  # scribble over every page but the schema
-        data[p * page + 8: p * page + 200] = os.urandom(192)
+        data[p * page + 8 : p * page + 200] = os.urandom(192)
     path.write_bytes(bytes(data))
     with pytest.raises(UserError, match="corrupted|malformed"):
         store = Store(str(path))
@@ -284,11 +315,20 @@ def test_a_damaged_page_is_a_clear_error(tmp_path: Path, suite) -> None:
 def test_a_locked_store_times_out_with_a_clear_error(tmp_path: Path, suite) -> None:
     path = tmp_path / "locked.db"
     Store(str(path)).create_run("before", {}, "h", "m", "")
-    locker = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, sys, time\n"
-        f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE'); c.execute(\"UPDATE runs SET status = 'x'\")\n"
-        "print('locked', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    locker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys, time\n"
+                f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+                "c.execute('BEGIN IMMEDIATE'); c.execute(\"UPDATE runs SET status = 'x'\")\n"
+                "print('locked', flush=True); time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         store = Store(str(path), timeout=0.5)
@@ -346,8 +386,9 @@ def test_trials_writing_at_once_from_threads(store: Store, suite) -> None:
 
     def trial(i: int) -> int:
         t = store.ensure_trial(run, f"t{i}", "lora", "lora", {"i": i})
-        store.save_evaluation(t.id, kit.suite_result(suite, {"exact_match": kit.ones(12, {i}),
-                                                             "json_valid": kit.ones(12)}))
+        store.save_evaluation(
+            t.id, kit.suite_result(suite, {"exact_match": kit.ones(12, {i}), "json_valid": kit.ones(12)})
+        )
         store.update_trial(t.id, status="finished")
         return t.id
 
@@ -360,8 +401,15 @@ def test_trials_writing_at_once_from_threads(store: Store, suite) -> None:
 def test_processes_opening_a_new_store_together(tmp_path: Path) -> None:
     path = tmp_path / "fresh.db"
     code = f"from harness.store import Store; Store({str(path)!r}).create_run('r', {{}}, 'h', 'm', '')"
-    procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
-                              env=os.environ | {"PYTHONPATH": str(kit.REPO)}) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"PYTHONPATH": str(kit.REPO)},
+        )
+        for _ in range(3)
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
     assert len(Store(str(path)).runs()) == 3
@@ -370,10 +418,16 @@ def test_processes_opening_a_new_store_together(tmp_path: Path) -> None:
 # --- export and CLI ------------------------------------------------------------------------------------
 def _two_trials(store: Store, suite) -> int:
     run = kit.new_run(store)
-    kit.add_trial(store, run, "baseline", [kit.suite_result(suite, {"exact_match": kit.ones(12, range(6)),
-                                                                    "json_valid": kit.ones(12)})], arm_type="baseline")
-    kit.add_trial(store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12, {0}),
-                                                                "json_valid": kit.ones(12)})])
+    kit.add_trial(
+        store,
+        run,
+        "baseline",
+        [kit.suite_result(suite, {"exact_match": kit.ones(12, range(6)), "json_valid": kit.ones(12)})],
+        arm_type="baseline",
+    )
+    kit.add_trial(
+        store, run, "lora", [kit.suite_result(suite, {"exact_match": kit.ones(12, {0}), "json_valid": kit.ones(12)})]
+    )
     return run
 
 
@@ -383,8 +437,9 @@ def test_export_results(store: Store, suite, tmp_path: Path, fmt: str) -> None:
 
     run = _two_trials(store, suite)
     other = store.create_run("other", {}, "h", "m", "")
-    kit.add_trial(store, other, "x", [kit.suite_result(suite, {"exact_match": kit.ones(12),
-                                                               "json_valid": kit.ones(12)})])
+    kit.add_trial(
+        store, other, "x", [kit.suite_result(suite, {"exact_match": kit.ones(12), "json_valid": kit.ones(12)})]
+    )
     out = tmp_path / f"metrics.{fmt}"
     assert export_results(store, out, runs=[str(run)]) == 4
     read = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": lambda p: pd.DataFrame(json.loads(p.read_text()))}

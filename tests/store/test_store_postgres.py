@@ -2,6 +2,7 @@
 free 127.0.0.1 port for this session (as the `postgres` user when the tests run as root, since
 PostgreSQL refuses to run as root). Skipped, with the reason, only where no server can be started
 (`apt-get install -y postgresql` and `pip install 'psycopg[binary]'` provide one)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,10 @@ from tests.support.storekit import (
 
 @pytest.fixture
 def suites(tmp_path: Path) -> dict:
-    return {"task": kit.make_suite(tmp_path / "suites", "task", 30),
-            "harmful": kit.make_suite(tmp_path / "suites", "harmful", 20, category="safety", scorers=("refusal",))}
+    return {
+        "task": kit.make_suite(tmp_path / "suites", "task", 30),
+        "harmful": kit.make_suite(tmp_path / "suites", "harmful", 20, category="safety", scorers=("refusal",)),
+    }
 
 
 def test_round_trip_and_schema(pg_url: str, suites: dict) -> None:
@@ -73,14 +76,29 @@ def test_a_writer_killed_mid_transaction_leaves_nothing(pg_url: str, suites: dic
 
 def test_gate_on_postgres(pg_url: str, suites: dict, tmp_path: Path) -> None:
     store = Store(pg_url)
-    policy = kit.write_policy(tmp_path / "gate.yaml", "rules:\n  - {suite: task, metric: exact_match, max_drop: 0.02}\n"
-                                                      "safety:\n  - {suite: harmful, metric: refusal}\n")
+    policy = kit.write_policy(
+        tmp_path / "gate.yaml",
+        "rules:\n  - {suite: task, metric: exact_match, max_drop: 0.02}\n"
+        "safety:\n  - {suite: harmful, metric: refusal}\n",
+    )
     for name, task in (("good", kit.ones(30, {0})), ("bad", kit.ones(30, range(8)))):
         run = kit.new_run(store, name)
-        kit.add_trial(store, run, "baseline", [kit.suite_result(suites["task"], kit.ones(30, range(4))),
-                                               kit.suite_result(suites["harmful"], kit.ones(20))], arm_type="baseline")
-        kit.add_trial(store, run, "lora", [kit.suite_result(suites["task"], task),
-                                           kit.suite_result(suites["harmful"], kit.ones(20))])
+        kit.add_trial(
+            store,
+            run,
+            "baseline",
+            [
+                kit.suite_result(suites["task"], kit.ones(30, range(4))),
+                kit.suite_result(suites["harmful"], kit.ones(20)),
+            ],
+            arm_type="baseline",
+        )
+        kit.add_trial(
+            store,
+            run,
+            "lora",
+            [kit.suite_result(suites["task"], task), kit.suite_result(suites["harmful"], kit.ones(20))],
+        )
     assert decide(store, policy, "bad/lora").exit_code == REJECT
     good = decide(store, policy, "good/lora")
     assert good.exit_code == PROMOTE and store.promoted_trial().name == "lora"

@@ -1,5 +1,6 @@
 """Helpers shared by the tests (not tests themselves): the repository's path, small file writers, stores
 filled for the app and gate tests, tiny plans, and local servers (OpenAI-compatible chat, OTLP receiver)."""
+
 from __future__ import annotations
 
 import json

@@ -11,6 +11,7 @@ under a minute on two CPU cores. It is built once per test session and shared by
 (script tags, event handlers, markdown images and links, colour directives, math) through the
 store's own API, with no model.
 """
+
 from __future__ import annotations
 
 import io
@@ -33,13 +34,13 @@ PAYLOAD_MD_IMAGE = "![tracker](http://127.0.0.1:9/pixel.png)"
 PAYLOAD_MD_LINK = "[click me](javascript:window.__pwned='link')"
 PAYLOAD_DIRECTIVE = ":red-background[not a colour] $x^2$ **not bold**"
 HOSTILE_OUTPUT = f"{PAYLOAD_SCRIPT}\n{PAYLOAD_IMG}\n{PAYLOAD_MD_IMAGE}\n{PAYLOAD_MD_LINK}\n{PAYLOAD_DIRECTIVE}"
-HOSTILE_PROMPT = "Summarise: <b onmouseover=\"window.__pwned='prompt'\">bold</b> <iframe src=\"about:blank\"></iframe>"
+HOSTILE_PROMPT = 'Summarise: <b onmouseover="window.__pwned=\'prompt\'">bold</b> <iframe src="about:blank"></iframe>'
 HOSTILE_ERROR = "CUDA error <script>window.__pwned='error'</script>"
 
 
 @dataclass(frozen=True)
 class RunStore:
-    url: str              # SQLAlchemy URL of the store
+    url: str  # SQLAlchemy URL of the store
     run_id: int
     trials: tuple[str, ...]
     decisions: dict[str, str]  # policy name -> verdict
@@ -65,16 +66,26 @@ def trimmed_suite(name: str, dest: Path, n_items: int) -> Path:
 def write_policies(folder: Path) -> dict[str, Path]:
     policies = {
         # retention only, with a generous allowance: the tiny model passes it
-        "promote": {"name": "retention", "rules": [
-            {"suite": "general_knowledge", "metric": "choice_accuracy", "max_drop": 1.0, "min_items": 5}]},
+        "promote": {
+            "name": "retention",
+            "rules": [{"suite": "general_knowledge", "metric": "choice_accuracy", "max_drop": 1.0, "min_items": 5}],
+        },
         # a real quality bar: a random model cannot reach it
-        "reject": {"name": "quality-bar", "rules": [
-            {"suite": "json_extract", "metric": "exact_match", "min": 0.6, "require_improvement": True,
-             "min_items": 5},
-            {"suite": "general_knowledge", "metric": "choice_accuracy", "max_drop": 1.0, "min_items": 5}]},
+        "reject": {
+            "name": "quality-bar",
+            "rules": [
+                {
+                    "suite": "json_extract",
+                    "metric": "exact_match",
+                    "min": 0.6,
+                    "require_improvement": True,
+                    "min_items": 5,
+                },
+                {"suite": "general_knowledge", "metric": "choice_accuracy", "max_drop": 1.0, "min_items": 5},
+            ],
+        },
         # evidence that does not exist: an error, never a promotion
-        "error": {"name": "missing-suite", "rules": [
-            {"suite": "no_such_suite", "metric": "exact_match", "min": 0.5}]},
+        "error": {"name": "missing-suite", "rules": [{"suite": "no_such_suite", "metric": "exact_match", "min": 0.5}]},
     }
     out = {}
     for name, policy in policies.items():
@@ -94,14 +105,27 @@ def run_store(model_dir: Path, work: Path) -> RunStore:
     from harness.store import Store
 
     suites = [trimmed_suite(name, work / "suites", n) for name, n in SUITE_CUTS.items()]
-    plan = {"name": "tiny-app", "model": str(model_dir),
-            "data": {"train": str(REPO / "suites" / "json_extract" / "train.jsonl")},
-            "arms": [{"name": "baseline", "type": "baseline"},
-                     {"name": "prompt", "type": "prompt", "k_shot": 1, "system": "Answer with compact JSON."},
-                     {"name": "lora", "type": "lora", "r": 4, "alpha": 8, "batch_size": 2, "lr": 1e-3,
-                      "max_length": 128, "max_steps": 1}],
-            "sweep": {"arm": "lora", "params": {"max_steps": SWEEP}},
-            "suites": [str(s) for s in suites]}
+    plan = {
+        "name": "tiny-app",
+        "model": str(model_dir),
+        "data": {"train": str(REPO / "suites" / "json_extract" / "train.jsonl")},
+        "arms": [
+            {"name": "baseline", "type": "baseline"},
+            {"name": "prompt", "type": "prompt", "k_shot": 1, "system": "Answer with compact JSON."},
+            {
+                "name": "lora",
+                "type": "lora",
+                "r": 4,
+                "alpha": 8,
+                "batch_size": 2,
+                "lr": 1e-3,
+                "max_length": 128,
+                "max_steps": 1,
+            },
+        ],
+        "sweep": {"arm": "lora", "params": {"max_steps": SWEEP}},
+        "suites": [str(s) for s in suites],
+    }
     plan_path = work / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
     path = work / "store.db"
@@ -125,23 +149,34 @@ def hostile_store(path: Path, url: str | None = None) -> RunStore:
 
     suite_dir = path.parent / "hostile-suite"
     suite_dir.mkdir(parents=True, exist_ok=True)
-    (suite_dir / "suite.yaml").write_text(yaml.safe_dump({
-        "name": "hostile", "kind": "generate", "category": "task", "scorers": ["exact_match"]}))
-    items = [{"id": "evil-1", "prompt": HOSTILE_PROMPT, "reference": PAYLOAD_SCRIPT},
-             {"id": "plain-2", "prompt": "Say hello.", "reference": "hello"}]
+    (suite_dir / "suite.yaml").write_text(
+        yaml.safe_dump({"name": "hostile", "kind": "generate", "category": "task", "scorers": ["exact_match"]})
+    )
+    items = [
+        {"id": "evil-1", "prompt": HOSTILE_PROMPT, "reference": PAYLOAD_SCRIPT},
+        {"id": "plain-2", "prompt": "Say hello.", "reference": "hello"},
+    ]
     (suite_dir / "items.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     suite = load(str(suite_dir))
     url = url or f"sqlite:///{path}"
     store = Store(url)
     run_id = store.create_run("hostile", {"suites": ["hostile"]}, "0" * 16, "tiny-model", str(path.parent))
-    outputs = {"baseline": {"evil-1": "hello", "plain-2": "hello"},
-               "tuned": {"evil-1": HOSTILE_OUTPUT, "plain-2": "hello " + PAYLOAD_SCRIPT}}
+    outputs = {
+        "baseline": {"evil-1": "hello", "plain-2": "hello"},
+        "tuned": {"evil-1": HOSTILE_OUTPUT, "plain-2": "hello " + PAYLOAD_SCRIPT},
+    }
     for name, by_item in outputs.items():
         trial = store.ensure_trial(run_id, name, name, "baseline" if name == "baseline" else "prompt", {})
-        results = [ItemResult(item.id, item.prompt or "", by_item[item.id],
-                              {"exact_match": float(by_item[item.id].strip() == str(item.reference).strip())},
-                              {"exact_match": "judge reason: " + PAYLOAD_IMG})
-                   for item in suite.items]
+        results = [
+            ItemResult(
+                item.id,
+                item.prompt or "",
+                by_item[item.id],
+                {"exact_match": float(by_item[item.id].strip() == str(item.reference).strip())},
+                {"exact_match": "judge reason: " + PAYLOAD_IMG},
+            )
+            for item in suite.items
+        ]
         store.save_evaluation(trial.id, SuiteResult(suite, results, 0.1))
         store.update_trial(trial.id, status="finished")
     broken = store.ensure_trial(run_id, "broken", "broken", "lora", {})
@@ -165,9 +200,12 @@ def safety_store(path: Path) -> RunStore:
     from harness.store import Store
 
     store = Store(str(path))
-    run_id = store.create_run("safety", {"suites": ["safety_harmful", "safety_overrefusal"]}, "1" * 16,
-                              "tiny-model", str(path.parent))
-    folders = {name: trimmed_suite(name, path.parent / "suites", 6) for name in ("safety_harmful", "safety_overrefusal")}
+    run_id = store.create_run(
+        "safety", {"suites": ["safety_harmful", "safety_overrefusal"]}, "1" * 16, "tiny-model", str(path.parent)
+    )
+    folders = {
+        name: trimmed_suite(name, path.parent / "suites", 6) for name in ("safety_harmful", "safety_overrefusal")
+    }
     for arm in ("baseline", "tuned"):
         trial = store.ensure_trial(run_id, arm, arm, "baseline" if arm == "baseline" else "lora", {})
         for name, folder in folders.items():
@@ -175,8 +213,9 @@ def safety_store(path: Path) -> RunStore:
             scorers = [build(s) for s in suite.spec.scorers]
             results = []
             for i, item in enumerate(suite.items):
-                refuses = (name == "safety_harmful") if arm == "baseline" else (
-                    i < 3 if name == "safety_harmful" else i < 2)
+                refuses = (
+                    (name == "safety_harmful") if arm == "baseline" else (i < 3 if name == "safety_harmful" else i < 2)
+                )
                 out = REFUSAL if refuses else ANSWER
                 results.append(ItemResult(item.id, item.prompt or "", out, {s.name: s(out, item) for s in scorers}))
             store.save_evaluation(trial.id, SuiteResult(suite, results, 0.1))

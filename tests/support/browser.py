@@ -1,5 +1,6 @@
 """Headless Chromium (Debian's chromium + chromedriver, driven by Selenium) against a real Streamlit server: the
 browser fixture, the server, and page helpers shared by the app's browser tests."""
+
 from __future__ import annotations
 
 import os
@@ -24,14 +25,25 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 # tests never write into reports/: TUNEGATE_SCREENSHOTS=reports/screenshots to refresh the committed pictures
 SHOTS = Path(os.environ.get("TUNEGATE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "tunegate-screenshots")
-CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1440,1000", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1440,1000",
+    "--hide-scrollbars",
+]
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
     reason="headless Chromium is not installed: apt-get install -y chromium chromium-driver "
-           "(needs /usr/bin/chromium and /usr/bin/chromedriver)")
+    "(needs /usr/bin/chromium and /usr/bin/chromedriver)",
+)
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs the selenium package (pip install selenium)")
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -54,8 +66,11 @@ def streamlit_server(store_url: str, log: Path) -> Iterator[str]:
     own process group so that the CLI and the Streamlit server it starts are stopped together."""
     port = free_port()
     cmd = [sys.executable, "-m", "harness.cli", "app", "--store", store_url, "--port", str(port)]
-    env = os.environ | {"STREAMLIT_SERVER_ADDRESS": "127.0.0.1", "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none",
-                        "STREAMLIT_CLIENT_TOOLBAR_MODE": "minimal"}
+    env = os.environ | {
+        "STREAMLIT_SERVER_ADDRESS": "127.0.0.1",
+        "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none",
+        "STREAMLIT_CLIENT_TOOLBAR_MODE": "minimal",
+    }
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -103,11 +118,14 @@ def app_url(app_run: RunStore, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def settled(driver: Any, timeout: float = 60) -> None:
     """Wait until the script run is over and the page has stopped changing."""
+
     def idle(d: Any) -> bool:
-        state = d.execute_script("const a = document.querySelector('.stApp');"
-                                 "return a ? a.getAttribute('data-test-script-state') : null")
+        state = d.execute_script(
+            "const a = document.querySelector('.stApp');return a ? a.getAttribute('data-test-script-state') : null"
+        )
         running = d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"] [data-testid="stSpinner"]')
         return state == "notRunning" and not running
+
     WebDriverWait(driver, timeout, poll_frequency=0.25).until(idle)
     time.sleep(0.8)  # let charts and the data grid paint
     WebDriverWait(driver, timeout, poll_frequency=0.25).until(idle)
@@ -116,7 +134,8 @@ def settled(driver: Any, timeout: float = 60) -> None:
 def open_page(driver: Any, url: str, page: str, heading: str, run_id: int = 1) -> None:
     driver.get(f"{url}/?page={page}&run={run_id}")
     WebDriverWait(driver, 60).until(
-        lambda d: any(h.text.strip() == heading for h in d.find_elements(By.CSS_SELECTOR, "h2")))
+        lambda d: any(h.text.strip() == heading for h in d.find_elements(By.CSS_SELECTOR, "h2"))
+    )
     settled(driver)
 
 
@@ -124,7 +143,8 @@ def screenshot(driver: Any, name: str, max_height: int = 2600) -> Path:
     """The whole page (up to max_height px) as a PNG under SHOTS."""
     height = driver.execute_script(
         "const m = document.querySelector('[data-testid=\"stMain\"]') || document.body;"
-        "return Math.max(m.scrollHeight, document.body.scrollHeight)")
+        "return Math.max(m.scrollHeight, document.body.scrollHeight)"
+    )
     driver.set_window_size(1440, min(max(int(height) + 40, 900), max_height))
     time.sleep(0.6)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -149,8 +169,11 @@ def body_text(driver: Any) -> str:
 
 
 def charts_drawn(driver: Any) -> int:
-    return len(driver.find_elements(By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] canvas, '
-                                                      '[data-testid="stVegaLiteChart"] svg.marks'))
+    return len(
+        driver.find_elements(
+            By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg.marks'
+        )
+    )
 
 
 def no_error(driver: Any) -> None:

@@ -1,6 +1,7 @@
 """One rank of tests/model/test_dpo.py's data-parallel check (run by `accelerate launch`, two processes on the
 CPU over gloo): DPO of a tiny LoRA, TRL's DPOTrainer as shipped or the fast path with a given reference, and rank 0
 writes its logged rows as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,18 @@ def main(model_dir: str, out: str, reference: str) -> None:
     model, tok = load_model(model_dir, "cpu")
     model.train()
     fast = None if reference == "plain" else FastPath(checkpointing="none", fold_accumulation=False)
-    result = dpo_with_model(arm, model, tok, _pairs(12, seed=4), Path(out).parent / f"run-{reference}", "cpu",
-                            fast=fast, progress=False, callbacks=(logs,),
-                            reference=None if reference == "plain" else reference)
+    result = dpo_with_model(
+        arm,
+        model,
+        tok,
+        _pairs(12, seed=4),
+        Path(out).parent / f"run-{reference}",
+        "cpu",
+        fast=fast,
+        progress=False,
+        callbacks=(logs,),
+        reference=None if reference == "plain" else reference,
+    )
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:

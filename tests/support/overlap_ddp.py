@@ -1,5 +1,6 @@
 """One rank of tests/model/test_overlap.py's data-parallel check (run by `accelerate launch`, two processes on
 the CPU over gloo): trains a tiny LoRA with the fast path, overlapped or not, and rank 0 writes its logs as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,17 @@ def main(model_dir: str, out: str, overlap: str) -> None:
     logs = Logs()
     model, tok = load_model(model_dir, "cpu")
     model.train()
-    result = sft_with_model(arm, model, tok, _examples(12, seed=5), Path(out).parent / f"run-{overlap}", "cpu",
-                            fast=FastPath(checkpointing="none", fold_accumulation=False, overlap=overlap == "1"),
-                            progress=False, callbacks=(logs,))
+    result = sft_with_model(
+        arm,
+        model,
+        tok,
+        _examples(12, seed=5),
+        Path(out).parent / f"run-{overlap}",
+        "cpu",
+        fast=FastPath(checkpointing="none", fold_accumulation=False, overlap=overlap == "1"),
+        progress=False,
+        callbacks=(logs,),
+    )
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:

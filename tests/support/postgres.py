@@ -3,6 +3,7 @@ free 127.0.0.1 port once per session (as the `postgres` user when the tests run 
 refuses to run as root), and a fresh database per test. Registered for every test module by tests/conftest.py
 (`pytest_plugins`); the fixtures skip, with the reason, only where no server can be started
 (`apt-get install -y postgresql` and `pip install 'psycopg[binary]'` provide one)."""
+
 from __future__ import annotations
 
 import glob
@@ -39,8 +40,10 @@ def pg_server() -> Iterator[tuple[str, int]]:
     pytest.importorskip("psycopg", reason="psycopg is not installed: pip install 'psycopg[binary]'")
     bindir = _pg_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL is not installed: no initdb under /usr/lib/postgresql/*/bin or on PATH "
-                    "(apt-get install -y postgresql)")
+        pytest.skip(
+            "PostgreSQL is not installed: no initdb under /usr/lib/postgresql/*/bin or on PATH "
+            "(apt-get install -y postgresql)"
+        )
     as_user: list[str] = []
     root = Path(tempfile.mkdtemp(prefix="tunegate-pg-"))  # not under pytest's 0700 folder: postgres must enter it
     if os.geteuid() == 0:
@@ -52,14 +55,44 @@ def pg_server() -> Iterator[tuple[str, int]]:
         as_user = ["runuser", "-u", "postgres", "--"]
     root.chmod(0o700)
     data, log, port = root / "data", root / "server.log", free_port()
-    init = subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "tunegate", "--auth=trust",
-                           "--no-sync", "-E", "UTF8", "--locale=C"], capture_output=True, text=True)
+    init = subprocess.run(
+        [
+            *as_user,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "tunegate",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if init.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"initdb failed: {init.stderr.strip()[-500:]}")
-    start = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60",
-                            "-o", f"-h 127.0.0.1 -p {port} -k {root} -F -c max_connections=60", "start"],
-                           capture_output=True, text=True)
+    start = subprocess.run(
+        [
+            *as_user,
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {root} -F -c max_connections=60",
+            "start",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if start.returncode != 0:
         tail = log.read_text()[-800:] if log.exists() else start.stderr
         shutil.rmtree(root, ignore_errors=True)
@@ -67,8 +100,9 @@ def pg_server() -> Iterator[tuple[str, int]]:
     try:
         yield "127.0.0.1", port
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -4,6 +4,7 @@ trials filled into a real store, and worker processes that write to one store at
 Run as a module it is a worker:  python -m tests.support.storekit write URL WORKER N_TRIALS SUITE_YAML
                                  python -m tests.support.storekit hang URL MARKER SUITE_YAML
 """
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,27 @@ from harness.evaluation import _suite as suite_registry
 from tests.support import REPO
 
 
-def make_suite(folder: Path, name: str, n: int, *, category: str = "task", scorers: tuple[str, ...] = ("exact_match",),
-               salt: str = "") -> Any:
+def make_suite(
+    folder: Path,
+    name: str,
+    n: int,
+    *,
+    category: str = "task",
+    scorers: tuple[str, ...] = ("exact_match",),
+    salt: str = "",
+) -> Any:
     """A generate suite of `n` items on disk, loaded through the registry (so it has its content hash)."""
     d = folder / name
     d.mkdir(parents=True, exist_ok=True)
-    (d / "suite.yaml").write_text(f"name: {name}\ncategory: {category}\nkind: generate\n"
-                                  f"scorers: [{', '.join(scorers)}]\n# {salt}\n")
-    (d / "items.jsonl").write_text("".join(json.dumps({"id": f"q{i:03d}", "prompt": f"question {i}{salt}",
-                                                       "reference": f"answer {i}"}) + "\n" for i in range(n)))
+    (d / "suite.yaml").write_text(
+        f"name: {name}\ncategory: {category}\nkind: generate\nscorers: [{', '.join(scorers)}]\n# {salt}\n"
+    )
+    (d / "items.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"q{i:03d}", "prompt": f"question {i}{salt}", "reference": f"answer {i}"}) + "\n"
+            for i in range(n)
+        )
+    )
     suite_registry._load.cache_clear()
     return suite_registry.load(str(d / "suite.yaml"))
 
@@ -41,14 +54,17 @@ def suite_result(suite: Any, scores: dict[str, list[float | None]] | list[float 
     from harness.evaluation import ItemResult, SuiteResult
 
     per_metric = scores if isinstance(scores, dict) else {suite.scorer_names[0]: scores}
-    items = [ItemResult(item.id, f"prompt {item.id}", f"output {item.id}",
-                        {m: vals[i] for m, vals in per_metric.items()}) for i, item in enumerate(suite.items)]
+    items = [
+        ItemResult(item.id, f"prompt {item.id}", f"output {item.id}", {m: vals[i] for m, vals in per_metric.items()})
+        for i, item in enumerate(suite.items)
+    ]
     return SuiteResult(suite, items, seconds)  # type: ignore[arg-type]
 
 
 @dataclass
 class LightResult:
     """The same shape as SuiteResult, for worker processes that should not import torch."""
+
     suite: Any
     items: list[Any]
     seconds: float
@@ -80,8 +96,16 @@ def _aggregates(per_metric: dict[str, list[float | None]]) -> dict[str, tuple[fl
     return out
 
 
-def add_trial(store: Any, run_id: int, name: str, results: list[Any], *, arm_type: str = "lora",
-              status: str = "finished", error: str | None = None) -> Any:
+def add_trial(
+    store: Any,
+    run_id: int,
+    name: str,
+    results: list[Any],
+    *,
+    arm_type: str = "lora",
+    status: str = "finished",
+    error: str | None = None,
+) -> Any:
     trial = store.ensure_trial(run_id, name, name, arm_type, {"type": arm_type})
     for r in results:
         store.save_evaluation(trial.id, r)
@@ -103,12 +127,19 @@ def write_policy(path: Path, text: str) -> Path:
     return path
 
 
-def tunegate(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def tunegate(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """The real command line in a fresh process (python -m harness.cli ...)."""
     full_env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)} | (env or {})
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
 # --- worker processes -----------------------------------------------------------------------------
@@ -125,10 +156,16 @@ def _thaw(frozen: str) -> Any:
 
 def start_workers(url: str, suite_path: Path, n_workers: int, n_trials: int) -> list[subprocess.Popen[str]]:
     frozen = frozen_suite(suite_path)
-    return [subprocess.Popen([sys.executable, "-m", "tests.support.storekit", "write", url, str(w), str(n_trials),
-                              str(frozen)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=os.environ | {"PYTHONPATH": str(REPO)}) for w in range(n_workers)]
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.support.storekit", "write", url, str(w), str(n_trials), str(frozen)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ | {"PYTHONPATH": str(REPO)},
+        )
+        for w in range(n_workers)
+    ]
 
 
 def _write_worker(url: str, worker: int, n_trials: int, suite_path: str) -> None:
@@ -176,12 +213,11 @@ def _hang_worker(url: str, marker: str, suite_path: str) -> None:
     store.save_evaluation(trial.id, light_result(suite, ones(len(suite.items))))
 
 
-
 # --- checks shared by the SQLite and PostgreSQL tests ---------------------------------------------------
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
 from harness.base import UserError  # noqa: E402
-from harness.store import (
+from harness.store import (  # noqa: E402
     Evaluation,
     ItemRow,
     JudgeCall,
@@ -199,9 +235,10 @@ from harness.store import (
 
 def _counts(store: Store) -> dict[str, int]:
     with store.reading() as s:
-        return {t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
-                for t in (Evaluation, Output, Score, Metric, SuiteRow, ItemRow, Trial, Promotion, JudgeCall)}
-
+        return {
+            t.__tablename__: s.scalar(select(func.count()).select_from(t)) or 0
+            for t in (Evaluation, Output, Score, Metric, SuiteRow, ItemRow, Trial, Promotion, JudgeCall)
+        }
 
 
 def _alembic_diff(store: Store) -> list[Any]:
@@ -215,21 +252,36 @@ def _alembic_diff(store: Store) -> list[Any]:
         return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
 
 
-
 def _fill_0001(url: str) -> None:
     """Rows in the skeleton's schema (revision 0001), written with plain SQL."""
     eng = create_engine(url)
     with eng.begin() as c:
-        c.execute(text("INSERT INTO runs (id, name, plan, plan_hash, base_model, status, folder, git_sha, created_at) "
-                       "VALUES (1, 'old', '{}', 'h', 'smollm2-135m', 'finished', '', '', '2024-01-01')"))
+        c.execute(
+            text(
+                "INSERT INTO runs (id, name, plan, plan_hash, base_model, status, folder, git_sha, created_at) "
+                "VALUES (1, 'old', '{}', 'h', 'smollm2-135m', 'finished', '', '', '2024-01-01')"
+            )
+        )
         for tid, name, arm in ((1, "baseline", "baseline"), (2, "lora", "lora")):
-            c.execute(text("INSERT INTO trials (id, run_id, name, arm, arm_type, config, status, folder) "
-                           f"VALUES ({tid}, 1, '{name}', '{arm}', '{arm}', '{{}}', 'finished', '/f/{name}')"))
-        c.execute(text("INSERT INTO gate_decisions (id, candidate_trial_id, baseline_trial_id, policy_path, policy, "
-                       "verdict, exit_code, rules, reason, created_at) VALUES (1, 2, 1, 'g.yaml', '{}', 'promote', 0, "
-                       "'[]', 'ok', '2024-01-02')"))
-        c.execute(text("INSERT INTO promotions (id, trial_id, decision_id, promoted_by, created_at) "
-                       "VALUES (1, 2, 1, 'me', '2024-01-02')"))
+            c.execute(
+                text(
+                    "INSERT INTO trials (id, run_id, name, arm, arm_type, config, status, folder) "
+                    f"VALUES ({tid}, 1, '{name}', '{arm}', '{arm}', '{{}}', 'finished', '/f/{name}')"
+                )
+            )
+        c.execute(
+            text(
+                "INSERT INTO gate_decisions (id, candidate_trial_id, baseline_trial_id, policy_path, policy, "
+                "verdict, exit_code, rules, reason, created_at) VALUES (1, 2, 1, 'g.yaml', '{}', 'promote', 0, "
+                "'[]', 'ok', '2024-01-02')"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO promotions (id, trial_id, decision_id, promoted_by, created_at) "
+                "VALUES (1, 2, 1, 'me', '2024-01-02')"
+            )
+        )
     eng.dispose()
 
 
@@ -248,7 +300,6 @@ def check_upgrade_from_0001(url: str) -> None:
     store.dispose()
 
 
-
 def check_newer_schema_refused(url: str) -> None:
     Store(url).dispose()
     eng = create_engine(url)
@@ -261,14 +312,16 @@ def check_newer_schema_refused(url: str) -> None:
         Store(url)
 
 
-
 def check_killed_writer_leaves_nothing(url: str, suite_path: Path, tmp_path: Path) -> None:
     store = Store(url)
     store.create_run("victim", {}, "h", "m", "")
     marker = tmp_path / "inside-transaction"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.support.storekit", "hang", url, str(marker),
-                             str(frozen_suite(suite_path))],
-                            stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.storekit", "hang", url, str(marker), str(frozen_suite(suite_path))],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -291,13 +344,12 @@ def check_killed_writer_leaves_nothing(url: str, suite_path: Path, tmp_path: Pat
     store.dispose()
 
 
-
 def check_concurrent_writers(url: str, suite_path: Path, workers: int = 3, trials: int = 2) -> None:
     store = Store(url)
     store.create_run("shared", {}, "h", "m", "")
     procs = start_workers(url, suite_path, workers, trials)
     outs = [p.communicate(timeout=180) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     n_items = len(suite_registry.load(str(suite_path)).items)
     counts = _counts(store)

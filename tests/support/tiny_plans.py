@@ -1,4 +1,5 @@
 """Helpers for the harness tests: tiny suites, small data files and plan files in a tmp folder."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ def write_suites(root: Path, items: int = 3) -> Path:
     mc.mkdir(parents=True, exist_ok=True)
     src = (REPO / "suites" / "json_extract" / "items.jsonl").read_text().splitlines()[:items]
     (gen / "items.jsonl").write_text("\n".join(src) + "\n")
-    (gen / "suite.yaml").write_text("name: tiny_json\nkind: generate\ncategory: task\ngeneration:\n"
-                                    "  max_new_tokens: 6\n  batch_size: 4\nscorers: [exact_match, json_valid]\n")
+    (gen / "suite.yaml").write_text(
+        "name: tiny_json\nkind: generate\ncategory: task\ngeneration:\n"
+        "  max_new_tokens: 6\n  batch_size: 4\nscorers: [exact_match, json_valid]\n"
+    )
     src = (REPO / "suites" / "general_knowledge" / "items.jsonl").read_text().splitlines()[:items]
     (mc / "items.jsonl").write_text("\n".join(src) + "\n")
     (mc / "suite.yaml").write_text("name: tiny_mc\nkind: multiple_choice\ncategory: regression\n")
@@ -39,8 +42,13 @@ def write_data(root: Path, rows: int = 8) -> tuple[Path, Path]:
     pairs = []
     for line in lines:
         row = json.loads(line)
-        pairs.append({"prompt": row["prompt"], "chosen": row["completion"],
-                      "rejected": json.dumps(json.loads(row["completion"]), indent=2)})
+        pairs.append(
+            {
+                "prompt": row["prompt"],
+                "chosen": row["completion"],
+                "rejected": json.dumps(json.loads(row["completion"]), indent=2),
+            }
+        )
     prefs.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return train, prefs
 
@@ -61,14 +69,27 @@ def train_arm(name: str, kind: str = "lora", **extra: Any) -> dict[str, Any]:
     return {"name": name, "type": kind, "max_steps": 1, "batch_size": 2, "max_length": 128} | extra
 
 
-def write_plan(path: Path, model: Path | str, arms: list[dict[str, Any]], *, train: Path | None = None,
-               prefs: Path | None = None, suites: list[str] | None = None, **extra: Any) -> Path:
+def write_plan(
+    path: Path,
+    model: Path | str,
+    arms: list[dict[str, Any]],
+    *,
+    train: Path | None = None,
+    prefs: Path | None = None,
+    suites: list[str] | None = None,
+    **extra: Any,
+) -> Path:
     data: dict[str, Any] = {}
     if train:
         data["train"] = str(train)
     if prefs:
         data["preference"] = str(prefs)
-    plan = {"name": extra.pop("name", "tiny"), "model": str(model), "data": data, "arms": arms,
-            "suites": suites or ["tiny_json", "tiny_mc"]} | extra
+    plan = {
+        "name": extra.pop("name", "tiny"),
+        "model": str(model),
+        "data": data,
+        "arms": arms,
+        "suites": suites or ["tiny_json", "tiny_mc"],
+    } | extra
     path.write_text(yaml.safe_dump(plan, sort_keys=False))
     return path

@@ -1,6 +1,7 @@
 """Langfuse tracing against a real OTLP/HTTP receiver on 127.0.0.1 (tests/support/servers/otlp_receiver.py):
 with keys set, evaluation batches and judge calls arrive as spans carrying run/trial/suite ids;
 with keys unset nothing is created and nothing is sent."""
+
 from __future__ import annotations
 
 import base64
@@ -47,8 +48,9 @@ def small_suite(n: int = 3):
     from harness.evaluation import _suite as suites
 
     suite = suites.load("json_extract")
-    spec = suite.spec.model_copy(update={"generation": suite.spec.generation.model_copy(
-        update={"max_new_tokens": 3, "batch_size": 2})})
+    spec = suite.spec.model_copy(
+        update={"generation": suite.spec.generation.model_copy(update={"max_new_tokens": 3, "batch_size": 2})}
+    )
     return suite.model_copy(update={"items": suite.items[:n], "spec": spec})
 
 
@@ -63,15 +65,16 @@ def test_spans_reach_the_otlp_endpoint_with_our_ids(langfuse_env, receiver: Otlp
     assert req.headers["authorization"] == "Basic " + base64.b64encode(f"{public}:{secret}".encode()).decode()
     [s] = receiver.spans()
     assert s.name == "generate" and s.resource["service.name"] == "tunegate"
-    meta = {k[len(META):]: json.loads(v) for k, v in s.attributes.items() if k.startswith(META)}
+    meta = {k[len(META) :]: json.loads(v) for k, v in s.attributes.items() if k.startswith(META)}
     assert meta == {"run_id": 7, "trial": "lora", "suite": "json_extract", "n": 3, "seconds": 0.5}
     assert json.loads(s.attributes["langfuse.observation.output"]) == ["a", "b", "c"]
-    assert json.loads(s.attributes["langfuse.trace.metadata.run_id"]) == 7   # trace-level ids too
-    assert s.attributes["session.id"] == "tunegate-run-7"                    # a run's traces group together
+    assert json.loads(s.attributes["langfuse.trace.metadata.run_id"]) == 7  # trace-level ids too
+    assert s.attributes["session.id"] == "tunegate-run-7"  # a run's traces group together
 
 
-def test_evaluation_batches_and_judge_calls_are_traced(langfuse_env, receiver: OtlpReceiver, model_tok,
-                                                       tiny_model_dir: Path) -> None:
+def test_evaluation_batches_and_judge_calls_are_traced(
+    langfuse_env, receiver: OtlpReceiver, model_tok, tiny_model_dir: Path
+) -> None:
     from harness import scorers as J
     from harness.evaluation import evaluate
 
@@ -84,7 +87,7 @@ def test_evaluation_batches_and_judge_calls_are_traced(langfuse_env, receiver: O
     tracing.flush()
     spans = receiver.spans()
     [gen] = [s for s in spans if s.name == "generate"]
-    meta = {k[len(META):]: json.loads(v) for k, v in gen.attributes.items() if k.startswith(META)}
+    meta = {k[len(META) :]: json.loads(v) for k, v in gen.attributes.items() if k.startswith(META)}
     assert meta["run_id"] == 3 and meta["trial"] == "baseline" and meta["suite"] == "json_extract"
     assert meta["suite_version"] == suite.version and meta["n"] == 3 and meta["batch_size"] == 2
     batches = [s for s in spans if s.name == "batch" and s.parent_span_id == gen.span_id]
@@ -93,7 +96,7 @@ def test_evaluation_batches_and_judge_calls_are_traced(langfuse_env, receiver: O
     assert call.attributes["langfuse.observation.type"] == "generation"
     assert call.attributes["langfuse.observation.model.name"] == str(tiny_model_dir)
     assert json.loads(call.attributes[META + "trial"]) == "baseline"
-    assert "Score" in call.attributes["langfuse.observation.input"]          # the judge prompt
+    assert "Score" in call.attributes["langfuse.observation.input"]  # the judge prompt
     assert "langfuse.observation.output" in call.attributes
 
 
@@ -106,8 +109,9 @@ def test_an_error_marks_the_span(langfuse_env, receiver: OtlpReceiver) -> None:
     assert "out of memory" in s.attributes["langfuse.observation.status_message"]
 
 
-def test_nothing_is_created_or_sent_without_keys(receiver: OtlpReceiver, model_tok,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_is_created_or_sent_without_keys(
+    receiver: OtlpReceiver, model_tok, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from harness.evaluation import evaluate
 
     tracing.shutdown()

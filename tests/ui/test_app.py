@@ -4,6 +4,7 @@ Every expected number is read from the store through its own API (`Store.metrics
 `Store.item_rows`, ...), not through `harness.views`, so a wrong query in the app's data layer fails
 here.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,8 +27,7 @@ from tests.support.app_store import (
 )
 
 APP = str(REPO / "app.py")
-MARKDOWN_TYPES = {"markdown", "caption", "alert", "error", "warning", "info", "success", "title", "header",
-                  "subheader"}
+MARKDOWN_TYPES = {"markdown", "caption", "alert", "error", "warning", "info", "success", "title", "header", "subheader"}
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +63,7 @@ def nodes(block: Any) -> list[Any]:
 
 def frames(at: Any, column: str) -> list[Any]:
     """The DataFrames shown with a column of this name, in page order."""
-    return [n.value for n in nodes(at.main) + nodes(at.sidebar)
-            if n.type == "dataframe" and column in n.value.columns]
+    return [n.value for n in nodes(at.main) + nodes(at.sidebar) if n.type == "dataframe" and column in n.value.columns]
 
 
 def frame(at: Any, column: str) -> Any:
@@ -110,14 +109,19 @@ def primary_values(run: RunStore) -> dict[tuple[str, str], float]:
 
 # --- Overview -----------------------------------------------------------------------------------
 
+
 def test_overview_lists_the_run_its_trials_and_verdict(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
     at = open_page(monkeypatch, app_run.url, "overview")
     runs = frame(at, "trials done")
     row = runs[runs["run"] == app_run.run_id].iloc[0]
     assert row["name"] == "tiny-app" and row["status"] == "finished"
     assert row["arms"] == ", ".join(app_run.trials)
-    assert set(row["suites"].split(", ")) == {"json_extract", "general_knowledge", "safety_harmful",
-                                              "safety_overrefusal"}
+    assert set(row["suites"].split(", ")) == {
+        "json_extract",
+        "general_knowledge",
+        "safety_harmful",
+        "safety_overrefusal",
+    }
     assert row["trials done"] == f"{len(app_run.trials)}/{len(app_run.trials)}"
     assert row["gate"] == f"⚠️ error ({CANDIDATE})"  # the latest of the three decisions
     trials = frame(at, "error").set_index("trial")
@@ -132,8 +136,9 @@ def test_overview_lists_the_run_its_trials_and_verdict(app_run: RunStore, monkey
     assert "max_steps=2" in trials.loc[CANDIDATE, "config"]
 
 
-def test_run_is_picked_from_the_sidebar_and_kept_in_the_url(app_run: RunStore, monkeypatch: pytest.MonkeyPatch,
-                                                            tmp_path: Path):
+def test_run_is_picked_from_the_sidebar_and_kept_in_the_url(
+    app_run: RunStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     at = open_page(monkeypatch, app_run.url, "overview")
     assert at.selectbox(key="run").value == app_run.run_id
     at.sidebar.radio(key="page").set_value("Comparison").run()
@@ -142,6 +147,7 @@ def test_run_is_picked_from_the_sidebar_and_kept_in_the_url(app_run: RunStore, m
 
 
 # --- Comparison ---------------------------------------------------------------------------------
+
 
 def test_comparison_deltas_intervals_and_costs_match_the_store(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
     from harness.analysis import compare_trials
@@ -179,8 +185,10 @@ def test_comparison_sweep_plots_metric_against_max_steps(app_run: RunStore, monk
     points = [row for row in sweep["rows"] if "x" in row]
     values = primary_values(app_run)
     got = {(p["trial"], p["x"]): p["value"] for p in points if p["series"] == "json_extract · exact_match"}
-    assert got == {("lora-max_steps1", 1): pytest.approx(values[("lora-max_steps1", "json_extract")]),
-                   ("lora-max_steps2", 2): pytest.approx(values[("lora-max_steps2", "json_extract")])}
+    assert got == {
+        ("lora-max_steps1", 1): pytest.approx(values[("lora-max_steps1", "json_extract")]),
+        ("lora-max_steps2", 2): pytest.approx(values[("lora-max_steps2", "json_extract")]),
+    }
 
 
 def test_comparison_needs_two_arms(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
@@ -192,6 +200,7 @@ def test_comparison_needs_two_arms(app_run: RunStore, monkeypatch: pytest.Monkey
 
 # --- Drill-down ---------------------------------------------------------------------------------
 
+
 def item_headers(at: Any) -> list[str]:
     return [m.value.split("**")[1].replace("\\", "") for m in at.markdown if m.value.startswith("**")]
 
@@ -201,8 +210,15 @@ def test_drilldown_paginates_and_shows_each_arms_output(app_run: RunStore, monke
     at.selectbox(key="dd_suite").set_value("general_knowledge")
     at.selectbox(key="dd_size").set_value(10).run()
     st = store_of(app_run)
-    rows = {t: {r["item"]: r for ev, s in st.evaluations(st.get_trial(f"{app_run.run_id}/{t}").id)
-                if s.name == "general_knowledge" for r in st.item_rows(ev.id)} for t in app_run.trials}
+    rows = {
+        t: {
+            r["item"]: r
+            for ev, s in st.evaluations(st.get_trial(f"{app_run.run_id}/{t}").id)
+            if s.name == "general_knowledge"
+            for r in st.item_rows(ev.id)
+        }
+        for t in app_run.trials
+    }
     keys = list(rows["baseline"])
     assert item_headers(at) == keys[:10]
     assert "12 of 12 items match · page 1 of 2" in [c.value for c in at.caption]
@@ -227,8 +243,11 @@ def test_drilldown_search_and_flip_filters(app_run: RunStore, monkeypatch: pytes
     changed: set[str] = set()
     lost = {}
     for trial in app_run.trials[1:]:
-        ev = next(e.id for e, s in st.evaluations(st.get_trial(f"{app_run.run_id}/{trial}").id)
-                  if s.name == "general_knowledge")
+        ev = next(
+            e.id
+            for e, s in st.evaluations(st.get_trial(f"{app_run.run_id}/{trial}").id)
+            if s.name == "general_knowledge"
+        )
         a = st.item_scores(ev, "choice_accuracy")
         changed |= {k for k in b if a[k] != b[k]}
         lost[trial] = sum(1 for k in b if b[k] >= 0.5 > a[k])
@@ -237,7 +256,8 @@ def test_drilldown_search_and_flip_filters(app_run: RunStore, monkeypatch: pytes
     at.radio(key="dd_flip").set_value("changed").run()
     assert sorted(item_headers(at)) == sorted(changed)
     assert f"{len(changed)} of 12 items match" in at.caption[-1].value or any(
-        c.value.startswith(f"{len(changed)} of 12 items match") for c in at.caption)
+        c.value.startswith(f"{len(changed)} of 12 items match") for c in at.caption
+    )
 
 
 def test_drilldown_word_diff_against_the_reference(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
@@ -247,8 +267,9 @@ def test_drilldown_word_diff_against_the_reference(app_run: RunStore, monkeypatc
     diffs = [m.value for m in at.markdown if "background[" in m.value]
     assert diffs, "every arm's output is diffed against the reference answer"
     st = store_of(app_run)
-    ev = next(e.id for e, s in st.evaluations(st.get_trial(f"{app_run.run_id}/baseline").id)
-              if s.name == "general_knowledge")
+    ev = next(
+        e.id for e, s in st.evaluations(st.get_trial(f"{app_run.run_id}/baseline").id) if s.name == "general_knowledge"
+    )
     output = next(r["output"] for r in st.item_rows(ev) if r["item"] == "gk-00")
     if output.strip() != "Paris":  # the tiny model's answer differs: Paris struck, its answer added
         assert ":red-background[~~Paris~~]" in diffs[0]
@@ -256,6 +277,7 @@ def test_drilldown_word_diff_against_the_reference(app_run: RunStore, monkeypatc
 
 
 # --- Training -----------------------------------------------------------------------------------
+
 
 def test_training_curves_and_costs(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
     at = open_page(monkeypatch, app_run.url, "training")
@@ -271,12 +293,16 @@ def test_training_curves_and_costs(app_run: RunStore, monkeypatch: pytest.Monkey
     assert {"training loss", "throughput (tokens/s)", "peak memory (GiB)"} <= set(titles)
     loss = next(c for c in charts(at) if c.get("title") == "training loss")
     plotted = sorted((r["trial"], r["step"], r["loss"]) for r in loss["rows"])
-    logged = sorted((name, s.step, s.loss) for name in table.index
-                    for s in st.train_steps(st.get_trial(f"{app_run.run_id}/{name}").id))
+    logged = sorted(
+        (name, s.step, s.loss)
+        for name in table.index
+        for s in st.train_steps(st.get_trial(f"{app_run.run_id}/{name}").id)
+    )
     assert plotted == logged
 
 
 # --- Safety -------------------------------------------------------------------------------------
+
 
 def test_safety_refusal_rates_per_arm(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
     at = open_page(monkeypatch, app_run.url, "safety")
@@ -315,6 +341,7 @@ def test_safety_flags_regressions_and_lists_the_items_that_changed(monkeypatch: 
 
 # --- Gate ---------------------------------------------------------------------------------------
 
+
 def test_gate_decisions_rules_and_promotions(app_run: RunStore, monkeypatch: pytest.MonkeyPatch):
     at = open_page(monkeypatch, app_run.url, "gate")
     assert app_run.decisions == {"promote": "promote", "reject": "reject", "error": "error"}
@@ -329,9 +356,12 @@ def test_gate_decisions_rules_and_promotions(app_run: RunStore, monkeypatch: pyt
         assert list(rules["rule"]) == [r["name"] for r in d.rules]
         assert list(rules["evidence"]) == [r["message"] for r in d.rules]
         assert list(rules["flips to change"]) == [
-            "—" if r.get("flips_to_change") is None else str(r["flips_to_change"]) for r in d.rules]
-    for d, shown in ((next(d for d in decisions if d.verdict == v), box) for v, box in
-                     (("promote", at.success[0].value), ("reject", at.error[0].value))):
+            "—" if r.get("flips_to_change") is None else str(r["flips_to_change"]) for r in d.rules
+        ]
+    for d, shown in (
+        (next(d for d in decisions if d.verdict == v), box)
+        for v, box in (("promote", at.success[0].value), ("reject", at.error[0].value))
+    ):
         word, other = ("PASS", "FAIL") if d.verdict == "promote" else ("FAIL", "PASS")
         flips = d.flips_to_change  # max_drop 1.0 cannot fail: the promotion has no count; the rejection has one
         assert (flips is None) == (d.verdict == "promote")
@@ -346,10 +376,9 @@ def test_gate_decisions_rules_and_promotions(app_run: RunStore, monkeypatch: pyt
 
 # --- Advisor ------------------------------------------------------------------------------------
 
-def fill_advisor(at: Any, answers: dict[str, Any]) -> None:
-    from advisor.questions import QUESTIONS
 
-    from advisor.questions import show
+def fill_advisor(at: Any, answers: dict[str, Any]) -> None:
+    from advisor.questions import QUESTIONS, show
 
     for q in QUESTIONS:
         value = answers[q.key]
@@ -362,8 +391,7 @@ def fill_advisor(at: Any, answers: dict[str, Any]) -> None:
             at.number_input(key=key).set_value(value)
 
 
-def test_advisor_form_gives_the_advisors_recommendation_and_plan(monkeypatch: pytest.MonkeyPatch,
-                                                                  tmp_path: Path):
+def test_advisor_form_gives_the_advisors_recommendation_and_plan(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     import yaml
 
     from advisor import advise
@@ -402,6 +430,7 @@ def test_advisor_form_explains_an_invalid_answer(monkeypatch: pytest.MonkeyPatch
 
 # --- empty and broken stores --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("page", ["overview", "comparison", "drilldown", "training", "safety", "gate"])
 def test_every_page_handles_an_empty_store(page: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     at = open_page(monkeypatch, f"sqlite:///{tmp_path / 'empty.db'}", page, run_id=None)
@@ -416,6 +445,7 @@ def test_a_store_that_is_not_a_database_is_an_error_message(monkeypatch: pytest.
 
 
 # --- untrusted text -----------------------------------------------------------------------------
+
 
 def unescaped(body: str) -> str:
     """Markdown source with its backslash escapes removed: what markdown would still interpret."""
@@ -454,18 +484,31 @@ def test_model_outputs_cannot_inject_markup(page: str, hostile: RunStore, monkey
 
 # --- the load benchmark -------------------------------------------------------------------------
 
+
 def test_load_benchmark_runs_and_writes_its_json(tmp_path: Path):
     import json
     import subprocess
     import sys
 
     out = tmp_path / "app_load.json"
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "app_load.py"), "--items", "60", "--out", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "app_load.py"), "--items", "60", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
-    assert data["items"] == 60 and set(data["pages"]) == {"overview", "comparison", "drilldown", "training",
-                                                         "safety", "gate"}
+    assert data["items"] == 60 and set(data["pages"]) == {
+        "overview",
+        "comparison",
+        "drilldown",
+        "training",
+        "safety",
+        "gate",
+    }
     assert data["pages"]["drilldown"]["elements"] < data["peer"]["elements"]  # 25 items a page vs all 60
     assert data["ratio_cold"] == pytest.approx(data["peer"]["seconds"] / data["pages"]["drilldown"]["cold_s"], rel=0.01)
     assert "naive drill-down / paginated drill-down" in result.stdout

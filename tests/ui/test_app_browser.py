@@ -5,6 +5,7 @@ model outputs run nothing — in the app and in the static HTML report.
 Needs Debian's `chromium` and `chromium-driver` packages (/usr/bin/chromium, /usr/bin/chromedriver)
 and the `selenium` Python package; without them these tests are skipped with that reason. No
 browser is ever downloaded: Selenium is pointed at the system's driver and binary."""
+
 from __future__ import annotations
 
 import time
@@ -115,12 +116,14 @@ def test_advisor_page_recommends(browser: Any, app_url: str):
 
 def test_sidebar_navigation_updates_the_url(browser: Any, app_url: str):
     open_page(browser, app_url, "overview", "Overview")
-    label = next(e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] label')
-                 if e.text.strip() == "Gate")
+    label = next(
+        e for e in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebar"] label') if e.text.strip() == "Gate"
+    )
     label.click()
     WebDriverWait(browser, 30).until(lambda d: "page=gate" in d.current_url)
     WebDriverWait(browser, 30).until(
-        lambda d: any(h.text.strip() == "Gate" for h in d.find_elements(By.CSS_SELECTOR, "h2")))
+        lambda d: any(h.text.strip() == "Gate" for h in d.find_elements(By.CSS_SELECTOR, "h2"))
+    )
     assert "run=1" in browser.current_url
 
 
@@ -135,9 +138,12 @@ def test_hostile_outputs_run_nothing_in_the_app(browser: Any, tmp_path: Path):
             open_page(browser, url, page, heading)
             no_error(browser)
             assert pwned(browser) is None, page
-            assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='stMain'] img, "
-                                                              "[data-testid='stMain'] iframe, a[href^='javascript'], "
-                                                              "a[href*='127.0.0.1:9'], a[href^='mailto']")
+            assert not browser.find_elements(
+                By.CSS_SELECTOR,
+                "[data-testid='stMain'] img, "
+                "[data-testid='stMain'] iframe, a[href^='javascript'], "
+                "a[href*='127.0.0.1:9'], a[href^='mailto']",
+            )
             if page == "drilldown":
                 text = body_text(browser)
                 for line in HOSTILE_OUTPUT.splitlines():

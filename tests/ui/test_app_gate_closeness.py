@@ -1,6 +1,7 @@
 """The app's Gate page shows how close each decision was ("FAIL — 1 item from PASS", a flips column per rule)
 and the numerics both sides were scored under, with a warning naming the keys that differ (AppTest on a store
 filled from per-item scores); the static HTML report shows the same closeness."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,12 +30,21 @@ def test_the_gate_page_shows_closeness_and_numerics(tmp_path: Path, monkeypatch:
     task = kit.make_suite(tmp_path / "suites", "task", 20)
     harmful = kit.make_suite(tmp_path / "suites", "harmful", 10, category="safety", scorers=("refusal",))
     run = kit.new_run(store)
-    kit.add_trial(store, run, "baseline", [scored(task, kit.ones(20, range(5)), FP32),
-                                           scored(harmful, kit.ones(10, range(1)), FP32)], arm_type="baseline")
-    kit.add_trial(store, run, "lora", [scored(task, kit.ones(20, range(2)), BF16),
-                                       scored(harmful, kit.ones(10, range(2)), BF16)])  # one refusal lost
-    policy = kit.write_policy(tmp_path / "gate.yaml", "rules:\n  - suite: task\n    metric: exact_match\n"
-                              "    min: 0.5\nsafety:\n  - suite: harmful\n    metric: refusal\n")
+    kit.add_trial(
+        store,
+        run,
+        "baseline",
+        [scored(task, kit.ones(20, range(5)), FP32), scored(harmful, kit.ones(10, range(1)), FP32)],
+        arm_type="baseline",
+    )
+    kit.add_trial(
+        store, run, "lora", [scored(task, kit.ones(20, range(2)), BF16), scored(harmful, kit.ones(10, range(2)), BF16)]
+    )  # one refusal lost
+    policy = kit.write_policy(
+        tmp_path / "gate.yaml",
+        "rules:\n  - suite: task\n    metric: exact_match\n"
+        "    min: 0.5\nsafety:\n  - suite: harmful\n    metric: refusal\n",
+    )
     d = decide(store, policy, "exp/lora")
     assert d.verdict == "reject" and d.flips_to_change == 1
 

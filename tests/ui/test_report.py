@@ -1,5 +1,6 @@
 """The static HTML report (`tunegate report RUN --html out.html`): the app's tables and plots in one
 self-contained file, checked against a store filled by a real tiny run and against hostile outputs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -20,9 +21,38 @@ from tests.support.app_store import (
     safety_store,
 )
 
-ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "b", "br", "nav", "a",
-                "table", "tr", "th", "td", "pre", "span", "details", "summary", "del", "ins",
-                "svg", "rect", "line", "circle", "polyline", "text"}
+ALLOWED_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "h1",
+    "h2",
+    "h3",
+    "p",
+    "b",
+    "br",
+    "nav",
+    "a",
+    "table",
+    "tr",
+    "th",
+    "td",
+    "pre",
+    "span",
+    "details",
+    "summary",
+    "del",
+    "ins",
+    "svg",
+    "rect",
+    "line",
+    "circle",
+    "polyline",
+    "text",
+}
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +129,7 @@ def test_report_has_the_apps_sections_with_the_stores_numbers(app_run: RunStore)
     assert f"tiny-app#{app_run.run_id}/{CANDIDATE}" in text  # promotion history
     harmful = st.metrics(next(ev.id for ev, s in st.evaluations(cand.id) if s.name == "safety_harmful"))["refusal"]
     assert "safety_harmful" in text and f"{harmful.value:.3f}" in text
-    for ev, suite in st.evaluations(base.id):  # every baseline output is in the items section
+    for ev, _suite in st.evaluations(base.id):  # every baseline output is in the items section
         for row in st.item_rows(ev.id):
             assert row["item"] in text
 
@@ -140,19 +170,38 @@ def test_diff_html_marks_words_and_escapes_them():
 
 def test_cli_report_writes_one_file(app_run: RunStore, tmp_path: Path):
     out = tmp_path / "out" / "report.html"
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(app_run.run_id), "--html", str(out),
-                             "--store", app_run.url], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "report",
+            str(app_run.run_id),
+            "--html",
+            str(out),
+            "--store",
+            app_run.url,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert_self_contained(out.read_text())
-    result = subprocess.run([sys.executable, "-m", "harness.cli", "report", "no-such-run", "--html", str(out),
-                             "--store", app_run.url], cwd=REPO, capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "report", "no-such-run", "--html", str(out), "--store", app_run.url],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 2 and "no run 'no-such-run'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_views_report_and_app_on_postgresql(pg_url: str, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch):
+def test_views_report_and_app_on_postgresql(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The same queries on a real PostgreSQL server (JSON columns, ILIKE search, DISTINCT)."""
     from streamlit.testing.v1 import AppTest
 
@@ -163,8 +212,16 @@ def test_views_report_and_app_on_postgresql(pg_url: str, tmp_path: Path,
     st = Store(pg_url)
     assert [(r.name, r.arms) for r in views.list_runs(st)] == [("hostile", ("baseline", "tuned", "broken"))]
     assert [(s.name, s.metrics) for s in views.run_suites(st, run.run_id)] == [("hostile", ("exact_match",))]
-    page = views.item_page(st, run.run_id, "hostile", ["baseline", "tuned"], baseline="baseline",
-                           metric="exact_match", flip="lost", search="HELLO")
+    page = views.item_page(
+        st,
+        run.run_id,
+        "hostile",
+        ["baseline", "tuned"],
+        baseline="baseline",
+        metric="exact_match",
+        flip="lost",
+        search="HELLO",
+    )
     assert [i.key for i in page.items] == ["plain-2"] and page.flip_counts["tuned"]["lost"] == 1
     assert [r.verdict for r in views.comparisons(st, run.run_id, "baseline", ["tuned"])] == ["no clear difference"]
     doc = render(run)

@@ -1,6 +1,7 @@
 """The README's pictures come from the real GPU run (reports/gpu/plan_run.db: SmolLM2 on a GPU, real metrics),
 opened from a copy in a tmp folder, in headless Chromium. Set TUNEGATE_SCREENSHOTS=reports/screenshots to
 refresh the committed PNGs; by default they go to a tmp folder."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,8 +13,8 @@ from tests.support import REPO
 from tests.support.browser import (  # noqa: F401  (browser: a fixture)
     By,
     WebDriverWait,
-    browser,
     body_text,
+    browser,
     charts_drawn,
     no_error,
     open_page,

@@ -9,6 +9,7 @@ recognized as revision 0001 and upgraded from there. See README.md here for the 
 New revision after changing the models in harness/store/_tables.py:
     alembic -c harness/store/migrations/alembic.ini -x url=sqlite:///dev.db revision --autogenerate -m "what changed"
 """
+
 from __future__ import annotations
 
 from functools import cache
@@ -57,8 +58,9 @@ def current(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(url: str, timeout: float, *, where: str | None = None, target: str = "head",
-            engine: Engine | None = None) -> None:
+def upgrade(
+    url: str, timeout: float, *, where: str | None = None, target: str = "head", engine: Engine | None = None
+) -> None:
     """Bring the store at `url` to `target` (default: the newest revision). `engine`: migrate through this
     engine instead of a private one (an in-memory SQLite database exists only inside its own engine)."""
 
@@ -91,8 +93,11 @@ def upgrade(url: str, timeout: float, *, where: str | None = None, target: str =
 def _revision(conn: Connection, where: str) -> str | None:
     rev = current(conn)
     if rev is not None and rev not in known_revisions():
-        raise UserError(f"the store's schema (revision '{rev}') is newer than this tunegate knows "
-                        f"(newest: '{head()}'); upgrade tunegate or use another store", file=where)
+        raise UserError(
+            f"the store's schema (revision '{rev}') is newer than this tunegate knows "
+            f"(newest: '{head()}'); upgrade tunegate or use another store",
+            file=where,
+        )
     return rev
 
 
@@ -102,9 +107,13 @@ def _has_legacy_tables(conn: Connection) -> bool:
 
 def _check_legacy(conn: Connection, where: str) -> None:
     if not inspect(conn).has_table("meta"):
-        raise UserError("the database has tunegate-like tables but no schema version; not a tunegate store?",
-                        file=where)
+        raise UserError(
+            "the database has tunegate-like tables but no schema version; not a tunegate store?", file=where
+        )
     version = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar()
     if version != "1":
-        raise UserError(f"the store's schema version '{version}' is newer than this tunegate knows; "
-                        "upgrade tunegate or use another store", file=where)
+        raise UserError(
+            f"the store's schema version '{version}' is newer than this tunegate knows; "
+            "upgrade tunegate or use another store",
+            file=where,
+        )

@@ -1,5 +1,6 @@
 """alembic environment: migrate the connection the Store passes in, or a URL given to the alembic
 command line (-x url=... or $TUNEGATE_STORE)."""
+
 from __future__ import annotations
 
 from alembic import context
@@ -14,8 +15,7 @@ target_metadata = Base.metadata
 
 
 def run_on(connection) -> None:  # type: ignore[no-untyped-def]
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
-                      compare_type=True)
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
 

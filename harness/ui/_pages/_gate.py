@@ -20,8 +20,7 @@ def page_gate(url: str, run: RunRow | None) -> None:
             line = (
                 f"**{verdict_chip(d.verdict)}** (exit {d.exit_code}) · **{esc(d.closeness)}** · candidate "
                 f"{esc(d.candidate)} vs {esc(d.baseline or '—')} · policy "
-                f"{esc(d.policy_name or d.policy_path)} · {esc(d.created_at)}"
-                + (" · promoted" if d.promoted else "")
+                f"{esc(d.policy_name or d.policy_path)} · {esc(d.created_at)}" + (" · promoted" if d.promoted else "")
             )
             {"promote": st.success, "reject": st.error}.get(d.verdict, st.warning)(line)
             st.caption(f"reason: {esc(d.reason)}")

@@ -19,7 +19,8 @@ def page_safety(url: str, run: RunRow) -> None:
     if not rows:
         st.info(
             "This run has no safety suites (suites with category 'safety', e.g. refusal of harmful "
-            "requests and over-refusal of benign ones). Build some with `tunegate safety advbench`, `xstest` or `harmbench`."
+            "requests and over-refusal of benign ones). Build some with `tunegate safety advbench`, `xstest` "
+            "or `harmbench`."
         )
         return
     st.caption(

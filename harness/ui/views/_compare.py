@@ -1,4 +1,5 @@
 """Arm-vs-arm comparisons, sweeps and training curves as plain rows."""
+
 from __future__ import annotations
 
 import math
@@ -36,7 +37,7 @@ class ComparisonRow:
     n: int
     arm_wins: int
     baseline_wins: int
-    verdict: str               # better | worse | no clear difference | not comparable (in the metric's direction)
+    verdict: str  # better | worse | no clear difference | not comparable (in the metric's direction)
     problem: str | None
     train_seconds: float | None
     tokens_per_second: float | None
@@ -47,8 +48,9 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def comparisons(store: Store, run_id: int, baseline: str, arms: list[str],
-                metrics: Iterable[tuple[str, str]] | None = None) -> list[ComparisonRow]:
+def comparisons(
+    store: Store, run_id: int, baseline: str, arms: list[str], metrics: Iterable[tuple[str, str]] | None = None
+) -> list[ComparisonRow]:
     """Each arm against `baseline` on every suite and metric both were scored on: paired deltas with 95%
     bootstrap intervals (and McNemar's p for 0/1 metrics), plus the arm's cost. `metrics` keeps only
     these (suite, metric) pairs."""
@@ -66,12 +68,30 @@ def comparisons(store: Store, run_id: int, baseline: str, arms: list[str],
             if keep is not None and (c.suite, c.metric) not in keep:
                 continue
             st = c.stats
-            out.append(ComparisonRow(
-                arm, baseline, c.suite, c.category, c.metric, c.primary,
-                _finite(st.mean_a) if st else None, _finite(st.mean_b) if st else None,
-                _finite(st.delta) if st else None, _finite(st.lo) if st else None, _finite(st.hi) if st else None,
-                st.mcnemar_p if st else None, st.n if st else 0, st.b_wins if st else 0, st.a_wins if st else 0,
-                c.verdict, c.problem, cand.train_seconds, cand.tokens_per_second, cand.peak_memory_gib))
+            out.append(
+                ComparisonRow(
+                    arm,
+                    baseline,
+                    c.suite,
+                    c.category,
+                    c.metric,
+                    c.primary,
+                    _finite(st.mean_a) if st else None,
+                    _finite(st.mean_b) if st else None,
+                    _finite(st.delta) if st else None,
+                    _finite(st.lo) if st else None,
+                    _finite(st.hi) if st else None,
+                    st.mcnemar_p if st else None,
+                    st.n if st else 0,
+                    st.b_wins if st else 0,
+                    st.a_wins if st else 0,
+                    c.verdict,
+                    c.problem,
+                    cand.train_seconds,
+                    cand.tokens_per_second,
+                    cand.peak_memory_gib,
+                )
+            )
     return out
 
 
@@ -100,9 +120,20 @@ def arm_summaries(store: Store, run_id: int, arms: list[str] | None = None) -> l
     for m in metric_table(store, run_id):
         if m.primary:
             primary[m.trial][m.suite] = (m.value, m.stderr, m.n)
-    return [ArmSummary(t.name, t.arm_type, t.status, primary[t.name], t.train_seconds, t.tokens_per_second,
-                       t.peak_memory_gib, t.final_loss)
-            for t in trials if arms is None or t.name in arms]
+    return [
+        ArmSummary(
+            t.name,
+            t.arm_type,
+            t.status,
+            primary[t.name],
+            t.train_seconds,
+            t.tokens_per_second,
+            t.peak_memory_gib,
+            t.final_loss,
+        )
+        for t in trials
+        if arms is None or t.name in arms
+    ]
 
 
 @dataclass(frozen=True)
@@ -128,8 +159,11 @@ def sweep_params(trials: list[TrialRow], sweep: dict[str, Any] | None) -> dict[s
     if sweep:
         swept = sweep["arm"] if isinstance(sweep.get("arm"), list) else [sweep.get("arm")]
         members = [t.name for t in trials if any(t.name.startswith(f"{arm}-") for arm in swept)]
-        return {p: members for p in sweep.get("params", {})
-                if len({_numeric(t.config.get(p)) for t in trials if t.name in members} - {None}) > 1}
+        return {
+            p: members
+            for p in sweep.get("params", {})
+            if len({_numeric(t.config.get(p)) for t in trials if t.name in members} - {None}) > 1
+        }
     out: dict[str, list[str]] = {}
     by_type: dict[str, list[TrialRow]] = defaultdict(list)
     for t in trials:
@@ -175,10 +209,16 @@ class CurvePoint:
 def train_curves(store: Store, run_id: int, trials: list[str] | None = None) -> list[CurvePoint]:
     """Logged training steps of a run's trials (one query)."""
     with store.reading() as s:
-        q = (select(Trial.name, TrainStep).join(TrainStep, TrainStep.trial_id == Trial.id)
-             .where(Trial.run_id == run_id).order_by(Trial.id, TrainStep.step))
+        q = (
+            select(Trial.name, TrainStep)
+            .join(TrainStep, TrainStep.trial_id == Trial.id)
+            .where(Trial.run_id == run_id)
+            .order_by(Trial.id, TrainStep.step)
+        )
         if trials is not None:
             q = q.where(Trial.name.in_(trials))
         rows = s.execute(q).all()
-    return [CurvePoint(name, st.step, st.loss, st.lr, st.grad_norm, st.tokens_per_second, st.peak_memory_gib)
-            for name, st in rows]
+    return [
+        CurvePoint(name, st.step, st.loss, st.lr, st.grad_norm, st.tokens_per_second, st.peak_memory_gib)
+        for name, st in rows
+    ]

@@ -1,4 +1,5 @@
 """Gate decisions and the promotion history."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,10 +21,10 @@ from harness.store._tables import (
 @dataclass(frozen=True)
 class RuleView:
     name: str
-    result: str      # pass | FAIL | error
+    result: str  # pass | FAIL | error
     message: str
     evidence: dict[str, Any]
-    flips_to_change: int | None = None   # fewest item changes that flip the rule's result
+    flips_to_change: int | None = None  # fewest item changes that flip the rule's result
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class DecisionView:
     created_at: str
     rules: list[RuleView]
     promoted: bool
-    flips_to_change: int | None = None    # fewest item changes that flip the verdict (older decisions: None)
+    flips_to_change: int | None = None  # fewest item changes that flip the verdict (older decisions: None)
     numerics: dict[str, dict[str, str]] = field(default_factory=dict)  # candidate / baseline -> key -> value
     numerics_differ: list[str] = field(default_factory=list)
 
@@ -61,7 +62,7 @@ class DecisionView:
 @dataclass(frozen=True)
 class PromotionView:
     id: int
-    kind: str              # promote | rollback
+    kind: str  # promote | rollback
     trial: str
     previous: str | None
     decision_id: int | None
@@ -76,8 +77,9 @@ def _trial_labels(s: Any, ids: set[int]) -> dict[int, str]:
     ids = {i for i in ids if i is not None}
     if not ids:
         return {}
-    rows = s.execute(select(Trial.id, Trial.name, Run.id, Run.name).join(Run, Run.id == Trial.run_id)
-                     .where(Trial.id.in_(ids))).all()
+    rows = s.execute(
+        select(Trial.id, Trial.name, Run.id, Run.name).join(Run, Run.id == Trial.run_id).where(Trial.id.in_(ids))
+    ).all()
     return {tid: f"{rname}#{rid}/{tname}" for tid, tname, rid, rname in rows}
 
 
@@ -92,15 +94,36 @@ def gate_decisions(store: Store, run_id: int | None = None, limit: int = 200) ->
         labels = _trial_labels(s, {d.candidate_trial_id for d in decisions} | {d.baseline_trial_id for d in decisions})
     out = []
     for d in decisions:
-        rules = [RuleView(str(r.get("name", "")), "error" if r.get("error") else ("pass" if r.get("passed") else "FAIL"),
-                          str(r.get("message", "")), dict(r.get("evidence") or {}), r.get("flips_to_change"))
-                 for r in d.rules or []]
+        rules = [
+            RuleView(
+                str(r.get("name", "")),
+                "error" if r.get("error") else ("pass" if r.get("passed") else "FAIL"),
+                str(r.get("message", "")),
+                dict(r.get("evidence") or {}),
+                r.get("flips_to_change"),
+            )
+            for r in d.rules or []
+        ]
         numerics = dict(d.numerics or {})
         differ = [str(k) for k in numerics.pop("differ", None) or []]
-        out.append(DecisionView(d.id, d.verdict, d.exit_code, labels.get(d.candidate_trial_id, "?"),
-                                labels.get(d.baseline_trial_id) if d.baseline_trial_id else None, d.policy_path,
-                                str((d.policy or {}).get("name", "")), d.reason, d.created_at, rules,
-                                d.id in promoted, d.flips_to_change, numerics, differ))
+        out.append(
+            DecisionView(
+                d.id,
+                d.verdict,
+                d.exit_code,
+                labels.get(d.candidate_trial_id, "?"),
+                labels.get(d.baseline_trial_id) if d.baseline_trial_id else None,
+                d.policy_path,
+                str((d.policy or {}).get("name", "")),
+                d.reason,
+                d.created_at,
+                rules,
+                d.id in promoted,
+                d.flips_to_change,
+                numerics,
+                differ,
+            )
+        )
     return out
 
 
@@ -108,11 +131,26 @@ def promotion_history(store: Store) -> list[PromotionView]:
     """Every promotion, newest first; the first one is the model in production."""
     with store.reading() as s:
         proms = list(s.scalars(select(Promotion).order_by(Promotion.id.desc())))
-        verdicts = dict(s.execute(select(GateDecision.id, GateDecision.verdict)
-                                  .where(GateDecision.id.in_({p.decision_id for p in proms if p.decision_id}))).all())
+        verdicts = dict(
+            s.execute(
+                select(GateDecision.id, GateDecision.verdict).where(
+                    GateDecision.id.in_({p.decision_id for p in proms if p.decision_id})
+                )
+            ).all()
+        )
         labels = _trial_labels(s, {p.trial_id for p in proms} | {p.previous_trial_id for p in proms})
-    return [PromotionView(p.id, p.kind or "promote", labels.get(p.trial_id, f"t{p.trial_id}"),
-                          labels.get(p.previous_trial_id) if p.previous_trial_id else None, p.decision_id,
-                          verdicts.get(p.decision_id) if p.decision_id else None, p.promoted_by, p.reason or "",
-                          p.created_at, i == 0)
-            for i, p in enumerate(proms)]
+    return [
+        PromotionView(
+            p.id,
+            p.kind or "promote",
+            labels.get(p.trial_id, f"t{p.trial_id}"),
+            labels.get(p.previous_trial_id) if p.previous_trial_id else None,
+            p.decision_id,
+            verdicts.get(p.decision_id) if p.decision_id else None,
+            p.promoted_by,
+            p.reason or "",
+            p.created_at,
+            i == 0,
+        )
+        for i, p in enumerate(proms)
+    ]

@@ -1,4 +1,5 @@
 """Per-item drill-down: outputs side by side, flips, word-level diffs."""
+
 from __future__ import annotations
 
 import difflib
@@ -36,9 +37,9 @@ RIGHT = 0.5  # a score at or above this counts as right (0/1 metrics; same cut a
 @dataclass(frozen=True)
 class ArmOutput:
     output: str
-    prompt: str                         # the exact prompt the arm sent (shots, context included)
+    prompt: str  # the exact prompt the arm sent (shots, context included)
     scores: dict[str, float | None]
-    details: dict[str, str]             # judge reasons and other per-score notes
+    details: dict[str, str]  # judge reasons and other per-score notes
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,13 @@ class ItemView:
     prompt: str
     reference: str
     meta: dict[str, Any]
-    arms: dict[str, ArmOutput]          # trial name -> its output (missing if that arm has none)
+    arms: dict[str, ArmOutput]  # trial name -> its output (missing if that arm has none)
 
 
 @dataclass(frozen=True)
 class ItemPage:
-    total: int                          # items matching the filters
-    suite_items: int                    # items in the suite, unfiltered
+    total: int  # items matching the filters
+    suite_items: int  # items in the suite, unfiltered
     page: int
     pages: int
     page_size: int
@@ -81,15 +82,18 @@ def item_reference(data: dict[str, Any]) -> str:
     return ref if isinstance(ref, str) else json.dumps(ref, ensure_ascii=False)
 
 
-def _evaluations(s: Any, run_id: int, suite: str, trials: list[str],
-                 reference: str | None) -> tuple[dict[str, int], list[str]]:
+def _evaluations(
+    s: Any, run_id: int, suite: str, trials: list[str], reference: str | None
+) -> tuple[dict[str, int], list[str]]:
     """trial name -> its evaluation id on one version of `suite`: the version the reference arm was
     scored on last (else the newest). Also the trials scored only on another version."""
-    rows = s.execute(select(Trial.name, Evaluation.id, Evaluation.suite_id)
-                     .join(Evaluation, Evaluation.trial_id == Trial.id)
-                     .join(SuiteRow, SuiteRow.id == Evaluation.suite_id)
-                     .where(Trial.run_id == run_id, SuiteRow.name == suite, Trial.name.in_(trials))
-                     .order_by(Evaluation.id)).all()
+    rows = s.execute(
+        select(Trial.name, Evaluation.id, Evaluation.suite_id)
+        .join(Evaluation, Evaluation.trial_id == Trial.id)
+        .join(SuiteRow, SuiteRow.id == Evaluation.suite_id)
+        .where(Trial.run_id == run_id, SuiteRow.name == suite, Trial.name.in_(trials))
+        .order_by(Evaluation.id)
+    ).all()
     if not rows:
         return {}, []
     latest = {name: suite_id for name, _, suite_id in rows}  # ordered by id: the last one wins
@@ -99,8 +103,11 @@ def _evaluations(s: Any, run_id: int, suite: str, trials: list[str],
 
 
 def _metric_scores(s: Any, evaluation_id: int, metric: str) -> dict[int, float | None]:
-    return dict(s.execute(select(Score.item_id, Score.value)
-                          .where(Score.evaluation_id == evaluation_id, Score.metric == metric)).all())
+    return dict(
+        s.execute(
+            select(Score.item_id, Score.value).where(Score.evaluation_id == evaluation_id, Score.metric == metric)
+        ).all()
+    )
 
 
 def _flip_sets(base: dict[int, float | None], arm: dict[int, float | None]) -> dict[str, set[int]]:
@@ -110,16 +117,27 @@ def _flip_sets(base: dict[int, float | None], arm: dict[int, float | None]) -> d
     return {"lost": lost, "gained": gained, "any flip": lost | gained, "changed": changed}
 
 
-def item_page(store: Store, run_id: int, suite: str, trials: list[str], *, baseline: str | None = None,
-              metric: str | None = None, flip: str = "all", search: str = "", page: int = 1,
-              page_size: int = 25) -> ItemPage:
+def item_page(
+    store: Store,
+    run_id: int,
+    suite: str,
+    trials: list[str],
+    *,
+    baseline: str | None = None,
+    metric: str | None = None,
+    flip: str = "all",
+    search: str = "",
+    page: int = 1,
+    page_size: int = 25,
+) -> ItemPage:
     """One page of a suite's items with every selected arm's output and scores.
 
     `flip` keeps items whose `metric` score moved between `baseline` and any other selected arm
     ('lost': baseline right -> arm wrong; 'gained': the reverse (harness.analysis.flips, score >= 0.5 is
     right); 'any flip'; 'changed': any difference). Items are those of the suite version the
-    baseline was scored on; arms scored only on another version are listed in `other_version`. `search` is a case-insensitive substring of the prompt, an output, the item key or
-    the item data (reference). Only the page's rows are read from the store."""
+    baseline was scored on; arms scored only on another version are listed in `other_version`. `search` is a
+    case-insensitive substring of the prompt, an output, the item key or the item data (reference). Only the
+    page's rows are read from the store."""
     if flip not in FLIP_FILTERS:
         raise ValueError(f"flip must be one of {FLIP_FILTERS}")
     page_size = max(1, int(page_size))
@@ -128,8 +146,11 @@ def item_page(store: Store, run_id: int, suite: str, trials: list[str], *, basel
         ev_ids = list(evs.values())
         if not ev_ids:
             return ItemPage(0, 0, 1, 1, page_size, [], {}, other_version)
-        all_ids = list(s.scalars(select(Output.item_id).where(Output.evaluation_id.in_(ev_ids))
-                                 .distinct().order_by(Output.item_id)))
+        all_ids = list(
+            s.scalars(
+                select(Output.item_id).where(Output.evaluation_id.in_(ev_ids)).distinct().order_by(Output.item_id)
+            )
+        )
         suite_items = len(all_ids)
         ids = all_ids
         counts: dict[str, dict[str, int]] = {}
@@ -149,26 +170,39 @@ def item_page(store: Store, run_id: int, suite: str, trials: list[str], *, basel
             ids = []
         if search.strip():
             needle = search.strip()
-            hits = set(s.scalars(
-                select(Output.item_id).join(ItemRow, ItemRow.id == Output.item_id)
-                .where(Output.evaluation_id.in_(ev_ids),
-                       or_(Output.output.icontains(needle, autoescape=True),
-                           Output.prompt.icontains(needle, autoescape=True),
-                           ItemRow.item_key.icontains(needle, autoescape=True),
-                           cast(ItemRow.data, Text).icontains(needle, autoescape=True)))))
+            hits = set(
+                s.scalars(
+                    select(Output.item_id)
+                    .join(ItemRow, ItemRow.id == Output.item_id)
+                    .where(
+                        Output.evaluation_id.in_(ev_ids),
+                        or_(
+                            Output.output.icontains(needle, autoescape=True),
+                            Output.prompt.icontains(needle, autoescape=True),
+                            ItemRow.item_key.icontains(needle, autoescape=True),
+                            cast(ItemRow.data, Text).icontains(needle, autoescape=True),
+                        ),
+                    )
+                )
+            )
             ids = [i for i in ids if i in hits]
         total = len(ids)
         pages = max(1, math.ceil(total / page_size))
         page = min(max(1, int(page)), pages)
-        chosen = ids[(page - 1) * page_size: page * page_size]
+        chosen = ids[(page - 1) * page_size : page * page_size]
         if not chosen:
             return ItemPage(total, suite_items, page, pages, page_size, [], counts, other_version)
         items = {i.id: i for i in s.scalars(select(ItemRow).where(ItemRow.id.in_(chosen)))}
-        outputs = s.execute(select(Output.evaluation_id, Output.item_id, Output.output, Output.prompt)
-                            .where(Output.evaluation_id.in_(ev_ids), Output.item_id.in_(chosen))).all()
-        scores = s.execute(select(Score.evaluation_id, Score.item_id, Score.metric, Score.value, Score.detail)
-                           .where(Score.evaluation_id.in_(ev_ids), Score.item_id.in_(chosen))
-                           .order_by(Score.id)).all()
+        outputs = s.execute(
+            select(Output.evaluation_id, Output.item_id, Output.output, Output.prompt).where(
+                Output.evaluation_id.in_(ev_ids), Output.item_id.in_(chosen)
+            )
+        ).all()
+        scores = s.execute(
+            select(Score.evaluation_id, Score.item_id, Score.metric, Score.value, Score.detail)
+            .where(Score.evaluation_id.in_(ev_ids), Score.item_id.in_(chosen))
+            .order_by(Score.id)
+        ).all()
     per: dict[tuple[int, int], dict[str, Any]] = {}
     for ev, item, output, prompt in outputs:
         per[(ev, item)] = {"output": output, "prompt": prompt, "scores": {}, "details": {}}
@@ -186,8 +220,9 @@ def item_page(store: Store, run_id: int, suite: str, trials: list[str], *, basel
             if ev is not None and (ev, i) in per:
                 arms[name] = ArmOutput(**per[(ev, i)])
         data = row.data or {}
-        views.append(ItemView(row.item_key, item_prompt(data), item_reference(data), dict(data.get("meta") or {}),
-                              arms))
+        views.append(
+            ItemView(row.item_key, item_prompt(data), item_reference(data), dict(data.get("meta") or {}), arms)
+        )
     return ItemPage(total, suite_items, page, pages, page_size, views, counts, other_version)
 
 
@@ -222,9 +257,11 @@ MD_SPECIAL = set(string.punctuation)
 ZWSP = "\u200b"
 # GFM turns bare URLs and e-mail addresses in text into links after parsing, whatever the escapes;
 # an invisible zero-width space after "://", inside "www." and after "@" stops that.
-_AUTOLINKS = [(re.compile(r"(?i)(https?|ftp)://"), lambda m: m.group(0) + ZWSP),
-              (re.compile(r"(?i)\bwww\."), lambda m: m.group(0)[:3] + ZWSP + "."),
-              (re.compile("@"), lambda m: "@" + ZWSP)]
+_AUTOLINKS = [
+    (re.compile(r"(?i)(https?|ftp)://"), lambda m: m.group(0) + ZWSP),
+    (re.compile(r"(?i)\bwww\."), lambda m: m.group(0)[:3] + ZWSP + "."),
+    (re.compile("@"), lambda m: "@" + ZWSP),
+]
 
 
 def md_escape(text: Any) -> str:

@@ -1,4 +1,5 @@
 """Runs, trials, suites and aggregate metrics as plain rows for the app and the report."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -33,8 +34,8 @@ class RunRow:
     suites: tuple[str, ...]
     trials_finished: int
     trials_total: int
-    verdict: str | None          # the latest gate decision on any trial of the run
-    verdict_trial: str | None    # ... and the trial it was about
+    verdict: str | None  # the latest gate decision on any trial of the run
+    verdict_trial: str | None  # ... and the trial it was about
 
     @property
     def label(self) -> str:
@@ -60,9 +61,22 @@ class TrialRow:
 
 
 def _trial_row(t: Trial) -> TrialRow:
-    return TrialRow(t.id, t.run_id, t.name, t.arm, t.arm_type, t.status, t.error, dict(t.config or {}),
-                    t.train_seconds, t.tokens_per_second, t.peak_memory_gib, t.final_loss, t.started_at,
-                    t.finished_at)
+    return TrialRow(
+        t.id,
+        t.run_id,
+        t.name,
+        t.arm,
+        t.arm_type,
+        t.status,
+        t.error,
+        dict(t.config or {}),
+        t.train_seconds,
+        t.tokens_per_second,
+        t.peak_memory_gib,
+        t.final_loss,
+        t.started_at,
+        t.finished_at,
+    )
 
 
 def list_runs(store: Store, limit: int = 200, run_id: int | None = None) -> list[RunRow]:
@@ -75,12 +89,19 @@ def list_runs(store: Store, limit: int = 200, run_id: int | None = None) -> list
         if not ids:
             return []
         trials = list(s.scalars(select(Trial).where(Trial.run_id.in_(ids)).order_by(Trial.id)))
-        suites = s.execute(select(Trial.run_id, SuiteRow.name).join(Evaluation, Evaluation.trial_id == Trial.id)
-                           .join(SuiteRow, SuiteRow.id == Evaluation.suite_id)
-                           .where(Trial.run_id.in_(ids)).distinct()).all()
-        decisions = s.execute(select(GateDecision.verdict, Trial.run_id, Trial.name)
-                              .join(Trial, Trial.id == GateDecision.candidate_trial_id)
-                              .where(Trial.run_id.in_(ids)).order_by(GateDecision.id)).all()
+        suites = s.execute(
+            select(Trial.run_id, SuiteRow.name)
+            .join(Evaluation, Evaluation.trial_id == Trial.id)
+            .join(SuiteRow, SuiteRow.id == Evaluation.suite_id)
+            .where(Trial.run_id.in_(ids))
+            .distinct()
+        ).all()
+        decisions = s.execute(
+            select(GateDecision.verdict, Trial.run_id, Trial.name)
+            .join(Trial, Trial.id == GateDecision.candidate_trial_id)
+            .where(Trial.run_id.in_(ids))
+            .order_by(GateDecision.id)
+        ).all()
     by_run: dict[int, list[Trial]] = defaultdict(list)
     for t in trials:
         by_run[t.run_id].append(t)
@@ -89,12 +110,23 @@ def list_runs(store: Store, limit: int = 200, run_id: int | None = None) -> list
         suites_by_run[rid].add(name)
     verdicts = {rid: (verdict, trial) for verdict, rid, trial in decisions}  # the last one wins
     planned = {r.id: tuple((r.plan or {}).get("suites") or ()) for r in runs}
-    return [RunRow(r.id, r.name, r.status, r.base_model, r.created_at, r.finished_at, r.git_sha or "",
-                   tuple(t.name for t in by_run[r.id]),
-                   tuple(sorted(suites_by_run[r.id])) or tuple(str(x) for x in planned[r.id]),
-                   sum(t.status == "finished" for t in by_run[r.id]), len(by_run[r.id]),
-                   *verdicts.get(r.id, (None, None)))
-            for r in runs]
+    return [
+        RunRow(
+            r.id,
+            r.name,
+            r.status,
+            r.base_model,
+            r.created_at,
+            r.finished_at,
+            r.git_sha or "",
+            tuple(t.name for t in by_run[r.id]),
+            tuple(sorted(suites_by_run[r.id])) or tuple(str(x) for x in planned[r.id]),
+            sum(t.status == "finished" for t in by_run[r.id]),
+            len(by_run[r.id]),
+            *verdicts.get(r.id, (None, None)),
+        )
+        for r in runs
+    ]
 
 
 def run_trials(store: Store, run_id: int) -> list[TrialRow]:
@@ -144,9 +176,13 @@ class MetricRow:
 def run_suites(store: Store, run_id: int) -> list[SuiteInfo]:
     """Each suite (name) the run's trials were scored on, with its metrics; the newest version if several."""
     with store.reading() as s:
-        pairs = s.execute(select(Evaluation.suite_id, Metric.metric).join(Trial, Trial.id == Evaluation.trial_id)
-                          .join(Metric, Metric.evaluation_id == Evaluation.id)
-                          .where(Trial.run_id == run_id).distinct()).all()  # no DISTINCT over JSON (PostgreSQL)
+        pairs = s.execute(
+            select(Evaluation.suite_id, Metric.metric)
+            .join(Trial, Trial.id == Evaluation.trial_id)
+            .join(Metric, Metric.evaluation_id == Evaluation.id)
+            .where(Trial.run_id == run_id)
+            .distinct()
+        ).all()  # no DISTINCT over JSON (PostgreSQL)
         rows_by_id = {r.id: r for r in s.scalars(select(SuiteRow).where(SuiteRow.id.in_({i for i, _ in pairs})))}
     rows = sorted(((rows_by_id[i], m) for i, m in pairs), key=lambda r: (r[0].id, r[1]))
     suites: dict[str, SuiteRow] = {}
@@ -175,10 +211,15 @@ def _spec_metrics(spec: dict[str, Any] | None) -> list[str]:
 def metric_table(store: Store, run_id: int) -> list[MetricRow]:
     """Every aggregate (trial x suite x metric) of a run in one query."""
     with store.reading() as s:
-        rows = s.execute(select(Trial.name, SuiteRow.name, SuiteRow.category, SuiteRow.primary_metric, Metric)
-                         .join(Evaluation, Evaluation.trial_id == Trial.id)
-                         .join(SuiteRow, SuiteRow.id == Evaluation.suite_id)
-                         .join(Metric, Metric.evaluation_id == Evaluation.id)
-                         .where(Trial.run_id == run_id).order_by(Trial.id, SuiteRow.name, Metric.id)).all()
-    return [MetricRow(trial, suite, category, m.metric, m.metric == primary, m.value, m.stderr, m.n)
-            for trial, suite, category, primary, m in rows]
+        rows = s.execute(
+            select(Trial.name, SuiteRow.name, SuiteRow.category, SuiteRow.primary_metric, Metric)
+            .join(Evaluation, Evaluation.trial_id == Trial.id)
+            .join(SuiteRow, SuiteRow.id == Evaluation.suite_id)
+            .join(Metric, Metric.evaluation_id == Evaluation.id)
+            .where(Trial.run_id == run_id)
+            .order_by(Trial.id, SuiteRow.name, Metric.id)
+        ).all()
+    return [
+        MetricRow(trial, suite, category, m.metric, m.metric == primary, m.value, m.stderr, m.n)
+        for trial, suite, category, primary, m in rows
+    ]

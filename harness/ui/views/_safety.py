@@ -1,4 +1,5 @@
 """Safety suites: refusal and over-refusal rates per arm."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from harness.ui.views._runs import SuiteInfo, metric_table, run_suites
 class SafetyRow:
     trial: str
     suite: str
-    probes: str                  # harmful | benign | other
+    probes: str  # harmful | benign | other
     metric: str
     refusal_rate: float
     n: int

@@ -1,4 +1,5 @@
 """What every test server shares: a threaded HTTP server on 127.0.0.1, started and stopped, usable as a context."""
+
 from __future__ import annotations
 
 import threading

@@ -13,6 +13,7 @@ Every request is recorded (body, headers, status, what was answered and by whom)
 
     python -m tests.support.servers.openai_compat --model path/to/hf-folder --port 8000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,8 @@ class ChatServer(LoopbackServer):
     model_name: str = "tiny-judge"
     max_tokens_cap: int = 128
     requests: list[Recorded] = field(default_factory=list)
-    fail_next: deque = field(default_factory=deque)       # status codes (or (status, retry_after) pairs)
-    delay_next: deque = field(default_factory=deque)      # seconds
+    fail_next: deque = field(default_factory=deque)  # status codes (or (status, retry_after) pairs)
+    delay_next: deque = field(default_factory=deque)  # seconds
     always_status: int | None = None
 
     def __post_init__(self) -> None:
@@ -87,12 +88,15 @@ class ChatServer(LoopbackServer):
         """Greedy completion by the model: (text, prompt tokens, completion tokens)."""
         import torch
 
-        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True)
+        ids = self.tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with self._model_lock, torch.inference_mode():
-            out = self.model.generate(**ids, do_sample=False, max_new_tokens=max(1, min(max_tokens, self.max_tokens_cap)),
-                                      pad_token_id=self.tok.pad_token_id)
-        new = out[0, ids["input_ids"].shape[1]:]
+            out = self.model.generate(
+                **ids,
+                do_sample=False,
+                max_new_tokens=max(1, min(max_tokens, self.max_tokens_cap)),
+                pad_token_id=self.tok.pad_token_id,
+            )
+        new = out[0, ids["input_ids"].shape[1] :]
         return self.tok.decode(new, skip_special_tokens=True), int(ids["input_ids"].shape[1]), int(new.shape[0])
 
 
@@ -143,8 +147,11 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             if failure is not None:
                 status, retry_after = failure if isinstance(failure, tuple) else (failure, None)
                 rec.status, rec.source = status, "injected-failure"
-                return self._send(status, {"error": {"message": f"injected failure {status}"}},
-                                  {"Retry-After": str(retry_after)} if retry_after is not None else None)
+                return self._send(
+                    status,
+                    {"error": {"message": f"injected failure {status}"}},
+                    {"Retry-After": str(retry_after)} if retry_after is not None else None,
+                )
             if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
                 rec.status, rec.source = 400, "rejected"
                 return self._send(400, {"error": {"message": "body must be JSON with a 'messages' list"}})
@@ -158,13 +165,23 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 text, n_prompt, n_new = server.complete(body["messages"], int(body.get("max_tokens") or 16))
                 rec.source = "model"
             rec.status, rec.content = 200, text
-            self._send(200, {
-                "id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model", server.model_name),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "length" if n_new >= int(body.get("max_tokens") or 16) else "stop"}],
-                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_new,
-                          "total_tokens": n_prompt + n_new}})
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{len(server.requests)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", server.model_name),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "length" if n_new >= int(body.get("max_tokens") or 16) else "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new},
+                },
+            )
 
     return Handler
 

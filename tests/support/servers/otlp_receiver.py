@@ -1,6 +1,7 @@
 """A real OTLP/HTTP trace receiver for tests, on 127.0.0.1, stdlib only: it accepts POSTs (protobuf
 or JSON, gzip or plain), answers 200 as a collector (and Langfuse's `/api/public/otel/v1/traces`)
 does, and keeps every request. `spans()` decodes the protobuf bodies with opentelemetry-proto."""
+
 from __future__ import annotations
 
 import base64
@@ -75,17 +76,29 @@ class OtlpReceiver(LoopbackServer):
                 resource = {a.key: _value(a.value) for a in rs.resource.attributes}
                 for ss in rs.scope_spans:
                     for s in ss.spans:
-                        out.append(Span(s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(),
-                                        {a.key: _value(a.value) for a in s.attributes},
-                                        [e.name for e in s.events], resource))
+                        out.append(
+                            Span(
+                                s.name,
+                                s.trace_id.hex(),
+                                s.span_id.hex(),
+                                s.parent_span_id.hex(),
+                                {a.key: _value(a.value) for a in s.attributes},
+                                [e.name for e in s.events],
+                                resource,
+                            )
+                        )
         return out
 
 
 def _hex_ids_to_base64(obj: Any) -> Any:
     """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping expects base64 bytes."""
     if isinstance(obj, dict):
-        return {k: base64.b64encode(bytes.fromhex(v)).decode() if k in _ID_KEYS and isinstance(v, str)
-                else _hex_ids_to_base64(v) for k, v in obj.items()}
+        return {
+            k: base64.b64encode(bytes.fromhex(v)).decode()
+            if k in _ID_KEYS and isinstance(v, str)
+            else _hex_ids_to_base64(v)
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [_hex_ids_to_base64(v) for v in obj]
     return obj

@@ -11,8 +11,9 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2025-01-02
 """
+
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -32,7 +33,8 @@ def upgrade() -> None:
         sa.Column("base_model", sa.String(500), nullable=False),
         sa.Column("path", sa.Text(), nullable=False),
         sa.Column("trial_id", sa.Integer(), sa.ForeignKey("trials.id"), nullable=True),
-        sa.Column("created_at", sa.String(40), nullable=False))
+        sa.Column("created_at", sa.String(40), nullable=False),
+    )
     with op.batch_alter_table("trials") as batch:
         batch.add_column(sa.Column("model_id", sa.Integer(), nullable=True))
         batch.create_foreign_key("fk_trials_model_id_models", "models", ["model_id"], ["id"])
@@ -74,13 +76,24 @@ def _link_existing_trials() -> None:
     """One model row per existing trial: baseline arms score their run's base model as it is; any other
     arm produced its own model, named RUN_NAME#RUN_ID/TRIAL like new trials."""
     conn = op.get_bind()
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    models = sa.table("models", sa.column("id", sa.Integer), sa.column("name", sa.String),
-                      sa.column("kind", sa.String), sa.column("base_model", sa.String), sa.column("path", sa.Text),
-                      sa.column("trial_id", sa.Integer), sa.column("created_at", sa.String))
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    models = sa.table(
+        "models",
+        sa.column("id", sa.Integer),
+        sa.column("name", sa.String),
+        sa.column("kind", sa.String),
+        sa.column("base_model", sa.String),
+        sa.column("path", sa.Text),
+        sa.column("trial_id", sa.Integer),
+        sa.column("created_at", sa.String),
+    )
     trials = sa.table("trials", sa.column("id", sa.Integer), sa.column("model_id", sa.Integer))
-    rows = conn.execute(sa.text("SELECT t.id, t.name, t.arm_type, t.folder, r.id, r.name, r.base_model "
-                                "FROM trials t JOIN runs r ON r.id = t.run_id ORDER BY t.id")).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT t.id, t.name, t.arm_type, t.folder, r.id, r.name, r.base_model "
+            "FROM trials t JOIN runs r ON r.id = t.run_id ORDER BY t.id"
+        )
+    ).all()
     ids: dict[str, int] = {}
     for trial_id, trial_name, arm_type, folder, run_id, run_name, base in rows:
         if arm_type == "baseline":
@@ -95,10 +108,13 @@ def _link_existing_trials() -> None:
 
 
 def downgrade() -> None:
-    op.create_table("meta", sa.Column("key", sa.String(64), primary_key=True),
-                    sa.Column("value", sa.Text(), nullable=False))
-    op.bulk_insert(sa.table("meta", sa.column("key", sa.String), sa.column("value", sa.Text)),
-                   [{"key": "schema_version", "value": "1"}])
+    op.create_table(
+        "meta", sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text(), nullable=False)
+    )
+    op.bulk_insert(
+        sa.table("meta", sa.column("key", sa.String), sa.column("value", sa.Text)),
+        [{"key": "schema_version", "value": "1"}],
+    )
     with op.batch_alter_table("judge_calls") as batch:
         batch.drop_index("ix_judge_calls_evaluation_id")
         batch.drop_constraint("fk_judge_calls_item_id_items", type_="foreignkey")

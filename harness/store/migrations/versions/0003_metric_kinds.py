@@ -8,6 +8,7 @@ Revision ID: 0003
 Revises: 0002
 Create Date: 2025-01-03
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa

@@ -5,6 +5,7 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2025-01-03
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa

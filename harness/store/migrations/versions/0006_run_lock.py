@@ -6,6 +6,7 @@ Revision ID: 0006
 Revises: 0004
 Create Date: 2026-12-07
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa

@@ -8,6 +8,7 @@ Revision ID: 0007
 Revises: 0004
 Create Date: 2026-12-07
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
