@@ -26,7 +26,8 @@ from harness.run._jobs import TrialJob, TrialResult, can_share
 from harness.run._preflight import check_gpus_per_trial, preflight
 from harness.run._provenance import git_sha
 from harness.run._workers import WarmWorkers, WorkerExecutor
-from harness.store._store import Store, run_lock_stale_after
+from harness.store._run_lock import run_lock_stale_after
+from harness.store._store import Store
 
 
 @dataclass
