@@ -19,15 +19,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from advisor.duplicates import NEAR_DUP_THRESHOLD, near_duplicate_pairs, normalize
 from advisor.pii import find_pii, redact
-from harness.base._data import load_rows
-from harness.base._errors import printable
+from harness.base._data import load_rows, read_jsonl
+from harness.base._errors import UserError, from_validation, printable
+from harness.evaluation._suite import SuiteItem
 
 WORDS_TO_TOKENS = 1.33  # rule of thumb for English: ~0.75 words per token
 MAX_LISTED = 20
@@ -94,6 +95,39 @@ def read_rows(path: str | Path) -> list[Row]:
         found = row_from_object(row.model_dump(), line)
         assert found is not None, line  # load_rows validated the row as one of the four formats
         out.append(found)
+    return out
+
+
+def _is_suite_item(obj: dict[str, Any]) -> bool:
+    """A suite item carries an `id` and an input but no training target (completion, output, chosen/rejected or a
+    closing assistant message)."""
+    messages = obj.get("messages")
+    ends_with_answer = (
+        isinstance(messages, list)
+        and bool(messages)
+        and isinstance(messages[-1], dict)
+        and (messages[-1].get("role") == "assistant")
+    )
+    targets = ("completion", "output", "chosen", "rejected")
+    return "id" in obj and not ends_with_answer and not any(k in obj for k in targets)
+
+
+def read_test_rows(path: str | Path) -> list[Row]:
+    """A held-out test file: training-format rows (read as `read_rows` does) or a suite's items (`id` with a
+    `prompt` or `messages`, read and validated as `tunegate run` reads a suite's items.jsonl)."""
+    rows = list(read_jsonl(path))
+    if not rows:
+        raise UserError("no rows", file=path)
+    if not _is_suite_item(rows[0][1]):
+        return read_rows(path)
+    out = []
+    for line, obj in rows:
+        try:
+            item = SuiteItem.model_validate(obj)
+        except ValidationError as exc:
+            raise from_validation(exc, path, line=line) from None
+        prompt = "\n".join(m["content"] for m in item.chat() if m["role"] != "assistant")
+        out.append(Row(line=line, format="suite_item", prompt=prompt, output=None, text=prompt))
     return out
 
 
@@ -311,7 +345,7 @@ def audit_dataset(
 
     overlap = None
     if test_path is not None:
-        test_rows = read_rows(test_path)
+        test_rows = read_test_rows(test_path)
         train_prompts = {normalize(r.prompt): r.line for r in rows if r.prompt.strip()}
         exact = [
             (train_prompts[normalize(t.prompt)], t.line) for t in test_rows if normalize(t.prompt) in train_prompts

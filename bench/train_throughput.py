@@ -1808,7 +1808,7 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
 
     a = b.args
     shape = SHAPES["smoke" if a.smoke else shape_name]
-    config = llama_config(shape, b.tok)
+    config = shape_config(shape, b.tok)
     settings = Settings(
         **(
             asdict(b.settings)

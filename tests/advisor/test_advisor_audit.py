@@ -200,3 +200,19 @@ def test_near_duplicates_need_real_similarity() -> None:
         LONG.replace("hamburg", "bremen"),
     ]
     assert [(i, j) for i, j, _ in near_duplicate_pairs(texts)] == [(0, 2)]
+
+
+def test_a_suites_items_are_a_test_file(jsonl) -> None:
+    """A suite's items.jsonl (id + prompt or messages, no training target) is read as a test file, strictly: its
+    prompts are checked for contamination, and a malformed item names its line and field."""
+    train = jsonl(
+        "train.jsonl", [{"prompt": f"Extract the city: I live in town {i}.", "completion": "x"} for i in range(5)]
+    )
+    items = [
+        {"id": "a", "prompt": "Extract the city: I live in town 3.", "reference": "x"},
+        {"id": "b", "messages": [{"role": "user", "content": "What is 2+2?"}], "reference": "4"},
+    ]
+    overlap = audit_dataset(train, jsonl("items.jsonl", items)).overlap
+    assert overlap is not None and overlap.test_rows == 2 and overlap.exact == [(4, 1)]
+    with pytest.raises(UserError, match=r"bad_items.jsonl:2: field 'promt': unknown key"):
+        audit_dataset(train, jsonl("bad_items.jsonl", [items[0], {"id": "c", "promt": "typo"}]))

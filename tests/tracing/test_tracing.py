@@ -72,15 +72,18 @@ def test_spans_reach_the_otlp_endpoint_with_our_ids(langfuse_env, receiver: Otlp
     assert s.attributes["session.id"] == "tunegate-run-7"  # a run's traces group together
 
 
+@pytest.mark.parametrize(("numerics", "sizes"), [("fast", [1, 2]), ("invariant", [3])])
 def test_evaluation_batches_and_judge_calls_are_traced(
-    langfuse_env, receiver: OtlpReceiver, model_tok, tiny_model_dir: Path
+    langfuse_env, receiver: OtlpReceiver, model_tok, tiny_model_dir: Path, numerics: str, sizes: list[int]
 ) -> None:
+    """One `batch` event per generation batch: the suite's batch size in fast mode, one group of fixed lanes (all
+    three items) in the invariant mode."""
     from harness import scorers as J
     from harness.evaluation import evaluate
 
     suite = small_suite(3)
     with tracing.attributes(run_id=3, trial="baseline"):
-        evaluate(*model_tok, suite)
+        evaluate(*model_tok, suite, numerics=numerics)
         J.clear_memory_cache()
         local = J.Judge(J.JudgeConfig(backend="local", model=str(tiny_model_dir), max_tokens=4))
         local.rubric("5 best, 1 worst", [J.RubricCase("x", "q?", "a")])
@@ -91,7 +94,7 @@ def test_evaluation_batches_and_judge_calls_are_traced(
     assert meta["run_id"] == 3 and meta["trial"] == "baseline" and meta["suite"] == "json_extract"
     assert meta["suite_version"] == suite.version and meta["n"] == 3 and meta["batch_size"] == 2
     batches = [s for s in spans if s.name == "batch" and s.parent_span_id == gen.span_id]
-    assert sorted(json.loads(b.attributes[META + "size"]) for b in batches) == [1, 2]  # one per generate batch
+    assert sorted(json.loads(b.attributes[META + "size"]) for b in batches) == sizes  # one per generate batch
     [call] = [s for s in spans if s.name == "judge_call"]
     assert call.attributes["langfuse.observation.type"] == "generation"
     assert call.attributes["langfuse.observation.model.name"] == str(tiny_model_dir)
