@@ -1,6 +1,7 @@
-"""Arms: training data formats, the trained arms (SFT/DPO with TRL + PEFT), prompting and RAG shaping, artifacts.
+"""Arms: the trained arms (SFT/DPO with TRL + PEFT), prompting and RAG shaping, trial artifacts and export.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+
 from __future__ import annotations
 
 from harness._lazy import lazy_getattr

@@ -1,6 +1,7 @@
 """Evaluation: suites as data, scoring one model on one suite item by item, and lm-eval suites.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+
 from __future__ import annotations
 
 from harness._lazy import lazy_getattr

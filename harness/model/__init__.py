@@ -1,6 +1,7 @@
 """Models: load (alias, local folder, GGUF, hub id), generate and rank choices in batches, and the fast training path.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+
 from __future__ import annotations
 
 from harness._lazy import lazy_getattr

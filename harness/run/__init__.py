@@ -1,6 +1,7 @@
 """Running a plan: preflight, one trial as a job, devices, executors and the driver.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+
 from __future__ import annotations
 
 from harness._lazy import lazy_getattr

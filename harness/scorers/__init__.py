@@ -1,5 +1,6 @@
 """Scorers: one registry, and the modules that register into it (text, structured, instructions, choice,
 python, safety, judge). Importing this package registers every built-in scorer."""
+
 from harness.scorers import (  # importing them registers the built-in scorers
     _choice,
     _instructions,

@@ -1,4 +1,5 @@
 """The results store: tables, engines (SQLite or PostgreSQL), migrations, reads/writes and exports."""
+
 from harness.store import migrations
 from harness.store._engine import store_url
 from harness.store._export import export_results

@@ -1,4 +1,5 @@
 """Views: plain rows read from the store for the app and the report (no rendering here)."""
+
 from harness.ui.views._compare import (
     ArmSummary,
     ComparisonRow,
