@@ -1,4 +1,4 @@
-"""Paired statistics over stored results: bootstrap intervals, McNemar, Holm, comparisons, flips and run reports."""
+"""Analysis of stored results: paired comparisons of trials (with harness/base's statistics), flips and run reports."""
 
 from harness.analysis._compare import compare_trials, metric_kind
 from harness.analysis._flips import flips

@@ -1,4 +1,4 @@
-"""Arms: training data formats, the trained arms (SFT/DPO with TRL + PEFT), prompting and RAG shaping, artifacts.
+"""Arms: the trained arms (SFT/DPO with TRL + PEFT), prompting and RAG shaping, trial artifacts and export.
 
 Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
 

@@ -2,7 +2,8 @@
 kinds (`_kinds`), training data formats (`_data`) and paired statistics (`_stats`). It imports no other harness
 package.
 
-Names are imported on first use (PEP 562), so importing one light part does not load the heavy ones."""
+Names are imported on first use (PEP 562): every package imports the base, and its errors alone must not load
+NumPy and SciPy (the statistics)."""
 
 from __future__ import annotations
 
