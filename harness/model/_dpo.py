@@ -34,14 +34,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from harness.model._overlap import PACK_KEY, HostPack, OverlappedSteps, forward_swapped, pack_on_host, to_device
+from harness.model._overlap import (
+    PACK_KEY,
+    HostPack,
+    HostPacking,
+    OverlappedSteps,
+    forward_swapped,
+    pack_on_host,
+    to_device,
+)
 from harness.model._parts import backbone_of, unwrap
 
 REFERENCE_ENV = "TUNEGATE_DPO_REFERENCE"  # precomputed | adapter_off: how the fast path gets the reference
@@ -87,23 +95,11 @@ def preference_pack(batch: dict[str, Any]) -> HostPack | None:
     return pack_on_host(mask, labels)
 
 
-class PreferencePacking:
+class PreferencePacking(HostPacking):
     """A data collator that adds each preference batch's HostPack (under PACK_KEY) to what TRL's collator returns."""
 
-    def __init__(self, collate: Callable[[list[Any]], dict[str, Any]]) -> None:
-        self.collate = collate
-
-    def __call__(self, features: list[Any]) -> dict[str, Any]:
-        batch = self.collate(features)
-        pack = preference_pack(batch)
-        if pack is not None:
-            batch[PACK_KEY] = pack
-        return batch
-
-    def __getattr__(self, name: str) -> Any:  # the trainer reads the wrapped collator's settings
-        if name == "collate":
-            raise AttributeError(name)
-        return getattr(self.collate, name)
+    def pack(self, batch: dict[str, Any]) -> HostPack | None:
+        return preference_pack(batch)
 
 
 def logit_scaling(causal_lm: Any) -> str | None:

@@ -131,12 +131,15 @@ class HostPacking:
 
     def __call__(self, features: list[Any]) -> dict[str, Any]:
         batch = self.collate(features)
-        mask = batch.get("attention_mask")
-        if isinstance(mask, torch.Tensor):
-            pack = pack_on_host(mask, batch.get("labels"))
-            if pack is not None:
-                batch[PACK_KEY] = pack
+        pack = self.pack(batch)
+        if pack is not None:
+            batch[PACK_KEY] = pack
         return batch
+
+    def pack(self, batch: dict[str, Any]) -> HostPack | None:
+        """The batch's HostPack, from its attention mask and labels (None: nothing to pack)."""
+        mask = batch.get("attention_mask")
+        return pack_on_host(mask, batch.get("labels")) if isinstance(mask, torch.Tensor) else None
 
     def __getattr__(self, name: str) -> Any:  # the trainer reads the wrapped collator's settings
         if name == "collate":
