@@ -52,19 +52,17 @@ sys.path.insert(0, str(REPO))
 import torch
 import yaml
 
+from bench._common import GPU_PLAN, LlamaShape, llama_config, say
 from harness.evaluation import _suite as suite_registry
 from harness.evaluation._evaluate import evaluate, evaluate_adapters
 from harness.model import _generate as gen
 from harness.model import _invariant as inv
 from harness.model import _numerics
 
-GPU_PLAN = REPO / "examples" / "gpu" / "plan.yaml"
+# wide enough that the fast path's sums change with the batch shape on a CPU
+WIDE_TINY_SHAPE = LlamaShape(hidden=256, intermediate=1024, layers=2, heads=4, kv_heads=2)
 COMMITTED_EVAL = REPO / "reports" / "perf" / "eval_throughput.json"
 CONFIGS = ("batch-7", "batch-own", "device", "mixed-adapter", "four-trials")
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -72,25 +70,13 @@ def say(*parts: Any) -> None:
 
 def tiny_model(folder: Path, tokenizer: str) -> Path:
     """A bf16 2-layer Llama 256 wide with SmolLM2's tokenizer, saved (the worker processes load it too)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from harness.model import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-    )
+    config = llama_config(WIDE_TINY_SHAPE, vocab=len(tok), tied=True, tok=tok, max_positions=1024)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder

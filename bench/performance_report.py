@@ -296,6 +296,56 @@ def train_section(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def dpo_section(data: dict[str, Any]) -> list[str]:
+    shapes = data.get("dpo")
+    if not shapes:
+        return []
+    out = [
+        "## DPO (`dpo` in `reports/perf/train_throughput.json`)",
+        "",
+        "`bench/train_throughput.py --sections dpo`: LoRA DPO on the same preference pairs, weights, order, steps "
+        "and seed, in one process: TRL's `DPOTrainer` at its defaults (`peer`), then stock flags added one at a "
+        "time to the last configuration that ran (a flag that fails is listed with its error), then ours "
+        "(`harness/model/_dpo.py`) within the best stock configuration's peak memory, with the reference "
+        "log-probabilities computed up front (`precomputed`) and with the adapter switched off "
+        "(`adapter_off`). Throughput is real (non-padding) tokens per second of the measured steps.",
+        "",
+    ]
+    for name, s in shapes.items():
+        st, vs = s["settings"], s["vs_best_stock"]
+        out += [
+            f"**{name}** ({num(s['parameters'] / 1e9, 2)}B parameters, {st['batch']} pairs a step, "
+            f"{st['steps']} steps, max_length {st['max_length']}; best stock: `{s['best_stock']}`; faster "
+            f"reference for ours: `{s['reference_faster']}`):",
+            "",
+        ]
+        out += table(
+            ("run", "real tok/s", "pairs/s", "peak GiB", "error"),
+            (
+                (
+                    f"`{k}`",
+                    num(r["real_tokens_per_second"]) if not r.get("error") else "—",
+                    num((r.get("metrics", {}).get("pairs_per_second") or [None])[0], 2) if not r.get("error") else "—",
+                    num(r["peak_memory_gib"], 2) if not r.get("error") else "—",
+                    (r.get("error") or "")[:140],
+                )
+                for k, r in s["runs"].items()
+            ),
+            "lrrrl",
+        )
+        if s.get("targets"):
+            out += table(
+                ("ours vs best stock", "value", "target", ""),
+                ((k, value(t["value"]), t["target"], met(t["met"])) for k, t in s["targets"].items()),
+                "lrrl",
+            )
+        elif vs.get("error"):
+            out += [f"No comparison: {vs['error']}.", ""]
+        if s.get("bound"):
+            out += [f"What bounds it: {s['bound']}", ""]
+    return out
+
+
 def earlier_train_section(results: dict[str, Any]) -> list[str]:
     rows = []
     for name, data in results.items():
@@ -473,11 +523,16 @@ def sweep_section(data: dict[str, Any]) -> list[str]:
             for k, p in paths.items()
         ),
     )
+    numerics = data.get("eval_numerics")
+    why = (
+        f"both paths scored with `--eval-numerics {numerics}`"
+        if numerics
+        else "scored before batch-invariant evaluation existed: in bf16 batch composition changes rounding"
+    )
     return out + [
         f"Speed-up {ratio(data['speedup'])}; gate verdicts identical: "
         f"{'yes' if data['verdicts_identical'] else '**no**'}; {data['outputs_differing']} of "
-        f"{num(data['outputs_compared'])} per-item outputs differ in bf16 (batch composition changes "
-        "rounding).",
+        f"{num(data['outputs_compared'])} per-item outputs differ ({why}).",
         "",
     ]
 
@@ -783,6 +838,7 @@ def render(reports: Path) -> str:
         if isinstance(results.get(name), dict):
             out += section(results[name])
             if name == MAIN_TRAIN:
+                out += dpo_section(results[name])
                 out += earlier_train_section(results)
             if name == "perf/sweep_throughput.json":
                 multi, profile = results.get("gpu/multi_gpu.json"), results.get("gpu/multi_gpu_ddp_profile.json")

@@ -22,25 +22,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 64-wide Llama with SmolLM2's tokenizer and chat template, saved as a local HF folder."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from harness.model import load_tokenizer
+    from tests.support import tiny_llama_config
 
     tok = load_tokenizer("smollm2-135m")
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-    )
+    config = tiny_llama_config(tok)
     model = LlamaForCausalLM(config)
     folder = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(folder)

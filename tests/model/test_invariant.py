@@ -49,23 +49,13 @@ BATCHES = (1, 3, 7, 16)
 @pytest.fixture(scope="module")
 def bf16(tiny_model_dir: Path) -> tuple[Any, Any]:
     """A bf16 2-layer Llama 256 wide (wide enough that the fast path's sums change with the batch shape on CPU)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from tests.support import tiny_llama_config
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=256,
-        intermediate_size=1024,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-    )
+    config = tiny_llama_config(tok, hidden=256, intermediate=1024)
     return LlamaForCausalLM(config).to(torch.bfloat16).eval(), tok
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -12,3 +13,23 @@ REPO = Path(__file__).resolve().parents[2]
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def tiny_llama_config(tok: Any, hidden: int = 64, intermediate: int = 128, max_positions: int = 512) -> Any:
+    """A 2-layer Llama config (4 heads, 2 KV heads, tied embeddings) for `tok`, with `<|im_end|>` as eos (the chat
+    template's end of turn): the tests' random models differ only in width."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+    )
