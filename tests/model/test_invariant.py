@@ -17,31 +17,11 @@ from harness.model import _generate as gen
 from harness.model import _invariant as inv
 from harness.model._numerics import resolve_mode
 from tests.support.storekit import tunegate
+from tests.support.texts import PAIRS as BASE_PAIRS
+from tests.support.texts import PROMPTS as BASE_PROMPTS
 
-PROMPTS = [
-    "Hi",
-    "What is the capital of France? Answer in one word.",
-    "List three colours, then three animals, then three numbers, separated by commas, please.",
-    "2 + 2 =",
-    "Tell me a story",
-    "a b c d e f g h i j k l m n o p",
-    "Why?",
-    *[f"Item {k}: say something about {k * 7}" for k in range(9)],
-]
-
-PAIRS = [
-    ("The capital of France is", " Paris"),
-    ("The capital of France is", " Lyon"),
-    ("The capital of France is", " a large city on the Seine"),
-    ("2 + 2 =", " 4"),
-    ("2 + 2 =", " 5"),
-    ("Hello", "world"),
-    ("Once upon a time there was a", " little girl who lived in a village near the sea"),
-    ("x", ""),
-    ("Question: which is larger, 7 or 9?\nAnswer:", " 9"),
-    ("Name a colour:", " red"),
-    ("Name a colour:", " dark blue, like the sea at night"),
-]
+PROMPTS = [*BASE_PROMPTS, *[f"Item {k}: say something about {k * 7}" for k in range(9)]]
+PAIRS = [*BASE_PAIRS, ("Name a colour:", " red"), ("Name a colour:", " dark blue, like the sea at night")]
 
 BATCHES = (1, 3, 7, 16)
 
