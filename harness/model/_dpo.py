@@ -47,6 +47,7 @@ from harness.model._overlap import (
     HostPacking,
     OverlappedSteps,
     forward_swapped,
+    head_at_predicting,
     pack_on_host,
     to_device,
 )
@@ -134,28 +135,11 @@ def preference_logps(
     """Per-token (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1), each [N] over the positions that
     predict a completion token (`pack.predicting`, in order; None for outputs not asked for): the backbone
     (padding-free on the pack's row when `packed`), then TRL's chunked log-probability kernel on those positions."""
-    from trl.kernels import ChunkedLogProbFunction
-    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
-
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if packed:
         kwargs[PACK_KEY] = pack
     hidden = backbone(**kwargs).last_hidden_state
-    size = hidden.shape[-1]
-    head = causal_lm.get_output_embeddings()
-    predicting = to_device(pack.predicting, hidden.device)
-    targets = input_ids.reshape(-1).index_select(0, predicting + 1)
-    return ChunkedLogProbFunction.apply(
-        hidden.reshape(-1, size).index_select(0, predicting).to(head.weight.device),
-        head.weight,
-        head.bias,
-        targets.to(head.weight.device),
-        1.0,
-        _CHUNKED_LOGPROB_CHUNK_SIZE,
-        None,
-        1.0,
-        outputs,
-    )
+    return head_at_predicting(causal_lm, hidden, input_ids, pack, outputs)
 
 
 def sequence_sums(per_token: torch.Tensor, pack: HostPack) -> torch.Tensor:

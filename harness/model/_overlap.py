@@ -147,6 +147,32 @@ class HostPacking:
         return getattr(self.collate, name)
 
 
+def head_at_predicting(
+    model: Any, hidden: torch.Tensor, token_ids: torch.Tensor, pack: HostPack, outputs: tuple[str, ...]
+) -> tuple[torch.Tensor | None, ...]:
+    """TRL's chunked log-probability kernel (`trl.kernels.ChunkedLogProbFunction`) on the LM head, over only the
+    positions that predict a target (`pack.predicting`, in order): per-token outputs, each [N] (None for outputs
+    not asked for). `hidden` is the backbone's [B, L, H]; `token_ids` [B, L] hold the targets one position on."""
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    size = hidden.shape[-1]
+    head = model.get_output_embeddings()
+    predicting = to_device(pack.predicting, hidden.device)
+    targets = token_ids.reshape(-1).index_select(0, predicting + 1)
+    return ChunkedLogProbFunction.apply(
+        hidden.reshape(-1, size).index_select(0, predicting).to(head.weight.device),
+        head.weight,
+        head.bias,
+        targets.to(head.weight.device),
+        1.0,
+        _CHUNKED_LOGPROB_CHUNK_SIZE,
+        None,
+        1.0,
+        outputs,
+    )
+
+
 @contextmanager
 def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
     """TRL's fused SFT loss head (`add_fused_lm_head`) selecting the positions with a label by the indices the
@@ -158,8 +184,8 @@ def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
         yield "off: the model has no fused LM head (not a TRL SFT model)"
         return
     try:
-        from trl.kernels import ChunkedLogProbFunction
-        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, FusedCausalLMOutput
+        from trl.kernels import ChunkedLogProbFunction  # noqa: F401 - head_at_predicting needs it
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, FusedCausalLMOutput  # noqa: F401
     except ImportError as exc:
         yield f"off: this TRL has no chunked log-probability kernel ({exc})"
         return
@@ -200,21 +226,8 @@ def host_indexed_head(model: Any, backbone: torch.nn.Module) -> Iterator[str]:
             )
         kwargs["use_cache"] = False
         hidden = backbone(*args, **kwargs).last_hidden_state
-        batch, width, size = hidden.shape
-        head = model.get_output_embeddings()
-        predicting = to_device(pack.predicting, hidden.device)
-        targets = labels.reshape(-1).index_select(0, predicting + 1)
-        per_token = ChunkedLogProbFunction.apply(
-            hidden.reshape(-1, size).index_select(0, predicting).to(head.weight.device),
-            head.weight,
-            head.bias,
-            targets.to(head.weight.device),
-            1.0,
-            _CHUNKED_LOGPROB_CHUNK_SIZE,
-            None,
-            1.0,
-            SFT_HEAD_OUTPUTS,
-        )
+        batch, width, _ = hidden.shape
+        per_token = head_at_predicting(model, hidden, labels, pack, SFT_HEAD_OUTPUTS)
         shifted = to_device(pack.predicting_shifted, per_token[0].device)
 
         def spread(x: torch.Tensor | None) -> torch.Tensor | None:  # [N] -> [B, L-1], zero where no label
