@@ -143,10 +143,15 @@ def preference_logps(
 
 
 def sequence_sums(per_token: torch.Tensor, pack: HostPack) -> torch.Tensor:
-    """[N] per predicting position -> [rows] summed per sequence of the batch (rows of the padded [B, L] batch)."""
+    """[N] per predicting position -> [rows] summed per sequence of the batch (rows of the padded [B, L] batch).
+
+    The values are put back in their [B, L] places (each written once) and each row is summed as one reduction,
+    as TRL sums a sequence's masked log-probabilities: an order fixed by the shape, the same on every run.
+    (`index_add` on CUDA adds with atomics in whatever order the threads arrive, so two runs of the same step could
+    differ in the last bit, and DPO's training would drift apart from there.)"""
     rows, width = pack.shape
-    row_of = to_device(torch.div(pack.predicting, width, rounding_mode="floor"), per_token.device)
-    return per_token.new_zeros(rows).index_add(0, row_of, per_token)
+    places = to_device(pack.predicting, per_token.device)
+    return per_token.new_zeros(rows * width).index_copy(0, places, per_token).view(rows, width).sum(-1)
 
 
 def chosen_positions(pack: HostPack) -> int:

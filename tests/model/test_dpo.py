@@ -178,6 +178,41 @@ def test_preference_pack_selects_the_completion_positions():
     assert preference_pack({"attention_mask": batch["attention_mask"]}) is None
 
 
+def test_sequence_sums_are_per_row_sums_that_ignore_the_other_rows():
+    """Each sequence's sum is its own row's: equal to a float64 sum to float32 rounding, and bit-identical whatever
+    the other rows of the batch hold."""
+    from harness.model._overlap import pack_on_host
+
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.ones(6, 40, dtype=torch.long)
+    for row, length in enumerate((40, 33, 17, 40, 25, 9)):
+        mask[row, length:] = 0
+    labels = torch.randint(1, 50, (6, 40), generator=gen).masked_fill(torch.rand(6, 40, generator=gen) < 0.3, -100)
+    pack = pack_on_host(mask, labels.masked_fill(mask == 0, -100))
+    assert pack is not None and pack.predicting is not None
+    n = len(pack.predicting)
+    per_token = torch.randn(n, generator=gen) * 10.0 ** torch.randint(-3, 4, (n,), generator=gen)
+    rows = torch.div(pack.predicting, 40, rounding_mode="floor")
+    exact = torch.zeros(6, dtype=torch.float64).index_add(0, rows, per_token.double())
+    sums = sequence_sums(per_token, pack)
+    assert torch.allclose(sums.double(), exact, rtol=1e-6, atol=1e-4)
+    others = per_token.clone()
+    others[rows != 2] = torch.randn(int((rows != 2).sum()), generator=gen) * 1e3
+    assert torch.equal(sequence_sums(others, pack)[2], sums[2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_sequence_sums_are_the_same_on_every_cuda_run():
+    from harness.model._overlap import pack_on_host
+
+    mask = torch.ones(16, 256, dtype=torch.long)
+    labels = torch.randint(1, 50, (16, 256))
+    pack = pack_on_host(mask, labels)
+    per_token = torch.randn(len(pack.predicting), device="cuda") * 100
+    first = sequence_sums(per_token, pack)
+    assert all(torch.equal(first, sequence_sums(per_token, pack)) for _ in range(50))
+
+
 def test_reference_setting(monkeypatch):
     monkeypatch.delenv("TUNEGATE_DPO_REFERENCE", raising=False)
     assert dpo_reference() == "precomputed" and dpo_reference("adapter_off") == "adapter_off"
