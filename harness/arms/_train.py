@@ -400,6 +400,13 @@ def _dpo_dataset(rows: list[Preference]) -> Any:
     )
 
 
+def passes_over(arm: Any, rows: int) -> float:
+    """How many times training goes over `rows` examples: the arm's epochs, or its max_steps' worth of batches."""
+    if arm.max_steps:
+        return arm.max_steps * arm.batch_size * arm.grad_accum / max(rows, 1)
+    return float(arm.epochs)
+
+
 def dpo_with_model(
     arm: Any,
     model: Any,
@@ -459,7 +466,7 @@ def dpo_with_model(
             model, lengths, arm.batch_size, arm.grad_accum, forced_checkpointing=arm.gradient_checkpointing
         )
         # the reference of full fine-tuning can only be computed before training (no adapter to switch off)
-        ref = "precomputed" if arm.type == "full" else dpo_reference(reference)
+        ref = "precomputed" if arm.type == "full" else dpo_reference(reference, passes_over(arm, len(rows)))
         common = _common_args(arm, out_dir, device, len(rows), fold=plan.fold, fast=True) | overlap_args(device)
         common.pop("max_length")
         trainer = fast_dpo_trainer(DPOTrainer)(

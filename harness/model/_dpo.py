@@ -55,8 +55,6 @@ from harness.model._parts import backbone_of, unwrap
 
 REFERENCE_ENV = "TUNEGATE_DPO_REFERENCE"  # precomputed | adapter_off: how the fast path gets the reference
 REFERENCES = ("precomputed", "adapter_off")
-# the reference a fast DPO run uses when neither the caller nor the environment names one
-DEFAULT_REFERENCE = "precomputed"
 PAIR_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")  # what the metrics need from the head
 # the per-micro-batch sums kept on the device (summed over processes), from which TRL's metrics are rebuilt
 DPO_COLUMNS = (
@@ -78,9 +76,17 @@ DPO_COLUMNS = (
 )
 
 
-def dpo_reference(requested: str | None = None) -> str:
-    """The reference to use: `requested`, else `TUNEGATE_DPO_REFERENCE`, else DEFAULT_REFERENCE."""
-    value = (requested or os.environ.get(REFERENCE_ENV, "") or DEFAULT_REFERENCE).strip().lower()
+def default_reference(passes: float) -> str:
+    """The reference a run gets when nobody names one, from how many times it goes over the pairs: one pass costs
+    the same reference forward either way, and switching the adapter off inside the step measured faster than a
+    separate pass up front (`dpo` in `reports/perf/train_throughput_dpo.json`); from the second pass on, the
+    precomputed reference saves a forward per pair per pass."""
+    return "precomputed" if passes > 1 + 1e-9 else "adapter_off"
+
+
+def dpo_reference(requested: str | None = None, passes: float = 1.0) -> str:
+    """The reference to use: `requested`, else `TUNEGATE_DPO_REFERENCE`, else `default_reference(passes)`."""
+    value = (requested or os.environ.get(REFERENCE_ENV, "") or default_reference(passes)).strip().lower()
     if value not in REFERENCES:
         raise ValueError(f"DPO reference: expected one of {', '.join(REFERENCES)}, got {value!r}")
     return value

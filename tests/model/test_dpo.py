@@ -215,9 +215,10 @@ def test_sequence_sums_are_the_same_on_every_cuda_run():
 
 def test_reference_setting(monkeypatch):
     monkeypatch.delenv("TUNEGATE_DPO_REFERENCE", raising=False)
-    assert dpo_reference() == "precomputed" and dpo_reference("adapter_off") == "adapter_off"
+    assert dpo_reference() == "adapter_off" and dpo_reference(passes=3) == "precomputed"
+    assert dpo_reference("precomputed") == "precomputed" and dpo_reference("adapter_off", passes=3) == "adapter_off"
     monkeypatch.setenv("TUNEGATE_DPO_REFERENCE", "adapter_off")
-    assert dpo_reference() == "adapter_off"
+    assert dpo_reference(passes=3) == "adapter_off"
     with pytest.raises(ValueError, match="expected one of"):
         dpo_reference("twice")
     assert len(DPO_COLUMNS) == len(set(DPO_COLUMNS))
@@ -265,3 +266,12 @@ def test_data_parallel_fast_dpo_logs_what_trl_logs(tiny_model_dir, tmp_path):
     for reference in ("precomputed", "adapter_off"):
         assert runs[reference]["fastpath"]["overlap"] == "on"
         _assert_same_rows(rows[reference], rows["plain"])
+
+
+def test_passes_over_the_pairs_come_from_epochs_or_max_steps():
+    from harness.arms._train import passes_over
+    from harness.plan import DpoArm
+
+    assert passes_over(DpoArm(name="d", type="dpo", epochs=3), 100) == 3.0
+    assert passes_over(DpoArm(name="d", type="dpo", max_steps=10, batch_size=4, grad_accum=2), 40) == 2.0
+    assert passes_over(DpoArm(name="d", type="dpo", max_steps=5, batch_size=4), 40) == 0.5
