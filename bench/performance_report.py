@@ -301,48 +301,85 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
     if not shapes:
         return []
     out = [
-        "## DPO (`dpo` in `reports/perf/train_throughput.json`)",
+        "## DPO (`reports/perf/train_throughput_dpo.json`)",
         "",
-        "`bench/train_throughput.py --sections dpo`: LoRA DPO on the same preference pairs, weights, order, steps "
-        "and seed, in one process: TRL's `DPOTrainer` at its defaults (`peer`), then stock flags added one at a "
-        "time to the last configuration that ran (a flag that fails is listed with its error), then ours "
-        "(`harness/model/_dpo.py`) within the best stock configuration's peak memory, with the reference "
-        "log-probabilities computed up front (`precomputed`) and with the adapter switched off "
-        "(`adapter_off`). Throughput is real (non-padding) tokens per second of the measured steps.",
+        f"`bench/train_throughput.py --sections dpo` on {device_of(data)} ({day(data.get('date'))}): LoRA DPO on "
+        "the same preference pairs, weights, order, steps and seed, in one process: TRL's `DPOTrainer` at its "
+        "defaults (`peer`), then stock flags added one at a time to the last configuration that ran (a flag that "
+        "fails is listed with its error), then ours (`harness/model/_dpo.py`) within the best stock "
+        "configuration's peak memory, with the reference switched off inside the step (`adapter_off`) and computed "
+        "up front (`precomputed`). Throughput is real (non-padding) tokens per second of the measured steps. The "
+        'differences row "stock against stock" is the floor for the loss and reward-accuracy columns: two TRL '
+        "configurations one flag apart, on the same pairs, weights and seed, differ by that much, because in bf16 "
+        "the DPO loss is a difference of log-probabilities summed over long sequences, which any change of kernels "
+        "moves, and a step's reward accuracy over a few pairs moves in whole pairs.",
         "",
     ]
     for name, s in shapes.items():
-        st, vs = s["settings"], s["vs_best_stock"]
+        st, runs, best = s["settings"], s["runs"], s["best_stock"]
         out += [
             f"**{name}** ({num(s['parameters'] / 1e9, 2)}B parameters, {st['batch']} pairs a step, "
-            f"{st['steps']} steps, max_length {st['max_length']}; best stock: `{s['best_stock']}`; faster "
-            f"reference for ours: `{s['reference_faster']}`):",
+            f"{st['steps']} steps, max_length {st['max_length']}; best stock: `{best}`):",
             "",
         ]
         out += table(
-            ("run", "real tok/s", "pairs/s", "peak GiB", "error"),
+            ("run", "reference", "real tok/s", "pairs/s", "peak GiB", "error"),
             (
                 (
                     f"`{k}`",
-                    num(r["real_tokens_per_second"]) if not r.get("error") else "—",
-                    num((r.get("metrics", {}).get("pairs_per_second") or [None])[0], 2) if not r.get("error") else "—",
-                    num(r["peak_memory_gib"], 2) if not r.get("error") else "—",
-                    (r.get("error") or "")[:140],
+                    (r.get("config") or {}).get("reference", "") or "",
+                    "—" if r.get("error") else num(r["real_tokens_per_second"]),
+                    "—" if r.get("error") else num((r.get("metrics", {}).get("pairs_per_second") or [None])[0], 2),
+                    "—" if r.get("error") else num(r["peak_memory_gib"], 2),
+                    (r.get("error") or "")[:120],
                 )
-                for k, r in s["runs"].items()
+                for k, r in runs.items()
             ),
-            "lrrrl",
+            "llrrrl",
         )
-        if s.get("targets"):
-            out += table(
-                ("ours vs best stock", "value", "target", ""),
-                ((k, value(t["value"]), t["target"], met(t["met"])) for k, t in s["targets"].items()),
-                "lrrl",
+        ours = [k for k in runs if k.startswith("ours") and not runs[k].get("error")]
+        comps = s.get("comparisons", {})
+        rows = []
+        for k in ours:
+            c = comps.get(f"{k}_vs_{best}", {})
+            if "throughput_ratio" in c:
+                rows.append(
+                    (
+                        f"`{k}` ({runs[k]['config'].get('reference')})",
+                        ratio(c["throughput_ratio"]),
+                        ratio(c["peak_memory_ratio"]),
+                        pct(c["loss_rel_diff"], 2),
+                        pct(c["reward_accuracy_rel_diff"], 0),
+                    )
+                )
+        spread = s.get("stock_spread") or {}
+        loss, acc = spread.get("loss_rel_diff"), spread.get("reward_accuracy_rel_diff")
+        if loss and acc:
+            rows.append(
+                (
+                    "stock against stock (one flag apart)",
+                    "",
+                    "",
+                    f"{pct(loss['min'], 2)} to {pct(loss['max'], 2)}",
+                    f"{pct(acc['min'], 0)} to {pct(acc['max'], 0)}",
+                )
             )
-        elif vs.get("error"):
-            out += [f"No comparison: {vs['error']}.", ""]
-        if s.get("bound"):
-            out += [f"What bounds it: {s['bound']}", ""]
+        out += table(
+            (f"against `{best}`", "throughput", "peak memory", "loss difference", "reward-accuracy difference"),
+            rows,
+            "lrrrr",
+        )
+        targets = s.get("targets") or {}
+        if targets:
+            out += [
+                f"Issue targets as the run recorded them for `ours` "
+                f"({runs['ours']['config'].get('reference')} reference): "
+                + "; ".join(
+                    f"{k} {value(t['value'])} (target {t['target']}: {met(t['met'])})" for k, t in targets.items()
+                )
+                + ".",
+                "",
+            ]
     return out
 
 
@@ -529,10 +566,28 @@ def sweep_section(data: dict[str, Any]) -> list[str]:
         if numerics
         else "scored before batch-invariant evaluation existed: in bf16 batch composition changes rounding"
     )
+    by_trial = data.get("outputs_differing_by_trial")
+    where = (
+        " All of them in " + ", ".join(f"`{t}` ({n})" for t, n in by_trial.items()) + "; every other trial identical."
+        if by_trial
+        else ""
+    )
     return out + [
         f"Speed-up {ratio(data['speedup'])}; gate verdicts identical: "
         f"{'yes' if data['verdicts_identical'] else '**no**'}; {data['outputs_differing']} of "
-        f"{num(data['outputs_compared'])} per-item outputs differ ({why}).",
+        f"{num(data['outputs_compared'])} per-item outputs differ ({why}).{where}",
+        "",
+    ]
+
+
+def earlier_sweep_section(data: dict[str, Any]) -> list[str]:
+    paths = data["paths"]
+    return [
+        f"Before batch-invariant evaluation (`reports/perf/sweep_throughput_fast_numerics.json`, {device_of(data)}, "
+        f"{day(data['date'])}): peer {num(paths['peer']['wall_seconds'])} s, default path "
+        f"{num(paths['workers']['wall_seconds'])} s, speed-up {ratio(data['speedup'])}; "
+        f"{data['outputs_differing']} of {num(data['outputs_compared'])} outputs differed. "
+        f"{data.get('how_measured', '')}",
         "",
     ]
 
@@ -802,6 +857,7 @@ def junit_section(junit: dict[str, dict[str, Any]]) -> list[str]:
 
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
     (MAIN_TRAIN, train_section),
+    ("perf/train_throughput_dpo.json", dpo_section),
     ("perf/qlora_8b.json", qlora_section),
     ("perf/train_profile.json", profile_section),
     ("perf/eval_throughput.json", eval_section),
@@ -838,9 +894,11 @@ def render(reports: Path) -> str:
         if isinstance(results.get(name), dict):
             out += section(results[name])
             if name == MAIN_TRAIN:
-                out += dpo_section(results[name])
                 out += earlier_train_section(results)
             if name == "perf/sweep_throughput.json":
+                earlier = results.get("perf/sweep_throughput_fast_numerics.json")
+                if isinstance(earlier, dict):
+                    out += earlier_sweep_section(earlier)
                 multi, profile = results.get("gpu/multi_gpu.json"), results.get("gpu/multi_gpu_ddp_profile.json")
                 if isinstance(multi, dict):
                     out += multi_gpu_section(multi, profile if isinstance(profile, dict) else None)

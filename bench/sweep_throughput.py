@@ -267,6 +267,15 @@ def metrics(store_url: str, run_id: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def differing_by_trial(keys: list[str]) -> dict[str, int]:
+    """How many of the differing outputs (keys `trial/suite/item`) each trial has: where the difference comes from."""
+    counts: dict[str, int] = {}
+    for key in keys:
+        trial = key.split("/", 1)[0]
+        counts[trial] = counts.get(trial, 0) + 1
+    return counts
+
+
 def device_info() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "host_cpus": os.cpu_count()}
     try:
@@ -355,6 +364,7 @@ def main() -> None:
             "verdicts_identical": peer["verdicts"] == ours["verdicts"],
             "outputs_compared": len(ours["outputs"]),
             "outputs_differing": len(differ),
+            "outputs_differing_by_trial": differing_by_trial(differ),
             "outputs_differing_examples": differ[:10],
             "metrics_differing": {
                 t: {

@@ -75,7 +75,7 @@ import torch
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from this checkout, PYTHONPATH or not
 from bench._common import REPO, llama_config, say
 from harness.model import LIGER_KERNELS, FastPath
-from harness.model._dpo import DEFAULT_REFERENCE as DEFAULT_DPO_REFERENCE
+from harness.model._dpo import default_reference
 from harness.model._profile import step_profiler
 
 # dense bf16 tensor-core peak, FLOP/s, by device name fragment (NVIDIA data sheets)
@@ -1784,6 +1784,19 @@ def dpo_vs(ours: dict[str, Any], peer: dict[str, Any], first: int) -> dict[str, 
     }
 
 
+def dpo_stock_spread(runs: dict[str, Any], first: int) -> dict[str, Any]:
+    """How far apart the stock configurations themselves are over the same steps: each one that ran against the one
+    before it in the flag chain (`dpo_vs`'s loss and reward-accuracy differences). Ours against the best stock
+    is read against this floor: two TRL configurations on the same pairs, weights and seed differ by this much."""
+    ran = [n for n, r in runs.items() if is_stock(n) and not r.get("error") and r.get("real_tokens_per_second")]
+    pairs = {f"{b}_vs_{a}": dpo_vs(runs[b], runs[a], first) for a, b in zip(ran, ran[1:], strict=False)}
+    values = {
+        key: [v[key] for v in pairs.values() if v.get(key) is not None]
+        for key in ("loss_rel_diff", "reward_accuracy_rel_diff")
+    }
+    return {"pairs": pairs} | {key: {"min": min(v), "max": max(v)} if v else None for key, v in values.items()}
+
+
 def dpo_targets(best: dict[str, Any]) -> dict[str, Any]:
     """Issue 32's targets against the best stock DPO configuration."""
     if "throughput_ratio" not in best:
@@ -1869,8 +1882,9 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
     best = best_stock(runs)
     budget = b.memory_budget(runs)
     fast = b.ours_fast(b.ours_liger(), budget)
+    default = default_reference(settings.steps * settings.batch / len(pairs))  # what a plan of this length gets
     for reference in ("precomputed", "adapter_off"):
-        name = "ours" if reference == DEFAULT_DPO_REFERENCE else f"ours-{reference.replace('_', '-')}"
+        name = "ours" if reference == default else f"ours-{reference.replace('_', '-')}"
         b.run(
             name,
             lambda n=name, r=reference: run_ours_dpo(n, ours_model, pairs, settings, b.device, flops, fast, r),
@@ -1896,6 +1910,7 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
         "comparisons": {
             f"{n}_vs_{p}": dpo_vs(runs[n], runs[p], a.loss_steps) for n in ours_names for p in runs if is_stock(p)
         },
+        "stock_spread": dpo_stock_spread(runs, a.loss_steps),
         "mfu_formula": DPO_MFU_FORMULA,
         "note": "each stock configuration adds a flag to the last one that ran; a flag that fails is recorded with "
         "its error; the reference computed up front counts in the measured time by the measured steps' "
@@ -1937,7 +1952,7 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
                 b.device,
                 flops,
                 fast,
-                DEFAULT_DPO_REFERENCE,
+                default,
                 callbacks=(ours_cb,),
             ),
         )
