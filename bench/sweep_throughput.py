@@ -5,6 +5,7 @@ same invocation on the same GPU.
     python bench/sweep_throughput.py --out reports/perf/sweep_throughput.json            # both paths, GPU 0
     python bench/sweep_throughput.py --paths peer --gpus 0 --out /root/peer.json          # one path only ...
     python bench/sweep_throughput.py --paths workers --gpus 1 --merge /root/peer.json ... # ... merged later
+    python bench/sweep_throughput.py --together --out reports/perf/sweep_throughput.json # both at once, GPU 0
     python bench/sweep_throughput.py --tiny --out /tmp/sweep.json                         # CPU check, tiny model
 
 Each path runs `tunegate run PLAN` as a user would (a fresh driver process, its own store and run folder).
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +47,11 @@ PATHS = {  # name -> `tunegate run` options
     "workers": ["--executor", "workers", "--trials-per-gpu", "auto"],  # what `local` picks on a GPU
     "workers-spare": ["--executor", "workers", "--trials-per-gpu", "auto", "--spare-workers", "auto"],  # opt-in
 }
+TOGETHER_NOTE = (
+    "bench/sweep_throughput.py --together on one GPU: the paths started a second apart and ran at the same time on "
+    "the same GPU. Each path's wall time is its own, slowed by the other while both ran; NVML utilisation is of "
+    "the shared GPU."
+)
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "nvidia-ml-py", "liger-kernel")
 
 
@@ -316,6 +323,11 @@ def main() -> None:
     )
     ap.add_argument("--tiny", action="store_true", help="CPU check: a tiny random model and one-step trials")
     ap.add_argument(
+        "--together",
+        action="store_true",
+        help="run the paths at the same time on the same GPU (each slows the other: an upper bound on each wall time)",
+    )
+    ap.add_argument(
         "--eval-numerics",
         default="invariant",
         choices=("invariant", "fast"),
@@ -347,8 +359,18 @@ def main() -> None:
         result["how_measured"] = args.note
     for earlier in args.merge:
         result["paths"] |= json.loads(earlier.read_text())["paths"]
-    for name in [p.strip() for p in args.paths.split(",") if p.strip()]:
-        measured = run_path(name, plan, root, gpus, gpu_index, args.eval_numerics)
+    names = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if args.together:  # every path at once on the same GPU(s), each started a second after the one before
+        with ThreadPoolExecutor(max_workers=max(len(names), 1)) as pool:
+            futures = {}
+            for name in names:
+                futures[name] = pool.submit(run_path, name, plan, root, gpus, gpu_index, args.eval_numerics)
+                time.sleep(1.0)
+            runs = {name: f.result() for name, f in futures.items()}
+        result.setdefault("how_measured", TOGETHER_NOTE)
+    else:
+        runs = {name: run_path(name, plan, root, gpus, gpu_index, args.eval_numerics) for name in names}
+    for name, measured in runs.items():
         measured["verdicts"] = verdicts(measured["store"], measured["run_id"], policy, list(measured["trials"]))
         measured["metrics"] = metrics(measured["store"], measured["run_id"])
         measured["outputs"] = item_outputs(measured["store"], measured["run_id"])
