@@ -58,13 +58,11 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from itertools import accumulate
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,6 +74,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # bench._common from 
 from bench._common import REPO, llama_config, say
 from harness.model import LIGER_KERNELS, FastPath
 from harness.model._dpo import default_reference
+from harness.model._liger import restoring_namespace
 from harness.model._profile import step_profiler
 
 # dense bf16 tensor-core peak, FLOP/s, by device name fragment (NVIDIA data sheets)
@@ -398,21 +397,6 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@contextmanager
-def restored(module: ModuleType) -> Iterator[None]:
-    """Undo what a run patches into a module's namespace (TRL's use_liger_kernel replaces modeling_llama's
-    RMSNorm, MLP and RoPE for every later model of the process)."""
-    saved = dict(vars(module))
-    try:
-        yield
-    finally:
-        for name in set(vars(module)) - set(saved):
-            delattr(module, name)
-        for name, value in saved.items():
-            if vars(module).get(name) is not value:
-                setattr(module, name, value)
-
-
 class PackedMismatch(RuntimeError):
     pass
 
@@ -558,6 +542,21 @@ def sft_config_overrides(flags: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def peer_lora(settings: Settings) -> Any:
+    """The LoRA adapter the stock TRL peers train (SFT and DPO): the settings' rank, alpha and dropout on every
+    linear layer."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+
+
 def run_trl(
     name: str,
     load: Callable[[str], Any],
@@ -575,7 +574,6 @@ def run_trl(
 ) -> RunStats:
     """Stock TRL: SFTTrainer + PEFT LoRA, TRL's defaults plus `flags` (SFTConfig fields), the model loaded with
     `attn` as its attention implementation. Tokens per step are the real tokens of the batches TRL built."""
-    from peft import LoraConfig
     from transformers.models.llama import modeling_llama
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
@@ -596,7 +594,7 @@ def run_trl(
     log = step_logger(progress=False)
     recorder: BatchRecorder | None = None
     model = trainer = None
-    with restored(modeling_llama), tempfile.TemporaryDirectory() as out:
+    with restoring_namespace(modeling_llama), tempfile.TemporaryDirectory() as out:
         try:
             model = load(attn)
             if probe:
@@ -624,20 +622,12 @@ def run_trl(
             config["gradient_checkpointing"] = bool(
                 getattr(args, "gradient_checkpointing", None) or getattr(args, "activation_checkpointing", None)
             )
-            peft_config = LoraConfig(
-                r=settings.r,
-                lora_alpha=settings.alpha,
-                lora_dropout=settings.dropout,
-                target_modules="all-linear",
-                task_type="CAUSAL_LM",
-                bias="none",
-            )
             trainer = SFTTrainer(
                 model=model,
                 args=args,
                 train_dataset=dataset,
                 processing_class=tok,
-                peft_config=peft_config,
+                peft_config=peer_lora(settings),
                 callbacks=[log, *callbacks],
             )
             trainer.remove_callback(PrinterCallback)
@@ -1575,19 +1565,6 @@ def dpo_stats(
     return stats
 
 
-def dpo_lora(settings: Settings) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=settings.r,
-        lora_alpha=settings.alpha,
-        lora_dropout=settings.dropout,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-        bias="none",
-    )
-
-
 def run_trl_dpo(
     name: str,
     load: Callable[[str], Any],
@@ -1628,7 +1605,7 @@ def run_trl_dpo(
         raise ValueError(f"DPOConfig has no field {unknown[0]!r} in this TRL")
     log, metrics = step_logger(progress=False), MetricRows()
     model = trainer = None
-    with restored(modeling_llama), tempfile.TemporaryDirectory() as out:
+    with restoring_namespace(modeling_llama), tempfile.TemporaryDirectory() as out:
         try:
             model = load("sdpa")
             base = {
@@ -1656,7 +1633,7 @@ def run_trl_dpo(
                 args=args,
                 train_dataset=_dpo_dataset(pairs),
                 processing_class=tok,
-                peft_config=dpo_lora(settings),
+                peft_config=peer_lora(settings),
                 callbacks=[log, metrics, *callbacks],
             )
             if flags.get("padding_free") and not getattr(trainer, "padding_free", False):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -38,20 +39,30 @@ def liger_available(device: torch.device | str | None = None) -> tuple[bool, str
 
 
 @contextmanager
-def restoring_patches(model: torch.nn.Module) -> Iterator[None]:
-    """Undo what a kernel patcher does to `model`: module-level names in its modeling module, and methods
-    bound onto module instances (Liger's instance patching)."""
-    modeling = sys.modules[type(model).__module__]
-    saved = dict(vars(modeling))
-    instance_keys = {id(m): set(m.__dict__) for m in model.modules()}
+def restoring_namespace(module: ModuleType) -> Iterator[None]:
+    """Undo what is patched into a module's namespace while the block runs: names added are removed, names
+    replaced are put back (TRL's use_liger_kernel replaces modeling_llama's RMSNorm, MLP and RoPE for every later
+    model of the process)."""
+    saved = dict(vars(module))
     try:
         yield
     finally:
-        for name in set(vars(modeling)) - set(saved):
-            delattr(modeling, name)
+        for name in set(vars(module)) - set(saved):
+            delattr(module, name)
         for name, value in saved.items():
-            if vars(modeling).get(name) is not value:
-                setattr(modeling, name, value)
+            if vars(module).get(name) is not value:
+                setattr(module, name, value)
+
+
+@contextmanager
+def restoring_patches(model: torch.nn.Module) -> Iterator[None]:
+    """Undo what a kernel patcher does to `model`: module-level names in its modeling module, and methods
+    bound onto module instances (Liger's instance patching)."""
+    instance_keys = {id(m): set(m.__dict__) for m in model.modules()}
+    try:
+        with restoring_namespace(sys.modules[type(model).__module__]):
+            yield
+    finally:
         for m in model.modules():
             for key in set(m.__dict__) - instance_keys.get(id(m), set()):
                 if key in ("forward", "_get_name", "extra_repr"):
