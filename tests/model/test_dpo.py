@@ -18,6 +18,7 @@ from harness.model._dpo import (
     sequence_sums,
 )
 from harness.model._overlap import PACK_KEY
+from tests.support import two_cpu_ranks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -225,43 +226,13 @@ def test_reference_setting(monkeypatch):
 
 
 @pytest.mark.slow
-def test_data_parallel_fast_dpo_logs_what_trl_logs(tiny_model_dir, tmp_path):
+def test_data_parallel_fast_dpo_logs_what_trl_logs(tiny_model_dir):
     """Two processes (gloo on the CPU): the fast path's losses and rewards/* metrics, summed over the processes a
     step late, equal TRL's DPOTrainer's gathered every step; with each reference."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from harness.run._executors import free_port
-
-    runs = {}
-    for reference in ("plain", "precomputed", "adapter_off"):
-        out = tmp_path / f"logs-{reference}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--multi_gpu",
-            "--main_process_port",
-            str(free_port()),
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "tests.support.dpo_ddp",
-            str(tiny_model_dir),
-            str(out),
-            reference,
-        ]
-        done = subprocess.run(
-            cmd, check=False, capture_output=True, text=True, timeout=600, env=os.environ | {"CUDA_VISIBLE_DEVICES": ""}
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[reference] = json.loads(out.read_text())
+    runs = {
+        reference: two_cpu_ranks("tests.support.dpo_ddp", tiny_model_dir, reference)
+        for reference in ("plain", "precomputed", "adapter_off")
+    }
     rows = {k: [r for r in v["logs"] if "loss" in r] for k, v in runs.items()}
     for reference in ("precomputed", "adapter_off"):
         assert runs[reference]["fastpath"]["overlap"] == "on"

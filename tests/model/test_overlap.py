@@ -4,8 +4,6 @@ logs the same rows (loss, grad norm, learning rate, tokens, entropy, token accur
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -14,6 +12,7 @@ from harness.model import _packing as packing
 from harness.model import _parts as parts
 from harness.model._overlap import PACK_KEY, HostPack, HostPacking, host_indexed_head, pack_on_host
 from tests.model.test_fastpath import _examples, padded_batch, tiny_llama, with_lora
+from tests.support import two_cpu_ranks
 
 
 def _labels(ids: torch.Tensor, mask: torch.Tensor, prompt: int = 3) -> torch.Tensor:
@@ -169,43 +168,10 @@ def test_overlapped_run_logs_what_trls_trainer_logs(tiny_model_dir, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_overlapped_data_parallel_run_logs_the_sums_over_processes(tiny_model_dir, tmp_path):
+def test_overlapped_data_parallel_run_logs_the_sums_over_processes(tiny_model_dir):
     """Two processes (gloo on the CPU): the overlapped run gathers its metrics, tokens and loss over the processes
     as TRL and the Trainer do every step."""
-    import json
-    import subprocess
-    import sys
-
-    from harness.run._executors import free_port
-
-    runs = {}
-    for overlap in ("0", "1"):
-        out = tmp_path / f"logs-{overlap}.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--multi_gpu",
-            "--main_process_port",
-            str(free_port()),
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "tests.support.overlap_ddp",
-            str(tiny_model_dir),
-            str(out),
-            overlap,
-        ]
-        # the CPU ranks over gloo this test is about, on a GPU host too (CUDA hidden from them)
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=600, env=os.environ | {"CUDA_VISIBLE_DEVICES": ""}
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        runs[overlap] = json.loads(out.read_text())
+    runs = {overlap: two_cpu_ranks("tests.support.overlap_ddp", tiny_model_dir, overlap) for overlap in ("0", "1")}
     plain, over = runs["0"], runs["1"]
     assert over["fastpath"]["overlap"].startswith("on") and plain["fastpath"]["overlap"] == "off"
     rows = {k: [r for r in v["logs"] if "loss" in r] for k, v in runs.items()}

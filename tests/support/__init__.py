@@ -33,3 +33,28 @@ def tiny_llama_config(tok: Any, hidden: int = 64, intermediate: int = 128, max_p
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
     )
+
+
+def two_cpu_ranks(module: str, model_dir: Path, option: str) -> dict[str, Any]:
+    """`accelerate launch` of `python -m module MODEL_DIR OUT OPTION` (the data-parallel scripts in tests/support)
+    as two processes over gloo on the CPU (CUDA hidden from them, on a GPU host too); returns the JSON the script
+    wrote to OUT, a temporary file."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from harness.run._executors import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.json"
+        cmd = [
+            *(sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1"),
+            *("--multi_gpu", "--main_process_port", str(free_port()), "--dynamo_backend", "no"),
+            *("-m", module, str(model_dir), str(out), option),
+        ]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, env=os.environ | {"CUDA_VISIBLE_DEVICES": ""}
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(out.read_text())
