@@ -328,9 +328,15 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
                 (
                     f"`{k}`",
                     (r.get("config") or {}).get("reference", "") or "",
-                    "—" if r.get("error") else num(r["real_tokens_per_second"]),
-                    "—" if r.get("error") else num((r.get("metrics", {}).get("pairs_per_second") or [None])[0], 2),
-                    "—" if r.get("error") else num(r["peak_memory_gib"], 2),
+                    *(
+                        ("—", "—", "—")
+                        if r.get("error")
+                        else (
+                            num(r["real_tokens_per_second"]),
+                            num((r.get("metrics", {}).get("pairs_per_second") or [None])[0], 2),
+                            num(r["peak_memory_gib"], 2),
+                        )
+                    ),
                     (r.get("error") or "")[:120],
                 )
                 for k, r in runs.items()
