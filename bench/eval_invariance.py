@@ -22,7 +22,8 @@ fast mode (batch 7 and device against batch 1; the base model, `--fast-items` it
 Speed: greedy generation of the prompts `bench/eval_throughput.py` uses (64 prompts, 48 new tokens, same seed)
 by the invariant path, today's batched path (fast mode, batch 32 and device-sized) and the naive loop (one
 `model.generate` per item, on the first `--naive-prompts`), as output tokens per second (outputs re-tokenized,
-as eval_throughput counts them), with NVML GPU utilisation sampled during the invariant run;
+as eval_throughput counts them); then the invariant path and the device-sized fast path each repeated back to back
+for `--util-seconds` with NVML GPU utilisation sampled every 50 ms (`sustained`);
 `speedup_vs_current_bf16` divides the invariant path's rate by the bf16 rate committed in
 `reports/perf/eval_throughput.json`, `speedup_vs_fast_same_run` by today's path measured here.
 
@@ -305,9 +306,36 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def sustain(
+    fn: Callable[[], list[str]], tokens: Callable[[list[str]], int], args: argparse.Namespace, device: str
+) -> dict[str, Any]:
+    """`fn` called back to back for `--util-seconds` with NVML sampling every 50 ms: one call of a small model's
+    generation lasts well under NVML's own averaging window, so utilisation is only meaningful over many."""
+    from sweep_throughput import GpuSampler
+
+    calls, produced = 0, 0
+    with GpuSampler(0 if device == "cuda" else None, period=0.05) as sampler:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        while calls == 0 or time.perf_counter() - start < args.util_seconds:
+            produced += tokens(fn())
+            calls += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    util = sampler.summary()
+    util.pop("trace", None)
+    return {
+        "calls": calls,
+        "seconds": elapsed,
+        "output_tokens_per_second": produced / elapsed,
+        "gpu_utilization": util,
+    }
+
+
 def speed(model: Any, tok: Any, args: argparse.Namespace, device: str) -> dict[str, Any]:
     from eval_throughput import naive_generate, prompts_for
-    from sweep_throughput import GpuSampler
     from train_throughput import word_list
 
     prompts = prompts_for(tok, word_list(tok), args.prompts, seed=0)
@@ -319,9 +347,7 @@ def speed(model: Any, tok: Any, args: argparse.Namespace, device: str) -> dict[s
     inv.generate(model, tok, prompts[:2], max_new_tokens=4)  # warm-ups
     gen.generate(model, tok, prompts[:2], max_new_tokens=4, batch_size=2)
     naive_generate(model, tok, prompts[:1], 4)
-    gpu = 0 if device == "cuda" else None
-    with GpuSampler(gpu, period=0.05) as sampler:
-        ours, t_ours = timed(lambda: inv.generate(model, tok, prompts, max_new_tokens=new), device)
+    ours, t_ours = timed(lambda: inv.generate(model, tok, prompts, max_new_tokens=new), device)
     fast, t_fast = timed(
         lambda: gen.generate(model, tok, prompts, max_new_tokens=new, batch_size=args.batch_size), device
     )
@@ -336,8 +362,17 @@ def speed(model: Any, tok: Any, args: argparse.Namespace, device: str) -> dict[s
         "fast_device_batch": tokens(fast_dev) / t_dev,
         "naive_loop": tokens(naive) / t_naive,
     }
-    util = sampler.summary()
-    util.pop("trace", None)
+    sustained = {
+        "invariant": sustain(lambda: inv.generate(model, tok, prompts, max_new_tokens=new), tokens, args, device),
+        "fast_device_batch": sustain(
+            lambda: gen.generate(
+                model, tok, prompts, max_new_tokens=new, batch_size=args.batch_size, device_batch=True
+            ),
+            tokens,
+            args,
+            device,
+        ),
+    }
     return {
         "prompts": len(prompts),
         "max_new_tokens": new,
@@ -350,7 +385,8 @@ def speed(model: Any, tok: Any, args: argparse.Namespace, device: str) -> dict[s
             "naive_loop": tokens(naive),
         },
         "tokens_per_second": rates,
-        "gpu_utilization_invariant": util,
+        "sustained": sustained,
+        "gpu_utilization_invariant": sustained["invariant"]["gpu_utilization"],
         "invariant_equals_fast": sum(a == b for a, b in zip(ours, fast, strict=True)),
     }
 
@@ -388,6 +424,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, help="speed: new tokens (default 48; smoke 8)")
     p.add_argument("--batch-size", type=int, help="speed: the fast path's batch (default 32; smoke 4)")
     p.add_argument("--naive-prompts", type=int, help="speed: prompts of the naive loop (default 8; smoke 2)")
+    p.add_argument(
+        "--util-seconds",
+        type=float,
+        help="speed: seconds each path is repeated for GPU utilisation (default 5; smoke 0.2)",
+    )
     p.add_argument("--work", type=Path, help="where adapters and trial outputs go (default: a tmp dir)")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path)
@@ -402,6 +443,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.max_new_tokens = args.max_new_tokens or (8 if smoke else 48)
     args.batch_size = args.batch_size or (4 if smoke else 32)
     args.naive_prompts = args.naive_prompts or (2 if smoke else 8)
+    args.util_seconds = args.util_seconds if args.util_seconds is not None else (0.2 if smoke else 5.0)
     args.plan = args.plan.resolve()
     return args
 

@@ -20,8 +20,9 @@
 #                                      # protobuf==7.36.2
 #
 # Results land in $OUT (copy them into reports/). The sweep peer (a process per trial) of
-# reports/perf/sweep_throughput.json is not re-run here: `bash bench/gpu_session.sh peer` runs it alone (~18 min,
-# in the background; `merge` then merges it with the default path's sweep JSON).
+# reports/perf/sweep_throughput.json is not re-run by `sweeps`: `bash bench/gpu_session.sh peer` starts it alone in
+# the background (`wait` waits for it), then `alone` runs the default path alone and merges the two (`merge` merges
+# it with the `sweeps` step's default path instead); `dpo8b` adds the 8B shape to the DPO bench.
 set -uo pipefail
 source bench/gpu_env.sh
 OUT=${OUT:-/root/out}; W=/root/work
@@ -84,7 +85,8 @@ ray)      # ~3-9 min: the default model converted once; `ray start --head --num-
     --merge "$base" --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_ray.log" 2>&1
   tail -n 8 "$OUT/multi_gpu_ray.log"; cp /root/multi_gpu.json "$OUT/multi_gpu.json" 2>/dev/null
   ;;
-peer)     # ~18 min in the background on GPU 0: the sweep peer (a process per trial)
+peer)     # ~9 min in the background on GPU 0: the sweep peer (a process per trial); the model converted before
+  python -c "from harness.model._load import local_folder; print('model:', local_folder('smollm2-135m', 'cuda'))"
   setsid nohup python bench/sweep_throughput.py --paths peer --gpus 0, --work "$W/peer" --out /root/peer.json \
     > /root/peer.log 2>&1 < /dev/null &
   echo "peer started"
@@ -96,5 +98,32 @@ merge)    # waits (up to ~9 min) for the peer, then merges it with the default p
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
     --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 3
   ;;
-*) echo "usage: bash bench/gpu_session.sh sweeps|startup|ddp|ddpprof|pytest|train|train8b|ray|peer|merge" >&2; exit 2 ;;
+wait)     # waits (up to ~9 min) for the peer started by `peer`
+  while pgrep -f "paths peer" > /dev/null && [ "$SECONDS" -lt "${WAIT_S:-540}" ]; do sleep 2; done
+  tail -n 4 /root/peer.log; pgrep -f "paths peer" > /dev/null && echo "peer still running" || echo "peer done"
+  ;;
+alone)    # ~7 min, after `peer` finished: the default path alone on GPU 0, merged with the peer into one sweep JSON
+          # (each path measured alone, one after the other); then bench/eval_invariance.py on two of its adapters
+  pgrep -f "paths peer" > /dev/null && { echo "peer still running"; exit 1; }
+  cp /root/peer.log "$OUT/sweep_peer.log"
+  timeout 280 python bench/sweep_throughput.py --paths workers --gpus 0, --work "$W/alone" --out /root/workers.json \
+    > "$OUT/sweep_workers.log" 2>&1; tail -n 6 "$OUT/sweep_workers.log"
+  python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
+    --note "one GPU, each path alone: the peer (a process per trial) first, then the default path; nothing else ran" \
+    --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 4
+  runs=$(ls -d "$W"/alone/workers/runs/*/ | head -n 1)
+  timeout 300 python bench/eval_invariance.py --items 17 --work /root/ei --out "$OUT/eval_invariance.json" \
+    --adapters "${runs}lora-r16-lr0.0002/adapter,${runs}lora-r8-lr0.0005/adapter" > "$OUT/eval_invariance.log" 2>&1
+  tail -n 6 "$OUT/eval_invariance.log"
+  ;;
+dpo8b)    # the 8B shape of the DPO bench with profiles, merged into the 1.07B file when it is of this device
+  cp reports/perf/train_throughput_dpo.json /root/dpo.json
+  args=(--sections dpo --dpo-shapes 8b --dpo-profile --dpo-steps "${DPO_STEPS:-20}" --time-budget "${BUDGET_S:-520}")
+  CUDA_VISIBLE_DEVICES=0 timeout "$(( ${BUDGET_S:-520} + 40 ))" python bench/train_throughput.py "${args[@]}" --merge \
+    --out /root/dpo.json > "$OUT/train_throughput_dpo8b.log" 2>&1
+  rc=$?; [ "$rc" -eq 2 ] && CUDA_VISIBLE_DEVICES=0 timeout "$(( ${BUDGET_S:-520} + 40 ))" python bench/train_throughput.py \
+    "${args[@]}" --out /root/dpo.json > "$OUT/train_throughput_dpo8b.log" 2>&1
+  tail -n 14 "$OUT/train_throughput_dpo8b.log"; cp /root/dpo.json "$OUT/train_throughput_dpo.json"
+  ;;
+*) echo "usage: bash bench/gpu_session.sh sweeps|startup|ddp|ddpprof|pytest|train|train8b|ray|peer|wait|alone|dpo8b|merge" >&2; exit 2 ;;
 esac

@@ -533,12 +533,31 @@ def invariance_section(data: dict[str, Any]) -> list[str]:
         f"Invariant path: {ratio(data['speedup_vs_current_bf16'], 1)} the committed bf16 figure of "
         f"`eval_throughput.json` ({num(data['committed_bf16_tokens_per_second'])} tokens/s, "
         f"{data['committed_bf16_device']}), {ratio(data['speedup_vs_fast_same_run'], 1)} today's fast path "
-        f"measured in the same run; mean GPU utilisation while it generated "
-        f"{pct(data['gpu_utilization_mean'])} "
-        f"(NVML: {data['speed']['gpu_utilization_invariant']['samples']} samples over the "
-        f"{data['speed']['seconds']['invariant']:.2f} s the invariant path took).",
+        f"measured in the same run.",
         "",
     ]
+    sustained = data["speed"].get("sustained")
+    if sustained:
+        out += table(
+            ("repeated back to back", "seconds", "output tokens/s", "GPU utilisation mean (NVML)", "samples"),
+            [
+                (
+                    name.replace("_", " "),
+                    f"{d['seconds']:.1f}",
+                    num(d["output_tokens_per_second"]),
+                    pct(d["gpu_utilization"]["mean"]),
+                    num(d["gpu_utilization"]["samples"]),
+                )
+                for name, d in sustained.items()
+            ],
+        )
+    else:
+        out += [
+            f"Mean GPU utilisation while the invariant path generated: {pct(data['gpu_utilization_mean'])} "
+            f"(NVML: {data['speed']['gpu_utilization_invariant']['samples']} samples over the "
+            f"{data['speed']['seconds']['invariant']:.2f} s it took, too short for NVML's averaging window).",
+            "",
+        ]
     return out
 
 

@@ -1835,13 +1835,18 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
     b.announce(f"dpo {shape_name} ({shape.layers} layers): stock DPOTrainer peers and ours", 8, per_run)
     runs: dict[str, Any] = {}
 
+    def estimate() -> float:
+        """The time budget's guess for the next run: the longest this shape's runs have taken so far."""
+        walls = [r["wall_seconds"] for r in runs.values() if not r.get("error") and r.get("wall_seconds")]
+        return max(walls) if walls else per_run
+
     def trl(name: str, flags: dict[str, Any]) -> RunStats | None:
         return b.run(
             name,
             lambda: run_trl_dpo(name, load, b.tok, pairs, settings, b.device, flops, flags=flags),
             config={"stock_flags": flags},
             into=runs,
-            estimate=per_run,
+            estimate=estimate(),
         )
 
     trl("peer", {})
@@ -1866,7 +1871,7 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
             name,
             lambda n=name, r=reference: run_ours_dpo(n, ours_model, pairs, settings, b.device, flops, fast, r),
             into=runs,
-            estimate=per_run,
+            estimate=estimate(),
         )
     ours_names = [n for n in runs if n.startswith("ours")]
     faster = max(
