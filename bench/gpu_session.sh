@@ -104,6 +104,7 @@ wait)     # waits (up to ~9 min) for the peer started by `peer`
   ;;
 alone)    # ~7 min, after `peer` finished: the default path alone on GPU 0, merged with the peer into one sweep JSON
           # (each path measured alone, one after the other); then bench/eval_invariance.py on two of its adapters
+          # (INVARIANCE=0 skips it)
   pgrep -f "paths peer" > /dev/null && { echo "peer still running"; exit 1; }
   cp /root/peer.log "$OUT/sweep_peer.log"
   timeout 280 python bench/sweep_throughput.py --paths workers --gpus 0, --work "$W/alone" --out /root/workers.json \
@@ -111,6 +112,7 @@ alone)    # ~7 min, after `peer` finished: the default path alone on GPU 0, merg
   python bench/sweep_throughput.py --paths "" --merge /root/peer.json --merge /root/workers.json \
     --note "one GPU, each path alone: the peer (a process per trial) first, then the default path; nothing else ran" \
     --out "$OUT/sweep_throughput.json" 2>&1 | tail -n 4
+  [ "${INVARIANCE:-1}" = 1 ] || exit 0
   runs=$(ls -d "$W"/alone/workers/runs/*/ | head -n 1)
   timeout 300 python bench/eval_invariance.py --items 17 --work /root/ei --out "$OUT/eval_invariance.json" \
     --adapters "${runs}lora-r16-lr0.0002/adapter,${runs}lora-r8-lr0.0005/adapter" > "$OUT/eval_invariance.log" 2>&1
