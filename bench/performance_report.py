@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
@@ -303,7 +304,9 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
     out = [
         "## DPO (`reports/perf/train_throughput_dpo.json`)",
         "",
-        f"`bench/train_throughput.py --sections dpo` on {device_of(data)} ({day(data.get('date'))}): LoRA DPO on "
+        f"`bench/train_throughput.py --sections dpo` on {device_of(data)} ("
+        + ", ".join(f"{name} {day(s.get('date') or data.get('date'))}" for name, s in shapes.items())
+        + "): LoRA DPO on "
         "the same preference pairs, weights, order, steps and seed, in one process: TRL's `DPOTrainer` at its "
         "defaults (`peer`), then stock flags added one at a time to the last configuration that ran (a flag that "
         "fails is listed with its error), then ours (`harness/model/_dpo.py`) within the best stock "
@@ -386,6 +389,93 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
                 + ".",
                 "",
             ]
+            out += within_stock_spread(s, targets)
+        if s.get("profiles"):
+            out += dpo_profile_table(s["profiles"])
+    return out
+
+
+def within_stock_spread(shape: dict[str, Any], targets: dict[str, Any]) -> list[str]:
+    """Whether ours' loss and reward-accuracy differences lie inside the stock-against-stock spread."""
+    spread = shape.get("stock_spread") or {}
+    said = []
+    for key, label, digits in (("loss_rel_diff", "loss", 2), ("reward_accuracy_rel_diff", "reward-accuracy", 0)):
+        got, band = (targets.get(key) or {}).get("value"), spread.get(key)
+        if got is None or not band:
+            continue
+        where = "within" if got <= band["max"] else "**above**"
+        said.append(
+            f"its {label} difference {pct(got, digits)} is {where} {pct(band['min'], digits)} to "
+            f"{pct(band['max'], digits)}"
+        )
+    return [f"Against the stock-against-stock floor, {', '.join(said)}.", ""] if said else []
+
+
+def dpo_profile_table(profiles: dict[str, Any]) -> list[str]:
+    """The torch.profiler summary of the profiled DPO runs: where each step's device time goes."""
+
+    def syncs(t: dict[str, Any]) -> float:
+        counts = t.get("syncs_per_step") or {}
+        return sum(counts.get(k, 0) for k in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"))
+
+    def top(t: dict[str, Any]) -> str:
+        return ", ".join(f"{short(k['name'])} {pct(k['share'], 0)}" for k in (t.get("kernels") or [])[:3])
+
+    return table(
+        (
+            "profiled run",
+            "kernel ms/step",
+            "device busy",
+            "kernel launches/step",
+            "graph launches/step",
+            "host syncs/step",
+            "largest kernels (share of kernel time)",
+        ),
+        (
+            (
+                f"`{name}`",
+                num(t["kernel_ms_per_step"]),
+                pct(t["device_busy_share"], 0),
+                num(t["kernel_launches_per_step"]),
+                num(t["graph_launches_per_step"]),
+                num(syncs(t), 1),
+                top(t),
+            )
+            for name, t in profiles.items()
+            if "kernel_ms_per_step" in t
+        ),
+        "lrrrrrl",
+    )
+
+
+def short(kernel: str) -> str:
+    """A kernel's name without its template arguments: `vectorized_elementwise_kernel<8, ...>(...)` -> its head."""
+    head = kernel.split("<", 1)[0].split("(", 1)[0].removeprefix("void ").strip().rsplit("::", 1)[-1] or kernel[:40]
+    if "elementwise_kernel" in head:  # which elementwise op: the first functor or kernel named in its arguments
+        inner = re.findall(r"at::native::(\w+)", kernel.split("<", 1)[-1])
+        what = next((w for w in inner if "elementwise" not in w and w not in ("memory", "detail")), None)
+        head = f"{head} ({what})" if what else head
+    return f"`{head}`"
+
+
+def dpo_profile_section(data: dict[str, Any]) -> list[str]:
+    """A separate profiled run of the DPO bench (`--dpo-profile`), its measured rows beside the main file's."""
+    out = []
+    for name, s in (data.get("dpo") or {}).items():
+        if not s.get("profiles"):
+            continue
+        vs = s.get("vs_best_stock") or {}
+        steps = next(iter(s["profiles"].values())).get("steps")
+        out += [
+            f"**{name}, profiled** (`reports/perf/train_throughput_dpo{name}_profile.json`, {device_of(data)}, "
+            f"{day(data.get('date'))}: the same shape and settings again with `--dpo-profile`; its own rows give "
+            f"ours {ratio(vs.get('throughput_ratio'))} the best stock configuration's tokens/s at "
+            f"{ratio(vs.get('peak_memory_ratio'))} its memory). torch.profiler over {steps} "
+            "steps of the best stock configuration and of ours; both run several times slower while profiled, so "
+            "the columns say where the work goes, not how fast it runs:",
+            "",
+        ]
+        out += dpo_profile_table(s["profiles"])
     return out
 
 
@@ -569,7 +659,7 @@ def sweep_section(data: dict[str, Any]) -> list[str]:
         f"`bench/sweep_throughput.py`: the whole GPU plan (`examples/gpu/plan.yaml`) through `tunegate run`, "
         "once by one fresh process per trial with each suite's own batch size (the peer) and once by the default "
         "GPU path (persistent workers keeping the base model loaded, longest trials first, device-sized "
-        f"evaluation batches). {data['how_measured']}",
+        f"evaluation batches). How measured: {data['how_measured']}",
         "",
     ]
     label = {"peer": "per-trial process (peer)", "workers": "persistent workers (default)"}
@@ -605,13 +695,15 @@ def sweep_section(data: dict[str, Any]) -> list[str]:
     ]
 
 
-def earlier_sweep_section(data: dict[str, Any]) -> list[str]:
+def earlier_sweep_section(data: dict[str, Any], key: str, when: str) -> list[str]:
     paths = data["paths"]
+    by_trial = data.get("outputs_differing_by_trial")
+    where = (" (" + ", ".join(f"`{t}` {n}" for t, n in by_trial.items()) + ")") if by_trial else ""
     return [
-        f"Before batch-invariant evaluation (`reports/perf/sweep_throughput_fast_numerics.json`, {device_of(data)}, "
+        f"{when} (`reports/{key}`, {device_of(data)}, "
         f"{day(data['date'])}): peer {num(paths['peer']['wall_seconds'])} s, default path "
         f"{num(paths['workers']['wall_seconds'])} s, speed-up {ratio(data['speedup'])}; "
-        f"{data['outputs_differing']} of {num(data['outputs_compared'])} outputs differed. "
+        f"{data['outputs_differing']} of {num(data['outputs_compared'])} outputs differed{where}. "
         f"{data.get('how_measured', '')}",
         "",
     ]
@@ -921,13 +1013,25 @@ def render(reports: Path) -> str:
             if name == MAIN_TRAIN:
                 out += earlier_train_section(results)
             if name == "perf/sweep_throughput.json":
-                earlier = results.get("perf/sweep_throughput_fast_numerics.json")
-                if isinstance(earlier, dict):
-                    out += earlier_sweep_section(earlier)
+                for key, when in (
+                    (
+                        "perf/sweep_throughput_together.json",
+                        "Before DPO training was deterministic on CUDA (its per-sequence sums used `index_add`, "
+                        "whose atomic adds land in no fixed order; `harness/model/_dpo.py` now sums each row as one "
+                        "reduction), both paths at the same time on one GPU",
+                    ),
+                    ("perf/sweep_throughput_fast_numerics.json", "Before batch-invariant evaluation"),
+                ):
+                    if isinstance(results.get(key), dict):
+                        out += earlier_sweep_section(results[key], key, when)
                 multi, profile = results.get("gpu/multi_gpu.json"), results.get("gpu/multi_gpu_ddp_profile.json")
                 if isinstance(multi, dict):
                     out += multi_gpu_section(multi, profile if isinstance(profile, dict) else None)
                 out += one_gpu_sweeps_section(results)
+            if name == "perf/train_throughput_dpo.json":
+                for key, found in sorted(results.items()):
+                    if key.startswith("perf/train_throughput_dpo") and key.endswith("_profile.json"):
+                        out += dpo_profile_section(found)
     out += junit_section(junit)
     out += files_section(results, junit)
     while out and out[-1] == "":

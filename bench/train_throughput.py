@@ -1831,6 +1831,7 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
         def ours_model() -> tuple[Any, Any]:
             return load(), b.tok
 
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     per_run = 10.0 if a.smoke else (60.0 if shape_name == "1b" else 120.0)
     b.announce(f"dpo {shape_name} ({shape.layers} layers): stock DPOTrainer peers and ours", 8, per_run)
     runs: dict[str, Any] = {}
@@ -1880,6 +1881,7 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
         default=None,
     )
     section: dict[str, Any] = {
+        "date": started,
         "settings": asdict(settings),
         "parameters": parameter_count(config),
         "pairs": len(pairs),
