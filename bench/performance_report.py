@@ -390,9 +390,26 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
                 "",
             ]
             out += within_stock_spread(s, targets)
+            out += default_reference_since(s, best)
         if s.get("profiles"):
             out += dpo_profile_table(s["profiles"])
     return out
+
+
+def default_reference_since(shape: dict[str, Any], best: str) -> list[str]:
+    """A run whose `ours` used the precomputed reference for a single pass over its pairs predates the current
+    default (`harness.model._dpo.default_reference`: the adapter switched off when a run makes one pass)."""
+    st, runs = shape["settings"], shape["runs"]
+    one_pass = st["steps"] * st["batch"] <= shape.get("pairs", 0)
+    other = shape.get("comparisons", {}).get(f"ours-adapter-off_vs_{best}", {})
+    if not (one_pass and (runs.get("ours", {}).get("config") or {}).get("reference") == "precomputed" and other):
+        return []
+    return [
+        "This shape's `ours` used the precomputed reference, the default when it ran; a run that goes over its pairs "
+        "once now gets `adapter_off` (`harness/model/_dpo.py: default_reference`), the `ours-adapter-off` row: "
+        f"{ratio(other.get('throughput_ratio'))} at {ratio(other.get('peak_memory_ratio'))} memory.",
+        "",
+    ]
 
 
 def within_stock_spread(shape: dict[str, Any], targets: dict[str, Any]) -> list[str]:
