@@ -18,7 +18,7 @@ def test_demo_trains_beats_baseline_gates_and_reports(tmp_path: Path):
     out = io.StringIO()
     console = Console(file=out, width=160)
     store = str(tmp_path / "demo.db")
-    code = run_demo(console, store, steps=30, report_path=tmp_path / "report.html", runs_dir=tmp_path / "runs")
+    code = run_demo(console, store, steps=20, report_path=tmp_path / "report.html", runs_dir=tmp_path / "runs")
     text = out.getvalue()
     assert "Advisor" in text and "lora vs baseline" in text and "Gate:" in text and "report.html" in text
     st = Store(store)

@@ -4,7 +4,6 @@ plain computation on a tiny Llama on CPU (float32), and the whole path against t
 from __future__ import annotations
 
 import itertools
-import json
 import math
 
 import pytest
@@ -16,7 +15,6 @@ from harness.model import _liger as liger
 from harness.model import _memory_plan as memplan
 from harness.model import _packing as packing
 from harness.model import _parts as parts
-from tests.support.bench import run_bench
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -585,35 +583,3 @@ def test_folded_accumulation_and_dpo_match_the_plain_path(tiny_model_dir, tmp_pa
     )
     assert [s["loss"] for s in fast.steps] == pytest.approx([s["loss"] for s in plain.steps], rel=1e-5)
     assert fast.fastpath["plan"]["checkpointed_layers"] == 2
-
-
-@pytest.mark.slow
-def test_train_throughput_bench_smoke(tmp_path):
-    out = tmp_path / "train.json"
-    run_bench(
-        "train_throughput.py",
-        "--smoke",
-        "--sections",
-        "stock,ours,profile,scaling",
-        "--padding-free-attn",
-        "sdpa",
-        "--scaling-batches",
-        "2,4",
-        "--out",
-        str(out),
-    )
-    saved = json.loads(out.read_text())
-    assert saved["runs"].keys() >= {"peer", "ours"} and saved["device"]["type"] == "cpu"
-    for name in ("peer", "ours"):
-        run = saved["runs"][name]
-        assert run["error"] is None and run["real_tokens_per_second"] > 0 and len(run["losses"]) == 4
-    for name in ("trl-no-gc", "ours"):  # profiled: the top ops, and the steps' wall time
-        profile = saved["profiles"][name]
-        assert 0 < len(profile["ops"]) <= 25 and profile["wall_ms_per_step"] > 0 and profile["total_ms_per_step"] > 0
-        assert saved["runs"][name]["profile"] == profile
-    for path in ("ours", "trl-no-gc"):  # 2 batch sizes x 3 measured steps: a line through 6 points
-        fit = saved["scaling"]["fits"][path]
-        assert fit["points"] == 6 and fit["ms_per_1k_tokens"] != 0
-    comparison = saved["comparisons"]["ours_vs_peer"]
-    assert comparison["same_tokens"] and comparison["loss"]["mean_rel_diff"] < 0.02
-    assert saved["versions"]["torch"] and saved["settings"]["steps"] == 4

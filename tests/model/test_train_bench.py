@@ -86,17 +86,36 @@ def test_merge_refuses_another_setup(tmp_path):
 
 @pytest.mark.slow
 def test_bench_tiny_mode_end_to_end(tmp_path):
+    """Every SFT section of the training bench in one tiny CPU run: stock peers, Liger per kernel, ours, the 8B
+    shape, the profile and the scaling fit."""
     out = tmp_path / "train.json"
     run_bench(
         "train_throughput.py",
         "--smoke",
+        "--sections",
+        "why,stock,liger,ours,8b,profile,scaling",
         "--padding-free-attn",
         "flash_attention_2,sdpa",
+        "--scaling-batches",
+        "2,4",
         "--out",
         str(out),
         timeout=1800,
     )
     saved = json.loads(out.read_text())
+    assert saved["runs"].keys() >= {"peer", "ours"} and saved["versions"]["torch"] and saved["settings"]["steps"] == 4
+    for name in ("peer", "ours"):
+        run = saved["runs"][name]
+        assert run["error"] is None and run["real_tokens_per_second"] > 0 and len(run["losses"]) == 4
+    for name in ("trl-no-gc", "ours"):  # profiled: the top ops, and the steps' wall time
+        profile = saved["profiles"][name]
+        assert 0 < len(profile["ops"]) <= 25 and profile["wall_ms_per_step"] > 0 and profile["total_ms_per_step"] > 0
+        assert saved["runs"][name]["profile"] == profile
+    for path in ("ours", "trl-no-gc"):  # 2 batch sizes x 3 measured steps: a line through 6 points
+        fit = saved["scaling"]["fits"][path]
+        assert fit["points"] == 6 and fit["ms_per_1k_tokens"] != 0
+    comparison = saved["comparisons"]["ours_vs_peer"]
+    assert comparison["same_tokens"] and comparison["loss"]["mean_rel_diff"] < 0.02
     assert (
         saved.keys()
         >= {"why_peer_is_slow", "stock", "liger_per_kernel", "vs_best_stock", "shape_8b", "mfu_formula", "targets"}
