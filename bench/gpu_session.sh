@@ -85,8 +85,7 @@ ray)      # ~3-9 min: the default model converted once; `ray start --head --num-
     --merge "$base" --work "$W/multi" --out /root/multi_gpu.json > "$OUT/multi_gpu_ray.log" 2>&1
   tail -n 8 "$OUT/multi_gpu_ray.log"; cp /root/multi_gpu.json "$OUT/multi_gpu.json" 2>/dev/null
   ;;
-peer)     # ~8 min in the background on GPU 0: the sweep peer (a process per trial); the model converted before
-  python -c "from harness.model._load import local_folder; print('model:', local_folder('smollm2-135m', 'cuda'))"
+peer)     # ~8 min in the background on GPU 0: the sweep peer (a process per trial; the bench converts the model first)
   setsid nohup python bench/sweep_throughput.py --paths peer --gpus 0, --work "$W/peer" --out /root/peer.json \
     > /root/peer.log 2>&1 < /dev/null &
   echo "peer started"

@@ -8,7 +8,8 @@ same invocation on the same GPU.
     python bench/sweep_throughput.py --together --out reports/perf/sweep_throughput.json # both at once, GPU 0
     python bench/sweep_throughput.py --tiny --out /tmp/sweep.json                         # CPU check, tiny model
 
-Each path runs `tunegate run PLAN` as a user would (a fresh driver process, its own store and run folder).
+The plan's model is converted into the cache first (`model_prepared`; a one-time cost of a model's first use),
+then each path runs `tunegate run PLAN` as a user would (a fresh driver process, its own store and run folder).
 While it runs, NVML samples the GPU's utilisation at 4 Hz. Written: device, versions, date, each path's wall
 time, GPU utilisation (mean and the fraction of samples above 0), and per trial the phases its manifest
 recorded (start-up/imports, model load, train, each suite's eval, store writes); then `speedup` (peer wall /
@@ -188,6 +189,18 @@ def tiny_plan(root: Path) -> Path:
     return root / "plan.yaml"
 
 
+def convert_model_once(plan: Path, gpu_index: int | None) -> dict[str, Any]:
+    """The plan's model made ready (a GGUF dequantized into the cache, as `tunegate run` does on first use) before
+    any path is timed, so neither path's wall time holds that one-time conversion."""
+    from harness.model._load import local_folder
+    from harness.plan import load_plan
+
+    spec = load_plan(plan)[0].model
+    start = time.perf_counter()
+    folder = local_folder(spec, "cuda" if gpu_index is not None else "cpu")
+    return {"model": spec, "folder": folder, "seconds": round(time.perf_counter() - start, 2)}
+
+
 def run_path(
     name: str, plan: Path, root: Path, gpus: str | None, gpu_index: int | None, eval_numerics: str = "invariant"
 ) -> dict[str, Any]:
@@ -348,12 +361,14 @@ def main() -> None:
     gpus = None if args.gpus in ("", "auto") else args.gpus
     gpu_index = int(gpus.split(",")[0]) if gpus and gpus.split(",")[0].isdigit() else None
     policy = gate_policy(plan)
+    converted = convert_model_once(plan, gpu_index)
     result: dict[str, Any] = {
         "plan": str(plan),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "eval_numerics": args.eval_numerics,
         **device_info(),
         "paths": {},
+        "model_prepared": converted,
     }
     if args.note:
         result["how_measured"] = args.note

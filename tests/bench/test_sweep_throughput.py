@@ -33,6 +33,7 @@ def test_sweep_paths_together_agree_output_for_output(tmp_path: Path) -> None:
     assert report["verdicts_identical"] and report["outputs_compared"] > 0
     assert report["outputs_differing"] == 0 and report["outputs_differing_by_trial"] == {}
     assert report["eval_numerics"] == "invariant" and "--together" in report["how_measured"]
+    assert Path(report["model_prepared"]["folder"], "config.json").is_file()  # ready before either path was timed
     assert report["speedup"] == round(
         report["paths"]["peer"]["wall_seconds"] / report["paths"]["workers"]["wall_seconds"], 3
     )
