@@ -4,7 +4,6 @@ of `from_arm` dependencies and the list-scheduling bound, computed from trial re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,22 +16,15 @@ from typing import Any
 import pytest
 
 from tests.support import REPO
-from tests.support.bench import run_bench
+from tests.support.bench import bench_module, run_bench
 
 T0 = datetime(2026, 11, 30, 13, 0, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("multi_gpu_under_test", REPO / "bench" / "multi_gpu.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while the class is made
-    try:
-        spec.loader.exec_module(module)
+    with bench_module("multi_gpu.py") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def trial(begin: float, end: float, pid: int, **phases: float) -> dict[str, Any]:
