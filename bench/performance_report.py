@@ -475,8 +475,9 @@ def short(kernel: str) -> str:
     return f"`{head}`"
 
 
-def dpo_profile_section(data: dict[str, Any]) -> list[str]:
-    """A separate profiled run of the DPO bench (`--dpo-profile`), its measured rows beside the main file's."""
+def dpo_profile_section(data: dict[str, Any], key: str) -> list[str]:
+    """A separate profiled run of the DPO bench (`--dpo-profile`, the file `reports/KEY`), its measured rows beside
+    the main file's."""
     out = []
     for name, s in (data.get("dpo") or {}).items():
         if not s.get("profiles"):
@@ -484,7 +485,7 @@ def dpo_profile_section(data: dict[str, Any]) -> list[str]:
         vs = s.get("vs_best_stock") or {}
         steps = next(iter(s["profiles"].values())).get("steps")
         out += [
-            f"**{name}, profiled** (`reports/perf/train_throughput_dpo{name}_profile.json`, {device_of(data)}, "
+            f"**{name}, profiled** (`reports/{key}`, {device_of(data)}, "
             f"{day(data.get('date'))}: the same shape and settings again with `--dpo-profile`; its own rows give "
             f"ours {ratio(vs.get('throughput_ratio'))} the best stock configuration's tokens/s at "
             f"{ratio(vs.get('peak_memory_ratio'))} its memory). torch.profiler over {steps} "
@@ -1048,7 +1049,7 @@ def render(reports: Path) -> str:
             if name == "perf/train_throughput_dpo.json":
                 for key, found in sorted(results.items()):
                     if key.startswith("perf/train_throughput_dpo") and key.endswith("_profile.json"):
-                        out += dpo_profile_section(found)
+                        out += dpo_profile_section(found, key)
     out += junit_section(junit)
     out += files_section(results, junit)
     while out and out[-1] == "":
