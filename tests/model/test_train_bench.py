@@ -183,3 +183,26 @@ def test_a_missed_dpo_parity_target_inside_the_stock_spread_says_what_bounds_it(
     assert not loss["met"] and "0.01 to 0.03" in loss["bounded_by"]  # missed, but within the stock spread
     assert not accuracy["met"] and "bounded_by" not in accuracy  # missed and above the spread: nothing excuses it
     assert all("bounded_by" not in t for t in dpo_targets(best).values())  # no spread measured
+
+
+def test_a_short_window_holding_one_time_steps_is_named_beside_the_missed_throughput_target():
+    with bench_module("train_throughput.py") as bench:
+        step_rates, dpo_targets = bench.step_rates, bench.dpo_targets
+    tokens = [1000] * 8
+    # ours: 0.1 s a step except two measured steps of 0.5 s (graph captures); the peer: 0.2 s every step
+    ours = {"step_seconds": [1.0, 0.1, 0.5, 0.1, 0.1, 0.5, 0.1, 0.1], "step_tokens": tokens, "metrics": {}}
+    peer = {"step_seconds": [1.0] + [0.2] * 7, "step_tokens": tokens, "metrics": {"reference_seconds": [0.8]}}
+    rates = step_rates(ours, peer, warmup=1)
+    assert rates["measured_steps"] == 7 and rates["slow_steps"] == [3, 6]
+    assert abs(rates["slow_seconds"] - 1.0) < 1e-9 and abs(rates["measured_seconds"] - 1.5) < 1e-9
+    # the peer's reference computed up front is spread over its tokens: (0.2 + 0.8 / 8) s per 1000 tokens
+    assert abs(rates["throughput_ratio_median_step"] - 3.0) < 1e-9
+    window = (7 * 0.2 + 0.8 * 7 / 8) / 1.5  # the whole window's ratio, as the bench measures it: 1.4x
+    best = {"throughput_ratio": window, "peak_memory_ratio": 0.6, "loss_rel_diff": 0.0}
+    speed = dpo_targets(best | {"reward_accuracy_rel_diff": 0.0, "step_rates": rates}, None, "on: 2 bucket(s)")
+    assert not speed["throughput_ratio"]["met"] and "3.00x" in speed["throughput_ratio"]["bounded_by"]
+    assert "2 of its 7 measured steps" in speed["throughput_ratio"]["bounded_by"]
+    slow_typical = rates | {"throughput_ratio_median_step": 1.2}  # the typical step misses too: nothing excuses it
+    missed = dpo_targets(best | {"reward_accuracy_rel_diff": 0.0, "step_rates": slow_typical})["throughput_ratio"]
+    assert not missed["met"] and "bounded_by" not in missed
+    assert step_rates(ours, peer, warmup=6) is None  # two measured steps: too few for a median
