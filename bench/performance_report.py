@@ -311,7 +311,9 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
         "defaults (`peer`), then stock flags added one at a time to the last configuration that ran (a flag that "
         "fails is listed with its error), then ours (`harness/model/_dpo.py`) within the best stock "
         "configuration's peak memory, with the reference switched off inside the step (`adapter_off`) and computed "
-        "up front (`precomputed`). Throughput is real (non-padding) tokens per second of the measured steps. The "
+        "up front (`precomputed`). Throughput is real (non-padding) tokens per second of the measured steps; "
+        "`median step` is the ratio of the two runs' median seconds per real token over those steps (`step_rates`), "
+        "which a few steps doing work once per run (a CUDA graph captured for a new padded length) do not move. The "
         'differences row "stock against stock" is the floor for the loss and reward-accuracy columns: two TRL '
         "configurations one flag apart, on the same pairs, weights and seed, differ by that much, because in bf16 "
         "the DPO loss is a difference of log-probabilities summed over long sequences, which any change of kernels "
@@ -356,6 +358,7 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
                     (
                         f"`{k}` ({runs[k]['config'].get('reference')})",
                         ratio(c["throughput_ratio"]),
+                        ratio((c.get("step_rates") or {}).get("throughput_ratio_median_step")),
                         ratio(c["peak_memory_ratio"]),
                         pct(c["loss_rel_diff"], 2),
                         pct(c["reward_accuracy_rel_diff"], 0),
@@ -369,14 +372,22 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
                     "stock against stock (one flag apart)",
                     "",
                     "",
+                    "",
                     f"{pct(loss['min'], 2)} to {pct(loss['max'], 2)}",
                     f"{pct(acc['min'], 0)} to {pct(acc['max'], 0)}",
                 )
             )
         out += table(
-            (f"against `{best}`", "throughput", "peak memory", "loss difference", "reward-accuracy difference"),
+            (
+                f"against `{best}`",
+                "throughput",
+                "median step",
+                "peak memory",
+                "loss difference",
+                "reward-accuracy difference",
+            ),
             rows,
-            "lrrrr",
+            "lrrrrr",
         )
         targets = s.get("targets") or {}
         if targets:
@@ -389,11 +400,57 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
                 + ".",
                 "",
             ]
+            bound = (targets.get("throughput_ratio") or {}).get("bounded_by")
+            out += [f"What bounds the throughput target here: {bound}.", ""] if bound else []
             out += within_stock_spread(s, targets)
             out += default_reference_since(s, best)
         if s.get("profiles"):
             out += dpo_profile_table(s["profiles"])
     return out
+
+
+def earlier_dpo_section(results: dict[str, Any]) -> list[str]:
+    """The DPO bench's earlier files (`perf/train_throughput_dpo_*.json`, profiles aside), one row per shape."""
+    rows = []
+    for name, data in sorted(results.items()):
+        if not name.startswith("perf/train_throughput_dpo_") or name.endswith("_profile.json"):
+            continue
+        for shape, s in (data.get("dpo") or {}).items():
+            vs, ours = s.get("vs_best_stock") or {}, (s.get("runs") or {}).get("ours") or {}
+            rows.append(
+                (
+                    f"`{name}`",
+                    shape,
+                    day(s.get("date") or data.get("date")),
+                    device_of(data),
+                    f"`{vs.get('peer')}`",
+                    (ours.get("config") or {}).get("reference") or "—",
+                    ratio(vs.get("throughput_ratio")),
+                    ratio((vs.get("step_rates") or {}).get("throughput_ratio_median_step")),
+                    ratio(vs.get("peak_memory_ratio")),
+                )
+            )
+    if not rows:
+        return []
+    return [
+        "Earlier runs of the DPO bench, kept for comparison (each file's `derived_after_the_run` and shape dates say "
+        "how it was made):",
+        "",
+    ] + table(
+        (
+            "file",
+            "shape",
+            "date (UTC)",
+            "device",
+            "best stock",
+            "ours' reference",
+            "throughput",
+            "median step",
+            "memory",
+        ),
+        rows,
+        "llllllrrr",
+    )
 
 
 def default_reference_since(shape: dict[str, Any], best: str) -> list[str]:
@@ -1047,6 +1104,7 @@ def render(reports: Path) -> str:
                     out += multi_gpu_section(multi, profile if isinstance(profile, dict) else None)
                 out += one_gpu_sweeps_section(results)
             if name == "perf/train_throughput_dpo.json":
+                out += earlier_dpo_section(results)
                 for key, found in sorted(results.items()):
                     if key.startswith("perf/train_throughput_dpo") and key.endswith("_profile.json"):
                         out += dpo_profile_section(found, key)
