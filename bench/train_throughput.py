@@ -1833,11 +1833,12 @@ def dpo_targets(
     rates, speed = best.get("step_rates"), targets["throughput_ratio"]
     if rates and not speed["met"] and rates["throughput_ratio_median_step"] >= speed["target"]:
         speed["bounded_by"] = (
-            f"work done once per run inside a short measured window: ours' median measured step ran "
+            f"slow steps inside a short measured window: ours' median measured step ran "
             f"{rates['throughput_ratio_median_step']:.2f}x the best stock's (per token), and {len(rates['slow_steps'])}"
             f" of its {rates['measured_steps']} measured steps took over {SLOW_STEP:g}x its median "
             f"({rates['slow_seconds']:.2f} of its {rates['measured_seconds']:.2f} s; step_rates). Its fast path: "
-            f"{graphs or 'no CUDA graphs'}; a graph is captured the first time a padded length appears"
+            f"{graphs or 'no CUDA graphs'}; a graph is captured the first time a padded length appears, which a "
+            f"longer run meets less and less often"
         )
     for key in ("loss_rel_diff", "reward_accuracy_rel_diff"):
         band, target = (spread or {}).get(key), targets[key]
