@@ -1776,25 +1776,25 @@ def step_rates(ours: dict[str, Any], peer: dict[str, Any], warmup: int) -> dict[
     The fast path logs a step's row once the next step is queued, so one row's seconds can hold part of its
     neighbour's: the median is a diagnosis beside the window's ratio, not a replacement for it."""
 
-    def per_token(run: dict[str, Any]) -> list[float]:
+    def per_token(run: dict[str, Any]) -> dict[int, float]:
         seconds, tokens = run.get("step_seconds") or [], run.get("step_tokens") or []
         n = min(len(seconds), len(tokens))
         reference = (run.get("metrics", {}).get("reference_seconds") or [0.0])[0] / max(sum(tokens[:n]), 1)
-        return [seconds[i] / tokens[i] + reference for i in range(warmup if n > warmup else 0, n) if tokens[i]]
+        return {i: seconds[i] / tokens[i] + reference for i in range(warmup if n > warmup else 0, n) if tokens[i]}
 
     a, b = per_token(ours), per_token(peer)
     if len(a) < 3 or len(b) < 3:
         return None
-    median_a, median_b = statistics.median(a), statistics.median(b)
-    seconds = (ours.get("step_seconds") or [])[warmup:]
-    slow = [i for i, x in enumerate(a) if x > SLOW_STEP * median_a]
+    median_a, median_b = statistics.median(a.values()), statistics.median(b.values())
+    seconds = ours["step_seconds"]
+    slow = [i for i, x in a.items() if x > SLOW_STEP * median_a]
     return {
         "measured_steps": len(a),
         "median_seconds_per_token": {"ours": median_a, "peer": median_b},
         "throughput_ratio_median_step": median_b / max(median_a, 1e-12),
-        "slow_steps": [warmup + i + 1 for i in slow],
-        "slow_seconds": sum(seconds[i] for i in slow if i < len(seconds)),
-        "measured_seconds": sum(seconds),
+        "slow_steps": [i + 1 for i in slow],
+        "slow_seconds": sum(seconds[i] for i in slow),
+        "measured_seconds": sum(seconds[i] for i in a),
     }
 
 
