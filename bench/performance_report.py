@@ -477,9 +477,9 @@ def within_stock_spread(shape: dict[str, Any], targets: dict[str, Any]) -> list[
         got, band = (targets.get(key) or {}).get("value"), spread.get(key)
         if got is None or not band:
             continue
-        where = "within" if got <= band["max"] else "**above**"
+        where = "below" if got < band["min"] else "within" if got <= band["max"] else "**above**"
         said.append(
-            f"its {label} difference {pct(got, digits)} is {where} {pct(band['min'], digits)} to "
+            f"its {label} difference {pct(got, digits)} is {where} their {pct(band['min'], digits)} to "
             f"{pct(band['max'], digits)}"
         )
     return [f"Against the stock-against-stock floor, {', '.join(said)}.", ""] if said else []
