@@ -119,10 +119,10 @@ alone)    # ~7 min, after `peer` finished: the default path alone on GPU 0, merg
     --adapters "${runs}lora-r16-lr0.0002/adapter,${runs}lora-r8-lr0.0005/adapter" > "$OUT/eval_invariance.log" 2>&1
   tail -n 6 "$OUT/eval_invariance.log"
   ;;
-dpo)      # ~9 min: both shapes of the DPO bench on one lease, as two processes (one process of both shapes runs
-          # out of its time budget before ours at 8B): the 8B shape at 12 steps, then the 1.07B shape at 40 steps
-          # (a window long enough that ours' CUDA graph captures for new padded lengths weigh little), merged
-  CUDA_VISIBLE_DEVICES=0 timeout 385 python bench/train_throughput.py --sections dpo --dpo-shapes 8b --dpo-steps 12 \
+dpo)      # ~9 min: both shapes of the DPO bench on one lease, as two processes: the 8B shape at 32 steps, then the
+          # 1.07B shape at 40 steps (windows long enough that ours' CUDA graph captures for new padded lengths weigh
+          # little), merged
+  CUDA_VISIBLE_DEVICES=0 timeout 385 python bench/train_throughput.py --sections dpo --dpo-shapes 8b --dpo-steps 32 \
     --time-budget 365 --out /root/dpo.json > "$OUT/train_throughput_dpo8b.log" 2>&1; tail -n 3 "$OUT/train_throughput_dpo8b.log"
   CUDA_VISIBLE_DEVICES=0 timeout 200 python bench/train_throughput.py --sections dpo --dpo-shapes 1b --dpo-steps 40 \
     --merge --time-budget 185 --out /root/dpo.json > "$OUT/train_throughput_dpo1b.log" 2>&1

@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -1579,10 +1580,16 @@ def run_trl_dpo(
     callbacks: tuple[Any, ...] = (),
 ) -> RunStats:
     """Stock TRL: DPOTrainer + PEFT LoRA, TRL's defaults plus `flags` (DPOConfig fields). A flag this TRL does not
-    honour (its padding_free for DPO, Liger's fused loss) fails the run with TRL's reason."""
+    honour (its padding_free for DPO, Liger's fused loss) fails the run with TRL's reason.
+
+    With `precompute_ref_log_probs`, TRL names its cache of reference log-probs by a SHA-256 of every weight read
+    to the CPU (`trl.trainer.utils.hash_module`), set-up outside the measured steps that grows with the model. The
+    bench names each run's cache uniquely instead, so no run reuses another's reference pass and the hash does not
+    eat the time budget; the measured steps and the reference pass are TRL's own."""
     from transformers.models.llama import modeling_llama
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import DPOConfig, DPOTrainer
+    from trl.trainer import dpo_trainer
 
     from harness.arms import peak_memory_gib, quiet_libraries, step_logger
     from harness.arms._train import _dpo_dataset
@@ -1606,7 +1613,12 @@ def run_trl_dpo(
         raise ValueError(f"DPOConfig has no field {unknown[0]!r} in this TRL")
     log, metrics = step_logger(progress=False), MetricRows()
     model = trainer = None
-    with restoring_namespace(modeling_llama), tempfile.TemporaryDirectory() as out:
+    with (
+        restoring_namespace(modeling_llama),
+        restoring_namespace(dpo_trainer),
+        tempfile.TemporaryDirectory() as out,
+    ):
+        dpo_trainer.hash_module = lambda module: uuid.uuid4().hex
         try:
             model = load("sdpa")
             base = {
@@ -1944,7 +1956,8 @@ def dpo_shape(b: Bench, shape_name: str) -> dict[str, Any]:
         "mfu_formula": DPO_MFU_FORMULA,
         "note": "each stock configuration adds a flag to the last one that ran; a flag that fails is recorded with "
         "its error; the reference computed up front counts in the measured time by the measured steps' "
-        "share of the pairs",
+        "share of the pairs; TRL's SHA-256 of every weight that names its reference cache (set-up before the "
+        "first step) is replaced by a unique name per run",
     }
     derive_dpo(section, a.loss_steps)
     if a.dpo_profile and best:
