@@ -27,7 +27,7 @@ from rich.table import Table
 from advisor.duplicates import NEAR_DUP_THRESHOLD, near_duplicate_pairs, normalize
 from advisor.pii import find_pii, redact
 from harness.base._data import load_rows, read_jsonl
-from harness.base._errors import UserError, from_validation, printable
+from harness.base._errors import RowErrors, UserError, from_validation, printable
 from harness.evaluation._suite import SuiteItem
 
 WORDS_TO_TOKENS = 1.33  # rule of thumb for English: ~0.75 words per token
@@ -121,13 +121,16 @@ def read_test_rows(path: str | Path) -> list[Row]:
     if not _is_suite_item(rows[0][1]):
         return read_rows(path)
     out = []
+    bad = RowErrors()
     for line, obj in rows:
         try:
             item = SuiteItem.model_validate(obj)
         except ValidationError as exc:
-            raise from_validation(exc, path, line=line) from None
+            bad.add(from_validation(exc, path, line=line))
+            continue
         prompt = "\n".join(m["content"] for m in item.chat() if m["role"] != "assistant")
         out.append(Row(line=line, format="suite_item", prompt=prompt, output=None, text=prompt))
+    bad.raise_if_any()
     return out
 
 

@@ -1,4 +1,5 @@
-"""Preference pairs checked before any training: one line naming file, line and field for each kind of bad pair.
+"""Preference pairs checked before any training: one line naming file, line and field for each kind of bad pair,
+and the lines of any other bad pairs.
 
 `load_pairs` reads a preference JSONL file (`harness.base._data.load_preferences`: missing `chosen`/`rejected`
 fields and malformed rows are reported there) and refuses pairs DPO cannot learn from: an empty (or all-whitespace)
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.base._data import Preference, load_preferences
-from harness.base._errors import UserError
+from harness.base._errors import RowErrors, UserError
 from harness.model._load import fix_tokenizer, load_tokenizer, resolve
 
 TRUNCATIONS = ("error", "keep_start")  # the DPO arm's `truncation`: refuse over-long pairs, or cut them as TRL
@@ -42,29 +43,42 @@ class PairTokens:
 
 
 def check_pairs(pairs: Sequence[Preference], file: str | Path) -> None:
-    """Refuse a pair with an empty prompt, chosen or rejected text, or with chosen identical to rejected."""
+    """Refuse a pair with an empty prompt, chosen or rejected text, or with chosen identical to rejected: the first
+    bad pair, with the lines of the others."""
+    bad = RowErrors()
     for pair in pairs:
         line = pair.line or None
         if not any(m.content.strip() for m in pair.prompt):
-            raise UserError(
-                "empty prompt: a pair needs the question both answers reply to", file=file, line=line, field="prompt"
-            )
-        for name in ("chosen", "rejected"):
-            if not getattr(pair, name).strip():
-                raise UserError(
-                    f"empty '{name}' answer (only whitespace): a pair needs two non-empty answers",
+            bad.add(
+                UserError(
+                    "empty prompt: a pair needs the question both answers reply to",
                     file=file,
                     line=line,
-                    field=name,
+                    field="prompt",
                 )
-        if pair.chosen.strip() == pair.rejected.strip():
-            raise UserError(
-                "identical to 'chosen': a pair must prefer one answer over a different one (DPO "
-                "learns nothing from it)",
-                file=file,
-                line=line,
-                field="rejected",
             )
+            continue
+        empty = [name for name in ("chosen", "rejected") if not getattr(pair, name).strip()]
+        if empty:
+            bad.add(
+                UserError(
+                    f"empty '{empty[0]}' answer (only whitespace): a pair needs two non-empty answers",
+                    file=file,
+                    line=line,
+                    field=empty[0],
+                )
+            )
+        elif pair.chosen.strip() == pair.rejected.strip():
+            bad.add(
+                UserError(
+                    "identical to 'chosen': a pair must prefer one answer over a different one (DPO "
+                    "learns nothing from it)",
+                    file=file,
+                    line=line,
+                    field="rejected",
+                )
+            )
+    bad.raise_if_any()
 
 
 def load_pairs(path: str | Path) -> list[Preference]:
@@ -121,28 +135,34 @@ def pair_lengths(
     if truncation not in TRUNCATIONS:
         raise ValueError(f"truncation: expected one of {TRUNCATIONS}, got {truncation!r}")
     out = list(counted) if counted is not None else [tokenize_pair(tok, pair) for pair in pairs]
+    bad = RowErrors()
     for pair, tokens in zip(pairs, out, strict=True):
         line = pair.line or None
         if tokens.prompt >= max_length:
-            raise UserError(
-                f"the prompt alone is {tokens.prompt} tokens, max_length is {max_length}: no answer "
-                "token would be left to learn from; shorten the prompt or raise max_length",
-                file=file,
-                line=line,
-                field="prompt",
+            bad.add(
+                UserError(
+                    f"the prompt alone is {tokens.prompt} tokens, max_length is {max_length}: no answer "
+                    "token would be left to learn from; shorten the prompt or raise max_length",
+                    file=file,
+                    line=line,
+                    field="prompt",
+                )
             )
-        if truncation == "error":
-            for name in ("chosen", "rejected"):
-                total = getattr(tokens, f"{name}_sequence")
-                if total > max_length:
-                    raise UserError(
-                        f"prompt + {name} is {total} tokens, longer than the arm's max_length "
-                        f"{max_length}: shorten it, raise max_length, or set `truncation: keep_start` "
-                        "on the arm to cut over-long pairs as TRL does",
-                        file=file,
-                        line=line,
-                        field=name,
-                    )
+            continue
+        too_long = [n for n in ("chosen", "rejected") if getattr(tokens, f"{n}_sequence") > max_length]
+        if truncation == "error" and too_long:
+            name = too_long[0]
+            bad.add(
+                UserError(
+                    f"prompt + {name} is {getattr(tokens, f'{name}_sequence')} tokens, longer than the arm's "
+                    f"max_length {max_length}: shorten it, raise max_length, or set `truncation: keep_start` "
+                    "on the arm to cut over-long pairs as TRL does",
+                    file=file,
+                    line=line,
+                    field=name,
+                )
+            )
+    bad.raise_if_any()
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.base._errors import UserError, decode_utf8, from_validation, loads_json
+from harness.base._errors import RowErrors, UserError, decode_utf8, from_validation, loads_json
 
 Role = Literal["system", "user", "assistant"]
 
@@ -141,8 +141,10 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def load_rows(path: str | Path, fmt: Format = "auto") -> tuple[str, list[tuple[int, BaseModel]]]:
-    """Validate every row of a JSONL file against one format (detected from the first row)."""
+    """Validate every row of a JSONL file against one format (detected from the first row); the first bad row is
+    reported with the lines of the others."""
     rows: list[tuple[int, BaseModel]] = []
+    bad = RowErrors()
     detected: str | None = None if fmt == "auto" else fmt
     for lineno, obj in read_jsonl(path):
         if detected is None:
@@ -157,7 +159,8 @@ def load_rows(path: str | Path, fmt: Format = "auto") -> tuple[str, list[tuple[i
         try:
             rows.append((lineno, FORMATS[detected].model_validate(obj)))
         except ValidationError as exc:
-            raise from_validation(exc, path, line=lineno) from None
+            bad.add(from_validation(exc, path, line=lineno))
+    bad.raise_if_any()
     if not rows:
         raise UserError("no rows", file=path)
     return detected or "messages", rows

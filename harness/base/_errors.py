@@ -38,6 +38,39 @@ class UserError(Exception):
         return f"{where}{field}{self.message}"
 
 
+class RowErrors:
+    """The bad rows of one file, gathered so that one pass over the file reports them all: the first row's
+    error, and the lines of the others (`raise_if_any`)."""
+
+    SHOWN = 5  # line numbers of further bad rows named in the message
+
+    def __init__(self) -> None:
+        self.first: UserError | None = None
+        self.more: list[int] = []
+
+    def add(self, error: UserError) -> None:
+        if self.first is None:
+            self.first = error
+        elif error.line is not None:
+            self.more.append(error.line)
+
+    def raise_if_any(self) -> None:
+        """Raise the first error, its message naming how many other rows are bad and where."""
+        if self.first is None:
+            return
+        first = self.first
+        if self.more:
+            n, plural = len(self.more), "s" if len(self.more) > 1 else ""
+            lines = ", ".join(str(line) for line in self.more[: self.SHOWN]) + (", ..." if n > self.SHOWN else "")
+            first = type(first)(
+                f"{first.message} (and {n} more row{plural} with errors: line{plural} {lines})",
+                file=first.file,
+                line=first.line,
+                field=first.field,
+            )
+        raise first
+
+
 def printable(text: object, keep: str = "") -> str:
     """`text` with control and other invisible characters (ESC, BEL, form feed, NUL, bidi overrides, lone
     surrogates) written as backslash escapes (`\\x1b`), so text from a file, a name or the store cannot drive a

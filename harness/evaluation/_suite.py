@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.base._data import Message, read_jsonl
-from harness.base._errors import UserError, YamlDoc, dotted, from_validation
+from harness.base._errors import RowErrors, UserError, YamlDoc, dotted, from_validation
 from harness.bundled import suites_dir
 from harness.evaluation import _lmeval_config as lmeval_config
 from harness.evaluation._lmeval_config import LmEvalConfig
@@ -173,6 +173,20 @@ def load(name_or_path: str) -> Suite:
     return _load(find(name_or_path).resolve())
 
 
+def _item_problem(item: SuiteItem, spec: SuiteSpec, built: list[Any], seen: set[str]) -> tuple[str, str] | None:
+    """(field, message) of what is wrong with one validated suite item, if anything."""
+    if item.id in seen:
+        return "id", f"duplicate item id '{item.id}'"
+    if spec.kind == "multiple_choice" and (
+        not item.choices or item.answer is None or not 0 <= item.answer < len(item.choices)
+    ):
+        return "answer", "a multiple-choice item needs 'choices' and an 'answer' index into them"
+    for sc in built:
+        if problem := sc.check_item(item):
+            return problem[0], f"{problem[1]} (scorer '{sc.name}')"
+    return None
+
+
 @cache
 def _load(path: Path) -> Suite:
     doc = YamlDoc(path)
@@ -200,27 +214,18 @@ def _load(path: Path) -> Suite:
         )
     items: list[SuiteItem] = []
     seen: set[str] = set()
+    bad = RowErrors()  # every item is checked; the first bad one is reported with the lines of the others
     for lineno, obj in read_jsonl(items_path):
         try:
             item = SuiteItem.model_validate(obj)
         except ValidationError as exc:
-            raise from_validation(exc, items_path, line=lineno) from None
-        if item.id in seen:
-            raise UserError(f"duplicate item id '{item.id}'", file=items_path, line=lineno, field="id")
-        if spec.kind == "multiple_choice" and (
-            not item.choices or item.answer is None or not 0 <= item.answer < len(item.choices)
-        ):
-            raise UserError(
-                "a multiple-choice item needs 'choices' and an 'answer' index into them",
-                file=items_path,
-                line=lineno,
-                field="answer",
-            )
-        for sc in built:
-            if problem := sc.check_item(item):
-                raise UserError(f"{problem[1]} (scorer '{sc.name}')", file=items_path, line=lineno, field=problem[0])
+            bad.add(from_validation(exc, items_path, line=lineno))
+            continue
+        if problem := _item_problem(item, spec, built, seen):
+            bad.add(UserError(problem[1], file=items_path, line=lineno, field=problem[0]))
         seen.add(item.id)
         items.append(item)
+    bad.raise_if_any()
     if not items:
         raise UserError("suite has no items", file=items_path)
     content = path.read_bytes() + b"\0" + items_path.read_bytes()

@@ -49,6 +49,23 @@ def test_bad_pairs_name_file_line_and_field(tmp_path, row, field, words):
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+def test_every_bad_pair_of_a_file_is_found_in_one_pass(tmp_path):
+    """The first bad row is the error; the message names how many others are bad and on which lines, for rows
+    that fail validation and for pairs that fail the DPO checks."""
+    missing = prefs_file(tmp_path, {"prompt": "q", "chosen": "a"}, GOOD, {"prompt": "q", "chosen": ""}, GOOD)
+    with pytest.raises(UserError) as err:
+        load_pairs(missing)
+    assert (err.value.line, err.value.field) == (3, "rejected")
+    assert str(err.value).endswith("(and 1 more row with errors: line 5)") and "\n" not in str(err.value)
+
+    same = {"prompt": "q", "chosen": "x", "rejected": "x"}
+    path = prefs_file(tmp_path, same, {"prompt": "q", "chosen": " ", "rejected": "b"}, *[same] * 6)
+    with pytest.raises(UserError) as err:
+        load_pairs(path)
+    assert (err.value.line, err.value.field) == (3, "rejected") and "identical to 'chosen'" in err.value.message
+    assert err.value.message.endswith("(and 7 more rows with errors: lines 4, 5, 6, 7, 8, ...)")
+
+
 def test_over_long_pairs_are_refused_unless_the_arm_truncates(tmp_path, tok):
     long_answer = " ".join(["river stone cloud"] * 40)
     path = prefs_file(tmp_path, {"prompt": "q", "chosen": "short", "rejected": long_answer})
@@ -58,6 +75,11 @@ def test_over_long_pairs_are_refused_unless_the_arm_truncates(tmp_path, tok):
     with pytest.raises(UserError) as err:
         pair_lengths(pairs, tok, 64, path)
     assert (err.value.line, err.value.field) == (3, "rejected") and "truncation: keep_start" in err.value.message
+    assert "more row" not in err.value.message
+    twice = pairs + [pairs[2].model_copy(update={"line": 9})]
+    with pytest.raises(UserError) as err:
+        pair_lengths(twice, tok, 64, path)
+    assert err.value.line == 3 and err.value.message.endswith("(and 1 more row with errors: line 9)")
     kept = pair_lengths(pairs, tok, 64, path, "keep_start")
     assert kept == counted and sequence_lengths(kept, 64)[2] == counted[2].chosen_sequence + 64
     # a prompt that fills max_length by itself leaves nothing to learn from: refused even when truncating

@@ -73,6 +73,25 @@ def test_duplicate_ids_name_the_second_line(tmp_path: Path) -> None:
     assert "duplicate item id 'a'" in err.message
 
 
+def test_every_bad_item_is_found_in_one_pass(tmp_path: Path) -> None:
+    """The first bad item is the error; the message names the lines of the other bad items, whatever is wrong
+    with them (a missing field, a duplicate id)."""
+    folder = write_suite(
+        tmp_path / "s",
+        GOOD_HEAD + "  - exact_match\n",
+        [
+            {"id": "a", "prompt": "p", "reference": "1"},
+            {"id": "b"},
+            {"id": "c", "prompt": "p", "reference": "2"},
+            {"id": "a", "prompt": "p", "reference": "3"},
+            {"id": "d", "prompt": "p", "reference": "4"},
+        ],
+    )
+    err = load_error(folder)
+    assert (Path(err.file), err.line) == (folder / "items.jsonl", 2)
+    assert err.message.endswith("(and 1 more row with errors: line 4)")
+
+
 def test_multiple_choice_answer_out_of_range(tmp_path: Path) -> None:
     folder = write_suite(
         tmp_path / "s",
