@@ -349,12 +349,16 @@ class YamlDoc:
             raise self.error_from(exc) from None
 
     def error_from(self, exc: ValidationError) -> UserError:
-        """The first pydantic error, with the line and field it points at in this file."""
-        err = exc.errors()[0]
-        path, line = self.resolve([p for p in err["loc"] if not str(p).startswith("function-")])
-        return self.error(
-            _message(exc).removeprefix("Value error, "), file=self.path, line=line, field=dotted(path) or None
-        )
+        """The first pydantic error, with the line and field it points at in this file; the message names the
+        line and field of the others (the first few), so one run shows every mistake in the file."""
+        where = []
+        for err in exc.errors():
+            path, line = self.resolve([p for p in err["loc"] if not str(p).startswith("function-")])
+            where.append((line, dotted(path) or None))
+        rest = sorted(where[1:], key=lambda w: (w[0] is None, w[0] or 0))  # in file order
+        others = [f"line {line} field '{field}'" if field else f"line {line}" for line, field in rest]
+        line, field = where[0]
+        return self.error(_message(exc, others).removeprefix("Value error, "), file=self.path, line=line, field=field)
 
 
 def _path_of(node: yaml.Node | None, mark: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...]:
@@ -386,25 +390,36 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...
             _line_map(item, path + (i,), lines)
 
 
-def _message(exc: ValidationError) -> str:
+OTHERS_SHOWN = 3  # further errors of one validation named (where they are) after the first one's message
+
+
+def _message(exc: ValidationError, others: Sequence[str] = ()) -> str:
+    """The first error's message, then how many more there are and where (`others`: one place per further
+    error, the first OTHERS_SHOWN of them named)."""
     err = exc.errors()[0]
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     if err["type"] == "finite_number" or (isinstance(err.get("input"), float) and err["input"] != err["input"]):
         msg = "must be a finite number"
     more = len(exc.errors()) - 1
     if more:
-        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+        named = "; ".join(others[:OTHERS_SHOWN]) + ("; ..." if len(others) > OTHERS_SHOWN else "")
+        msg += f" (and {more} more error{'s' if more > 1 else ''}{': ' + named if named else ''})"
     return msg
 
 
-def from_validation(exc: ValidationError, file: str | Path, line_of: Any = None, line: int | None = None) -> UserError:
-    """The first pydantic error as a UserError with file, line and field (for rows of a JSONL file)."""
-    err = exc.errors()[0]
+def _field_loc(err: Any) -> list[Any]:
     loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     # a discriminated union puts its tag right after the list index; drop it from the field path
-    loc = [p for i, p in enumerate(loc) if not (i > 0 and isinstance(loc[i - 1], int) and p in _UNION_TAGS)]
-    found_line = line if line is not None else (line_of(loc) if line_of else None)
-    return UserError(_message(exc), file=file, line=found_line, field=dotted(loc) or None)
+    return [p for i, p in enumerate(loc) if not (i > 0 and isinstance(loc[i - 1], int) and p in _UNION_TAGS)]
+
+
+def from_validation(exc: ValidationError, file: str | Path, line_of: Any = None, line: int | None = None) -> UserError:
+    """The first pydantic error as a UserError with file, line and field (for rows of a JSONL file); the message
+    names the fields of the others."""
+    locs = [_field_loc(err) for err in exc.errors()]
+    others = [f"field '{dotted(loc)}'" if loc else "the row" for loc in locs[1:]]
+    found_line = line if line is not None else (line_of(locs[0]) if line_of else None)
+    return UserError(_message(exc, others), file=file, line=found_line, field=dotted(locs[0]) or None)
 
 
 # union tags pydantic puts in an error location (plan arm types; advisor clauses) and its dict-key marker

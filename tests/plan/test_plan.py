@@ -109,6 +109,18 @@ def test_dpo_from_a_non_sft_arm_is_refused(tmp_path: Path):
     assert err.field == "arms[2].from_arm" and "baseline arm" in str(err)
 
 
+def test_one_error_names_where_the_others_are(tmp_path: Path):
+    """Every field error of a plan shows in one run: the first is the error, its message names the line and field
+    of the others."""
+    body = LORA + "    r: 0\n    lr: -1\n    dropout: 1.5\n    scheduler: wavy\n    rank: 8\nsuites: [json_extract]\n"
+    err = error_of(plan_file(tmp_path, body))
+    assert (err.line, err.field) == (10, "arms[1].r") and "\n" not in str(err)
+    assert err.message.endswith(
+        "(and 4 more errors: line 11 field 'arms[1].lr'; line 12 field 'arms[1].dropout'; "
+        "line 13 field 'arms[1].scheduler'; ...)"
+    )
+
+
 def test_missing_files_name_their_field(tmp_path: Path):
     path = tmp_path / "plan.yaml"
     path.write_text(
