@@ -315,11 +315,13 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
         "`median step` is the ratio of the two runs' median seconds per real token over those steps (`step_rates`), "
         "which a few steps doing work once per run (a CUDA graph captured for a new padded length) do not move. The "
         'differences row "stock against stock" is the floor for the loss and reward-accuracy columns: two TRL '
-        "configurations one flag apart, on the same pairs, weights and seed, differ by that much, because in bf16 "
+        "configurations run one after the other (one flag apart, unless one between them failed), on the same "
+        "pairs, weights and seed, differ by that much, because in bf16 "
         "the DPO loss is a difference of log-probabilities summed over long sequences, which any change of kernels "
         "moves, and a step's reward accuracy over a few pairs moves in whole pairs.",
         "",
     ]
+    out += [f"How this file was made: {data['note']}.", ""] if data.get("note") else []
     for name, s in shapes.items():
         st, runs, best = s["settings"], s["runs"], s["best_stock"]
         out += [
@@ -369,12 +371,12 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
         if loss and acc:
             rows.append(
                 (
-                    "stock against stock (one flag apart)",
+                    "stock against stock (configurations run one after the other)",
                     "",
                     "",
                     "",
-                    f"{pct(loss['min'], 2)} to {pct(loss['max'], 2)}",
-                    f"{pct(acc['min'], 0)} to {pct(acc['max'], 0)}",
+                    span(loss, 2),
+                    span(acc, 0),
                 )
             )
         out += table(
@@ -469,6 +471,12 @@ def default_reference_since(shape: dict[str, Any], best: str) -> list[str]:
     ]
 
 
+def span(band: dict[str, float], digits: int) -> str:
+    """A stock-against-stock band as 'a to b', or one value where a single pair of configurations made it."""
+    lo, hi = pct(band["min"], digits), pct(band["max"], digits)
+    return lo if lo == hi else f"{lo} to {hi}"
+
+
 def within_stock_spread(shape: dict[str, Any], targets: dict[str, Any]) -> list[str]:
     """Whether ours' loss and reward-accuracy differences lie inside the stock-against-stock spread."""
     spread = shape.get("stock_spread") or {}
@@ -478,10 +486,7 @@ def within_stock_spread(shape: dict[str, Any], targets: dict[str, Any]) -> list[
         if got is None or not band:
             continue
         where = "below" if got < band["min"] else "within" if got <= band["max"] else "**above**"
-        said.append(
-            f"its {label} difference {pct(got, digits)} is {where} their {pct(band['min'], digits)} to "
-            f"{pct(band['max'], digits)}"
-        )
+        said.append(f"its {label} difference {pct(got, digits)} is {where} their {span(band, digits)}")
     return [f"Against the stock-against-stock floor, {', '.join(said)}.", ""] if said else []
 
 
