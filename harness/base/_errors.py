@@ -393,17 +393,16 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...
 OTHERS_SHOWN = 3  # further errors of one validation named (where they are) after the first one's message
 
 
-def _message(exc: ValidationError, others: Sequence[str] = ()) -> str:
+def _message(exc: ValidationError, others: Sequence[str]) -> str:
     """The first error's message, then how many more there are and where (`others`: one place per further
     error, the first OTHERS_SHOWN of them named)."""
     err = exc.errors()[0]
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     if err["type"] == "finite_number" or (isinstance(err.get("input"), float) and err["input"] != err["input"]):
         msg = "must be a finite number"
-    more = len(exc.errors()) - 1
-    if more:
-        named = "; ".join(others[:OTHERS_SHOWN]) + ("; ..." if len(others) > OTHERS_SHOWN else "")
-        msg += f" (and {more} more error{'s' if more > 1 else ''}{': ' + named if named else ''})"
+    if more := len(others):
+        named = "; ".join(others[:OTHERS_SHOWN]) + ("; ..." if more > OTHERS_SHOWN else "")
+        msg += f" (and {more} more error{'s' if more > 1 else ''}: {named})"
     return msg
 
 
