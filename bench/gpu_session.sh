@@ -13,6 +13,7 @@
 #   bash bench/gpu_session.sh train    # the 1.07B training bench on GPU 0: stock peers, ours, profiles
 #   bash bench/gpu_session.sh train8b  # the 8B-shape rows of the training bench, merged into the same JSON
 #   bash bench/gpu_session.sh dpo      # the DPO bench, both shapes one after the other (perf/train_throughput_dpo.json)
+#   bash bench/gpu_session.sh dpomain 8b  # then `dpomain 1b`: the same, merged into perf/train_throughput.json
 #   bash bench/gpu_session.sh dpo8b    # its 8B shape again with profiles (perf/train_throughput_dpo8b_profile.json)
 #   bash bench/gpu_session.sh ray      # the Ray part of multi_gpu.py on the 12-trial plan (--ray-plan full: by Ray
 #                                      # and by the local executor), merged into reports/gpu/multi_gpu.json; needs
@@ -129,11 +130,22 @@ dpo)      # ~9 min: both shapes of the DPO bench on one lease, as two processes:
   tail -n 14 "$OUT/train_throughput_dpo1b.log"
   cp /root/dpo.json "$OUT/train_throughput_dpo.json"
   ;;
+dpomain)  # ~9 min over two calls: the DPO bench merged into the committed perf/train_throughput.json, whose SFT
+          # sections were measured on an H200 with the same settings (a merge refuses another device): `dpomain 8b`
+          # (32 steps) in one call, then `dpomain 1b` (40 steps) in the next, on the same machine
+  shape=${2:?usage: bash bench/gpu_session.sh dpomain 8b|1b}
+  [ -f /root/tt.json ] || cp reports/perf/train_throughput.json /root/tt.json
+  if [ "$shape" = 8b ]; then steps=32 budget=365; else steps=40 budget=170; fi
+  CUDA_VISIBLE_DEVICES=0 timeout $((budget + 20)) python bench/train_throughput.py --sections dpo --dpo-shapes "$shape" \
+    --dpo-steps $steps --merge --time-budget $budget --out /root/tt.json > "$OUT/train_throughput_dpo$shape.log" 2>&1
+  tail -n 14 "$OUT/train_throughput_dpo$shape.log"
+  cp /root/tt.json "$OUT/train_throughput.json"
+  ;;
 dpo8b)    # ~6 min: the 8B shape of the DPO bench again with --dpo-profile, in its own file (profiled steps run slower)
   CUDA_VISIBLE_DEVICES=0 timeout 560 python bench/train_throughput.py --sections dpo --dpo-shapes 8b --dpo-profile \
     --dpo-steps 12 --time-budget 520 --out "$OUT/train_throughput_dpo8b_profile.json" \
     > "$OUT/train_throughput_dpo8b_profile.log" 2>&1
   tail -n 14 "$OUT/train_throughput_dpo8b_profile.log"
   ;;
-*) echo "usage: bash bench/gpu_session.sh sweeps|startup|ddp|ddpprof|pytest|train|train8b|ray|peer|wait|alone|dpo|dpo8b|merge" >&2; exit 2 ;;
+*) echo "usage: bash bench/gpu_session.sh sweeps|startup|ddp|ddpprof|pytest|train|train8b|ray|peer|wait|alone|dpo|dpomain|dpo8b|merge" >&2; exit 2 ;;
 esac

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("perf", "gpu", "bench")
 VERSION_KEYS = ("torch", "transformers", "trl", "peft")
 MAIN_TRAIN = "perf/train_throughput.json"
+DPO_FILE = "perf/train_throughput_dpo.json"
 
 
 class BadResult(Exception):
@@ -297,12 +298,21 @@ def train_section(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def dpo_section(data: dict[str, Any]) -> list[str]:
+def main_dpo_file(results: dict[str, Any]) -> str | None:
+    """The file whose `dpo` section the DPO part of the page shows: the main training file once a lease merged the
+    DPO bench into it (`gpu_session.sh dpomain`), else `perf/train_throughput_dpo.json`."""
+    for name in (MAIN_TRAIN, DPO_FILE):
+        if isinstance(results.get(name), dict) and results[name].get("dpo"):
+            return name
+    return None
+
+
+def dpo_section(data: dict[str, Any], name: str = DPO_FILE) -> list[str]:
     shapes = data.get("dpo")
     if not shapes:
         return []
     out = [
-        "## DPO (`reports/perf/train_throughput_dpo.json`)",
+        f"## DPO (`reports/{name}`)",
         "",
         f"`bench/train_throughput.py --sections dpo` on {device_of(data)} ("
         + ", ".join(f"{name} {day(s.get('date') or data.get('date'))}" for name, s in shapes.items())
@@ -411,11 +421,12 @@ def dpo_section(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def earlier_dpo_section(results: dict[str, Any]) -> list[str]:
-    """The DPO bench's earlier files (`perf/train_throughput_dpo_*.json`, profiles aside), one row per shape."""
+def earlier_dpo_section(results: dict[str, Any], main: str) -> list[str]:
+    """The DPO bench's other files (`perf/train_throughput_dpo*.json` other than `main`, profiles aside), one row
+    per shape."""
     rows = []
     for name, data in sorted(results.items()):
-        if not name.startswith("perf/train_throughput_dpo_") or name.endswith("_profile.json"):
+        if name == main or not name.startswith("perf/train_throughput_dpo") or name.endswith("_profile.json"):
             continue
         for shape, s in (data.get("dpo") or {}).items():
             vs, ours = s.get("vs_best_stock") or {}, (s.get("runs") or {}).get("ours") or {}
@@ -1054,7 +1065,6 @@ def junit_section(junit: dict[str, dict[str, Any]]) -> list[str]:
 
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[str]]]] = [
     (MAIN_TRAIN, train_section),
-    ("perf/train_throughput_dpo.json", dpo_section),
     ("perf/qlora_8b.json", qlora_section),
     ("perf/train_profile.json", profile_section),
     ("perf/eval_throughput.json", eval_section),
@@ -1092,6 +1102,13 @@ def render(reports: Path) -> str:
             out += section(results[name])
             if name == MAIN_TRAIN:
                 out += earlier_train_section(results)
+                dpo = main_dpo_file(results)
+                if dpo:
+                    out += dpo_section(results[dpo], dpo)
+                    out += earlier_dpo_section(results, dpo)
+                    for key, found in sorted(results.items()):
+                        if key.startswith("perf/train_throughput_dpo") and key.endswith("_profile.json"):
+                            out += dpo_profile_section(found, key)
             if name == "perf/sweep_throughput.json":
                 for key, when in (
                     (
@@ -1108,11 +1125,6 @@ def render(reports: Path) -> str:
                 if isinstance(multi, dict):
                     out += multi_gpu_section(multi, profile if isinstance(profile, dict) else None)
                 out += one_gpu_sweeps_section(results)
-            if name == "perf/train_throughput_dpo.json":
-                out += earlier_dpo_section(results)
-                for key, found in sorted(results.items()):
-                    if key.startswith("perf/train_throughput_dpo") and key.endswith("_profile.json"):
-                        out += dpo_profile_section(found, key)
     out += junit_section(junit)
     out += files_section(results, junit)
     while out and out[-1] == "":

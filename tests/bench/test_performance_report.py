@@ -73,3 +73,19 @@ def test_a_file_that_is_not_json_is_one_line_and_exit_2(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "broken.json:2: not valid JSON" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_dpo_section_merged_into_the_main_training_file_is_the_one_shown(tmp_path: Path) -> None:
+    reports = copy_reports(tmp_path)
+    main, dpo = reports / "perf" / "train_throughput.json", reports / "perf" / "train_throughput_dpo.json"
+    data = json.loads(main.read_text(encoding="utf-8"))
+    data["dpo"] = json.loads(dpo.read_text(encoding="utf-8"))["dpo"]
+    data["dpo"]["1b"]["runs"]["ours"]["real_tokens_per_second"] = 98765.0
+    main.write_text(json.dumps(data), encoding="utf-8")
+    run_bench("performance_report.py", "--reports", str(reports))
+    page = (reports / "PERFORMANCE.md").read_text(encoding="utf-8")
+    assert "## DPO (`reports/perf/train_throughput.json`)" in page
+    assert "## DPO (`reports/perf/train_throughput_dpo.json`)" not in page
+    assert "98,765" in page
+    earlier = page.split("Earlier runs of the DPO bench", 1)[1].split("\n\n", 2)[1]
+    assert "| `perf/train_throughput_dpo.json` | 1b |" in earlier
