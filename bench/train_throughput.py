@@ -1854,11 +1854,18 @@ def dpo_targets(
         )
     for key in ("loss_rel_diff", "reward_accuracy_rel_diff"):
         band, target = (spread or {}).get(key), targets[key]
-        if band and not target["met"] and target["value"] is not None and target["value"] <= band["max"]:
-            target["bounded_by"] = (
-                f"the stock configurations themselves: two of them one flag apart differ by {band['min']:.4g} to "
-                f"{band['max']:.4g} on the same pairs, weights, order and seed (stock_spread)"
-            )
+        if not band or target["met"] or target["value"] is None:
+            continue
+        pairs = sum(1 for v in spread["pairs"].values() if v.get(key) is not None)
+        by = (
+            (f"{band['min']:.4g}" if band["min"] == band["max"] else f"{band['min']:.4g} to {band['max']:.4g}")
+            + f" ({pairs} pair{'s' if pairs != 1 else ''} of stock configurations run one after the other, on the same "
+            "pairs, weights, order and seed; stock_spread)"
+        )
+        if target["value"] <= band["max"]:
+            target["bounded_by"] = f"the stock configurations themselves, which differ from each other by {by}"
+        else:
+            target["above_stock_spread"] = f"{target['value'] / band['max']:.2f}x the largest stock difference: {by}"
     return targets
 
 

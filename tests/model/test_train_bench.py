@@ -176,12 +176,20 @@ def test_a_missed_dpo_parity_target_inside_the_stock_spread_says_what_bounds_it(
     with bench_module("train_throughput.py") as bench:
         dpo_targets = bench.dpo_targets
     best = {"throughput_ratio": 1.6, "peak_memory_ratio": 0.6, "loss_rel_diff": 0.02, "reward_accuracy_rel_diff": 0.5}
-    spread = {"loss_rel_diff": {"min": 0.01, "max": 0.03}, "reward_accuracy_rel_diff": {"min": 0.1, "max": 0.4}}
+    pairs = {"b_vs_a": {"loss_rel_diff": 0.01, "reward_accuracy_rel_diff": 0.1}, "c_vs_b": {"loss_rel_diff": 0.03}}
+    spread = {
+        "pairs": pairs,
+        "loss_rel_diff": {"min": 0.01, "max": 0.03},
+        "reward_accuracy_rel_diff": {"min": 0.1, "max": 0.1},
+    }
     targets = dpo_targets(best, spread)
     assert targets["throughput_ratio"]["met"] and "bounded_by" not in targets["throughput_ratio"]
     loss, accuracy = targets["loss_rel_diff"], targets["reward_accuracy_rel_diff"]
-    assert not loss["met"] and "0.01 to 0.03" in loss["bounded_by"]  # missed, but within the stock spread
-    assert not accuracy["met"] and "bounded_by" not in accuracy  # missed and above the spread: nothing excuses it
+    # missed, but within the stock spread
+    assert not loss["met"] and "differ from each other by 0.01 to 0.03 (2 pairs of" in loss["bounded_by"]
+    # missed and above the spread: nothing excuses it, and the record says by how much
+    assert not accuracy["met"] and "bounded_by" not in accuracy
+    assert accuracy["above_stock_spread"].startswith("5.00x the largest stock difference: 0.1 (1 pair of")
     assert all("bounded_by" not in t for t in dpo_targets(best).values())  # no spread measured
 
 
