@@ -46,12 +46,12 @@ class RowErrors:
 
     def __init__(self) -> None:
         self.first: UserError | None = None
-        self.more: list[int] = []
+        self.more: list[int | None] = []  # a further bad row's line; None for a row without one (a hub dataset's)
 
     def add(self, error: UserError) -> None:
         if self.first is None:
             self.first = error
-        elif error.line is not None:
+        else:
             self.more.append(error.line)
 
     def raise_if_any(self) -> None:
@@ -60,10 +60,14 @@ class RowErrors:
             return
         first = self.first
         if self.more:
-            n, plural = len(self.more), "s" if len(self.more) > 1 else ""
-            lines = ", ".join(str(line) for line in self.more[: self.SHOWN]) + (", ..." if n > self.SHOWN else "")
+            n, known = len(self.more), [line for line in self.more if line is not None]
+            where = ""
+            if known:
+                plural = "s" if len(known) > 1 else ""
+                shown = ", ".join(str(line) for line in known[: self.SHOWN])
+                where = f": line{plural} {shown}" + (", ..." if len(known) > self.SHOWN else "")
             first = type(first)(
-                f"{first.message} (and {n} more row{plural} with errors: line{plural} {lines})",
+                f"{first.message} (and {n} more row{'s' if n > 1 else ''} with errors{where})",
                 file=first.file,
                 line=first.line,
                 field=first.field,

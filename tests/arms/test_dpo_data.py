@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.arms._dpo_data import load_pairs, pair_lengths, sequence_lengths, tokenize_pair
+from harness.arms._dpo_data import check_pairs, load_pairs, pair_lengths, sequence_lengths, tokenize_pair
 from harness.base._errors import UserError
 from tests.support.storekit import tunegate
 from tests.support.tiny_plans import write_plan
@@ -64,6 +64,21 @@ def test_every_bad_pair_of_a_file_is_found_in_one_pass(tmp_path):
         load_pairs(path)
     assert (err.value.line, err.value.field) == (3, "rejected") and "identical to 'chosen'" in err.value.message
     assert err.value.message.endswith("(and 7 more rows with errors: lines 4, 5, 6, 7, 8, ...)")
+
+
+def test_bad_pairs_without_lines_are_counted_too():
+    """Pairs built in code or read from a hub dataset have no line: each still counts among the bad rows."""
+    from harness.base._data import Message, Preference
+
+    def pair(chosen: str, line: int = 0) -> Preference:
+        return Preference(prompt=[Message(role="user", content="q")], chosen=chosen, rejected="x", line=line)
+
+    with pytest.raises(UserError) as err:
+        check_pairs([pair("x"), pair("x"), pair("x", line=7)], "hub:org/prefs")
+    assert err.value.line is None and err.value.message.endswith("(and 2 more rows with errors: line 7)")
+    with pytest.raises(UserError) as err:
+        check_pairs([pair("x"), pair("x")], "hub:org/prefs")
+    assert err.value.message.endswith("(and 1 more row with errors)")
 
 
 def test_over_long_pairs_are_refused_unless_the_arm_truncates(tmp_path, tok):
