@@ -404,10 +404,16 @@ def _message(exc: ValidationError, others: Sequence[str]) -> str:
     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
     if err["type"] == "finite_number" or (isinstance(err.get("input"), float) and err["input"] != err["input"]):
         msg = "must be a finite number"
+    return with_others(msg, others)
+
+
+def with_others(message: str, others: Sequence[str]) -> str:
+    """`message`, then how many further errors there are and where (`others`: one place per further error, the
+    first OTHERS_SHOWN of them named)."""
     if more := len(others):
         named = "; ".join(others[:OTHERS_SHOWN]) + ("; ..." if more > OTHERS_SHOWN else "")
-        msg += f" (and {more} more error{'s' if more > 1 else ''}: {named})"
-    return msg
+        message += f" (and {more} more error{'s' if more > 1 else ''}: {named})"
+    return message
 
 
 def _field_loc(err: Any) -> list[Any]:

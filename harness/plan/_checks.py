@@ -14,13 +14,15 @@ if TYPE_CHECKING:
     from harness.plan._schema import Plan
 
 
-def _check_sweep(plan: Plan, names: list[str]) -> list[tuple[Loc, str]]:
+def _sweep_fields(plan: Plan, names: list[str]) -> list[tuple[Loc, str]]:
+    """The sweep's arm names and params, each problem found."""
     sweep = plan.sweep
     assert sweep is not None
-    problems: list[tuple[Loc, str]] = []
-    for arm_name in sweep.arms:
-        if arm_name not in names:
-            return [(("sweep", "arm"), f"'{arm_name}' is not an arm of this plan (arms: {', '.join(names)})")]
+    problems: list[tuple[Loc, str]] = [
+        (("sweep", "arm"), f"'{arm_name}' is not an arm of this plan (arms: {', '.join(names)})")
+        for arm_name in sweep.arms
+        if arm_name not in names
+    ]
     swept = [a for a in plan.arms if a.name in sweep.arms]
     for key, value in sweep.params.items():
         loc = ("sweep", "params", key)
@@ -38,14 +40,18 @@ def _check_sweep(plan: Plan, names: list[str]) -> list[tuple[Loc, str]]:
                 try:
                     Range.model_validate(value)
                 except ValidationError as exc:
-                    err = exc.errors()[0]
-                    problems.append((loc + tuple(err["loc"]), err["msg"]))
-                if sweep.n is None:
-                    problems.append((("sweep", "n"), "random search over a range needs n (how many trials)"))
+                    problems += [(loc + tuple(err["loc"]), err["msg"]) for err in exc.errors()]
         elif not isinstance(value, list) or not value:
             problems.append((loc, "give a non-empty list of values (or, for method: random, {low, high})"))
-    if problems:
-        return problems[:1]
+    if sweep.method == "random" and sweep.n is None and any(isinstance(v, dict) for v in sweep.params.values()):
+        problems.append((("sweep", "n"), "random search over a range needs n (how many trials)"))
+    return problems
+
+
+def _sweep_trials(plan: Plan) -> list[tuple[Loc, str]]:
+    """The trials the sweep expands into: each value valid for its arm, no two trials of one name."""
+    sweep = plan.sweep
+    assert sweep is not None
     try:
         expanded = expand(plan)
     except ValidationError as exc:
@@ -67,18 +73,41 @@ def _check_sweep(plan: Plan, names: list[str]) -> list[tuple[Loc, str]]:
     return []
 
 
-def cross_check(plan: Plan) -> list[tuple[Loc, str]]:
-    """Problems no single field shows: duplicate names, data an arm needs, DPO's parent, the sweep."""
-    names = [a.name for a in plan.arms]
-    for i, arm in enumerate(plan.arms):
-        if arm.name in names[:i]:
-            return [
-                (
-                    ("arms", i, "name"),
-                    f"arm names must be unique; '{arm.name}' is already arms[{names.index(arm.name)}]",
-                )
-            ]
+def _dpo_parents(plan: Plan) -> list[tuple[Loc, str]]:
+    """Each DPO arm's `from_arm`: an SFT arm or trial of the plan, named as a trial when that arm is swept."""
+    expanded = trial_arms(plan)
+    by_name = {a.name: a for a in expanded}
+    swept = set(plan.sweep.arms) if plan.sweep else set()
     problems: list[tuple[Loc, str]] = []
+    for i, arm in enumerate(plan.arms):
+        if not isinstance(arm, DpoArm) or not arm.from_arm:
+            continue
+        loc: Loc = ("arms", i, "from_arm")
+        parent = by_name.get(arm.from_arm)
+        if arm.name in swept:
+            problems.append((loc, "a dpo arm with from_arm cannot itself be swept"))
+        elif arm.from_arm in swept:
+            options = [a.name for a in expanded if a.name.startswith(arm.from_arm + "-")]
+            problems.append(
+                (loc, f"'{arm.from_arm}' is swept into {len(options)} trials; name one of them: {', '.join(options)}")
+            )
+        elif parent is None:
+            problems.append((loc, f"'{arm.from_arm}' is not an arm or trial of this plan"))
+        elif parent.type not in SFT:
+            problems.append((loc, f"'{arm.from_arm}' is a {parent.type} arm; DPO continues from a {'/'.join(SFT)} arm"))
+    return problems
+
+
+def cross_check(plan: Plan) -> list[tuple[Loc, str]]:
+    """Problems no single field shows, every one found: duplicate arm names, data an arm needs, the sweep's arms and
+    params; then, once those pass (they need unique names and a valid sweep), the trials the sweep expands into and
+    each DPO arm's parent."""
+    names = [a.name for a in plan.arms]
+    problems: list[tuple[Loc, str]] = [
+        (("arms", i, "name"), f"arm names must be unique; '{arm.name}' is already arms[{names.index(arm.name)}]")
+        for i, arm in enumerate(plan.arms)
+        if arm.name in names[:i]
+    ]
     for i, arm in enumerate(plan.arms):
         if arm.type in NEEDS_TRAIN_DATA and not plan.data.train:
             problems.append((("data", "train"), f"arm '{arm.name}' ({arm.type}) needs training data: set data.train"))
@@ -92,29 +121,8 @@ def cross_check(plan: Plan) -> list[tuple[Loc, str]]:
                     "data.preference (JSONL with prompt/chosen/rejected)",
                 )
             )
-    if problems:
-        return problems[:1]
     if plan.sweep is not None:
-        problems = _check_sweep(plan, names)
-        if problems:
-            return problems
-    expanded = trial_arms(plan)
-    by_name = {a.name: a for a in expanded}
-    swept = set(plan.sweep.arms) if plan.sweep else set()
-    for i, arm in enumerate(plan.arms):
-        if not isinstance(arm, DpoArm) or not arm.from_arm:
-            continue
-        loc = ("arms", i, "from_arm")
-        if arm.name in swept:
-            return [(loc, "a dpo arm with from_arm cannot itself be swept")]
-        if arm.from_arm in swept:
-            options = [a.name for a in expanded if a.name.startswith(arm.from_arm + "-")]
-            return [
-                (loc, f"'{arm.from_arm}' is swept into {len(options)} trials; name one of them: {', '.join(options)}")
-            ]
-        parent = by_name.get(arm.from_arm)
-        if parent is None:
-            return [(loc, f"'{arm.from_arm}' is not an arm or trial of this plan")]
-        if parent.type not in SFT:
-            return [(loc, f"'{arm.from_arm}' is a {parent.type} arm; DPO continues from a {'/'.join(SFT)} arm")]
-    return []
+        problems += _sweep_fields(plan, names)
+        if not problems:
+            problems = _sweep_trials(plan)
+    return problems or _dpo_parents(plan)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from harness.base._errors import UserError, YamlDoc, dotted
+from harness.base._errors import UserError, YamlDoc, dotted, with_others
 from harness.plan._checks import cross_check
-from harness.plan._parts import RagArm
+from harness.plan._parts import Loc, RagArm
 from harness.plan._schema import Plan
 from harness.plan._sweep import expand
 
@@ -22,37 +22,36 @@ def _resolve_path(value: str | None, base: Path) -> str | None:
     return str(path.resolve()) if path.exists() else value
 
 
+def _not_a_file(value: str) -> str:
+    return "is a folder, not a file" if Path(value).is_dir() else "file not found"
+
+
 def load_plan(path: str | Path) -> tuple[Plan, YamlDoc]:
     """Validate a plan file; every problem is a UserError naming file, line and field."""
     doc = YamlDoc(Path(path))
     plan: Plan = doc.validate(Plan, context={"defer_cross_checks": True})
     base = doc.path.resolve().parent
+    problems: list[tuple[Loc, str]] = []
     for key in ("train", "preference"):
         value = _resolve_path(getattr(plan.data, key), base)
         setattr(plan.data, key, value)
         if value and not Path(value).is_file():
-            why = "is a folder, not a file" if Path(value).is_dir() else "file not found"
-            raise UserError(f"{why}: {value}", file=doc.path, line=doc.line_of(("data", key)), field=f"data.{key}")
+            problems.append((("data", key), f"{_not_a_file(value)}: {value}"))
     for i, arm in enumerate(plan.arms):
         if isinstance(arm, RagArm) and arm.documents:
             arm.documents = _resolve_path(arm.documents, base)
             if not Path(arm.documents or "").is_file():
-                why = "is a folder, not a file" if Path(arm.documents or "").is_dir() else "file not found"
-                raise UserError(
-                    f"{why}: {arm.documents}",
-                    file=doc.path,
-                    line=doc.line_of(("arms", i, "documents")),
-                    field=f"arms[{i}].documents",
-                )
+                problems.append((("arms", i, "documents"), f"{_not_a_file(arm.documents or '')}: {arm.documents}"))
     plan.suites = [_resolve_path(s, base) or s if "/" in s else s for s in plan.suites]
     if plan.gate:
         plan.gate = _resolve_path(plan.gate, base)
     if plan.model.startswith((".", "/", "~")) or (base / plan.model).exists():
         plan.model = _resolve_path(plan.model, base) or plan.model
-    problems = cross_check(plan)
+    problems += cross_check(plan)
     if problems:
-        loc, message = problems[0]
-        raise UserError(message, file=doc.path, line=doc.line_of(loc), field=dotted(loc))
+        (loc, message), rest = problems[0], sorted(problems[1:], key=lambda p: doc.line_of(p[0]) or 0)
+        others = [f"line {doc.line_of(where)} field '{dotted(where)}'" for where, _ in rest]
+        raise UserError(with_others(message, others), file=doc.path, line=doc.line_of(loc), field=dotted(loc))
     return plan, doc
 
 

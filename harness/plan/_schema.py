@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from harness.base._errors import dotted
+from harness.base._errors import dotted, with_others
 from harness.plan._checks import cross_check
 from harness.plan._parts import NAME, Arm, DataSpec, Seed, Sweep
 
@@ -49,5 +49,5 @@ class Plan(BaseModel):
         problems = cross_check(self)
         if problems:
             loc, message = problems[0]
-            raise ValueError(f"{dotted(loc)}: {message}")
+            raise ValueError(f"{dotted(loc)}: {with_others(message, [dotted(where) for where, _ in problems[1:]])}")
         return self

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
 from harness.base import ARM_KINDS, UserError
 from harness.plan import Arm, Plan, Range, cross_check, expand, load_plan, trial_arms
@@ -119,6 +120,37 @@ def test_one_error_names_where_the_others_are(tmp_path: Path):
         "(and 4 more errors: line 11 field 'arms[1].lr'; line 12 field 'arms[1].dropout'; "
         "line 13 field 'arms[1].scheduler'; ...)"
     )
+
+
+def test_cross_part_problems_show_in_one_run(tmp_path: Path):
+    """Problems that no single field shows (a missing file, a repeated arm name, data an arm needs, a sweep of a
+    field the arm lacks) are found together: the first is the error, the others are named by line and field."""
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        "name: p\n"
+        "data:\n"
+        "  preference: nowhere.jsonl\n"
+        "arms:\n"
+        "  - name: a\n"
+        "    type: baseline\n"
+        "  - name: a\n"
+        "    type: lora\n"
+        "sweep:\n"
+        "  arm: a\n"
+        "  params:\n"
+        "    colour: [1, 2]\n"
+        "suites: [json_extract]\n"
+    )
+    err = error_of(path)
+    assert (err.line, err.field) == (3, "data.preference") and "file not found" in err.message
+    assert err.message.endswith(
+        "(and 3 more errors: line 2 field 'data.train'; line 7 field 'arms[1].name'; "
+        "line 12 field 'sweep.params.colour')"
+    ), err.message
+    with pytest.raises(ValidationError, match=r"arms\[1\]\.name: .* \(and 1 more error: data\.train\)"):
+        Plan.model_validate(
+            {"name": "p", "arms": [{"name": "a", "type": "baseline"}, {"name": "a", "type": "lora"}], "suites": ["x"]}
+        )
 
 
 def test_missing_files_name_their_field(tmp_path: Path):
