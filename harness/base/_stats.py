@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import binomtest
 
 
 def mean_stderr(values: list[float]) -> tuple[float, float]:
@@ -23,6 +22,8 @@ def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, flo
     """Wilson score interval of a proportion successes/n (NaN, NaN when n is 0)."""
     if n == 0:
         return math.nan, math.nan
+    from scipy.stats import binomtest  # imported on first use: scipy.stats alone takes about 0.5 s to import
+
     ci = binomtest(successes, n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -79,6 +80,8 @@ def mcnemar_exact(a: list[float], b: list[float]) -> float:
     b_only = sum(1 for x, y in zip(a, b) if y >= 0.5 > x)
     if a_only + b_only == 0:
         return 1.0
+    from scipy.stats import binomtest
+
     return float(binomtest(b_only, a_only + b_only, 0.5).pvalue)
 
 
