@@ -78,7 +78,7 @@ def test_sweep_part_and_the_whole_plan_by_ray_in_tiny_mode(tmp_path: Path):
     """The tiny plan by persistent workers on one fake GPU id and on two: the same verdicts and outputs, each
     trial pinned to exactly one id, both ids used, the speedup explained from the trial records; then (where Ray
     is installed) the same plan by Ray, compared with the sweep part's two-GPU run, whose store is read rather than
-    run a third time (about 6 minutes on 2 CPU cores)."""
+    run a third time (about 2 minutes on 2 CPU cores)."""
     ray = importlib.util.find_spec("ray") is not None
     out = tmp_path / "multi_gpu.json"
     parts = ["--parts", "sweep,ray", "--ray-plan", "full"] if ray else ["--parts", "sweep"]
