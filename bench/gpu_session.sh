@@ -132,7 +132,9 @@ dpo)      # ~9 min: both shapes of the DPO bench on one lease, as two processes:
   ;;
 dpomain)  # ~9 min over two calls: the DPO bench merged into the committed perf/train_throughput.json, whose SFT
           # sections were measured on an H200 with the same settings (a merge refuses another device): `dpomain 8b`
-          # (32 steps) in one call, then `dpomain 1b` (40 steps) in the next, on the same machine
+          # (32 steps) in one call, then `dpomain 1b` (40 steps) in the next, on the same machine. Its weights are
+          # random, so a `bundle.sh --no-model` bundle will do with TUNEGATE_BENCH_TOKENIZER naming a folder that
+          # holds the default model's tokenizer files and config.json (the same vocabulary and chat template)
   shape=${2:?usage: bash bench/gpu_session.sh dpomain 8b|1b}
   [ -f /root/tt.json ] || cp reports/perf/train_throughput.json /root/tt.json
   if [ "$shape" = 8b ]; then steps=32 budget=365; else steps=40 budget=170; fi
