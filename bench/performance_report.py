@@ -307,12 +307,13 @@ def main_dpo_file(results: dict[str, Any]) -> str | None:
     return None
 
 
-def dpo_section(data: dict[str, Any], name: str = DPO_FILE) -> list[str]:
+def dpo_section(data: dict[str, Any], key: str) -> list[str]:
+    """The `dpo` section of the file `reports/KEY`."""
     shapes = data.get("dpo")
     if not shapes:
         return []
     out = [
-        f"## DPO (`reports/{name}`)",
+        f"## DPO (`reports/{key}`)",
         "",
         f"`bench/train_throughput.py --sections dpo` on {device_of(data)} ("
         + ", ".join(f"{name} {day(s.get('date') or data.get('date'))}" for name, s in shapes.items())

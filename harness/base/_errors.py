@@ -359,10 +359,15 @@ class YamlDoc:
         for err in exc.errors():
             path, line = self.resolve([p for p in err["loc"] if not str(p).startswith("function-")])
             where.append((line, dotted(path) or None))
-        rest = sorted(where[1:], key=lambda w: (w[0] is None, w[0] or 0))  # in file order
-        others = [f"line {line} field '{field}'" if field else f"line {line}" for line, field in rest]
         line, field = where[0]
-        return self.error(_message(exc, others).removeprefix("Value error, "), file=self.path, line=line, field=field)
+        message = _message(exc, in_file_order(where[1:])).removeprefix("Value error, ")
+        return self.error(message, file=self.path, line=line, field=field)
+
+
+def in_file_order(places: Sequence[tuple[int | None, str | None]]) -> list[str]:
+    """(line, field) places of further errors as "line N field 'f'", in file order (places without a line last)."""
+    ordered = sorted(places, key=lambda w: (w[0] is None, w[0] or 0))
+    return [f"line {line} field '{field}'" if field else f"line {line}" for line, field in ordered]
 
 
 def _path_of(node: yaml.Node | None, mark: Any, path: tuple[Any, ...] = ()) -> tuple[Any, ...]:

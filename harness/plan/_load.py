@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from harness.base._errors import UserError, YamlDoc, dotted, with_others
+from harness.base._errors import UserError, YamlDoc, dotted, in_file_order, with_others
 from harness.plan._checks import cross_check
 from harness.plan._parts import Loc, RagArm
 from harness.plan._schema import Plan
@@ -49,8 +49,8 @@ def load_plan(path: str | Path) -> tuple[Plan, YamlDoc]:
         plan.model = _resolve_path(plan.model, base) or plan.model
     problems += cross_check(plan)
     if problems:
-        (loc, message), rest = problems[0], sorted(problems[1:], key=lambda p: doc.line_of(p[0]) or 0)
-        others = [f"line {doc.line_of(where)} field '{dotted(where)}'" for where, _ in rest]
+        loc, message = problems[0]
+        others = in_file_order([(doc.line_of(where), dotted(where)) for where, _ in problems[1:]])
         raise UserError(with_others(message, others), file=doc.path, line=doc.line_of(loc), field=dotted(loc))
     return plan, doc
 
